@@ -1,0 +1,59 @@
+# trashsorter - the README's quick start is `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAM_VENV := .venv-sam
+STAMP := $(VENV)/.installed
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: install demo test test-fast lint format reliability bench build validate clean
+
+$(STAMP): pyproject.toml
+	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trashsorter needs Python 3.11 or newer")'
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+## The whole pipeline offline: local AWS endpoint, ingest, threshold, CPU training, package, local device.
+demo: install
+	$(BIN)/trashsorter demo
+
+## Everything offline: unit, integration (moto), e2e (embedded local stack), reliability.
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e and not slow"
+
+reliability: install
+	$(BIN)/python -m pytest tests/reliability
+
+$(SAM_VENV)/bin/sam:
+	$(PY) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install -q aws-sam-cli
+
+lint: install $(SAM_VENV)/bin/sam
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/cfn-lint template.yaml
+	$(SAM_VENV)/bin/sam validate --lint
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## sam build needs python3.12 on PATH; with pyenv: `pyenv install 3.12 && make build`.
+build: $(SAM_VENV)/bin/sam
+	PATH="$$(pyenv prefix 3.12 2>/dev/null || pyenv prefix 3.12.1 2>/dev/null || echo /nonexistent)/bin:$$PATH" \
+	  $(SAM_VENV)/bin/sam build
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .trashsorter .pytest_cache .mypy_cache .ruff_cache

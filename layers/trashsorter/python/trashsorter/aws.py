@@ -1,0 +1,35 @@
+"""Module-level default AWS clients, created once per process (never in loops).
+
+Domain functions take ``client=None`` and fall back to :func:`client`. boto3 honours ``AWS_ENDPOINT_URL``
+(and per-service ``AWS_ENDPOINT_URL_<SERVICE>``), which is how the local stack and ``sam local invoke``
+point the same code at the moto server.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+_RETRIES = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+_lock = threading.Lock()
+_clients: dict[str, Any] = {}
+
+
+def client(service: str) -> Any:
+    """The shared client for ``service`` (thread-safe lazy creation)."""
+    found = _clients.get(service)
+    if found is not None:
+        return found
+    with _lock:
+        if service not in _clients:
+            _clients[service] = boto3.session.Session().client(service, config=_RETRIES)
+        return _clients[service]
+
+
+def reset_clients() -> None:
+    """Forget cached clients (tests switch endpoints/regions between cases)."""
+    with _lock:
+        _clients.clear()

@@ -1,0 +1,94 @@
+"""The single-table design of the catalogue (DynamoDB, on demand) and the event names.
+
+Every key the package writes is built here, so the layout is documented in one place:
+
+==============================  ====================  ===============================================
+pk                              sk                    what
+==============================  ====================  ===============================================
+``OBJ#<key>``                   ``META``              one image record per S3 key (see ImageStatus)
+``HASH#<sha256>``               ``OWNERS``            which keys/labels hold these bytes (dup/conflict)
+``LABEL#<label>``               ``COUNTS``            atomic per-label counters (accepted, rejected ...)
+``STATE``                       ``DATASET``           accepted_seq, baseline_seq, fired_baseline
+``LOCK``                        ``TRAINING``          single-flight lock + pending trigger
+``RUN#<run_id>``                ``RUN``               one training run (gsi1: ``RUNS`` / created_at)
+``DATASET#<dataset_id>``        ``DATASET``           a frozen dataset snapshot (counts, S3 prefix)
+``MODEL#<model_id>``            ``MODEL``             model registry entry (gsi1: ``MODELS`` / created)
+``MODEL#<model_id>``            ``DEPLOY#<target>#..``  deployments of that model
+``CHAMPION``                    ``MODEL``             pointer to the current champion model
+==============================  ====================  ===============================================
+
+GSI ``gsi1`` (gsi1pk, gsi1sk): image records by status (``STATUS#<status>`` / ``<label>#<key>``),
+runs (``RUNS`` / created_at) and models (``MODELS`` / created_at).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+EVENT_SOURCE = "trashsorter"
+DATASET_READY = "Dataset Ready"
+SAGEMAKER_SOURCE = "aws.sagemaker"
+TRAINING_STATE_CHANGE = "SageMaker Training Job State Change"
+JOB_PREFIX = "deeplens-"  # DeepLens model import requires it
+
+
+class ImageStatus(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    DELETED = "deleted"
+
+
+COUNTED_STATUSES = tuple(ImageStatus)
+
+
+class RunStatus(StrEnum):
+    STARTING = "starting"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    BLOCKED = "blocked"
+
+
+ACTIVE_RUN_STATUSES = (RunStatus.STARTING, RunStatus.IN_PROGRESS)
+
+
+class ModelStatus(StrEnum):
+    CHAMPION = "champion"
+    RETIRED = "retired"
+    REJECTED = "rejected"
+
+
+def image_key(object_key: str) -> dict[str, str]:
+    return {"pk": f"OBJ#{object_key}", "sk": "META"}
+
+
+def image_gsi(status: str, label: str, object_key: str) -> dict[str, str]:
+    return {"gsi1pk": f"STATUS#{status}", "gsi1sk": f"{label}#{object_key}"}
+
+
+def hash_key(sha256: str) -> dict[str, str]:
+    return {"pk": f"HASH#{sha256}", "sk": "OWNERS"}
+
+
+def label_counts_key(label: str) -> dict[str, str]:
+    return {"pk": f"LABEL#{label}", "sk": "COUNTS"}
+
+
+STATE_KEY = {"pk": "STATE", "sk": "DATASET"}
+LOCK_KEY = {"pk": "LOCK", "sk": "TRAINING"}
+CHAMPION_KEY = {"pk": "CHAMPION", "sk": "MODEL"}
+
+
+def run_key(run_id: str) -> dict[str, str]:
+    return {"pk": f"RUN#{run_id}", "sk": "RUN"}
+
+
+def dataset_key(dataset_id: str) -> dict[str, str]:
+    return {"pk": f"DATASET#{dataset_id}", "sk": "DATASET"}
+
+
+def model_key(model_id: str) -> dict[str, str]:
+    return {"pk": f"MODEL#{model_id}", "sk": "MODEL"}
