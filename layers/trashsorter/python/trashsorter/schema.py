@@ -59,6 +59,8 @@ class ModelStatus(StrEnum):
     CHAMPION = "champion"
     RETIRED = "retired"
     REJECTED = "rejected"
+    # Passed the gate, registered, not yet promoted (only between two steps of the package function).
+    CANDIDATE = "candidate"
 
 
 def image_key(object_key: str) -> dict[str, str]:
@@ -92,3 +94,13 @@ def dataset_key(dataset_id: str) -> dict[str, str]:
 
 def model_key(model_id: str) -> dict[str, str]:
     return {"pk": f"MODEL#{model_id}", "sk": "MODEL"}
+
+
+def deployment_key(model_id: str, target: str, request_id: str) -> dict[str, str]:
+    """One deployment of a model to a target (``greengrass-v1``, ``greengrass-v2``, ``local-device``)."""
+    return {"pk": f"MODEL#{model_id}", "sk": f"DEPLOY#{target}#{request_id}"}
+
+
+def edge_component_key(component_name: str) -> dict[str, str]:
+    """Monotonic version counter of the Greengrass v2 component (``1.0.<seq>``)."""
+    return {"pk": "EDGE", "sk": f"COMPONENT#{component_name}"}
