@@ -58,6 +58,11 @@ class TrainingStartError(TrashsorterError):
     """SageMaker refused a training job (quota, validation); the run is recorded as blocked/failed."""
 
 
+class TrainingError(TrashsorterError):
+    """The training itself failed (missing/corrupt images, bad manifest, out of memory); the message
+    becomes the FailureReason of the Failed training event."""
+
+
 class PackagingError(TrashsorterError):
     """The training artifact is missing or corrupt, or cannot be repackaged."""
 
