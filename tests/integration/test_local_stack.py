@@ -1,0 +1,120 @@
+"""The moto stack used by tests and local mode is template.yaml, rewritten only in the documented ways."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import StackHandle
+from trashsorter.errors import ConfigurationError
+from trashsorter_cli.local.stack import (
+    build_local_template,
+    load_template,
+    parameter_values,
+    parse_parameter_overrides,
+)
+
+pytestmark = pytest.mark.integration
+
+LOCAL_ONLY_TYPES = {"AWS::Lambda::Function", "AWS::Lambda::LayerVersion", "AWS::Lambda::EventSourceMapping"}
+
+
+def test_every_template_resource_exists_locally_except_lambda_code(stack: StackHandle) -> None:
+    template = load_template()
+    local = build_local_template(template, parameter_values(template))
+    expected = {
+        lid
+        for lid, res in local.cloudformation["Resources"].items()
+        if "Condition" not in res or lid != "NoticesEmailSubscription"
+    }
+    assert expected <= set(stack.stack.resources), sorted(expected - set(stack.stack.resources))
+    # every non-serverless resource of template.yaml made it through unchanged in type
+    for lid, res in template["Resources"].items():
+        if res["Type"].startswith("AWS::Serverless::") or res.get("Condition"):
+            continue
+        assert stack.stack.resource_types[lid] == res["Type"]
+    # functions are not created in moto (they would need Docker) but are known to the dispatcher
+    assert not LOCAL_ONLY_TYPES & set(stack.stack.resource_types.values())
+    sam_functions = {
+        lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"
+    }
+    assert set(stack.stack.functions) == sam_functions
+
+
+def test_bucket_notifications_match_template(stack: StackHandle) -> None:
+    s3 = stack.client("s3")
+    config = s3.get_bucket_notification_configuration(Bucket=stack.outputs["ImagesBucketName"])
+    template = load_template()
+    wanted = template["Resources"]["ImagesBucket"]["Properties"]["NotificationConfiguration"]
+    got = sorted(
+        (c["Events"][0], json.dumps(c["Filter"]["Key"]["FilterRules"])) for c in config["QueueConfigurations"]
+    )
+    want = sorted(
+        (
+            c["Event"],
+            json.dumps([{"Name": r["Name"], "Value": r["Value"]} for r in c["Filter"]["S3Key"]["Rules"]]),
+        )
+        for c in wanted["QueueConfigurations"]
+    )
+    assert got == want
+    queue_arn = stack.client("sqs").get_queue_attributes(
+        QueueUrl=stack.outputs["IngestQueueUrl"], AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    assert {c["QueueArn"] for c in config["QueueConfigurations"]} == {queue_arn}
+
+
+def test_function_environment_is_resolved_from_template(stack: StackHandle) -> None:
+    env = stack.function_env("IngestFunction")
+    assert env["TABLE_NAME"] == stack.outputs["CatalogueTableName"]
+    assert env["IMAGES_BUCKET"] == stack.outputs["ImagesBucketName"]
+    assert env["ALLOWED_LABELS"] == "Compost,Landfill,Recycling"
+    assert env["MAX_IMAGE_BYTES"] == "20971520"
+    assert env["POWERTOOLS_SERVICE_NAME"] == "ingest"
+    training = stack.function_env("StartTrainingFunction")
+    assert training["TRAINING_MAX_WAIT"] == "0"  # !If on UseSpot resolved by the stack
+    assert training["TRAINING_ROLE_ARN"].startswith("arn:aws:iam::")
+    package = stack.function_env("PackageFunction")
+    assert package["DEEPLENS_BUCKET"].startswith("deeplens-")
+
+
+def test_images_bucket_is_versioned_encrypted_and_private(stack: StackHandle) -> None:
+    s3 = stack.client("s3")
+    bucket = stack.outputs["ImagesBucketName"]
+    assert bucket.startswith("trashsorter-images-")
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    assert any(s["Effect"] == "Deny" and "aws:SecureTransport" in json.dumps(s) for s in policy["Statement"])
+
+
+def test_rules_targeting_functions_get_mirror_queues_with_dead_letters(stack: StackHandle) -> None:
+    events = stack.client("events")
+    for rule_id, mirror_id in stack.stack.mirrors.items():
+        rule_name = stack.stack.resources[rule_id]
+        bus = "default"
+        if rule_id.startswith("StartTraining"):
+            bus = stack.outputs["EventBusName"]
+        targets = events.list_targets_by_rule(Rule=rule_name, EventBusName=bus)["Targets"]
+        mirror_arn = stack.client("sqs").get_queue_attributes(
+            QueueUrl=stack.stack.resources[mirror_id], AttributeNames=["QueueArn", "RedrivePolicy"]
+        )["Attributes"]
+        assert [t["Arn"] for t in targets] == [mirror_arn["QueueArn"]]
+        assert "deadLetterTargetArn" in mirror_arn["RedrivePolicy"]
+
+
+def test_stack_parameter_overrides_are_checked() -> None:
+    template = load_template()
+    assert parse_parameter_overrides(["MinImagesPerLabel=30 TrainingBackend=local"]) == {
+        "MinImagesPerLabel": "30",
+        "TrainingBackend": "local",
+    }
+    assert parse_parameter_overrides(["ParameterKey=MinNewImages,ParameterValue=5"]) == {"MinNewImages": "5"}
+    assert parameter_values(template, {"MinImagesPerLabel": "30"})["MinImagesPerLabel"] == "30"
+    with pytest.raises(ConfigurationError, match="unknown stack parameter"):
+        parameter_values(template, {"NoSuchParameter": "1"})
+    with pytest.raises(ConfigurationError, match="not one of"):
+        parameter_values(template, {"TrainingBackend": "gpu-cluster"})
+    with pytest.raises(ConfigurationError, match="below its minimum"):
+        parameter_values(template, {"MinImagesPerLabel": "0"})
