@@ -58,6 +58,10 @@ class TrainingStartError(TrashsorterError):
     """SageMaker refused a training job (quota, validation); the run is recorded as blocked/failed."""
 
 
+class TrainingQuotaExceeded(TrainingStartError):
+    """ResourceLimitExceeded (instance quota): the run is ``blocked``, the trigger kept pending."""
+
+
 class TrainingError(TrashsorterError):
     """The training itself failed (missing/corrupt images, bad manifest, out of memory); the message
     becomes the FailureReason of the Failed training event."""

@@ -12,6 +12,7 @@ pk                              sk                    what
 ``LOCK``                        ``TRAINING``          single-flight lock + pending trigger
 ``RUN#<run_id>``                ``RUN``               one training run (gsi1: ``RUNS`` / created_at)
 ``DATASET#<dataset_id>``        ``DATASET``           a frozen dataset snapshot (counts, S3 prefix)
+``JOB#<job_name>``              ``RUN``               training job name -> run_id pointer
 ``MODEL#<model_id>``            ``MODEL``             model registry entry (gsi1: ``MODELS`` / created)
 ``MODEL#<model_id>``            ``DEPLOY#<target>#..``  deployments of that model
 ``CHAMPION``                    ``MODEL``             pointer to the current champion model
@@ -86,6 +87,11 @@ CHAMPION_KEY = {"pk": "CHAMPION", "sk": "MODEL"}
 
 def run_key(run_id: str) -> dict[str, str]:
     return {"pk": f"RUN#{run_id}", "sk": "RUN"}
+
+
+def job_key(job_name: str) -> dict[str, str]:
+    """``JOB#<training job name>/RUN``: pointer to the run (``run_id``) that owns a training job."""
+    return {"pk": f"JOB#{job_name}", "sk": "RUN"}
 
 
 def dataset_key(dataset_id: str) -> dict[str, str]:
