@@ -1,0 +1,505 @@
+"""The image catalogue: one record per S3 key, hash owners (duplicates / conflicts) and per-label counters.
+
+Every status change is one ``TransactWriteItems`` that also moves the counters, so the counts are exact
+without scans, even with many Lambdas writing in parallel:
+
+* the record of the key (``OBJ#<key>/META``) is conditioned on its ``rev`` (or on not existing yet);
+* the ``HASH#<sha>/OWNERS`` items of the old and new bytes are conditioned on their ``version``
+  (optimistic concurrency);
+* every other record whose status follows from a changed owners map (duplicate promoted, conflict raised
+  or resolved) is conditioned on its ``rev``;
+* ``LABEL#<label>/COUNTS`` get ``ADD`` deltas (aggregated per label) and ``STATE/DATASET.accepted_seq``
+  gets ``ADD n`` for the records that newly became accepted.
+
+A lost race (``ConditionalCheckFailed`` / ``TransactionConflict``) re-reads and retries, bounded, then
+raises :class:`~trashsorter.errors.ConcurrencyConflict` so the queue retries the message later.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter import aws
+from trashsorter.errors import ConcurrencyConflict, TransientError
+from trashsorter.schema import (
+    STATE_KEY,
+    ImageStatus,
+    hash_key,
+    image_gsi,
+    image_key,
+    label_counts_key,
+)
+
+GSI = "gsi1"
+MAX_TRANSACTION_ITEMS = 100
+COUNT_FIELDS = tuple(str(s) for s in ImageStatus)
+GROUP_STATUSES = (ImageStatus.ACCEPTED, ImageStatus.DUPLICATE, ImageStatus.CONFLICT)
+_RETRYABLE_CANCEL = {"ConditionalCheckFailed", "TransactionConflict"}
+_RECORD_FIELDS = (
+    "bucket",
+    "key",
+    "version_id",
+    "etag",
+    "sequencer",
+    "label",
+    "sha256",
+    "format",
+    "mode",
+    "width",
+    "height",
+    "size",
+)
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def sequencer_newer(new: str, old: str) -> bool:
+    """S3 ``sequencer`` order for one key: hex strings compared after left-padding to equal length."""
+    width = max(len(new), len(old))
+    return new.upper().rjust(width, "0") > old.upper().rjust(width, "0")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | set | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A low-level DynamoDB item as a plain dict (numbers as int, sets as lists)."""
+    return {k: _plain(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def serialize(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(v) for k, v in item.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ImageUpdate:
+    """The new state of one object key, as decided by the ingest step."""
+
+    key: str
+    bucket: str
+    kind: Literal["valid", "rejected", "deleted"]
+    label: str  # configured label, or the folder as written for unknown labels ("" when none)
+    sequencer: str = ""  # "" = not ordered (listing / emulator): no stale check
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    format: str | None = None
+    mode: str | None = None
+    width: int | None = None
+    height: int | None = None
+    reason_code: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class ApplyResult:
+    key: str
+    status: str  # the key's status after the call
+    changed: bool
+    stale: bool = False
+    newly_accepted: int = 0
+    deltas: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def derive_statuses(owners: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Statuses of every key holding one set of bytes: a conflict when two labels hold them, else the first
+    key of the label is accepted and the others are duplicates."""
+    labels = [label for label, keys in owners.items() if keys]
+    out: dict[str, str] = {}
+    if len(labels) > 1:
+        for label in labels:
+            for key in owners[label]:
+                out[key] = ImageStatus.CONFLICT
+        return out
+    for label in labels:
+        for i, key in enumerate(owners[label]):
+            out[key] = ImageStatus.ACCEPTED if i == 0 else ImageStatus.DUPLICATE
+    return out
+
+
+def _reason_for(status: str, key: str, label: str, owners: Mapping[str, Sequence[str]]) -> tuple[str, str]:
+    if status == ImageStatus.DUPLICATE:
+        return "duplicate", f"same bytes as {owners[label][0]} (counted once)"
+    others = [f"{other} ({keys[0]})" for other, keys in sorted(owners.items()) if keys and other != label]
+    return (
+        "conflict",
+        f"same bytes are also labelled {', '.join(others)}; not used for training until a person deletes "
+        "the wrong copy",
+    )
+
+
+class Catalogue:
+    """Image records, hash owners and counters in the catalogue table (low-level DynamoDB client)."""
+
+    def __init__(self, table_name: str, *, ddb: Any = None, max_attempts: int = 12) -> None:
+        self.table_name = table_name
+        self.ddb = ddb or aws.client("dynamodb")
+        self.max_attempts = max_attempts
+
+    # ------------------------------------------------------------------ reads
+    def _get(self, key: Mapping[str, str]) -> dict[str, Any] | None:
+        try:
+            response = self.ddb.get_item(TableName=self.table_name, Key=serialize(key), ConsistentRead=True)
+        except (ClientError, BotoCoreError) as exc:
+            raise TransientError(f"catalogue read failed: {exc}") from exc
+        item = response.get("Item")
+        return deserialize(item) if item else None
+
+    def _batch_get(self, keys: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        pending = [serialize(k) for k in keys]
+        attempts = 0
+        while pending:
+            chunk, pending = pending[:100], pending[100:]
+            request: dict[str, Any] = {self.table_name: {"Keys": chunk, "ConsistentRead": True}}
+            while request:
+                try:
+                    response = self.ddb.batch_get_item(RequestItems=request)
+                except (ClientError, BotoCoreError) as exc:
+                    raise TransientError(f"catalogue batch read failed: {exc}") from exc
+                found.extend(deserialize(i) for i in response.get("Responses", {}).get(self.table_name, []))
+                request = response.get("UnprocessedKeys") or {}
+                if request:
+                    attempts += 1
+                    if attempts > self.max_attempts:
+                        raise TransientError("catalogue batch read kept returning unprocessed keys")
+                    time.sleep(min(1.0, 0.02 * 2**attempts))
+        return found
+
+    def get_image(self, key: str) -> dict[str, Any] | None:
+        """The record of one object key (consistent read), or None."""
+        return self._get(image_key(key))
+
+    def label_counts(self, labels: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Counters per label (consistent); a label never written reads as zeros."""
+        out = {label: dict.fromkeys(COUNT_FIELDS, 0) for label in labels}
+        if not labels:
+            return out
+        for item in self._batch_get([label_counts_key(label) for label in dict.fromkeys(labels)]):
+            label = str(item["pk"]).removeprefix("LABEL#")
+            if label in out:
+                out[label].update({f: int(item.get(f, 0)) for f in COUNT_FIELDS})
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """``STATE/DATASET``: accepted_seq, baseline_seq, fired_baseline (ints, default 0), plus ``fired``
+        (a threshold event was claimed for ``fired_baseline``) and ``published`` (it was sent)."""
+        item = self._get(STATE_KEY) or {}
+        return {
+            "accepted_seq": int(item.get("accepted_seq", 0)),
+            "baseline_seq": int(item.get("baseline_seq", 0)),
+            "fired_baseline": int(item.get("fired_baseline", 0)),
+            "fired": "fired_baseline" in item,
+            "published": bool(item.get("published", False)),
+        }
+
+    def iter_images(self, status: str | None = None, label: str | None = None) -> Iterator[dict[str, Any]]:
+        """Image records by status (gsi1 ``STATUS#<status>``), optionally of one label; paginated."""
+        statuses = [status] if status is not None else list(COUNT_FIELDS)
+        paginator = self.ddb.get_paginator("query")
+        for st in statuses:
+            kwargs: dict[str, Any] = {
+                "TableName": self.table_name,
+                "IndexName": GSI,
+                "KeyConditionExpression": "gsi1pk = :pk",
+                "ExpressionAttributeValues": {":pk": {"S": f"STATUS#{st}"}},
+            }
+            if label is not None:
+                kwargs["KeyConditionExpression"] += " AND begins_with(gsi1sk, :label)"
+                kwargs["ExpressionAttributeValues"][":label"] = {"S": f"{label}#"}
+            try:
+                for page in paginator.paginate(**kwargs):
+                    for item in page.get("Items", []):
+                        yield deserialize(item)
+            except (ClientError, BotoCoreError) as exc:
+                raise TransientError(f"catalogue query failed: {exc}") from exc
+
+    def accepted_images(self) -> Iterator[dict[str, Any]]:
+        """Every record usable for training (status accepted: duplicates and conflicts excluded)."""
+        return self.iter_images(ImageStatus.ACCEPTED)
+
+    # ------------------------------------------------------------------ writes
+    def apply(self, update: ImageUpdate) -> ApplyResult:
+        """Make the catalogue reflect ``update`` (idempotent; stale sequencers are ignored)."""
+        for attempt in range(1, self.max_attempts + 1):
+            result, transaction = self._plan(update)
+            if not transaction:
+                return result
+            if len(transaction) > MAX_TRANSACTION_ITEMS:
+                raise TransientError(
+                    f"{update.key}: the change touches {len(transaction)} catalogue items, more than one "
+                    f"transaction holds ({MAX_TRANSACTION_ITEMS}); too many copies of the same bytes"
+                )
+            try:
+                self.ddb.transact_write_items(TransactItems=transaction)
+                return result
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                reasons = {r.get("Code") for r in exc.response.get("CancellationReasons", []) or []}
+                retryable = code == "TransactionConflictException" or (
+                    code == "TransactionCanceledException" and reasons & _RETRYABLE_CANCEL
+                )
+                if not retryable:
+                    raise TransientError(f"catalogue write for {update.key} failed: {exc}") from exc
+                if attempt == self.max_attempts:
+                    raise ConcurrencyConflict(
+                        f"catalogue write for {update.key} lost {attempt} races in a row; retry later"
+                    ) from exc
+                time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
+            except BotoCoreError as exc:
+                raise TransientError(f"catalogue write for {update.key} failed: {exc}") from exc
+        raise ConcurrencyConflict(f"catalogue write for {update.key} did not complete")  # pragma: no cover
+
+    def _plan(self, update: ImageUpdate) -> tuple[ApplyResult, list[dict[str, Any]]]:
+        """Read what the update depends on and build the transaction (empty when nothing changes)."""
+        key = update.key
+        rec = self.get_image(key)
+        if rec is not None:
+            old_seq = str(rec.get("sequencer") or "")
+            if update.sequencer and old_seq and not sequencer_newer(update.sequencer, old_seq):
+                return ApplyResult(key, str(rec["status"]), changed=False, stale=True), []
+            if self._same(rec, update):
+                return ApplyResult(key, str(rec["status"]), changed=False), []
+
+        old_status = str(rec["status"]) if rec else None
+        old_group = (str(rec["sha256"]), str(rec["label"])) if rec and old_status in GROUP_STATUSES else None
+        new_group = (str(update.sha256), update.label) if update.kind == "valid" else None
+
+        shas = list(dict.fromkeys(g[0] for g in (old_group, new_group) if g))
+        hashes = {sha: self._get(hash_key(sha)) for sha in shas}
+        before: dict[str, dict[str, list[str]]] = {
+            sha: {lbl: list(keys) for lbl, keys in (item or {}).get("owners", {}).items()}
+            for sha, item in hashes.items()
+        }
+        after = {sha: {lbl: list(keys) for lbl, keys in owners.items()} for sha, owners in before.items()}
+        if old_group != new_group:
+            if old_group:
+                sha, lbl = old_group
+                if key in after[sha].get(lbl, []):
+                    after[sha][lbl].remove(key)
+                after[sha] = {k: v for k, v in after[sha].items() if v}
+        if new_group:
+            sha, lbl = new_group
+            if key not in after[sha].setdefault(lbl, []):
+                after[sha][lbl].append(key)
+
+        derived: dict[str, str] = {}
+        owners_of: dict[str, dict[str, list[str]]] = {}
+        for owners in after.values():
+            for k, status in derive_statuses(owners).items():
+                derived[k] = status
+                owners_of[k] = owners
+
+        # The status of every other key of the touched groups may change with the owners map.
+        others = sorted(
+            {k for owners in (*before.values(), *after.values()) for keys in owners.values() for k in keys}
+            - {key}
+        )
+        other_records = {str(r["key"]): r for r in self._batch_get([image_key(k) for k in others])}
+
+        now = now_iso()
+        deltas: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        newly_accepted = 0
+        transaction: list[dict[str, Any]] = []
+
+        # --- the key itself
+        if update.kind == "valid":
+            new_status = derived[key]
+        elif update.kind == "rejected":
+            new_status = ImageStatus.REJECTED
+        else:
+            new_status = ImageStatus.DELETED
+        item: dict[str, Any] = {}
+        if update.kind == "deleted" and rec:
+            item.update({f: rec.get(f) for f in _RECORD_FIELDS})
+        item.update({f: getattr(update, f) for f in _RECORD_FIELDS if getattr(update, f, None) is not None})
+        if not update.sequencer and rec:
+            item["sequencer"] = rec.get("sequencer") or ""
+        item.update(
+            {
+                "key": key,
+                "bucket": update.bucket,
+                "label": update.label,
+                "status": str(new_status),
+                "created_at": rec.get("created_at", now) if rec else now,
+                "updated_at": now,
+                "rev": int(rec.get("rev", 0)) + 1 if rec else 1,
+                **image_key(key),
+                **image_gsi(str(new_status), update.label, key),
+            }
+        )
+        if new_status == ImageStatus.REJECTED:
+            item["reason_code"], item["reason"] = update.reason_code, update.reason
+        elif new_status in (ImageStatus.DUPLICATE, ImageStatus.CONFLICT):
+            item["reason_code"], item["reason"] = _reason_for(new_status, key, update.label, owners_of[key])
+        put: dict[str, Any] = {"TableName": self.table_name, "Item": serialize(item)}
+        if rec:
+            put["ConditionExpression"] = "#rev = :rev"
+            put["ExpressionAttributeNames"] = {"#rev": "rev"}
+            put["ExpressionAttributeValues"] = {":rev": {"N": str(int(rec.get("rev", 0)))}}
+        else:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        transaction.append({"Put": put})
+        if rec and old_status and rec.get("label"):
+            deltas[str(rec["label"])][old_status] -= 1
+        if update.label:
+            deltas[update.label][str(new_status)] += 1
+        if new_status == ImageStatus.ACCEPTED and old_status != ImageStatus.ACCEPTED:
+            newly_accepted += 1
+
+        # --- other keys whose status follows the owners maps
+        for k in others:
+            other = other_records.get(k)
+            if other is None:
+                continue  # owners entry without a record (should not happen); the record write fixes it
+            cur = str(other["status"])
+            target = derived.get(k)
+            if target is None or cur == target or cur not in GROUP_STATUSES:
+                continue
+            values: dict[str, Any] = {
+                ":s": {"S": target},
+                ":g": {"S": f"STATUS#{target}"},
+                ":u": {"S": now},
+                ":rev": {"N": str(int(other.get("rev", 0)))},
+                ":one": {"N": "1"},
+            }
+            expression = "SET #status = :s, gsi1pk = :g, updated_at = :u, #rev = #rev + :one"
+            if target == ImageStatus.ACCEPTED:
+                expression += " REMOVE reason_code, reason"
+            else:
+                code, reason = _reason_for(target, k, str(other["label"]), owners_of[k])
+                expression += ", reason_code = :rc, reason = :r"
+                values[":rc"], values[":r"] = {"S": code}, {"S": reason}
+            transaction.append(
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": serialize(image_key(k)),
+                        "UpdateExpression": expression,
+                        "ConditionExpression": "#rev = :rev",
+                        "ExpressionAttributeNames": {"#status": "status", "#rev": "rev"},
+                        "ExpressionAttributeValues": values,
+                    }
+                }
+            )
+            deltas[str(other["label"])][cur] -= 1
+            deltas[str(other["label"])][target] += 1
+            if target == ImageStatus.ACCEPTED:
+                newly_accepted += 1
+
+        # --- hash owners (optimistic concurrency on version)
+        for sha in shas:
+            old = hashes[sha]
+            if before[sha] == after[sha] and old is not None:
+                # Membership unchanged: still pin the version so a concurrent change re-plans us.
+                transaction.append(
+                    {
+                        "ConditionCheck": {
+                            "TableName": self.table_name,
+                            "Key": serialize(hash_key(sha)),
+                            "ConditionExpression": "#v = :v",
+                            "ExpressionAttributeNames": {"#v": "version"},
+                            "ExpressionAttributeValues": {":v": {"N": str(int(old["version"]))}},
+                        }
+                    }
+                )
+                continue
+            condition: dict[str, Any] = (
+                {
+                    "ConditionExpression": "#v = :v",
+                    "ExpressionAttributeNames": {"#v": "version"},
+                    "ExpressionAttributeValues": {":v": {"N": str(int(old["version"]))}},
+                }
+                if old
+                else {"ConditionExpression": "attribute_not_exists(pk)"}
+            )
+            if after[sha]:
+                body = {
+                    **hash_key(sha),
+                    "sha256": sha,
+                    "owners": after[sha],
+                    "updated_at": now,
+                    "version": int(old["version"]) + 1 if old else 1,
+                }
+                transaction.append(
+                    {"Put": {"TableName": self.table_name, "Item": serialize(body), **condition}}
+                )
+            elif old:
+                transaction.append(
+                    {"Delete": {"TableName": self.table_name, "Key": serialize(hash_key(sha)), **condition}}
+                )
+
+        # --- counters: one ADD per label, deltas aggregated
+        for label, per_status in sorted(deltas.items()):
+            nonzero = {s: n for s, n in per_status.items() if n}
+            if not nonzero:
+                continue
+            names = {f"#c{i}": s for i, s in enumerate(nonzero)}
+            vals = {f":c{i}": {"N": str(n)} for i, n in enumerate(nonzero.values())}
+            vals[":label"] = {"S": label}
+            transaction.append(
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": serialize(label_counts_key(label)),
+                        "UpdateExpression": "SET #label = :label ADD "
+                        + ", ".join(f"{n} :c{i}" for i, n in enumerate(names)),
+                        "ExpressionAttributeNames": {**names, "#label": "label"},
+                        "ExpressionAttributeValues": vals,
+                    }
+                }
+            )
+        if newly_accepted:
+            transaction.append(
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": serialize(STATE_KEY),
+                        "UpdateExpression": "ADD accepted_seq :n",
+                        "ExpressionAttributeValues": {":n": {"N": str(newly_accepted)}},
+                    }
+                }
+            )
+        clean = {lbl: {s: n for s, n in d.items() if n} for lbl, d in deltas.items()}
+        result = ApplyResult(
+            key,
+            str(new_status),
+            changed=True,
+            newly_accepted=newly_accepted,
+            deltas={lbl: d for lbl, d in clean.items() if d},
+        )
+        return result, transaction
+
+    @staticmethod
+    def _same(rec: Mapping[str, Any], update: ImageUpdate) -> bool:
+        """True when ``update`` would not change the record (a replay)."""
+        status = str(rec.get("status"))
+        if update.kind == "deleted":
+            return status == ImageStatus.DELETED
+        if status == ImageStatus.DELETED or (status == ImageStatus.REJECTED) != (update.kind == "rejected"):
+            return False
+        fields = ("label", "sha256", "version_id", "etag", "reason_code")
+        return all((rec.get(f) or None) == (getattr(update, f) or None) for f in fields)
