@@ -206,7 +206,8 @@ class Catalogue:
 
     def state(self) -> dict[str, Any]:
         """``STATE/DATASET``: accepted_seq, baseline_seq, fired_baseline (ints, default 0), plus ``fired``
-        (a threshold event was claimed for ``fired_baseline``) and ``published`` (it was sent)."""
+        (a threshold event was claimed for ``fired_baseline``), ``published`` (it was sent) and
+        ``fired_at`` (when it was claimed)."""
         item = self._get(STATE_KEY) or {}
         return {
             "accepted_seq": int(item.get("accepted_seq", 0)),
@@ -214,6 +215,7 @@ class Catalogue:
             "fired_baseline": int(item.get("fired_baseline", 0)),
             "fired": "fired_baseline" in item,
             "published": bool(item.get("published", False)),
+            "fired_at": str(item.get("fired_at", "")),
         }
 
     def iter_images(self, status: str | None = None, label: str | None = None) -> Iterator[dict[str, Any]]:

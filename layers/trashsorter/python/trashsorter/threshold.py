@@ -1,0 +1,220 @@
+"""The training rule and the exactly-once "Dataset Ready" publication.
+
+Rule: every label has at least ``min_per_label`` accepted images AND at least ``min_new`` images were newly
+accepted since the dataset of the current model (``accepted_seq - baseline_seq``).
+
+Exactly once per crossing: ``STATE/DATASET.fired_baseline`` remembers the baseline the event was claimed
+for. The first caller that sees the rule met wins a conditional UpdateItem
+(``fired_baseline <> :baseline``, ``published = false``), publishes, then sets ``published = true``. A
+crash between the claim and PutEvents leaves ``published = false``; the next call publishes again
+(a duplicate is harmless: start-training is idempotent per dataset).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter import aws
+from trashsorter.catalogue import Catalogue, now_iso, serialize
+from trashsorter.errors import TrainingRuleNotMet, TransientError
+from trashsorter.observability import logger
+from trashsorter.schema import DATASET_READY, EVENT_SOURCE, STATE_KEY
+from trashsorter.settings import CommonSettings
+
+# A claim not confirmed as published after this long is presumed crashed (ingest Lambdas time out at 60 s).
+RECLAIM_AFTER_S = 120.0
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    met: bool
+    counts: dict[str, int]  # accepted images per label
+    missing: dict[str, int]  # images still needed per label (only labels that lack some)
+    new_images: int  # accepted since the current model's dataset
+    needed_new: int  # new images still needed
+    reason: str  # a sentence for people
+
+
+def _needs(missing: Mapping[str, int], needed_new: int) -> str:
+    parts = [f"{n} more {label}" for label, n in missing.items()]
+    if needed_new:
+        parts.append(f"{needed_new} more new image{'s' if needed_new != 1 else ''}")
+    return ", ".join(parts)
+
+
+def evaluate_rule(
+    counts: Mapping[str, int], *, accepted_seq: int, baseline_seq: int, min_per_label: int, min_new: int
+) -> RuleResult:
+    """Pure: is the training rule met for these accepted counts?"""
+    plain = {label: int(n) for label, n in counts.items()}
+    missing = {label: min_per_label - n for label, n in plain.items() if n < min_per_label}
+    new_images = max(0, accepted_seq - baseline_seq)
+    needed_new = max(0, min_new - new_images)
+    met = not missing and needed_new == 0 and bool(plain)
+    if met:
+        reason = (
+            f"every label has at least {min_per_label} images and {new_images} new image"
+            f"{'s' if new_images != 1 else ''} arrived since the last model (rule: {min_new})"
+        )
+    elif not plain:
+        reason = "no labels configured"
+    else:
+        reason = f"need {_needs(missing, needed_new)}"
+    return RuleResult(
+        met=met, counts=plain, missing=missing, new_images=new_images, needed_new=needed_new, reason=reason
+    )
+
+
+def _evaluate(settings: CommonSettings, catalogue: Catalogue) -> tuple[RuleResult, dict[str, Any]]:
+    state = catalogue.state()
+    counts = catalogue.label_counts(settings.allowed_labels)
+    result = evaluate_rule(
+        {label: c["accepted"] for label, c in counts.items()},
+        accepted_seq=state["accepted_seq"],
+        baseline_seq=state["baseline_seq"],
+        min_per_label=settings.min_images_per_label,
+        min_new=settings.min_new_images,
+    )
+    return result, state
+
+
+def publish_dataset_ready(
+    settings: CommonSettings, *, reason: str, result: RuleResult, accepted_seq: int, events: Any = None
+) -> str:
+    """PutEvents "Dataset Ready" on the stack bus; returns the event id (TransientError when refused)."""
+    detail = {
+        "reason": reason,
+        "counts": result.counts,
+        "new_images": result.new_images,
+        "accepted_seq": accepted_seq,
+        "requested_at": now_iso(),
+    }
+    entry = {
+        "Source": EVENT_SOURCE,
+        "DetailType": DATASET_READY,
+        "Detail": json.dumps(detail, sort_keys=True),
+        "EventBusName": settings.event_bus_name,
+    }
+    try:
+        response = (events or aws.client("events")).put_events(Entries=[entry])
+    except (ClientError, BotoCoreError) as exc:
+        raise TransientError(f"could not publish {DATASET_READY}: {exc}") from exc
+    entries = response.get("Entries") or [{}]
+    if response.get("FailedEntryCount", 0) or not entries[0].get("EventId"):
+        failure = entries[0]
+        raise TransientError(
+            f"{DATASET_READY} refused by EventBridge: "
+            f"{failure.get('ErrorCode')} {failure.get('ErrorMessage')}"
+        )
+    logger.info("dataset ready published", extra={"reason": reason, **detail})
+    return str(entries[0]["EventId"])
+
+
+def _claim(catalogue: Catalogue, baseline: int) -> bool:
+    """Win the right to publish for ``baseline`` (conditional write); False when someone else has it."""
+    try:
+        catalogue.ddb.update_item(
+            TableName=catalogue.table_name,
+            Key=serialize(STATE_KEY),
+            UpdateExpression="SET fired_baseline = :b, published = :f, fired_at = :t",
+            ConditionExpression="attribute_not_exists(fired_baseline) OR fired_baseline <> :b",
+            ExpressionAttributeValues={
+                ":b": {"N": str(baseline)},
+                ":f": {"BOOL": False},
+                ":t": {"S": now_iso()},
+            },
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise TransientError(f"could not claim the threshold event: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"could not claim the threshold event: {exc}") from exc
+    return True
+
+
+def _reclaim_stale(catalogue: Catalogue, baseline: int, fired_at: str) -> bool:
+    try:
+        age = (datetime.now(UTC) - datetime.fromisoformat(fired_at.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        age = RECLAIM_AFTER_S + 1
+    if age < RECLAIM_AFTER_S:
+        return False
+    try:
+        catalogue.ddb.update_item(
+            TableName=catalogue.table_name,
+            Key=serialize(STATE_KEY),
+            UpdateExpression="SET fired_at = :now",
+            ConditionExpression="fired_baseline = :b AND published = :f AND "
+            "(attribute_not_exists(fired_at) OR fired_at = :old)",
+            ExpressionAttributeValues={
+                ":b": {"N": str(baseline)},
+                ":f": {"BOOL": False},
+                ":now": {"S": now_iso()},
+                ":old": {"S": fired_at},
+            },
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise TransientError(f"could not re-claim the threshold event: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"could not re-claim the threshold event: {exc}") from exc
+    return True
+
+
+def _mark_published(catalogue: Catalogue, baseline: int) -> None:
+    try:
+        catalogue.ddb.update_item(
+            TableName=catalogue.table_name,
+            Key=serialize(STATE_KEY),
+            UpdateExpression="SET published = :t",
+            ConditionExpression="fired_baseline = :b",
+            ExpressionAttributeValues={":b": {"N": str(baseline)}, ":t": {"BOOL": True}},
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return  # a newer baseline was claimed meanwhile; its publisher owns the flag now
+        raise TransientError(f"could not mark the threshold event published: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"could not mark the threshold event published: {exc}") from exc
+
+
+def check_and_publish(settings: CommonSettings, *, catalogue: Catalogue, events: Any = None) -> bool:
+    """Publish "Dataset Ready" once per crossing of the rule; True when this call published."""
+    result, state = _evaluate(settings, catalogue)
+    baseline = state["baseline_seq"]
+    claimed_here = state["fired"] and state["fired_baseline"] == baseline
+    if claimed_here and state["published"]:
+        return False
+    if claimed_here:
+        # Claimed but not confirmed: either the winner is publishing right now, or it crashed between the
+        # claim and PutEvents. Only once the claim is older than a Lambda run can take, re-claim and publish.
+        if not _reclaim_stale(catalogue, baseline, str(state.get("fired_at") or "")):
+            return False
+        logger.warning("re-publishing an unconfirmed Dataset Ready", extra={"baseline_seq": baseline})
+    elif not result.met or not _claim(catalogue, baseline):
+        return False
+    publish_dataset_ready(
+        settings, reason="threshold", result=result, accepted_seq=state["accepted_seq"], events=events
+    )
+    _mark_published(catalogue, baseline)
+    return True
+
+
+def trigger_manual(settings: CommonSettings, *, catalogue: Catalogue, events: Any = None) -> RuleResult:
+    """A person asks for training: publish with reason "manual" when the rule is met, else say what is
+    missing (:class:`TrainingRuleNotMet` with ``missing``)."""
+    result, state = _evaluate(settings, catalogue)
+    if not result.met:
+        raise TrainingRuleNotMet(f"training rule not met: {result.reason}", missing=result.missing)
+    publish_dataset_ready(
+        settings, reason="manual", result=result, accepted_seq=state["accepted_seq"], events=events
+    )
+    return result
