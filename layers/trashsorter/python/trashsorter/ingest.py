@@ -1,0 +1,391 @@
+"""One S3 notification record end to end: key -> label -> size -> download -> validate -> catalogue.
+
+* ``ObjectCreated:*``: parse the label, check the size from the event, read the exact version, hash and
+  validate it, then write the record (accepted / duplicate / conflict / rejected) in one transaction.
+  Rejected objects also get the S3 tags ``trashsorter-status=rejected`` / ``trashsorter-reason=<code>``.
+* ``ObjectRemoved:*``: if the key still exists (a newer version, or an older version became current again)
+  that version is catalogued instead; otherwise the record is marked ``deleted``.
+* Events carry an S3 ``sequencer``; older events than the one a record was written from are ignored.
+  Events without one (S3 emulators, :func:`rebuild_catalogue`) are reconciled with the current object.
+* Replays change nothing; the handler retries only :class:`~trashsorter.errors.TransientError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote_plus
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter import aws
+from trashsorter.catalogue import Catalogue, ImageUpdate, sequencer_newer
+from trashsorter.errors import Rejection, TransientError, TrashsorterError
+from trashsorter.keys import IMAGES_PREFIX, decode_event_key, parse_key
+from trashsorter.observability import logger
+from trashsorter.schema import ImageStatus
+from trashsorter.settings import IngestSettings
+from trashsorter.threshold import check_and_publish
+from trashsorter.validation import check_object_size, validate_image
+
+IGNORED = "ignored"
+STATUS_TAG = "trashsorter-status"
+REASON_TAG = "trashsorter-reason"
+_GONE_CODES = {"NoSuchKey", "NoSuchVersion", "404", "NotFound"}
+_MAX_TAGS = 10
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    key: str
+    label: str | None
+    status: str  # an ImageStatus value, or "ignored"
+    reason_code: str | None = None
+    changed: bool = False
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _is_gone(exc: ClientError) -> bool:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return _error_code(exc) in _GONE_CODES or status == 404
+
+
+class _Gone(Exception):
+    """The object (version) disappeared before we could read it."""
+
+
+class _Ingestor:
+    def __init__(self, settings: IngestSettings, *, s3: Any, ddb: Any, events: Any) -> None:
+        self.settings = settings
+        self.s3 = s3 or aws.client("s3")
+        self.events = events
+        self.catalogue = Catalogue(settings.table_name, ddb=ddb)
+
+    # ---------------------------------------------------------------- S3 access
+    def _read(self, bucket: str, key: str, version_id: str | None) -> tuple[bytes, str | None, str | None]:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            response = self.s3.get_object(**kwargs)
+            with response["Body"] as body:
+                data = body.read(self.settings.max_image_bytes + 1)
+        except ClientError as exc:
+            if _is_gone(exc):
+                raise _Gone(key) from exc
+            raise TransientError(f"could not read s3://{bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"could not read s3://{bucket}/{key}: {exc}") from exc
+        etag = str(response.get("ETag", "")).strip('"') or None
+        return data, response.get("VersionId") or version_id, etag
+
+    def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        try:
+            response: dict[str, Any] = self.s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _is_gone(exc):
+                return None
+            raise TransientError(f"could not check s3://{bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"could not check s3://{bucket}/{key}: {exc}") from exc
+        return response
+
+    def _tag_rejected(self, bucket: str, key: str, version_id: str | None, code: str) -> None:
+        """Merge our two tags into the object's tags (the user's own tags are kept)."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            current = self.s3.get_object_tagging(**kwargs).get("TagSet", [])
+            keep = [t for t in current if t["Key"] not in (STATUS_TAG, REASON_TAG)][: _MAX_TAGS - 2]
+            tags = [*keep, {"Key": STATUS_TAG, "Value": "rejected"}, {"Key": REASON_TAG, "Value": code}]
+            if sorted(map(str, current)) == sorted(map(str, tags)):
+                return
+            self.s3.put_object_tagging(**kwargs, Tagging={"TagSet": tags})
+        except ClientError as exc:
+            if _is_gone(exc):
+                return  # deleted meanwhile; its delete event follows
+            raise TransientError(f"could not tag rejected s3://{bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"could not tag rejected s3://{bucket}/{key}: {exc}") from exc
+
+    # ---------------------------------------------------------------- events
+    def process(self, record: Mapping[str, Any]) -> IngestOutcome:
+        event_name = str(record.get("eventName", ""))
+        s3_part = record.get("s3") or {}
+        obj = s3_part.get("object") or {}
+        bucket = str((s3_part.get("bucket") or {}).get("name", ""))
+        key = decode_event_key(str(obj.get("key", "")))
+        if bucket != self.settings.images_bucket:
+            logger.warning("event for another bucket ignored", extra={"bucket": bucket, "key": key})
+            return IngestOutcome(key, None, IGNORED, "other_bucket")
+        parsed = parse_key(key, self.settings.allowed_labels)
+        if parsed is None:
+            return IngestOutcome(key, None, IGNORED, "folder" if key.endswith("/") else "outside_images")
+        label = parsed.label or parsed.folder
+        sequencer = str(obj.get("sequencer") or "")
+        version_id = obj.get("versionId") or None
+        if event_name.startswith("ObjectCreated:"):
+            return self.created(
+                bucket,
+                key,
+                label,
+                parsed.label is not None,
+                sequencer=sequencer,
+                version_id=version_id,
+                etag=str(obj.get("eTag") or "") or None,
+                size=int(obj.get("size") or 0),
+            )
+        if event_name.startswith("ObjectRemoved:"):
+            return self.removed(
+                bucket,
+                key,
+                label,
+                parsed.label is not None,
+                sequencer=sequencer,
+                version_id=version_id,
+                permanent=event_name == "ObjectRemoved:Delete",
+            )
+        logger.info("event type ignored", extra={"event_name": event_name, "key": key})
+        return IngestOutcome(key, label, IGNORED, "event_type")
+
+    def _replay_or_stale(
+        self, rec: Mapping[str, Any] | None, sequencer: str, etag: str | None, version_id: str | None
+    ) -> bool:
+        if rec is None:
+            return False
+        old_seq = str(rec.get("sequencer") or "")
+        if sequencer and old_seq:
+            return not sequencer_newer(sequencer, old_seq)
+        if sequencer:
+            return False
+        # No sequencer: the same object version/etag already catalogued (and not deleted) is a replay.
+        return (
+            rec.get("status") != ImageStatus.DELETED
+            and etag is not None
+            and rec.get("etag") == etag
+            and (version_id is None or rec.get("version_id") == version_id)
+        )
+
+    def created(
+        self,
+        bucket: str,
+        key: str,
+        label: str,
+        known_label: bool,
+        *,
+        sequencer: str,
+        version_id: str | None,
+        etag: str | None,
+        size: int,
+    ) -> IngestOutcome:
+        rec = self.catalogue.get_image(key)
+        if self._replay_or_stale(rec, sequencer, etag, version_id):
+            assert rec is not None
+            status = str(rec["status"])
+            if status == ImageStatus.ACCEPTED:
+                self._threshold()  # finishes a publication a crashed first delivery may have left undone
+            return IngestOutcome(key, label, status, rec.get("reason_code"), changed=False)
+        base: dict[str, Any] = {
+            "key": key,
+            "bucket": bucket,
+            "label": label,
+            "sequencer": sequencer,
+            "version_id": version_id,
+            "etag": etag,
+            "size": size,
+        }
+        try:
+            if not known_label:
+                raise Rejection(*_unknown_label(label, self.settings.allowed_labels))
+            check_object_size(size, self.settings.max_image_bytes)
+            try:
+                data, version_id, read_etag = self._read(bucket, key, version_id)
+            except _Gone:
+                logger.info("object gone before it was read; its delete event follows", extra={"key": key})
+                return IngestOutcome(key, label, IGNORED, "gone")
+            base.update(version_id=version_id, etag=read_etag or etag, size=len(data))
+            base["sha256"] = hashlib.sha256(data).hexdigest()
+            check_object_size(len(data), self.settings.max_image_bytes)
+            info = validate_image(
+                data, max_pixels=self.settings.max_image_pixels, min_side=self.settings.min_image_side
+            )
+        except Rejection as rejection:
+            self._tag_rejected(bucket, key, base["version_id"], rejection.code)
+            update = ImageUpdate(
+                kind="rejected", reason_code=rejection.code, reason=rejection.message, **base
+            )
+        else:
+            update = ImageUpdate(
+                kind="valid", format=info.format, mode=info.mode, width=info.width, height=info.height, **base
+            )
+        result = self.catalogue.apply(update)
+        logger.info(
+            "image catalogued",
+            extra={
+                "key": key,
+                "label": label,
+                "status": result.status,
+                "reason_code": update.reason_code,
+                "changed": result.changed,
+            },
+        )
+        if result.newly_accepted or result.status == ImageStatus.ACCEPTED:
+            self._threshold()
+        return IngestOutcome(
+            key,
+            label,
+            result.status,
+            update.reason_code
+            if result.status == ImageStatus.REJECTED
+            else _reason_of(self.catalogue, key, result.status),
+            changed=result.changed,
+        )
+
+    def removed(
+        self,
+        bucket: str,
+        key: str,
+        label: str,
+        known_label: bool,
+        *,
+        sequencer: str,
+        version_id: str | None,
+        permanent: bool,
+    ) -> IngestOutcome:
+        rec = self.catalogue.get_image(key)
+        if rec is not None and sequencer and rec.get("sequencer"):
+            if not sequencer_newer(sequencer, str(rec["sequencer"])):
+                return IngestOutcome(key, label, str(rec["status"]), "stale", changed=False)
+        if permanent and version_id and rec is not None and rec.get("version_id") not in (None, version_id):
+            # An older, non-catalogued version was removed: the catalogued one is untouched.
+            return IngestOutcome(key, label, str(rec["status"]), "other_version", changed=False)
+        head = self._head(bucket, key)
+        if head is not None:
+            # The key still (or again) has a current version: catalogue that one instead.
+            return self.created(
+                bucket,
+                key,
+                label,
+                known_label,
+                sequencer=sequencer,
+                version_id=head.get("VersionId") or None,
+                etag=str(head.get("ETag", "")).strip('"') or None,
+                size=int(head.get("ContentLength") or 0),
+            )
+        result = self.catalogue.apply(
+            ImageUpdate(
+                key=key,
+                bucket=bucket,
+                kind="deleted",
+                label=label,
+                sequencer=sequencer,
+                version_id=version_id if rec is None else None,
+            )
+        )
+        logger.info("image deleted", extra={"key": key, "label": label, "changed": result.changed})
+        if result.newly_accepted:
+            self._threshold()
+        return IngestOutcome(key, label, result.status, None, changed=result.changed)
+
+    def _threshold(self) -> None:
+        check_and_publish(self.settings, catalogue=self.catalogue, events=self.events)
+
+
+def _unknown_label(folder: str, allowed: tuple[str, ...]) -> tuple[str, str]:
+    labels = ", ".join(allowed)
+    if not folder:
+        return "unknown_label", f"put images under images/<Label>/ with a label of: {labels}"
+    return "unknown_label", f"folder {folder!r} is not a label; the labels are: {labels}"
+
+
+def _reason_of(catalogue: Catalogue, key: str, status: str) -> str | None:
+    if status == ImageStatus.ACCEPTED:
+        return None
+    rec = catalogue.get_image(key)
+    return str(rec["reason_code"]) if rec and rec.get("reason_code") else None
+
+
+def process_s3_record(
+    record: Mapping[str, Any],
+    settings: IngestSettings,
+    *,
+    s3: Any = None,
+    ddb: Any = None,
+    events: Any = None,
+) -> IngestOutcome:
+    """Handle one S3 event notification record (ObjectCreated:* / ObjectRemoved:*)."""
+    return _Ingestor(settings, s3=s3, ddb=ddb, events=events).process(record)
+
+
+def process_sqs_message_body(
+    body: str, settings: IngestSettings, *, s3: Any = None, ddb: Any = None, events: Any = None
+) -> list[IngestOutcome]:
+    """One SQS message body: S3 notification JSON with ``Records`` (``s3:TestEvent`` -> nothing to do).
+
+    A TransientError from any record escapes, so the whole message is retried; the records that were
+    already handled are no-ops on the retry (idempotent). A body that is not notification JSON raises too:
+    it can never succeed, but failing keeps it (retries, then the DLQ) for a person to look at.
+    """
+    try:
+        message = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise TrashsorterError(f"SQS message is not S3 notification JSON (kept for the DLQ): {exc}") from exc
+    if not isinstance(message, dict):
+        raise TrashsorterError("SQS message is not an S3 notification object (kept for the DLQ)")
+    if message.get("Event") == "s3:TestEvent":
+        logger.info("s3:TestEvent ignored")
+        return []
+    ingestor = _Ingestor(settings, s3=s3, ddb=ddb, events=events)
+    return [ingestor.process(record) for record in message.get("Records") or []]
+
+
+def rebuild_catalogue(
+    settings: IngestSettings, *, s3: Any = None, ddb: Any = None, events: Any = None
+) -> dict[str, int]:
+    """Re-sync the catalogue with the bucket (CLI ``reindex``): every object under images/ is processed as
+    a create (idempotent: unchanged objects are not re-read), and records of objects that no longer exist
+    are marked deleted. Returns counts of outcomes."""
+    ingestor = _Ingestor(settings, s3=s3, ddb=ddb, events=events)
+    summary: Counter[str] = Counter()
+    seen: set[str] = set()
+    bucket = settings.images_bucket
+    try:
+        pages = ingestor.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=IMAGES_PREFIX)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                seen.add(obj["Key"])
+                record = {
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {
+                        "bucket": {"name": bucket},
+                        "object": {
+                            "key": quote_plus(obj["Key"]),
+                            "size": obj.get("Size", 0),
+                            "eTag": str(obj.get("ETag", "")).strip('"'),
+                        },
+                    },
+                }
+                outcome = ingestor.process(record)
+                summary["listed"] += 1
+                summary[outcome.status] += 1
+                summary["changed" if outcome.changed else "unchanged"] += 1
+    except (ClientError, BotoCoreError) as exc:
+        raise TransientError(f"could not list s3://{bucket}/{IMAGES_PREFIX}: {exc}") from exc
+    for rec in list(ingestor.catalogue.iter_images()):
+        if rec.get("status") == ImageStatus.DELETED or rec["key"] in seen:
+            continue
+        record = {
+            "eventName": "ObjectRemoved:Delete",
+            "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(str(rec["key"]))}},
+        }
+        if ingestor.process(record).status == ImageStatus.DELETED:
+            summary["marked_deleted"] += 1
+    return dict(summary)
