@@ -1,0 +1,187 @@
+"""The local AWS endpoint: a moto server in this process, and the state file other commands read.
+
+``trashsorter local up`` writes ``.trashsorter/local.json`` (see :class:`LocalState`) so that every other
+command (and ``trashsorter local down``) finds the endpoint, the stack's outputs, the functions' resolved
+environments and the local device without asking anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trashsorter.errors import ConfigurationError
+
+DEFAULT_PORT = 4566
+DEFAULT_HOST = "127.0.0.1"
+STATE_DIR_NAME = ".trashsorter"
+STATE_FILE_NAME = "local.json"
+# The local endpoint accepts any credentials; these keep boto3 from looking for a real profile.
+LOCAL_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+def default_state_path() -> Path:
+    """``$TRASHSORTER_LOCAL_STATE`` or ``./.trashsorter/local.json``."""
+    override = os.environ.get("TRASHSORTER_LOCAL_STATE")
+    if override:
+        return Path(override)
+    return Path.cwd() / STATE_DIR_NAME / STATE_FILE_NAME
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nobody listens on right now (the demo and the tests never collide with 4566)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def endpoint_alive(endpoint_url: str, timeout: float = 2.0) -> bool:
+    """True when something answers HTTP at ``endpoint_url`` (moto answers ``/moto-api/`` and ``/``)."""
+    try:
+        with urllib.request.urlopen(f"{endpoint_url.rstrip('/')}/moto-api/data.json", timeout=timeout):  # noqa: S310
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class MotoServer:
+    """moto's ``ThreadedMotoServer`` on ``host:port`` with a readiness check and an idempotent stop."""
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+        self.host = host
+        self.port = port
+        self._server: Any = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> str:
+        from moto.server import ThreadedMotoServer
+
+        if port_in_use(self.host, self.port):
+            raise ConfigurationError(
+                f"port {self.port} on {self.host} is already in use (another `trashsorter local up`?); "
+                "pick another with --port"
+            )
+        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self._server.start()
+        deadline = time.monotonic() + timeout
+        while not endpoint_alive(self.endpoint_url, timeout=1.0):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ConfigurationError(f"the local endpoint {self.endpoint_url} did not come up")
+            time.sleep(0.05)
+        return self.endpoint_url
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
+
+
+@dataclass
+class LocalState:
+    """What ``.trashsorter/local.json`` holds."""
+
+    endpoint_url: str
+    region: str
+    stack_name: str
+    outputs: dict[str, str]
+    resources: dict[str, str] = field(default_factory=dict)
+    environments: dict[str, dict[str, str]] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+    device_url: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LocalState:
+        try:
+            return cls(
+                endpoint_url=str(data["endpoint_url"]),
+                region=str(data["region"]),
+                stack_name=str(data["stack_name"]),
+                outputs={str(k): str(v) for k, v in data["outputs"].items()},
+                resources={str(k): str(v) for k, v in data.get("resources", {}).items()},
+                environments={
+                    str(fn): {str(k): str(v) for k, v in env.items()}
+                    for fn, env in data.get("environments", {}).items()
+                },
+                parameters={str(k): str(v) for k, v in data.get("parameters", {}).items()},
+                device_url=str(data.get("device_url", "")),
+                pid=int(data.get("pid", 0)),
+                started_at=float(data.get("started_at", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigurationError(f"the local state file is malformed: {exc}") from exc
+
+
+def write_state(state: LocalState, path: Path | None = None) -> Path:
+    path = Path(path or default_state_path())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(state.to_json(), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_state(path: Path | None = None) -> LocalState:
+    path = Path(path or default_state_path())
+    if not path.is_file():
+        raise ConfigurationError(
+            f"no local stack running (no {path}); start one with `trashsorter local up` or pass --stack NAME"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(f"cannot read the local state file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"the local state file {path} is malformed")
+    return LocalState.from_dict(data)
+
+
+def remove_state(path: Path | None = None, *, pid: int | None = None) -> None:
+    """Delete the state file (only if it still belongs to ``pid`` when given)."""
+    path = Path(path or default_state_path())
+    if pid is not None:
+        try:
+            if read_state(path).pid != pid:
+                return
+        except ConfigurationError:
+            return
+    path.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
