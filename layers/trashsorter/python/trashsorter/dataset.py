@@ -1,0 +1,439 @@
+"""Dataset snapshots: the frozen, reproducible input of one training run.
+
+A snapshot is built from the catalogue's *accepted* image records (never ``conflict``, ``duplicate``,
+``rejected`` or ``deleted``):
+
+* **Split by content hash.** ``int(sha256[:8], 16) / 2**32 < validation_fraction`` puts an image in
+  ``validation``, otherwise ``train``. The side depends only on the bytes, so an image never changes side
+  when other images are added or removed, and identical bytes can never be on both sides.
+* **Every label gets both sides.** A label with at least two images but no validation image moves its
+  image with the *smallest* hash score to validation; a label whose images all fell into validation moves
+  its image with the *largest* score to train. This is deterministic (hash order) but, unlike the hash
+  rule, can change when a small label grows: once a label has an image on each side by the hash rule
+  alone, no adjustment applies and nothing moves any more.
+* **Formats.** The SageMaker image-classification algorithm decodes only JPEG and PNG, so an accepted
+  image in another format (WebP ...) gets a JPEG copy at ``datasets/<id>/converted/<sha256>.jpg``. A key
+  that cannot be written into a tab-separated ``.lst`` line (tab, newline) gets a byte-identical copy
+  there too. ``s3_key`` always names the object the algorithm reads.
+* **Dataset id** = the first 16 hex digits of the SHA-256 of the canonical manifest (labels, then one
+  JSON line per image: key, sha256, label, class_index, split). The same data gives the same id.
+
+Files under ``datasets/<id>/``: ``manifest.jsonl`` (JSON lines sorted by key: key, sha256, label,
+class_index, split, s3_key), ``labels.txt`` (class index order = allowed labels order), ``train.lst`` /
+``validation.lst`` (``index<TAB>class_index<TAB>path``, path relative to the manifest prefix), and
+``train.manifest`` / ``validation.manifest`` (SageMaker ``ManifestFile`` channels: a JSON array whose first
+element is ``{"prefix": "s3://<bucket>/"}`` followed by one key per line). The ``DATASET#<id>/DATASET``
+record holds counts per label and split, the prefix, ``accepted_seq`` at snapshot time and ``created_at``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter import aws
+from trashsorter.catalogue import deserialize, serialize
+from trashsorter.errors import NotFoundError, TrainingRuleNotMet, TransientError
+from trashsorter.schema import ImageStatus, dataset_key
+
+TRAIN = "train"
+VALIDATION = "validation"
+SPLITS = (TRAIN, VALIDATION)
+DATASETS_PREFIX = "datasets/"
+# What the built-in image-classification algorithm decodes directly (MPO = multi-picture JPEG).
+DIRECT_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
+_UNSAFE_KEY_CHARS = ("\t", "\n", "\r")
+
+
+@dataclass(frozen=True)
+class SnapshotImage:
+    """One accepted catalogue image as the snapshot needs it."""
+
+    key: str
+    sha256: str
+    label: str
+    format: str = "JPEG"
+    version_id: str = ""
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    key: str
+    sha256: str
+    label: str
+    class_index: int
+    split: str
+    s3_key: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "sha256": self.sha256,
+            "label": self.label,
+            "class_index": self.class_index,
+            "split": self.split,
+            "s3_key": self.s3_key,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """A computed (not yet written) snapshot: pure data, same input -> same plan."""
+
+    dataset_id: str
+    bucket: str
+    labels: tuple[str, ...]
+    validation_fraction: float
+    entries: tuple[ManifestEntry, ...]
+    sources: Mapping[str, SnapshotImage] = field(default_factory=dict)  # key -> image (for copies)
+
+    @property
+    def prefix(self) -> str:
+        return f"{DATASETS_PREFIX}{self.dataset_id}/"
+
+    @property
+    def prefix_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def uri(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{name}"
+
+    def split_entries(self, split: str) -> list[ManifestEntry]:
+        return [entry for entry in self.entries if entry.split == split]
+
+    @property
+    def num_train(self) -> int:
+        return len(self.split_entries(TRAIN))
+
+    @property
+    def num_validation(self) -> int:
+        return len(self.split_entries(VALIDATION))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        result = {label: {TRAIN: 0, VALIDATION: 0} for label in self.labels}
+        for entry in self.entries:
+            result[entry.label][entry.split] += 1
+        return result
+
+    def copies(self) -> list[ManifestEntry]:
+        """Entries whose algorithm input is a copy under ``converted/`` rather than the upload itself."""
+        return [entry for entry in self.entries if entry.s3_key != entry.key]
+
+
+# ---------------------------------------------------------------- pure functions
+
+
+def split_score(sha256: str) -> float:
+    """The image's position in [0, 1) from its content hash."""
+    return int(sha256[:8], 16) / 2**32
+
+
+def split_for(sha256: str, validation_fraction: float) -> str:
+    """``validation`` or ``train`` by content hash alone (stable forever for the same fraction)."""
+    return VALIDATION if split_score(sha256) < validation_fraction else TRAIN
+
+
+def assign_splits(images: Iterable[SnapshotImage], validation_fraction: float) -> dict[str, str]:
+    """key -> split: the hash rule, then the per-label guarantee described in the module docstring."""
+    by_label: dict[str, list[SnapshotImage]] = {}
+    for image in images:
+        by_label.setdefault(image.label, []).append(image)
+    result: dict[str, str] = {}
+    for members in by_label.values():
+        ordered = sorted(members, key=lambda img: (split_score(img.sha256), img.sha256, img.key))
+        sides = {img.key: split_for(img.sha256, validation_fraction) for img in ordered}
+        if len(ordered) >= 2:
+            if VALIDATION not in sides.values():
+                sides[ordered[0].key] = VALIDATION
+            elif TRAIN not in sides.values():
+                sides[ordered[-1].key] = TRAIN
+        result.update(sides)
+    return result
+
+
+def _needs_copy(image: SnapshotImage) -> bool:
+    return image.format.upper() not in DIRECT_FORMATS or any(c in image.key for c in _UNSAFE_KEY_CHARS)
+
+
+def _copy_suffix(image: SnapshotImage) -> str:
+    fmt = image.format.upper()
+    return "png" if fmt == "PNG" else "jpg"
+
+
+def canonical_manifest(labels: Sequence[str], entries: Iterable[ManifestEntry]) -> bytes:
+    """The bytes the dataset id is computed from (s3_key left out: it depends on the id)."""
+    lines = [json.dumps({"labels": list(labels)}, separators=(",", ":"))]
+    for entry in sorted(entries, key=lambda e: e.key):
+        payload = entry.as_json()
+        payload.pop("s3_key")
+        lines.append(json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def dedupe(images: Iterable[SnapshotImage]) -> list[SnapshotImage]:
+    """Defence in depth for the catalogue's hash owners: one image per content hash.
+
+    Same bytes under one label keep the smallest key; same bytes under two labels are dropped entirely
+    (that is a conflict and never trains).
+    """
+    by_sha: dict[str, list[SnapshotImage]] = {}
+    for image in images:
+        by_sha.setdefault(image.sha256, []).append(image)
+    kept: list[SnapshotImage] = []
+    for group in by_sha.values():
+        if len({img.label for img in group}) > 1:
+            continue
+        kept.append(min(group, key=lambda img: img.key))
+    return kept
+
+
+def plan_dataset(
+    images: Iterable[SnapshotImage], *, labels: Sequence[str], validation_fraction: float, bucket: str
+) -> DatasetPlan:
+    """Compute the snapshot (splits, class indices, copies, id) without touching AWS."""
+    class_index = {label: index for index, label in enumerate(labels)}
+    usable = [img for img in dedupe(images) if img.label in class_index]
+    splits = assign_splits(usable, validation_fraction)
+    ordered = sorted(usable, key=lambda img: img.key)
+    provisional = [
+        ManifestEntry(img.key, img.sha256, img.label, class_index[img.label], splits[img.key], img.key)
+        for img in ordered
+    ]
+    dataset_id = hashlib.sha256(canonical_manifest(labels, provisional)).hexdigest()[:16]
+    prefix = f"{DATASETS_PREFIX}{dataset_id}/"
+    entries = tuple(
+        ManifestEntry(
+            entry.key,
+            entry.sha256,
+            entry.label,
+            entry.class_index,
+            entry.split,
+            f"{prefix}converted/{img.sha256}.{_copy_suffix(img)}" if _needs_copy(img) else img.key,
+        )
+        for entry, img in zip(provisional, ordered, strict=True)
+    )
+    return DatasetPlan(
+        dataset_id=dataset_id,
+        bucket=bucket,
+        labels=tuple(labels),
+        validation_fraction=validation_fraction,
+        entries=entries,
+        sources={img.key: img for img in ordered},
+    )
+
+
+def render_manifest_jsonl(plan: DatasetPlan) -> str:
+    return "".join(
+        json.dumps(entry.as_json(), sort_keys=True, ensure_ascii=False) + "\n"
+        for entry in sorted(plan.entries, key=lambda e: e.key)
+    )
+
+
+def render_labels(plan: DatasetPlan) -> str:
+    return "".join(f"{label.strip()}\n" for label in plan.labels)
+
+
+def render_lst(plan: DatasetPlan, split: str) -> str:
+    """The recipe's ``.lst``: ``index<TAB>class_index<TAB>path``; path relative to the manifest prefix."""
+    return "".join(
+        f"{index}\t{entry.class_index}\t{entry.s3_key}\n"
+        for index, entry in enumerate(plan.split_entries(split))
+    )
+
+
+def manifest_prefix(bucket: str) -> str:
+    return f"s3://{bucket}/"
+
+
+def render_channel_manifest(plan: DatasetPlan, split: str) -> str:
+    """SageMaker ``ManifestFile``: ``[{"prefix": "s3://bucket/"},`` then one JSON string per line, ``]``."""
+    lines = [json.dumps({"prefix": manifest_prefix(plan.bucket)})]
+    lines.extend(json.dumps(entry.s3_key, ensure_ascii=False) for entry in plan.split_entries(split))
+    return "[" + ",\n".join(lines) + "]\n"
+
+
+def convert_to_jpeg(data: bytes) -> bytes:
+    """A JPEG the algorithm can decode: EXIF orientation applied, alpha flattened onto white."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.seek(0)
+        image = ImageOps.exif_transpose(opened) or opened
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGB", rgba.size, (255, 255, 255))
+            background.paste(rgba, mask=rgba.getchannel("A"))
+            rgb = background
+        else:
+            rgb = image.convert("RGB")
+        out = io.BytesIO()
+        rgb.save(out, format="JPEG", quality=95)
+        return out.getvalue()
+
+
+# ---------------------------------------------------------------- catalogue input
+
+
+def _get(record: Any, name: str, default: Any = None) -> Any:
+    if isinstance(record, Mapping):
+        return record.get(name, default)
+    return getattr(record, name, default)
+
+
+def snapshot_images(records: Iterable[Any]) -> list[SnapshotImage]:
+    """Catalogue records (dicts or objects with the same attribute names) -> accepted SnapshotImages."""
+    images: list[SnapshotImage] = []
+    for record in records:
+        status = str(_get(record, "status", ImageStatus.ACCEPTED))
+        if status != ImageStatus.ACCEPTED:
+            continue
+        images.append(
+            SnapshotImage(
+                key=str(_get(record, "key")),
+                sha256=str(_get(record, "sha256")),
+                label=str(_get(record, "label")),
+                format=str(_get(record, "format") or "JPEG"),
+                version_id=str(_get(record, "version_id") or ""),
+            )
+        )
+    return images
+
+
+def plan_from_catalogue(
+    catalogue: Any, *, labels: Sequence[str], validation_fraction: float, bucket: str
+) -> DatasetPlan:
+    """Plan the snapshot of the catalogue's accepted images (``catalogue.accepted_images()``)."""
+    images = snapshot_images(catalogue.accepted_images())
+    return plan_dataset(images, labels=labels, validation_fraction=validation_fraction, bucket=bucket)
+
+
+def check_trainable(plan: DatasetPlan) -> None:
+    """The algorithm needs at least one training and one validation image."""
+    if plan.num_train == 0 or plan.num_validation == 0:
+        counts = plan.counts()
+        raise TrainingRuleNotMet(
+            f"dataset has {plan.num_train} training and {plan.num_validation} validation images; "
+            f"both must be at least 1 (per label: {counts})",
+            missing={label: max(0, 2 - sum(c.values())) for label, c in counts.items()},
+        )
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _put_text(s3: Any, bucket: str, key: str, text: str, content_type: str) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
+
+
+def _write_copy(s3: Any, plan: DatasetPlan, entry: ManifestEntry) -> None:
+    image = plan.sources[entry.key]
+    get_args: dict[str, Any] = {"Bucket": plan.bucket, "Key": image.key}
+    if image.version_id and image.version_id != "null":
+        get_args["VersionId"] = image.version_id
+    try:
+        data = s3.get_object(**get_args)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchVersion", "404"):
+            raise NotFoundError(f"s3://{plan.bucket}/{image.key} is catalogued but missing") from exc
+        raise
+    if hashlib.sha256(data).hexdigest() != image.sha256:
+        raise NotFoundError(
+            f"s3://{plan.bucket}/{image.key} no longer has the catalogued bytes (sha256 {image.sha256})"
+        )
+    if entry.s3_key.endswith(".jpg") and image.format.upper() not in DIRECT_FORMATS:
+        body, content_type = convert_to_jpeg(data), "image/jpeg"
+    else:
+        body, content_type = data, ("image/png" if entry.s3_key.endswith(".png") else "image/jpeg")
+    s3.put_object(Bucket=plan.bucket, Key=entry.s3_key, Body=body, ContentType=content_type)
+
+
+def write_dataset(plan: DatasetPlan, *, s3: Any = None) -> None:
+    """Write every file of the snapshot under ``datasets/<id>/`` (idempotent: same id, same content)."""
+    s3 = s3 or aws.client("s3")
+    try:
+        for entry in plan.copies():
+            _write_copy(s3, plan, entry)
+        _put_text(s3, plan.bucket, plan.prefix + "labels.txt", render_labels(plan), "text/plain")
+        for split in SPLITS:
+            _put_text(s3, plan.bucket, f"{plan.prefix}{split}.lst", render_lst(plan, split), "text/plain")
+            _put_text(
+                s3,
+                plan.bucket,
+                f"{plan.prefix}{split}.manifest",
+                render_channel_manifest(plan, split),
+                "application/json",
+            )
+        # The manifest last: its presence means the snapshot is complete.
+        _put_text(
+            s3,
+            plan.bucket,
+            plan.prefix + "manifest.jsonl",
+            render_manifest_jsonl(plan),
+            "application/x-ndjson",
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise TransientError(f"could not write dataset {plan.dataset_id}: {exc}") from exc
+
+
+def dataset_record(plan: DatasetPlan, *, accepted_seq: int, created_at: str | None = None) -> dict[str, Any]:
+    counts = plan.counts()
+    return {
+        **dataset_key(plan.dataset_id),
+        "dataset_id": plan.dataset_id,
+        "bucket": plan.bucket,
+        "prefix": plan.prefix,
+        "manifest_uri": plan.uri("manifest.jsonl"),
+        "labels": list(plan.labels),
+        "validation_fraction": str(plan.validation_fraction),
+        "counts": counts,
+        "num_images": len(plan.entries),
+        "num_train": plan.num_train,
+        "num_validation": plan.num_validation,
+        "num_converted": len(plan.copies()),
+        "accepted_seq": int(accepted_seq),
+        "created_at": created_at or _now(),
+    }
+
+
+def save_dataset_record(
+    plan: DatasetPlan, *, accepted_seq: int, table_name: str, ddb: Any = None
+) -> dict[str, Any]:
+    """Put ``DATASET#<id>/DATASET`` once; an existing record (same data) is kept and returned."""
+    ddb = ddb or aws.client("dynamodb")
+    item = dataset_record(plan, accepted_seq=accepted_seq)
+    try:
+        ddb.put_item(
+            TableName=table_name, Item=serialize(item), ConditionExpression="attribute_not_exists(pk)"
+        )
+        return item
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise TransientError(f"could not record dataset {plan.dataset_id}: {exc}") from exc
+    return get_dataset(plan.dataset_id, table_name=table_name, ddb=ddb)
+
+
+def get_dataset(dataset_id: str, *, table_name: str, ddb: Any = None) -> dict[str, Any]:
+    """The ``DATASET#<id>/DATASET`` record (plain values) or NotFoundError."""
+    ddb = ddb or aws.client("dynamodb")
+    found = ddb.get_item(TableName=table_name, Key=serialize(dataset_key(dataset_id)), ConsistentRead=True)
+    if not found.get("Item"):
+        raise NotFoundError(f"dataset {dataset_id} is not recorded")
+    return deserialize(found["Item"])
+
+
+def read_manifest(bucket: str, dataset_id: str, *, s3: Any = None) -> list[dict[str, Any]]:
+    """The ``manifest.jsonl`` of a written snapshot (trainer, CLI, tests)."""
+    s3 = s3 or aws.client("s3")
+    body = s3.get_object(Bucket=bucket, Key=f"{DATASETS_PREFIX}{dataset_id}/manifest.jsonl")["Body"].read()
+    return [json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip()]
