@@ -1,0 +1,68 @@
+"""Deployment targets of a packaged model.
+
+* :mod:`~trashsorter.deploy.greengrass_v1` - the DeepLens camera (a Greengrass v1 core): MXNet artifacts.
+* :mod:`~trashsorter.deploy.greengrass_v2` - living edge devices (Greengrass v2 component): ONNX artifacts.
+* :mod:`~trashsorter.deploy.local_device` - the local-mode device (HTTP contract): ONNX artifacts.
+
+Each target returns a :class:`DeploymentResult`; a target that is not configured returns one with
+``status="skipped"`` and a note instead of raising, so packaging and the registry still happen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter.errors import DeploymentError, TransientError
+
+TARGET_GREENGRASS_V1 = "greengrass-v1"
+TARGET_GREENGRASS_V2 = "greengrass-v2"
+TARGET_LOCAL_DEVICE = "local-device"
+
+_TRANSIENT_CODES = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "InternalServerException",
+    "InternalServerErrorException",
+    "ServiceUnavailableException",
+}
+
+
+@dataclass(frozen=True)
+class DeploymentResult:
+    """What one target did with one model."""
+
+    target: str
+    status: str  # "deployed" (requested) | "skipped" | "failed"
+    deployment_id: str = ""
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def aws_failure(action: str, exc: Exception) -> Exception:
+    """Classify a boto error: throttling / 5xx -> :class:`TransientError` (retry), else DeploymentError."""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        http = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _TRANSIENT_CODES or http >= 500:
+            return TransientError(f"{action}: {code or http} (will retry)")
+        return DeploymentError(f"{action}: {code}: {exc.response.get('Error', {}).get('Message', exc)}")
+    if isinstance(exc, BotoCoreError):
+        return TransientError(f"{action}: {exc}")
+    return DeploymentError(f"{action}: {exc}")
+
+
+__all__ = [
+    "TARGET_GREENGRASS_V1",
+    "TARGET_GREENGRASS_V2",
+    "TARGET_LOCAL_DEVICE",
+    "DeploymentResult",
+    "aws_failure",
+]

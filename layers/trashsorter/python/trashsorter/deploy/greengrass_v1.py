@@ -1,0 +1,207 @@
+"""Push a packaged MXNet model to an AWS DeepLens camera.
+
+boto3 has no DeepLens client. A DeepLens camera is an AWS IoT Greengrass v1 core and a DeepLens project
+deployment is a Greengrass group deployment, so this module does what the console does:
+
+1. read the group's latest version (``get_group`` -> ``get_group_version``);
+2. a new resource definition version (or a new definition when the group has none) holding every existing
+   resource plus ``trashsorter-model``: an ``S3MachineLearningModelResourceData`` resource that Greengrass
+   downloads from the DeepLens bucket and unpacks to ``DestinationPath`` on the camera;
+3. a new function definition version: the group's other functions unchanged, plus the inference function
+   (``DeepLensInferenceFunctionArn``) pinned (long-lived), with ``AccessSysfs``, ``MODEL_PATH`` and read-only
+   access to the model resource;
+4. a new group version keeping the core, device, subscription, logger and connector definitions;
+5. ``create_deployment(DeploymentType="NewDeployment")``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter import aws
+from trashsorter.deploy import TARGET_GREENGRASS_V1, DeploymentResult, aws_failure
+from trashsorter.errors import ConfigurationError
+from trashsorter.observability import logger
+from trashsorter.settings import PackageSettings
+
+MODEL_RESOURCE_ID = "trashsorter-model"
+FUNCTION_ID = "trashsorter-inference"
+MODEL_DESTINATION = "/trashsorter_model"
+FUNCTION_MEMORY_KB = 1536 * 1024
+FUNCTION_TIMEOUT_S = 300
+
+_KEPT_DEFINITIONS = (
+    "CoreDefinitionVersionArn",
+    "DeviceDefinitionVersionArn",
+    "SubscriptionDefinitionVersionArn",
+    "LoggerDefinitionVersionArn",
+    "ConnectorDefinitionVersionArn",
+)
+
+
+def _ids(version_arn: str) -> tuple[str, str]:
+    """(definition id, version id) of a ``.../definition/<kind>/<id>/versions/<version>`` ARN."""
+    parts = version_arn.rstrip("/").split("/")
+    if len(parts) < 4 or parts[-2] != "versions":
+        raise ConfigurationError(f"unexpected Greengrass definition version ARN {version_arn!r}")
+    return parts[-3], parts[-1]
+
+
+def _unqualified(function_arn: str) -> str:
+    parts = function_arn.split(":")
+    return ":".join(parts[:7]) if len(parts) > 7 else function_arn
+
+
+def model_resource(artifact_uri: str) -> dict[str, Any]:
+    return {
+        "Id": MODEL_RESOURCE_ID,
+        "Name": MODEL_RESOURCE_ID,
+        "ResourceDataContainer": {
+            "S3MachineLearningModelResourceData": {
+                "S3Uri": artifact_uri,
+                "DestinationPath": MODEL_DESTINATION,
+            }
+        },
+    }
+
+
+def inference_function(function_arn: str, model_id: str, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The inference function entry; keeps access policies the previous entry had to other resources."""
+    kept_policies = [
+        policy
+        for policy in ((previous or {}).get("FunctionConfiguration", {}).get("Environment", {}) or {}).get(
+            "ResourceAccessPolicies", []
+        )
+        if policy.get("ResourceId") != MODEL_RESOURCE_ID
+    ]
+    return {
+        "Id": (previous or {}).get("Id", FUNCTION_ID),
+        "FunctionArn": function_arn,
+        "FunctionConfiguration": {
+            "Pinned": True,
+            "MemorySize": FUNCTION_MEMORY_KB,
+            "Timeout": FUNCTION_TIMEOUT_S,
+            "EncodingType": "json",
+            "Environment": {
+                "AccessSysfs": True,
+                "Variables": {"MODEL_PATH": MODEL_DESTINATION, "MODEL_ID": model_id},
+                "ResourceAccessPolicies": [
+                    *kept_policies,
+                    {"ResourceId": MODEL_RESOURCE_ID, "Permission": "ro"},
+                ],
+            },
+        },
+    }
+
+
+def deploy(
+    *, model_id: str, artifact_uri: str, settings: PackageSettings, greengrass: Any = None
+) -> DeploymentResult:
+    """Deploy ``artifact_uri`` (``s3://deeplens-.../models/<job>/model.tar.gz``) to the DeepLens group.
+
+    Not configured (no ``DEEPLENS_GROUP_ID``) -> ``skipped``. A group without an inference function ARN
+    -> :class:`ConfigurationError` naming ``DeepLensInferenceFunctionArn``. Greengrass refusing ->
+    :class:`DeploymentError`; throttling / 5xx -> :class:`TransientError`.
+    """
+    group_id = settings.deeplens_group_id
+    if not group_id:
+        return DeploymentResult(TARGET_GREENGRASS_V1, "skipped", note="no DeepLens device configured")
+    if not settings.deeplens_function_arn:
+        raise ConfigurationError(
+            "DeepLensGroupId is set but DeepLensInferenceFunctionArn (DEEPLENS_FUNCTION_ARN) is empty: "
+            "deploy edge/deeplens as a Lambda version and set its ARN"
+        )
+    gg = greengrass or aws.client("greengrass")
+    step = "read the DeepLens group"
+    try:
+        group = gg.get_group(GroupId=group_id)
+        latest = group.get("LatestVersion")
+        definition: dict[str, Any] = {}
+        if latest:
+            definition = gg.get_group_version(GroupId=group_id, GroupVersionId=latest).get("Definition", {})
+
+        step = "create the model resource definition"
+        resource = model_resource(artifact_uri)
+        if definition.get("ResourceDefinitionVersionArn"):
+            res_id, res_version = _ids(definition["ResourceDefinitionVersionArn"])
+            existing = gg.get_resource_definition_version(
+                ResourceDefinitionId=res_id, ResourceDefinitionVersionId=res_version
+            )
+            resources = [
+                r
+                for r in existing.get("Definition", {}).get("Resources", [])
+                if r.get("Id") != MODEL_RESOURCE_ID
+            ]
+            created = gg.create_resource_definition_version(
+                ResourceDefinitionId=res_id, Resources=[*resources, resource]
+            )
+            resource_version_arn = created["Arn"]
+        else:
+            created = gg.create_resource_definition(
+                Name=f"trashsorter-{group_id}"[:128], InitialVersion={"Resources": [resource]}
+            )
+            resource_version_arn = created["LatestVersionArn"]
+
+        step = "create the inference function definition"
+        wanted = _unqualified(settings.deeplens_function_arn)
+        functions: list[dict[str, Any]] = []
+        previous: dict[str, Any] | None = None
+        default_config: dict[str, Any] | None = None
+        function_def_id = ""
+        if definition.get("FunctionDefinitionVersionArn"):
+            function_def_id, fn_version = _ids(definition["FunctionDefinitionVersionArn"])
+            existing_fn = gg.get_function_definition_version(
+                FunctionDefinitionId=function_def_id, FunctionDefinitionVersionId=fn_version
+            ).get("Definition", {})
+            default_config = existing_fn.get("DefaultConfig") or None
+            for fn in existing_fn.get("Functions", []):
+                if fn.get("Id") == FUNCTION_ID or _unqualified(str(fn.get("FunctionArn", ""))) == wanted:
+                    previous = fn
+                else:
+                    functions.append(fn)
+        functions.append(inference_function(settings.deeplens_function_arn, model_id, previous))
+        if function_def_id:
+            kwargs: dict[str, Any] = {"FunctionDefinitionId": function_def_id, "Functions": functions}
+            if default_config:
+                kwargs["DefaultConfig"] = default_config
+            function_version_arn = gg.create_function_definition_version(**kwargs)["Arn"]
+        else:
+            function_version_arn = gg.create_function_definition(
+                Name=f"trashsorter-{group_id}"[:128], InitialVersion={"Functions": functions}
+            )["LatestVersionArn"]
+
+        step = "create the group version"
+        group_version_args = {key: definition[key] for key in _KEPT_DEFINITIONS if definition.get(key)}
+        group_version = gg.create_group_version(
+            GroupId=group_id,
+            FunctionDefinitionVersionArn=function_version_arn,
+            ResourceDefinitionVersionArn=resource_version_arn,
+            **group_version_args,
+        )
+
+        step = "create the group deployment"
+        deployment = gg.create_deployment(
+            GroupId=group_id, GroupVersionId=group_version["Version"], DeploymentType="NewDeployment"
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise aws_failure(f"DeepLens group {group_id}: could not {step}", exc) from exc
+
+    logger.info(
+        "DeepLens deployment requested",
+        extra={"group_id": group_id, "deployment_id": deployment["DeploymentId"], "model_id": model_id},
+    )
+    return DeploymentResult(
+        TARGET_GREENGRASS_V1,
+        "deployed",
+        deployment_id=str(deployment["DeploymentId"]),
+        details={
+            "group_id": group_id,
+            "group_version_id": group_version["Version"],
+            "deployment_arn": deployment.get("DeploymentArn", ""),
+            "resource_definition_version_arn": resource_version_arn,
+            "function_definition_version_arn": function_version_arn,
+            "artifact_uri": artifact_uri,
+        },
+    )

@@ -1,0 +1,363 @@
+"""Model registry and lineage: ``MODEL#<id>/MODEL`` records, the ``CHAMPION/MODEL`` pointer, deployments.
+
+A model record ties a deployed model back to the exact images it was trained on::
+
+    model_id (= training job name) -> run_id -> dataset_id -> dataset manifest (keys + sha256)
+
+Writes are conditional so that the package function can be retried half-way without changing history:
+:func:`register_model` never overwrites a record, :func:`promote` moves the champion pointer only from the
+champion it read (the previous champion becomes ``retired``), :func:`record_deployment` keeps the first
+record of a deployment request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter import aws
+from trashsorter.errors import ConcurrencyConflict, NotFoundError, TransientError
+from trashsorter.schema import (
+    CHAMPION_KEY,
+    STATE_KEY,
+    ModelStatus,
+    dataset_key,
+    deployment_key,
+    model_key,
+)
+
+MODELS_GSI = "gsi1"
+MODELS_PK = "MODELS"
+_PROMOTE_ATTEMPTS = 5
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _to_ddb_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, Mapping):
+        return {str(k): _to_ddb_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_to_ddb_value(v) for v in value]
+    return value
+
+
+def _from_ddb_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_ddb_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_ddb_value(v) for v in value]
+    if isinstance(value, set):
+        return sorted(_from_ddb_value(v) for v in value)
+    return value
+
+
+def serialize(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A Python mapping as a DynamoDB item (floats become Decimals, None values are dropped)."""
+    return {k: _serializer.serialize(_to_ddb_value(v)) for k, v in item.items() if v is not None}
+
+
+def deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A DynamoDB item as plain Python (Decimals become int/float, sets sorted lists)."""
+    return {k: _from_ddb_value(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def _transient(action: str, exc: Exception) -> TransientError:
+    return TransientError(f"could not {action}: {exc}")
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def get_item(key: Mapping[str, str], *, table_name: str, ddb: Any = None) -> dict[str, Any] | None:
+    """One item by key, strongly consistent; ``None`` when absent."""
+    try:
+        response = (ddb or aws.client("dynamodb")).get_item(
+            TableName=table_name, Key=serialize(key), ConsistentRead=True
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise _transient(f"read {key}", exc) from exc
+    item = response.get("Item")
+    return deserialize(item) if item else None
+
+
+def register_model(
+    *,
+    table_name: str,
+    model_id: str,
+    job_name: str,
+    run_id: str,
+    dataset_id: str,
+    dataset_manifest_uri: str,
+    metrics: Mapping[str, float],
+    source_artifact_uri: str,
+    packaged_artifact_uris: Mapping[str, str],
+    model_format: str,
+    gate_passed: bool,
+    gate_reason: str,
+    status: ModelStatus,
+    extra: Mapping[str, Any] | None = None,
+    ddb: Any = None,
+) -> dict[str, Any]:
+    """Create the model record once; a second call returns the existing record unchanged (idempotent)."""
+    created_at = now_iso()
+    record: dict[str, Any] = {
+        **model_key(model_id),
+        "gsi1pk": MODELS_PK,
+        "gsi1sk": created_at,
+        "model_id": model_id,
+        "job_name": job_name,
+        "run_id": run_id,
+        "dataset_id": dataset_id,
+        "dataset_manifest_uri": dataset_manifest_uri,
+        "metrics": dict(metrics),
+        "source_artifact_uri": source_artifact_uri,
+        "packaged_artifact_uris": dict(packaged_artifact_uris),
+        "format": model_format,
+        "gate_passed": gate_passed,
+        "gate_reason": gate_reason,
+        "status": str(status),
+        "created_at": created_at,
+        "updated_at": created_at,
+        **(dict(extra) if extra else {}),
+    }
+    client = ddb or aws.client("dynamodb")
+    try:
+        client.put_item(
+            TableName=table_name,
+            Item=serialize(record),
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+    except ClientError as exc:
+        if _error_code(exc) == "ConditionalCheckFailedException":
+            existing = get_model(model_id, table_name=table_name, ddb=client)
+            if existing is not None:
+                return existing
+        raise _transient(f"register model {model_id}", exc) from exc
+    except BotoCoreError as exc:
+        raise _transient(f"register model {model_id}", exc) from exc
+    return deserialize(serialize(record))
+
+
+def get_model(model_id: str, *, table_name: str, ddb: Any = None) -> dict[str, Any] | None:
+    """The registry record of ``model_id`` (the training job name), or ``None``."""
+    return get_item(model_key(model_id), table_name=table_name, ddb=ddb)
+
+
+def get_champion(*, table_name: str, ddb: Any = None) -> dict[str, Any] | None:
+    """The current champion's model record, or ``None`` before the first deployment-worthy model."""
+    client = ddb or aws.client("dynamodb")
+    pointer = get_item(CHAMPION_KEY, table_name=table_name, ddb=client)
+    if not pointer:
+        return None
+    return get_model(str(pointer["model_id"]), table_name=table_name, ddb=client)
+
+
+def list_models(*, table_name: str, limit: int = 50, ddb: Any = None) -> list[dict[str, Any]]:
+    """Models newest first (GSI ``gsi1``: ``MODELS`` / created_at)."""
+    client = ddb or aws.client("dynamodb")
+    models: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "TableName": table_name,
+        "IndexName": MODELS_GSI,
+        "KeyConditionExpression": "gsi1pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": MODELS_PK}},
+        "ScanIndexForward": False,
+    }
+    try:
+        while len(models) < limit:
+            response = client.query(**kwargs, Limit=limit - len(models))
+            models.extend(deserialize(item) for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                break
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    except (ClientError, BotoCoreError) as exc:
+        raise _transient("list models", exc) from exc
+    return models
+
+
+def promote(model_id: str, *, table_name: str, ddb: Any = None) -> dict[str, Any]:
+    """Make ``model_id`` the champion; the previous champion becomes ``retired``. Idempotent.
+
+    One transaction: the pointer moves only from the champion that was read (conditional write), so two
+    concurrent promotions cannot both win; the loser re-reads and retries. Returns the promoted record.
+    """
+    client = ddb or aws.client("dynamodb")
+    for _ in range(_PROMOTE_ATTEMPTS):
+        model = get_model(model_id, table_name=table_name, ddb=client)
+        if model is None:
+            raise NotFoundError(f"model {model_id} is not registered")
+        pointer = get_item(CHAMPION_KEY, table_name=table_name, ddb=client)
+        previous = str(pointer["model_id"]) if pointer else None
+        if previous == model_id and model.get("status") == ModelStatus.CHAMPION:
+            return model
+        stamp = now_iso()
+        pointer_item = {
+            **CHAMPION_KEY,
+            "model_id": model_id,
+            "previous_model_id": previous,
+            "updated_at": stamp,
+        }
+        put: dict[str, Any] = {"TableName": table_name, "Item": serialize(pointer_item)}
+        if previous is None:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            put["ConditionExpression"] = "model_id = :prev"
+            put["ExpressionAttributeValues"] = {":prev": {"S": previous}}
+        items: list[dict[str, Any]] = [
+            {"Put": put},
+            {
+                "Update": {
+                    "TableName": table_name,
+                    "Key": serialize(model_key(model_id)),
+                    "UpdateExpression": "SET #s = :champion, promoted_at = :now, updated_at = :now",
+                    "ConditionExpression": "attribute_exists(pk)",
+                    "ExpressionAttributeNames": {"#s": "status"},
+                    "ExpressionAttributeValues": {
+                        ":champion": {"S": ModelStatus.CHAMPION},
+                        ":now": {"S": stamp},
+                    },
+                }
+            },
+        ]
+        if previous is not None and previous != model_id:
+            items.append(
+                {
+                    "Update": {
+                        "TableName": table_name,
+                        "Key": serialize(model_key(previous)),
+                        "UpdateExpression": "SET #s = :retired, retired_at = :now, updated_at = :now",
+                        "ConditionExpression": "attribute_exists(pk)",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeValues": {
+                            ":retired": {"S": ModelStatus.RETIRED},
+                            ":now": {"S": stamp},
+                        },
+                    }
+                }
+            )
+        try:
+            client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if _error_code(exc) in ("TransactionCanceledException", "ConditionalCheckFailedException"):
+                continue  # someone moved the pointer in between: read again
+            raise _transient(f"promote model {model_id}", exc) from exc
+        except BotoCoreError as exc:
+            raise _transient(f"promote model {model_id}", exc) from exc
+        promoted = get_model(model_id, table_name=table_name, ddb=client)
+        assert promoted is not None
+        return promoted
+    raise ConcurrencyConflict(f"could not promote {model_id}: the champion kept changing")
+
+
+def update_model(model_id: str, attributes: Mapping[str, Any], *, table_name: str, ddb: Any = None) -> None:
+    """Set attributes on an existing model record (deployment notes, packaging results)."""
+    if not attributes:
+        return
+    values = {**attributes, "updated_at": now_iso()}
+    names = {f"#a{i}": name for i, name in enumerate(values)}
+    expression = "SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values)))
+    try:
+        (ddb or aws.client("dynamodb")).update_item(
+            TableName=table_name,
+            Key=serialize(model_key(model_id)),
+            UpdateExpression=expression,
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={
+                f":v{i}": _serializer.serialize(_to_ddb_value(v)) for i, v in enumerate(values.values())
+            },
+        )
+    except ClientError as exc:
+        if _error_code(exc) == "ConditionalCheckFailedException":
+            raise NotFoundError(f"model {model_id} is not registered") from exc
+        raise _transient(f"update model {model_id}", exc) from exc
+    except BotoCoreError as exc:
+        raise _transient(f"update model {model_id}", exc) from exc
+
+
+def get_deployment(
+    model_id: str, target: str, request_id: str, *, table_name: str, ddb: Any = None
+) -> dict[str, Any] | None:
+    return get_item(deployment_key(model_id, target, request_id), table_name=table_name, ddb=ddb)
+
+
+def record_deployment(
+    model_id: str,
+    target: str,
+    request_id: str,
+    details: Mapping[str, Any],
+    *,
+    table_name: str,
+    ddb: Any = None,
+) -> dict[str, Any]:
+    """Write ``MODEL#<id>/DEPLOY#<target>#<request_id>`` (overwrites an unfinished record of that request)."""
+    item = {
+        **deployment_key(model_id, target, request_id),
+        "model_id": model_id,
+        "target": target,
+        "request_id": request_id,
+        "recorded_at": now_iso(),
+        **dict(details),
+    }
+    try:
+        (ddb or aws.client("dynamodb")).put_item(TableName=table_name, Item=serialize(item))
+    except (ClientError, BotoCoreError) as exc:
+        raise _transient(f"record deployment of {model_id} to {target}", exc) from exc
+    return deserialize(serialize(item))
+
+
+def list_deployments(model_id: str, *, table_name: str, ddb: Any = None) -> list[dict[str, Any]]:
+    """Every recorded deployment of ``model_id``."""
+    try:
+        response = (ddb or aws.client("dynamodb")).query(
+            TableName=table_name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :deploy)",
+            ExpressionAttributeValues={":pk": {"S": f"MODEL#{model_id}"}, ":deploy": {"S": "DEPLOY#"}},
+            ConsistentRead=True,
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise _transient(f"list deployments of {model_id}", exc) from exc
+    return [deserialize(item) for item in response.get("Items", [])]
+
+
+def advance_baseline(dataset_id: str, *, table_name: str, ddb: Any = None) -> int | None:
+    """Set ``STATE/DATASET.baseline_seq`` to the dataset's ``accepted_seq`` (never moves it backwards).
+
+    The threshold counts new images from the baseline, so after a completed model (champion or rejected)
+    the next training waits for ``MIN_NEW_IMAGES`` images beyond the ones this model saw. Returns the
+    dataset's accepted_seq, or ``None`` when the dataset record has none.
+    """
+    client = ddb or aws.client("dynamodb")
+    dataset = get_item(dataset_key(dataset_id), table_name=table_name, ddb=client)
+    if not dataset or dataset.get("accepted_seq") is None:
+        return None
+    seq = int(dataset["accepted_seq"])
+    try:
+        client.update_item(
+            TableName=table_name,
+            Key=serialize(STATE_KEY),
+            UpdateExpression="SET baseline_seq = :seq, baseline_dataset_id = :ds",
+            ConditionExpression="attribute_not_exists(baseline_seq) OR baseline_seq < :seq",
+            ExpressionAttributeValues={":seq": {"N": str(seq)}, ":ds": {"S": dataset_id}},
+        )
+    except ClientError as exc:
+        if _error_code(exc) != "ConditionalCheckFailedException":
+            raise _transient("advance the dataset baseline", exc) from exc
+    except BotoCoreError as exc:
+        raise _transient("advance the dataset baseline", exc) from exc
+    return seq
