@@ -1,0 +1,32 @@
+"""Start-training handler: "Dataset Ready" (EventBridge) -> at most one training run (single flight).
+
+Outcomes (``started``, ``pending``, ``duplicate``, ``not_ready``, ``blocked``, ``failed``) are returned
+and counted; only transient failures (throttling, DynamoDB/S3 errors) raise, so EventBridge retries the
+event and finally dead-letters it to StartTrainingDLQ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from trashsorter.observability import MetricUnit, logger, metrics, tracer
+from trashsorter.schema import DATASET_READY, EVENT_SOURCE
+from trashsorter.settings import TrainingSettings
+from trashsorter.training import start_training
+
+SETTINGS = TrainingSettings.from_env()
+
+
+@logger.inject_lambda_context(correlation_id_path="id")
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
+    if event.get("source") != EVENT_SOURCE or event.get("detail-type") != DATASET_READY:
+        logger.warning("not a Dataset Ready event", extra={"detail_type": event.get("detail-type")})
+        return {"status": "ignored"}
+    outcome = start_training(event.get("detail") or {}, SETTINGS)
+    metrics.add_metric(name=f"training_{outcome.status}", unit=MetricUnit.Count, value=1)
+    logger.info("start training outcome", extra=outcome.as_dict())
+    return outcome.as_dict()
