@@ -1,0 +1,29 @@
+"""Package handler: "SageMaker Training Job State Change" (EventBridge) -> gate, package, register, deploy.
+
+Outcomes (``deployed``, ``registered``, ``rejected``, ``failed``, ``stopped``, ``duplicate``, ``ignored``)
+are returned and counted; a gated-out model or a corrupt artifact is an outcome, not an error. Only
+transient failures (throttling, 5xx, a concurrent delivery of the same event) raise, so EventBridge retries
+the event and finally dead-letters it to PackageDLQ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from trashsorter.observability import MetricUnit, logger, metrics, tracer
+from trashsorter.packaging import handle_training_state_change
+from trashsorter.settings import PackageSettings
+
+SETTINGS = PackageSettings.from_env()
+
+
+@logger.inject_lambda_context(correlation_id_path="id")
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    outcome = handle_training_state_change(event, SETTINGS)
+    metrics.add_metric(name=f"package_{outcome.outcome}", unit=MetricUnit.Count, value=1)
+    logger.info("package outcome", extra=outcome.as_dict())
+    return outcome.as_dict()
