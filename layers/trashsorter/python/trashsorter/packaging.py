@@ -295,7 +295,8 @@ def parse_labels(text: str) -> list[str]:
 
 
 def render_labels(labels: Sequence[str]) -> bytes:
-    return "".join(f"{label}\n" for label in labels).encode()
+    """One label per line in class-index order, no surrounding whitespace (the camera strips nothing)."""
+    return "".join(f"{label.strip()}\n" for label in labels if label.strip()).encode()
 
 
 class _Writer:

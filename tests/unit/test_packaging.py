@@ -1,0 +1,194 @@
+"""Unit tests of the package step's pure parts: metrics, gate, tarball checks and the DeepLens repack."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_event
+from tests.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
+from trashsorter.errors import PackagingError
+from trashsorter.packaging import (
+    ACCURACY_METRIC,
+    artifact_format,
+    evaluate_gate,
+    metrics_from_detail,
+    parse_labels,
+    parse_s3_uri,
+    read_members,
+    repackage_mxnet,
+    repackage_onnx,
+)
+
+LABELS = ["Compost", "Landfill", "Recycling"]
+
+
+def _write(tmp_path: Path, data: bytes, name: str = "source.tar.gz") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path, "r:gz") as archive:
+        result = {}
+        for member in archive.getmembers():
+            handle = archive.extractfile(member)
+            assert handle is not None
+            result[member.name] = handle.read()
+        return result
+
+
+def test_metrics_from_completed_event() -> None:
+    metrics = metrics_from_detail(load_event("training_completed.json")["detail"])
+    assert metrics == {
+        "train:accuracy": 0.9618,
+        "validation:accuracy": 0.9125,
+        "train:accuracy:epoch": 0.9618,
+    }
+
+
+def test_metrics_skip_garbage_entries() -> None:
+    detail = {
+        "FinalMetricDataList": [
+            {"MetricName": "validation:accuracy", "Value": "nan"},
+            {"MetricName": "validation:accuracy", "Value": 0.5},
+            {"MetricName": "train:accuracy", "Value": None},
+            {"Value": 0.3},
+            "not a dict",
+        ]
+    }
+    assert metrics_from_detail(detail) == {"validation:accuracy": 0.5}
+    assert metrics_from_detail({}) == {}
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "champion", "passed", "words"),
+    [
+        (0.91, None, True, "no champion yet"),
+        (0.79, None, False, "below the minimum 0.8000"),
+        (0.8, None, True, ">= 0.8000"),
+        (None, 0.9, False, "reported no validation:accuracy"),
+        (0.85, 0.90, False, "worse than champion"),
+        (0.885, 0.90, True, "within 0.0200 of champion"),
+        (0.88, 0.90, True, "within"),  # exactly at the tolerance
+        (0.95, 0.90, True, "within"),
+    ],
+)
+def test_gate(accuracy: float | None, champion: float | None, passed: bool, words: str) -> None:
+    decision = evaluate_gate(accuracy, champion, min_accuracy=0.8, tolerance=0.02, champion_id="deeplens-old")
+    assert decision.passed is passed
+    assert words in decision.reason
+
+
+def test_parse_labels_strips_and_accepts_lst_lines() -> None:
+    assert parse_labels("Compost \nLandfill\r\n\n  Recycling\n") == LABELS
+    assert parse_labels("0\tCompost\n1\tLandfill\n2\tRecycling\n") == LABELS
+
+
+def test_parse_s3_uri() -> None:
+    assert parse_s3_uri("s3://b/k/model.tar.gz") == ("b", "k/model.tar.gz")
+    for bad in ("https://b/k", "s3://b", "s3:///k", "s3://b/"):
+        with pytest.raises(PackagingError):
+            parse_s3_uri(bad)
+
+
+def test_repackage_mxnet_renames_newest_params_and_adds_labels(tmp_path: Path) -> None:
+    source = _write(tmp_path, mxnet_model_tar(epochs=(5, 10)))
+    dest = tmp_path / "out.tar.gz"
+    names = repackage_mxnet(source, ["Compost ", "Landfill", "Recycling"], dest)
+    assert names == ("image-classification-symbol.json", "image-classification-0000.params", "labels.txt")
+    members = _members(dest)
+    assert sorted(members) == sorted(names)
+    assert members["labels.txt"] == b"Compost\nLandfill\nRecycling\n"
+    with tarfile.open(source, "r:gz") as archive:
+        newest = archive.extractfile("image-classification-0010.params")
+        assert newest is not None
+        assert members["image-classification-0000.params"] == newest.read()
+        symbol = archive.extractfile("image-classification-symbol.json")
+        assert symbol is not None
+        assert members["image-classification-symbol.json"] == symbol.read()
+
+
+def test_repackaged_labels_have_no_trailing_whitespace(tmp_path: Path) -> None:
+    source = _write(tmp_path, mxnet_model_tar())
+    dest = tmp_path / "out.tar.gz"
+    repackage_mxnet(source, parse_labels("Compost  \nLandfill\t\nRecycling\n"), dest)
+    assert _members(dest)["labels.txt"] == b"Compost\nLandfill\nRecycling\n"
+
+
+def test_repackage_is_byte_identical_on_retry(tmp_path: Path) -> None:
+    source = _write(tmp_path, mxnet_model_tar())
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    repackage_mxnet(source, LABELS, first)
+    repackage_mxnet(source, LABELS, second)
+    assert hashlib.sha256(first.read_bytes()).digest() == hashlib.sha256(second.read_bytes()).digest()
+
+
+def test_repackage_onnx(tmp_path: Path) -> None:
+    source = _write(tmp_path, onnx_model_tar(accuracy=0.93))
+    dest = tmp_path / "model.onnx.tar.gz"
+    names, evaluation = repackage_onnx(source, [], dest)
+    assert names == ("model.onnx", "labels.txt", "metrics.json", "model.json")
+    members = _members(dest)
+    assert members["labels.txt"] == b"Compost\nLandfill\nRecycling\n"
+    assert json.loads(members["metrics.json"])["validation_accuracy"] == 0.93
+    assert evaluation["labels"] == LABELS
+    assert "confusion_matrix.png" not in members
+
+
+def test_artifact_format(tmp_path: Path) -> None:
+    assert artifact_format(read_members(_write(tmp_path, mxnet_model_tar(), "m"))) == "mxnet"
+    assert artifact_format(read_members(_write(tmp_path, onnx_model_tar(), "o"))) == "onnx"
+    with pytest.raises(PackagingError, match="neither model.onnx nor an MXNet"):
+        artifact_format(read_members(_write(tmp_path, hostile_tar("empty"), "e")))
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("traversal", "unsafe member path"),
+        ("absolute", "unsafe member path"),
+        ("symlink", "link member"),
+        ("hardlink", "link member"),
+        ("device", "special member"),
+        ("not_tar", "not a readable tar"),
+        ("truncated", "not a readable tar"),
+    ],
+)
+def test_hostile_tarballs_are_refused(tmp_path: Path, kind: str, message: str) -> None:
+    with pytest.raises(PackagingError, match=message):
+        read_members(_write(tmp_path, hostile_tar(kind)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("no_params", r"no \*-NNNN.params"),
+        ("no_symbol", r"no \*-symbol.json"),
+        ("bad_symbol", "not valid JSON"),
+    ],
+)
+def test_incomplete_mxnet_artifacts_are_refused(tmp_path: Path, kind: str, message: str) -> None:
+    with pytest.raises(PackagingError, match=message):
+        repackage_mxnet(_write(tmp_path, hostile_tar(kind)), LABELS, tmp_path / "out.tar.gz")
+    assert not (tmp_path / "out.tar.gz").exists()
+
+
+def test_mxnet_without_labels_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PackagingError, match="no labels"):
+        repackage_mxnet(_write(tmp_path, mxnet_model_tar()), [], tmp_path / "out.tar.gz")
+
+
+def test_oversized_member_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PackagingError, match="limit 100"):
+        read_members(_write(tmp_path, mxnet_model_tar()), max_member_bytes=100)
+
+
+def test_accuracy_metric_name_matches_the_event() -> None:
+    names = [m["MetricName"] for m in load_event("training_completed.json")["detail"]["FinalMetricDataList"]]
+    assert ACCURACY_METRIC in names
