@@ -144,7 +144,7 @@ def test_repackage_onnx(tmp_path: Path) -> None:
 def test_artifact_format(tmp_path: Path) -> None:
     assert artifact_format(read_members(_write(tmp_path, mxnet_model_tar(), "m"))) == "mxnet"
     assert artifact_format(read_members(_write(tmp_path, onnx_model_tar(), "o"))) == "onnx"
-    with pytest.raises(PackagingError, match="neither model.onnx nor an MXNet"):
+    with pytest.raises(PackagingError, match=r"neither model\.onnx nor an MXNet"):
         artifact_format(read_members(_write(tmp_path, hostile_tar("empty"), "e")))
 
 
