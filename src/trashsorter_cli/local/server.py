@@ -8,6 +8,7 @@ environments and the local device without asking anything.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -78,6 +79,7 @@ class MotoServer:
     def start(self, timeout: float = 15.0) -> str:
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
         if port_in_use(self.host, self.port):
             raise ConfigurationError(
                 f"port {self.port} on {self.host} is already in use (another `trashsorter local up`?); "

@@ -1,0 +1,308 @@
+"""Everything of the embedded local mode in one process: moto server + stack + local device + dispatcher.
+
+``LocalRuntime`` is used by ``trashsorter local up`` (foreground, until Ctrl-C / SIGTERM /
+``trashsorter local down``), by ``trashsorter demo`` and by the e2e tests. Process-wide environment it sets
+while running (restored by :meth:`LocalRuntime.stop`):
+
+* ``AWS_ENDPOINT_URL`` = the moto server, so every boto3 client in this process *and* the local trainer
+  subprocess (it inherits the environment) talk to the local endpoint;
+* fake credentials and ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (the endpoint accepts anything; no real
+  profile is ever read);
+* ``POWERTOOLS_TRACE_DISABLED=true`` (no X-Ray daemon locally);
+* ``TRASHSORTER_LOG_DIR`` = ``<state dir>/logs`` (trainer logs), unless already set.
+
+Each function's own environment (template.yaml, resolved by the stack) is applied while its handler module
+is imported (its cold start: ``SETTINGS = XSettings.from_env()``), plus the local-only variable
+``LOCAL_DEVICE_URL`` for the package function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from trashsorter import aws
+from trashsorter.errors import ConfigurationError, NotBuiltError
+from trashsorter_cli.local.dispatcher import Dispatcher
+from trashsorter_cli.local.server import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    LOCAL_CREDENTIALS,
+    LocalState,
+    MotoServer,
+    default_state_path,
+    free_port,
+    remove_state,
+    write_state,
+)
+from trashsorter_cli.local.stack import LocalStack, deploy_stack, load_template
+
+DEFAULT_STACK_NAME = "trashsorter"
+DEFAULT_REGION = "us-east-1"
+# Local mode trains on the CPU trainer: it comes from the template parameter, as `sam deploy` would set it.
+DEFAULT_LOCAL_OVERRIDES: dict[str, str] = {"TrainingBackend": "local"}
+PACKAGE_FUNCTION = "PackageFunction"
+
+
+def function_memory(template: Mapping[str, Any]) -> dict[str, int]:
+    """MemorySize per function (its own, else Globals) for the fake Lambda context."""
+    default = int(template.get("Globals", {}).get("Function", {}).get("MemorySize", 128))
+    return {
+        lid: int(res.get("Properties", {}).get("MemorySize", default))
+        for lid, res in template.get("Resources", {}).items()
+        if res.get("Type") == "AWS::Serverless::Function"
+    }
+
+
+class LocalRuntime:
+    """Start/stop the whole local stack in this process (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        port: int | None = DEFAULT_PORT,
+        host: str = DEFAULT_HOST,
+        stack_name: str = DEFAULT_STACK_NAME,
+        region: str = DEFAULT_REGION,
+        overrides: Mapping[str, str] | None = None,
+        state_path: Path | None = None,
+        device: bool = True,
+        log_file: Path | None = None,
+        retry_delay: int = 2,
+        wait_time: int = 1,
+    ) -> None:
+        self.host = host
+        self.port = port if port else free_port(host)
+        self.stack_name = stack_name
+        self.region = region
+        self.overrides = {**DEFAULT_LOCAL_OVERRIDES, **dict(overrides or {})}
+        self.state_path = Path(state_path or default_state_path())
+        self.state_dir = self.state_path.parent
+        self.with_device = device
+        self.log_file = log_file
+        self.retry_delay = retry_delay
+        self.wait_time = wait_time
+        self.server = MotoServer(host, self.port)
+        self.stack: LocalStack | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.device: Any = None
+        self.device_url = ""
+        self.state: LocalState | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._log_stream: IO[str] | None = None
+        self._saved_stdout: Any = None
+        self._stop_requested = threading.Event()
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.server.endpoint_url
+
+    def session(self) -> boto3.session.Session:
+        return boto3.session.Session(region_name=self.region)
+
+    def client(self, service: str) -> Any:
+        return self.session().client(service, region_name=self.region, endpoint_url=self.endpoint_url)
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> LocalState:
+        """Server -> stack -> device -> handlers (cold starts) -> dispatcher threads -> state file."""
+        try:
+            self._set_environment()
+            self.server.start()
+            self.stack = deploy_stack(
+                self.session(),
+                stack_name=self.stack_name,
+                overrides=self.overrides,
+                region=self.region,
+                endpoint_url=self.endpoint_url,
+            )
+            relax_conditional_denies(self.client("s3"), self.stack)
+            env_overrides: dict[str, dict[str, str]] = {}
+            if self.with_device:
+                self.device_url = self._start_device()
+                env_overrides[PACKAGE_FUNCTION] = {"LOCAL_DEVICE_URL": self.device_url}
+            self._redirect_logs()
+            self.dispatcher = Dispatcher.from_stack(
+                self.stack,
+                sqs=self.client("sqs"),
+                env_overrides=env_overrides,
+                memory=function_memory(load_template()),
+                retry_delay=self.retry_delay,
+                wait_time=self.wait_time,
+            )
+            self.dispatcher.start()
+            environments = {fn: self.stack.function_env(fn) for fn in self.stack.functions}
+            for fn, extra in env_overrides.items():
+                environments[fn].update(extra)
+            self.state = LocalState(
+                endpoint_url=self.endpoint_url,
+                region=self.region,
+                stack_name=self.stack_name,
+                outputs=dict(self.stack.outputs),
+                resources=dict(self.stack.resources),
+                environments=environments,
+                parameters=dict(self.stack.parameters),
+                device_url=self.device_url,
+                pid=os.getpid(),
+                started_at=time.time(),
+            )
+            write_state(self.state, self.state_path)
+            return self.state
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Dispatcher (lets a running handler finish) -> device -> server -> state file -> environment."""
+        if self.dispatcher is not None:
+            self.dispatcher.stop(timeout=30)
+            self.dispatcher = None
+        if self.device is not None:
+            try:
+                self.device.stop()
+            finally:
+                self.device = None
+        self.server.stop()
+        remove_state(self.state_path, pid=os.getpid())
+        self._restore_environment()
+        if self._saved_stdout is not None:
+            sys.stdout = self._saved_stdout
+            self._saved_stdout = None
+        if self._log_stream is not None:
+            from trashsorter.observability import logger
+
+            registered = getattr(logger, "registered_handler", None)
+            if isinstance(registered, logging.StreamHandler) and registered.stream is self._log_stream:
+                registered.setStream(sys.stdout)
+            self._log_stream.close()
+            self._log_stream = None
+
+    def __enter__(self) -> LocalRuntime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def serve_forever(self) -> None:
+        """Block until Ctrl-C, SIGTERM (``trashsorter local down``) or :meth:`request_stop`; then stop."""
+
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            self._stop_requested.set()
+
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self._stop_requested.wait(0.5):
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+    # ---------------------------------------------------------------------------- helpers
+
+    def _set_environment(self) -> None:
+        env = {
+            **LOCAL_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "TRASHSORTER_LOG_DIR": os.environ.get("TRASHSORTER_LOG_DIR") or str(self.state_dir / "logs"),
+        }
+        self._saved_env = {key: os.environ.get(key) for key in [*env, "AWS_PROFILE"]}
+        os.environ.pop("AWS_PROFILE", None)
+        os.environ.update(env)
+        aws.reset_clients()
+
+    def _restore_environment(self) -> None:
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = {}
+        aws.reset_clients()
+
+    def _start_device(self) -> str:
+        try:
+            from trashsorter_cli.device import LocalDevice  # type: ignore[attr-defined]
+        except ImportError as exc:
+            raise NotBuiltError(
+                "the local device (trashsorter_cli.device.LocalDevice) is not built yet; "
+                "start without it with `trashsorter local up --no-device`"
+            ) from exc
+        port = free_port(self.host)
+        self.device = LocalDevice(self.host, port, self.state_dir / "device")
+        self.device.start()
+        return f"http://{self.host}:{port}"
+
+    def _redirect_logs(self) -> None:
+        """Quiet mode (``log_file``): the handlers' JSON logs and EMF metric lines go to ``log_file``.
+
+        Powertools prints EMF with ``print()``, so ``sys.stdout`` itself is redirected while the runtime
+        runs (restored by :meth:`stop`); callers that print progress keep a handle on the real stdout.
+        """
+        if self.log_file is None:
+            return
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log_stream = self.log_file.open("a", encoding="utf-8", buffering=1)
+        from trashsorter.observability import logger
+
+        registered = getattr(logger, "registered_handler", None)
+        if isinstance(registered, logging.StreamHandler):
+            registered.setStream(self._log_stream)
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
+        self._saved_stdout = sys.stdout
+        sys.stdout = self._log_stream
+
+
+def relax_conditional_denies(s3: Any, stack: LocalStack) -> list[str]:
+    """Drop bucket-policy ``Deny`` statements that carry a ``Condition`` (local rewrite, runtime only).
+
+    moto evaluates bucket policies WITHOUT their conditions, so the template's TLS-only statement
+    (``Deny s3:* if aws:SecureTransport is false``) would deny every request to the plain-HTTP local
+    endpoint. Returns the buckets changed; a no-op when the stack already left such statements out.
+    """
+    changed: list[str] = []
+    for logical_id, kind in stack.resource_types.items():
+        if kind != "AWS::S3::Bucket":
+            continue
+        bucket = stack.resources[logical_id]
+        try:
+            policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+        except ClientError:
+            continue  # no policy
+        statements = policy.get("Statement", [])
+        kept = [s for s in statements if not (s.get("Effect") == "Deny" and s.get("Condition"))]
+        if len(kept) == len(statements):
+            continue
+        if kept:
+            s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({**policy, "Statement": kept}))
+        else:
+            s3.delete_bucket_policy(Bucket=bucket)
+        changed.append(bucket)
+    return changed
+
+
+def require_stack(runtime: LocalRuntime) -> LocalStack:
+    if runtime.stack is None:
+        raise ConfigurationError("the local stack is not started")
+    return runtime.stack
