@@ -1,0 +1,1 @@
+"""The ``trashsorter`` subcommands (argparse wiring in :mod:`trashsorter_cli.main`)."""

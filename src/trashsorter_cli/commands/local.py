@@ -1,0 +1,105 @@
+"""``trashsorter local up|down|status``: the embedded local stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from trashsorter.errors import ConfigurationError
+from trashsorter_cli.local.runtime import LocalRuntime
+from trashsorter_cli.local.server import (
+    DEFAULT_HOST,
+    default_state_path,
+    endpoint_alive,
+    pid_alive,
+    read_state,
+    remove_state,
+)
+from trashsorter_cli.local.stack import parse_parameter_overrides
+from trashsorter_cli.ui import UI, CliError
+
+
+def ready_line(state: Any) -> str:
+    device = f", device {state.device_url}" if state.device_url else ""
+    return (
+        f"trashsorter local stack ready: endpoint {state.endpoint_url}, images bucket "
+        f"{state.outputs.get('ImagesBucketName', '?')}, "
+        f"DeepLens bucket {state.outputs.get('DeepLensBucketName', '?')}"
+        f"{device} (Ctrl-C or `trashsorter local down` to stop)"
+    )
+
+
+def up(
+    ui: UI,
+    *,
+    port: int,
+    host: str = DEFAULT_HOST,
+    stack_name: str,
+    region: str,
+    parameter_overrides: list[str],
+    state_path: Path | None,
+    device: bool,
+) -> int:
+    path = Path(state_path or default_state_path())
+    try:
+        existing = read_state(path)
+    except ConfigurationError:
+        existing = None
+    if existing is not None and pid_alive(existing.pid) and endpoint_alive(existing.endpoint_url):
+        raise CliError(
+            f"a local stack is already running (pid {existing.pid}, {existing.endpoint_url}); "
+            "stop it with `trashsorter local down`"
+        )
+    runtime = LocalRuntime(
+        port=port,
+        host=host,
+        stack_name=stack_name,
+        region=region,
+        overrides=parse_parameter_overrides(parameter_overrides),
+        state_path=path,
+        device=device,
+    )
+    state = runtime.start()
+    if ui.json_mode:
+        ui.emit_json({"ready": True, **{k: getattr(state, k) for k in ("endpoint_url", "stack_name", "pid")}})
+    else:
+        ui.line(ready_line(state))
+    runtime.serve_forever()
+    ui.line("trashsorter local stack stopped")
+    return 0
+
+
+def down(ui: UI, *, state_path: Path | None, timeout: float = 60.0) -> dict[str, Any]:
+    path = Path(state_path or default_state_path())
+    state = read_state(path)
+    if not pid_alive(state.pid):
+        remove_state(path)
+        return {
+            "stopped": False,
+            "pid": state.pid,
+            "message": "was not running; removed the stale state file",
+        }
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(state.pid) and path.exists():
+        if time.monotonic() > deadline:
+            raise CliError(f"the local stack (pid {state.pid}) did not stop within {timeout:.0f}s")
+        time.sleep(0.2)
+    return {"stopped": True, "pid": state.pid, "message": f"stopped the local stack (pid {state.pid})"}
+
+
+def status(*, state_path: Path | None) -> dict[str, Any]:
+    state = read_state(state_path)
+    return {
+        "running": pid_alive(state.pid) and endpoint_alive(state.endpoint_url),
+        "pid": state.pid,
+        "endpoint_url": state.endpoint_url,
+        "stack_name": state.stack_name,
+        "region": state.region,
+        "device_url": state.device_url,
+        "outputs": state.outputs,
+        "parameters": state.parameters,
+    }

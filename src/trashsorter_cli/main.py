@@ -1,0 +1,252 @@
+"""``trashsorter``: the command line of the local stack and of a deployed stack (see docs/cli.md).
+
+Exit codes: 0 success, 1 an operation failed (endpoint down, nothing to train, training failed, AWS
+error), 2 the request is wrong (unknown label, prediction against a deployed stack, bad arguments).
+Expected errors print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter.errors import TrainingRuleNotMet, TrashsorterError
+from trashsorter_cli.ui import UI, CliError
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--stack", help="a deployed stack's name (default: the running local stack)")
+    common.add_argument("--profile", help="AWS profile (with --stack)")
+    common.add_argument("--region", help="AWS region (with --stack)")
+    common.add_argument(
+        "--local-state", type=Path, default=None, help="local state file (default .trashsorter/local.json)"
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="trashsorter",
+        description="Labelled photos in S3 -> a trained trash classifier on the edge camera.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("upload", parents=[common], help="upload DIR/<Label>/* to images/<Label>/")
+    p.add_argument("directory", type=Path)
+    p.add_argument(
+        "--map", type=Path, dest="mapping", help="JSON label -> [folders] (samples/trashnet/mapping.json)"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="upload unknown label folders too (ingest rejects them)"
+    )
+
+    sub.add_parser(
+        "status", parents=[common], help="catalogue counts, threshold, runs, champion, deployments"
+    )
+
+    p = sub.add_parser("images", parents=[common], help="catalogue records")
+    p.add_argument("--status", choices=["accepted", "rejected", "duplicate", "conflict", "deleted"])
+    p.add_argument("--label")
+
+    p = sub.add_parser("train", parents=[common], help="trigger training now (the rule must be met)")
+    p.add_argument("--wait", action="store_true", help="follow the run to its end")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds --wait waits (default 1800)")
+
+    p = sub.add_parser("predict", parents=[common], help="classify images with the local device's model")
+    p.add_argument("images", nargs="+", type=Path)
+
+    p = sub.add_parser("deploy", parents=[common], help="redeploy a registered model (rollback)")
+    p.add_argument("--model", required=True, dest="model_id")
+    p.add_argument("--force", action="store_true", help="deploy a model the quality gate rejected")
+
+    sub.add_parser("reindex", parents=[common], help="rebuild the catalogue from the bucket")
+
+    local = sub.add_parser("local", help="the embedded local stack")
+    local_sub = local.add_subparsers(dest="local_command", required=True, metavar="up|down|status")
+    p = local_sub.add_parser("up", parents=[common], help="start the local stack (foreground)")
+    p.add_argument("--port", type=int, default=4566, help="endpoint port (default 4566; 0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--stack-name", default="trashsorter")
+    p.add_argument(
+        "--parameter-overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="template parameters, as sam deploy takes them (TrainingBackend=local is the local default)",
+    )
+    p.add_argument("--no-device", action="store_true", help="do not start the local device")
+    local_sub.add_parser("down", parents=[common], help="stop the running local stack")
+    local_sub.add_parser("status", parents=[common], help="is the local stack running?")
+
+    p = sub.add_parser("demo", parents=[common], help="the whole pipeline on the sample photos, offline")
+    p.add_argument("--samples", type=Path, default=None, help="default samples/trashnet")
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--keep-running", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _target(args: argparse.Namespace) -> Any:
+    from trashsorter_cli.targets import resolve_target
+
+    return resolve_target(
+        stack=args.stack, local_state=args.local_state, region=args.region, profile=args.profile
+    )
+
+
+def run(args: argparse.Namespace, ui: UI) -> int:
+    command = args.command
+    if command == "local":
+        from trashsorter_cli.commands import local
+
+        if args.local_command == "up":
+            return local.up(
+                ui,
+                port=args.port,
+                host=args.host,
+                stack_name=args.stack_name,
+                region=args.region or "us-east-1",
+                parameter_overrides=list(args.parameter_overrides),
+                state_path=args.local_state,
+                device=not args.no_device,
+            )
+        result = (
+            local.down(ui, state_path=args.local_state)
+            if args.local_command == "down"
+            else local.status(state_path=args.local_state)
+        )
+        if ui.json_mode:
+            ui.emit_json(result)
+        elif args.local_command == "down":
+            ui.line(result["message"])
+        else:
+            state = "running" if result["running"] else "NOT running (stale state file)"
+            ui.line(
+                f"local stack {result['stack_name']} {state}: {result['endpoint_url']} (pid {result['pid']})"
+            )
+            ui.line(
+                f"images bucket {result['outputs'].get('ImagesBucketName', '?')}; "
+                f"device {result['device_url'] or '-'}"
+            )
+        return 0 if args.local_command != "status" or result["running"] else 1
+
+    if command == "demo":
+        from trashsorter_cli import demo
+
+        return demo.run_demo(ui, samples=args.samples, timeout=args.timeout)
+
+    from trashsorter_cli.commands import data, pipeline
+
+    target = _target(args)
+    if command == "upload":
+        mapping = data.load_mapping(args.mapping) if args.mapping else None
+        plan = data.plan_upload(args.directory, target.labels, mapping=mapping, force=args.force)
+        result = data.upload(target, plan, ui)
+        if ui.json_mode:
+            ui.emit_json({k: v for k, v in result.items() if k != "keys"})
+        else:
+            ui.line(
+                f"uploaded {result['uploaded']}, unchanged (skipped) {result['skipped']} -> s3://{result['bucket']}/"
+            )
+            if result["unknown_labels"]:
+                ui.line(f"unknown labels uploaded with --force: {', '.join(result['unknown_labels'])}")
+        return 0
+    if command == "status":
+        status = pipeline.gather_status(target)
+        if ui.json_mode:
+            ui.emit_json(status)
+        else:
+            pipeline.render_status(ui, status)
+        return 0
+    if command == "images":
+        rows = data.list_images(target, status=args.status, label=args.label)
+        if ui.json_mode:
+            ui.emit_json([{k: r[k] for k in ("key", "label", "status", "reason")} for r in rows])
+        else:
+            ui.table(
+                f"{len(rows)} images",
+                ["key", "label", "status", "reason"],
+                [[r["key"], r["label"], r["status"], r["reason"]] for r in rows],
+            )
+        return 0
+    if command == "train":
+        since = datetime.now(UTC).isoformat()
+        try:
+            triggered = pipeline.trigger_training(target)
+        except TrainingRuleNotMet as exc:
+            missing = ", ".join(f"{n} more {label}" for label, n in exc.missing.items())
+            raise CliError(
+                f"nothing to train: {exc}"
+                + (f" (missing {missing})" if missing and missing not in str(exc) else "")
+            ) from exc
+        if not args.wait:
+            if ui.json_mode:
+                ui.emit_json(triggered)
+            else:
+                ui.line(f"training requested: {triggered['reason']}")
+            return 0
+        final = pipeline.wait_for_run(target, ui, since=since, timeout=args.timeout)
+        if ui.json_mode:
+            ui.emit_json(final)
+        else:
+            ui.line(f"run {final['job_name']}: {final['status']}, model {final['package_outcome'] or '-'}")
+        pipeline.check_run(final)
+        return 0
+    if command == "predict":
+        results = pipeline.predict(target, args.images)
+        if ui.json_mode:
+            ui.emit_json(results)
+        else:
+            ui.table(
+                "Predictions",
+                ["image", "label", "confidence"],
+                [[r["image"], r["label"], f"{r['confidence']:.3f}"] for r in results],
+            )
+        return 0
+    if command == "deploy":
+        outcome = pipeline.redeploy(target, args.model_id, force=args.force)
+        if ui.json_mode:
+            ui.emit_json(outcome)
+        else:
+            ui.line(f"model {args.model_id}: {outcome['outcome']} ({outcome['reason']})")
+        return 0 if outcome["outcome"] in ("deployed", "registered") else 1
+    if command == "reindex":
+        summary = data.reindex(target)
+        if ui.json_mode:
+            ui.emit_json(summary)
+        else:
+            ui.line("reindexed: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.items())))
+        return 0
+    raise CliError(f"unknown command {command}", exit_code=2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ui = UI(json_mode=bool(getattr(args, "json", False)))
+    try:
+        return run(args, ui)
+    except CliError as exc:
+        print(f"trashsorter: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TrashsorterError as exc:
+        print(f"trashsorter: error: {exc}", file=sys.stderr)
+        return 1
+    except (ClientError, BotoCoreError) as exc:
+        print(f"trashsorter: AWS error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("trashsorter: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
