@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -228,23 +228,27 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     raise CliError(f"unknown command {command}", exit_code=2)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None
+) -> int:
+    """Entry point; ``stdout``/``stderr`` default to the process's (tests pass their own buffers)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    ui = UI(json_mode=bool(getattr(args, "json", False)))
+    ui = UI(json_mode=bool(getattr(args, "json", False)), stream=stdout)
+    err = stderr if stderr is not None else sys.stderr
     try:
         return run(args, ui)
     except CliError as exc:
-        print(f"trashsorter: error: {exc}", file=sys.stderr)
+        print(f"trashsorter: error: {exc}", file=err)
         return exc.exit_code
     except TrashsorterError as exc:
-        print(f"trashsorter: error: {exc}", file=sys.stderr)
+        print(f"trashsorter: error: {exc}", file=err)
         return 1
     except (ClientError, BotoCoreError) as exc:
-        print(f"trashsorter: AWS error: {exc}", file=sys.stderr)
+        print(f"trashsorter: AWS error: {exc}", file=err)
         return 1
     except KeyboardInterrupt:
-        print("trashsorter: interrupted", file=sys.stderr)
+        print("trashsorter: interrupted", file=err)
         return 130
 
 
