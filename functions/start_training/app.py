@@ -28,5 +28,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
         return {"status": "ignored"}
     outcome = start_training(event.get("detail") or {}, SETTINGS)
     metrics.add_metric(name=f"training_{outcome.status}", unit=MetricUnit.Count, value=1)
-    logger.info("start training outcome", extra=outcome.as_dict())
+    logger.info("start training outcome", extra={"outcome": outcome.as_dict()})
     return outcome.as_dict()

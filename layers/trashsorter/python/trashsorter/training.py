@@ -340,10 +340,12 @@ class SageMakerBackend:
             self.sagemaker.describe_training_job(TrainingJobName=launch.job_name)
             return True
         except ClientError as exc:
-            message = str(exc.response.get("Error", {}).get("Message", ""))
-            if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound") and (
-                "not found" in message.lower() or "does not exist" in message.lower()
-            ):
+            message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+            missing = ("not found", "could not find", "does not exist")
+            if exc.response.get("Error", {}).get("Code") in (
+                "ValidationException",
+                "ResourceNotFound",
+            ) and any(m in message for m in missing):
                 return False
             raise TransientError(f"DescribeTrainingJob {launch.job_name}: {exc}") from exc
         except BotoCoreError as exc:
@@ -714,7 +716,8 @@ def finish_run(
     }
     update = "SET #s = :status, status_message = :msg, ended_at = :now"
     if metrics:
-        update += ", metrics = :metrics"
+        update += ", #m = :metrics"
+        names["#m"] = "metrics"
         values["metrics"] = metrics
     final_list = ", ".join(f":f{i}" for i in range(len(FINAL_RUN_STATUSES)))
     try:

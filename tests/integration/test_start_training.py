@@ -1,0 +1,370 @@
+"""Start training on moto: real photos ingested into the template's stack -> exactly one training job.
+
+The catalogue is built by the ingest step's own code (``rebuild_catalogue``) from real TrashNet photos put
+into the stack's bucket; the handler is ``functions/start_training/app.py`` with its resolved environment.
+SageMaker refusals moto cannot produce (ResourceLimitExceeded, throttling, ValidationException) are faked
+with botocore's Stubber at the SageMaker boundary only; those tests say "stubber" in their names.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.stub import Stubber
+from PIL import Image
+
+from tests.conftest import SAMPLES_DIR, StackHandle, load_event
+from trashsorter import training
+from trashsorter.catalogue import Catalogue, deserialize, serialize
+from trashsorter.errors import TransientError
+from trashsorter.ingest import rebuild_catalogue
+from trashsorter.schema import LOCK_KEY, RunStatus, dataset_key
+from trashsorter.settings import IngestSettings, TrainingSettings
+from trashsorter.training import (
+    find_run_by_job,
+    finish_run,
+    get_lock,
+    get_run,
+    list_runs,
+    start_training,
+)
+
+pytestmark = pytest.mark.integration
+
+MAPPING = {
+    "Compost": ["cardboard", "paper"],
+    "Landfill": ["plastic", "trash"],
+    "Recycling": ["glass", "metal"],
+}
+
+
+@pytest.fixture
+def stack_overrides() -> dict[str, str]:
+    return {"MinImagesPerLabel": "3", "MinNewImages": "4"}
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "StartTrainingFunction"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:StartTrainingFunction"
+    aws_request_id: str = "0b8f3c1e-1111-4c3e-9d7a-5e2d1c0b9a88"
+
+
+def photos(material: str) -> list[Path]:
+    return sorted((SAMPLES_DIR / material).glob("*.jpg"))
+
+
+class World:
+    def __init__(self, stack: StackHandle) -> None:
+        self.stack = stack
+        self.s3 = stack.client("s3")
+        # moto evaluates bucket policies without conditions: the local rewrite drops the TLS-only Deny
+        # (a no-op once the shared stack fixture applies it itself).
+        from trashsorter_cli.local.runtime import relax_conditional_denies
+
+        relax_conditional_denies(self.s3, stack.stack)
+        self.ddb = stack.client("dynamodb")
+        self.sm = stack.client("sagemaker")
+        self.sqs = stack.client("sqs")
+        self.bucket = stack.outputs["ImagesBucketName"]
+        self.env = stack.function_env("StartTrainingFunction")
+        self.settings = TrainingSettings.from_env(self.env)
+        self.ingest_settings = IngestSettings.from_env(stack.function_env("IngestFunction"))
+        self.table = self.settings.table_name
+        self.catalogue = Catalogue(self.table, ddb=self.ddb)
+        self.notices = self._subscribe_notices()
+        self.ready = self._route_dataset_ready()
+
+    def _queue(self) -> tuple[str, str]:
+        url = self.sqs.create_queue(QueueName=f"t-{uuid.uuid4().hex[:10]}")["QueueUrl"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        return str(url), str(arn)
+
+    def _subscribe_notices(self) -> str:
+        url, arn = self._queue()
+        self.stack.client("sns").subscribe(TopicArn=self.settings.topic_arn, Protocol="sqs", Endpoint=arn)
+        return url
+
+    def _route_dataset_ready(self) -> str:
+        url, arn = self._queue()
+        events = self.stack.client("events")
+        bus = self.settings.event_bus_name
+        pattern = {"source": ["trashsorter"], "detail-type": ["Dataset Ready"]}
+        events.put_rule(Name="t-ready", EventBusName=bus, EventPattern=json.dumps(pattern))
+        events.put_targets(Rule="t-ready", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+        return url
+
+    def drain(self, url: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            msgs = got.get("Messages", [])
+            if not msgs:
+                return out
+            for m in msgs:
+                out.append(json.loads(m["Body"]))
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+    def upload(self, per_material: int, start: int = 0) -> None:
+        for label, materials in MAPPING.items():
+            for material in materials:
+                for path in photos(material)[start : start + per_material]:
+                    self.s3.put_object(Bucket=self.bucket, Key=f"images/{label}/{material}/{path.name}",
+                                       Body=path.read_bytes())  # fmt: skip
+
+    def put(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def ingest(self) -> None:
+        rebuild_catalogue(self.ingest_settings, s3=self.s3, ddb=self.ddb, events=self.stack.client("events"))
+        self.drain(self.ready)  # threshold publications of the ingest step are not under test here
+
+    def text(self, key: str) -> str:
+        return str(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read().decode("utf-8"))
+
+    def lock(self) -> dict[str, Any]:
+        return get_lock(self.table, ddb=self.ddb)
+
+    def jobs(self) -> list[str]:
+        return [j["TrainingJobName"] for j in self.sm.list_training_jobs()["TrainingJobSummaries"]]
+
+    def start(self, reason: str = "threshold", **kwargs: Any) -> training.StartOutcome:
+        return start_training({"reason": reason}, self.settings, ddb=self.ddb, s3=self.s3,
+                              sns=self.stack.client("sns"), events=self.stack.client("events"),
+                              **kwargs)  # fmt: skip
+
+
+@pytest.fixture
+def world(stack_overrides: dict[str, str], stack: StackHandle) -> World:
+    w = World(stack)
+    w.upload(per_material=3)  # 6 real photos per label
+    webp = io.BytesIO()
+    Image.open(photos("paper")[10]).save(webp, format="WEBP")
+    w.put("images/Compost/paper/from-phone.webp", webp.getvalue())
+    w.put("images/Landfill/copy-of-glass.jpg", photos("glass")[0].read_bytes())  # conflict with Recycling
+    w.put("images/Compost/cardboard/again.jpg", photos("cardboard")[0].read_bytes())  # duplicate
+    w.put("images/Recycling/notes.txt", b"not an image")  # rejected
+    w.ingest()
+    return w
+
+
+def test_handler_starts_one_job_with_the_exact_request_and_snapshot(world: World) -> None:
+    app = world.stack.load_handler("StartTrainingFunction")
+    event = load_event("dataset_ready.json")
+    result = app.handler(event, LambdaContext())
+    assert result["status"] == "started", result
+    job, run_id, dataset_id = result["job_name"], result["run_id"], result["dataset_id"]
+    assert world.jobs() == [job] and job.startswith("deeplens-")
+
+    # --- the snapshot: exactly the accepted images (no conflict, duplicate or rejected file)
+    accepted = {r["key"]: r for r in world.catalogue.accepted_images()}
+    assert (
+        "images/Landfill/copy-of-glass.jpg" not in accepted and "images/Recycling/notes.txt" not in accepted
+    )
+    prefix = f"datasets/{dataset_id}/"
+    rows = [json.loads(line) for line in world.text(prefix + "manifest.jsonl").splitlines()]
+    assert [r["key"] for r in rows] == sorted(accepted)
+    for row in rows:
+        assert (
+            row["sha256"] == accepted[row["key"]]["sha256"] and row["label"] == accepted[row["key"]]["label"]
+        )
+        assert row["class_index"] == ["Compost", "Landfill", "Recycling"].index(row["label"])
+    assert world.text(prefix + "labels.txt") == "Compost\nLandfill\nRecycling\n"
+    webp_row = next(r for r in rows if r["key"].endswith(".webp"))
+    assert webp_row["s3_key"] == f"{prefix}converted/{webp_row['sha256']}.jpg"
+    copy = Image.open(
+        io.BytesIO(world.s3.get_object(Bucket=world.bucket, Key=webp_row["s3_key"])["Body"].read())
+    )
+    assert copy.format == "JPEG" and copy.size == Image.open(photos("paper")[10]).size
+    counts = {"train": 0, "validation": 0}
+    for split in counts:
+        lst = [line.split("\t") for line in world.text(f"{prefix}{split}.lst").splitlines()]
+        channel = json.loads(world.text(f"{prefix}{split}.manifest"))
+        expected = [r for r in rows if r["split"] == split]
+        counts[split] = len(expected)
+        assert lst == [[str(i), str(r["class_index"]), r["s3_key"]] for i, r in enumerate(expected)]
+        assert channel == [{"prefix": f"s3://{world.bucket}/"}, *[r["s3_key"] for r in expected]]
+        for key in channel[1:]:  # every listed object exists: the algorithm can download it
+            world.s3.head_object(Bucket=world.bucket, Key=key)
+    dataset = deserialize(
+        world.ddb.get_item(TableName=world.table, Key=serialize(dataset_key(dataset_id)))["Item"]
+    )
+    assert dataset["num_train"] == counts["train"] and dataset["num_validation"] == counts["validation"]
+    assert sum(c["train"] + c["validation"] for c in dataset["counts"].values()) == len(rows)
+    assert dataset["accepted_seq"] == world.catalogue.state()["accepted_seq"]
+
+    # --- the SageMaker request as moto recorded it
+    described = world.sm.describe_training_job(TrainingJobName=job)
+    assert described["AlgorithmSpecification"]["TrainingImage"] == (
+        "811284229777.dkr.ecr.us-east-1.amazonaws.com/image-classification:1"
+    )
+    assert described["RoleArn"] == world.stack.outputs["TrainingRoleArn"]
+    assert described["HyperParameters"] == {
+        "num_layers": "18", "use_pretrained_model": "1", "image_shape": "3,224,224", "num_classes": "3",
+        "num_training_samples": str(counts["train"]), "epochs": "10", "learning_rate": "0.01", "top_k": "2",
+        "resize": "224", "precision_dtype": "float32", "mini_batch_size": str(min(32, counts["train"])),
+    }  # fmt: skip
+    channels = {c["ChannelName"]: c for c in described["InputDataConfig"]}
+    assert channels["train"]["DataSource"]["S3DataSource"]["S3DataType"] == "ManifestFile"
+    assert (
+        channels["train"]["DataSource"]["S3DataSource"]["S3Uri"]
+        == f"s3://{world.bucket}/{prefix}train.manifest"
+    )
+    assert channels["validation_lst"]["DataSource"]["S3DataSource"]["S3Uri"] == (
+        f"s3://{world.bucket}/{prefix}validation.lst"
+    )
+    assert {c["ContentType"] for c in channels.values()} == {"application/x-image"}
+    assert described["OutputDataConfig"]["S3OutputPath"] == f"s3://{world.bucket}/training-output/"
+    assert described["StoppingCondition"]["MaxRuntimeInSeconds"] == 7200
+    assert described["ResourceConfig"]["InstanceType"] == "ml.p2.xlarge"
+    tags = {t["Key"]: t["Value"] for t in world.sm.list_tags(ResourceArn=described["TrainingJobArn"])["Tags"]}
+    assert tags["trashsorter:dataset-id"] == dataset_id and tags["trashsorter:run-id"] == run_id
+
+    # --- the run record, job lookup and lock
+    run = get_run(world.table, run_id, ddb=world.ddb)
+    assert run is not None
+    assert run["status"] == RunStatus.IN_PROGRESS and run["backend"] == "sagemaker" and run["attempt"] == 1
+    assert json.loads(run["request"])["InputDataConfig"] == described["InputDataConfig"]
+    assert find_run_by_job(job, world.table, ddb=world.ddb)["run_id"] == run_id  # type: ignore[index]
+    assert [r["run_id"] for r in list_runs(world.table, ddb=world.ddb)] == [run_id]
+    assert world.lock()["holder"] == run_id
+    notices = world.drain(world.notices)
+    assert any(job in n["Subject"] for n in notices)
+
+
+def test_duplicate_event_for_the_same_dataset_starts_nothing(world: World) -> None:
+    first = world.start()
+    second = world.start()
+    assert first.status == "started" and second.status == "duplicate"
+    assert second.run_id == first.run_id and world.jobs() == [first.job_name]
+    finish_run(world.settings, run_id=first.run_id, status=RunStatus.COMPLETED, metrics={"accuracy": 0.91},
+               ddb=world.ddb)  # fmt: skip
+    third = world.start(reason="manual")  # the dataset already has a completed run
+    assert third.status == "duplicate" and world.jobs() == [first.job_name]
+    run = get_run(world.table, first.run_id, ddb=world.ddb)
+    assert run is not None and run["status"] == RunStatus.COMPLETED and run["metrics"] == {"accuracy": 0.91}
+
+
+def test_single_flight_pending_then_finish_republishes(world: World) -> None:
+    first = world.start()
+    world.upload(per_material=1, start=3)  # new photos -> a different dataset
+    world.ingest()
+    second = world.start()
+    assert second.status == "pending" and second.dataset_id != first.dataset_id
+    assert world.jobs() == [first.job_name]
+    lock = world.lock()
+    assert lock["holder"] == first.run_id and lock["pending"] is True
+
+    finish_run(world.settings, run_id=first.run_id, status=RunStatus.FAILED, message="AlgorithmError: x",
+               ddb=world.ddb)  # fmt: skip
+    lock = world.lock()
+    assert "holder" not in lock and "pending" not in lock
+    republished = world.drain(world.ready)
+    assert [e["detail"]["reason"] for e in republished] == ["pending"]
+    # idempotent: a second call changes nothing and publishes nothing
+    finish_run(world.settings, run_id=first.run_id, status=RunStatus.COMPLETED, ddb=world.ddb)
+    assert get_run(world.table, first.run_id, ddb=world.ddb)["status"] == RunStatus.FAILED  # type: ignore[index]
+    assert world.drain(world.ready) == []
+
+    third = world.start(reason=republished[0]["detail"]["reason"])
+    assert third.status == "started" and third.dataset_id == second.dataset_id
+    assert sorted(world.jobs()) == sorted([first.job_name, third.job_name])
+
+
+def test_rule_not_met_starts_nothing(stack_overrides: dict[str, str], stack: StackHandle) -> None:
+    w = World(stack)
+    w.upload(per_material=1)  # 2 per label < MinImagesPerLabel 3
+    w.ingest()
+    outcome = w.start()
+    assert outcome.status == "not_ready" and "more" in outcome.message
+    assert w.jobs() == [] and w.lock() == {}
+
+
+def _stubbed(world: World, code: str, message: str, status: int = 400) -> tuple[Any, Stubber]:
+    client = world.stack.client("sagemaker")
+    stubber = Stubber(client)
+    stubber.add_client_error("create_training_job", service_error_code=code, service_message=message,
+                             http_status_code=status)  # fmt: skip
+    stubber.activate()
+    return client, stubber
+
+
+def test_start_stubber_resource_limit_exceeded_blocks_and_keeps_pending(world: World) -> None:
+    client, stubber = _stubbed(world, "ResourceLimitExceeded", "The account-level service limit "
+                               "'ml.p2.xlarge for training job usage' is 0 Instances")  # fmt: skip
+    outcome = world.start(sagemaker=client)
+    stubber.assert_no_pending_responses()
+    assert outcome.status == "blocked"
+    for needle in ("ml.p2.xlarge for training job usage", "us-east-1", "Service Quotas",
+                   "request-service-quota-increase"):  # fmt: skip
+        assert needle in outcome.message
+    run = get_run(world.table, outcome.run_id, ddb=world.ddb)
+    assert run is not None and run["status"] == RunStatus.BLOCKED and "ml.p2.xlarge" in run["status_message"]
+    lock = world.lock()
+    assert "holder" not in lock and lock["pending"] is True
+    notices = world.drain(world.notices)
+    blocked = [n for n in notices if "blocked" in n["Subject"].lower()]
+    assert len(blocked) == 1 and "ml.p2.xlarge for training job usage" in blocked[0]["Message"]
+    assert world.drain(world.ready) == []  # blocked: not re-published at once
+    assert world.jobs() == []
+
+    # after the quota increase the next trigger runs the same dataset as attempt 2
+    retry = world.start(reason="manual")
+    assert retry.status == "started" and retry.dataset_id == outcome.dataset_id
+    assert retry.job_name.endswith("-a2") and world.jobs() == [retry.job_name]
+    assert "pending" not in world.lock()
+
+
+def test_start_stubber_validation_exception_fails_and_releases(world: World) -> None:
+    client, _ = _stubbed(world, "ValidationException", "Invalid hyperparameter value: epochs=abc")
+    outcome = world.start(sagemaker=client)
+    assert outcome.status == "failed" and "epochs=abc" in outcome.message
+    run = get_run(world.table, outcome.run_id, ddb=world.ddb)
+    assert run is not None and run["status"] == RunStatus.FAILED and "epochs=abc" in run["status_message"]
+    assert world.lock().get("holder") is None and not world.lock().get("pending")
+    assert any("failed" in n["Subject"].lower() for n in world.drain(world.notices))
+
+
+def test_start_stubber_throttling_raises_then_retry_resumes_the_same_run(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _ = _stubbed(world, "ThrottlingException", "Rate exceeded")
+    with pytest.raises(TransientError, match="ThrottlingException"):
+        world.start(sagemaker=client)
+    [run] = list_runs(world.table, ddb=world.ddb)
+    assert run["status"] == RunStatus.STARTING and world.lock()["holder"] == run["run_id"]
+    # an immediate redelivery while the start may still be in flight: retry later, start nothing
+    with pytest.raises(TransientError):
+        world.start()
+    assert world.jobs() == []
+    # EventBridge's later retry resumes the same run: one job, with the run's job name
+    monkeypatch.setattr(training, "RESUME_AFTER_SECONDS", 0)
+    resumed = world.start()
+    assert resumed.status == "started" and resumed.run_id == run["run_id"]
+    assert world.jobs() == [run["job_name"]]
+    again = world.start()
+    assert again.status == "duplicate" and world.jobs() == [run["job_name"]]
+
+
+def test_stale_lock_of_a_finished_run_is_released(world: World) -> None:
+    first = world.start()
+    # a crash between the run update and the lock release leaves the lock held by a final run
+    world.ddb.update_item(TableName=world.table, Key=serialize({"pk": f"RUN#{first.run_id}", "sk": "RUN"}),
+                          UpdateExpression="SET #s = :f", ExpressionAttributeNames={"#s": "status"},
+                          ExpressionAttributeValues={":f": {"S": "failed"}})  # fmt: skip
+    assert world.lock()["holder"] == first.run_id
+    retry = world.start()
+    assert retry.status == "started" and retry.job_name.endswith("-a2")
+    assert (
+        world.ddb.get_item(TableName=world.table, Key=serialize(LOCK_KEY))["Item"]["holder"]["S"]
+        == retry.run_id
+    )
