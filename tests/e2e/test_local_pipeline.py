@@ -1,0 +1,140 @@
+"""The whole flow on the embedded local stack: real photos uploaded through boto3 to the endpoint ->
+ingest -> threshold -> CPU training (2 epochs) -> package -> local device -> a held-out photo classified."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import SAMPLES, mapping
+from trashsorter import registry, training
+from trashsorter.catalogue import Catalogue
+from trashsorter_cli.local.runtime import LocalRuntime
+from trashsorter_cli.local.stack import load_template
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+PER_MATERIAL = 8  # 16 per label uploaded
+HELD_OUT_PER_MATERIAL = 1
+
+
+@pytest.fixture(scope="module")
+def local_stack(local_stack_factory: Any) -> Iterator[LocalRuntime]:
+    yield local_stack_factory(
+        {
+            "MinImagesPerLabel": "14",
+            "MinNewImages": "10",
+            "HyperparameterOverrides": json.dumps({"epochs": "2"}),
+            "MinValidationAccuracy": "0.5",
+        },
+        device=True,
+    )
+
+
+def _split() -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    upload: list[tuple[Path, str]] = []
+    held: list[tuple[Path, str]] = []
+    for label, folders in mapping().items():
+        for folder in folders:
+            files = sorted(
+                (SAMPLES / folder).glob("*.jpg"), key=lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+            )
+            held.extend((p, label) for p in files[:HELD_OUT_PER_MATERIAL])
+            upload.extend(
+                (p, label) for p in files[HELD_OUT_PER_MATERIAL : HELD_OUT_PER_MATERIAL + PER_MATERIAL]
+            )
+    return upload, held
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _post(url: str, data: bytes) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=data, method="POST")  # noqa: S310 - local device
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        result: dict[str, Any] = json.loads(response.read())
+    return result
+
+
+def test_local_resources_match_the_template(local_stack: LocalRuntime) -> None:
+    assert local_stack.stack is not None
+    template = load_template()
+    for lid, res in template["Resources"].items():
+        if res["Type"].startswith("AWS::Serverless::") or res.get("Condition"):
+            continue
+        assert local_stack.stack.resource_types[lid] == res["Type"], lid
+    assert set(local_stack.stack.functions) == {
+        lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"
+    }
+    assert local_stack.stack.function_env("StartTrainingFunction")["TRAINING_BACKEND"] == "local"
+    assert local_stack.state is not None
+    assert local_stack.state.environments["PackageFunction"]["LOCAL_DEVICE_URL"] == local_stack.device_url
+
+
+def test_photos_to_a_deployed_model_that_classifies_a_held_out_photo(local_stack: LocalRuntime) -> None:
+    assert local_stack.state is not None
+    outputs = local_stack.state.outputs
+    s3 = local_stack.client("s3")
+    ddb = local_stack.client("dynamodb")
+    table = outputs["CatalogueTableName"]
+    upload, held = _split()
+    for path, label in upload:  # label by label, as a person would
+        s3.put_object(
+            Bucket=outputs["ImagesBucketName"], Key=f"images/{label}/{path.name}", Body=path.read_bytes()
+        )
+
+    catalogue = Catalogue(table, ddb=ddb)
+    counts = _wait(
+        lambda: (
+            (c := catalogue.label_counts(["Compost", "Landfill", "Recycling"]))
+            and sum(v["accepted"] + v["rejected"] + v["duplicate"] + v["conflict"] for v in c.values())
+            >= len(upload)
+            and c
+        ),
+        60,
+        "ingest",
+    )
+    assert all(c["accepted"] >= 14 for c in counts.values()), counts
+
+    def finished() -> dict[str, Any] | None:
+        runs = training.list_runs(table, ddb=ddb)
+        done = [r for r in runs if r.get("status") in ("completed", "failed") and r.get("package_outcome")]
+        return done[0] if done else None
+
+    run = _wait(finished, 240, "the training run to be trained and packaged")
+    assert run["status"] == "completed", run
+    assert run["backend"] == "local"
+    assert run["package_outcome"] == "deployed", run
+    assert run["progress"]["epoch"] == run["progress"]["epochs"] == 2
+
+    champion = registry.get_champion(table_name=table, ddb=ddb)
+    assert champion is not None and champion["model_id"] == run["model_id"]
+    assert 0.0 <= float(champion["metrics"]["validation:accuracy"]) <= 1.0
+    deeplens = s3.list_objects_v2(Bucket=outputs["DeepLensBucketName"], Prefix=f"models/{run['model_id']}/")
+    assert deeplens.get("KeyCount", 0) >= 1
+    deployments = registry.list_deployments(champion["model_id"], table_name=table, ddb=ddb)
+    assert any(d.get("target") == "local-device" for d in deployments), deployments
+
+    device = local_stack.device_url
+    predictions = [(label, _post(f"{device}/predict", path.read_bytes())) for path, label in held]
+    for _label, answer in predictions:
+        assert answer["label"] in ("Compost", "Landfill", "Recycling")
+        assert 0.0 <= float(answer["confidence"]) <= 1.0
+    correct = sum(answer["label"] == label for label, answer in predictions)
+    assert correct >= len(held) // 2 + 1, (
+        predictions
+    )  # a majority of the held-out photos, never seen in training
