@@ -146,7 +146,7 @@ class World:
 @pytest.fixture
 def world(stack_overrides: dict[str, str], stack: StackHandle) -> World:
     w = World(stack)
-    w.upload(per_material=3)  # 6 real photos per label
+    w.upload(per_material=2)  # 4 real photos per label
     webp = io.BytesIO()
     Image.open(photos("paper")[10]).save(webp, format="WEBP")
     w.put("images/Compost/paper/from-phone.webp", webp.getvalue())
@@ -256,7 +256,7 @@ def test_duplicate_event_for_the_same_dataset_starts_nothing(world: World) -> No
 
 def test_single_flight_pending_then_finish_republishes(world: World) -> None:
     first = world.start()
-    world.upload(per_material=1, start=3)  # new photos -> a different dataset
+    world.upload(per_material=1, start=2)  # new photos -> a different dataset
     world.ingest()
     second = world.start()
     assert second.status == "pending" and second.dataset_id != first.dataset_id
