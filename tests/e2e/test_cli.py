@@ -199,3 +199,47 @@ def test_console_script_error_exit_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().startswith("trashsorter: error: no local stack running")
     assert "Traceback" not in result.stderr
+
+
+def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
+    state = tmp_path / "local.json"
+    cmd = [sys.executable, "-m", "trashsorter_cli.main", "local"]
+    proc = subprocess.Popen(
+        [
+            *cmd,
+            "up",
+            "--port",
+            "0",
+            "--no-device",
+            "--local-state",
+            str(state),
+            "--parameter-overrides",
+            "MinImagesPerLabel=7",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert ready.startswith("trashsorter local stack ready: endpoint http://127.0.0.1:"), ready
+        data = json.loads(state.read_text())
+        assert data["pid"] == proc.pid
+        assert data["parameters"]["MinImagesPerLabel"] == "7"
+        assert data["parameters"]["TrainingBackend"] == "local"
+        assert data["outputs"]["ImagesBucketName"] in ready
+        down = subprocess.run(
+            [*cmd, "down", "--local-state", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        assert down.returncode == 0, down.stderr
+        assert proc.wait(timeout=30) == 0
+        assert not state.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
