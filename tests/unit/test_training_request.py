@@ -151,6 +151,7 @@ def test_quota_message_is_actionable() -> None:
     for needle in ("ml.p2.xlarge for training job usage", "eu-west-1", "Service Quotas console",
                    "request-service-quota-increase"):  # fmt: skip
         assert needle in text
+    assert "ml.g4dn.xlarge for spot training job usage" in quota_message("ml.g4dn.xlarge", "x", "", spot=True)
 
 
 def test_local_backend_starts_a_detached_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -288,9 +288,9 @@ def build_training_request(
     return request
 
 
-def quota_message(instance_type: str, region: str, detail: str) -> str:
+def quota_message(instance_type: str, region: str, detail: str, *, spot: bool = False) -> str:
     """A notice a person can act on: which quota, where, and how to raise it."""
-    quota = f"{instance_type} for training job usage"
+    quota = f"{instance_type} for {'spot ' if spot else ''}training job usage"
     return (
         f"SageMaker refused the training job: the account's quota '{quota}' in {region} is too low "
         f"(ResourceLimitExceeded: {detail}). Request an increase in the Service Quotas console "
@@ -326,7 +326,8 @@ class SageMakerBackend:
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             if code == "ResourceLimitExceeded":
                 instance = launch.request["ResourceConfig"]["InstanceType"]
-                raise TrainingQuotaExceeded(quota_message(instance, self.region, message)) from exc
+                spot = bool(launch.request.get("EnableManagedSpotTraining"))
+                raise TrainingQuotaExceeded(quota_message(instance, self.region, message, spot=spot)) from exc
             if code == "ResourceInUse" and self.exists(launch):
                 return  # created by an earlier, interrupted attempt of this very run
             if code in THROTTLING_CODES or code in SERVER_CODES or status >= 500:
