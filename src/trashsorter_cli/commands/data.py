@@ -103,12 +103,12 @@ def plan_upload(
             f"unknown label folder(s): {', '.join(plan.unknown_labels)}; allowed labels: {allowed} "
             "(--force uploads them anyway and the ingest step rejects them)"
         )
-    for label, folder, prefix in groups:
-        for path in _files_under(folder):
+    for label, base, prefix in groups:
+        for path in _files_under(base):
             if hold_back is not None and hold_back(path, label):
                 plan.held_back.append((path, label))
                 continue
-            plan.files.append((path, prefix + path.relative_to(folder).as_posix()))
+            plan.files.append((path, prefix + path.relative_to(base).as_posix()))
     return plan
 
 

@@ -114,7 +114,7 @@ def load_handler(
     handler = getattr(module, handler_name, None)
     if not callable(handler):
         raise ConfigurationError(f"{module_path} has no handler function {handler_name!r}")
-    return handler  # type: ignore[no-any-return]
+    return handler
 
 
 # ----------------------------------------------------------------------------------------- routes

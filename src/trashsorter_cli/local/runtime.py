@@ -243,7 +243,7 @@ class LocalRuntime:
 
     def _start_device(self) -> str:
         try:
-            from trashsorter_cli.device import LocalDevice  # type: ignore[attr-defined]
+            from trashsorter_cli.device import LocalDevice
         except ImportError as exc:
             raise NotBuiltError(
                 "the local device (trashsorter_cli.device.LocalDevice) is not built yet; "
