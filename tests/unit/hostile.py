@@ -121,10 +121,14 @@ def truncated_png(keep: float = 0.5) -> bytes:
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )
 
 
-def png_header(width: int, height: int, *, bit_depth: int = 1, colour_type: int = 0, idat: bytes = b"") -> bytes:
+def png_header(
+    width: int, height: int, *, bit_depth: int = 1, colour_type: int = 0, idat: bytes = b""
+) -> bytes:
     """A PNG written by hand: any declared size, with ``idat`` as the compressed stream."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return (
