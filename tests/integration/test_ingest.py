@@ -555,3 +555,46 @@ def test_rebuild_catalogue_catches_up_and_marks_vanished_objects(ingest: Ingest)
     assert ingest.accepted() == {"Compost": 1, "Landfill": 0, "Recycling": 1}
     again = rebuild_catalogue(ingest.settings, s3=ingest.s3, ddb=ingest.stack.client("dynamodb"))
     assert again.get("changed", 0) == 0 and again.get("marked_deleted", 0) == 0
+
+
+def test_manual_trigger_says_what_is_missing_then_publishes_when_met(ingest: Ingest) -> None:
+    from trashsorter.errors import TrainingRuleNotMet
+    from trashsorter.threshold import trigger_manual
+
+    ingest.put("images/Compost/paper0.jpg", photo("paper", 0))
+    ingest.drain()
+    with pytest.raises(TrainingRuleNotMet) as info:
+        trigger_manual(ingest.settings, catalogue=ingest.catalogue, events=ingest.events)
+    assert (
+        str(info.value) == "training rule not met: need 1 more Compost, 2 more Landfill, 2 more Recycling, "
+        "3 more new images"
+    )
+    assert info.value.missing == {"Compost": 1, "Landfill": 2, "Recycling": 2}
+    assert ingest.dataset_ready_events() == []
+
+
+def test_a_claim_left_unpublished_by_a_crash_is_published_by_a_later_call(ingest: Ingest) -> None:
+    from trashsorter.threshold import check_and_publish
+
+    for label, material in [("Compost", "paper"), ("Landfill", "trash"), ("Recycling", "glass")]:
+        for i in range(2):
+            ingest.put(f"images/{label}/{material}{i}.jpg", photo(material, i))
+    # the first publisher "crashes" between the claim and PutEvents
+    ddb = ingest.stack.client("dynamodb")
+    old = "2020-01-01T00:00:00.000Z"
+    ddb.put_item(
+        TableName=ingest.settings.table_name,
+        Item={
+            "pk": {"S": "STATE"},
+            "sk": {"S": "DATASET"},
+            "fired_baseline": {"N": "0"},
+            "published": {"BOOL": False},
+            "fired_at": {"S": old},
+        },
+    )
+    ingest.drain()  # the first call after the crash re-claims the stale claim and publishes, once
+    events = ingest.dataset_ready_events()
+    assert len(events) == 1 and events[0]["detail"]["reason"] == "threshold"
+    assert ingest.catalogue.state()["published"]
+    assert check_and_publish(ingest.settings, catalogue=ingest.catalogue, events=ingest.events) is False
+    assert ingest.dataset_ready_events() == []
