@@ -85,8 +85,26 @@ def test_images_bucket_is_versioned_encrypted_and_private(stack: StackHandle) ->
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
     assert all(block.values())
-    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
-    assert any(s["Effect"] == "Deny" and "aws:SecureTransport" in json.dumps(s) for s in policy["Statement"])
+    rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+
+
+def test_only_the_tls_deny_is_left_out_of_local_bucket_policies(stack: StackHandle) -> None:
+    """moto ignores policy conditions, so the TLS-only deny would deny everything: it is the one rewrite."""
+    template = load_template()
+    policies = {
+        lid: res["Properties"]["PolicyDocument"]["Statement"]
+        for lid, res in template["Resources"].items()
+        if res["Type"] == "AWS::S3::BucketPolicy"
+    }
+    assert set(stack.stack.skipped_statements) == set(policies)
+    for lid, statements in policies.items():
+        skipped = stack.stack.skipped_statements[lid]
+        assert [st["Sid"] for st in skipped] == [st["Sid"] for st in statements if st.get("Condition")]
+        assert all(st["Effect"] == "Deny" for st in skipped)
+        assert all(st["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for st in skipped)
+    # and with it left out, plain-HTTP requests of the local endpoint work
+    stack.client("s3").put_object(Bucket=stack.outputs["ImagesBucketName"], Key="probe.txt", Body=b"x")
 
 
 def test_rules_targeting_functions_get_mirror_queues_with_dead_letters(stack: StackHandle) -> None:

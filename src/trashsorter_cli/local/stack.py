@@ -17,6 +17,9 @@ which cannot run Lambda code without Docker:
    applied through their APIs after creation, their intrinsic functions resolved the same way (outputs).
 6. ``!Ref`` to an ``AWS::Events::EventBus`` is replaced by the bus's ``Name`` expression (moto's
    CloudFormation returns an object for that Ref; AWS returns the name).
+7. Bucket-policy ``Deny`` statements with a ``Condition`` (the TLS-only rule) are not applied: moto evaluates
+   policies without their conditions, so they would deny every request, and the local endpoint is plain
+   HTTP on loopback anyway. The statements left out are listed in ``LocalStack.skipped_statements``.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ class LocalStack:
     environments: dict[str, dict[str, str]]
     parameters: dict[str, str]
     mirrors: dict[str, str]
+    skipped_statements: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def function_env(self, logical_id: str) -> dict[str, str]:
         try:
@@ -473,9 +477,10 @@ def deploy_stack(
     outputs = {k: v for k, v in raw_outputs.items() if not k.startswith(("LocalEnv", "LocalValue"))}
 
     values = {placeholder: raw_outputs[key] for placeholder, key in local.value_outputs.items()}
+    skipped: dict[str, list[dict[str, Any]]] = {}
     for lid, resource in local.applied_after.items():
         resolved = _resolve_placeholders(resource, values)
-        resources[lid] = _apply_resource(client, resolved, resources)
+        resources[lid], skipped[lid] = _apply_resource(client, resolved)
         resource_types[lid] = resolved["Type"]
     for bucket_id, props in local.bucket_properties.items():
         _apply_bucket_properties(client("s3"), resources[bucket_id], _resolve_placeholders(props, values))
@@ -489,22 +494,33 @@ def deploy_stack(
         environments=environments,
         parameters=params,
         mirrors=local.mirrors,
+        skipped_statements={lid: found for lid, found in skipped.items() if found},
     )
 
 
-def _apply_resource(client: Any, resource: Mapping[str, Any], resources: Mapping[str, str]) -> str:
-    """Create one resource moto's CloudFormation lacks through its API; returns a physical id."""
+def _apply_resource(client: Any, resource: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """Create one resource moto's CloudFormation lacks through its API.
+
+    Returns its physical id and the policy statements left out (local rewrite 7).
+    """
     props = resource["Properties"]
     if resource["Type"] == "AWS::S3::BucketPolicy":
-        client("s3").put_bucket_policy(Bucket=props["Bucket"], Policy=json.dumps(props["PolicyDocument"]))
-        return str(props["Bucket"])
+        document = dict(props["PolicyDocument"])
+        statements = list(document.get("Statement", []))
+        skipped = [st for st in statements if st.get("Effect") == "Deny" and st.get("Condition")]
+        kept = [st for st in statements if st not in skipped]
+        if kept:
+            client("s3").put_bucket_policy(
+                Bucket=props["Bucket"], Policy=json.dumps({**document, "Statement": kept})
+            )
+        return str(props["Bucket"]), skipped
     if resource["Type"] == "AWS::SQS::QueuePolicy":
         sqs = client("sqs")
         for queue_url in props["Queues"]:
             sqs.set_queue_attributes(
                 QueueUrl=queue_url, Attributes={"Policy": json.dumps(props["PolicyDocument"])}
             )
-        return ",".join(props["Queues"])
+        return ",".join(props["Queues"]), []
     raise ConfigurationError(f"local mode cannot create {resource['Type']}")
 
 
