@@ -1,0 +1,1 @@
+"""`make bench` (``python -m benchmarks``): the README's promises measured, as ratios where a peer exists."""
