@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue, ImageUpdate, sequencer_newer
 from trashsorter.errors import Rejection, TransientError, TrashsorterError
-from trashsorter.keys import IMAGES_PREFIX, decode_event_key, parse_key
+from trashsorter.keys import IMAGES_PREFIX, decode_event_key, label_for_key, parse_key
 from trashsorter.observability import logger
 from trashsorter.schema import ImageStatus
 from trashsorter.settings import IngestSettings
@@ -204,7 +204,7 @@ class _Ingestor:
         }
         try:
             if not known_label:
-                raise Rejection(*_unknown_label(label, self.settings.allowed_labels))
+                label_for_key(key, self.settings.allowed_labels)  # raises Rejection("unknown_label", ...)
             check_object_size(size, self.settings.max_image_bytes)
             try:
                 data, version_id, read_etag = self._read(bucket, key, version_id)
@@ -297,13 +297,6 @@ class _Ingestor:
 
     def _threshold(self) -> None:
         check_and_publish(self.settings, catalogue=self.catalogue, events=self.events)
-
-
-def _unknown_label(folder: str, allowed: tuple[str, ...]) -> tuple[str, str]:
-    labels = ", ".join(allowed)
-    if not folder:
-        return "unknown_label", f"put images under images/<Label>/ with a label of: {labels}"
-    return "unknown_label", f"folder {folder!r} is not a label; the labels are: {labels}"
 
 
 def _reason_of(catalogue: Catalogue, key: str, status: str) -> str | None:
