@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from tests.conftest import SAMPLES_DIR, StackHandle, load_event
@@ -64,25 +63,11 @@ class Pack:
         self.deeplens_bucket = stack.outputs["DeepLensBucketName"]
         self.env = stack.function_env("PackageFunction")
         self.table = self.env["TABLE_NAME"]
-        self._relax_tls_only_policies()
         self.group_id = self._create_group()
         self.notices = self._subscribe_notices()
         self.manifest = self._write_dataset(DATASET_ID, accepted_seq=42)
 
     # ---------------------------------------------------------------- seeding
-    def _relax_tls_only_policies(self) -> None:
-        """moto evaluates bucket policies without conditions: drop the TLS-only Deny (as local mode does)."""
-        for bucket in (self.bucket, self.deeplens_bucket):
-            try:
-                policy = json.loads(self.s3.get_bucket_policy(Bucket=bucket)["Policy"])
-            except ClientError:
-                continue
-            kept = [s for s in policy["Statement"] if not (s["Effect"] == "Deny" and s.get("Condition"))]
-            if kept:
-                self.s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({**policy, "Statement": kept}))
-            else:
-                self.s3.delete_bucket_policy(Bucket=bucket)
-
     def settings(self, **overrides: str) -> PackageSettings:
         env = {**self.env, "DEEPLENS_GROUP_ID": self.group_id, "DEEPLENS_FUNCTION_ARN": FUNCTION_ARN}
         env.update(overrides)
