@@ -1,0 +1,61 @@
+"""Measure the local trainer on a folder of labelled photos (default: samples/trashnet + mapping.json).
+
+``python -m trashsorter_cli.trainer.bench --samples samples/trashnet [--hyperparameters '{"epochs": "10"}']``
+prints one JSON line with accuracy, per-class recall, confusion matrix and timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from trashsorter_cli.trainer.train import TrainConfig, train_from_directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trashsorter_cli.trainer.bench", description=__doc__)
+    parser.add_argument("--samples", default="samples/trashnet", help="root with one folder per class")
+    parser.add_argument(
+        "--mapping", default=None, help="label -> folders JSON (default: <samples>/mapping.json)"
+    )
+    parser.add_argument("--hyperparameters", default="{}", help="JSON, as the run passes them")
+    parser.add_argument("--validation-fraction", type=float, default=0.2)
+    parser.add_argument("--output", default=None, help="keep the artifact here (default: a temp dir)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    args = parser.parse_args(argv)
+    root = Path(args.samples)
+    mapping = args.mapping or (root / "mapping.json" if (root / "mapping.json").is_file() else None)
+    config = TrainConfig.from_hyperparameters(json.loads(args.hyperparameters))
+
+    def show(entry: dict[str, object]) -> None:
+        if not args.quiet:
+            print(json.dumps(entry), flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_from_directory(
+            root, args.output or tmp, mapping, args.validation_fraction, config, progress=show
+        )
+        m = result.metrics
+        summary = {
+            "validation_accuracy": m["validation_accuracy"],
+            "train_accuracy": m["train_accuracy"],
+            "train_count": m["train_count"],
+            "validation_count": m["validation_count"],
+            "recall": {label: c["recall"] for label, c in m["per_class"].items()},
+            "confusion_matrix": m["confusion_matrix"],
+            "labels": m["labels"],
+            "wall_time_seconds": m["wall_time_seconds"],
+            "phase_seconds": m["phase_seconds"],
+            "backbone_images_per_second": m["backbone_images_per_second"],
+            "onnx_max_abs_diff": m["onnx_max_abs_diff"],
+            "threads": m["threads"],
+            "config": m["config"],
+        }
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,401 @@
+"""CPU transfer learning of EfficientNet-Lite0 on a small labelled set, exported as ONE ONNX graph.
+
+Schedule (fast on 2 cores, see docs/local-training.md):
+
+1. decode every image once; validation images and the device use :func:`data.preprocess`;
+2. run the frozen part of the network (stem + blocks ``[0, split)``) ONCE per cached view: ``views``
+   augmented views of each training image and the preprocessed validation images;
+3. train the tail (the last ``finetune_blocks`` MBConv blocks + 1x1 head conv + a new linear classifier)
+   with AdamW + cosine decay + label smoothing on those cached activations for ``epochs`` epochs (one
+   epoch = every cached view once), reporting ``progress`` after each epoch;
+4. export normalisation + backbone + head + softmax to ``model.onnx``, evaluate the validation set WITH
+   onnxruntime (the shipped artifact), write ``labels.txt``, ``metrics.json``, ``confusion_matrix.png``,
+   ``model.json`` and pack them into ``model.tar.gz``.
+
+The model of the LAST epoch is exported (no selection on the validation set).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tarfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trashsorter.errors import TrainingError
+from trashsorter_cli.trainer import report
+from trashsorter_cli.trainer.data import (
+    IMAGE_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Sample,
+    augment,
+    decode,
+    load_mapping,
+    preprocess,
+    resize_short_side,
+    samples_from_directory,
+)
+from trashsorter_cli.trainer.model import (
+    INPUT_NAME,
+    MODEL_NAME,
+    NUM_BLOCKS,
+    OUTPUT_NAME,
+    TrashClassifier,
+    export_onnx,
+)
+
+ARTIFACT_MEMBERS = ("model.onnx", "labels.txt", "metrics.json", "confusion_matrix.png", "model.json")
+Progress = Callable[[dict[str, Any]], None]
+
+# The recipe's learning_rate (0.01) is an SGD rate for full fine-tuning; the tail here is trained with
+# AdamW, whose good rate is ~10x smaller: lr = learning_rate * ADAMW_LR_SCALE (local_learning_rate overrides).
+ADAMW_LR_SCALE = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the local trainer does; :meth:`from_hyperparameters` maps the SageMaker recipe onto it."""
+
+    epochs: int = 10
+    learning_rate: float = 1e-3  # AdamW
+    batch_size: int = 32
+    image_size: int = IMAGE_SIZE
+    views: int = 4  # augmented views cached per training image
+    finetune_blocks: int = 1  # trailing MBConv blocks trained (0 = head conv + classifier only)
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    seed: int = 0
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    @classmethod
+    def from_hyperparameters(cls, hyperparameters: Mapping[str, Any] | None = None) -> TrainConfig:
+        """Map SageMaker image-classification hyperparameters (strings) onto the local schedule.
+
+        ``epochs`` -> epochs; ``learning_rate`` (SGD) -> AdamW lr x0.1 (``local_learning_rate`` overrides);
+        ``mini_batch_size`` -> batch size; ``image_shape`` ("3,224,224") -> input size; ``local_views``,
+        ``local_finetune_blocks``, ``local_seed``, ``local_threads`` tune the local schedule. Other recipe
+        keys (num_layers, use_pretrained_model, num_training_samples ...) do not apply and are ignored.
+        """
+        hp = dict(hyperparameters or {})
+        config = cls()
+        try:
+            updates: dict[str, Any] = {}
+            if "epochs" in hp:
+                updates["epochs"] = int(hp["epochs"])
+            if "local_learning_rate" in hp:
+                updates["learning_rate"] = float(hp["local_learning_rate"])
+            elif "learning_rate" in hp:
+                updates["learning_rate"] = float(hp["learning_rate"]) * ADAMW_LR_SCALE
+            if "mini_batch_size" in hp:
+                updates["batch_size"] = int(hp["mini_batch_size"])
+            if "image_shape" in hp:
+                updates["image_size"] = int(str(hp["image_shape"]).split(",")[-1])
+            for key, name, kind in (
+                ("local_views", "views", int),
+                ("local_finetune_blocks", "finetune_blocks", int),
+                ("local_seed", "seed", int),
+                ("local_threads", "threads", int),
+                ("local_weight_decay", "weight_decay", float),
+            ):
+                if key in hp:
+                    updates[name] = kind(hp[key])
+        except (TypeError, ValueError) as exc:
+            raise TrainingError(f"invalid hyperparameters {hp}: {exc}") from exc
+        config = replace(config, **updates)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append("epochs must be >= 1")
+        if not 0 < self.learning_rate < 1:
+            problems.append("learning rate must be in (0, 1)")
+        if self.batch_size < 1:
+            problems.append("batch size must be >= 1")
+        if not 32 <= self.image_size <= 512:
+            problems.append("image size must be in [32, 512]")
+        if self.views < 1:
+            problems.append("views must be >= 1")
+        if not 0 <= self.finetune_blocks <= NUM_BLOCKS:
+            problems.append(f"finetune_blocks must be in [0, {NUM_BLOCKS}]")
+        if problems:
+            raise TrainingError("invalid training configuration: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: Path
+    archive: Path
+    metrics: dict[str, Any]
+
+
+def configure_threads(threads: int) -> int:
+    """Limit torch to the machine (never more threads than cores)."""
+    count = max(1, min(threads, os.cpu_count() or 1))
+    torch.set_num_threads(count)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set once in this process (only allowed before parallel work starts)
+        pass
+    return count
+
+
+def _check(samples: Sequence[Sample], labels: Sequence[str]) -> None:
+    if len(labels) < 2:
+        raise TrainingError(f"need at least 2 labels, got {list(labels)}")
+    if len(set(labels)) != len(labels):
+        raise TrainingError(f"duplicate labels in {list(labels)}")
+    unknown = sorted({s.label for s in samples} - set(labels))
+    if unknown:
+        raise TrainingError(f"samples carry labels not in labels.txt: {unknown}")
+    bad_split = sorted({s.split for s in samples} - {"train", "validation"})
+    if bad_split:
+        raise TrainingError(f"unknown split(s) {bad_split}: expected train / validation")
+    if not any(s.split == "train" for s in samples):
+        raise TrainingError("no training images")
+    if not any(s.split == "validation" for s in samples):
+        raise TrainingError("no validation images")
+
+
+def _batched_frozen(model: TrashClassifier, arrays: Sequence[np.ndarray], batch_size: int) -> torch.Tensor:
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(arrays), batch_size):
+            batch = torch.from_numpy(np.stack(arrays[start : start + batch_size]))
+            outputs.append(model.frozen(batch))
+    return torch.cat(outputs)
+
+
+def _evaluate_tail(model: TrashClassifier, bank: torch.Tensor, batch_size: int) -> torch.Tensor:
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model.tail(bank[i : i + batch_size]) for i in range(0, len(bank), batch_size)])
+
+
+def train(
+    samples: Sequence[Sample],
+    labels: Sequence[str],
+    output_dir: Path | str,
+    config: TrainConfig | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train on ``samples`` (split train/validation) and write the artifact into ``output_dir``.
+
+    Raises :class:`TrainingError` with a readable reason for bad data (no images, undecodable bytes,
+    unknown labels) and wraps out-of-memory.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    _check(samples, labels)
+    started = time.perf_counter()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = configure_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    index = {label: i for i, label in enumerate(labels)}
+    train_samples = [s for s in samples if s.split == "train"]
+    val_samples = [s for s in samples if s.split == "validation"]
+    try:
+        return _train(
+            train_samples, val_samples, list(labels), index, out, config, progress, rng, started, threads
+        )
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise TrainingError(f"out of memory while training: {exc}") from exc
+
+
+def _train(
+    train_samples: list[Sample],
+    val_samples: list[Sample],
+    labels: list[str],
+    index: dict[str, int],
+    out: Path,
+    config: TrainConfig,
+    progress: Progress | None,
+    rng: random.Random,
+    started: float,
+    threads: int,
+) -> TrainResult:
+    size = config.image_size
+    # 1. decode once
+    sources = [resize_short_side(decode(s.data, s.key), round(size * 1.15)) for s in train_samples]
+    val_arrays = [preprocess(decode(s.data, s.key), size) for s in val_samples]
+    y_train = torch.tensor([index[s.label] for s in train_samples])
+    y_val = [index[s.label] for s in val_samples]
+    decoded_at = time.perf_counter()
+
+    # 2. frozen activations of the cached views
+    model = TrashClassifier(len(labels), split=NUM_BLOCKS - config.finetune_blocks)
+    model.eval()
+    val_bank = _batched_frozen(model, val_arrays, config.batch_size)
+    views = [
+        _batched_frozen(model, [augment(src, rng, size) for src in sources], config.batch_size)
+        for _ in range(config.views)
+    ]
+    bank = torch.cat(views)
+    y_bank = y_train.repeat(config.views)
+    features_at = time.perf_counter()
+    feature_images = len(bank) + len(val_bank)
+
+    # 3. train the tail on the cached activations
+    params = [p for p in model.tail_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(bank) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    train_accuracy = 0.0
+    for epoch in range(1, config.epochs + 1):
+        model.train_tail()
+        order = torch.randperm(len(bank), generator=generator)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            logits = model.tail(bank[idx])
+            loss = loss_fn(logits, y_bank[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(1) == y_bank[idx]).sum())
+        train_loss = loss_sum / len(bank)
+        train_accuracy = correct / len(bank)
+        val_pred = _evaluate_tail(model, val_bank, config.batch_size).argmax(1).tolist()
+        val_accuracy = sum(int(p == t) for p, t in zip(val_pred, y_val, strict=True)) / len(y_val)
+        entry = {
+            "epoch": epoch,
+            "epochs": config.epochs,
+            "train_loss": round(train_loss, 5),
+            "train_accuracy": round(train_accuracy, 5),
+            "val_accuracy": round(val_accuracy, 5),
+        }
+        history.append(entry)
+        if progress is not None:
+            progress(dict(entry))
+    trained_at = time.perf_counter()
+
+    # 4. export, evaluate the shipped ONNX graph, write the artifact
+    model.eval()
+    onnx_path = export_onnx(model, out / "model.onnx", size)
+    with torch.inference_mode():
+        torch_probs = torch.softmax(_evaluate_tail(model, val_bank, config.batch_size), dim=1).numpy()
+    onnx_probs = run_onnx(onnx_path, np.stack(val_arrays))
+    max_diff = float(np.abs(onnx_probs - torch_probs).max())
+    predicted = onnx_probs.argmax(1).tolist()
+    matrix = report.confusion_matrix(y_val, predicted, len(labels))
+    scores = report.classification_metrics(matrix, labels)
+    (out / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
+    report.draw_confusion_matrix(matrix, labels, out / "confusion_matrix.png")
+    finished = time.perf_counter()
+    wall = finished - started
+    class_counts = {
+        split: {label: sum(1 for s in group if s.label == label) for label in labels}
+        for split, group in (("train", train_samples), ("validation", val_samples))
+    }
+    metrics: dict[str, Any] = {
+        "validation_accuracy": round(scores["accuracy"], 5),
+        "train_accuracy": round(train_accuracy, 5),
+        "train_loss": history[-1]["train_loss"],
+        "labels": labels,
+        "per_class": scores["per_class"],
+        "macro_precision": scores["macro_precision"],
+        "macro_recall": scores["macro_recall"],
+        "confusion_matrix": matrix,
+        "train_count": len(train_samples),
+        "validation_count": len(val_samples),
+        "class_counts": class_counts,
+        "epochs": config.epochs,
+        "history": history,
+        "wall_time_seconds": round(wall, 3),
+        "phase_seconds": {
+            "decode": round(decoded_at - started, 3),
+            "features": round(features_at - decoded_at, 3),
+            "train": round(trained_at - features_at, 3),
+            "export_and_evaluate": round(finished - trained_at, 3),
+        },
+        "images_per_second": round(len(train_samples) * config.epochs / wall, 3),
+        "backbone_images_per_second": round(feature_images / max(features_at - decoded_at, 1e-9), 3),
+        "onnx_max_abs_diff": max_diff,
+        "threads": threads,
+        "config": asdict(config),
+        "model": MODEL_NAME,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "model.json").write_text(json.dumps(model_card(labels, size), indent=2))
+    archive = pack(out, out / "model.tar.gz")
+    return TrainResult(output_dir=out, archive=archive, metrics=metrics)
+
+
+def model_card(labels: Sequence[str], image_size: int) -> dict[str, Any]:
+    """How to feed ``model.onnx`` (also shipped in the tarball as ``model.json``)."""
+    return {
+        "format": "onnx",
+        "model": MODEL_NAME,
+        "file": "model.onnx",
+        "labels_file": "labels.txt",
+        "labels": list(labels),
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "layout": "NCHW",
+            "shape": [-1, 3, image_size, image_size],
+        },
+        "output": {"name": OUTPUT_NAME, "softmax": True, "shape": [-1, len(labels)]},
+        "preprocessing": {
+            "color": "RGB",
+            "resize_short_side": image_size,
+            "center_crop": image_size,
+            "scale": "0..1 (pixel / 255)",
+            "normalisation": "inside the graph",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+    }
+
+
+def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    result = session.run([OUTPUT_NAME], {INPUT_NAME: batch.astype(np.float32)})
+    return np.asarray(result[0])
+
+
+def pack(directory: Path, archive: Path) -> Path:
+    """``model.tar.gz`` with the artifact members at its root."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ARTIFACT_MEMBERS:
+            tar.add(directory / name, arcname=name)
+    return archive
+
+
+def train_from_directory(
+    root: Path | str,
+    output_dir: Path | str,
+    mapping: Mapping[str, Sequence[str]] | Path | str | None = None,
+    validation_fraction: float = 0.2,
+    config: TrainConfig | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train from ``root/<folder>/*.jpg`` (``mapping``: dict or mapping.json path), hash split 80/20."""
+    if isinstance(mapping, str | Path):
+        mapping = load_mapping(mapping)
+    samples, labels = samples_from_directory(root, mapping, validation_fraction)
+    return train(samples, labels, output_dir, config, progress)
