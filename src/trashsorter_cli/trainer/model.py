@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from pathlib import Path
 
 import torch
@@ -122,7 +123,8 @@ def export_onnx(model: TrashClassifier, path: Path, image_size: int) -> Path:
     """Write ONE ONNX graph (normalisation, backbone, head, softmax) with a dynamic batch axis."""
     model.eval()
     dummy = torch.rand(1, 3, image_size, image_size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation and constant-folding notes
         torch.onnx.export(
             model,
             (dummy,),

@@ -139,6 +139,7 @@ class TrainResult:
     output_dir: Path
     archive: Path
     metrics: dict[str, Any]
+    model: TrashClassifier  # the trained torch model (eval mode), for tests and comparisons
 
 
 def configure_threads(threads: int) -> int:
@@ -340,7 +341,7 @@ def _train(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "model.json").write_text(json.dumps(model_card(labels, size), indent=2))
     archive = pack(out, out / "model.tar.gz")
-    return TrainResult(output_dir=out, archive=archive, metrics=metrics)
+    return TrainResult(output_dir=out, archive=archive, metrics=metrics, model=model)
 
 
 def model_card(labels: Sequence[str], image_size: int) -> dict[str, Any]:

@@ -1,0 +1,173 @@
+"""The local CPU trainer on real TrashNet photos: pretrained weights, a tiny training, the artifact."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trashsorter.errors import TrainingError
+from trashsorter_cli.device import predictor
+from trashsorter_cli.trainer import data, report
+from trashsorter_cli.trainer.data import Sample, preprocess
+from trashsorter_cli.trainer.model import TrashClassifier, load_backbone, pretrained_weights_path
+from trashsorter_cli.trainer.train import ARTIFACT_MEMBERS, TrainConfig, TrainResult, run_onnx, train
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
+TINY = TrainConfig(epochs=1, views=1, image_size=128, batch_size=8, threads=2)
+
+
+def tiny_samples(per_class_train: int = 3, per_class_val: int = 2) -> tuple[list[Sample], list[str]]:
+    """Real photos, two bins: Compost (paper) vs Recycling (metal)."""
+    samples = []
+    for label, folder in (("Compost", "paper"), ("Recycling", "metal")):
+        paths = sorted((SAMPLES / folder).glob("*.jpg"))[: per_class_train + per_class_val]
+        for i, path in enumerate(paths):
+            split = "train" if i < per_class_train else "validation"
+            samples.append(Sample(f"{folder}/{path.name}", label, split, path.read_bytes()))
+    return samples, ["Compost", "Recycling"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    samples, labels = tiny_samples()
+    progress: list[dict[str, object]] = []
+    result = train(samples, labels, tmp_path_factory.mktemp("model"), TINY, progress=progress.append)
+    result.metrics["_progress_seen"] = progress
+    return result
+
+
+def test_model_loads_the_imagenet_weights_shipped_in_the_wheel() -> None:
+    pretrained = load_backbone(3)
+    fresh = load_backbone(3, pretrained=False)
+    checkpoint = torch.load(pretrained_weights_path(), map_location="cpu")
+    stem = pretrained._conv_stem.weight.detach()
+    assert torch.equal(stem, checkpoint["_conv_stem.weight"])
+    assert not torch.allclose(stem, fresh._conv_stem.weight.detach())
+    assert pretrained._fc.out_features == 3  # a new head, not ImageNet's 1000 classes
+
+
+def test_only_the_tail_is_trainable() -> None:
+    model = TrashClassifier(2, split=15)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in model.tail_parameters()}
+    assert not any(id(p) in trainable for p in model.net._blocks[14].parameters())
+    assert all(id(p) in trainable for p in model.net._blocks[15].parameters())
+
+
+def test_tiny_training_writes_the_artifact(trained: TrainResult) -> None:
+    with tarfile.open(trained.archive) as tar:
+        assert sorted(tar.getnames()) == sorted(ARTIFACT_MEMBERS)
+        labels = tar.extractfile("labels.txt").read().decode().split()  # type: ignore[union-attr]
+        png = tar.extractfile("confusion_matrix.png").read()  # type: ignore[union-attr]
+    assert labels == ["Compost", "Recycling"]
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def test_onnx_graph_agrees_with_torch(trained: TrainResult) -> None:
+    samples, _ = tiny_samples()
+    batch = np.stack([preprocess(s.data, 128) for s in samples])
+    with torch.inference_mode():
+        expected = trained.model(torch.from_numpy(batch)).numpy()
+    got = run_onnx(trained.output_dir / "model.onnx", batch)
+    assert got.shape == (len(samples), 2)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)  # softmax inside the graph
+
+
+def test_metrics_json_fields(trained: TrainResult) -> None:
+    metrics = json.loads((trained.output_dir / "metrics.json").read_text())
+    assert metrics["train_count"] == 6 and metrics["validation_count"] == 4
+    assert metrics["epochs"] == 1 and metrics["labels"] == ["Compost", "Recycling"]
+    matrix = metrics["confusion_matrix"]
+    assert sum(map(sum, matrix)) == 4
+    correct = matrix[0][0] + matrix[1][1]
+    assert metrics["validation_accuracy"] == pytest.approx(correct / 4)
+    assert set(metrics["per_class"]) == {"Compost", "Recycling"}
+    assert {"precision", "recall", "f1", "support"} <= set(metrics["per_class"]["Compost"])
+    assert metrics["wall_time_seconds"] > 0 and metrics["images_per_second"] > 0
+    assert metrics["onnx_max_abs_diff"] < 1e-4
+    assert trained.metrics["_progress_seen"] == [
+        {k: v for k, v in metrics["history"][0].items()}
+    ]  # one progress report per epoch, the same numbers as the history
+    assert {"epoch", "epochs", "train_loss", "val_accuracy"} <= set(metrics["history"][0])
+
+
+def test_trainer_evaluation_and_device_share_one_preprocessing(trained: TrainResult) -> None:
+    assert predictor.preprocess is data.preprocess
+    photo = sorted((SAMPLES / "glass").glob("*.jpg"))[0].read_bytes()
+    classifier = predictor.Classifier(trained.output_dir)
+    assert classifier.image_size == 128
+    expected = run_onnx(trained.output_dir / "model.onnx", preprocess(photo, 128)[None])[0]
+    np.testing.assert_allclose(classifier.probabilities([photo])[0], expected, rtol=1e-6)
+    # a PIL image and its encoded bytes give the same tensor
+    np.testing.assert_array_equal(preprocess(Image.open(io.BytesIO(photo)), 128), preprocess(photo, 128))
+
+
+def test_preprocess_shape_range_and_exif_orientation() -> None:
+    image = Image.new("RGB", (300, 200), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 150, 200))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif, quality=95)
+    array = preprocess(buffer.getvalue(), 64)
+    assert array.shape == (3, 64, 64) and array.dtype == np.float32
+    assert 0.0 <= array.min() and array.max() <= 1.0
+    # upright: the blue half is now on top
+    assert array[2, 5, 32] > 0.8 and array[0, 60, 32] > 0.8
+
+
+def test_corrupt_image_fails_with_a_readable_reason(tmp_path: Path) -> None:
+    samples, labels = tiny_samples(2, 1)
+    broken = Sample("paper/broken.jpg", "Compost", "train", b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(TrainingError, match=r"cannot decode paper/broken\.jpg"):
+        train([*samples, broken], labels, tmp_path, TINY)
+
+
+def test_missing_validation_or_unknown_label_fails(tmp_path: Path) -> None:
+    samples, labels = tiny_samples(2, 1)
+    only_train = [s for s in samples if s.split == "train"]
+    with pytest.raises(TrainingError, match="no validation images"):
+        train(only_train, labels, tmp_path, TINY)
+    with pytest.raises(TrainingError, match=r"not in labels\.txt"):
+        train(samples, ["Compost", "Landfill"], tmp_path, TINY)
+
+
+def test_recipe_hyperparameters_map_onto_the_local_schedule() -> None:
+    recipe = {"epochs": "10", "learning_rate": "0.01", "mini_batch_size": "32", "image_shape": "3,224,224"}
+    config = TrainConfig.from_hyperparameters({**recipe, "num_layers": "18", "use_pretrained_model": "1"})
+    assert (config.epochs, config.batch_size, config.image_size) == (10, 32, 224)
+    assert config.learning_rate == pytest.approx(0.001)  # SGD 0.01 -> AdamW 0.001
+    assert TrainConfig.from_hyperparameters({"local_learning_rate": "0.0005"}).learning_rate == 0.0005
+    with pytest.raises(TrainingError, match="epochs must be >= 1"):
+        TrainConfig.from_hyperparameters({"epochs": "0"})
+    with pytest.raises(TrainingError, match="invalid hyperparameters"):
+        TrainConfig.from_hyperparameters({"epochs": "ten"})
+
+
+def test_hash_split_is_deterministic_and_near_the_fraction() -> None:
+    import hashlib
+
+    splits = [data.hash_split(hashlib.sha256(str(i).encode()).hexdigest(), 0.2) for i in range(2000)]
+    share = splits.count("validation") / len(splits)
+    assert 0.17 < share < 0.23
+    assert splits == [data.hash_split(hashlib.sha256(str(i).encode()).hexdigest(), 0.2) for i in range(2000)]
+
+
+def test_classification_metrics_from_a_confusion_matrix() -> None:
+    matrix = report.confusion_matrix([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], 3)
+    assert matrix == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    scores = report.classification_metrics(matrix, ["a", "b", "c"])
+    assert scores["accuracy"] == pytest.approx(4 / 6)
+    assert scores["per_class"]["a"]["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert scores["per_class"]["b"]["precision"] == pytest.approx(0.5)
+    assert scores["per_class"]["c"]["precision"] == pytest.approx(0.5)
