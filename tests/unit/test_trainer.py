@@ -61,6 +61,7 @@ def test_only_the_tail_is_trainable() -> None:
     assert all(id(p) in trainable for p in model.net._blocks[15].parameters())
 
 
+@pytest.mark.slow
 def test_tiny_training_writes_the_artifact(trained: TrainResult) -> None:
     with tarfile.open(trained.archive) as tar:
         assert sorted(tar.getnames()) == sorted(ARTIFACT_MEMBERS)
@@ -72,6 +73,7 @@ def test_tiny_training_writes_the_artifact(trained: TrainResult) -> None:
     assert image.format == "PNG" and image.width > 100 and image.height > 100
 
 
+@pytest.mark.slow
 def test_onnx_graph_agrees_with_torch(trained: TrainResult) -> None:
     samples, _ = tiny_samples()
     batch = np.stack([preprocess(s.data, 128) for s in samples])
@@ -83,6 +85,7 @@ def test_onnx_graph_agrees_with_torch(trained: TrainResult) -> None:
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)  # softmax inside the graph
 
 
+@pytest.mark.slow
 def test_metrics_json_fields(trained: TrainResult) -> None:
     metrics = json.loads((trained.output_dir / "metrics.json").read_text())
     assert metrics["train_count"] == 6 and metrics["validation_count"] == 4
@@ -101,6 +104,7 @@ def test_metrics_json_fields(trained: TrainResult) -> None:
     assert {"epoch", "epochs", "train_loss", "val_accuracy"} <= set(metrics["history"][0])
 
 
+@pytest.mark.slow
 def test_trainer_evaluation_and_device_share_one_preprocessing(trained: TrainResult) -> None:
     assert predictor.preprocess is data.preprocess
     photo = sorted((SAMPLES / "glass").glob("*.jpg"))[0].read_bytes()
