@@ -20,10 +20,13 @@ ORDER = ("cold_start", "ingest_cpu", "dynamodb", "snapshot", "training", "end_to
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=ORDER, help="benchmarks to run")
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (of {', '.join(ORDER)})")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes (a smoke run)")
     parser.add_argument("--no-write", action="store_true", help=f"do not rewrite {RESULTS.name}")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(ORDER))
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     from trashsorter.observability import logger
