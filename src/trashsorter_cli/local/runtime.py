@@ -35,7 +35,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from trashsorter import aws
-from trashsorter.errors import ConfigurationError, NotBuiltError
+from trashsorter.errors import ConfigurationError
 from trashsorter_cli.local.dispatcher import Dispatcher
 from trashsorter_cli.local.server import (
     DEFAULT_HOST,
@@ -242,17 +242,11 @@ class LocalRuntime:
         aws.reset_clients()
 
     def _start_device(self) -> str:
-        try:
-            from trashsorter_cli.device import LocalDevice
-        except ImportError as exc:
-            raise NotBuiltError(
-                "the local device (trashsorter_cli.device.LocalDevice) is not built yet; "
-                "start without it with `trashsorter local up --no-device`"
-            ) from exc
-        port = free_port(self.host)
-        self.device = LocalDevice(self.host, port, self.state_dir / "device")
+        from trashsorter_cli.device.server import LocalDevice
+
+        self.device = LocalDevice(self.host, 0, self.state_dir / "device", s3=self.client("s3"))
         self.device.start()
-        return f"http://{self.host}:{port}"
+        return str(self.device.url)
 
     def _redirect_logs(self) -> None:
         """Quiet mode (``log_file``): the handlers' JSON logs and EMF metric lines go to ``log_file``.
