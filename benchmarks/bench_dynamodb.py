@@ -58,7 +58,6 @@ def measure(size: int, offset: int, new_images: int) -> tuple[Counter[str], Coun
     from trashsorter import aws
     from trashsorter.ingest import process_s3_record
     from trashsorter.settings import IngestSettings
-    from trashsorter_cli.local.runtime import relax_conditional_denies
     from trashsorter_cli.local.stack import deploy_stack
 
     with fake_aws_env(), mock_aws():
@@ -69,7 +68,6 @@ def measure(size: int, offset: int, new_images: int) -> tuple[Counter[str], Coun
         s3 = session.client("s3")
         ddb = session.client("dynamodb")
         events = session.client("events")
-        relax_conditional_denies(s3, stack)
         settings = IngestSettings.from_env(stack.function_env("IngestFunction"))
         started = time.perf_counter()
         seed_catalogue(ddb, settings.table_name, settings.images_bucket, size)

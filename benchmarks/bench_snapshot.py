@@ -54,9 +54,6 @@ def measure(size: int) -> dict[str, Any]:
             bucket=settings.images_bucket,
         )
         plan_s = time.perf_counter() - started
-        from trashsorter_cli.local.runtime import relax_conditional_denies
-
-        relax_conditional_denies(s3, stack)
         started = time.perf_counter()
         write_dataset(plan, s3=s3)
         write_s = time.perf_counter() - started

@@ -20,6 +20,7 @@ import boto3
 import pytest
 
 from trashsorter import aws
+from trashsorter_cli.local import moto_patches
 from trashsorter_cli.local.stack import LocalStack, deploy_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +96,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[StackHandle]:
     """
     from moto import mock_aws
 
+    moto_patches.install()
     overrides: dict[str, str] = {}
     if "stack_overrides" in request.fixturenames:
         overrides = dict(request.getfixturevalue("stack_overrides"))

@@ -47,11 +47,6 @@ class Ingest:
     def __init__(self, stack: StackHandle) -> None:
         self.stack = stack
         self.s3 = stack.client("s3")
-        # moto evaluates bucket policies without conditions: the local rewrite drops the TLS-only Deny
-        # (a no-op once the shared stack fixture applies it itself).
-        from trashsorter_cli.local.runtime import relax_conditional_denies
-
-        relax_conditional_denies(self.s3, stack.stack)
         self.sqs = stack.client("sqs")
         self.events = stack.client("events")
         self.bucket = stack.outputs["ImagesBucketName"]

@@ -65,11 +65,6 @@ class World:
     def __init__(self, stack: StackHandle) -> None:
         self.stack = stack
         self.s3 = stack.client("s3")
-        # moto evaluates bucket policies without conditions: the local rewrite drops the TLS-only Deny
-        # (a no-op once the shared stack fixture applies it itself).
-        from trashsorter_cli.local.runtime import relax_conditional_denies
-
-        relax_conditional_denies(self.s3, stack.stack)
         self.ddb = stack.client("dynamodb")
         self.sm = stack.client("sagemaker")
         self.sqs = stack.client("sqs")

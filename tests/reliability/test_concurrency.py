@@ -33,7 +33,6 @@ from PIL import Image
 from tests.conftest import patched_environ
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
-from trashsorter_cli.local.runtime import relax_conditional_denies
 from trashsorter_cli.local.server import free_port
 from trashsorter_cli.local.stack import LocalStack, deploy_stack
 
@@ -97,7 +96,6 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalEndpoint]:
             endpoint_url=url,
         )
         handle = LocalEndpoint(url, session, stack)
-        relax_conditional_denies(handle.client("s3"), stack)
         yield handle
     finally:
         aws.reset_clients()

@@ -24,7 +24,6 @@ from trashsorter.catalogue import Catalogue
 from trashsorter.errors import TransientError
 from trashsorter.ingest import process_s3_record
 from trashsorter.settings import IngestSettings
-from trashsorter_cli.local.runtime import relax_conditional_denies
 from trashsorter_cli.local.stack import load_template
 
 pytestmark = pytest.mark.reliability
@@ -43,7 +42,6 @@ class Env:
     def __init__(self, stack: StackHandle) -> None:
         self.stack = stack
         self.s3 = stack.client("s3")
-        relax_conditional_denies(self.s3, stack.stack)
         self.ddb = stack.client("dynamodb")
         self.sqs = stack.client("sqs")
         self.events = stack.client("events")

@@ -209,10 +209,8 @@ def test_wrong_extensions_are_judged_by_content_through_ingest(stack: StackHandl
     from trashsorter.catalogue import Catalogue
     from trashsorter.ingest import process_s3_record
     from trashsorter.settings import IngestSettings
-    from trashsorter_cli.local.runtime import relax_conditional_denies
 
     s3 = stack.client("s3")
-    relax_conditional_denies(s3, stack.stack)  # moto ignores policy conditions (documented local rewrite)
     bucket = stack.outputs["ImagesBucketName"]
     settings_ = IngestSettings.from_env(stack.function_env("IngestFunction"))
     ddb = stack.client("dynamodb")

@@ -15,7 +15,6 @@ import pytest
 from tests.conftest import StackHandle
 from tests.unit import hostile
 from trashsorter.observability import logger
-from trashsorter_cli.local.runtime import relax_conditional_denies
 
 pytestmark = pytest.mark.reliability
 
@@ -59,7 +58,6 @@ def fingerprints(data: bytes) -> list[str]:
 
 def test_ingest_logs_never_contain_image_bytes_or_keys(stack: StackHandle, debug_logs: io.StringIO) -> None:
     s3 = stack.client("s3")
-    relax_conditional_denies(s3, stack.stack)
     bucket = stack.outputs["ImagesBucketName"]
     files = {
         "images/Compost/banana.jpg": hostile.real_photo_bytes("cardboard"),

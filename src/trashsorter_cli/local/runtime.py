@@ -18,7 +18,6 @@ is imported (its cold start: ``SETTINGS = XSettings.from_env()``), plus the loca
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -32,10 +31,10 @@ from types import FrameType
 from typing import IO, Any
 
 import boto3
-from botocore.exceptions import ClientError
 
 from trashsorter import aws
 from trashsorter.errors import ConfigurationError
+from trashsorter_cli.local import moto_patches
 from trashsorter_cli.local.dispatcher import Dispatcher
 from trashsorter_cli.local.server import (
     DEFAULT_HOST,
@@ -122,6 +121,7 @@ class LocalRuntime:
         """Server -> stack -> device -> handlers (cold starts) -> dispatcher threads -> state file."""
         try:
             self._set_environment()
+            moto_patches.install()
             self.server.start()
             self.stack = deploy_stack(
                 self.session(),
@@ -130,7 +130,6 @@ class LocalRuntime:
                 region=self.region,
                 endpoint_url=self.endpoint_url,
             )
-            relax_conditional_denies(self.client("s3"), self.stack)
             env_overrides: dict[str, dict[str, str]] = {}
             if self.with_device:
                 self.device_url = self._start_device()
@@ -266,34 +265,6 @@ class LocalRuntime:
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         self._saved_stdout = sys.stdout
         sys.stdout = self._log_stream
-
-
-def relax_conditional_denies(s3: Any, stack: LocalStack) -> list[str]:
-    """Drop bucket-policy ``Deny`` statements that carry a ``Condition`` (local rewrite, runtime only).
-
-    moto evaluates bucket policies WITHOUT their conditions, so the template's TLS-only statement
-    (``Deny s3:* if aws:SecureTransport is false``) would deny every request to the plain-HTTP local
-    endpoint. Returns the buckets changed; a no-op when the stack already left such statements out.
-    """
-    changed: list[str] = []
-    for logical_id, kind in stack.resource_types.items():
-        if kind != "AWS::S3::Bucket":
-            continue
-        bucket = stack.resources[logical_id]
-        try:
-            policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
-        except ClientError:
-            continue  # no policy
-        statements = policy.get("Statement", [])
-        kept = [s for s in statements if not (s.get("Effect") == "Deny" and s.get("Condition"))]
-        if len(kept) == len(statements):
-            continue
-        if kept:
-            s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({**policy, "Statement": kept}))
-        else:
-            s3.delete_bucket_policy(Bucket=bucket)
-        changed.append(bucket)
-    return changed
 
 
 def require_stack(runtime: LocalRuntime) -> LocalStack:
