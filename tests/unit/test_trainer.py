@@ -14,9 +14,9 @@ from PIL import Image
 
 from trashsorter.errors import TrainingError
 from trashsorter_cli.device import predictor
-from trashsorter_cli.trainer import data, report
+from trashsorter_cli.trainer import crossval, data, report
 from trashsorter_cli.trainer.data import Sample, preprocess
-from trashsorter_cli.trainer.model import TrashClassifier, load_backbone, pretrained_weights_path
+from trashsorter_cli.trainer.model import HEAD_ONLY, TrashClassifier, load_backbone, pretrained_weights_path
 from trashsorter_cli.trainer.train import ARTIFACT_MEMBERS, TrainConfig, TrainResult, run_onnx, train
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
@@ -175,3 +175,80 @@ def test_classification_metrics_from_a_confusion_matrix() -> None:
     assert scores["per_class"]["a"]["recall"] == pytest.approx(2 / 3, abs=1e-4)
     assert scores["per_class"]["b"]["precision"] == pytest.approx(0.5)
     assert scores["per_class"]["c"]["precision"] == pytest.approx(0.5)
+
+
+def test_head_only_cut_trains_only_the_classifier() -> None:
+    model = TrashClassifier(3, split=HEAD_ONLY, dropout=0.5)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in model.net._fc.parameters()}
+    assert model.net._dropout.p == 0.5
+    photo = preprocess(sorted((SAMPLES / "paper").glob("*.jpg"))[0].read_bytes(), 96)
+    features = model.frozen(torch.from_numpy(photo[None]))
+    assert features.shape == (1, 1280)  # pooled features are what gets cached
+    assert model.tail(features).shape == (1, 3)
+
+
+@pytest.mark.slow
+def test_flip_tta_is_inside_the_one_onnx_graph(trained: TrainResult) -> None:
+    samples, _ = tiny_samples()
+    batch = np.stack([preprocess(s.data, 128) for s in samples])
+    assert trained.model.flip_tta  # the default configuration
+    got = run_onnx(trained.output_dir / "model.onnx", batch)
+    mirrored = run_onnx(trained.output_dir / "model.onnx", np.ascontiguousarray(batch[..., ::-1]))
+    np.testing.assert_allclose(got, mirrored, atol=1e-5)  # image and mirror image: same answer
+    with torch.inference_mode():
+        x = torch.from_numpy(batch)
+        plain = torch.softmax(trained.model.logits(x), 1)
+        flip = torch.softmax(trained.model.logits(torch.flip(x, dims=[3])), 1)
+    np.testing.assert_allclose(got, ((plain + flip) / 2).numpy(), atol=1e-4)
+    assert not np.allclose(plain.numpy(), flip.numpy(), atol=1e-4)  # the flip really changes the pass
+
+
+def test_local_hyperparameters_for_the_new_settings() -> None:
+    config = TrainConfig.from_hyperparameters(
+        {
+            "local_flip_tta": "0",
+            "local_class_balanced": "true",
+            "local_dropout": "0.3",
+            "local_finetune_blocks": "1",
+        }
+    )
+    assert (config.flip_tta, config.class_balanced, config.dropout, config.finetune_blocks) == (
+        False,
+        True,
+        0.3,
+        1,
+    )
+    assert TrainConfig().finetune_blocks == -1 and TrainConfig().flip_tta  # defaults chosen by crossval
+    with pytest.raises(TrainingError, match="local_flip_tta must be a boolean"):
+        TrainConfig.from_hyperparameters({"local_flip_tta": "maybe"})
+    with pytest.raises(TrainingError, match=r"finetune_blocks must be in \[-1, 16\]"):
+        TrainConfig.from_hyperparameters({"local_finetune_blocks": "-2"})
+
+
+def test_crossval_fold_zero_is_the_hash_validation_split() -> None:
+    import hashlib
+
+    for path in sorted(SAMPLES.glob("*/*.jpg"))[::7]:
+        content = path.read_bytes()
+        is_validation = data.hash_split(hashlib.sha256(content).hexdigest(), 0.2) == "validation"
+        assert (crossval.fold_of(content, 5) == 0) == is_validation
+        assert 0 <= crossval.fold_of(content, 5) < 5
+
+
+@pytest.mark.slow
+def test_crossval_runs_every_fold_on_real_photos() -> None:
+    samples, labels = tiny_samples(4, 0)
+    settings = [{}, {"local_class_balanced": "1", "local_flip_tta": "0"}]
+    base = {"epochs": "2", "local_views": "1", "image_shape": "3,64,64", "mini_batch_size": "8"}
+    results = crossval.crossvalidate(samples, labels, settings, folds=2, base=base)
+    assert [r["setting"] for r in results] == settings
+    for result in results:
+        matrix = result["confusion_matrix"]
+        assert sum(map(sum, matrix)) == len(samples)  # every photo is held out exactly once
+        assert len(result["fold_accuracy"]) == len({crossval.fold_of(s.data, 2) for s in samples})
+        assert result["pooled_accuracy"] == pytest.approx(
+            (matrix[0][0] + matrix[1][1]) / len(samples), abs=1e-4
+        )
+        assert sum(result["errors_by_folder"].values()) == len(samples) - matrix[0][0] - matrix[1][1]
+    assert results[1]["seconds"]["features"] < results[0]["seconds"]["features"]  # features cached once

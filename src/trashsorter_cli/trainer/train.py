@@ -3,14 +3,17 @@
 Schedule (fast on 2 cores, see docs/local-training.md):
 
 1. decode every image once; validation images and the device use :func:`data.preprocess`;
-2. run the frozen part of the network (stem + blocks ``[0, split)``) ONCE per cached view: ``views``
-   augmented views of each training image and the preprocessed validation images;
-3. train the tail (the last ``finetune_blocks`` MBConv blocks + 1x1 head conv + a new linear classifier)
-   with AdamW + cosine decay + label smoothing on those cached activations for ``epochs`` epochs (one
-   epoch = every cached view once), reporting ``progress`` after each epoch;
-4. export normalisation + backbone + head + softmax to ``model.onnx``, evaluate the validation set WITH
-   onnxruntime (the shipped artifact), write ``labels.txt``, ``metrics.json``, ``confusion_matrix.png``,
-   ``model.json`` and pack them into ``model.tar.gz``.
+2. run the frozen part of the network ONCE per cached view: ``views`` augmented views of each training
+   image, the preprocessed validation images (and their horizontal flips with ``flip_tta``). By default
+   (``finetune_blocks = -1``) the whole backbone + head conv + pooling is frozen and the cache holds the
+   pooled 1280-d features; ``finetune_blocks = k >= 0`` caches the activations before the last ``k``
+   blocks and fine-tunes those blocks + the head conv;
+3. train the tail (dropout + a new linear classifier, plus the fine-tuned blocks if any) with AdamW +
+   cosine decay + label smoothing (optionally class-balanced) on those cached features for ``epochs``
+   epochs (one epoch = every cached view once), reporting ``progress`` after each epoch;
+4. export normalisation + backbone + head + softmax (+ the flip-TTA average) to ``model.onnx``, evaluate
+   the validation set WITH onnxruntime (the shipped artifact), write ``labels.txt``, ``metrics.json``,
+   ``confusion_matrix.png``, ``model.json`` and pack them into ``model.tar.gz``.
 
 The model of the LAST epoch is exported (no selection on the validation set).
 """
@@ -47,6 +50,7 @@ from trashsorter_cli.trainer.data import (
     samples_from_directory,
 )
 from trashsorter_cli.trainer.model import (
+    HEAD_ONLY,
     INPUT_NAME,
     MODEL_NAME,
     NUM_BLOCKS,
@@ -72,9 +76,14 @@ class TrainConfig:
     batch_size: int = 32
     image_size: int = IMAGE_SIZE
     views: int = 4  # augmented views cached per training image
-    finetune_blocks: int = 1  # trailing MBConv blocks trained (0 = head conv + classifier only)
+    # trailing MBConv blocks trained: -1 = classifier only on frozen pooled features (default, chosen by
+    # 5-fold cross-validation, see crossval.py), 0 = head conv + classifier, k = last k blocks too
+    finetune_blocks: int = -1
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
+    dropout: float = 0.5  # before the classifier
+    flip_tta: bool = True  # the exported graph averages the image and its left-right flip
+    class_balanced: bool = False  # loss weights inverse to class frequency
     seed: int = 0
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
@@ -107,9 +116,14 @@ class TrainConfig:
                 ("local_seed", "seed", int),
                 ("local_threads", "threads", int),
                 ("local_weight_decay", "weight_decay", float),
+                ("local_dropout", "dropout", float),
+                ("local_label_smoothing", "label_smoothing", float),
             ):
                 if key in hp:
                     updates[name] = kind(hp[key])
+            for key, name in (("local_flip_tta", "flip_tta"), ("local_class_balanced", "class_balanced")):
+                if key in hp:
+                    updates[name] = _flag(key, hp[key])
         except (TypeError, ValueError) as exc:
             raise TrainingError(f"invalid hyperparameters {hp}: {exc}") from exc
         config = replace(config, **updates)
@@ -128,10 +142,23 @@ class TrainConfig:
             problems.append("image size must be in [32, 512]")
         if self.views < 1:
             problems.append("views must be >= 1")
-        if not 0 <= self.finetune_blocks <= NUM_BLOCKS:
-            problems.append(f"finetune_blocks must be in [0, {NUM_BLOCKS}]")
+        if not -1 <= self.finetune_blocks <= NUM_BLOCKS:
+            problems.append(f"finetune_blocks must be in [-1, {NUM_BLOCKS}]")
+        if not 0 <= self.dropout < 1:
+            problems.append("dropout must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append("label smoothing must be in [0, 1)")
         if problems:
             raise TrainingError("invalid training configuration: " + "; ".join(problems))
+
+
+def _flag(key: str, value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{key} must be a boolean (1/0/true/false), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -170,7 +197,16 @@ def _check(samples: Sequence[Sample], labels: Sequence[str]) -> None:
         raise TrainingError("no validation images")
 
 
-def _batched_frozen(model: TrashClassifier, arrays: Sequence[np.ndarray], batch_size: int) -> torch.Tensor:
+def build_model(num_classes: int, config: TrainConfig) -> TrashClassifier:
+    """The classifier cut where ``config`` says (``finetune_blocks`` -1 -> only the classifier trains)."""
+    split = HEAD_ONLY if config.finetune_blocks < 0 else NUM_BLOCKS - config.finetune_blocks
+    model = TrashClassifier(num_classes, split=split, flip_tta=config.flip_tta, dropout=config.dropout)
+    model.eval()
+    return model
+
+
+def frozen_features(model: TrashClassifier, arrays: Sequence[np.ndarray], batch_size: int) -> torch.Tensor:
+    """The frozen part of ``model`` over preprocessed images (float32 CHW 0..1), batched, no gradient."""
     outputs = []
     with torch.no_grad():
         for start in range(0, len(arrays), batch_size):
@@ -179,10 +215,76 @@ def _batched_frozen(model: TrashClassifier, arrays: Sequence[np.ndarray], batch_
     return torch.cat(outputs)
 
 
-def _evaluate_tail(model: TrashClassifier, bank: torch.Tensor, batch_size: int) -> torch.Tensor:
+def flipped(array: np.ndarray) -> np.ndarray:
+    """Left-right flip of a CHW image (what the graph's flip-TTA branch sees)."""
+    return np.ascontiguousarray(array[:, :, ::-1])
+
+
+def tail_probabilities(
+    model: TrashClassifier, bank: torch.Tensor, flip_bank: torch.Tensor | None, batch_size: int
+) -> torch.Tensor:
+    """Softmax of the tail over cached features; the mean with the flipped views' softmax (as the graph)."""
     model.eval()
     with torch.inference_mode():
-        return torch.cat([model.tail(bank[i : i + batch_size]) for i in range(0, len(bank), batch_size)])
+        probs = [
+            torch.softmax(model.tail(part[i : i + batch_size]), dim=1)
+            for part in ([bank] if flip_bank is None else [bank, flip_bank])
+            for i in range(0, len(part), batch_size)
+        ]
+        stacked = torch.cat(probs)
+        return stacked if flip_bank is None else stacked.reshape(2, len(bank), -1).mean(0)
+
+
+EpochHook = Callable[[int, float, float], None]
+
+
+def fit_tail(
+    model: TrashClassifier,
+    bank: torch.Tensor,
+    y_bank: torch.Tensor,
+    config: TrainConfig,
+    on_epoch: EpochHook | None = None,
+) -> tuple[float, float]:
+    """Train the tail of ``model`` on cached features; returns the last epoch's (train_loss, train_accuracy).
+
+    AdamW + cosine decay + label smoothing (+ class-balanced weights inverse to the class frequency when
+    ``config.class_balanced``); ``on_epoch(epoch, train_loss, train_accuracy)`` after every epoch.
+    """
+    torch.manual_seed(config.seed)
+    params = [p for p in model.tail_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(bank) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+    weight = None
+    if config.class_balanced:
+        counts = torch.bincount(y_bank, minlength=model.num_classes).float().clamp(min=1)
+        weight = counts.sum() / (model.num_classes * counts)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loss = train_accuracy = 0.0
+    for epoch in range(1, config.epochs + 1):
+        model.train_tail()
+        order = torch.randperm(len(bank), generator=generator)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            logits = model.tail(bank[idx])
+            loss = loss_fn(logits, y_bank[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(1) == y_bank[idx]).sum())
+        train_loss = loss_sum / len(bank)
+        train_accuracy = correct / len(bank)
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss, train_accuracy)
+    model.eval()
+    return train_loss, train_accuracy
 
 
 def train(
@@ -237,48 +339,29 @@ def _train(
     y_val = [index[s.label] for s in val_samples]
     decoded_at = time.perf_counter()
 
-    # 2. frozen activations of the cached views
-    model = TrashClassifier(len(labels), split=NUM_BLOCKS - config.finetune_blocks)
-    model.eval()
-    val_bank = _batched_frozen(model, val_arrays, config.batch_size)
+    # 2. frozen features of the cached views (and of the flipped validation images for the flip-TTA)
+    model = build_model(len(labels), config)
+    val_bank = frozen_features(model, val_arrays, config.batch_size)
+    val_flip_bank = (
+        frozen_features(model, [flipped(a) for a in val_arrays], config.batch_size)
+        if config.flip_tta
+        else None
+    )
     views = [
-        _batched_frozen(model, [augment(src, rng, size) for src in sources], config.batch_size)
+        frozen_features(model, [augment(src, rng, size) for src in sources], config.batch_size)
         for _ in range(config.views)
     ]
     bank = torch.cat(views)
     y_bank = y_train.repeat(config.views)
     features_at = time.perf_counter()
-    feature_images = len(bank) + len(val_bank)
+    feature_images = len(bank) + len(val_bank) + (0 if val_flip_bank is None else len(val_flip_bank))
 
-    # 3. train the tail on the cached activations
-    params = [p for p in model.tail_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(bank) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    generator = torch.Generator().manual_seed(config.seed)
+    # 3. train the tail on the cached features
     history: list[dict[str, Any]] = []
-    train_accuracy = 0.0
-    for epoch in range(1, config.epochs + 1):
-        model.train_tail()
-        order = torch.randperm(len(bank), generator=generator)
-        loss_sum, correct = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            logits = model.tail(bank[idx])
-            loss = loss_fn(logits, y_bank[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == y_bank[idx]).sum())
-        train_loss = loss_sum / len(bank)
-        train_accuracy = correct / len(bank)
-        val_pred = _evaluate_tail(model, val_bank, config.batch_size).argmax(1).tolist()
+
+    def after_epoch(epoch: int, train_loss: float, train_accuracy: float) -> None:
+        probs = tail_probabilities(model, val_bank, val_flip_bank, config.batch_size)
+        val_pred = probs.argmax(1).tolist()
         val_accuracy = sum(int(p == t) for p, t in zip(val_pred, y_val, strict=True)) / len(y_val)
         entry = {
             "epoch": epoch,
@@ -290,13 +373,14 @@ def _train(
         history.append(entry)
         if progress is not None:
             progress(dict(entry))
+
+    _, train_accuracy = fit_tail(model, bank, y_bank, config, after_epoch)
     trained_at = time.perf_counter()
 
     # 4. export, evaluate the shipped ONNX graph, write the artifact
     model.eval()
     onnx_path = export_onnx(model, out / "model.onnx", size)
-    with torch.inference_mode():
-        torch_probs = torch.softmax(_evaluate_tail(model, val_bank, config.batch_size), dim=1).numpy()
+    torch_probs = tail_probabilities(model, val_bank, val_flip_bank, config.batch_size).numpy()
     onnx_probs = run_onnx(onnx_path, np.stack(val_arrays))
     max_diff = float(np.abs(onnx_probs - torch_probs).max())
     predicted = onnx_probs.argmax(1).tolist()

@@ -1,0 +1,179 @@
+"""K-fold cross-validation of the local trainer's settings over ALL photos (how the defaults were chosen).
+
+``python -m trashsorter_cli.trainer.crossval --samples samples/trashnet [--folds 5]
+[--hyperparameters '{"epochs": "10"}'] [--grid '[{"local_dropout": "0.2"}, {"local_finetune_blocks": "1"}]']``
+
+Folds come from the content hash (fold = first 8 hex digits of the SHA-256 x folds / 2**32), so with 5
+folds, fold 0 is exactly the trainer's 20 % hash validation split. The frozen part of the network runs
+ONCE per image and view (centre crop, its flip, ``views`` augmented views) and is shared by every fold and
+every grid entry with the same cut / views / size; each fold then trains a fresh tail with
+:func:`train.fit_tail` and evaluates it with :func:`train.tail_probabilities` (the flip-TTA of the graph),
+exactly as :func:`train.train` does. Prints one JSON document: per setting, the fold accuracies, mean and
+standard deviation, the pooled confusion matrix and the errors by source folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trashsorter_cli.trainer import report
+from trashsorter_cli.trainer.data import (
+    Sample,
+    augment,
+    decode,
+    load_mapping,
+    preprocess,
+    resize_short_side,
+    samples_from_directory,
+)
+from trashsorter_cli.trainer.train import (
+    TrainConfig,
+    build_model,
+    configure_threads,
+    fit_tail,
+    flipped,
+    frozen_features,
+    tail_probabilities,
+)
+
+
+def fold_of(data: bytes, folds: int) -> int:
+    """Hash fold of an image's content (fold 0 of 5 == the trainer's 20 % validation split)."""
+    return int(hashlib.sha256(data).hexdigest()[:8], 16) * folds // 0x1_0000_0000
+
+
+def _feature_key(config: TrainConfig) -> tuple[int, int, int]:
+    return (config.finetune_blocks, config.image_size, config.seed)
+
+
+def cached_features(samples: Sequence[Sample], config: TrainConfig, views: int) -> dict[str, torch.Tensor]:
+    """Frozen features of every sample: ``center``, ``flip`` [N, ...] and ``views`` [V, N, ...]."""
+    model = build_model(2, config)
+    size = config.image_size
+    rng = random.Random(config.seed)
+    images = [decode(s.data, s.key) for s in samples]
+    centers = [preprocess(image, size) for image in images]
+    sources = [resize_short_side(image, round(size * 1.15)) for image in images]
+    return {
+        "center": frozen_features(model, centers, config.batch_size),
+        "flip": frozen_features(model, [flipped(c) for c in centers], config.batch_size),
+        "views": torch.stack(
+            [
+                frozen_features(model, [augment(src, rng, size) for src in sources], config.batch_size)
+                for _ in range(views)
+            ]
+        ),
+    }
+
+
+def evaluate(
+    samples: Sequence[Sample],
+    labels: Sequence[str],
+    folds: Sequence[int],
+    config: TrainConfig,
+    features: Mapping[str, torch.Tensor],
+) -> dict[str, Any]:
+    """Train a fresh tail per fold on the cached features and score the held-out fold."""
+    index = {label: i for i, label in enumerate(labels)}
+    y = torch.tensor([index[s.label] for s in samples])
+    fold_ids = torch.tensor(folds)
+    accuracies: list[float] = []
+    truth: list[int] = []
+    predicted: list[int] = []
+    errors: Counter[str] = Counter()
+    for k in sorted(set(folds)):
+        train_mask, test_mask = fold_ids != k, fold_ids == k
+        bank = features["views"][: config.views, train_mask].reshape(-1, *features["views"].shape[2:])
+        y_bank = y[train_mask].repeat(config.views)
+        model = build_model(len(labels), config)
+        fit_tail(model, bank, y_bank, config)
+        flip = features["flip"][test_mask] if config.flip_tta else None
+        probs = tail_probabilities(model, features["center"][test_mask], flip, config.batch_size)
+        pred = probs.argmax(1)
+        accuracies.append(float((pred == y[test_mask]).float().mean()))
+        truth.extend(y[test_mask].tolist())
+        predicted.extend(pred.tolist())
+        for i, p in zip(test_mask.nonzero().flatten().tolist(), pred.tolist(), strict=True):
+            if p != y[i]:
+                errors[f"{samples[i].key.split('/')[0]} -> {labels[p]}"] += 1
+    matrix = report.confusion_matrix(truth, predicted, len(labels))
+    scores = report.classification_metrics(matrix, labels)
+    return {
+        "fold_accuracy": [round(a, 4) for a in accuracies],
+        "mean": round(statistics.mean(accuracies), 4),
+        "std": round(statistics.pstdev(accuracies), 4),
+        "pooled_accuracy": round(scores["accuracy"], 4),
+        "recall": {label: c["recall"] for label, c in scores["per_class"].items()},
+        "confusion_matrix": matrix,
+        "errors_by_folder": dict(errors.most_common()),
+    }
+
+
+def crossvalidate(
+    samples: Sequence[Sample],
+    labels: Sequence[str],
+    settings: Sequence[Mapping[str, Any]],
+    folds: int = 5,
+    base: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Cross-validate each hyperparameter override in ``settings`` (merged onto ``base``)."""
+    fold_ids = [fold_of(s.data, folds) for s in samples]
+    configs = [TrainConfig.from_hyperparameters({**(base or {}), **override}) for override in settings]
+    configure_threads(configs[0].threads)
+    cache: dict[tuple[int, int, int], dict[str, torch.Tensor]] = {}
+    results = []
+    for override, config in zip(settings, configs, strict=True):
+        key = _feature_key(config)
+        needed = max(c.views for c in configs if _feature_key(c) == key)
+        started = time.perf_counter()
+        if key not in cache:
+            cache[key] = cached_features(samples, config, needed)
+        featured = time.perf_counter()
+        result = evaluate(samples, labels, fold_ids, config, cache[key])
+        result["setting"] = dict(override)
+        result["seconds"] = {
+            "features": round(featured - started, 2),
+            "folds": round(time.perf_counter() - featured, 2),
+        }
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trashsorter_cli.trainer.crossval", description=__doc__)
+    parser.add_argument("--samples", default="samples/trashnet", help="root with one folder per class")
+    parser.add_argument(
+        "--mapping", default=None, help="label -> folders JSON (default: <samples>/mapping.json)"
+    )
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--hyperparameters", default="{}", help="JSON applied to every setting")
+    parser.add_argument("--grid", default="[{}]", help="JSON list of hyperparameter overrides to compare")
+    args = parser.parse_args(argv)
+    root = Path(args.samples)
+    mapping_path = args.mapping or (root / "mapping.json" if (root / "mapping.json").is_file() else None)
+    mapping = load_mapping(mapping_path) if mapping_path else None
+    samples, labels = samples_from_directory(root, mapping)
+    results = crossvalidate(
+        samples, labels, json.loads(args.grid), args.folds, json.loads(args.hyperparameters)
+    )
+    print(
+        json.dumps(
+            {"labels": labels, "images": len(samples), "folds": args.folds, "results": results}, indent=2
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
