@@ -29,13 +29,13 @@ ATTRIBUTION = (
     "Sample photos: TrashNet by Gary Thung and Mindy Yang (MIT licence), "
     "https://github.com/garythung/trashnet - see samples/trashnet/LICENSE"
 )
-HOLD_BACK_PER_LABEL = 4
-# 56 photos per label are uploaded, so the rule (40 per label, 20 new) is crossed during the upload.
+HOLD_BACK_PER_LABEL = 3
+# MinImagesPerLabel is set to the upload count of the smallest label, which is uploaded last: the rule
+# is crossed by the very last photo, so the training snapshot holds every uploaded photo.
 DEMO_OVERRIDES = {
     "TrainingBackend": "local",
-    "MinImagesPerLabel": "40",
     "MinNewImages": "20",
-    # A demo on 168 photos: the gate is lowered from the recipe's 0.8 so a small model still deploys.
+    # A demo on ~170 photos: the gate is lowered from the recipe's 0.8 so a small model still deploys.
     "MinValidationAccuracy": "0.6",
 }
 REPORT_MEMBERS = ("metrics.json", "confusion_matrix.png")
@@ -54,6 +54,19 @@ def choose_held_back(
         files = [p for folder in folders for p in sorted((samples / folder).glob("*")) if p.is_file()]
         chosen.update(sorted(files, key=sha256_file)[:per_label])
     return chosen
+
+
+def smallest_label_last(plan: data.UploadPlan) -> tuple[data.UploadPlan, int]:
+    """Reorder the upload so the label with the fewest photos comes last; returns it and that count."""
+    label_of = {key: key.split("/")[1] for _path, key in plan.files}
+    counts: dict[str, int] = {}
+    for label in label_of.values():
+        counts[label] = counts.get(label, 0) + 1
+    if not counts:
+        raise CliError("nothing to upload: the samples folder has no photos")
+    smallest = min(sorted(counts), key=lambda label: counts[label])
+    plan.files.sort(key=lambda item: label_of[item[1]] == smallest)  # stable: others keep their order
+    return plan, counts[smallest]
 
 
 def wait_ingested(
@@ -115,10 +128,17 @@ def run_demo(
     started = time.monotonic()
     deadline = started + timeout
     ui.line(ATTRIBUTION)
+    held_back = choose_held_back(samples, mapping)
+    labels = [label for label in mapping if not label.startswith("_")]
+    plan, minimum = smallest_label_last(
+        data.plan_upload(samples, labels, mapping=mapping, hold_back=lambda p, _label: p in held_back)
+    )
+    overrides = {**DEMO_OVERRIDES, "MinImagesPerLabel": str(minimum)}
+    ui.line(f"training rule for the demo: {minimum} accepted photos per label, 20 new")
     ui.line("starting the local stack (moto endpoint + functions + local device) ...")
     runtime = LocalRuntime(
         port=None,
-        overrides=DEMO_OVERRIDES,
+        overrides=overrides,
         state_path=state_dir / "demo.json",
         log_file=state_dir / "demo.log",
     )
@@ -129,10 +149,6 @@ def run_demo(
         ui.line(
             f"local endpoint {runtime.endpoint_url}, bucket {target.bucket} "
             f"(function logs: {runtime.log_file})"
-        )
-        held_back = choose_held_back(samples, mapping)
-        plan = data.plan_upload(
-            samples, target.labels, mapping=mapping, hold_back=lambda p, _label: p in held_back
         )
         since = datetime.now(UTC).isoformat()
         result = data.upload(target, plan, ui, s3=target.client("s3"))
