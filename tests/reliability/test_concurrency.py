@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
 import random
 import sys
 import threading
@@ -33,19 +32,13 @@ from PIL import Image
 from tests.conftest import patched_environ
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
+from trashsorter_cli.local import moto_patches
 from trashsorter_cli.local.server import free_port
 from trashsorter_cli.local.stack import LocalStack, deploy_stack
 
 pytestmark = [
     pytest.mark.reliability,
     pytest.mark.slow,
-    # moto deep-copies the whole table before every TransactWriteItems (rollback) and its server is not
-    # thread-safe (HTTP 500s under 8 writers, retried by the code as transient): ~15 min and 5 GB on 2 cores.
-    # Opt in until moto's transactions are made cheap (docs/benchmarks.md, "Reliability suite timings").
-    pytest.mark.skipif(
-        os.environ.get("TRASHSORTER_SLOW_RELIABILITY") != "1",
-        reason="1,000-upload concurrency run takes ~15 min on moto; set TRASHSORTER_SLOW_RELIABILITY=1",
-    ),
 ]
 
 LABELS = ("Compost", "Landfill", "Recycling")
@@ -79,6 +72,8 @@ class LocalEndpoint:
 @pytest.fixture
 def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalEndpoint]:
     from moto.server import ThreadedMotoServer
+
+    moto_patches.install()  # as the local stack does: thread-safe DynamoDB, O(items) transactions
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
