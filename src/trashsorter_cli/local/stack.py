@@ -432,7 +432,14 @@ def deploy_stack(
     endpoint_url: str | None = None,
     timeout: float = 120.0,
 ) -> LocalStack:
-    """Create the stack from template.yaml on the endpoint ``session`` talks to (moto server or mock_aws)."""
+    """Create the stack from template.yaml on the endpoint ``session`` talks to (moto server or mock_aws).
+
+    Also installs :mod:`trashsorter_cli.local.moto_patches` (thread-safe DynamoDB, cheap transactions) in
+    this process, which is where an in-process moto server or ``mock_aws`` backend lives.
+    """
+    from trashsorter_cli.local import moto_patches
+
+    moto_patches.install()
     region = region or session.region_name or "us-east-1"
     template = load_template(template_path)
     params = parameter_values(template, overrides)
