@@ -59,11 +59,6 @@ EVENT_BUCKET = "trashsorter-images-example"
 MODES = ("single", "triple", "interleaved")
 
 
-@pytest.fixture
-def stack_overrides() -> dict[str, str]:
-    return dict(OVERRIDES)
-
-
 @dataclass
 class Context:
     function_name: str
@@ -223,7 +218,7 @@ class Pipeline:
         )
         return url
 
-    def _drain(self, url: str, **kwargs: Any) -> list[dict[str, Any]]:
+    def drain(self, url: str, **kwargs: Any) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         while True:
             got = self.sqs.receive_message(
@@ -262,7 +257,7 @@ class Pipeline:
                 self.deliveries += 1
 
     # ------------------------------------------------------------------ ingest
-    def _invoke_ingest(self, event: dict[str, Any]) -> None:
+    def invoke_ingest(self, event: dict[str, Any]) -> None:
         response = self.ingest_app.handler(event, Context("IngestFunction", 2048))
         assert response == {"batchItemFailures": []}, response
 
@@ -285,11 +280,11 @@ class Pipeline:
 
     def notified(self) -> int:
         """Deliver what the bucket put on the ingest queue since the last call; returns the message count."""
-        messages = self._drain(self.queue_url)
+        messages = self.drain(self.queue_url)
         for message in messages:
             body = json.loads(message["Body"])
             kind = "s3:" + (body["Records"][0]["eventName"] if "Records" in body else body["Event"])
-            self.deliver(kind, partial(self._invoke_ingest, self._sqs_event(message)))
+            self.deliver(kind, partial(self.invoke_ingest, self._sqs_event(message)))
         return len(messages)
 
     def put(self, key: str, data: bytes) -> None:
@@ -304,15 +299,15 @@ class Pipeline:
         assert self.notified() == 1
 
     # ------------------------------------------------------------------ start training
-    def _invoke_start(self, event: dict[str, Any]) -> dict[str, Any]:
+    def invoke_start(self, event: dict[str, Any]) -> dict[str, Any]:
         return dict(self.start_app.handler(event, Context("StartTrainingFunction")))
 
     def dataset_ready(self) -> list[dict[str, Any]]:
         """Take the "Dataset Ready" events off the bus and deliver them; returns first-delivery outcomes."""
-        events = [json.loads(m["Body"]) for m in self._drain(self.ready_queue)]
+        events = [json.loads(m["Body"]) for m in self.drain(self.ready_queue)]
         self.published.extend(events)
         return [
-            self.deliver(f"dataset-ready:{event['detail']['reason']}", partial(self._invoke_start, event))
+            self.deliver(f"dataset-ready:{event['detail']['reason']}", partial(self.invoke_start, event))
             for event in events
         ]
 
@@ -328,7 +323,7 @@ class Pipeline:
         return run
 
     # ------------------------------------------------------------------ package
-    def _invoke_package(self, event: dict[str, Any]) -> dict[str, Any]:
+    def invoke_package(self, event: dict[str, Any]) -> dict[str, Any]:
         return dict(self.package_app.handler(event, Context("PackageFunction", 2048)))
 
     def artifact_uri(self, job_name: str) -> str:
@@ -359,7 +354,7 @@ class Pipeline:
             bucket, key = uri[5:].split("/", 1)
             self.s3.put_object(Bucket=bucket, Key=key, Body=mxnet_model_tar(epochs=(9, 10)))
         kind = f"training:{event['detail']['TrainingJobStatus']}"
-        return dict(self.deliver(kind, partial(self._invoke_package, event)))
+        return dict(self.deliver(kind, partial(self.invoke_package, event)))
 
     # ------------------------------------------------------------------ reading back
     def table_items(self) -> list[dict[str, Any]]:
@@ -385,7 +380,7 @@ class Pipeline:
         return out
 
     def notices(self) -> list[str]:
-        return [json.loads(m["Body"])["Subject"] for m in self._drain(self.notice_queue)]
+        return [json.loads(m["Body"])["Subject"] for m in self.drain(self.notice_queue)]
 
     def runs(self) -> list[dict[str, Any]]:
         return sorted(training.list_runs(self.table, ddb=self.ddb), key=lambda r: str(r["created_at"]))
