@@ -150,7 +150,7 @@ def test_recipe_hyperparameters_map_onto_the_local_schedule() -> None:
     recipe = {"epochs": "10", "learning_rate": "0.01", "mini_batch_size": "32", "image_shape": "3,224,224"}
     config = TrainConfig.from_hyperparameters({**recipe, "num_layers": "18", "use_pretrained_model": "1"})
     assert (config.epochs, config.batch_size, config.image_size) == (10, 32, 224)
-    assert config.learning_rate == pytest.approx(0.001)  # SGD 0.01 -> AdamW 0.001
+    assert config.learning_rate == pytest.approx(0.003)  # SGD 0.01 -> AdamW 0.003 (head, crossval)
     assert TrainConfig.from_hyperparameters({"local_learning_rate": "0.0005"}).learning_rate == 0.0005
     with pytest.raises(TrainingError, match="epochs must be >= 1"):
         TrainConfig.from_hyperparameters({"epochs": "0"})

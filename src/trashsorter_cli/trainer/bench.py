@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import tempfile
 from pathlib import Path
 
@@ -33,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(json.dumps(entry), flush=True)
 
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    load_before = os.getloadavg()[0]
+    cpu_before = cpu_seconds()
     with tempfile.TemporaryDirectory() as tmp:
         result = train_from_directory(
             root, args.output or tmp, mapping, args.validation_fraction, config, progress=show
@@ -47,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             "confusion_matrix": m["confusion_matrix"],
             "labels": m["labels"],
             "wall_time_seconds": m["wall_time_seconds"],
+            # CPU time of this process (user + sys): on a loaded machine cpu_seconds / threads estimates
+            # the wall time of an idle one; load averages (1 min) before and after tell how loaded it was
+            "cpu_seconds": round(cpu_seconds() - cpu_before, 1),
+            "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "phase_seconds": m["phase_seconds"],
             "backbone_images_per_second": m["backbone_images_per_second"],
             "onnx_max_abs_diff": m["onnx_max_abs_diff"],
