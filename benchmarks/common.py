@@ -133,17 +133,15 @@ def write_report(sections: Sequence[Section], path: Path = RESULTS) -> None:
 @contextmanager
 def fake_aws_env() -> Iterator[None]:
     """Credentials that can only ever reach moto."""
-    saved = {k: os.environ.get(k) for k in _FAKE}
-    os.environ.update(_FAKE)
-    os.environ.pop("AWS_ENDPOINT_URL", None)
+    from trashsorter_cli.local.dispatcher import patched_environ
+
+    endpoint = os.environ.pop("AWS_ENDPOINT_URL", None)
     try:
-        yield
+        with patched_environ(_FAKE):
+            yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if endpoint is not None:
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
 
 
 _FAKE = {

@@ -6,12 +6,7 @@ uses (:func:`trashsorter_cli.local.stack.deploy_stack`), so tests and the templa
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +16,7 @@ import pytest
 
 from trashsorter import aws
 from trashsorter_cli.local import moto_patches
+from trashsorter_cli.local.dispatcher import load_module
 from trashsorter_cli.local.stack import LocalStack, deploy_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,20 +40,6 @@ def _fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     aws.reset_clients()
 
 
-@contextmanager
-def patched_environ(env: Mapping[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 class StackHandle:
     """A created moto stack plus helpers for tests."""
 
@@ -75,16 +57,8 @@ class StackHandle:
 
     def load_handler(self, logical_id: str, **env_overrides: str) -> ModuleType:
         """Import the function's handler module fresh, with its resolved environment (a cold start)."""
-        spec_ = self.stack.functions[logical_id]
         env = {**self.function_env(logical_id), **env_overrides}
-        name = f"_trashsorter_fn_{logical_id}_{uuid.uuid4().hex[:8]}"
-        module_spec = importlib.util.spec_from_file_location(name, spec_.module_path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        with patched_environ(env):
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-        return module
+        return load_module(self.stack.functions[logical_id].module_path, env, label=logical_id)
 
 
 @pytest.fixture

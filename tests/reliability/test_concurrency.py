@@ -8,11 +8,9 @@ functions/ingest/app.py, like 8 Lambda instances) receive batches from that queu
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import random
-import sys
 import threading
 import time
 import uuid
@@ -29,10 +27,10 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from botocore.config import Config
 from PIL import Image
 
-from tests.conftest import patched_environ
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local import moto_patches
+from trashsorter_cli.local.dispatcher import load_module
 from trashsorter_cli.local.server import free_port
 from trashsorter_cli.local.stack import LocalStack, deploy_stack
 
@@ -98,15 +96,8 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalEndpoint]:
 
 
 def load_ingest_handler(stack: LocalStack, index: int) -> ModuleType:
-    spec_ = stack.functions["IngestFunction"]
-    name = f"_reliability_ingest_{index}_{uuid.uuid4().hex[:6]}"
-    module_spec = importlib.util.spec_from_file_location(name, spec_.module_path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    with patched_environ({**stack.function_env("IngestFunction"), "POWERTOOLS_LOG_LEVEL": "WARNING"}):
-        sys.modules[name] = module
-        module_spec.loader.exec_module(module)
-    return module
+    env = {**stack.function_env("IngestFunction"), "POWERTOOLS_LOG_LEVEL": "WARNING"}
+    return load_module(stack.functions["IngestFunction"].module_path, env, label=f"ingest{index}")
 
 
 @dataclass

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from trashsorter.errors import ConfigurationError
@@ -91,10 +92,8 @@ def patched_environ(env: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def load_handler(
-    module_path: Path, handler_name: str, env: Mapping[str, str], *, label: str = "fn"
-) -> Handler:
-    """Import a function's module fresh (a cold start) under its environment; return its handler."""
+def load_module(module_path: Path, env: Mapping[str, str], *, label: str = "fn") -> ModuleType:
+    """Import a function's module fresh (a cold start) under its environment."""
     if not module_path.is_file():
         raise ConfigurationError(
             f"handler module {module_path} does not exist (function {label} not built yet)"
@@ -111,7 +110,14 @@ def load_handler(
         except Exception:
             sys.modules.pop(name, None)
             raise
-    handler = getattr(module, handler_name, None)
+    return module
+
+
+def load_handler(
+    module_path: Path, handler_name: str, env: Mapping[str, str], *, label: str = "fn"
+) -> Handler:
+    """Import a function's module fresh (a cold start) under its environment; return its handler."""
+    handler = getattr(load_module(module_path, env, label=label), handler_name, None)
     if not callable(handler):
         raise ConfigurationError(f"{module_path} has no handler function {handler_name!r}")
     return handler
