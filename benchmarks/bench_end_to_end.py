@@ -7,8 +7,10 @@ with the rule lowered to the sample's size (MinImagesPerLabel=10, MinNewImages=3
 images/<Label>/ per samples/trashnet/mapping.json; then the catalogue is polled every 50 ms:
 
 * upload -> start: from the last ``put_object`` returning to the first run record of the stack;
-* completion -> deployment: from the run record turning ``completed`` to the first deployment record of
-  its model (gate, repack, registry, local-device deploy).
+* completion -> deployment: from the trainer's artifact landing in S3 (``training-output/<job>/output/
+  model.tar.gz``, written just before the completion event) to the first deployment record of its model
+  (state-change event routed, gate, repack, registry, local-device deploy). The run record only turns
+  ``completed`` when the package step finishes, so it cannot mark the start of this interval.
 """
 
 from __future__ import annotations
@@ -70,14 +72,18 @@ def run(quick: bool = False) -> Section:
             started = time.perf_counter()
             run_id = str(runs[0]["run_id"])
 
-            def completed() -> Any:
-                r = training.get_run(table, run_id, ddb=ddb)
-                return r if r and r.get("status") in ("completed", "failed", "stopped") else None
+            job = str(runs[0]["job_name"])
+            artifact = f"training-output/{job}/output/model.tar.gz"
 
-            final = _wait("the run's completion", completed, 1800)
+            def artifact_written() -> Any:
+                r = training.get_run(table, run_id, ddb=ddb) or {}
+                if r.get("status") in ("failed", "stopped"):
+                    raise RuntimeError(f"run ended {r['status']}: {r.get('status_message')}")
+                listed = s3.list_objects_v2(Bucket=bucket, Prefix=artifact)
+                return listed.get("KeyCount", 0) > 0
+
+            _wait("the training artifact", artifact_written, 1800)
             finished = time.perf_counter()
-            if final["status"] != "completed":
-                raise RuntimeError(f"run ended {final['status']}: {final.get('failure_reason')}")
 
             def deployed() -> Any:
                 for model in registry.list_models(table_name=table, ddb=ddb):
