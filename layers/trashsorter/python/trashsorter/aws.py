@@ -8,10 +8,14 @@ point the same code at the moto server.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter.errors import TransientError
 
 _RETRIES = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60)
 _lock = threading.Lock()
@@ -33,3 +37,24 @@ def reset_clients() -> None:
     """Forget cached clients (tests switch endpoints/regions between cases)."""
     with _lock:
         _clients.clear()
+
+
+def error_code(exc: ClientError) -> str:
+    """The AWS error code of a ClientError ("" when absent)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def conditional_write(write: Callable[[], Any], *, what: str) -> bool:
+    """Run one conditional DynamoDB write: True if it was applied, False if its condition failed.
+
+    Any other AWS failure is a :class:`TransientError` ("could not <what>: ...") so the event is retried.
+    """
+    try:
+        write()
+    except ClientError as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":
+            return False
+        raise TransientError(f"could not {what}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"could not {what}: {exc}") from exc
+    return True

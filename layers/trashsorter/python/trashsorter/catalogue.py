@@ -259,7 +259,7 @@ class Catalogue:
                 self.ddb.transact_write_items(TransactItems=transaction)
                 return result
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
+                code = aws.error_code(exc)
                 reasons = {r.get("Code") for r in exc.response.get("CancellationReasons", []) or []}
                 retryable = code == "TransactionConflictException" or (
                     code == "TransactionCanceledException" and reasons & _RETRYABLE_CANCEL

@@ -344,7 +344,7 @@ def _write_copy(s3: Any, plan: DatasetPlan, entry: ManifestEntry) -> None:
     try:
         data = s3.get_object(**get_args)["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchVersion", "404"):
+        if aws.error_code(exc) in ("NoSuchKey", "NoSuchVersion", "404"):
             raise NotFoundError(f"s3://{plan.bucket}/{image.key} is catalogued but missing") from exc
         raise
     if hashlib.sha256(data).hexdigest() != image.sha256:
@@ -418,7 +418,7 @@ def save_dataset_record(
         )
         return item
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+        if aws.error_code(exc) != "ConditionalCheckFailedException":
             raise TransientError(f"could not record dataset {plan.dataset_id}: {exc}") from exc
     return get_dataset(plan.dataset_id, table_name=table_name, ddb=ddb)
 

@@ -48,13 +48,9 @@ class IngestOutcome:
     changed: bool = False
 
 
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def _is_gone(exc: ClientError) -> bool:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return _error_code(exc) in _GONE_CODES or status == 404
+    return aws.error_code(exc) in _GONE_CODES or status == 404
 
 
 class _Gone(Exception):

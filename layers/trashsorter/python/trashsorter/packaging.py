@@ -182,7 +182,7 @@ def download_artifact(
     try:
         response = client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = aws.error_code(exc)
         if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket", "AccessDenied", "403"):
             raise PackagingError(f"training artifact {uri} is missing or unreadable ({code})") from exc
         raise TransientError(f"could not download {uri}: {exc}") from exc
@@ -431,7 +431,7 @@ def read_dataset_labels(bucket: str, dataset_id: str, *, s3: Any = None) -> list
         ]
         data = body.read(MAX_LABELS_BYTES + 1)
     except ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404", "NotFound"):
+        if aws.error_code(exc) in ("NoSuchKey", "404", "NotFound"):
             return []
         raise TransientError(f"could not read the labels of dataset {dataset_id}: {exc}") from exc
     except BotoCoreError as exc:
@@ -545,8 +545,8 @@ def _claim(run_id: str, job_status: str, *, table_name: str, ddb: Any) -> bool:
     """Take the per-status lease on the run; False when another delivery holds it or it is handled."""
     now = _now()
     attr = f"package_claim_{job_status.lower()}"
-    try:
-        ddb.update_item(
+    return aws.conditional_write(
+        lambda: ddb.update_item(
             TableName=table_name,
             Key=registry.serialize(run_key(run_id)),
             UpdateExpression="SET #c = :now",
@@ -560,14 +560,9 @@ def _claim(run_id: str, job_status: str, *, table_name: str, ddb: Any) -> bool:
                 ":stale": {"S": _iso(now - timedelta(seconds=CLAIM_LEASE_SECONDS))},
                 ":status": {"S": job_status},
             },
-        )
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-            return False
-        raise TransientError(f"could not claim run {run_id}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not claim run {run_id}: {exc}") from exc
-    return True
+        ),
+        what=f"claim run {run_id}",
+    )
 
 
 def _update_run(
@@ -717,7 +712,7 @@ def _describe(job_name: str, sagemaker: Any) -> dict[str, Any]:
     try:
         described = (sagemaker or aws.client("sagemaker")).describe_training_job(TrainingJobName=job_name)
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = aws.error_code(exc)
         if code in ("ValidationException", "ResourceNotFound"):
             return {}
         raise TransientError(f"could not describe training job {job_name}: {exc}") from exc

@@ -79,10 +79,6 @@ def _transient(action: str, exc: Exception) -> TransientError:
     return TransientError(f"could not {action}: {exc}")
 
 
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def get_item(key: Mapping[str, str], *, table_name: str, ddb: Any = None) -> dict[str, Any] | None:
     """One item by key, strongly consistent; ``None`` when absent."""
     try:
@@ -143,7 +139,7 @@ def register_model(
             ConditionExpression="attribute_not_exists(pk)",
         )
     except ClientError as exc:
-        if _error_code(exc) == "ConditionalCheckFailedException":
+        if aws.error_code(exc) == "ConditionalCheckFailedException":
             existing = get_model(model_id, table_name=table_name, ddb=client)
             if existing is not None:
                 return existing
@@ -253,7 +249,7 @@ def promote(model_id: str, *, table_name: str, ddb: Any = None) -> dict[str, Any
         try:
             client.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            if _error_code(exc) in ("TransactionCanceledException", "ConditionalCheckFailedException"):
+            if aws.error_code(exc) in ("TransactionCanceledException", "ConditionalCheckFailedException"):
                 continue  # someone moved the pointer in between: read again
             raise _transient(f"promote model {model_id}", exc) from exc
         except BotoCoreError as exc:
@@ -283,7 +279,7 @@ def update_model(model_id: str, attributes: Mapping[str, Any], *, table_name: st
             },
         )
     except ClientError as exc:
-        if _error_code(exc) == "ConditionalCheckFailedException":
+        if aws.error_code(exc) == "ConditionalCheckFailedException":
             raise NotFoundError(f"model {model_id} is not registered") from exc
         raise _transient(f"update model {model_id}", exc) from exc
     except BotoCoreError as exc:
@@ -356,7 +352,7 @@ def advance_baseline(dataset_id: str, *, table_name: str, ddb: Any = None) -> in
             ExpressionAttributeValues={":seq": {"N": str(seq)}, ":ds": {"S": dataset_id}},
         )
     except ClientError as exc:
-        if _error_code(exc) != "ConditionalCheckFailedException":
+        if aws.error_code(exc) != "ConditionalCheckFailedException":
             raise _transient("advance the dataset baseline", exc) from exc
     except BotoCoreError as exc:
         raise _transient("advance the dataset baseline", exc) from exc

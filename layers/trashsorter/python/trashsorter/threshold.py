@@ -118,8 +118,8 @@ def publish_dataset_ready(
 
 def _claim(catalogue: Catalogue, baseline: int) -> bool:
     """Win the right to publish for ``baseline`` (conditional write); False when someone else has it."""
-    try:
-        catalogue.ddb.update_item(
+    return aws.conditional_write(
+        lambda: catalogue.ddb.update_item(
             TableName=catalogue.table_name,
             Key=serialize(STATE_KEY),
             UpdateExpression="SET fired_baseline = :b, published = :f, fired_at = :t",
@@ -129,14 +129,9 @@ def _claim(catalogue: Catalogue, baseline: int) -> bool:
                 ":f": {"BOOL": False},
                 ":t": {"S": now_iso()},
             },
-        )
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-            return False
-        raise TransientError(f"could not claim the threshold event: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not claim the threshold event: {exc}") from exc
-    return True
+        ),
+        what="claim the threshold event",
+    )
 
 
 def _reclaim_stale(catalogue: Catalogue, baseline: int, fired_at: str) -> bool:
@@ -146,8 +141,8 @@ def _reclaim_stale(catalogue: Catalogue, baseline: int, fired_at: str) -> bool:
         age = RECLAIM_AFTER_S + 1
     if age < RECLAIM_AFTER_S:
         return False
-    try:
-        catalogue.ddb.update_item(
+    return aws.conditional_write(
+        lambda: catalogue.ddb.update_item(
             TableName=catalogue.table_name,
             Key=serialize(STATE_KEY),
             UpdateExpression="SET fired_at = :now",
@@ -159,14 +154,9 @@ def _reclaim_stale(catalogue: Catalogue, baseline: int, fired_at: str) -> bool:
                 ":now": {"S": now_iso()},
                 ":old": {"S": fired_at},
             },
-        )
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-            return False
-        raise TransientError(f"could not re-claim the threshold event: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not re-claim the threshold event: {exc}") from exc
-    return True
+        ),
+        what="re-claim the threshold event",
+    )
 
 
 def _mark_published(catalogue: Catalogue, baseline: int) -> None:
@@ -179,7 +169,7 @@ def _mark_published(catalogue: Catalogue, baseline: int) -> None:
             ExpressionAttributeValues={":b": {"N": str(baseline)}, ":t": {"BOOL": True}},
         )
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+        if aws.error_code(exc) == "ConditionalCheckFailedException":
             return  # a newer baseline was claimed meanwhile; its publisher owns the flag now
         raise TransientError(f"could not mark the threshold event published: {exc}") from exc
     except BotoCoreError as exc:

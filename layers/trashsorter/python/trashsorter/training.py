@@ -343,7 +343,7 @@ class SageMakerBackend:
         except ClientError as exc:
             message = str(exc.response.get("Error", {}).get("Message", "")).lower()
             missing = ("not found", "could not find", "does not exist")
-            if exc.response.get("Error", {}).get("Code") in (
+            if aws.error_code(exc) in (
                 "ValidationException",
                 "ResourceNotFound",
             ) and any(m in message for m in missing):
@@ -453,10 +453,6 @@ def _vals(**values: Any) -> dict[str, Any]:
     return {f":{k}": _SER.serialize(_dynamo(v)) for k, v in values.items()}
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def _table_name(source: str | CommonSettings) -> str:
     return source if isinstance(source, str) else source.table_name
 
@@ -536,8 +532,8 @@ def get_lock(table: str | CommonSettings, *, ddb: Any = None) -> dict[str, Any]:
 
 
 def _acquire_lock(ddb: Any, table: str, run_id: str, dataset_id: str) -> bool:
-    try:
-        ddb.update_item(
+    return aws.conditional_write(
+        lambda: ddb.update_item(
             TableName=table,
             Key=_ser(LOCK_KEY),
             UpdateExpression=(
@@ -546,17 +542,14 @@ def _acquire_lock(ddb: Any, table: str, run_id: str, dataset_id: str) -> bool:
             ),
             ConditionExpression="attribute_not_exists(holder)",
             ExpressionAttributeValues=_vals(run=run_id, ds=dataset_id, now=_now()),
-        )
-        return True
-    except ClientError as exc:
-        if _code(exc) == "ConditionalCheckFailedException":
-            return False
-        raise TransientError(f"could not take the training lock: {exc}") from exc
+        ),
+        what="take the training lock",
+    )
 
 
 def _mark_pending(ddb: Any, table: str, holder: str, *, reason: str, dataset_id: str) -> bool:
-    try:
-        ddb.update_item(
+    return aws.conditional_write(
+        lambda: ddb.update_item(
             TableName=table,
             Key=_ser(LOCK_KEY),
             UpdateExpression=(
@@ -565,12 +558,9 @@ def _mark_pending(ddb: Any, table: str, holder: str, *, reason: str, dataset_id:
             ),
             ConditionExpression="holder = :holder",
             ExpressionAttributeValues=_vals(t=True, now=_now(), reason=reason, ds=dataset_id, holder=holder),
-        )
-        return True
-    except ClientError as exc:
-        if _code(exc) == "ConditionalCheckFailedException":
-            return False
-        raise TransientError(f"could not record the pending trigger: {exc}") from exc
+        ),
+        what="record the pending trigger",
+    )
 
 
 def _release_lock(
@@ -602,7 +592,7 @@ def _release_lock(
             ReturnValues="ALL_OLD",
         )
     except ClientError as exc:
-        if _code(exc) == "ConditionalCheckFailedException":
+        if aws.error_code(exc) == "ConditionalCheckFailedException":
             return {}
         raise TransientError(f"could not release the training lock: {exc}") from exc
     return _deser(response.get("Attributes")) or {}
@@ -681,7 +671,8 @@ def _mark_started(ddb: Any, table: str, run_id: str) -> None:
             ),
         )
     except ClientError as exc:
-        if _code(exc) != "ConditionalCheckFailedException":  # the local trainer may already report progress
+        # the local trainer may already report progress
+        if aws.error_code(exc) != "ConditionalCheckFailedException":
             raise TransientError(f"could not mark run {run_id} started: {exc}") from exc
 
 
@@ -731,7 +722,7 @@ def finish_run(
             ExpressionAttributeValues=_vals(**values),
         )
     except ClientError as exc:
-        if _code(exc) != "ConditionalCheckFailedException":
+        if aws.error_code(exc) != "ConditionalCheckFailedException":
             raise TransientError(f"could not finish run {run_id}: {exc}") from exc
         if get_run(table, run_id, ddb=ddb) is None:
             raise NotFoundError(f"run {run_id} is not recorded") from exc

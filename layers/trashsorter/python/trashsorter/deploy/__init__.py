@@ -15,6 +15,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from trashsorter import aws
 from trashsorter.errors import DeploymentError, TransientError
 
 TARGET_GREENGRASS_V1 = "greengrass-v1"
@@ -49,7 +50,7 @@ class DeploymentResult:
 def aws_failure(action: str, exc: Exception) -> Exception:
     """Classify a boto error: throttling / 5xx -> :class:`TransientError` (retry), else DeploymentError."""
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = aws.error_code(exc)
         http = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code in _TRANSIENT_CODES or http >= 500:
             return TransientError(f"{action}: {code or http} (will retry)")

@@ -172,7 +172,7 @@ def deploy(
         )
         component_arn = str(component.get("arn", ""))
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ConflictException":
+        if aws.error_code(exc) != "ConflictException":
             raise aws_failure(f"Greengrass v2: could not publish {name} {version}", exc) from exc
         component_arn = ""  # published by an earlier attempt of this same request
     except BotoCoreError as exc:
