@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,25 +203,28 @@ def test_console_script_error_exit_without_traceback(tmp_path: Path) -> None:
 
 
 def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
+    """stdout carries only the CLI's lines (ready first, stop last); the handlers' logs go to stderr."""
     state = tmp_path / "local.json"
+    stderr_path = tmp_path / "stderr.log"
     cmd = [sys.executable, "-m", "trashsorter_cli.main", "local"]
-    proc = subprocess.Popen(
-        [
-            *cmd,
-            "up",
-            "--port",
-            "0",
-            "--no-device",
-            "--local-state",
-            str(state),
-            "--parameter-overrides",
-            "MinImagesPerLabel=7",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=tmp_path,
-    )
+    with stderr_path.open("w") as stderr_file:
+        proc = subprocess.Popen(
+            [
+                *cmd,
+                "up",
+                "--port",
+                "0",
+                "--no-device",
+                "--local-state",
+                str(state),
+                "--parameter-overrides",
+                "MinImagesPerLabel=7",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+            cwd=tmp_path,
+        )
     try:
         assert proc.stdout is not None
         ready = proc.stdout.readline()
@@ -230,6 +234,12 @@ def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
         assert data["parameters"]["MinImagesPerLabel"] == "7"
         assert data["parameters"]["TrainingBackend"] == "local"
         assert data["outputs"]["ImagesBucketName"] in ready
+        # S3 sends an s3:TestEvent when the bucket notification is configured; the ingest handler logs
+        # that it ignored it. That log line must reach stderr, never stdout.
+        deadline = time.monotonic() + 60
+        while "s3:TestEvent ignored" not in stderr_path.read_text():
+            assert time.monotonic() < deadline, stderr_path.read_text()[-2000:]
+            time.sleep(0.2)
         down = subprocess.run(
             [*cmd, "down", "--local-state", str(state)],
             capture_output=True,
@@ -240,6 +250,7 @@ def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
         assert down.returncode == 0, down.stderr
         assert proc.wait(timeout=30) == 0
         assert not state.exists()
+        assert proc.stdout.read().splitlines() == ["trashsorter local stack stopped"]
     finally:
         if proc.poll() is None:
             proc.kill()

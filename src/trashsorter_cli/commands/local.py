@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def up(
         overrides=parse_parameter_overrides(parameter_overrides),
         state_path=path,
         device=device,
+        log_stream=sys.stderr,
     )
     state = runtime.start()
     if ui.json_mode:

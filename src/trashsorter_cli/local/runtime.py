@@ -80,6 +80,7 @@ class LocalRuntime:
         state_path: Path | None = None,
         device: bool = True,
         log_file: Path | None = None,
+        log_stream: IO[str] | None = None,
         retry_delay: int = 2,
         wait_time: int = 1,
     ) -> None:
@@ -92,6 +93,7 @@ class LocalRuntime:
         self.state_dir = self.state_path.parent
         self.with_device = device
         self.log_file = log_file
+        self.log_target = log_stream
         self.retry_delay = retry_delay
         self.wait_time = wait_time
         self.server = MotoServer(host, self.port)
@@ -103,6 +105,7 @@ class LocalRuntime:
         self._saved_env: dict[str, str | None] = {}
         self._log_stream: IO[str] | None = None
         self._saved_stdout: Any = None
+        self._owns_log_stream = False
         self._stop_requested = threading.Event()
 
     @property
@@ -187,7 +190,8 @@ class LocalRuntime:
             registered = getattr(logger, "registered_handler", None)
             if isinstance(registered, logging.StreamHandler) and registered.stream is self._log_stream:
                 registered.setStream(sys.stdout)
-            self._log_stream.close()
+            if self._owns_log_stream:
+                self._log_stream.close()
             self._log_stream = None
 
     def __enter__(self) -> LocalRuntime:
@@ -248,15 +252,23 @@ class LocalRuntime:
         return str(self.device.url)
 
     def _redirect_logs(self) -> None:
-        """Quiet mode (``log_file``): the handlers' JSON logs and EMF metric lines go to ``log_file``.
+        """Send the handlers' JSON logs and EMF metric lines to ``log_file`` (quiet mode) or ``log_stream``.
 
-        Powertools prints EMF with ``print()``, so ``sys.stdout`` itself is redirected while the runtime
-        runs (restored by :meth:`stop`); callers that print progress keep a handle on the real stdout.
+        ``local up`` passes ``log_stream=sys.stderr``: the handlers' output stays on the console while
+        stdout carries only the CLI's own lines (the ready line, ``--json`` objects), so a script reading
+        stdout never sees a handler's log line first. Powertools prints EMF with ``print()``, so
+        ``sys.stdout`` itself is redirected while the runtime runs (restored by :meth:`stop`); callers
+        that print progress keep a handle on the real stdout.
         """
-        if self.log_file is None:
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_stream = self.log_file.open("a", encoding="utf-8", buffering=1)
+            self._owns_log_stream = True
+        elif self.log_target is not None:
+            self._log_stream = self.log_target
+            self._owns_log_stream = False
+        else:
             return
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._log_stream = self.log_file.open("a", encoding="utf-8", buffering=1)
         from trashsorter.observability import logger
 
         registered = getattr(logger, "registered_handler", None)
