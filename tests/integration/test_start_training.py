@@ -152,6 +152,25 @@ def world(stack_overrides: dict[str, str], stack: StackHandle) -> World:
     return w
 
 
+def test_snapshot_query_projects_only_the_attributes_the_snapshot_reads(world: World) -> None:
+    from trashsorter.dataset import SNAPSHOT_ATTRIBUTES, plan_dataset, plan_from_catalogue, snapshot_images
+
+    projected = list(world.catalogue.accepted_images(attributes=SNAPSHOT_ATTRIBUTES))
+    full = list(world.catalogue.accepted_images())
+    assert projected and all(set(r) <= set(SNAPSHOT_ATTRIBUTES) for r in projected)
+    assert all(set(r) == set(SNAPSHOT_ATTRIBUTES) for r in projected if r.get("version_id"))
+    assert len(full[0]) > len(SNAPSHOT_ATTRIBUTES) + 4  # the full record really is bigger
+    kwargs: dict[str, Any] = {
+        "labels": ["Compost", "Landfill", "Recycling"],
+        "validation_fraction": 0.2,
+        "bucket": world.bucket,
+    }
+    from_projection = plan_from_catalogue(world.catalogue, **kwargs)
+    from_full = plan_dataset(snapshot_images(full), **kwargs)
+    assert from_projection.dataset_id == from_full.dataset_id
+    assert from_projection.entries == from_full.entries
+
+
 def test_handler_starts_one_job_with_the_exact_request_and_snapshot(world: World) -> None:
     app = world.stack.load_handler("StartTrainingFunction")
     event = load_event("dataset_ready.json")

@@ -218,8 +218,19 @@ class Catalogue:
             "fired_at": str(item.get("fired_at", "")),
         }
 
-    def iter_images(self, status: str | None = None, label: str | None = None) -> Iterator[dict[str, Any]]:
-        """Image records by status (gsi1 ``STATUS#<status>``), optionally of one label; paginated."""
+    def iter_images(
+        self,
+        status: str | None = None,
+        label: str | None = None,
+        *,
+        attributes: Sequence[str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Image records by status (gsi1 ``STATUS#<status>``), optionally of one label; paginated.
+
+        ``attributes``: return only these attributes of each record (a ``ProjectionExpression``) —
+        the snapshot reads 6 of ~20, which shrinks every response and its parsing by ~3x (the read
+        capacity is the same: DynamoDB charges for the whole item).
+        """
         statuses = [status] if status is not None else list(COUNT_FIELDS)
         paginator = self.ddb.get_paginator("query")
         for st in statuses:
@@ -232,6 +243,10 @@ class Catalogue:
             if label is not None:
                 kwargs["KeyConditionExpression"] += " AND begins_with(gsi1sk, :label)"
                 kwargs["ExpressionAttributeValues"][":label"] = {"S": f"{label}#"}
+            if attributes:
+                names = {f"#p{i}": name for i, name in enumerate(attributes)}
+                kwargs["ProjectionExpression"] = ", ".join(names)
+                kwargs["ExpressionAttributeNames"] = names
             try:
                 for page in paginator.paginate(**kwargs):
                     for item in page.get("Items", []):
@@ -239,9 +254,9 @@ class Catalogue:
             except (ClientError, BotoCoreError) as exc:
                 raise TransientError(f"catalogue query failed: {exc}") from exc
 
-    def accepted_images(self) -> Iterator[dict[str, Any]]:
+    def accepted_images(self, *, attributes: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every record usable for training (status accepted: duplicates and conflicts excluded)."""
-        return self.iter_images(ImageStatus.ACCEPTED)
+        return self.iter_images(ImageStatus.ACCEPTED, attributes=attributes)
 
     # ------------------------------------------------------------------ writes
     def apply(self, update: ImageUpdate) -> ApplyResult:

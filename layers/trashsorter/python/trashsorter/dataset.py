@@ -287,6 +287,10 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
     return getattr(record, name, default)
 
 
+SNAPSHOT_ATTRIBUTES = ("key", "sha256", "label", "format", "version_id", "status")
+"""The catalogue attributes :func:`snapshot_images` reads (the snapshot's query projects only these)."""
+
+
 def snapshot_images(records: Iterable[Any]) -> list[SnapshotImage]:
     """Catalogue records (dicts or objects with the same attribute names) -> accepted SnapshotImages."""
     images: list[SnapshotImage] = []
@@ -310,7 +314,7 @@ def plan_from_catalogue(
     catalogue: Any, *, labels: Sequence[str], validation_fraction: float, bucket: str
 ) -> DatasetPlan:
     """Plan the snapshot of the catalogue's accepted images (``catalogue.accepted_images()``)."""
-    images = snapshot_images(catalogue.accepted_images())
+    images = snapshot_images(catalogue.accepted_images(attributes=SNAPSHOT_ATTRIBUTES))
     return plan_dataset(images, labels=labels, validation_fraction=validation_fraction, bucket=bucket)
 
 
