@@ -1,4 +1,4 @@
-"""Two fixes to moto's DynamoDB backend that the local stack and the tests install (idempotent).
+"""Five fixes to moto's DynamoDB that the local stack and the tests install (idempotent).
 
 1. Thread safety. Real DynamoDB serialises each request on the items it touches; moto's in-process
    backend does not, so parallel Lambdas (the dispatcher's threads, the reliability suite's workers) can
@@ -8,13 +8,31 @@
 2. Cost of ``TransactWriteItems``. moto deep-copies the *whole table* once per transaction item to be able
    to roll back; a catalogue of thousands of records makes every ingest O(table). The patch snapshots only
    the items the transaction names, and restores exactly those when it is cancelled — the same outcome.
+3. Cost of paginated ``Query``. moto answers every page by sorting the whole table, filtering it on the
+   key condition, sorting the matches and walking them up to ``ExclusiveStartKey``: O(table) per page, so
+   reading a 100,000-record GSI partition (~44 pages of 1 MB) took minutes. The patch remembers the sorted
+   matches of a query and where its last page ended; the next page (same query, ``ExclusiveStartKey`` =
+   the previous ``LastEvaluatedKey``) is answered by moto's own code on just the items after that point.
+   Any write to the backend (every backend method that is not a read) invalidates what is remembered, and
+   queries with a sort-key condition or a legacy ``QueryFilter`` always take moto's own path.
+4. Cost of ``ProjectionExpression``. moto converts the whole item to plain JSON once per projected
+   attribute (6 attributes = 6 conversions of all ~20); for projections of top-level attributes only, the
+   patch converts once and picks the attributes from that — the same item. Nested paths and list indexes
+   take moto's own path.
+5. Cost of encoding a ``Query`` response. moto's generic response serializer walks every attribute value
+   through all ten members of the AttributeValue shape (~55 % of a 100,000-record snapshot). A query
+   response holds only ``Items`` / ``LastEvaluatedKey`` (attribute values), counts and
+   ``ConsumedCapacity``, so the patch writes it with moto's own DynamoDB JSON encoder (what moto did
+   before its generic serializer); any other shape of result keeps the generic path.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import threading
+from collections import OrderedDict
 from typing import Any
 
 _LOCK = threading.RLock()
@@ -33,6 +51,214 @@ _LOCKED_METHODS = (
     "delete_table",
     "describe_table",
 )
+
+
+# Backend methods that never change a table; every other public backend method counts as a write.
+_READ_METHODS = frozenset(
+    {
+        "default_vpc_endpoint_service",
+        "describe_endpoints",
+        "list_tags_of_resource",
+        "list_tables",
+        "describe_table",
+        "get_table_keys_name",
+        "get_keys_value",
+        "get_schema",
+        "get_table",
+        "get_item",
+        "query",
+        "scan",
+        "describe_time_to_live",
+        "describe_continuous_backups",
+        "get_backup",
+        "list_backups",
+        "describe_backup",
+        "batch_get_item",
+        "transact_get_items",
+        "describe_import",
+        "describe_export",
+        "list_exports",
+        "get_resource_policy",
+        "iter_tagged_resources",
+    }
+)
+_QUERY_CACHE_SIZE = 8
+
+
+class _QueryCursors:
+    """Sorted matches of recent queries and where each of their pages ended (patch 3)."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._entries: OrderedDict[tuple[Any, ...], tuple[int, list[Any], dict[str, int]]] = OrderedDict()
+
+    def bump(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+    def get(self, key: tuple[Any, ...]) -> tuple[list[Any], dict[str, int]] | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != self.generation:
+            return None
+        self._entries.move_to_end(key)
+        return entry[1], entry[2]
+
+    def put(self, key: tuple[Any, ...], matches: list[Any]) -> dict[str, int]:
+        ends: dict[str, int] = {}
+        self._entries[key] = (self.generation, matches, ends)
+        while len(self._entries) > _QUERY_CACHE_SIZE:
+            self._entries.popitem(last=False)
+        return ends
+
+
+_CURSORS = _QueryCursors()
+
+
+def _key_text(key: dict[str, Any] | None) -> str:
+    """A canonical text for an ExclusiveStartKey (raw JSON) or a LastEvaluatedKey (DynamoType values)."""
+    plain = {
+        name: (value.to_json() if hasattr(value, "to_json") else value) for name, value in (key or {}).items()
+    }
+    return json.dumps(plain, sort_keys=True)
+
+
+def _page_chunk(matches: list[Any], start: int, limit: int | None) -> list[Any]:
+    """The items from ``start`` that can fill one page, plus one more so moto sees where the page ends."""
+    from moto.dynamodb.models.table import RESULT_SIZE_LIMIT
+
+    end, size = start, 0
+    while end < len(matches):
+        size += matches[end].size()
+        end += 1
+        if size > RESULT_SIZE_LIMIT or (limit and end - start > limit):
+            break
+    return matches[start:end]
+
+
+def _patch_query() -> None:
+    from moto.dynamodb.models.table import Table
+
+    original_query = Table.query
+
+    @functools.wraps(original_query)
+    def query(
+        self: Any,
+        hash_key: Any,
+        range_comparison: Any,
+        range_objs: Any,
+        limit: Any,
+        exclusive_start_key: Any,
+        scan_index_forward: Any,
+        projection_expressions: Any,
+        index_name: Any = None,
+        consistent_read: Any = False,
+        filter_expression: Any = None,
+        hash_key_conditions: Any = None,
+        range_key_conditions: Any = None,
+        **filter_kwargs: Any,
+    ) -> Any:
+        def run(start_key: Any) -> Any:
+            return original_query(
+                self,
+                hash_key,
+                range_comparison,
+                range_objs,
+                limit,
+                start_key,
+                scan_index_forward,
+                projection_expressions,
+                index_name,
+                consistent_read,
+                filter_expression,
+                hash_key_conditions=hash_key_conditions,
+                range_key_conditions=range_key_conditions,
+                **filter_kwargs,
+            )
+
+        if range_comparison or filter_kwargs or not index_name:
+            return run(exclusive_start_key)
+        key = (
+            id(self),
+            index_name,
+            repr(hash_key),
+            repr(hash_key_conditions),
+            repr(range_key_conditions),
+            scan_index_forward is not False,
+        )
+        if exclusive_start_key is None:
+            # First page: moto's own query; remember the sorted matches it computed.
+            captured: list[Any] = []
+            original_sorted = self.sorted_items
+
+            def sorted_items(*sort_args: Any) -> Any:
+                result = original_sorted(*sort_args)
+                captured[:] = result
+                return result
+
+            self.sorted_items = sorted_items
+            try:
+                results, scanned, last_key = run(None)
+            finally:
+                del self.sorted_items
+            if last_key is not None:
+                matches = captured[::-1] if scan_index_forward is False else captured
+                _CURSORS.put(key, matches)[_key_text(last_key)] = scanned
+            return results, scanned, last_key
+        remembered = _CURSORS.get(key)
+        start = None if remembered is None else remembered[1].get(_key_text(exclusive_start_key))
+        if remembered is None or start is None:
+            return run(exclusive_start_key)
+        # Next page: moto's own query over just the items after the previous page (in moto's order;
+        # moto re-sorts them, which keeps that order, and reverses them again for a backward query).
+        matches, ends = remembered
+        chunk = _page_chunk(matches, start, limit)
+        self.all_items = lambda: list(chunk)
+        try:
+            results, scanned, last_key = run(None)
+        finally:
+            del self.all_items
+        if last_key is not None:
+            ends[_key_text(last_key)] = start + scanned
+        return results, scanned, last_key
+
+    Table.query = query  # type: ignore[method-assign]
+
+
+def _patch_projection() -> None:
+    from moto.dynamodb.models.dynamo_type import Item, serializer
+
+    original_project = Item.project
+
+    @functools.wraps(original_project)
+    def project(self: Any, projection_expressions: list[list[str]]) -> Any:
+        names = [expr[0] for expr in projection_expressions if len(expr) == 1 and "[" not in expr[0]]
+        if len(names) != len(projection_expressions):
+            return original_project(self, projection_expressions)
+        regular = self.to_regular_json()
+        result = {name: regular[name] for name in names if name in regular}
+        return Item(hash_key=self.hash_key, range_key=self.range_key, attrs=serializer.serialize(result)["M"])
+
+    Item.project = project  # type: ignore[method-assign]
+
+
+_QUERY_RESULT_KEYS = frozenset({"Count", "ScannedCount", "Items", "LastEvaluatedKey", "ConsumedCapacity"})
+
+
+def _patch_query_response() -> None:
+    from moto.dynamodb.models.utilities import DynamoJsonEncoder
+    from moto.dynamodb.responses import DynamoHandler, DynamoResult
+
+    original = DynamoHandler.query
+
+    @functools.wraps(original)
+    def query(self: Any) -> Any:
+        result = original(self)
+        body = getattr(result, "result", None)
+        if type(result) is DynamoResult and isinstance(body, dict) and set(body) <= _QUERY_RESULT_KEYS:
+            return json.dumps(body, cls=DynamoJsonEncoder)
+        return result
+
+    DynamoHandler.query = query  # type: ignore[method-assign]
 
 
 class _CopyProxy:
@@ -131,4 +357,22 @@ def install() -> None:
                 _STATE.in_transaction = False
 
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+    for name, member in list(vars(DynamoDBBackend).items()):
+        if name.startswith("_") or name in _READ_METHODS or not callable(member):
+            continue
+
+        @functools.wraps(member)
+        def write(self: Any, *args: Any, __original: Any = member, **kwargs: Any) -> Any:
+            with _LOCK:
+                _CURSORS.bump()
+                try:
+                    return __original(self, *args, **kwargs)
+                finally:
+                    _CURSORS.bump()
+
+        setattr(DynamoDBBackend, name, write)
+    _patch_query()
+    _patch_projection()
+    _patch_query_response()
     DynamoDBBackend._trashsorter_patched = True  # type: ignore[attr-defined]
