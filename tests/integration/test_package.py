@@ -24,6 +24,7 @@ import pytest
 from botocore.stub import Stubber
 
 from tests.conftest import SAMPLES_DIR, StackHandle, load_event
+from tests.fixtures.greengrass import create_deeplens_group
 from tests.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
 from trashsorter import registry
 from trashsorter.deploy import greengrass_v2
@@ -74,86 +75,12 @@ class Pack:
         return PackageSettings.from_env(env)
 
     def _create_group(self) -> str:
-        core = self.gg.create_core_definition(
-            Name="deeplens-core",
-            InitialVersion={
-                "Cores": [
-                    {
-                        "Id": "deeplens-core",
-                        "CertificateArn": "arn:aws:iot:us-east-1:123456789012:cert/" + "a" * 64,
-                        "SyncShadow": True,
-                        "ThingArn": "arn:aws:iot:us-east-1:123456789012:thing/deeplens_trashcam",
-                    }
-                ]
-            },
-        )
-        resources = self.gg.create_resource_definition(
-            Name="deeplens-resources",
-            InitialVersion={
-                "Resources": [
-                    {
-                        "Id": "gpu-dri",
-                        "Name": "gpu-dri",
-                        "ResourceDataContainer": {
-                            "LocalDeviceResourceData": {
-                                "SourcePath": "/dev/dri/renderD128",
-                                "GroupOwnerSetting": {"AutoAddGroupOwner": True},
-                            }
-                        },
-                    }
-                ]
-            },
-        )
-        functions = self.gg.create_function_definition(
-            Name="deeplens-functions",
-            InitialVersion={
-                "Functions": [
-                    {
-                        "Id": "awscam-stream",
-                        "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:deeplens-stream:1",
-                        "FunctionConfiguration": {"Pinned": True, "MemorySize": 65536, "Timeout": 3},
-                    },
-                    {
-                        "Id": "trashsorter-inference",
-                        "FunctionArn": FUNCTION_ARN.rsplit(":", 1)[0] + ":2",
-                        "FunctionConfiguration": {
-                            "Pinned": True,
-                            "MemorySize": 1024,
-                            "Timeout": 3,
-                            "Environment": {
-                                "ResourceAccessPolicies": [{"ResourceId": "gpu-dri", "Permission": "rw"}]
-                            },
-                        },
-                    },
-                ]
-            },
-        )
-        subs = self.gg.create_subscription_definition(
-            Name="deeplens-subs",
-            InitialVersion={
-                "Subscriptions": [
-                    {
-                        "Id": "infer-to-cloud",
-                        "Source": FUNCTION_ARN,
-                        "Subject": "$aws/things/deeplens_trashcam/infer",
-                        "Target": "cloud",
-                    }
-                ]
-            },
-        )
-        group = self.gg.create_group(
-            Name="deeplens_trashcam",
-            InitialVersion={
-                "CoreDefinitionVersionArn": core["LatestVersionArn"],
-                "ResourceDefinitionVersionArn": resources["LatestVersionArn"],
-                "FunctionDefinitionVersionArn": functions["LatestVersionArn"],
-                "SubscriptionDefinitionVersionArn": subs["LatestVersionArn"],
-            },
-        )
-        self.initial = self.gg.get_group_version(GroupId=group["Id"], GroupVersionId=group["LatestVersion"])[
+        group_id = create_deeplens_group(self.gg, inference_function_arn=FUNCTION_ARN)
+        group = self.gg.get_group(GroupId=group_id)
+        self.initial = self.gg.get_group_version(GroupId=group_id, GroupVersionId=group["LatestVersion"])[
             "Definition"
         ]
-        return str(group["Id"])
+        return group_id
 
     def _subscribe_notices(self) -> str:
         url = self.sqs.create_queue(QueueName="notices")["QueueUrl"]

@@ -38,6 +38,7 @@ import boto3
 import pytest
 
 from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
+from tests.fixtures.greengrass import create_deeplens_group
 from tests.fixtures.model_artifacts import mxnet_model_tar
 from trashsorter import aws, training
 from trashsorter.catalogue import Catalogue
@@ -98,61 +99,6 @@ def fresh_stack(overrides: dict[str, str] | None = None) -> Iterator[StackHandle
             yield StackHandle(created, session)
         finally:
             aws.reset_clients()
-
-
-def create_deeplens_group(gg: Any) -> str:
-    """A DeepLens-like Greengrass v1 group: core, the GPU device resource, the camera stream function."""
-    core = gg.create_core_definition(
-        Name="deeplens-core",
-        InitialVersion={
-            "Cores": [
-                {
-                    "Id": "deeplens-core",
-                    "CertificateArn": "arn:aws:iot:us-east-1:123456789012:cert/" + "b" * 64,
-                    "SyncShadow": True,
-                    "ThingArn": "arn:aws:iot:us-east-1:123456789012:thing/deeplens_trashcam",
-                }
-            ]
-        },
-    )
-    resources = gg.create_resource_definition(
-        Name="deeplens-resources",
-        InitialVersion={
-            "Resources": [
-                {
-                    "Id": "gpu-dri",
-                    "Name": "gpu-dri",
-                    "ResourceDataContainer": {
-                        "LocalDeviceResourceData": {
-                            "SourcePath": "/dev/dri/renderD128",
-                            "GroupOwnerSetting": {"AutoAddGroupOwner": True},
-                        }
-                    },
-                }
-            ]
-        },
-    )
-    functions = gg.create_function_definition(
-        Name="deeplens-functions",
-        InitialVersion={
-            "Functions": [
-                {
-                    "Id": "awscam-stream",
-                    "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:deeplens-stream:1",
-                    "FunctionConfiguration": {"Pinned": True, "MemorySize": 65536, "Timeout": 3},
-                }
-            ]
-        },
-    )
-    group = gg.create_group(
-        Name="deeplens_trashcam",
-        InitialVersion={
-            "CoreDefinitionVersionArn": core["LatestVersionArn"],
-            "ResourceDefinitionVersionArn": resources["LatestVersionArn"],
-            "FunctionDefinitionVersionArn": functions["LatestVersionArn"],
-        },
-    )
-    return str(group["Id"])
 
 
 class Pipeline:
