@@ -3,8 +3,10 @@
 Method: moto in-process with the stack from template.yaml; the catalogue seeded with ``batch_write_item``;
 then the snapshot exactly as start-training makes it: ``plan_from_catalogue`` (GSI query of every accepted
 record, dedupe, hash split) + ``write_dataset`` (labels.txt, .lst and channel manifests, manifest.jsonl).
-Wall time with ``time.perf_counter``. moto's query is a scan of its in-memory table per page, so these
-numbers are an upper bound for the Python side; docs/benchmarks.md gives the arithmetic for real DynamoDB.
+Wall time with ``time.perf_counter``. moto runs with the local stack's patches
+(``trashsorter_cli.local.moto_patches``: a next query page costs O(page), not O(table); one JSON conversion
+per projected item; query responses through moto's DynamoDB JSON encoder), as ``trashsorter local up``
+runs it; docs/benchmarks.md gives the arithmetic for real DynamoDB.
 The Python side alone (no moto) is measured too: ``plan_dataset`` (dedupe, hash split, dataset id) and the
 rendering of every file ``write_dataset`` puts (manifest.jsonl, labels.txt, .lst, channel manifests), on the
 same number of synthetic accepted records.
