@@ -5,6 +5,8 @@
 
   - throttling raises (TransientError: EventBridge retries the event, then dead-letters it to PackageDLQ);
     the retry deploys exactly once and keeps the registry entry of the first attempt;
+  - the answer of a successful ``CreateDeployment`` lost (a read timeout after the call): the retry adopts
+    that deployment (recorded group version + ``ListDeployments``) instead of deploying a second time;
   - AccessDenied / BadRequest end in a recorded, explained state: the model stays registered (champion),
     the deployment is recorded ``failed`` with the reason, the run completes, a notice says so, a replay
     changes nothing, and the kept registry entry can be redeployed once the permission is fixed.
@@ -24,7 +26,7 @@ import json
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from tests.conftest import StackHandle, load_event
 from tests.fixtures.model_artifacts import mxnet_model_tar
@@ -116,7 +118,9 @@ def test_greengrass_throttled_at_deployment_raises_for_retry_then_deploys_once(
     p.s3.head_object(Bucket=p.deeplens_bucket, Key=f"models/{job}/model.tar.gz")
     # ... and nothing claimed done: no deployment, the run still active and holding the lock, no notice
     assert p.gg.list_deployments(GroupId=p.group_id)["Deployments"] == []
-    assert registry.get_deployment(job, "greengrass-v1", "initial", table_name=p.table, ddb=p.ddb) is None
+    pending = registry.get_deployment(job, "greengrass-v1", "initial", table_name=p.table, ddb=p.ddb)
+    assert pending is not None and pending["status"] == "pending"  # the group version it will deploy
+    versions_before_retry = p.gg.list_group_versions(GroupId=p.group_id)["Versions"]
     assert run_status(p, run) == "in_progress"
     assert training.get_lock(p.table, ddb=p.ddb)["holder"] == run["run_id"]
     assert p.notices() == []
@@ -136,6 +140,8 @@ def test_greengrass_throttled_at_deployment_raises_for_retry_then_deploys_once(
     assert len(deployments) == 1
     latest = p.gg.get_group(GroupId=p.group_id)["LatestVersion"]
     assert deployments[0]["GroupArn"].endswith(latest)
+    assert latest == pending["details"]["group_version_id"]  # the retry made no second group version
+    assert p.gg.list_group_versions(GroupId=p.group_id)["Versions"] == versions_before_retry
     recorded = registry.get_deployment(job, "greengrass-v1", "initial", table_name=p.table, ddb=p.ddb)
     assert recorded is not None and recorded["deployment_id"] == deployments[0]["DeploymentId"]
     assert run_status(p, run) == "completed"
@@ -144,6 +150,48 @@ def test_greengrass_throttled_at_deployment_raises_for_retry_then_deploys_once(
     assert notice == f"[trashsorter] Model {job} deployed (accuracy 0.9125)"
     assert p.invoke_package(event)["outcome"] == "duplicate"
     assert len(p.gg.list_deployments(GroupId=p.group_id)["Deployments"]) == 1
+
+
+class LoseCreateDeploymentAnswer:
+    """An after-call hook: ``greengrass:CreateDeployment`` succeeds in Greengrass, but its answer is lost
+    (a read timeout) the first time - as if the function had died right after the call."""
+
+    def __init__(self) -> None:
+        self.lost = 0
+
+    def __call__(self, **_: Any) -> None:
+        if self.lost == 0:
+            self.lost += 1
+            raise ReadTimeoutError(endpoint_url="https://greengrass.us-east-1.amazonaws.com")
+
+
+def test_greengrass_deployment_whose_answer_was_lost_is_adopted_not_repeated(
+    stack: StackHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p, run = trained_pipeline(stack)
+    job = str(run["job_name"])
+    event = completed_event(p, run)
+    hook = LoseCreateDeploymentAnswer()
+    aws.client("greengrass").meta.events.register("after-call.greengrass.CreateDeployment", hook)
+
+    with pytest.raises(TransientError, match="could not create the group deployment: Read timeout"):
+        p.invoke_package(event)
+    [created] = p.gg.list_deployments(GroupId=p.group_id)["Deployments"]  # Greengrass did deploy
+    versions = p.gg.list_group_versions(GroupId=p.group_id)["Versions"]
+
+    monkeypatch.setattr(packaging, "CLAIM_LEASE_SECONDS", 0)  # EventBridge's retry
+    result = p.invoke_package(event)
+
+    assert hook.lost == 1 and result["outcome"] == "deployed", result
+    assert p.gg.list_deployments(GroupId=p.group_id)["Deployments"] == [created]  # not deployed twice
+    assert p.gg.list_group_versions(GroupId=p.group_id)["Versions"] == versions
+    recorded = registry.get_deployment(job, "greengrass-v1", "initial", table_name=p.table, ddb=p.ddb)
+    assert recorded is not None and recorded["status"] == "deployed"
+    assert recorded["deployment_id"] == created["DeploymentId"]
+    assert recorded["note"] == "adopted the deployment an earlier attempt created"
+    assert created["GroupArn"].endswith("/versions/" + recorded["details"]["group_version_id"])
+    assert run_status(p, run) == "completed"
+    assert p.invoke_package(event)["outcome"] == "duplicate"
 
 
 @pytest.mark.parametrize(("code", "status"), [("AccessDeniedException", 403), ("BadRequestException", 400)])

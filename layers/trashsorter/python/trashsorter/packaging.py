@@ -635,8 +635,26 @@ def deploy_model(
             continue
         try:
             if target == TARGET_GREENGRASS_V1:
+                pending = existing if existing and existing.get("status") == "pending" else None
+
+                def remember(details: dict[str, Any], target: str = target) -> None:
+                    # before CreateDeployment: a retry of this request deploys (or adopts) THIS group version
+                    registry.record_deployment(
+                        model_id,
+                        target,
+                        request_id,
+                        {"status": "pending", "details": details},
+                        table_name=table,
+                        ddb=client,
+                    )
+
                 result = greengrass_v1.deploy(
-                    model_id=model_id, artifact_uri=uris["deeplens"], settings=settings, greengrass=greengrass
+                    model_id=model_id,
+                    artifact_uri=uris["deeplens"],
+                    settings=settings,
+                    greengrass=greengrass,
+                    prepared=dict(pending.get("details") or {}) if pending else None,
+                    on_group_version=remember,
                 )
             elif target == TARGET_GREENGRASS_V2:
                 if not settings.edge_thing_group_arn:

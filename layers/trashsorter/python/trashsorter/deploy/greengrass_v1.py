@@ -12,10 +12,16 @@ deployment is a Greengrass group deployment, so this module does what the consol
    access to the model resource;
 4. a new group version keeping the core, device, subscription, logger and connector definitions;
 5. ``create_deployment(DeploymentType="NewDeployment")``.
+
+Exactly once across retries: the caller records the group version of step 4 (``on_group_version``) before
+step 5. A retry passes that record back (``prepared``): if a deployment of that group version exists (the
+first attempt's ``CreateDeployment`` succeeded but its answer was lost, or the function died before
+recording it), it is adopted; otherwise only step 5 runs. No second group version, no second deployment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -96,14 +102,53 @@ def inference_function(function_arn: str, model_id: str, previous: dict[str, Any
     }
 
 
+def _deployment_of(gg: Any, group_id: str, group_version_id: str) -> dict[str, Any] | None:
+    """The group's deployment of ``group_version_id`` (its ``GroupArn`` ends with ``/versions/<id>``)."""
+    kwargs: dict[str, Any] = {"GroupId": group_id}
+    while True:
+        page = gg.list_deployments(**kwargs)
+        for deployment in page.get("Deployments", []):
+            if str(deployment.get("GroupArn", "")).endswith(f"/versions/{group_version_id}"):
+                return dict(deployment)
+        if not page.get("NextToken"):
+            return None
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def _deployed(
+    group_id: str, model_id: str, deployment: Mapping[str, Any], details: Mapping[str, Any], note: str = ""
+) -> DeploymentResult:
+    logger.info(
+        "DeepLens deployment requested",
+        extra={"group_id": group_id, "deployment_id": deployment["DeploymentId"], "model_id": model_id},
+    )
+    return DeploymentResult(
+        TARGET_GREENGRASS_V1,
+        "deployed",
+        deployment_id=str(deployment["DeploymentId"]),
+        note=note,
+        details={**details, "deployment_arn": deployment.get("DeploymentArn", "")},
+    )
+
+
 def deploy(
-    *, model_id: str, artifact_uri: str, settings: PackageSettings, greengrass: Any = None
+    *,
+    model_id: str,
+    artifact_uri: str,
+    settings: PackageSettings,
+    greengrass: Any = None,
+    prepared: Mapping[str, Any] | None = None,
+    on_group_version: Callable[[dict[str, Any]], None] | None = None,
 ) -> DeploymentResult:
     """Deploy ``artifact_uri`` (``s3://deeplens-.../models/<job>/model.tar.gz``) to the DeepLens group.
 
     Not configured (no ``DEEPLENS_GROUP_ID``) -> ``skipped``. A group without an inference function ARN
     -> :class:`ConfigurationError` naming ``DeepLensInferenceFunctionArn``. Greengrass refusing ->
     :class:`DeploymentError`; throttling / 5xx -> :class:`TransientError`.
+
+    ``on_group_version(details)`` is called with the new group version (``group_version_id`` and the
+    definition version ARNs) before the deployment is requested; ``prepared`` = those details from an
+    earlier attempt of the same request: that group version is deployed (or its deployment adopted).
     """
     group_id = settings.deeplens_group_id
     if not group_id:
@@ -114,6 +159,26 @@ def deploy(
             "deploy edge/deeplens as a Lambda version and set its ARN"
         )
     gg = greengrass or aws.client("greengrass")
+    if (
+        prepared
+        and prepared.get("group_id") == group_id
+        and prepared.get("artifact_uri") == artifact_uri
+        and prepared.get("group_version_id")
+    ):
+        version_id = str(prepared["group_version_id"])
+        step = "look for the deployment of the recorded group version"
+        try:
+            found = _deployment_of(gg, group_id, version_id)
+            if found is not None:
+                note = "adopted the deployment an earlier attempt created"
+                return _deployed(group_id, model_id, found, prepared, note=note)
+            step = "create the group deployment"
+            deployment = gg.create_deployment(
+                GroupId=group_id, GroupVersionId=version_id, DeploymentType="NewDeployment"
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_failure(f"DeepLens group {group_id}: could not {step}", exc) from exc
+        return _deployed(group_id, model_id, deployment, prepared)
     step = "read the DeepLens group"
     try:
         group = gg.get_group(GroupId=group_id)
@@ -180,6 +245,15 @@ def deploy(
             ResourceDefinitionVersionArn=resource_version_arn,
             **group_version_args,
         )
+        details: dict[str, Any] = {
+            "group_id": group_id,
+            "group_version_id": group_version["Version"],
+            "resource_definition_version_arn": resource_version_arn,
+            "function_definition_version_arn": function_version_arn,
+            "artifact_uri": artifact_uri,
+        }
+        if on_group_version is not None:
+            on_group_version(details)
 
         step = "create the group deployment"
         deployment = gg.create_deployment(
@@ -187,21 +261,4 @@ def deploy(
         )
     except (ClientError, BotoCoreError) as exc:
         raise aws_failure(f"DeepLens group {group_id}: could not {step}", exc) from exc
-
-    logger.info(
-        "DeepLens deployment requested",
-        extra={"group_id": group_id, "deployment_id": deployment["DeploymentId"], "model_id": model_id},
-    )
-    return DeploymentResult(
-        TARGET_GREENGRASS_V1,
-        "deployed",
-        deployment_id=str(deployment["DeploymentId"]),
-        details={
-            "group_id": group_id,
-            "group_version_id": group_version["Version"],
-            "deployment_arn": deployment.get("DeploymentArn", ""),
-            "resource_definition_version_arn": resource_version_arn,
-            "function_definition_version_arn": function_version_arn,
-            "artifact_uri": artifact_uri,
-        },
-    )
+    return _deployed(group_id, model_id, deployment, details)
