@@ -620,6 +620,13 @@ def deploy_model(
         targets = [TARGET_GREENGRASS_V2, TARGET_LOCAL_DEVICE]
     else:
         raise PackagingError(f"model {model_id} has no deployable artifact (format {model.get('format')!r})")
+
+    def record_pending(target: str, fields: dict[str, Any]) -> None:
+        """What a retry of this request must reuse, recorded before the target is called."""
+        registry.record_deployment(
+            model_id, target, request_id, {"status": "pending", **fields}, table_name=table, ddb=client
+        )
+
     for target in targets:
         existing = registry.get_deployment(model_id, target, request_id, table_name=table, ddb=client)
         if existing and existing.get("status") in ("deployed", "skipped"):
@@ -639,14 +646,7 @@ def deploy_model(
 
                 def remember(details: dict[str, Any], target: str = target) -> None:
                     # before CreateDeployment: a retry of this request deploys (or adopts) THIS group version
-                    registry.record_deployment(
-                        model_id,
-                        target,
-                        request_id,
-                        {"status": "pending", "details": details},
-                        table_name=table,
-                        ddb=client,
-                    )
+                    record_pending(target, {"details": details})
 
                 result = greengrass_v1.deploy(
                     model_id=model_id,
@@ -667,14 +667,7 @@ def deploy_model(
                         version = greengrass_v2.next_component_version(
                             settings.edge_component_name, table_name=table, ddb=client
                         )
-                        registry.record_deployment(
-                            model_id,
-                            target,
-                            request_id,
-                            {"status": "pending", "component_version": version},
-                            table_name=table,
-                            ddb=client,
-                        )
+                        record_pending(target, {"component_version": version})
                     result = greengrass_v2.deploy(
                         model_id=model_id,
                         artifact_uri=uris["onnx"],
