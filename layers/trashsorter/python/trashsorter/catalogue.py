@@ -151,6 +151,27 @@ def _reason_for(status: str, key: str, label: str, owners: Mapping[str, Sequence
     )
 
 
+_RECONCILE_CHUNK = MAX_TRANSACTION_ITEMS // 2  # status updates per reconcile transaction
+
+
+def _retryable(exc: ClientError) -> bool:
+    """A lost race (a condition or another transaction): re-read and plan again."""
+    code = aws.error_code(exc)
+    reasons = {r.get("Code") for r in exc.response.get("CancellationReasons", []) or []}
+    return code == "TransactionConflictException" or (
+        code == "TransactionCanceledException" and bool(reasons & _RETRYABLE_CANCEL)
+    )
+
+
+def _add_deltas(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    total: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for part in parts:
+        for label, per in part.items():
+            for status, n in per.items():
+                total[label][status] += n
+    return total
+
+
 class Catalogue:
     """Image records, hash owners and counters in the catalogue table (low-level DynamoDB client)."""
 
@@ -260,26 +281,26 @@ class Catalogue:
 
     # ------------------------------------------------------------------ writes
     def apply(self, update: ImageUpdate) -> ApplyResult:
-        """Make the catalogue reflect ``update`` (idempotent; stale sequencers are ignored)."""
+        """Make the catalogue reflect ``update`` (idempotent; stale sequencers are ignored).
+
+        When the other copies of the same bytes whose status follows from this change do not fit in the
+        key's transaction, the key's change commits first (its record marked ``reconcile``) and
+        :meth:`_reconcile` flips the others in chunks; a retry of the same update finishes that work.
+        """
         for attempt in range(1, self.max_attempts + 1):
-            result, transaction = self._plan(update)
+            result, transaction, pending = self._plan(update)
             if not transaction:
-                return result
-            if len(transaction) > MAX_TRANSACTION_ITEMS:
+                break
+            if len(transaction) > MAX_TRANSACTION_ITEMS:  # pragma: no cover - the plan defers flips first
                 raise TransientError(
                     f"{update.key}: the change touches {len(transaction)} catalogue items, more than one "
-                    f"transaction holds ({MAX_TRANSACTION_ITEMS}); too many copies of the same bytes"
+                    f"transaction holds ({MAX_TRANSACTION_ITEMS})"
                 )
             try:
                 self.ddb.transact_write_items(TransactItems=transaction)
-                return result
+                break
             except ClientError as exc:
-                code = aws.error_code(exc)
-                reasons = {r.get("Code") for r in exc.response.get("CancellationReasons", []) or []}
-                retryable = code == "TransactionConflictException" or (
-                    code == "TransactionCanceledException" and reasons & _RETRYABLE_CANCEL
-                )
-                if not retryable:
+                if not _retryable(exc):
                     raise TransientError(f"catalogue write for {update.key} failed: {exc}") from exc
                 if attempt == self.max_attempts:
                     raise ConcurrencyConflict(
@@ -288,18 +309,195 @@ class Catalogue:
                 time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
             except BotoCoreError as exc:
                 raise TransientError(f"catalogue write for {update.key} failed: {exc}") from exc
-        raise ConcurrencyConflict(f"catalogue write for {update.key} did not complete")  # pragma: no cover
+        else:  # pragma: no cover
+            raise ConcurrencyConflict(f"catalogue write for {update.key} did not complete")
+        if pending is None:
+            return result
+        shas, rev = pending
+        newly, deltas = self._reconcile(update.key, shas, rev)
+        merged: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for source in (result.deltas, deltas):
+            for label, per in source.items():
+                for status, n in per.items():
+                    merged[label][status] += n
+        return ApplyResult(
+            result.key,
+            result.status,
+            changed=result.changed,
+            stale=result.stale,
+            newly_accepted=result.newly_accepted + newly,
+            deltas={
+                label: {st: n for st, n in per.items() if n}
+                for label, per in merged.items()
+                if any(per.values())
+            },
+        )
 
-    def _plan(self, update: ImageUpdate) -> tuple[ApplyResult, list[dict[str, Any]]]:
-        """Read what the update depends on and build the transaction (empty when nothing changes)."""
+    def _reconcile(self, key: str, shas: Sequence[str], rev: int) -> tuple[int, dict[str, dict[str, int]]]:
+        """Bring every copy of ``shas`` to the status its owners map derives, in chunks; unmark ``key``.
+
+        Each chunk is one transaction: the status updates (conditional on each record's ``rev``), a
+        check that the owners map is still the one read, and the chunk's own counter deltas, so the
+        counts match the records after every chunk. Returns (newly accepted, counter deltas).
+        """
+        newly_total = 0
+        totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for sha in shas:
+            races = 0
+            while True:
+                group = self._get(hash_key(sha))
+                if group is None:
+                    break
+                owners = {lbl: list(keys) for lbl, keys in group.get("owners", {}).items()}
+                derived = derive_statuses(owners)
+                records = {str(r["key"]): r for r in self._batch_get([image_key(k) for k in sorted(derived)])}
+                stale = [
+                    (k, records[k], derived[k])
+                    for k in sorted(derived)
+                    if k in records
+                    and str(records[k]["status"]) in GROUP_STATUSES
+                    and str(records[k]["status"]) != derived[k]
+                ]
+                if not stale:
+                    break
+                now = now_iso()
+                deltas: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+                newly = 0
+                items: list[dict[str, Any]] = []
+                for k, record, target in stale[:_RECONCILE_CHUNK]:
+                    items.append(self._status_update(k, record, target, owners, now))
+                    deltas[str(record["label"])][str(record["status"])] -= 1
+                    deltas[str(record["label"])][target] += 1
+                    newly += target == ImageStatus.ACCEPTED
+                items.append(self._owners_check(sha, int(group["version"])))
+                items.extend(self._counter_updates(deltas, newly))
+                try:
+                    self.ddb.transact_write_items(TransactItems=items)
+                except ClientError as exc:
+                    races += 1
+                    if not _retryable(exc):
+                        raise TransientError(f"catalogue reconcile of {sha} failed: {exc}") from exc
+                    if races >= self.max_attempts:
+                        raise ConcurrencyConflict(f"catalogue reconcile of {sha} lost {races} races") from exc
+                    time.sleep(random.uniform(0, min(0.5, 0.005 * 2**races)))
+                    continue
+                except BotoCoreError as exc:
+                    raise TransientError(f"catalogue reconcile of {sha} failed: {exc}") from exc
+                newly_total += newly
+                for label, per in deltas.items():
+                    for status, n in per.items():
+                        totals[label][status] += n
+        try:
+            self.ddb.update_item(
+                TableName=self.table_name,
+                Key=serialize(image_key(key)),
+                UpdateExpression="REMOVE reconcile",
+                ConditionExpression="#rev = :rev",
+                ExpressionAttributeNames={"#rev": "rev"},
+                ExpressionAttributeValues={":rev": {"N": str(rev)}},
+            )
+        except ClientError as exc:
+            if aws.error_code(exc) != "ConditionalCheckFailedException":  # rewritten since: not ours
+                raise TransientError(f"catalogue write for {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"catalogue write for {key} failed: {exc}") from exc
+        return newly_total, {lbl: dict(per) for lbl, per in totals.items()}
+
+    def _status_update(
+        self, k: str, record: Mapping[str, Any], target: str, owners: Mapping[str, Sequence[str]], now: str
+    ) -> dict[str, Any]:
+        """Set the derived ``target`` status of another copy (conditional on its ``rev``)."""
+        values: dict[str, Any] = {
+            ":s": {"S": target},
+            ":g": {"S": f"STATUS#{target}"},
+            ":u": {"S": now},
+            ":rev": {"N": str(int(record.get("rev", 0)))},
+            ":one": {"N": "1"},
+        }
+        expression = "SET #status = :s, gsi1pk = :g, updated_at = :u, #rev = #rev + :one"
+        if target == ImageStatus.ACCEPTED:
+            expression += " REMOVE reason_code, reason"
+        else:
+            code, reason = _reason_for(target, k, str(record["label"]), owners)
+            expression += ", reason_code = :rc, reason = :r"
+            values[":rc"], values[":r"] = {"S": code}, {"S": reason}
+        return {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": serialize(image_key(k)),
+                "UpdateExpression": expression,
+                "ConditionExpression": "#rev = :rev",
+                "ExpressionAttributeNames": {"#status": "status", "#rev": "rev"},
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    def _owners_check(self, sha: str, version: int) -> dict[str, Any]:
+        return {
+            "ConditionCheck": {
+                "TableName": self.table_name,
+                "Key": serialize(hash_key(sha)),
+                "ConditionExpression": "#v = :v",
+                "ExpressionAttributeNames": {"#v": "version"},
+                "ExpressionAttributeValues": {":v": {"N": str(version)}},
+            }
+        }
+
+    def _counter_updates(
+        self, deltas: Mapping[str, Mapping[str, int]], newly_accepted: int
+    ) -> list[dict[str, Any]]:
+        """One ADD per label (deltas aggregated) and the accepted sequence."""
+        items: list[dict[str, Any]] = []
+        for label, per_status in sorted(deltas.items()):
+            nonzero = {s: n for s, n in per_status.items() if n}
+            if not nonzero:
+                continue
+            names = {f"#c{i}": s for i, s in enumerate(nonzero)}
+            vals = {f":c{i}": {"N": str(n)} for i, n in enumerate(nonzero.values())}
+            vals[":label"] = {"S": label}
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": serialize(label_counts_key(label)),
+                        "UpdateExpression": "SET #label = :label ADD "
+                        + ", ".join(f"{n} :c{i}" for i, n in enumerate(names)),
+                        "ExpressionAttributeNames": {**names, "#label": "label"},
+                        "ExpressionAttributeValues": vals,
+                    }
+                }
+            )
+        if newly_accepted:
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": serialize(STATE_KEY),
+                        "UpdateExpression": "ADD accepted_seq :n",
+                        "ExpressionAttributeValues": {":n": {"N": str(newly_accepted)}},
+                    }
+                }
+            )
+        return items
+
+    def _plan(
+        self, update: ImageUpdate
+    ) -> tuple[ApplyResult, list[dict[str, Any]], tuple[list[str], int] | None]:
+        """Read what the update depends on and build the transaction (empty when nothing changes).
+
+        The third value, when not None, is (hashes, rev): the other copies of those hashes are brought to
+        their derived status after the transaction, by :meth:`_reconcile` (they did not fit in it).
+        """
         key = update.key
         rec = self.get_image(key)
         if rec is not None:
             old_seq = str(rec.get("sequencer") or "")
             if update.sequencer and old_seq and not sequencer_newer(update.sequencer, old_seq):
-                return ApplyResult(key, str(rec["status"]), changed=False, stale=True), []
+                return ApplyResult(key, str(rec["status"]), changed=False, stale=True), [], None
             if self._same(rec, update):
-                return ApplyResult(key, str(rec["status"]), changed=False), []
+                unfinished = [str(sha) for sha in rec.get("reconcile") or []]
+                resume = (unfinished, int(rec.get("rev", 0))) if unfinished else None
+                return ApplyResult(key, str(rec["status"]), changed=False), [], resume
 
         old_status = str(rec["status"]) if rec else None
         old_group = (str(rec["sha256"]), str(rec["label"])) if rec and old_status in GROUP_STATUSES else None
@@ -388,6 +586,9 @@ class Catalogue:
             newly_accepted += 1
 
         # --- other keys whose status follows the owners maps
+        flips: list[dict[str, Any]] = []
+        flip_deltas: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        flip_newly = 0
         for k in others:
             other = other_records.get(k)
             if other is None:
@@ -396,53 +597,18 @@ class Catalogue:
             target = derived.get(k)
             if target is None or cur == target or cur not in GROUP_STATUSES:
                 continue
-            values: dict[str, Any] = {
-                ":s": {"S": target},
-                ":g": {"S": f"STATUS#{target}"},
-                ":u": {"S": now},
-                ":rev": {"N": str(int(other.get("rev", 0)))},
-                ":one": {"N": "1"},
-            }
-            expression = "SET #status = :s, gsi1pk = :g, updated_at = :u, #rev = #rev + :one"
+            flips.append(self._status_update(k, other, target, owners_of[k], now))
+            flip_deltas[str(other["label"])][cur] -= 1
+            flip_deltas[str(other["label"])][target] += 1
             if target == ImageStatus.ACCEPTED:
-                expression += " REMOVE reason_code, reason"
-            else:
-                code, reason = _reason_for(target, k, str(other["label"]), owners_of[k])
-                expression += ", reason_code = :rc, reason = :r"
-                values[":rc"], values[":r"] = {"S": code}, {"S": reason}
-            transaction.append(
-                {
-                    "Update": {
-                        "TableName": self.table_name,
-                        "Key": serialize(image_key(k)),
-                        "UpdateExpression": expression,
-                        "ConditionExpression": "#rev = :rev",
-                        "ExpressionAttributeNames": {"#status": "status", "#rev": "rev"},
-                        "ExpressionAttributeValues": values,
-                    }
-                }
-            )
-            deltas[str(other["label"])][cur] -= 1
-            deltas[str(other["label"])][target] += 1
-            if target == ImageStatus.ACCEPTED:
-                newly_accepted += 1
+                flip_newly += 1
 
         # --- hash owners (optimistic concurrency on version)
         for sha in shas:
             old = hashes[sha]
             if before[sha] == after[sha] and old is not None:
                 # Membership unchanged: still pin the version so a concurrent change re-plans us.
-                transaction.append(
-                    {
-                        "ConditionCheck": {
-                            "TableName": self.table_name,
-                            "Key": serialize(hash_key(sha)),
-                            "ConditionExpression": "#v = :v",
-                            "ExpressionAttributeNames": {"#v": "version"},
-                            "ExpressionAttributeValues": {":v": {"N": str(int(old["version"]))}},
-                        }
-                    }
-                )
+                transaction.append(self._owners_check(sha, int(old["version"])))
                 continue
             condition: dict[str, Any] = (
                 {
@@ -469,37 +635,23 @@ class Catalogue:
                     {"Delete": {"TableName": self.table_name, "Key": serialize(hash_key(sha)), **condition}}
                 )
 
+        # --- the other copies: in this transaction when they fit, else reconciled right after it
+        pending: tuple[list[str], int] | None = None
+        all_deltas = _add_deltas(deltas, flip_deltas)
+        fits = (
+            len(transaction)
+            + len(flips)
+            + len(self._counter_updates(all_deltas, newly_accepted + flip_newly))
+        )
+        if not flips or fits <= MAX_TRANSACTION_ITEMS:
+            transaction[1:1] = flips
+            deltas, newly_accepted = all_deltas, newly_accepted + flip_newly
+        else:
+            pending = (list(shas), int(item["rev"]))
+            transaction[0]["Put"]["Item"]["reconcile"] = {"L": [{"S": sha} for sha in shas]}
+
         # --- counters: one ADD per label, deltas aggregated
-        for label, per_status in sorted(deltas.items()):
-            nonzero = {s: n for s, n in per_status.items() if n}
-            if not nonzero:
-                continue
-            names = {f"#c{i}": s for i, s in enumerate(nonzero)}
-            vals = {f":c{i}": {"N": str(n)} for i, n in enumerate(nonzero.values())}
-            vals[":label"] = {"S": label}
-            transaction.append(
-                {
-                    "Update": {
-                        "TableName": self.table_name,
-                        "Key": serialize(label_counts_key(label)),
-                        "UpdateExpression": "SET #label = :label ADD "
-                        + ", ".join(f"{n} :c{i}" for i, n in enumerate(names)),
-                        "ExpressionAttributeNames": {**names, "#label": "label"},
-                        "ExpressionAttributeValues": vals,
-                    }
-                }
-            )
-        if newly_accepted:
-            transaction.append(
-                {
-                    "Update": {
-                        "TableName": self.table_name,
-                        "Key": serialize(STATE_KEY),
-                        "UpdateExpression": "ADD accepted_seq :n",
-                        "ExpressionAttributeValues": {":n": {"N": str(newly_accepted)}},
-                    }
-                }
-            )
+        transaction.extend(self._counter_updates(deltas, newly_accepted))
         clean = {lbl: {s: n for s, n in d.items() if n} for lbl, d in deltas.items()}
         result = ApplyResult(
             key,
@@ -508,7 +660,7 @@ class Catalogue:
             newly_accepted=newly_accepted,
             deltas={lbl: d for lbl, d in clean.items() if d},
         )
-        return result, transaction
+        return result, transaction, pending
 
     @staticmethod
     def _same(rec: Mapping[str, Any], update: ImageUpdate) -> bool:
@@ -518,5 +670,9 @@ class Catalogue:
             return status == ImageStatus.DELETED
         if status == ImageStatus.DELETED or (status == ImageStatus.REJECTED) != (update.kind == "rejected"):
             return False
-        fields = ("label", "sha256", "version_id", "etag", "reason_code")
+        # A duplicate's or conflict's reason_code is derived (not part of the update): compare it for
+        # rejections only, so a replay without a sequencer (reindex) leaves those records untouched.
+        fields = ("label", "sha256", "version_id", "etag") + (
+            ("reason_code",) if update.kind == "rejected" else ()
+        )
         return all((rec.get(f) or None) == (getattr(update, f) or None) for f in fields)
