@@ -8,7 +8,7 @@ Powertools, pydantic, the settings built from the environment, and boto3 itself.
 
 Sizes: each function directory zipped (deflate) as ``sam build`` uploads it; the layer = layers/trashsorter/
 python + the installed distributions its requirements.txt pulls in (transitively, from this venv's
-site-packages, without ``__pycache__``; boto3/botocore excluded: the Lambda runtime provides them), raw and
+site-packages, without ``__pycache__``; boto3 and botocore included: the layer ships them), raw and
 zipped. Lambda's limits: 50 MB zipped upload, 250 MB unzipped (function + layers).
 """
 
@@ -28,7 +28,6 @@ from benchmarks.common import ROOT, Result, Section, median
 
 FUNCTIONS = ("ingest", "start_training", "package")
 TARGET_RATIO = 1.5
-PROVIDED_BY_RUNTIME = {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"}
 
 ENV = {
     "TABLE_NAME": "bench-table",
@@ -95,8 +94,6 @@ def _requirement_closure(requirements: list[str]) -> list[metadata.Distribution]
             continue
         name = _normal(match.group(1))
         extras = {e.strip() for e in (match.group(3) or "").split(",") if e.strip()}
-        if name in PROVIDED_BY_RUNTIME:
-            continue
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
