@@ -18,6 +18,8 @@ import pytest
 from tests.conftest import StackHandle
 from trashsorter.catalogue import MAX_TRANSACTION_ITEMS, Catalogue, ImageUpdate
 from trashsorter.errors import TransientError
+from trashsorter.ingest import _Ingestor
+from trashsorter.settings import IngestSettings
 
 pytestmark = [pytest.mark.integration]
 
@@ -25,12 +27,13 @@ SHA = "ab" * 32
 COPIES = MAX_TRANSACTION_ITEMS + 5  # 105 Compost copies: a conflict flips all of them
 
 
-def frame(key: str, label: str, sha: str = SHA) -> ImageUpdate:
+def frame(key: str, label: str, sha: str = SHA, sequencer: str = "") -> ImageUpdate:
     return ImageUpdate(
         key=key,
         bucket="b",
         kind="valid",
         label=label,
+        sequencer=sequencer,
         sha256=sha,
         format="JPEG",
         mode="RGB",
@@ -93,8 +96,9 @@ def test_a_conflict_over_more_copies_than_a_transaction_holds_flips_them_all(cat
 
 
 def test_a_crash_between_the_chunks_is_finished_by_the_retry(
-    catalogue: Catalogue, monkeypatch: pytest.MonkeyPatch
+    catalogue: Catalogue, stack: StackHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    settings = IngestSettings.from_env(stack.function_env("IngestFunction"))
     real = catalogue.ddb.transact_write_items
     calls: list[int] = []
 
@@ -105,7 +109,8 @@ def test_a_crash_between_the_chunks_is_finished_by_the_retry(
         return real(**kwargs)
 
     monkeypatch.setattr(catalogue.ddb, "transact_write_items", crash_on_second)
-    update = frame("images/Landfill/black.jpg", "Landfill")
+    # an S3 event: the redelivery carries the same sequencer, so the record it wrote makes it "stale"
+    update = frame("images/Landfill/black.jpg", "Landfill", sequencer="0055AED6DCD90281E5")
     with pytest.raises(TransientError, match="died between two chunks"):
         catalogue.apply(update)
     half = counts(catalogue)
@@ -116,9 +121,23 @@ def test_a_crash_between_the_chunks_is_finished_by_the_retry(
     record = catalogue.get_image("images/Landfill/black.jpg")
     assert record is not None and record.get("reconcile")  # the marker a replay acts on
 
-    retried = catalogue.apply(update)  # the queue's retry: same event
-
-    assert retried.status == "conflict"
+    # the queue's retry of the same S3 event: the ingest step sees its own record with the same sequencer
+    # (stale) and returns before apply(); the record's marker still makes it finish the reconcile
+    ingestor = _Ingestor(settings, s3=None, ddb=catalogue.ddb, events=None)
+    outcome = ingestor.created(
+        "b",
+        update.key,
+        "Landfill",
+        True,
+        sequencer=update.sequencer,
+        version_id=None,
+        etag=None,
+        size=1234,
+    )
+    assert outcome.status == "conflict" and not outcome.changed
+    assert counts(catalogue) == {"Compost": {"conflict": COPIES}, "Landfill": {"conflict": 1}}
+    retried = catalogue.apply(update)
+    assert retried.status == "conflict" and retried.stale
     assert counts(catalogue) == {"Compost": {"conflict": COPIES}, "Landfill": {"conflict": 1}}
     record = catalogue.get_image("images/Landfill/black.jpg")
     assert record is not None and "reconcile" not in record

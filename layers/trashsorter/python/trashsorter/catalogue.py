@@ -333,6 +333,15 @@ class Catalogue:
             },
         )
 
+    def resume(self, record: Mapping[str, Any]) -> int:
+        """Finish the reconcile a record's ``reconcile`` marker asks for (a redelivery that the caller
+        recognised as a replay or as stale before calling :meth:`apply`); returns newly accepted images."""
+        shas = [str(sha) for sha in record.get("reconcile") or []]
+        if not shas:
+            return 0
+        newly, _ = self._reconcile(str(record["key"]), shas, int(record.get("rev", 0)))
+        return newly
+
     def _reconcile(self, key: str, shas: Sequence[str], rev: int) -> tuple[int, dict[str, dict[str, int]]]:
         """Bring every copy of ``shas`` to the status its owners map derives, in chunks; unmark ``key``.
 
@@ -491,12 +500,14 @@ class Catalogue:
         key = update.key
         rec = self.get_image(key)
         if rec is not None:
+            # A marker left by a change whose other copies were not all reconciled (a crash between the
+            # chunks): the redelivery - same sequencer, so "stale", or a replay - finishes that work.
+            unfinished = [str(sha) for sha in rec.get("reconcile") or []]
+            resume = (unfinished, int(rec.get("rev", 0))) if unfinished else None
             old_seq = str(rec.get("sequencer") or "")
             if update.sequencer and old_seq and not sequencer_newer(update.sequencer, old_seq):
-                return ApplyResult(key, str(rec["status"]), changed=False, stale=True), [], None
+                return ApplyResult(key, str(rec["status"]), changed=False, stale=True), [], resume
             if self._same(rec, update):
-                unfinished = [str(sha) for sha in rec.get("reconcile") or []]
-                resume = (unfinished, int(rec.get("rev", 0))) if unfinished else None
                 return ApplyResult(key, str(rec["status"]), changed=False), [], resume
 
         old_status = str(rec["status"]) if rec else None

@@ -186,7 +186,8 @@ class _Ingestor:
         if self._replay_or_stale(rec, sequencer, etag, version_id):
             assert rec is not None
             status = str(rec["status"])
-            if status == ImageStatus.ACCEPTED:
+            newly = self.catalogue.resume(rec)  # other copies a crashed first delivery left unreconciled
+            if newly or status == ImageStatus.ACCEPTED:
                 self._threshold()  # finishes a publication a crashed first delivery may have left undone
             return IngestOutcome(key, label, status, rec.get("reason_code"), changed=False)
         base: dict[str, Any] = {
@@ -259,6 +260,8 @@ class _Ingestor:
         rec = self.catalogue.get_image(key)
         if rec is not None and sequencer and rec.get("sequencer"):
             if not sequencer_newer(sequencer, str(rec["sequencer"])):
+                if self.catalogue.resume(rec):
+                    self._threshold()
                 return IngestOutcome(key, label, str(rec["status"]), "stale", changed=False)
         if permanent and version_id and rec is not None and rec.get("version_id") not in (None, version_id):
             # An older, non-catalogued version was removed: the catalogued one is untouched.
