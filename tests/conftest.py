@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import quote_plus
 
 import boto3
 import pytest
@@ -91,3 +92,21 @@ def load_event(name: str, **replacements: str) -> dict[str, Any]:
         text = text.replace(old, new)
     result: dict[str, Any] = json.loads(text)
     return result
+
+
+def put_s3_record(s3: Any, bucket: str, key: str, data: bytes) -> dict[str, Any]:
+    """Put ``data`` at ``key`` and return the S3 notification record of that put (key URL-encoded, as S3
+    and moto send it)."""
+    put = s3.put_object(Bucket=bucket, Key=key, Body=data)
+    return {
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": bucket},
+            "object": {
+                "key": quote_plus(key),
+                "size": len(data),
+                "eTag": put["ETag"].strip('"'),
+                "versionId": put.get("VersionId"),
+            },
+        },
+    }

@@ -18,7 +18,7 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import ClientError
 
-from tests.conftest import StackHandle
+from tests.conftest import StackHandle, put_s3_record
 from tests.unit import hostile
 from trashsorter.catalogue import Catalogue
 from trashsorter.errors import TransientError
@@ -50,19 +50,7 @@ class Env:
         self.catalogue = Catalogue(self.settings.table_name, ddb=self.ddb)
 
     def put(self, key: str, data: bytes) -> dict[str, Any]:
-        put = self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
-        return {
-            "eventName": "ObjectCreated:Put",
-            "s3": {
-                "bucket": {"name": self.bucket},
-                "object": {
-                    "key": quote_plus(key),
-                    "size": len(data),
-                    "eTag": put["ETag"].strip('"'),
-                    "versionId": put.get("VersionId"),
-                },
-            },
-        }
+        return put_s3_record(self.s3, self.bucket, key, data)
 
     def ingest(self, record: dict[str, Any], ddb: Any = None) -> Any:
         return process_s3_record(record, self.settings, s3=self.s3, ddb=ddb or self.ddb, events=self.events)

@@ -17,14 +17,13 @@ import time
 import tracemalloc
 from functools import cache
 from pathlib import Path
-from urllib.parse import quote_plus
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import StackHandle
+from tests.conftest import StackHandle, put_s3_record
 from tests.reliability.corpus import CORPUS, EITHER, REJECT, WRONG_EXTENSIONS, Hostile, encode, photo
 from trashsorter.errors import Rejection
 from trashsorter.validation import ImageInfo, sniff_format, validate_image
@@ -218,19 +217,7 @@ def test_wrong_extensions_are_judged_by_content_through_ingest(stack: StackHandl
 
     for key, build, expected in WRONG_EXTENSIONS:
         data = build()
-        put = s3.put_object(Bucket=bucket, Key=key, Body=data)
-        record = {
-            "eventName": "ObjectCreated:Put",
-            "s3": {
-                "bucket": {"name": bucket},
-                "object": {
-                    "key": quote_plus(key),
-                    "size": len(data),
-                    "eTag": put["ETag"].strip('"'),
-                    "versionId": put.get("VersionId"),
-                },
-            },
-        }
+        record = put_s3_record(s3, bucket, key, data)
         outcome = process_s3_record(record, settings_, s3=s3, ddb=ddb, events=events)
         rec = Catalogue(settings_.table_name, ddb=ddb).get_image(key)
         assert rec is not None, key

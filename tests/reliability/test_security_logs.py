@@ -8,11 +8,10 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import quote_plus
 
 import pytest
 
-from tests.conftest import StackHandle
+from tests.conftest import StackHandle, put_s3_record
 from tests.unit import hostile
 from trashsorter.observability import logger
 
@@ -67,21 +66,7 @@ def test_ingest_logs_never_contain_image_bytes_or_keys(stack: StackHandle, debug
     }
     records = []
     for key, data in files.items():
-        put = s3.put_object(Bucket=bucket, Key=key, Body=data)
-        records.append(
-            {
-                "eventName": "ObjectCreated:Put",
-                "s3": {
-                    "bucket": {"name": bucket},
-                    "object": {
-                        "key": quote_plus(key),
-                        "size": len(data),
-                        "eTag": put["ETag"].strip('"'),
-                        "versionId": put.get("VersionId"),
-                    },
-                },
-            }
-        )
+        records.append(put_s3_record(s3, bucket, key, data))
     app = stack.load_handler("IngestFunction")
     event = {
         "Records": [
