@@ -9,18 +9,18 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import StackHandle, load_event
+from tests.conftest import REGION, StackHandle, load_event
 from tests.unit import hostile
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
 from trashsorter.ingest import rebuild_catalogue
 from trashsorter.settings import IngestSettings
+from trashsorter_cli.local.dispatcher import make_context
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +31,6 @@ LABELS = ("Compost", "Landfill", "Recycling")
 def stack_overrides() -> dict[str, str]:
     # A small rule so the threshold can be crossed with real photos; 1 MB size limit for too_large.
     return {"MinImagesPerLabel": "2", "MinNewImages": "4", "MaxImageBytes": "1048576"}
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "IngestFunction"
-    memory_limit_in_mb: int = 2048
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:IngestFunction"
-    aws_request_id: str = "6f1d4bde-0000-4b8e-9a39-2f6f2b8c7a10"
 
 
 class Ingest:
@@ -122,7 +114,7 @@ class Ingest:
         }
 
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.app.handler(event, LambdaContext()))
+        return dict(self.app.handler(event, make_context("IngestFunction", region=REGION, memory_mb=2048)))
 
     def drain(self) -> dict[str, Any]:
         """Receive what the bucket notified, run the handler in batches of 10, delete what succeeded."""

@@ -14,7 +14,6 @@ import io
 import json
 import tarfile
 import threading
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +22,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from tests.conftest import SAMPLES_DIR, StackHandle, load_event
+from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
 from tests.fixtures.greengrass import create_deeplens_group
 from tests.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
 from trashsorter import registry
@@ -33,6 +32,7 @@ from trashsorter.packaging import handle_training_state_change, redeploy
 from trashsorter.registry import deserialize, serialize
 from trashsorter.schema import LOCK_KEY, STATE_KEY, dataset_key, job_key, run_key
 from trashsorter.settings import PackageSettings
+from trashsorter_cli.local.dispatcher import make_context
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +40,6 @@ LABELS = ("Compost", "Landfill", "Recycling")
 DATASET_ID = "3f9a1c2b7d4e5f60"
 FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:deeplens-trash-sorter-inference:3"
 EVENT_BUCKET = "trashsorter-images-example"
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "PackageFunction"
-    memory_limit_in_mb: int = 2048
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:PackageFunction"
-    aws_request_id: str = "0f6e1c1e-0000-4b8e-9a39-2f6f2b8c7a10"
 
 
 class Pack:
@@ -252,7 +244,10 @@ def test_completed_job_is_packaged_registered_and_pushed_to_deeplens(pack: Pack)
         "PackageFunction", DEEPLENS_GROUP_ID=pack.group_id, DEEPLENS_FUNCTION_ARN=FUNCTION_ARN
     )
 
-    result = app.handler(pack.event("training_completed.json", JOB), LambdaContext())
+    result = app.handler(
+        pack.event("training_completed.json", JOB),
+        make_context("PackageFunction", region=REGION, memory_mb=2048),
+    )
 
     assert result["outcome"] == "deployed", result
     assert result["metrics"]["validation:accuracy"] == pytest.approx(0.9125)
@@ -408,7 +403,7 @@ def test_failed_and_stopped_jobs_record_the_reason_and_release_the_lock(
     event = pack.event(name, JOB)
     app = pack.stack.load_handler("PackageFunction")
 
-    result = app.handler(event, LambdaContext())
+    result = app.handler(event, make_context("PackageFunction", region=REGION, memory_mb=2048))
 
     assert result["outcome"] == status
     run = pack.get(run_key(run_id))
@@ -420,7 +415,10 @@ def test_failed_and_stopped_jobs_record_the_reason_and_release_the_lock(
     assert pack.deployments() == []
     notices = pack.notices_received()
     assert len(notices) == 1 and event["detail"]["FailureReason"] in notices[0]["body"]
-    assert app.handler(event, LambdaContext())["outcome"] == "duplicate"
+    assert (
+        app.handler(event, make_context("PackageFunction", region=REGION, memory_mb=2048))["outcome"]
+        == "duplicate"
+    )
 
 
 def test_low_accuracy_is_rejected_and_not_deployed(pack: Pack) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from botocore.stub import Stubber
 from PIL import Image
 
-from tests.conftest import SAMPLES_DIR, StackHandle, load_event
+from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
 from trashsorter import training
 from trashsorter.catalogue import Catalogue, deserialize, serialize
 from trashsorter.errors import TransientError
@@ -34,6 +33,7 @@ from trashsorter.training import (
     list_runs,
     start_training,
 )
+from trashsorter_cli.local.dispatcher import make_context
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +47,6 @@ MAPPING = {
 @pytest.fixture
 def stack_overrides() -> dict[str, str]:
     return {"MinImagesPerLabel": "3", "MinNewImages": "4"}
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "StartTrainingFunction"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:StartTrainingFunction"
-    aws_request_id: str = "0b8f3c1e-1111-4c3e-9d7a-5e2d1c0b9a88"
 
 
 def photos(material: str) -> list[Path]:
@@ -174,7 +166,7 @@ def test_snapshot_query_projects_only_the_attributes_the_snapshot_reads(world: W
 def test_handler_starts_one_job_with_the_exact_request_and_snapshot(world: World) -> None:
     app = world.stack.load_handler("StartTrainingFunction")
     event = load_event("dataset_ready.json")
-    result = app.handler(event, LambdaContext())
+    result = app.handler(event, make_context("StartTrainingFunction", region=REGION))
     assert result["status"] == "started", result
     job, run_id, dataset_id = result["job_name"], result["run_id"], result["dataset_id"]
     assert world.jobs() == [job] and job.startswith("deeplens-")

@@ -27,10 +27,11 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from botocore.config import Config
 from PIL import Image
 
+from tests.conftest import REGION
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local import moto_patches
-from trashsorter_cli.local.dispatcher import load_module
+from trashsorter_cli.local.dispatcher import load_module, make_context
 from trashsorter_cli.local.server import free_port
 from trashsorter_cli.local.stack import LocalStack, deploy_stack
 
@@ -98,14 +99,6 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalEndpoint]:
 def load_ingest_handler(stack: LocalStack, index: int) -> ModuleType:
     env = {**stack.function_env("IngestFunction"), "POWERTOOLS_LOG_LEVEL": "WARNING"}
     return load_module(stack.functions["IngestFunction"].module_path, env, label=f"ingest{index}")
-
-
-@dataclass
-class Context:
-    function_name: str = "IngestFunction"
-    memory_limit_in_mb: int = 2048
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:IngestFunction"
-    aws_request_id: str = "00000000-0000-4000-8000-000000000000"
 
 
 def route_dataset_ready(endpoint: LocalEndpoint, bus: str) -> str:
@@ -197,7 +190,9 @@ def test_thousand_uploads_eight_workers_exact_counts_and_one_training_start(endp
                 ]
             }
             try:
-                response = handler.handler(event, Context())
+                response = handler.handler(
+                    event, make_context("IngestFunction", region=REGION, memory_mb=2048)
+                )
                 failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
             except BatchProcessingError:  # the whole batch failed: Lambda retries every message of it
                 failed = {m["MessageId"] for m in got}

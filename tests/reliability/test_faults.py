@@ -10,7 +10,6 @@ it cannot, and no lost trigger.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -18,24 +17,17 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import ClientError
 
-from tests.conftest import StackHandle, put_s3_record
+from tests.conftest import REGION, StackHandle, put_s3_record
 from tests.unit import hostile
 from trashsorter.catalogue import Catalogue
 from trashsorter.errors import TransientError
 from trashsorter.ingest import process_s3_record
 from trashsorter.settings import IngestSettings
+from trashsorter_cli.local.dispatcher import make_context
 from trashsorter_cli.local.stack import load_template
 
 pytestmark = pytest.mark.reliability
 LABELS = ("Compost", "Landfill", "Recycling")
-
-
-@dataclass
-class Context:
-    function_name: str = "IngestFunction"
-    memory_limit_in_mb: int = 2048
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:IngestFunction"
-    aws_request_id: str = "22222222-3333-4444-8555-666666666666"
 
 
 class Env:
@@ -92,7 +84,7 @@ def test_poison_message_lands_in_ingest_dlq_via_template_redrive(stack: StackHan
         # The handler keeps failing it (a whole failed batch raises, as Lambda expects); it is never deleted,
         # so the queue's redrive policy decides.
         with pytest.raises(BatchProcessingError, match="All records failed"):
-            app.handler(event, Context())
+            app.handler(event, make_context("IngestFunction", region=REGION, memory_mb=2048))
     assert receives == max_receive
     dead = env.sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=1).get("Messages", [])
     assert [m["Body"] for m in dead] == ["this is not an S3 notification"]

@@ -29,7 +29,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -46,6 +45,7 @@ from trashsorter.registry import deserialize
 from trashsorter.settings import IngestSettings, PackageSettings, TrainingSettings
 from trashsorter.threshold import trigger_manual
 from trashsorter_cli.local import moto_patches
+from trashsorter_cli.local.dispatcher import make_context
 from trashsorter_cli.local.stack import deploy_stack
 
 pytestmark = pytest.mark.reliability
@@ -58,17 +58,6 @@ EVENT_RUN = "run-3f9a1c2b7d4e5f60-1"
 EVENT_DATASET = "3f9a1c2b7d4e5f60"
 EVENT_BUCKET = "trashsorter-images-example"
 MODES = ("single", "triple", "interleaved")
-
-
-@dataclass
-class Context:
-    function_name: str
-    memory_limit_in_mb: int = 1024
-    aws_request_id: str = "7e0c2a4e-1111-4b8e-9a39-2f6f2b8c7a10"
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
 
 
 def photos(label: str) -> list[tuple[str, bytes]]:
@@ -204,7 +193,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ ingest
     def invoke_ingest(self, event: dict[str, Any]) -> None:
-        response = self.ingest_app.handler(event, Context("IngestFunction", 2048))
+        response = self.ingest_app.handler(
+            event, make_context("IngestFunction", region=REGION, memory_mb=2048)
+        )
         assert response == {"batchItemFailures": []}, response
 
     def _sqs_event(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +237,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ start training
     def invoke_start(self, event: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.start_app.handler(event, Context("StartTrainingFunction")))
+        return dict(self.start_app.handler(event, make_context("StartTrainingFunction", region=REGION)))
 
     def dataset_ready(self) -> list[dict[str, Any]]:
         """Take the "Dataset Ready" events off the bus and deliver them; returns first-delivery outcomes."""
@@ -270,7 +261,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ package
     def invoke_package(self, event: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.package_app.handler(event, Context("PackageFunction", 2048)))
+        return dict(
+            self.package_app.handler(event, make_context("PackageFunction", region=REGION, memory_mb=2048))
+        )
 
     def artifact_uri(self, job_name: str) -> str:
         described = self.sm.describe_training_job(TrainingJobName=job_name)

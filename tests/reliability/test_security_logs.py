@@ -7,23 +7,15 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import StackHandle, put_s3_record
+from tests.conftest import REGION, StackHandle, put_s3_record
 from tests.unit import hostile
 from trashsorter.observability import logger
+from trashsorter_cli.local.dispatcher import make_context
 
 pytestmark = pytest.mark.reliability
-
-
-@dataclass
-class Context:
-    function_name: str = "IngestFunction"
-    memory_limit_in_mb: int = 2048
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:IngestFunction"
-    aws_request_id: str = "11111111-2222-4333-8444-555555555555"
 
 
 @pytest.fixture
@@ -84,7 +76,7 @@ def test_ingest_logs_never_contain_image_bytes_or_keys(stack: StackHandle, debug
             for i, record in enumerate(records)
         ]
     }
-    response = app.handler(event, Context())
+    response = app.handler(event, make_context("IngestFunction", region=REGION, memory_mb=2048))
     assert response["batchItemFailures"] == []
     logs = debug_logs.getvalue()
     assert "image catalogued" in logs  # the log lines exist and were captured
