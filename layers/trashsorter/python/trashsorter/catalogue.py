@@ -164,12 +164,14 @@ def _retryable(exc: ClientError) -> bool:
 
 
 def _add_deltas(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Per-label counter deltas summed; labels and statuses that net to zero left out."""
     total: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for part in parts:
         for label, per in part.items():
             for status, n in per.items():
                 total[label][status] += n
-    return total
+    clean = {label: {status: n for status, n in per.items() if n} for label, per in total.items()}
+    return {label: per for label, per in clean.items() if per}
 
 
 class Catalogue:
@@ -315,22 +317,13 @@ class Catalogue:
             return result
         shas, rev = pending
         newly, deltas = self._reconcile(update.key, shas, rev)
-        merged: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for source in (result.deltas, deltas):
-            for label, per in source.items():
-                for status, n in per.items():
-                    merged[label][status] += n
         return ApplyResult(
             result.key,
             result.status,
             changed=result.changed,
             stale=result.stale,
             newly_accepted=result.newly_accepted + newly,
-            deltas={
-                label: {st: n for st, n in per.items() if n}
-                for label, per in merged.items()
-                if any(per.values())
-            },
+            deltas=_add_deltas(result.deltas, deltas),
         )
 
     def resume(self, record: Mapping[str, Any]) -> int:
@@ -350,7 +343,7 @@ class Catalogue:
         counts match the records after every chunk. Returns (newly accepted, counter deltas).
         """
         newly_total = 0
-        totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        totals: dict[str, dict[str, int]] = {}
         for sha in shas:
             races = 0
             while True:
@@ -393,9 +386,7 @@ class Catalogue:
                 except BotoCoreError as exc:
                     raise TransientError(f"catalogue reconcile of {sha} failed: {exc}") from exc
                 newly_total += newly
-                for label, per in deltas.items():
-                    for status, n in per.items():
-                        totals[label][status] += n
+                totals = _add_deltas(totals, deltas)
         try:
             self.ddb.update_item(
                 TableName=self.table_name,
@@ -410,7 +401,7 @@ class Catalogue:
                 raise TransientError(f"catalogue write for {key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise TransientError(f"catalogue write for {key} failed: {exc}") from exc
-        return newly_total, {lbl: dict(per) for lbl, per in totals.items()}
+        return newly_total, totals
 
     def _status_update(
         self, k: str, record: Mapping[str, Any], target: str, owners: Mapping[str, Sequence[str]], now: str
@@ -647,29 +638,21 @@ class Catalogue:
                 )
 
         # --- the other copies: in this transaction when they fit, else reconciled right after it
+        # (counters: one ADD per label, deltas aggregated)
         pending: tuple[list[str], int] | None = None
-        all_deltas = _add_deltas(deltas, flip_deltas)
-        fits = (
-            len(transaction)
-            + len(flips)
-            + len(self._counter_updates(all_deltas, newly_accepted + flip_newly))
-        )
-        if not flips or fits <= MAX_TRANSACTION_ITEMS:
+        with_flips = _add_deltas(deltas, flip_deltas)
+        counters = self._counter_updates(with_flips, newly_accepted + flip_newly)
+        if not flips or len(transaction) + len(flips) + len(counters) <= MAX_TRANSACTION_ITEMS:
             transaction[1:1] = flips
-            deltas, newly_accepted = all_deltas, newly_accepted + flip_newly
+            final_deltas, newly_accepted = with_flips, newly_accepted + flip_newly
         else:
             pending = (list(shas), int(item["rev"]))
             transaction[0]["Put"]["Item"]["reconcile"] = {"L": [{"S": sha} for sha in shas]}
-
-        # --- counters: one ADD per label, deltas aggregated
-        transaction.extend(self._counter_updates(deltas, newly_accepted))
-        clean = {lbl: {s: n for s, n in d.items() if n} for lbl, d in deltas.items()}
+            final_deltas = _add_deltas(deltas)
+            counters = self._counter_updates(final_deltas, newly_accepted)
+        transaction.extend(counters)
         result = ApplyResult(
-            key,
-            str(new_status),
-            changed=True,
-            newly_accepted=newly_accepted,
-            deltas={lbl: d for lbl, d in clean.items() if d},
+            key, str(new_status), changed=True, newly_accepted=newly_accepted, deltas=final_deltas
         )
         return result, transaction, pending
 
