@@ -86,26 +86,24 @@ _QUERY_CACHE_SIZE = 8
 
 
 class _QueryCursors:
-    """Sorted matches of recent queries and where each of their pages ended (patch 3)."""
+    """Sorted matches of recent queries and where each of their pages ended (patch 3); any write to the
+    backend clears them all."""
 
     def __init__(self) -> None:
-        self.generation = 0
-        self._entries: OrderedDict[tuple[Any, ...], tuple[int, list[Any], dict[str, int]]] = OrderedDict()
+        self._entries: OrderedDict[tuple[Any, ...], tuple[list[Any], dict[str, int]]] = OrderedDict()
 
     def bump(self) -> None:
-        self.generation += 1
         self._entries.clear()
 
     def get(self, key: tuple[Any, ...]) -> tuple[list[Any], dict[str, int]] | None:
         entry = self._entries.get(key)
-        if entry is None or entry[0] != self.generation:
-            return None
-        self._entries.move_to_end(key)
-        return entry[1], entry[2]
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
 
     def put(self, key: tuple[Any, ...], matches: list[Any]) -> dict[str, int]:
         ends: dict[str, int] = {}
-        self._entries[key] = (self.generation, matches, ends)
+        self._entries[key] = (matches, ends)
         while len(self._entries) > _QUERY_CACHE_SIZE:
             self._entries.popitem(last=False)
         return ends

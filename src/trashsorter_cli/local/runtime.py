@@ -93,7 +93,7 @@ class LocalRuntime:
         self.state_dir = self.state_path.parent
         self.with_device = device
         self.log_file = log_file
-        self.log_target = log_stream
+        self.log_stream = log_stream
         self.retry_delay = retry_delay
         self.wait_time = wait_time
         self.server = MotoServer(host, self.port)
@@ -105,7 +105,6 @@ class LocalRuntime:
         self._saved_env: dict[str, str | None] = {}
         self._log_stream: IO[str] | None = None
         self._saved_stdout: Any = None
-        self._owns_log_stream = False
         self._stop_requested = threading.Event()
 
     @property
@@ -190,7 +189,7 @@ class LocalRuntime:
             registered = getattr(logger, "registered_handler", None)
             if isinstance(registered, logging.StreamHandler) and registered.stream is self._log_stream:
                 registered.setStream(sys.stdout)
-            if self._owns_log_stream:
+            if self.log_file is not None:  # a stream we were given is not ours to close
                 self._log_stream.close()
             self._log_stream = None
 
@@ -263,10 +262,8 @@ class LocalRuntime:
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_stream = self.log_file.open("a", encoding="utf-8", buffering=1)
-            self._owns_log_stream = True
-        elif self.log_target is not None:
-            self._log_stream = self.log_target
-            self._owns_log_stream = False
+        elif self.log_stream is not None:
+            self._log_stream = self.log_stream
         else:
             return
         from trashsorter.observability import logger

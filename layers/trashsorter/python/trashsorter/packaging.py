@@ -643,18 +643,16 @@ def deploy_model(
         try:
             if target == TARGET_GREENGRASS_V1:
                 pending = existing if existing and existing.get("status") == "pending" else None
-
-                def remember(details: dict[str, Any], target: str = target) -> None:
-                    # before CreateDeployment: a retry of this request deploys (or adopts) THIS group version
-                    record_pending(target, {"details": details})
-
+                # recorded before CreateDeployment: a retry of this request deploys (or adopts) that version
                 result = greengrass_v1.deploy(
                     model_id=model_id,
                     artifact_uri=uris["deeplens"],
                     settings=settings,
                     greengrass=greengrass,
                     prepared=dict(pending.get("details") or {}) if pending else None,
-                    on_group_version=remember,
+                    on_group_version=lambda details: record_pending(
+                        TARGET_GREENGRASS_V1, {"details": details}
+                    ),
                 )
             elif target == TARGET_GREENGRASS_V2:
                 if not settings.edge_thing_group_arn:
