@@ -84,7 +84,7 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _requirement_closure(requirements: list[str]) -> list[metadata.Distribution]:
+def requirement_closure(requirements: list[str]) -> list[metadata.Distribution]:
     seen: dict[str, metadata.Distribution] = {}
     todo = list(requirements)
     while todo:
@@ -112,16 +112,23 @@ def _requirement_closure(requirements: list[str]) -> list[metadata.Distribution]
     return list(seen.values())
 
 
-def layer_files() -> tuple[list[tuple[Path, str]], list[str]]:
-    layer_root = ROOT / "layers" / "trashsorter" / "python"
-    files = _files_under(layer_root / "trashsorter", "python/trashsorter/")
+LAYER_ROOT = ROOT / "layers" / "trashsorter" / "python"
+
+
+def layer_distributions() -> list[metadata.Distribution]:
+    """The installed distributions the layer's requirements.txt pulls in (what ``sam build`` packs)."""
     reqs = [
         line.strip()
-        for line in (layer_root / "requirements.txt").read_text().splitlines()
+        for line in (LAYER_ROOT / "requirements.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
+    return requirement_closure(reqs)
+
+
+def layer_files() -> tuple[list[tuple[Path, str]], list[str]]:
+    files = _files_under(LAYER_ROOT / "trashsorter", "python/trashsorter/")
     names = []
-    for dist in _requirement_closure(reqs):
+    for dist in layer_distributions():
         names.append(f"{dist.metadata['Name']} {dist.version}")
         for entry in dist.files or []:
             path = Path(str(entry.locate()))

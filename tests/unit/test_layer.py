@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from benchmarks.bench_cold_start import _requirement_closure
-
-REQUIREMENTS = Path(__file__).resolve().parents[2] / "layers" / "trashsorter" / "python" / "requirements.txt"
+from benchmarks.bench_cold_start import layer_distributions
 
 
 def _closure() -> set[str]:
-    text = REQUIREMENTS.read_text()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    return {str(dist.metadata["Name"]).lower().replace("_", "-") for dist in _requirement_closure(lines)}
+    return {str(dist.metadata["Name"]).lower().replace("_", "-") for dist in layer_distributions()}
 
 
 def test_a_layer_that_ships_botocore_ships_boto3_and_s3transfer_with_it() -> None:
