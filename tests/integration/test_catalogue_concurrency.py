@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.integration.test_ingest import LABELS, Ingest
-from tests.unit import hostile
+from tests.support import hostile
 from trashsorter.ingest import process_sqs_message_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.slow]

@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import REGION, StackHandle, load_event
-from tests.unit import hostile
+from tests.support import hostile
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
 from trashsorter.ingest import rebuild_catalogue

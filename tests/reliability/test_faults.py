@@ -18,7 +18,7 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from botocore.exceptions import ClientError
 
 from tests.conftest import REGION, StackHandle, put_s3_record
-from tests.unit import hostile
+from tests.support import hostile
 from trashsorter.catalogue import Catalogue
 from trashsorter.errors import TransientError
 from trashsorter.ingest import process_s3_record

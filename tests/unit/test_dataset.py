@@ -7,10 +7,12 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from tests.support import hostile
 from trashsorter.dataset import (
     TRAIN,
     VALIDATION,
@@ -27,7 +29,7 @@ from trashsorter.dataset import (
     split_for,
     split_score,
 )
-from trashsorter.errors import TrainingRuleNotMet
+from trashsorter.errors import Rejection, TrainingRuleNotMet
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 LABELS = ("Compost", "Landfill", "Recycling")
@@ -205,3 +207,13 @@ def test_convert_webp_with_alpha_to_jpeg() -> None:
     out = Image.open(io.BytesIO(convert_to_jpeg(buf.getvalue())))
     assert out.format == "JPEG" and out.mode == "RGB" and out.size == src.size
     assert out.getpixel((0, 0))[0] > 200  # transparent pixel flattened onto white
+
+
+def test_convert_to_jpeg_is_bounded_like_the_ingest_step() -> None:
+    """A WebP whose decode would need ~220 MB is refused before libwebp allocates its canvases."""
+    with pytest.raises(Rejection) as info:
+        convert_to_jpeg(hostile.webp_padded_canvas())
+    assert info.value.code == "too_costly"
+    with pytest.raises(Rejection) as info:
+        convert_to_jpeg(hostile.webp_lossless_canvas(6300, 6300))  # 34 bytes: ~800 MB before issue 11
+    assert info.value.code == "implausible_size"

@@ -4,7 +4,7 @@ from urllib.parse import quote_plus
 
 import pytest
 
-from tests.unit.hostile import AWKWARD_KEYS
+from tests.support.hostile import AWKWARD_KEYS
 from trashsorter.errors import Rejection
 from trashsorter.keys import decode_event_key, label_for_key, parse_key
 

@@ -42,6 +42,7 @@ from trashsorter import aws
 from trashsorter.catalogue import deserialize, serialize
 from trashsorter.errors import NotFoundError, TrainingRuleNotMet, TransientError
 from trashsorter.schema import ImageStatus, dataset_key
+from trashsorter.validation import decode_bounded
 
 TRAIN = "train"
 VALIDATION = "validation"
@@ -260,11 +261,14 @@ def render_channel_manifest(plan: DatasetPlan, split: str) -> str:
 
 
 def convert_to_jpeg(data: bytes) -> bytes:
-    """A JPEG the algorithm can decode: EXIF orientation applied, alpha flattened onto white."""
+    """A JPEG the algorithm can decode: EXIF orientation applied, alpha flattened onto white.
+
+    The decode is bounded like the ingest step's (:func:`trashsorter.validation.decode_bounded`: structure
+    limits, the memory estimate, a CPU deadline); an image the ingest step accepted always fits.
+    """
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as opened:
-        opened.seek(0)
+    with decode_bounded(data) as opened:
         image = ImageOps.exif_transpose(opened) or opened
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA")

@@ -212,7 +212,10 @@ class _Ingestor:
             base["sha256"] = hashlib.sha256(data).hexdigest()
             check_object_size(len(data), self.settings.max_image_bytes)
             info = validate_image(
-                data, max_pixels=self.settings.max_image_pixels, min_side=self.settings.min_image_side
+                data,
+                max_pixels=self.settings.max_image_pixels,
+                min_side=self.settings.min_image_side,
+                max_aspect_ratio=self.settings.max_aspect_ratio,
             )
         except Rejection as rejection:
             self._tag_rejected(bucket, key, base["version_id"], rejection.code)
