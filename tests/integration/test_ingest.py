@@ -585,3 +585,23 @@ def test_a_claim_left_unpublished_by_a_crash_is_published_by_a_later_call(ingest
     assert ingest.catalogue.state()["published"]
     assert check_and_publish(ingest.settings, catalogue=ingest.catalogue, events=ingest.events) is False
     assert ingest.dataset_ready_events() == []
+
+
+@pytest.mark.parametrize("length", [1017, 1020, 1024])
+def test_keys_up_to_the_s3_limit_are_catalogued_never_dead_lettered(ingest: Ingest, length: int) -> None:
+    """S3 allows 1,024-byte keys; ``<label>#<key>`` then overflows DynamoDB's 1,024-byte index sort key.
+
+    The index key is shortened with a hash of the key (schema.image_gsi), so the photo is accepted like any
+    other and listed by label; the record keeps the full key.
+    """
+    prefix = "images/Compost/"
+    key = prefix + "é" * ((length - len(prefix) - 4) // 2) + "x" * ((length - len(prefix) - 4) % 2) + ".jpg"
+    assert len(key.encode()) == length
+    ingest.put(key, photo("glass"))
+    assert ingest.drain() == {"messages": 1, "batchItemFailures": []}
+    assert ingest.status(key) == "accepted"
+    record = ingest.catalogue.get_image(key)
+    assert record is not None and record["key"] == key
+    assert len(str(record["gsi1sk"]).encode()) <= 1024
+    listed = [img["key"] for img in ingest.catalogue.accepted_images(attributes=("key",))]
+    assert key in listed

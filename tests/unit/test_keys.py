@@ -56,3 +56,15 @@ def test_an_object_directly_under_images_has_no_label() -> None:
     with pytest.raises(Rejection) as info:
         label_for_key("images/loose.jpg", LABELS)
     assert info.value.code == "unknown_label"
+
+
+def test_index_sort_key_fits_dynamodb_for_every_legal_s3_key() -> None:
+    from trashsorter.schema import MAX_SORT_KEY_BYTES, image_gsi
+
+    short = image_gsi("accepted", "Compost", "images/Compost/a.jpg")
+    assert short == {"gsi1pk": "STATUS#accepted", "gsi1sk": "Compost#images/Compost/a.jpg"}
+    a = "images/Compost/" + "日" * 336 + "a.jpg"  # 1,028 bytes: more than S3 allows, still handled
+    b = "images/Compost/" + "日" * 336 + "b.jpg"
+    sa, sb = image_gsi("accepted", "Compost", a)["gsi1sk"], image_gsi("accepted", "Compost", b)["gsi1sk"]
+    assert len(sa.encode()) <= MAX_SORT_KEY_BYTES and len(sb.encode()) <= MAX_SORT_KEY_BYTES
+    assert sa != sb and sa.startswith("Compost#images/Compost/日")

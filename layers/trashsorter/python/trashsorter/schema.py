@@ -18,12 +18,13 @@ pk                              sk                    what
 ``CHAMPION``                    ``MODEL``             pointer to the current champion model
 ==============================  ====================  ===============================================
 
-GSI ``gsi1`` (gsi1pk, gsi1sk): image records by status (``STATUS#<status>`` / ``<label>#<key>``),
+GSI ``gsi1`` (gsi1pk, gsi1sk): image records by status (``STATUS#<status>`` / ``<label>#<key>``, cut and hashed past 1,024 bytes),
 runs (``RUNS`` / created_at) and models (``MODELS`` / created_at).
 """
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 
 EVENT_SOURCE = "trashsorter"
@@ -68,8 +69,20 @@ def image_key(object_key: str) -> dict[str, str]:
     return {"pk": f"OBJ#{object_key}", "sk": "META"}
 
 
+MAX_SORT_KEY_BYTES = 1024  # DynamoDB's limit for a sort key, in the table and in an index
+
+
 def image_gsi(status: str, label: str, object_key: str) -> dict[str, str]:
-    return {"gsi1pk": f"STATUS#{status}", "gsi1sk": f"{label}#{object_key}"}
+    """``<label>#<key>``; when that exceeds 1,024 bytes (S3 keys may be 1,024 bytes themselves) the key is
+    cut and ends in ``#<sha256 of the key>`` instead: the index stays ordered by label and key prefix, and
+    the record's ``key`` attribute keeps the whole key (index sort keys need not be unique)."""
+    sort_key = f"{label}#{object_key}"
+    if len(sort_key.encode("utf-8")) > MAX_SORT_KEY_BYTES:
+        digest = hashlib.sha256(object_key.encode("utf-8")).hexdigest()
+        room = MAX_SORT_KEY_BYTES - len(digest) - 1
+        head = sort_key.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+        sort_key = f"{head}#{digest}"
+    return {"gsi1pk": f"STATUS#{status}", "gsi1sk": sort_key}
 
 
 def hash_key(sha256: str) -> dict[str, str]:
