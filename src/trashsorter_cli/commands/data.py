@@ -14,6 +14,7 @@ from trashsorter import ingest
 from trashsorter.catalogue import Catalogue
 from trashsorter.schema import ImageStatus
 from trashsorter.settings import IngestSettings
+from trashsorter.validation import HEIC_HINT, sniff_format
 from trashsorter_cli.targets import Target
 from trashsorter_cli.ui import UI, UsageError
 
@@ -25,6 +26,7 @@ class UploadPlan:
     files: list[tuple[Path, str]] = field(default_factory=list)  # local path -> object key
     unknown_labels: list[str] = field(default_factory=list)  # uploaded anyway (--force)
     held_back: list[tuple[Path, str]] = field(default_factory=list)  # (path, label) not uploaded
+    refused: list[tuple[Path, str]] = field(default_factory=list)  # (path, format): HEIC/HEIF, not uploaded
 
 
 def load_mapping(path: Path) -> dict[str, list[str]]:
@@ -108,8 +110,18 @@ def plan_upload(
             if hold_back is not None and hold_back(path, label):
                 plan.held_back.append((path, label))
                 continue
+            fmt = _sniff(path)
+            if fmt == "HEIC":  # the ingest step would refuse it: say so now, with the fix
+                plan.refused.append((path, fmt))
+                continue
             plan.files.append((path, prefix + path.relative_to(base).as_posix()))
     return plan
+
+
+def _sniff(path: Path) -> str:
+    """The format from the file's first bytes (the ingest step's own sniffing; the name does not count)."""
+    with path.open("rb") as handle:
+        return sniff_format(handle.read(64))
 
 
 def md5_hex(path: Path) -> str:
@@ -135,6 +147,11 @@ def upload(target: Target, plan: UploadPlan, ui: UI, *, s3: Any = None) -> dict[
     etags = existing_etags(s3, bucket)
     uploaded: list[str] = []
     skipped: list[str] = []
+    if plan.refused:
+        names = ", ".join(path.name for path, _ in plan.refused[:5]) + (
+            ", ..." if len(plan.refused) > 5 else ""
+        )
+        ui.line(f"not uploaded: {len(plan.refused)} HEIC/HEIF file(s) ({names}). {HEIC_HINT}")
     with ui.progress(f"uploading {len(plan.files)} files to s3://{bucket}/", total=len(plan.files)) as bar:
         for path, key in plan.files:
             md5 = md5_hex(path)
@@ -151,6 +168,7 @@ def upload(target: Target, plan: UploadPlan, ui: UI, *, s3: Any = None) -> dict[
         "skipped": len(skipped),
         "unknown_labels": plan.unknown_labels,
         "held_back": len(plan.held_back),
+        "refused_heic": [str(path) for path, _ in plan.refused],
         "keys": uploaded,
     }
 
