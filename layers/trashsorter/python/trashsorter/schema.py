@@ -18,8 +18,8 @@ pk                              sk                    what
 ``CHAMPION``                    ``MODEL``             pointer to the current champion model
 ==============================  ====================  ===============================================
 
-GSI ``gsi1`` (gsi1pk, gsi1sk): image records by status (``STATUS#<status>`` / ``<label>#<key>``, cut and hashed past 1,024 bytes),
-runs (``RUNS`` / created_at) and models (``MODELS`` / created_at).
+GSI ``gsi1`` (gsi1pk, gsi1sk): image records by status (``STATUS#<status>`` / ``<label>#<key>``, the key
+cut and hashed past 1,024 bytes), runs (``RUNS`` / created_at) and models (``MODELS`` / created_at).
 """
 
 from __future__ import annotations
