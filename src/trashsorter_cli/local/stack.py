@@ -13,8 +13,9 @@ which cannot run Lambda code without Docker:
    ownership controls) are applied after creation through the S3 API.
 4. Function environment variables are added as stack outputs so that moto itself resolves every
    ``!Ref`` / ``!GetAtt`` / ``!Sub`` / ``!If`` in them.
-5. Resource types moto's CloudFormation does not implement (bucket and queue policies) are taken out and
-   applied through their APIs after creation, their intrinsic functions resolved the same way (outputs).
+5. Resource types moto's CloudFormation does not implement (bucket and queue policies, alarms) are taken
+   out and applied through their APIs after creation, their intrinsic functions resolved the same way
+   (outputs).
 6. ``!Ref`` to an ``AWS::Events::EventBus`` is replaced by the bus's ``Name`` expression (moto's
    CloudFormation returns an object for that Ref; AWS returns the name).
 7. Bucket-policy ``Deny`` statements with a ``Condition`` (the TLS-only rule) are not applied: moto evaluates
@@ -48,7 +49,7 @@ _DROPPED_TYPES = {
 }
 _ENV_OUTPUT = "LocalEnv{fn}{index}"
 _VALUE_OUTPUT = "LocalValue{index}"
-_APPLIED_AFTER = {"AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy"}
+_APPLIED_AFTER = {"AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::CloudWatch::Alarm"}
 _BUCKET_PROPERTIES_AFTER = (
     "NotificationConfiguration",
     "VersioningConfiguration",
@@ -528,6 +529,9 @@ def _apply_resource(client: Any, resource: Mapping[str, Any]) -> tuple[str, list
                 QueueUrl=queue_url, Attributes={"Policy": json.dumps(props["PolicyDocument"])}
             )
         return ",".join(props["Queues"]), []
+    if resource["Type"] == "AWS::CloudWatch::Alarm":  # the CloudFormation properties are the API's
+        client("cloudwatch").put_metric_alarm(**props)
+        return str(props["AlarmName"]), []
     raise ConfigurationError(f"local mode cannot create {resource['Type']}")
 
 
