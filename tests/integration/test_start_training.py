@@ -21,8 +21,10 @@ from PIL import Image
 from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
 from trashsorter import training
 from trashsorter.catalogue import Catalogue
+from trashsorter.clients import Clients
 from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import TransientError
+from trashsorter.events import DatasetReady
 from trashsorter.ingest import rebuild_catalogue
 from trashsorter.runs import (
     find_run_by_job,
@@ -125,10 +127,10 @@ class World:
     def jobs(self) -> list[str]:
         return [j["TrainingJobName"] for j in self.sm.list_training_jobs()["TrainingJobSummaries"]]
 
-    def start(self, reason: str = "threshold", **kwargs: Any) -> training.StartOutcome:
-        return start_training({"reason": reason}, self.settings, ddb=self.ddb, s3=self.s3,
-                              sns=self.stack.client("sns"), events=self.stack.client("events"),
-                              **kwargs)  # fmt: skip
+    def start(self, reason: str = "threshold", sagemaker: Any = None) -> training.StartOutcome:
+        clients = Clients(ddb=self.ddb, s3=self.s3, sagemaker=sagemaker, sns=self.stack.client("sns"),
+                          events=self.stack.client("events"))  # fmt: skip
+        return start_training(DatasetReady(reason=reason), self.settings, clients)
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from tests.conftest import StackHandle, load_event
 from tests.fixtures.model_artifacts import mxnet_model_tar
 from tests.reliability.test_replay import LABELS, OVERRIDES, Pipeline, photos
 from trashsorter import aws, registry, runs
+from trashsorter.clients import Clients
 from trashsorter.dataset import read_manifest
 from trashsorter.deploy.orchestrate import redeploy
 from trashsorter.errors import TransientError
@@ -233,7 +234,7 @@ def test_greengrass_refusing_the_deployment_is_recorded_explained_and_keeps_the_
     assert p.notices() == []
 
     # once the permission / request is fixed, the kept registry entry is redeployed (CLI `trashsorter deploy`)
-    again = redeploy(job, p.package_settings, ddb=p.ddb)
+    again = redeploy(job, p.package_settings, clients=Clients(ddb=p.ddb))
     assert again.outcome == "deployed"
     deployments = p.gg.list_deployments(GroupId=p.group_id)["Deployments"]
     assert [d["DeploymentId"] for d in deployments] == [again.deployments[0]["deployment_id"]]

@@ -225,10 +225,13 @@ def check_run(run: dict[str, Any]) -> None:
 
 
 def redeploy(target: Target, model_id: str, *, force: bool = False) -> dict[str, Any]:
+    from trashsorter.clients import Clients
     from trashsorter.deploy import orchestrate
 
     settings = target.settings(PackageSettings, "PackageFunction")
-    outcome = orchestrate.redeploy(model_id, settings, force=force, ddb=target.client("dynamodb"))
+    outcome = orchestrate.redeploy(
+        model_id, settings, force=force, clients=Clients(ddb=target.client("dynamodb"))
+    )
     return outcome.as_dict()
 
 

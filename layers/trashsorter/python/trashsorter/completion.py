@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws, registry, runs, threshold
 from trashsorter.artifacts import MAX_METRICS_BYTES, package_artifact
+from trashsorter.clients import Clients
 from trashsorter.ddb import get_item
 from trashsorter.deploy import DeploymentResult
 from trashsorter.deploy.orchestrate import (
@@ -38,15 +39,14 @@ from trashsorter.deploy.orchestrate import (
     summary,
 )
 from trashsorter.errors import PackagingError, TransientError
-from trashsorter.gate import ACCURACY_METRIC, champion_accuracy, evaluate_gate, metrics_from_detail
+from trashsorter.events import TrainingStateChange
+from trashsorter.gate import ACCURACY_METRIC, champion_accuracy, evaluate_gate, final_metrics
 from trashsorter.labels import read_dataset_labels
 from trashsorter.notify import notify
 from trashsorter.observability import logger
 from trashsorter.schema import (
     DATASETS_PREFIX,
     JOB_PREFIX,
-    SAGEMAKER_SOURCE,
-    TRAINING_STATE_CHANGE,
     ModelStatus,
     RunStatus,
     dataset_key,
@@ -58,16 +58,9 @@ FAILED_JOB_STATUSES = {"Failed": RunStatus.FAILED, "Stopped": RunStatus.STOPPED}
 
 
 # ----------------------------------------------------------------------------------------------- handler
-def _detail(event: Mapping[str, Any]) -> dict[str, Any] | None:
-    if event.get("source") != SAGEMAKER_SOURCE or event.get("detail-type") != TRAINING_STATE_CHANGE:
-        return None
-    detail = event.get("detail")
-    return dict(detail) if isinstance(detail, Mapping) else None
-
-
 def _describe(job_name: str, sagemaker: Any) -> dict[str, Any]:
     try:
-        described = (sagemaker or aws.client("sagemaker")).describe_training_job(TrainingJobName=job_name)
+        described = sagemaker.describe_training_job(TrainingJobName=job_name)
     except ClientError as exc:
         code = aws.error_code(exc)
         if code in ("ValidationException", "ResourceNotFound"):
@@ -79,29 +72,16 @@ def _describe(job_name: str, sagemaker: Any) -> dict[str, Any]:
 
 
 def handle_training_state_change(
-    event: Mapping[str, Any],
-    settings: PackageSettings,
-    *,
-    ddb: Any = None,
-    s3: Any = None,
-    sagemaker: Any = None,
-    greengrass: Any = None,
-    greengrassv2: Any = None,
-    sns: Any = None,
-    events: Any = None,
+    change: TrainingStateChange, settings: PackageSettings, clients: Clients | None = None
 ) -> PackageOutcome:
     """Handle one "SageMaker Training Job State Change" (Completed / Failed / Stopped), idempotently."""
-    detail = _detail(event)
-    if detail is None:
-        logger.warning("not a training job state change", extra={"source": event.get("source")})
-        return PackageOutcome("", "", "ignored", reason="not a SageMaker training job state change")
-    job_name = str(detail.get("TrainingJobName") or "")
-    job_status = str(detail.get("TrainingJobStatus") or "")
+    clients = clients or Clients()
+    job_name, job_status = change.job_name, change.status
     if not job_name.startswith(JOB_PREFIX) or job_status not in ("Completed", *FAILED_JOB_STATUSES):
         return PackageOutcome(
             job_name, job_status, "ignored", reason="not a trashsorter job in a final state"
         )
-    ddb = ddb or aws.client("dynamodb")
+    ddb = clients.ddb
     run = runs.find_run_by_job(job_name, settings, ddb=ddb)
     if run is None:
         logger.warning("training job has no run record", extra={"job_name": job_name})
@@ -117,19 +97,8 @@ def handle_training_state_change(
             return _duplicate(job_name, job_status, fresh)
         raise TransientError(f"{job_name} {job_status} is being handled by another delivery; retry later")
     if job_status in FAILED_JOB_STATUSES:
-        return _handle_failed(detail, run, settings, ddb=ddb, sagemaker=sagemaker, sns=sns, events=events)
-    return _handle_completed(
-        detail,
-        run,
-        settings,
-        ddb=ddb,
-        s3=s3,
-        sagemaker=sagemaker,
-        greengrass=greengrass,
-        greengrassv2=greengrassv2,
-        sns=sns,
-        events=events,
-    )
+        return _handle_failed(change, run, settings, clients)
+    return _handle_completed(change, run, settings, clients)
 
 
 def _duplicate(job_name: str, job_status: str, run: Mapping[str, Any]) -> PackageOutcome:
@@ -145,27 +114,26 @@ def _duplicate(job_name: str, job_status: str, run: Mapping[str, Any]) -> Packag
 
 
 def _handle_failed(
-    detail: Mapping[str, Any],
-    run: Mapping[str, Any],
-    settings: PackageSettings,
-    *,
-    ddb: Any,
-    sagemaker: Any,
-    sns: Any,
-    events: Any,
+    change: TrainingStateChange, run: Mapping[str, Any], settings: PackageSettings, clients: Clients
 ) -> PackageOutcome:
-    job_name = str(detail["TrainingJobName"])
-    job_status = str(detail["TrainingJobStatus"])
+    job_name, job_status = change.job_name, change.status
     run_id = str(run["run_id"])
-    reason = str(detail.get("FailureReason") or "")
+    ddb = clients.ddb
+    reason = change.failure_reason
     if not reason and run.get("backend") != "local":
-        reason = str(_describe(job_name, sagemaker).get("FailureReason") or "")
+        reason = str(_describe(job_name, clients.sagemaker).get("FailureReason") or "")
     if not reason:
         reason = "stopped on request" if job_status == "Stopped" else "SageMaker reported no failure reason"
     status = FAILED_JOB_STATUSES[job_status]
-    metrics = metrics_from_detail(detail)
+    metrics = final_metrics(change.final_metrics)
     runs.finish_run(
-        settings, run_id=run_id, status=status, message=reason, metrics=metrics, ddb=ddb, events=events
+        settings,
+        run_id=run_id,
+        status=status,
+        message=reason,
+        metrics=metrics,
+        ddb=ddb,
+        events=clients.events,
     )
     outcome = "failed" if status == RunStatus.FAILED else "stopped"
     notify(
@@ -173,7 +141,7 @@ def _handle_failed(
         f"Training {outcome}: {job_name}",
         f"Training job {job_name} (run {run_id}) {outcome}: {reason}",
         details={"job_name": job_name, "run_id": run_id, "status": job_status, "reason": reason},
-        sns=sns,
+        sns=clients.sns,
     )
     runs.update_run(
         run_id,
@@ -186,32 +154,16 @@ def _handle_failed(
 
 
 def _handle_completed(
-    detail: dict[str, Any],
-    run: Mapping[str, Any],
-    settings: PackageSettings,
-    *,
-    ddb: Any,
-    s3: Any,
-    sagemaker: Any,
-    greengrass: Any,
-    greengrassv2: Any,
-    sns: Any,
-    events: Any,
+    change: TrainingStateChange, run: Mapping[str, Any], settings: PackageSettings, clients: Clients
 ) -> PackageOutcome:
-    job_name = str(detail["TrainingJobName"])
+    job_name = change.job_name
     run_id = str(run["run_id"])
     table = settings.table_name
-    s3 = s3 or aws.client("s3")
-    if run.get("backend") != "local" and (
-        not detail.get("FinalMetricDataList")
-        or not (detail.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
-    ):
-        described = _describe(job_name, sagemaker)
-        for key in ("FinalMetricDataList", "ModelArtifacts", "HyperParameters", "TrainingEndTime"):
-            if not detail.get(key) and described.get(key):
-                detail[key] = described[key]
-    metrics = metrics_from_detail(detail)
-    source_uri = str((detail.get("ModelArtifacts") or {}).get("S3ModelArtifacts") or "")
+    ddb = clients.ddb
+    if run.get("backend") != "local" and (not change.final_metrics or not change.artifact_uri):
+        change = change.completed_with(_describe(job_name, clients.sagemaker))
+    metrics = final_metrics(change.final_metrics)
+    source_uri = change.artifact_uri
     dataset_id = str(run.get("dataset_id") or "")
     dataset = get_item(dataset_key(dataset_id), table_name=table, ddb=ddb) if dataset_id else None
     manifest_uri = str(
@@ -230,8 +182,7 @@ def _handle_completed(
             source_uri=source_uri,
             metrics=metrics,
             settings=settings,
-            ddb=ddb,
-            s3=s3,
+            clients=clients,
         )
     metrics = {k: float(v) for k, v in (model.get("metrics") or {}).items()}
     artifacts = {str(k): str(v) for k, v in (model.get("packaged_artifact_uris") or {}).items()}
@@ -260,14 +211,7 @@ def _handle_completed(
         if model.get("status") == ModelStatus.CANDIDATE:
             model = registry.promote(job_name, table_name=table, ddb=ddb)
         if model.get("status") == ModelStatus.CHAMPION:
-            results = deploy_model(
-                model,
-                settings,
-                request_id=INITIAL_REQUEST,
-                ddb=ddb,
-                greengrass=greengrass,
-                greengrassv2=greengrassv2,
-            )
+            results = deploy_model(model, settings, request_id=INITIAL_REQUEST, clients=clients)
             registry.update_model(job_name, {"deployments": summary(results)}, table_name=table, ddb=ddb)
         deployed = any(r.status == "deployed" for r in results)
         failed = [r for r in results if r.status == "failed"]
@@ -297,9 +241,9 @@ def _handle_completed(
         message=run_message,
         metrics=metrics,
         ddb=ddb,
-        events=events,
+        events=clients.events,
     )
-    notify(settings.topic_arn, subject, message, details=details, sns=sns)
+    notify(settings.topic_arn, subject, message, details=details, sns=clients.sns)
     runs.update_run(
         run_id,
         {
@@ -338,11 +282,11 @@ def _register(
     source_uri: str,
     metrics: dict[str, float],
     settings: PackageSettings,
-    ddb: Any,
-    s3: Any,
+    clients: Clients,
 ) -> dict[str, Any]:
     """Package, gate and register a finished job (first attempt only; retries read the record)."""
     table = settings.table_name
+    ddb, s3 = clients.ddb, clients.s3
     labels = read_dataset_labels(settings.images_bucket, dataset_id, s3=s3) if dataset_id else []
     if not labels and dataset:
         labels = [str(label) for label in dataset.get("labels") or []]

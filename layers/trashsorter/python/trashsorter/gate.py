@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +15,10 @@ class GateDecision:
     reason: str
 
 
-def metrics_from_detail(detail: Mapping[str, Any]) -> dict[str, float]:
-    """``FinalMetricDataList`` as ``{name: value}`` (the last entry of a name wins, non-numbers dropped)."""
+def final_metrics(entries: Iterable[Any]) -> dict[str, float]:
+    """``FinalMetricDataList`` entries as ``{name: value}`` (a later entry wins, non-numbers dropped)."""
     metrics: dict[str, float] = {}
-    for entry in detail.get("FinalMetricDataList") or []:
+    for entry in entries or []:
         if not isinstance(entry, Mapping):
             continue
         name = entry.get("MetricName")
@@ -29,6 +29,11 @@ def metrics_from_detail(detail: Mapping[str, Any]) -> dict[str, float]:
         if name and value == value:  # NaN is not a metric
             metrics[str(name)] = value
     return metrics
+
+
+def metrics_from_detail(detail: Mapping[str, Any]) -> dict[str, float]:
+    """The final metrics of a DescribeTrainingJob-shaped ``detail``."""
+    return final_metrics(detail.get("FinalMetricDataList") or [])
 
 
 def evaluate_gate(

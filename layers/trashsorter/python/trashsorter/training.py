@@ -41,6 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws, runs
 from trashsorter.catalogue import Catalogue
+from trashsorter.clients import Clients
 from trashsorter.clock import age_seconds
 from trashsorter.dataset import check_trainable, plan_from_catalogue, save_dataset_record, write_dataset
 from trashsorter.errors import (
@@ -51,6 +52,7 @@ from trashsorter.errors import (
     TrainingStartError,
     TransientError,
 )
+from trashsorter.events import DatasetReady
 from trashsorter.notify import notify
 from trashsorter.observability import logger
 from trashsorter.schema import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
@@ -152,10 +154,10 @@ def register_backend(name: str, factory: BackendFactory) -> None:
     _BACKENDS[name] = factory
 
 
-def make_backend(settings: TrainingSettings, *, sagemaker: Any = None) -> TrainingBackend:
+def make_backend(settings: TrainingSettings, clients: Clients | None = None) -> TrainingBackend:
     """The backend of ``settings.training_backend``: SageMaker, or one the running process registered."""
     if settings.training_backend == "sagemaker":
-        return SageMakerBackend(sagemaker, region=settings.aws_region)
+        return SageMakerBackend((clients or Clients()).sagemaker, region=settings.aws_region)
     factory = _BACKENDS.get(settings.training_backend)
     if factory is None:
         raise ConfigurationError(
@@ -189,14 +191,9 @@ def _notify(
 
 
 def _run_backend(
-    launch: TrainingLaunch,
-    settings: TrainingSettings,
-    backend: TrainingBackend,
-    *,
-    ddb: Any,
-    sns: Any,
-    events: Any,
+    launch: TrainingLaunch, settings: TrainingSettings, backend: TrainingBackend, clients: Clients
 ) -> StartOutcome:
+    ddb, sns, events = clients.ddb, clients.sns, clients.events
     details = {"run_id": launch.run_id, "job_name": launch.job_name, "dataset_id": launch.dataset_id}
     try:
         backend.start(launch)
@@ -222,43 +219,36 @@ def _run_backend(
 
 
 def _resume(
-    run: Mapping[str, Any],
-    settings: TrainingSettings,
-    backend: TrainingBackend,
-    *,
-    ddb: Any,
-    sns: Any,
-    events: Any,
+    run: Mapping[str, Any], settings: TrainingSettings, backend: TrainingBackend, clients: Clients
 ) -> StartOutcome:
     """Finish the start of a run left ``starting`` by an interrupted invocation (never a second job)."""
     launch = _launch_from_run(run, settings)
     if backend.exists(launch):
-        runs.mark_started(ddb, settings.table_name, launch.run_id)
+        runs.mark_started(clients.ddb, settings.table_name, launch.run_id)
         return StartOutcome(
             "started", launch.run_id, launch.job_name, launch.dataset_id, "resumed: the job already existed"
         )
-    return _run_backend(launch, settings, backend, ddb=ddb, sns=sns, events=events)
+    return _run_backend(launch, settings, backend, clients)
 
 
 def start_training(
-    event_detail: Mapping[str, Any],
+    ready: DatasetReady,
     settings: TrainingSettings,
+    clients: Clients | None = None,
     *,
-    ddb: Any = None,
-    s3: Any = None,
-    sagemaker: Any = None,
-    events: Any = None,
-    sns: Any = None,
     backend: TrainingBackend | None = None,
     catalogue: Catalogue | None = None,
 ) -> StartOutcome:
-    """Handle one "Dataset Ready" detail: at most one training run per stack, one per dataset."""
-    ddb = ddb or aws.client("dynamodb")
-    s3 = s3 or aws.client("s3")
+    """Handle one "Dataset Ready": at most one training run per stack, one per dataset.
+
+    ``backend`` defaults to :func:`make_backend` of the settings.
+    """
+    clients = clients or Clients()
+    ddb, s3, sns = clients.ddb, clients.s3, clients.sns
     table = settings.table_name
-    reason = str(event_detail.get("reason") or "threshold")
+    reason = ready.reason
     catalogue = catalogue or Catalogue(table, ddb=ddb)
-    accepted_seq = int(catalogue.state()["accepted_seq"]) or int(event_detail.get("accepted_seq") or 0)
+    accepted_seq = int(catalogue.state()["accepted_seq"]) or ready.accepted_seq
     if reason != "manual":
         result, state = evaluate_current(settings, catalogue)
         accepted_seq = int(state["accepted_seq"])
@@ -274,7 +264,7 @@ def start_training(
         check_trainable(plan)
     except TrainingRuleNotMet as exc:
         return StartOutcome("not_ready", dataset_id=plan.dataset_id, message=str(exc))
-    backend = backend or make_backend(settings, sagemaker=sagemaker)
+    backend = backend or make_backend(settings, clients)
 
     for _ in range(MAX_LOCK_ROUNDS):
         lock = runs.get_lock(table, ddb=ddb)
@@ -290,7 +280,7 @@ def start_training(
             if starting and same:
                 if age_seconds(str(holder_run.get("created_at", ""))) < RESUME_AFTER_SECONDS:
                     raise TransientError(f"run {holder} of dataset {plan.dataset_id} is being started; retry")
-                return _resume(holder_run, settings, backend, ddb=ddb, sns=sns, events=events)
+                return _resume(holder_run, settings, backend, clients)
             if same:
                 return StartOutcome(
                     "duplicate",
@@ -343,5 +333,5 @@ def start_training(
         except Exception:
             runs.release_lock(ddb, table, run_id, keep_pending=False)
             raise
-        return _run_backend(launch, settings, backend, ddb=ddb, sns=sns, events=events)
+        return _run_backend(launch, settings, backend, clients)
     raise ConcurrencyConflict(f"the training lock changed hands {MAX_LOCK_ROUNDS} times; retry")

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from trashsorter import aws, clock, registry
+from trashsorter import clock, registry
+from trashsorter.clients import Clients
 from trashsorter.deploy import (
     TARGET_GREENGRASS_V1,
     TARGET_GREENGRASS_V2,
@@ -53,9 +54,7 @@ def deploy_model(
     settings: PackageSettings,
     *,
     request_id: str,
-    ddb: Any = None,
-    greengrass: Any = None,
-    greengrassv2: Any = None,
+    clients: Clients | None = None,
 ) -> list[DeploymentResult]:
     """Push a registered model to every configured target and record each deployment.
 
@@ -63,7 +62,8 @@ def deploy_model(
     recorded for ``request_id`` is not called again. Configuration errors and refusals become a
     ``failed`` result (recorded, noticed); throttling / 5xx raise TransientError (retry).
     """
-    client = ddb or aws.client("dynamodb")
+    clients = clients or Clients()
+    client = clients.ddb
     model_id = str(model["model_id"])
     uris = dict(model.get("packaged_artifact_uris") or {})
     table = settings.table_name
@@ -102,7 +102,7 @@ def deploy_model(
                     model_id=model_id,
                     artifact_uri=uris["deeplens"],
                     settings=settings,
-                    greengrass=greengrass,
+                    greengrass=clients.greengrass,
                     prepared=dict(pending.get("details") or {}) if pending else None,
                     on_group_version=lambda details: record_pending(
                         TARGET_GREENGRASS_V1, {"details": details}
@@ -126,7 +126,7 @@ def deploy_model(
                         script_uri=uris.get("classifier", ""),
                         version=version,
                         settings=settings,
-                        greengrassv2=greengrassv2,
+                        greengrassv2=clients.greengrassv2,
                     )
             else:
                 result = local_device.deploy(
@@ -169,16 +169,14 @@ def redeploy(
     settings: PackageSettings,
     *,
     force: bool = False,
-    ddb: Any = None,
-    greengrass: Any = None,
-    greengrassv2: Any = None,
-    sns: Any = None,
+    clients: Clients | None = None,
 ) -> PackageOutcome:
     """Rollback / manual deploy: make ``model_id`` the champion and push it with the same deploy path.
 
     A gate-rejected model needs ``force=True``; a model whose packaging failed cannot be deployed.
     """
-    client = ddb or aws.client("dynamodb")
+    clients = clients or Clients()
+    client = clients.ddb
     table = settings.table_name
     model = registry.get_model(model_id, table_name=table, ddb=client)
     if model is None:
@@ -192,9 +190,7 @@ def redeploy(
         )
     model = registry.promote(model_id, table_name=table, ddb=client)
     request_id = "redeploy-" + clock.now().strftime("%Y%m%dT%H%M%S%fZ")
-    results = deploy_model(
-        model, settings, request_id=request_id, ddb=client, greengrass=greengrass, greengrassv2=greengrassv2
-    )
+    results = deploy_model(model, settings, request_id=request_id, clients=clients)
     registry.update_model(model_id, {"deployments": summary(results)}, table_name=table, ddb=client)
     metrics = {k: float(v) for k, v in (model.get("metrics") or {}).items()}
     failed = [r for r in results if r.status == "failed"]
@@ -208,7 +204,7 @@ def redeploy(
         else f"Model {model_id} champion, not deployed",
         f"Model {model_id} is the champion again: {notes}",
         details={"model_id": model_id, "metrics": metrics, "deployments": summary(results)},
-        sns=sns,
+        sns=clients.sns,
     )
     return PackageOutcome(
         model_id,
