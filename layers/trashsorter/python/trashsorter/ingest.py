@@ -21,7 +21,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
-from trashsorter.catalogue import Catalogue, ImageUpdate, sequencer_newer
+from trashsorter.catalogue import Catalogue
+from trashsorter.catalogue_model import ImageUpdate, sequencer_newer
 from trashsorter.errors import Rejection, TransientError
 from trashsorter.events import S3ObjectEvent
 from trashsorter.keys import IMAGES_PREFIX, label_for_key, parse_key
