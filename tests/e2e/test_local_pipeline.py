@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import SAMPLES, mapping
+from tests.support.stack import SAMPLES_DIR as SAMPLES
+from tests.support.stack import mapping
 from trashsorter import registry, runs
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local.runtime import LocalRuntime

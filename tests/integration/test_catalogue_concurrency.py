@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.test_ingest import LABELS, Ingest
+from tests.support.ingest import LABELS, Ingest
 from tests.unit import hostile
 from trashsorter.events import parse_s3_notification
 from trashsorter.ingest import process_s3_events

@@ -22,9 +22,9 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
-from tests.fixtures.greengrass import create_deeplens_group
-from tests.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
+from tests.support.fixtures.greengrass import create_deeplens_group
+from tests.support.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
+from tests.support.stack import REGION, SAMPLES_DIR, StackHandle, load_event
 from trashsorter import registry
 from trashsorter.clients import Clients
 from trashsorter.completion import handle_training_state_change

@@ -18,7 +18,7 @@ import pytest
 from botocore.stub import Stubber
 from PIL import Image
 
-from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
+from tests.support.stack import REGION, SAMPLES_DIR, StackHandle, load_event
 from trashsorter import training
 from trashsorter.catalogue import Catalogue
 from trashsorter.clients import Clients

@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from tests.conftest import StackHandle, load_event
-from tests.fixtures.model_artifacts import mxnet_model_tar
-from tests.reliability.test_replay import LABELS, OVERRIDES, Pipeline, photos
+from tests.support.fixtures.model_artifacts import mxnet_model_tar
+from tests.support.pipeline import LABELS, OVERRIDES, Pipeline, photos
+from tests.support.stack import StackHandle, load_event
 from trashsorter import aws, registry, runs
 from trashsorter.clients import Clients
 from trashsorter.dataset import read_manifest

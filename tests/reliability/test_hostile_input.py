@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import StackHandle, put_s3_record
 from tests.reliability.corpus import CORPUS, EITHER, REJECT, WRONG_EXTENSIONS, Hostile, encode, photo
+from tests.support.stack import StackHandle, put_s3_record
 from trashsorter.errors import Rejection
 from trashsorter.validation import ImageInfo, sniff_format, validate_image
 

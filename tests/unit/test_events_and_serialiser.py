@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import load_event
+from tests.support.stack import load_event
 from trashsorter import aws, clock, ddb
 from trashsorter.clients import Clients
 from trashsorter.errors import TrashsorterError

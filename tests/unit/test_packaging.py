@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_event
-from tests.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
+from tests.support.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
+from tests.support.stack import load_event
 from trashsorter.artifacts import (
     artifact_format,
     parse_s3_uri,

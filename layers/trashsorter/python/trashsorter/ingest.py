@@ -122,28 +122,10 @@ class _Ingestor:
         if parsed is None:
             return IngestOutcome(key, None, IGNORED, "folder" if key.endswith("/") else "outside_images")
         label = parsed.label or parsed.folder
-        sequencer, version_id = event.sequencer, event.version_id
         if event.created:
-            return self.created(
-                bucket,
-                key,
-                label,
-                parsed.label is not None,
-                sequencer=sequencer,
-                version_id=version_id,
-                etag=event.etag,
-                size=event.size,
-            )
+            return self.created(event, label, parsed.label is not None)
         if event.removed:
-            return self.removed(
-                bucket,
-                key,
-                label,
-                parsed.label is not None,
-                sequencer=sequencer,
-                version_id=version_id,
-                permanent=event_name == "ObjectRemoved:Delete",
-            )
+            return self.removed(event, label, parsed.label is not None)
         logger.info("event type ignored", extra={"event_name": event_name, "key": key})
         return IngestOutcome(key, label, IGNORED, "event_type")
 
@@ -165,18 +147,10 @@ class _Ingestor:
             and (version_id is None or rec.get("version_id") == version_id)
         )
 
-    def created(
-        self,
-        bucket: str,
-        key: str,
-        label: str,
-        known_label: bool,
-        *,
-        sequencer: str,
-        version_id: str | None,
-        etag: str | None,
-        size: int,
-    ) -> IngestOutcome:
+    def created(self, event: S3ObjectEvent, label: str, known_label: bool) -> IngestOutcome:
+        """An object version exists: validate and catalogue it (``label`` from its key)."""
+        bucket, key, sequencer, version_id = event.bucket, event.key, event.sequencer, event.version_id
+        etag, size = event.etag, event.size
         rec = self.catalogue.get_image(key)
         if self._replay_or_stale(rec, sequencer, etag, version_id):
             assert rec is not None
@@ -241,17 +215,10 @@ class _Ingestor:
             changed=result.changed,
         )
 
-    def removed(
-        self,
-        bucket: str,
-        key: str,
-        label: str,
-        known_label: bool,
-        *,
-        sequencer: str,
-        version_id: str | None,
-        permanent: bool,
-    ) -> IngestOutcome:
+    def removed(self, event: S3ObjectEvent, label: str, known_label: bool) -> IngestOutcome:
+        """An object version was removed: mark the record deleted, or catalogue the version still there."""
+        bucket, key, sequencer, version_id = event.bucket, event.key, event.sequencer, event.version_id
+        permanent = event.event_name == "ObjectRemoved:Delete"
         rec = self.catalogue.get_image(key)
         if rec is not None and sequencer and rec.get("sequencer"):
             if not sequencer_newer(sequencer, str(rec["sequencer"])):
@@ -264,16 +231,16 @@ class _Ingestor:
         head = self._head(bucket, key)
         if head is not None:
             # The key still (or again) has a current version: catalogue that one instead.
-            return self.created(
+            current = S3ObjectEvent(
+                "ObjectCreated:Head",
                 bucket,
                 key,
-                label,
-                known_label,
                 sequencer=sequencer,
                 version_id=head.get("VersionId") or None,
                 etag=str(head.get("ETag", "")).strip('"') or None,
                 size=int(head.get("ContentLength") or 0),
             )
+            return self.created(current, label, known_label)
         result = self.catalogue.apply(
             ImageUpdate(
                 key=key,
