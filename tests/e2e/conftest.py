@@ -6,7 +6,6 @@ module runs, because the integration tests' in-process ``mock_aws`` shares moto'
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,6 @@ import pytest
 
 from trashsorter import aws
 from trashsorter_cli.local.runtime import LocalRuntime
-
-SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 
 
 def start_runtime(tmp: Path, overrides: dict[str, str], *, device: bool) -> LocalRuntime:
@@ -40,11 +37,6 @@ def _local_endpoint(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
             runtime: LocalRuntime = request.getfixturevalue(name)
             monkeypatch.setenv("AWS_ENDPOINT_URL", runtime.endpoint_url)
             aws.reset_clients()
-
-
-def mapping() -> dict[str, list[str]]:
-    data: dict[str, Any] = json.loads((SAMPLES / "mapping.json").read_text(encoding="utf-8"))
-    return {k: list(v) for k, v in data.items() if not k.startswith("_")}
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import SAMPLES
+from tests.support.stack import SAMPLES_DIR as SAMPLES
 from trashsorter_cli.local.runtime import LocalRuntime
 from trashsorter_cli.local.server import LocalState, free_port, write_state
 from trashsorter_cli.main import main

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import StackHandle
-from trashsorter.catalogue import MAX_TRANSACTION_ITEMS, Catalogue, ImageUpdate
+from tests.support.stack import StackHandle
+from trashsorter.catalogue import MAX_TRANSACTION_ITEMS, Catalogue
+from trashsorter.catalogue_model import ImageUpdate
 from trashsorter.errors import TransientError
+from trashsorter.events import S3ObjectEvent
 from trashsorter.ingest import _Ingestor
 from trashsorter.settings import IngestSettings
 
@@ -124,16 +126,8 @@ def test_a_crash_between_the_chunks_is_finished_by_the_retry(
     # the queue's retry of the same S3 event: the ingest step sees its own record with the same sequencer
     # (stale) and returns before apply(); the record's marker still makes it finish the reconcile
     ingestor = _Ingestor(settings, s3=None, ddb=catalogue.ddb, events=None)
-    outcome = ingestor.created(
-        "b",
-        update.key,
-        "Landfill",
-        True,
-        sequencer=update.sequencer,
-        version_id=None,
-        etag=None,
-        size=1234,
-    )
+    redelivered = S3ObjectEvent("ObjectCreated:Put", "b", update.key, sequencer=update.sequencer, size=1234)
+    outcome = ingestor.created(redelivered, "Landfill", True)
     assert outcome.status == "conflict" and not outcome.changed
     assert counts(catalogue) == {"Compost": {"conflict": COPIES}, "Landfill": {"conflict": 1}}
     retried = catalogue.apply(update)

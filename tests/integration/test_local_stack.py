@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import StackHandle
+from tests.support.stack import StackHandle
 from trashsorter.errors import ConfigurationError
 from trashsorter_cli.local.stack import (
     build_local_template,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from moto.dynamodb.models.table import Table
 
-from tests.conftest import StackHandle
+from tests.support.stack import StackHandle
 from trashsorter.schema import image_gsi, image_key
 
 PAD = "x" * 600  # ~700-byte items: 3,000 of them span 3 pages of 1 MB

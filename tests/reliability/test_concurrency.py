@@ -27,7 +27,7 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from botocore.config import Config
 from PIL import Image
 
-from tests.conftest import REGION
+from tests.support.stack import REGION
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local import moto_patches

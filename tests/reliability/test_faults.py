@@ -17,7 +17,7 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import ClientError
 
-from tests.conftest import REGION, StackHandle, put_s3_record
+from tests.support.stack import REGION, StackHandle, put_s3_record
 from tests.support import hostile
 from trashsorter.catalogue import Catalogue
 from trashsorter.errors import TransientError

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import StackHandle, put_s3_record
 from tests.support import hostile
 from tests.support.hostile import CORPUS, EITHER, REJECT, WRONG_EXTENSIONS, Hostile, encode, photo
+from tests.support.stack import StackHandle, put_s3_record
 from trashsorter.errors import Rejection
 from trashsorter.validation import REJECTION_CODES, ImageInfo, sniff_format, validate_image
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import REGION, StackHandle, put_s3_record
+from tests.support.stack import REGION, StackHandle, put_s3_record
 from tests.support import hostile
 from trashsorter.observability import logger
 from trashsorter_cli.local.dispatcher import make_context

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO_ROOT, SAMPLES_DIR
+from tests.support.stack import REPO_ROOT, SAMPLES_DIR
 
 FUNCTION = REPO_ROOT / "edge" / "deeplens" / "lambda_function.py"
 

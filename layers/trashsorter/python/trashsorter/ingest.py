@@ -13,19 +13,19 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
-from trashsorter.catalogue import Catalogue, ImageUpdate, sequencer_newer
-from trashsorter.errors import Rejection, TransientError, TrashsorterError
-from trashsorter.keys import IMAGES_PREFIX, decode_event_key, label_for_key, parse_key
+from trashsorter.catalogue import Catalogue
+from trashsorter.catalogue_model import ImageUpdate, sequencer_newer
+from trashsorter.errors import Rejection, TransientError
+from trashsorter.events import S3ObjectEvent
+from trashsorter.keys import IMAGES_PREFIX, label_for_key, parse_key
 from trashsorter.observability import logger
 from trashsorter.schema import ImageStatus
 from trashsorter.settings import IngestSettings
@@ -113,12 +113,8 @@ class _Ingestor:
             raise TransientError(f"could not tag rejected s3://{bucket}/{key}: {exc}") from exc
 
     # ---------------------------------------------------------------- events
-    def process(self, record: Mapping[str, Any]) -> IngestOutcome:
-        event_name = str(record.get("eventName", ""))
-        s3_part = record.get("s3") or {}
-        obj = s3_part.get("object") or {}
-        bucket = str((s3_part.get("bucket") or {}).get("name", ""))
-        key = decode_event_key(str(obj.get("key", "")))
+    def process(self, event: S3ObjectEvent) -> IngestOutcome:
+        event_name, bucket, key = event.event_name, event.bucket, event.key
         if bucket != self.settings.images_bucket:
             logger.warning("event for another bucket ignored", extra={"bucket": bucket, "key": key})
             return IngestOutcome(key, None, IGNORED, "other_bucket")
@@ -126,29 +122,10 @@ class _Ingestor:
         if parsed is None:
             return IngestOutcome(key, None, IGNORED, "folder" if key.endswith("/") else "outside_images")
         label = parsed.label or parsed.folder
-        sequencer = str(obj.get("sequencer") or "")
-        version_id = obj.get("versionId") or None
-        if event_name.startswith("ObjectCreated:"):
-            return self.created(
-                bucket,
-                key,
-                label,
-                parsed.label is not None,
-                sequencer=sequencer,
-                version_id=version_id,
-                etag=str(obj.get("eTag") or "") or None,
-                size=int(obj.get("size") or 0),
-            )
-        if event_name.startswith("ObjectRemoved:"):
-            return self.removed(
-                bucket,
-                key,
-                label,
-                parsed.label is not None,
-                sequencer=sequencer,
-                version_id=version_id,
-                permanent=event_name == "ObjectRemoved:Delete",
-            )
+        if event.created:
+            return self.created(event, label, parsed.label is not None)
+        if event.removed:
+            return self.removed(event, label, parsed.label is not None)
         logger.info("event type ignored", extra={"event_name": event_name, "key": key})
         return IngestOutcome(key, label, IGNORED, "event_type")
 
@@ -170,18 +147,10 @@ class _Ingestor:
             and (version_id is None or rec.get("version_id") == version_id)
         )
 
-    def created(
-        self,
-        bucket: str,
-        key: str,
-        label: str,
-        known_label: bool,
-        *,
-        sequencer: str,
-        version_id: str | None,
-        etag: str | None,
-        size: int,
-    ) -> IngestOutcome:
+    def created(self, event: S3ObjectEvent, label: str, known_label: bool) -> IngestOutcome:
+        """An object version exists: validate and catalogue it (``label`` from its key)."""
+        bucket, key, sequencer, version_id = event.bucket, event.key, event.sequencer, event.version_id
+        etag, size = event.etag, event.size
         rec = self.catalogue.get_image(key)
         if self._replay_or_stale(rec, sequencer, etag, version_id):
             assert rec is not None
@@ -249,17 +218,10 @@ class _Ingestor:
             changed=result.changed,
         )
 
-    def removed(
-        self,
-        bucket: str,
-        key: str,
-        label: str,
-        known_label: bool,
-        *,
-        sequencer: str,
-        version_id: str | None,
-        permanent: bool,
-    ) -> IngestOutcome:
+    def removed(self, event: S3ObjectEvent, label: str, known_label: bool) -> IngestOutcome:
+        """An object version was removed: mark the record deleted, or catalogue the version still there."""
+        bucket, key, sequencer, version_id = event.bucket, event.key, event.sequencer, event.version_id
+        permanent = event.event_name == "ObjectRemoved:Delete"
         rec = self.catalogue.get_image(key)
         if rec is not None and sequencer and rec.get("sequencer"):
             if not sequencer_newer(sequencer, str(rec["sequencer"])):
@@ -272,16 +234,16 @@ class _Ingestor:
         head = self._head(bucket, key)
         if head is not None:
             # The key still (or again) has a current version: catalogue that one instead.
-            return self.created(
+            current = S3ObjectEvent(
+                "ObjectCreated:Head",
                 bucket,
                 key,
-                label,
-                known_label,
                 sequencer=sequencer,
                 version_id=head.get("VersionId") or None,
                 etag=str(head.get("ETag", "")).strip('"') or None,
                 size=int(head.get("ContentLength") or 0),
             )
+            return self.created(current, label, known_label)
         result = self.catalogue.apply(
             ImageUpdate(
                 key=key,
@@ -308,6 +270,18 @@ def _reason_of(catalogue: Catalogue, key: str, status: str) -> str | None:
     return str(rec["reason_code"]) if rec and rec.get("reason_code") else None
 
 
+def process_s3_event(
+    event: S3ObjectEvent,
+    settings: IngestSettings,
+    *,
+    s3: Any = None,
+    ddb: Any = None,
+    events: Any = None,
+) -> IngestOutcome:
+    """Handle one S3 object event (ObjectCreated:* / ObjectRemoved:*)."""
+    return _Ingestor(settings, s3=s3, ddb=ddb, events=events).process(event)
+
+
 def process_s3_record(
     record: Mapping[str, Any],
     settings: IngestSettings,
@@ -316,30 +290,25 @@ def process_s3_record(
     ddb: Any = None,
     events: Any = None,
 ) -> IngestOutcome:
-    """Handle one S3 event notification record (ObjectCreated:* / ObjectRemoved:*)."""
-    return _Ingestor(settings, s3=s3, ddb=ddb, events=events).process(record)
+    """:func:`process_s3_event` for a caller holding a raw notification record (tests, benchmarks)."""
+    return process_s3_event(S3ObjectEvent.from_record(record), settings, s3=s3, ddb=ddb, events=events)
 
 
-def process_sqs_message_body(
-    body: str, settings: IngestSettings, *, s3: Any = None, ddb: Any = None, events: Any = None
+def process_s3_events(
+    batch: Sequence[S3ObjectEvent],
+    settings: IngestSettings,
+    *,
+    s3: Any = None,
+    ddb: Any = None,
+    events: Any = None,
 ) -> list[IngestOutcome]:
-    """One SQS message body: S3 notification JSON with ``Records`` (``s3:TestEvent`` -> nothing to do).
+    """The records of one SQS message (parsed by :func:`trashsorter.events.parse_s3_notification`).
 
     A TransientError from any record escapes, so the whole message is retried; the records that were
-    already handled are no-ops on the retry (idempotent). A body that is not notification JSON raises too:
-    it can never succeed, but failing keeps it (retries, then the DLQ) for a person to look at.
+    already handled are no-ops on the retry (idempotent).
     """
-    try:
-        message = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise TrashsorterError(f"SQS message is not S3 notification JSON (kept for the DLQ): {exc}") from exc
-    if not isinstance(message, dict):
-        raise TrashsorterError("SQS message is not an S3 notification object (kept for the DLQ)")
-    if message.get("Event") == "s3:TestEvent":
-        logger.info("s3:TestEvent ignored")
-        return []
     ingestor = _Ingestor(settings, s3=s3, ddb=ddb, events=events)
-    return [ingestor.process(record) for record in message.get("Records") or []]
+    return [ingestor.process(event) for event in batch]
 
 
 def rebuild_catalogue(
@@ -357,18 +326,14 @@ def rebuild_catalogue(
         for page in pages:
             for obj in page.get("Contents", []):
                 seen.add(obj["Key"])
-                record = {
-                    "eventName": "ObjectCreated:Put",
-                    "s3": {
-                        "bucket": {"name": bucket},
-                        "object": {
-                            "key": quote_plus(obj["Key"]),
-                            "size": obj.get("Size", 0),
-                            "eTag": str(obj.get("ETag", "")).strip('"'),
-                        },
-                    },
-                }
-                outcome = ingestor.process(record)
+                listed = S3ObjectEvent(
+                    "ObjectCreated:Put",
+                    bucket,
+                    obj["Key"],
+                    etag=str(obj.get("ETag", "")).strip('"') or None,
+                    size=int(obj.get("Size", 0) or 0),
+                )
+                outcome = ingestor.process(listed)
                 summary["listed"] += 1
                 summary[outcome.status] += 1
                 summary["changed" if outcome.changed else "unchanged"] += 1
@@ -377,10 +342,7 @@ def rebuild_catalogue(
     for rec in list(ingestor.catalogue.iter_images()):
         if rec.get("status") == ImageStatus.DELETED or rec["key"] in seen:
             continue
-        record = {
-            "eventName": "ObjectRemoved:Delete",
-            "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(str(rec["key"]))}},
-        }
-        if ingestor.process(record).status == ImageStatus.DELETED:
+        gone = S3ObjectEvent("ObjectRemoved:Delete", bucket, str(rec["key"]))
+        if ingestor.process(gone).status == ImageStatus.DELETED:
             summary["marked_deleted"] += 1
     return dict(summary)
