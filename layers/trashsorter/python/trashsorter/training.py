@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -401,16 +400,11 @@ class LocalBackend:
         path = self.log_path(launch)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Local mode only (never in a Lambda): the stack's child registry stops the trainer with it.
+            from trashsorter_cli.local import children
+
             with path.open("ab") as log:
-                subprocess.Popen(
-                    self.command(launch),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=dict(os.environ),
-                    close_fds=True,
-                )
+                children.spawn(self.command(launch), log=log, env=dict(os.environ))
         except OSError as exc:
             raise TrainingStartError(
                 f"could not start the local trainer for {launch.job_name}: {exc}"
