@@ -232,12 +232,26 @@ def main(
     argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None
 ) -> int:
     """Entry point; ``stdout``/``stderr`` default to the process's (tests pass their own buffers)."""
+    try:
+        return _main(argv, stdout=stdout, stderr=stderr)
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _main(argv: Sequence[str] | None, *, stdout: IO[str] | None, stderr: IO[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        if stdout is None:
+            sys.stdout.flush()  # --help into a closed pipe fails here, inside the BrokenPipeError handler
     ui = UI(json_mode=bool(getattr(args, "json", False)), stream=stdout)
     err = stderr if stderr is not None else sys.stderr
     try:
-        return run(args, ui)
+        code = run(args, ui)
+        if stdout is None:
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
     except CliError as exc:
         print(f"trashsorter: error: {exc}", file=err)
         return exc.exit_code
@@ -250,6 +264,22 @@ def main(
     except KeyboardInterrupt:
         print("trashsorter: interrupted", file=err)
         return 130
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (``trashsorter images | head -1``): no traceback, no further output.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush does not fail again; the exit code is
+    the shell's for a process ended by SIGPIPE (128 + 13).
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
 
 
 if __name__ == "__main__":

@@ -254,3 +254,22 @@ def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("argv", [["images"], ["local", "status", "--json"], ["--help"]])
+def test_closed_pipe_is_no_traceback(local_stack: LocalRuntime, argv: list[str]) -> None:
+    """`trashsorter images | head -1`: the reader goes away; the CLI stops quietly with SIGPIPE's code."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trashsorter_cli.main", *argv]
+        + ([] if argv == ["--help"] else ["--local-state", _state(local_stack)]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the CLI writes a byte
+    err = proc.stderr.read()
+    code = proc.wait(60)
+    assert err == ""
+    if argv != ["--help"]:  # argparse swallows a failed help write itself (exit 0)
+        assert code == 141
