@@ -202,15 +202,23 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         return 0
     if command == "predict":
         results = pipeline.predict(target, args.images)
+        failed = [r for r in results if "error" in r]
         if ui.json_mode:
             ui.emit_json(results)
         else:
             ui.table(
                 "Predictions",
                 ["image", "label", "confidence"],
-                [[r["image"], r["label"], f"{r['confidence']:.3f}"] for r in results],
+                [
+                    [r["image"], "error", r["error"]]
+                    if "error" in r
+                    else [r["image"], r["label"], f"{r['confidence']:.3f}"]
+                    for r in results
+                ],
             )
-        return 0
+            if failed:
+                ui.line(f"{len(failed)} of {len(results)} images failed")
+        return 1 if failed else 0
     if command == "deploy":
         outcome = pipeline.redeploy(target, args.model_id, force=args.force)
         if ui.json_mode:

@@ -1,4 +1,4 @@
-"""The local stack as a person lives in it: O(1) liveness, S3 delete events, children that stop with it."""
+"""The local stack as a person lives in it: liveness, delete events, children that stop with it, predict."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def local_stack(local_stack_factory: Any) -> Iterator[LocalRuntime]:
-    yield local_stack_factory({"MinImagesPerLabel": "500"}, device=False)
+    yield local_stack_factory({"MinImagesPerLabel": "500"}, device=True)
 
 
 def _cli(*argv: str) -> tuple[int, str, str]:
@@ -175,3 +175,29 @@ def test_trainer_child_dies_with_the_stack(tmp_path: Path, how: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_predict_gives_one_result_or_one_error_per_file_and_goes_on(
+    local_stack: LocalRuntime, tmp_path: Path
+) -> None:
+    """Files ingest would refuse get ingest's reason; the batch goes on; exit 1 when any file failed."""
+    from PIL import Image
+
+    gif, tiny, missing = tmp_path / "anim.gif", tmp_path / "tiny.png", tmp_path / "missing.jpg"
+    Image.new("RGB", (128, 128)).save(gif, format="GIF")
+    Image.new("RGB", (32, 32)).save(tiny, format="PNG")
+    photo = sorted((SAMPLES / "glass").glob("*.jpg"))[0]
+    state = str(local_stack.state_path)
+    code, out, err = _cli(
+        "predict", str(gif), str(tiny), str(missing), str(photo), "--json", "--local-state", state
+    )
+    assert code == 1, err
+    results = json.loads(out)
+    assert [r["image"] for r in results] == [str(gif), str(tiny), str(missing), str(photo)]
+    assert results[0]["error"].startswith("ingest would refuse it: unsupported_format:")
+    assert results[1]["error"].startswith("ingest would refuse it: too_small:")
+    assert results[2]["error"].startswith("cannot read it:")
+    assert "no model deployed" in results[3]["error"]  # the fresh stack's device has no model
+    assert "{" not in results[3]["error"] and " object at 0x" not in results[3]["error"]
+    code, out, _ = _cli("predict", str(gif), "--local-state", state)
+    assert code == 1 and str(gif) in out and "unsupported_format" in out

@@ -13,7 +13,9 @@ from typing import Any
 
 from trashsorter import registry, threshold, training
 from trashsorter.catalogue import Catalogue
-from trashsorter.settings import CommonSettings, PackageSettings
+from trashsorter.errors import Rejection
+from trashsorter.settings import CommonSettings, IngestSettings, PackageSettings
+from trashsorter.validation import check_object_size, validate_image
 from trashsorter_cli.targets import Target
 from trashsorter_cli.ui import UI, CliError, UsageError
 
@@ -251,8 +253,7 @@ def device_request(url: str, *, data: bytes | None = None, timeout: float = 30.0
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             body = response.read()
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:300]
-        raise CliError(f"the local device answered {exc.code}: {detail}") from exc
+        raise CliError(f"the local device answered {exc.code}: {_device_error(exc.read())}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise CliError(f"the local device at {url} is not answering: {exc}") from exc
     try:
@@ -264,7 +265,26 @@ def device_request(url: str, *, data: bytes | None = None, timeout: float = 30.0
     return result
 
 
+def _device_error(body: bytes) -> str:
+    """The ``error`` of the device's JSON answer (with its ``code``), else the start of the raw answer."""
+    try:
+        answer = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        answer = None
+    if isinstance(answer, dict) and answer.get("error"):
+        code = f"{answer['code']}: " if answer.get("code") else ""
+        return f"{code}{answer['error']}"
+    return body.decode("utf-8", "replace")[:300]
+
+
 def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
+    """One entry per image, in order: ``{"image", "label", "confidence", "model_id"}`` or
+    ``{"image", "error"}``.
+
+    Each file is first checked exactly as ingest checks an upload (:mod:`trashsorter.validation`, with the
+    ingest function's limits), so a file ingest would refuse gets ingest's reason here; a failure of one
+    file never stops the batch.
+    """
     if not target.is_local:
         raise UsageError(
             f"prediction runs on the device: {target.describe()} deploys to DeepLens / Greengrass, "
@@ -272,13 +292,18 @@ def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
         )
     if not target.device_url:
         raise CliError("the local stack runs without a device (started with --no-device)")
+    settings = target.settings(IngestSettings, "IngestFunction")
+    url = f"{target.device_url.rstrip('/')}/predict"
     results: list[dict[str, Any]] = []
     for image in images:
-        if not image.is_file():
-            raise UsageError(f"{image} is not a file")
-        answer = device_request(f"{target.device_url.rstrip('/')}/predict", data=image.read_bytes())
-        if "label" not in answer:
-            raise CliError(f"{image}: {answer.get('error') or answer.get('message') or 'no model deployed'}")
+        try:
+            data = _checked_image(image, settings)
+            answer = device_request(url, data=data)
+            if "label" not in answer:
+                raise CliError(str(answer.get("error") or answer.get("message") or "no model deployed"))
+        except CliError as exc:
+            results.append({"image": str(image), "error": str(exc)})
+            continue
         results.append(
             {
                 "image": str(image),
@@ -288,6 +313,22 @@ def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
             }
         )
     return results
+
+
+def _checked_image(image: Path, settings: IngestSettings) -> bytes:
+    """The file's bytes if ingest would accept them, else a CliError with ingest's reason."""
+    try:
+        data = image.read_bytes()
+    except IsADirectoryError as exc:
+        raise CliError("is a directory, not an image file") from exc
+    except OSError as exc:
+        raise CliError(f"cannot read it: {exc.strerror or exc}") from exc
+    try:
+        check_object_size(len(data), settings.max_image_bytes)
+        validate_image(data, max_pixels=settings.max_image_pixels, min_side=settings.min_image_side)
+    except Rejection as exc:
+        raise CliError(f"ingest would refuse it: {exc.code}: {exc.message}") from exc
+    return data
 
 
 def device_status(target: Target) -> dict[str, Any] | None:
