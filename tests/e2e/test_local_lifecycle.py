@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +202,23 @@ def test_predict_gives_one_result_or_one_error_per_file_and_goes_on(
     assert "{" not in results[3]["error"] and " object at 0x" not in results[3]["error"]
     code, out, _ = _cli("predict", str(gif), "--local-state", state)
     assert code == 1 and str(gif) in out and "unsupported_format" in out
+
+
+def test_a_new_stack_s_device_serves_no_model_left_by_an_earlier_one(local_stack_factory: Any) -> None:
+    """State lives in memory: the fresh registry names no champion, so the device must not serve one."""
+    first = local_stack_factory({"MinImagesPerLabel": "500"}, device=True)
+    first.stop()
+    earlier = first.state_dir / "device"
+    earlier.mkdir(parents=True, exist_ok=True)
+    (earlier / "current.json").write_text(json.dumps({"model_id": "old", "model_dir": str(earlier)}))
+    runtime = LocalRuntime(port=None, stack_name="ts-e2e-again", state_path=first.state_path, device=True)
+    runtime.start()
+    try:
+        assert not (earlier / "current.json").exists()
+        code, out, err = _cli("status", "--json", "--local-state", str(runtime.state_path))
+        assert code == 0, err
+        assert json.loads(out)["champion"] is None
+        with urllib.request.urlopen(f"{runtime.device_url}/status", timeout=10) as resp:  # noqa: S310
+            assert json.loads(resp.read())["model_id"] is None
+    finally:
+        runtime.stop()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -244,6 +245,9 @@ class LocalRuntime:
     def _start_device(self) -> str:
         from trashsorter_cli.device.server import LocalDevice
 
+        # The stack's state lives in memory and starts empty, so its registry names no champion: the device
+        # must not serve a model left on disk by an earlier stack (docs/local-mode.md, "State").
+        shutil.rmtree(self.state_dir / "device", ignore_errors=True)
         self.device = LocalDevice(self.host, 0, self.state_dir / "device", s3=self.client("s3"))
         self.device.start()
         return str(self.device.url)
