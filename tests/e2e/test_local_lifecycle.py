@@ -222,3 +222,28 @@ def test_a_new_stack_s_device_serves_no_model_left_by_an_earlier_one(local_stack
             assert json.loads(resp.read())["model_id"] is None
     finally:
         runtime.stop()
+
+
+def test_status_counts_rejections_under_unknown_folders_and_says_ingest_is_in_progress(
+    local_stack: LocalRuntime,
+) -> None:
+    assert local_stack.stack is not None and local_stack.dispatcher is not None
+    s3 = local_stack.client("s3")
+    bucket = local_stack.stack.outputs["ImagesBucketName"]
+    state = str(local_stack.state_path)
+    local_stack.dispatcher.stop()  # ingest paused: the upload waits in the queue
+    try:
+        s3.put_object(Bucket=bucket, Key=f"images/Glass/{uuid.uuid4().hex[:8]}/g.jpg", Body=_photo(1))
+        code, out, err = _cli("status", "--local-state", state)
+        assert code == 0, err
+        assert "ingest in progress: 1 messages queued" in out
+        before = json.loads(_cli("status", "--json", "--local-state", state)[1])["rejected_other_folders"]
+    finally:
+        local_stack.dispatcher.start()
+    assert local_stack.dispatcher.wait_idle(timeout=60, settle=0.5)
+    code, out, err = _cli("status", "--json", "--local-state", state)
+    status = json.loads(out)
+    assert status["ingest_queued"] == 0
+    assert status["rejected_other_folders"] == before + 1  # unknown label "Glass": rejected, and counted
+    code, out, err = _cli("status", "--local-state", state)
+    assert "(other folders)" in out and "ingest in progress" not in out

@@ -11,9 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from trashsorter import registry, threshold, training
 from trashsorter.catalogue import Catalogue
 from trashsorter.errors import Rejection
+from trashsorter.schema import ImageStatus, image_gsi
 from trashsorter.settings import CommonSettings, IngestSettings, PackageSettings
 from trashsorter.validation import check_object_size, validate_image
 from trashsorter_cli.targets import Target
@@ -95,9 +98,25 @@ def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
             }
             for d in registry.list_deployments(str(champion["model_id"]), table_name=target.table, ddb=ddb)
         ]
+    lock = training.get_lock(target.table, ddb=ddb)
     return {
         "target": target.describe(),
         "bucket": target.bucket,
+        "rejected_other_folders": max(
+            0,
+            _count_status(ddb, target.table, ImageStatus.REJECTED)
+            - sum(c["rejected"] for c in counts.values()),
+        ),
+        "ingest_queued": _queued(target),
+        "training_queued": (
+            {
+                "behind_run": str(lock.get("holder", "")),
+                "since": str(lock.get("pending_since", "")),
+                "reason": str(lock.get("pending_reason", "")),
+            }
+            if lock.get("pending") and lock.get("holder")
+            else None
+        ),
         "labels": {
             label: {**c, "needed": rule.missing.get(label, 0), "required": settings.min_images_per_label}
             for label, c in counts.items()
@@ -116,6 +135,44 @@ def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
     }
 
 
+def _count_status(ddb: Any, table: str, status: str) -> int:
+    """Image records with ``status`` under any folder, allowed label or not (the status index, COUNT)."""
+    total, start = 0, None
+    pk = image_gsi(status, "", "")["gsi1pk"]
+    while True:
+        kwargs: dict[str, Any] = {
+            "TableName": table,
+            "IndexName": "gsi1",
+            "KeyConditionExpression": "gsi1pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+            "Select": "COUNT",
+        }
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        page = ddb.query(**kwargs)
+        total += int(page.get("Count", 0))
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return total
+
+
+def _queued(target: Target) -> int:
+    """Messages waiting for or being processed by ingest (0 when the queue cannot be read)."""
+    url = target.outputs.get("IngestQueueUrl")
+    if not url:
+        return 0
+    try:
+        attrs = target.client("sqs").get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+    except (ClientError, BotoCoreError):
+        return 0
+    return int(attrs.get("ApproximateNumberOfMessages", 0)) + int(
+        attrs.get("ApproximateNumberOfMessagesNotVisible", 0)
+    )
+
+
 def render_status(ui: UI, status: dict[str, Any]) -> None:
     ui.line(f"{status['target']}  (bucket {status['bucket']})")
     rows = [
@@ -129,7 +186,11 @@ def render_status(ui: UI, status: dict[str, Any]) -> None:
         ]
         for label, c in status["labels"].items()
     ]
+    if status["rejected_other_folders"]:
+        rows.append(["(other folders)", 0, status["rejected_other_folders"], 0, 0, "-"])
     ui.table("Images", ["label", "accepted", "rejected", "duplicate", "conflict", "threshold"], rows)
+    if status["ingest_queued"]:
+        ui.line(f"ingest in progress: {status['ingest_queued']} messages queued (counts are still changing)")
     rule = status["threshold"]
     ui.line(
         f"Training rule: {'met' if rule['met'] else 'not met'} - {rule['reason']} "
@@ -147,6 +208,12 @@ def render_status(ui: UI, status: dict[str, Any]) -> None:
         for r in status["runs"]
     ]
     ui.table("Runs", ["job", "status", "progress", "accuracy", "outcome", "created"], run_rows)
+    queued = status["training_queued"]
+    if queued:
+        ui.line(
+            f"a training request ({queued['reason'] or 'dataset ready'}, since {queued['since']}) is queued "
+            f"behind the active run {queued['behind_run']}; it starts when that run finishes"
+        )
     champion = status["champion"]
     if champion:
         acc = champion["accuracy"]
