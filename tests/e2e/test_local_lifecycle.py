@@ -36,6 +36,14 @@ def _cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def _stack_parts(runtime: LocalRuntime) -> tuple[Any, str, Catalogue]:
+    """The S3 client, images bucket and catalogue of a running stack (with its dispatcher)."""
+    assert runtime.stack is not None and runtime.dispatcher is not None
+    outputs = runtime.stack.outputs
+    catalogue = Catalogue(outputs["CatalogueTableName"], ddb=runtime.client("dynamodb"))
+    return runtime.client("s3"), outputs["ImagesBucketName"], catalogue
+
+
 def _photo(n: int) -> bytes:
     return sorted((SAMPLES / "paper").glob("*.jpg"))[n].read_bytes()
 
@@ -46,8 +54,7 @@ def test_status_answers_20_of_20_with_hundreds_of_objects_and_a_slow_state_dump(
     """Liveness never reads moto's whole state: with it made as slow as a big stack's, status still works."""
     from moto.core import model_instances
 
-    s3 = local_stack.client("s3")
-    bucket = local_stack.stack.outputs["ImagesBucketName"] if local_stack.stack else ""
+    s3, bucket, _ = _stack_parts(local_stack)
     sub = uuid.uuid4().hex[:8]
     for i in range(300):  # not images: catalogued as rejected, but they are objects of the stack
         s3.put_object(Bucket=bucket, Key=f"images/Compost/{sub}/n{i:03d}.jpg", Body=b"x" * 64)
@@ -72,10 +79,7 @@ def test_deleting_a_conflicting_copy_through_the_plain_endpoint_counts_the_survi
     local_stack: LocalRuntime,
 ) -> None:
     """aws s3 rm on a versioned bucket = a delete marker; S3 sends ObjectRemoved:DeleteMarkerCreated."""
-    assert local_stack.stack is not None and local_stack.dispatcher is not None
-    s3 = local_stack.client("s3")
-    bucket = local_stack.stack.outputs["ImagesBucketName"]
-    catalogue = Catalogue(local_stack.stack.outputs["CatalogueTableName"], ddb=local_stack.client("dynamodb"))
+    s3, bucket, catalogue = _stack_parts(local_stack)
     sub = uuid.uuid4().hex[:8]
     keep, drop = f"images/Recycling/{sub}/same.jpg", f"images/Compost/{sub}/same.jpg"
     body = _photo(5)
@@ -98,10 +102,7 @@ def test_deleting_a_conflicting_copy_through_the_plain_endpoint_counts_the_survi
 
 def test_deleting_one_version_sends_object_removed_delete(local_stack: LocalRuntime) -> None:
     """A version deleted by id (others remain) is a permanent delete: S3 sends ObjectRemoved:Delete."""
-    assert local_stack.stack is not None and local_stack.dispatcher is not None
-    s3 = local_stack.client("s3")
-    bucket = local_stack.stack.outputs["ImagesBucketName"]
-    catalogue = Catalogue(local_stack.stack.outputs["CatalogueTableName"], ddb=local_stack.client("dynamodb"))
+    s3, bucket, catalogue = _stack_parts(local_stack)
     key = f"images/Landfill/{uuid.uuid4().hex[:8]}/v.jpg"
     first = s3.put_object(Bucket=bucket, Key=key, Body=_photo(7))["VersionId"]
     s3.put_object(Bucket=bucket, Key=key, Body=_photo(8))
@@ -227,9 +228,7 @@ def test_a_new_stack_s_device_serves_no_model_left_by_an_earlier_one(local_stack
 def test_status_counts_rejections_under_unknown_folders_and_says_ingest_is_in_progress(
     local_stack: LocalRuntime,
 ) -> None:
-    assert local_stack.stack is not None and local_stack.dispatcher is not None
-    s3 = local_stack.client("s3")
-    bucket = local_stack.stack.outputs["ImagesBucketName"]
+    s3, bucket, _ = _stack_parts(local_stack)
     state = str(local_stack.state_path)
     local_stack.dispatcher.stop()  # ingest paused: the upload waits in the queue
     try:
