@@ -29,6 +29,11 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--local-state", type=Path, default=None, help="local state file (default .trashsorter/local.json)"
     )
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the handlers' logs on the console (stderr) instead of only in the log file",
+    )
     return common
 
 
@@ -117,6 +122,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 parameter_overrides=list(args.parameter_overrides),
                 state_path=args.local_state,
                 device=not args.no_device,
+                verbose=args.verbose,
             )
         result = (
             local.down(ui, state_path=args.local_state)
@@ -256,6 +262,10 @@ def _main(argv: Sequence[str] | None, *, stdout: IO[str] | None, stderr: IO[str]
     ui = UI(json_mode=bool(getattr(args, "json", False)), stream=stdout)
     err = stderr if stderr is not None else sys.stderr
     try:
+        # `local up` routes its stack's logs itself; in-process callers (tests) pass their own streams and
+        # keep the process's logging as it is.
+        if stdout is None and not (args.command == "local" and args.local_command == "up"):
+            route_logs(args, err)
         code = run(args, ui)
         if stdout is None:
             sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
@@ -272,6 +282,29 @@ def _main(argv: Sequence[str] | None, *, stdout: IO[str] | None, stderr: IO[str]
     except KeyboardInterrupt:
         print("trashsorter: interrupted", file=err)
         return 130
+
+
+def route_logs(args: argparse.Namespace, err: IO[str]) -> None:
+    """Domain code a command runs in this process (reindex's ingest, train's trigger) logs JSON lines through
+    the one Logger; they go to the log file, or to stderr with ``--verbose``, never onto stdout."""
+    import logging
+
+    from trashsorter.observability import logger
+
+    handler = getattr(logger, "registered_handler", None)
+    if not isinstance(handler, logging.StreamHandler):
+        return
+    if getattr(args, "verbose", False):
+        handler.setStream(err)
+        return
+    from trashsorter_cli.local.server import default_log_file
+
+    path = default_log_file(getattr(args, "local_state", None))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler.setStream(path.open("a", encoding="utf-8", buffering=1))
+    except OSError:
+        handler.setStream(err)  # no writable log file: stderr still keeps stdout clean
 
 
 def _closed_pipe() -> int:

@@ -203,7 +203,7 @@ def test_console_script_error_exit_without_traceback(tmp_path: Path) -> None:
 
 
 def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
-    """stdout carries only the CLI's lines (ready first, stop last); the handlers' logs go to stderr."""
+    """stdout carries only the CLI's lines (ready first, stop last); the handlers' logs go to the log file."""
     state = tmp_path / "local.json"
     stderr_path = tmp_path / "stderr.log"
     cmd = [sys.executable, "-m", "trashsorter_cli.main", "local"]
@@ -235,11 +235,14 @@ def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
         assert data["parameters"]["TrainingBackend"] == "local"
         assert data["outputs"]["ImagesBucketName"] in ready
         # S3 sends an s3:TestEvent when the bucket notification is configured; the ingest handler logs
-        # that it ignored it. That log line must reach stderr, never stdout.
+        # that it ignored it. That log line goes to the log file the ready line names, never the console.
+        log_file = tmp_path / "logs" / "trashsorter.log"
+        assert f"handler logs: {log_file}" in ready
         deadline = time.monotonic() + 60
-        while "s3:TestEvent ignored" not in stderr_path.read_text():
+        while not log_file.exists() or "s3:TestEvent ignored" not in log_file.read_text():
             assert time.monotonic() < deadline, stderr_path.read_text()[-2000:]
             time.sleep(0.2)
+        assert "s3:TestEvent" not in stderr_path.read_text()
         down = subprocess.run(
             [*cmd, "down", "--local-state", str(state)],
             capture_output=True,
@@ -273,3 +276,38 @@ def test_closed_pipe_is_no_traceback(local_stack: LocalRuntime, argv: list[str])
     assert err == ""
     if argv != ["--help"]:  # argparse swallows a failed help write itself (exit 0)
         assert code == 141
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_reindex_keeps_handler_logs_off_stdout(
+    local_stack: LocalRuntime, tmp_path: Path, verbose: bool
+) -> None:
+    """reindex runs ingest in the CLI process: its JSON logs go to the log file (stderr with --verbose)."""
+    assert local_stack.stack is not None and local_stack.dispatcher is not None
+    state = tmp_path / "local.json"
+    state.write_text(Path(_state(local_stack)).read_text())
+    local_stack.dispatcher.stop()  # the new object is catalogued (and logged) by reindex, not by the stack
+    try:
+        local_stack.client("s3").put_object(
+            Bucket=local_stack.stack.outputs["ImagesBucketName"],
+            Key=f"images/Compost/{uuid.uuid4().hex[:8]}/r.jpg",
+            Body=b"not an image",
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "trashsorter_cli.main", "reindex", "--local-state", str(state)]
+            + (["--verbose"] if verbose else []),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        local_stack.dispatcher.start()
+    _wait_catalogued(local_stack)
+    assert result.returncode == 0, result.stderr
+    assert '"level"' not in result.stdout
+    log_file = tmp_path / "logs" / "trashsorter.log"
+    if verbose:
+        assert '"level"' in result.stderr
+    else:
+        assert '"level"' not in result.stderr and '"level"' in log_file.read_text()

@@ -40,6 +40,11 @@ def default_state_path() -> Path:
     return Path.cwd() / STATE_DIR_NAME / STATE_FILE_NAME
 
 
+def default_log_file(state_path: Path | None = None) -> Path:
+    """``<state dir>/logs/trashsorter.log``: the handlers' logs (``local up`` and in-process commands)."""
+    return Path(state_path or default_state_path()).parent / "logs" / "trashsorter.log"
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port nobody listens on right now (the demo and the tests never collide with 4566)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
