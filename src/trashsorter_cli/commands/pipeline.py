@@ -95,6 +95,7 @@ def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
                 "status": str(d.get("status", "")),
                 "deployment_id": str(d.get("deployment_id", "") or ""),
                 "recorded_at": str(d.get("recorded_at", "")),
+                "note": str(d.get("note", "") or ""),
             }
             for d in registry.list_deployments(str(champion["model_id"]), table_name=target.table, ddb=ddb)
         ]
@@ -220,13 +221,26 @@ def render_status(ui: UI, status: dict[str, Any]) -> None:
         ui.line(
             f"Champion: {champion['model_id']} (validation accuracy {acc:.3f})" if acc is not None else ""
         )
-        ui.table(
-            "Deployments",
-            ["target", "status", "deployment", "recorded"],
-            [[d["target"], d["status"], d["deployment_id"], d["recorded_at"]] for d in status["deployments"]],
-        )
+        deployments_table(ui, status["deployments"])
     else:
         ui.line("Champion: none yet")
+
+
+def deployments_table(ui: UI, deployments: Sequence[dict[str, Any]]) -> None:
+    """One row per deployment; a skipped or failed one says why (its note)."""
+    ui.table(
+        "Deployments",
+        ["target", "status", "deployment", "recorded"],
+        [
+            [
+                d["target"],
+                f"{d['status']} ({d['note']})" if d.get("note") else d["status"],
+                d["deployment_id"],
+                d["recorded_at"],
+            ]
+            for d in deployments
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------------ train
