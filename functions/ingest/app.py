@@ -13,7 +13,8 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from trashsorter.ingest import IGNORED, process_sqs_message_body
+from trashsorter.events import parse_s3_notification
+from trashsorter.ingest import IGNORED, process_s3_events
 from trashsorter.observability import MetricUnit, logger, metrics, tracer
 from trashsorter.settings import IngestSettings
 
@@ -23,7 +24,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 def record_handler(record: SQSRecord) -> None:
     logger.set_correlation_id(record.message_id)
-    for outcome in process_sqs_message_body(record.body, SETTINGS):
+    for outcome in process_s3_events(parse_s3_notification(record.body), SETTINGS):
         if outcome.status == IGNORED:
             metrics.add_metric(name="ignored", unit=MetricUnit.Count, value=1)
         elif outcome.changed and outcome.reason_code and outcome.status == "rejected":

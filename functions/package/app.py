@@ -12,8 +12,10 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from trashsorter.completion import handle_training_state_change
+from trashsorter.deploy.orchestrate import PackageOutcome
+from trashsorter.events import parse_training_state_change
 from trashsorter.observability import MetricUnit, logger, metrics, tracer
-from trashsorter.packaging import handle_training_state_change
 from trashsorter.settings import PackageSettings
 
 SETTINGS = PackageSettings.from_env()
@@ -23,7 +25,12 @@ SETTINGS = PackageSettings.from_env()
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    outcome = handle_training_state_change(event, SETTINGS)
+    change = parse_training_state_change(event)
+    if change is None:
+        logger.warning("not a training job state change", extra={"source": event.get("source")})
+        outcome = PackageOutcome("", "", "ignored", reason="not a SageMaker training job state change")
+    else:
+        outcome = handle_training_state_change(change, SETTINGS)
     metrics.add_metric(name=f"package_{outcome.outcome}", unit=MetricUnit.Count, value=1)
     logger.info("package outcome", extra=outcome.as_dict())
     return outcome.as_dict()

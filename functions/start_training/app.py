@@ -11,8 +11,8 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from trashsorter.events import parse_dataset_ready
 from trashsorter.observability import MetricUnit, logger, metrics, tracer
-from trashsorter.schema import DATASET_READY, EVENT_SOURCE
 from trashsorter.settings import TrainingSettings
 from trashsorter.training import start_training
 
@@ -23,10 +23,11 @@ SETTINGS = TrainingSettings.from_env()
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
-    if event.get("source") != EVENT_SOURCE or event.get("detail-type") != DATASET_READY:
+    ready = parse_dataset_ready(event)
+    if ready is None:
         logger.warning("not a Dataset Ready event", extra={"detail_type": event.get("detail-type")})
         return {"status": "ignored"}
-    outcome = start_training(event.get("detail") or {}, SETTINGS)
+    outcome = start_training(ready, SETTINGS)
     metrics.add_metric(name=f"training_{outcome.status}", unit=MetricUnit.Count, value=1)
     logger.info("start training outcome", extra={"outcome": outcome.as_dict()})
     return outcome.as_dict()

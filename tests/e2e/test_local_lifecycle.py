@@ -143,7 +143,8 @@ def test_trainer_child_dies_with_the_stack(tmp_path: Path, how: str) -> None:
     script = tmp_path / "stack.py"
     script.write_text(
         "import signal, sys, threading\n"
-        "from trashsorter.training import LocalBackend, TrainingLaunch\n"
+        "from trashsorter.training_request import TrainingLaunch\n"
+        "from trashsorter_cli.local.training_backend import LocalBackend\n"
         "from trashsorter_cli.local import children\n"
         "signal.signal(signal.SIGTERM, lambda *a: (children.stop_all(), sys.exit(0)))\n"
         "from pathlib import Path\n"
@@ -246,3 +247,21 @@ def test_status_counts_rejections_under_unknown_folders_and_says_ingest_is_in_pr
     assert status["rejected_other_folders"] == before + 1  # unknown label "Glass": rejected, and counted
     code, out, err = _cli("status", "--local-state", state)
     assert "(other folders)" in out and "ingest in progress" not in out
+
+
+def test_status_says_a_training_request_is_queued_behind_the_active_run(local_stack: LocalRuntime) -> None:
+    from trashsorter import runs
+
+    _, _, catalogue = _stack_parts(local_stack)
+    ddb, table = local_stack.client("dynamodb"), catalogue.table_name
+    state = str(local_stack.state_path)
+    assert json.loads(_cli("status", "--json", "--local-state", state)[1])["training_queued"] is None
+    assert runs.acquire_lock(ddb, table, "run-active", "ds-1")
+    try:
+        assert runs.mark_pending(ddb, table, "run-active", reason="threshold", dataset_id="ds-2")
+        code, out, err = _cli("status", "--local-state", state)
+        assert code == 0, err
+        assert "a training request (threshold, since " in out
+        assert "is queued behind the active run run-active" in out
+    finally:
+        runs.release_lock(ddb, table, "run-active", keep_pending=False)

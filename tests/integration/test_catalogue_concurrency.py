@@ -2,7 +2,7 @@
 delivered twice at the same time, with duplicates, cross-label conflicts and rejections mixed in.
 
 Counts must be exact, and "Dataset Ready" must be published exactly once. Threads call the domain function
-(:func:`process_sqs_message_body`), not the handler module: one Lambda instance never runs two batches at
+(:func:`process_s3_events`), not the handler module: one Lambda instance never runs two batches at
 once, and the handler's Powertools batch processor / metrics are per instance, not thread-safe.
 """
 
@@ -18,7 +18,8 @@ import pytest
 
 from tests.integration.test_ingest import LABELS, Ingest
 from tests.unit import hostile
-from trashsorter.ingest import process_sqs_message_body
+from trashsorter.events import parse_s3_notification
+from trashsorter.ingest import process_s3_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.slow]
 
@@ -116,7 +117,7 @@ def test_eight_parallel_workers_keep_exact_counts_and_publish_once(ingest: Inges
     def worker(chunk: list[str]) -> None:
         for body in chunk:
             try:
-                process_sqs_message_body(body, ingest.settings)
+                process_s3_events(parse_s3_notification(body), ingest.settings)
             except Exception as exc:  # noqa: BLE001 - collected and asserted below
                 errors.append(exc)
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import StackHandle
-from trashsorter.catalogue import MAX_TRANSACTION_ITEMS, Catalogue, ImageUpdate
+from trashsorter.catalogue import MAX_TRANSACTION_ITEMS, Catalogue
+from trashsorter.catalogue_model import ImageUpdate
 from trashsorter.errors import TransientError
 from trashsorter.ingest import _Ingestor
 from trashsorter.settings import IngestSettings

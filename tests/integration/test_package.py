@@ -26,15 +26,26 @@ from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
 from tests.fixtures.greengrass import create_deeplens_group
 from tests.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
 from trashsorter import registry
+from trashsorter.clients import Clients
+from trashsorter.completion import handle_training_state_change
+from trashsorter.ddb import deserialize, serialize
 from trashsorter.deploy import greengrass_v2
+from trashsorter.deploy.orchestrate import redeploy
 from trashsorter.errors import DeploymentError
-from trashsorter.packaging import handle_training_state_change, redeploy
-from trashsorter.registry import deserialize, serialize
+from trashsorter.events import parse_training_state_change
 from trashsorter.schema import LOCK_KEY, STATE_KEY, dataset_key, job_key, run_key
 from trashsorter.settings import PackageSettings
 from trashsorter_cli.local.dispatcher import make_context
 
 pytestmark = pytest.mark.integration
+
+
+def handle(event: dict[str, Any], settings: PackageSettings, **clients: Any) -> Any:
+    """What functions/package/app.py does: parse the event at the edge, then the one domain call."""
+    change = parse_training_state_change(event)
+    assert change is not None, event
+    return handle_training_state_change(change, settings, Clients(**clients))
+
 
 LABELS = ("Compost", "Landfill", "Recycling")
 DATASET_ID = "3f9a1c2b7d4e5f60"
@@ -348,13 +359,13 @@ def test_replaying_the_event_changes_nothing(pack: Pack) -> None:
     pack.start_run(JOB, artifact=mxnet_model_tar())
     settings = pack.settings()
     event = pack.event("training_completed.json", JOB)
-    first = handle_training_state_change(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+    first = handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
     before = pack.table_items()
     versions = pack.s3.list_object_versions(Bucket=pack.deeplens_bucket)["Versions"]
     pack.notices_received()
 
     event["id"] = "another-delivery-of-the-same-change"
-    second = handle_training_state_change(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+    second = handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
 
     assert first.outcome == "deployed" and second.outcome == "duplicate"
     assert pack.table_items() == before
@@ -375,18 +386,18 @@ def test_retry_after_a_crash_half_way_finishes_without_a_second_deployment(pack:
     stub = Stubber(sns)
     stub.add_client_error("publish", service_error_code="InternalError", http_status_code=500)
     with stub, pytest.raises(Exception, match="could not publish"):
-        handle_training_state_change(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg, sns=sns)
+        handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg, sns=sns)
     assert len(pack.deployments()) == 1
     # the lease is held by the crashed attempt: a concurrent delivery is told to retry later
     with pytest.raises(Exception, match="another delivery"):
-        handle_training_state_change(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+        handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
     pack.ddb.update_item(  # the lease runs out (the crashed Lambda is long gone)
         TableName=pack.table,
         Key=serialize(run_key(run_id)),
         UpdateExpression="SET package_claim_completed = :old",
         ExpressionAttributeValues={":old": {"S": "2024-01-01T00:00:00.000000Z"}},
     )
-    outcome = handle_training_state_change(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+    outcome = handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
     assert outcome.outcome == "deployed"
     assert len(pack.deployments()) == 1
     assert pack.get(run_key(run_id))["handled_statuses"] == ["Completed"]
@@ -423,7 +434,7 @@ def test_failed_and_stopped_jobs_record_the_reason_and_release_the_lock(
 
 def test_low_accuracy_is_rejected_and_not_deployed(pack: Pack) -> None:
     run_id = pack.start_run(JOB, artifact=mxnet_model_tar())
-    outcome = handle_training_state_change(
+    outcome = handle(
         pack.event("training_completed.json", JOB, accuracy=0.61),
         pack.settings(),
         ddb=pack.ddb,
@@ -445,7 +456,7 @@ def test_low_accuracy_is_rejected_and_not_deployed(pack: Pack) -> None:
 def test_worse_than_the_champion_beyond_tolerance_is_rejected(pack: Pack) -> None:
     old = "deeplens-ts-3f9a1c2b7d4e5f60-20240501080000"
     pack.start_run(old, artifact=mxnet_model_tar())
-    first = handle_training_state_change(
+    first = handle(
         pack.event("training_completed.json", old, accuracy=0.97),
         pack.settings(),
         ddb=pack.ddb,
@@ -454,7 +465,7 @@ def test_worse_than_the_champion_beyond_tolerance_is_rejected(pack: Pack) -> Non
     )
     assert first.outcome == "deployed"
     pack.start_run(JOB, artifact=mxnet_model_tar())
-    second = handle_training_state_change(
+    second = handle(
         pack.event("training_completed.json", JOB, accuracy=0.9125),
         pack.settings(),
         ddb=pack.ddb,
@@ -481,7 +492,7 @@ def test_missing_or_corrupt_artifact_is_a_recorded_failure(
     pack: Pack, artifact: bytes | None, reason: str
 ) -> None:
     run_id = pack.start_run(JOB, artifact=artifact)
-    outcome = handle_training_state_change(
+    outcome = handle(
         pack.event("training_completed.json", JOB),
         pack.settings(),
         ddb=pack.ddb,
@@ -504,9 +515,7 @@ def test_missing_metrics_and_artifact_are_read_with_describe_training_job(pack: 
     pack.start_run(JOB, artifact=mxnet_model_tar())
     event = pack.event("training_completed.json", JOB)
     del event["detail"]["ModelArtifacts"], event["detail"]["FinalMetricDataList"]
-    outcome = handle_training_state_change(
-        event, pack.settings(), ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg
-    )
+    outcome = handle(event, pack.settings(), ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
     # moto's describe gives the artifact location but no metrics: packaged, then gated out for no accuracy
     assert outcome.outcome == "rejected"
     assert "reported no validation:accuracy" in outcome.reason
@@ -515,7 +524,7 @@ def test_missing_metrics_and_artifact_are_read_with_describe_training_job(pack: 
 
 def test_no_deeplens_group_configured_packages_and_registers_only(pack: Pack) -> None:
     pack.start_run(JOB, artifact=mxnet_model_tar())
-    outcome = handle_training_state_change(
+    outcome = handle(
         pack.event("training_completed.json", JOB),
         pack.settings(DEEPLENS_GROUP_ID="", DEEPLENS_FUNCTION_ARN=""),
         ddb=pack.ddb,
@@ -532,7 +541,7 @@ def test_no_deeplens_group_configured_packages_and_registers_only(pack: Pack) ->
 
 def test_group_without_function_arn_is_a_clear_failure(pack: Pack) -> None:
     pack.start_run(JOB, artifact=mxnet_model_tar())
-    outcome = handle_training_state_change(
+    outcome = handle(
         pack.event("training_completed.json", JOB),
         pack.settings(DEEPLENS_FUNCTION_ARN=""),
         ddb=pack.ddb,
@@ -550,7 +559,7 @@ def test_redeploy_a_previous_champion(pack: Pack) -> None:
     old = "deeplens-ts-3f9a1c2b7d4e5f60-20240501080000"
     for job, accuracy in ((old, 0.9), (JOB, 0.93)):
         pack.start_run(job, artifact=mxnet_model_tar())
-        handle_training_state_change(
+        handle(
             pack.event("training_completed.json", job, accuracy=accuracy),
             pack.settings(),
             ddb=pack.ddb,
@@ -559,7 +568,7 @@ def test_redeploy_a_previous_champion(pack: Pack) -> None:
         )
     assert registry.get_model(old, table_name=pack.table, ddb=pack.ddb)["status"] == "retired"  # type: ignore[index]
 
-    outcome = redeploy(old, pack.settings(), ddb=pack.ddb, greengrass=pack.gg)
+    outcome = redeploy(old, pack.settings(), clients=Clients(ddb=pack.ddb, greengrass=pack.gg))
 
     assert outcome.outcome == "deployed"
     assert registry.get_champion(table_name=pack.table, ddb=pack.ddb)["model_id"] == old  # type: ignore[index]
@@ -583,7 +592,7 @@ def test_redeploy_a_previous_champion(pack: Pack) -> None:
 
 def test_redeploy_refuses_a_gated_out_model_without_force(pack: Pack) -> None:
     pack.start_run(JOB, artifact=mxnet_model_tar())
-    handle_training_state_change(
+    handle(
         pack.event("training_completed.json", JOB, accuracy=0.5),
         pack.settings(),
         ddb=pack.ddb,
@@ -591,8 +600,11 @@ def test_redeploy_refuses_a_gated_out_model_without_force(pack: Pack) -> None:
         greengrass=pack.gg,
     )
     with pytest.raises(DeploymentError, match="rejected by the quality gate"):
-        redeploy(JOB, pack.settings(), ddb=pack.ddb, greengrass=pack.gg)
-    assert redeploy(JOB, pack.settings(), force=True, ddb=pack.ddb, greengrass=pack.gg).outcome == "deployed"
+        redeploy(JOB, pack.settings(), clients=Clients(ddb=pack.ddb, greengrass=pack.gg))
+    assert (
+        redeploy(JOB, pack.settings(), force=True, clients=Clients(ddb=pack.ddb, greengrass=pack.gg)).outcome
+        == "deployed"
+    )
 
 
 def test_onnx_model_goes_to_greengrass_v2_with_rollback_stubber(pack: Pack) -> None:
@@ -664,9 +676,7 @@ def test_onnx_model_goes_to_greengrass_v2_with_rollback_stubber(pack: Pack) -> N
         },
     )
     with stub:
-        outcome = handle_training_state_change(
-            event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg, greengrassv2=v2
-        )
+        outcome = handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg, greengrassv2=v2)
     stub.assert_no_pending_responses()
     assert outcome.outcome == "deployed"
     assert outcome.deployments[0] == {
@@ -701,10 +711,10 @@ def test_greengrass_v2_throttling_is_retried_with_the_same_version_stubber(pack:
         "create_component_version", service_error_code="ThrottlingException", http_status_code=429
     )
     with stub, pytest.raises(Exception, match="will retry"):
-        handle_training_state_change(event, settings, ddb=pack.ddb, s3=pack.s3, greengrassv2=v2)
+        handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrassv2=v2)
     pack.ddb.update_item(
         TableName=pack.table,
-        Key=serialize(run_key(pack.get({"pk": f"JOB#{JOB}", "sk": "RUN"})["run_id"])),
+        Key=serialize(run_key(pack.get(job_key(JOB))["run_id"])),
         UpdateExpression="REMOVE package_claim_completed",
     )
     stub = Stubber(v2)
@@ -720,7 +730,7 @@ def test_greengrass_v2_throttling_is_retried_with_the_same_version_stubber(pack:
     )
     stub.add_response("create_deployment", {"deploymentId": "d-2"})
     with stub:
-        outcome = handle_training_state_change(event, settings, ddb=pack.ddb, s3=pack.s3, greengrassv2=v2)
+        outcome = handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrassv2=v2)
     assert outcome.outcome == "deployed"
     item = registry.get_deployment(JOB, "greengrass-v2", "initial", table_name=pack.table, ddb=pack.ddb)
     assert item is not None and item["component_version"] == "1.0.1" and item["deployment_id"] == "d-2"
@@ -751,9 +761,7 @@ def test_onnx_model_goes_to_the_local_device(pack: Pack) -> None:
     try:
         pack.start_run(JOB, backend="local", artifact=onnx_model_tar())
         settings = pack.settings(LOCAL_DEVICE_URL=f"http://127.0.0.1:{server.server_port}")
-        outcome = handle_training_state_change(
-            pack.event("training_completed.json", JOB), settings, ddb=pack.ddb, s3=pack.s3
-        )
+        outcome = handle(pack.event("training_completed.json", JOB), settings, ddb=pack.ddb, s3=pack.s3)
     finally:
         server.shutdown()
     assert outcome.outcome == "deployed"

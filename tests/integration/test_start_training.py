@@ -20,19 +20,22 @@ from PIL import Image
 
 from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
 from trashsorter import training
-from trashsorter.catalogue import Catalogue, deserialize, serialize
+from trashsorter.catalogue import Catalogue
+from trashsorter.clients import Clients
+from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import TransientError
+from trashsorter.events import DatasetReady
 from trashsorter.ingest import rebuild_catalogue
-from trashsorter.schema import LOCK_KEY, RunStatus, dataset_key
-from trashsorter.settings import IngestSettings, TrainingSettings
-from trashsorter.training import (
+from trashsorter.runs import (
     find_run_by_job,
     finish_run,
     get_lock,
     get_run,
     list_runs,
-    start_training,
 )
+from trashsorter.schema import LOCK_KEY, RunStatus, dataset_key, run_key
+from trashsorter.settings import IngestSettings, TrainingSettings
+from trashsorter.training import start_training
 from trashsorter_cli.local.dispatcher import make_context
 
 pytestmark = pytest.mark.integration
@@ -124,10 +127,10 @@ class World:
     def jobs(self) -> list[str]:
         return [j["TrainingJobName"] for j in self.sm.list_training_jobs()["TrainingJobSummaries"]]
 
-    def start(self, reason: str = "threshold", **kwargs: Any) -> training.StartOutcome:
-        return start_training({"reason": reason}, self.settings, ddb=self.ddb, s3=self.s3,
-                              sns=self.stack.client("sns"), events=self.stack.client("events"),
-                              **kwargs)  # fmt: skip
+    def start(self, reason: str = "threshold", sagemaker: Any = None) -> training.StartOutcome:
+        clients = Clients(ddb=self.ddb, s3=self.s3, sagemaker=sagemaker, sns=self.stack.client("sns"),
+                          events=self.stack.client("events"))  # fmt: skip
+        return start_training(DatasetReady(reason=reason), self.settings, clients)
 
 
 @pytest.fixture
@@ -364,7 +367,7 @@ def test_start_stubber_throttling_raises_then_retry_resumes_the_same_run(
 def test_stale_lock_of_a_finished_run_is_released(world: World) -> None:
     first = world.start()
     # a crash between the run update and the lock release leaves the lock held by a final run
-    world.ddb.update_item(TableName=world.table, Key=serialize({"pk": f"RUN#{first.run_id}", "sk": "RUN"}),
+    world.ddb.update_item(TableName=world.table, Key=serialize(run_key(first.run_id)),
                           UpdateExpression="SET #s = :f", ExpressionAttributeNames={"#s": "status"},
                           ExpressionAttributeValues={":f": {"S": "failed"}})  # fmt: skip
     assert world.lock()["holder"] == first.run_id

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from trashsorter.catalogue import derive_statuses, sequencer_newer
+from trashsorter.catalogue_model import derive_statuses, sequencer_newer
 from trashsorter.threshold import evaluate_rule
 
 

@@ -13,9 +13,8 @@ import pytest
 from trashsorter.dataset import SnapshotImage, plan_dataset
 from trashsorter.errors import ConfigurationError
 from trashsorter.settings import TrainingSettings
-from trashsorter.training import (
+from trashsorter.training_request import (
     JOB_NAME_RE,
-    LocalBackend,
     TrainingLaunch,
     algorithm_image_uri,
     build_hyperparameters,
@@ -23,6 +22,7 @@ from trashsorter.training import (
     make_job_name,
     quota_message,
 )
+from trashsorter_cli.local.training_backend import LocalBackend
 
 LABELS = ("Compost", "Landfill", "Recycling")
 ENV = {
@@ -186,7 +186,7 @@ def test_local_backend_starts_a_detached_process(tmp_path: Path, monkeypatch: py
         "--run-id", "run-7", "--table", "tbl", "--event-bus", "default",
     ]  # fmt: skip
     assert recorded["endpoint"] == "http://127.0.0.1:5999"  # environment inherited
-    assert recorded["sid"] is True  # its own session: survives the caller
+    assert recorded["sid"] is True  # its own session and process group (children.spawn)
     assert backend.exists(launch)
     log = tmp_path / "logs" / "deeplens-local-1.log"
     for _ in range(100):

@@ -20,29 +20,33 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
+from trashsorter.catalogue_model import (
+    ApplyResult,
+    CatalogueReader,
+    ImageUpdate,
+    derive_statuses,
+    sequencer_newer,
+)
+from trashsorter.clock import now_iso
+from trashsorter.ddb import serialize
 from trashsorter.errors import ConcurrencyConflict, TransientError
 from trashsorter.schema import (
     STATE_KEY,
     ImageStatus,
     hash_key,
     image_gsi,
+    image_gsi_status,
     image_key,
     label_counts_key,
 )
 
-GSI = "gsi1"
 MAX_TRANSACTION_ITEMS = 100
-COUNT_FIELDS = tuple(str(s) for s in ImageStatus)
 GROUP_STATUSES = (ImageStatus.ACCEPTED, ImageStatus.DUPLICATE, ImageStatus.CONFLICT)
 _RETRYABLE_CANCEL = {"ConditionalCheckFailed", "TransactionConflict"}
 _RECORD_FIELDS = (
@@ -59,85 +63,6 @@ _RECORD_FIELDS = (
     "height",
     "size",
 )
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def sequencer_newer(new: str, old: str) -> bool:
-    """S3 ``sequencer`` order for one key: hex strings compared after left-padding to equal length."""
-    width = max(len(new), len(old))
-    return new.upper().rjust(width, "0") > old.upper().rjust(width, "0")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | set | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A low-level DynamoDB item as a plain dict (numbers as int, sets as lists)."""
-    return {k: _plain(_deserializer.deserialize(v)) for k, v in item.items()}
-
-
-def serialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _serializer.serialize(v) for k, v in item.items() if v is not None}
-
-
-@dataclass(frozen=True)
-class ImageUpdate:
-    """The new state of one object key, as decided by the ingest step."""
-
-    key: str
-    bucket: str
-    kind: Literal["valid", "rejected", "deleted"]
-    label: str  # configured label, or the folder as written for unknown labels ("" when none)
-    sequencer: str = ""  # "" = not ordered (listing / emulator): no stale check
-    version_id: str | None = None
-    etag: str | None = None
-    size: int | None = None
-    sha256: str | None = None
-    format: str | None = None
-    mode: str | None = None
-    width: int | None = None
-    height: int | None = None
-    reason_code: str | None = None
-    reason: str | None = None
-
-
-@dataclass
-class ApplyResult:
-    key: str
-    status: str  # the key's status after the call
-    changed: bool
-    stale: bool = False
-    newly_accepted: int = 0
-    deltas: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def derive_statuses(owners: Mapping[str, Sequence[str]]) -> dict[str, str]:
-    """Statuses of every key holding one set of bytes: a conflict when two labels hold them, else the first
-    key of the label is accepted and the others are duplicates."""
-    labels = [label for label, keys in owners.items() if keys]
-    out: dict[str, str] = {}
-    if len(labels) > 1:
-        for label in labels:
-            for key in owners[label]:
-                out[key] = ImageStatus.CONFLICT
-        return out
-    for label in labels:
-        for i, key in enumerate(owners[label]):
-            out[key] = ImageStatus.ACCEPTED if i == 0 else ImageStatus.DUPLICATE
-    return out
 
 
 def _reason_for(status: str, key: str, label: str, owners: Mapping[str, Sequence[str]]) -> tuple[str, str]:
@@ -174,112 +99,8 @@ def _add_deltas(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, 
     return {label: per for label, per in clean.items() if per}
 
 
-class Catalogue:
-    """Image records, hash owners and counters in the catalogue table (low-level DynamoDB client)."""
-
-    def __init__(self, table_name: str, *, ddb: Any = None, max_attempts: int = 12) -> None:
-        self.table_name = table_name
-        self.ddb = ddb or aws.client("dynamodb")
-        self.max_attempts = max_attempts
-
-    # ------------------------------------------------------------------ reads
-    def _get(self, key: Mapping[str, str]) -> dict[str, Any] | None:
-        try:
-            response = self.ddb.get_item(TableName=self.table_name, Key=serialize(key), ConsistentRead=True)
-        except (ClientError, BotoCoreError) as exc:
-            raise TransientError(f"catalogue read failed: {exc}") from exc
-        item = response.get("Item")
-        return deserialize(item) if item else None
-
-    def _batch_get(self, keys: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        pending = [serialize(k) for k in keys]
-        attempts = 0
-        while pending:
-            chunk, pending = pending[:100], pending[100:]
-            request: dict[str, Any] = {self.table_name: {"Keys": chunk, "ConsistentRead": True}}
-            while request:
-                try:
-                    response = self.ddb.batch_get_item(RequestItems=request)
-                except (ClientError, BotoCoreError) as exc:
-                    raise TransientError(f"catalogue batch read failed: {exc}") from exc
-                found.extend(deserialize(i) for i in response.get("Responses", {}).get(self.table_name, []))
-                request = response.get("UnprocessedKeys") or {}
-                if request:
-                    attempts += 1
-                    if attempts > self.max_attempts:
-                        raise TransientError("catalogue batch read kept returning unprocessed keys")
-                    time.sleep(min(1.0, 0.02 * 2**attempts))
-        return found
-
-    def get_image(self, key: str) -> dict[str, Any] | None:
-        """The record of one object key (consistent read), or None."""
-        return self._get(image_key(key))
-
-    def label_counts(self, labels: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Counters per label (consistent); a label never written reads as zeros."""
-        out = {label: dict.fromkeys(COUNT_FIELDS, 0) for label in labels}
-        if not labels:
-            return out
-        for item in self._batch_get([label_counts_key(label) for label in dict.fromkeys(labels)]):
-            label = str(item["pk"]).removeprefix("LABEL#")
-            if label in out:
-                out[label].update({f: int(item.get(f, 0)) for f in COUNT_FIELDS})
-        return out
-
-    def state(self) -> dict[str, Any]:
-        """``STATE/DATASET``: accepted_seq, baseline_seq, fired_baseline (ints, default 0), plus ``fired``
-        (a threshold event was claimed for ``fired_baseline``), ``published`` (it was sent) and
-        ``fired_at`` (when it was claimed)."""
-        item = self._get(STATE_KEY) or {}
-        return {
-            "accepted_seq": int(item.get("accepted_seq", 0)),
-            "baseline_seq": int(item.get("baseline_seq", 0)),
-            "fired_baseline": int(item.get("fired_baseline", 0)),
-            "fired": "fired_baseline" in item,
-            "published": bool(item.get("published", False)),
-            "fired_at": str(item.get("fired_at", "")),
-        }
-
-    def iter_images(
-        self,
-        status: str | None = None,
-        label: str | None = None,
-        *,
-        attributes: Sequence[str] | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Image records by status (gsi1 ``STATUS#<status>``), optionally of one label; paginated.
-
-        ``attributes``: return only these attributes of each record (a ``ProjectionExpression``) —
-        the snapshot reads 6 of ~20, which shrinks every response and its parsing by ~3x (the read
-        capacity is the same: DynamoDB charges for the whole item).
-        """
-        statuses = [status] if status is not None else list(COUNT_FIELDS)
-        paginator = self.ddb.get_paginator("query")
-        for st in statuses:
-            kwargs: dict[str, Any] = {
-                "TableName": self.table_name,
-                "IndexName": GSI,
-                "KeyConditionExpression": "gsi1pk = :pk",
-                "ExpressionAttributeValues": {":pk": {"S": f"STATUS#{st}"}},
-            }
-            if label is not None:
-                kwargs["KeyConditionExpression"] += " AND begins_with(gsi1sk, :label)"
-                kwargs["ExpressionAttributeValues"][":label"] = {"S": f"{label}#"}
-            if attributes:
-                names = {f"#p{i}": name for i, name in enumerate(attributes)}
-                kwargs["ProjectionExpression"] = ", ".join(names)
-                kwargs["ExpressionAttributeNames"] = names
-            try:
-                for page in paginator.paginate(**kwargs):
-                    for item in page.get("Items", []):
-                        yield deserialize(item)
-            except (ClientError, BotoCoreError) as exc:
-                raise TransientError(f"catalogue query failed: {exc}") from exc
-
-    def accepted_images(self, *, attributes: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Every record usable for training (status accepted: duplicates and conflicts excluded)."""
-        return self.iter_images(ImageStatus.ACCEPTED, attributes=attributes)
+class Catalogue(CatalogueReader):
+    """Image records, hash owners and counters in the catalogue table: reads plus the transactional writes."""
 
     # ------------------------------------------------------------------ writes
     def apply(self, update: ImageUpdate) -> ApplyResult:
@@ -409,7 +230,7 @@ class Catalogue:
         """Set the derived ``target`` status of another copy (conditional on its ``rev``)."""
         values: dict[str, Any] = {
             ":s": {"S": target},
-            ":g": {"S": f"STATUS#{target}"},
+            ":g": {"S": image_gsi_status(target)},
             ":u": {"S": now},
             ":rev": {"N": str(int(record.get("rev", 0)))},
             ":one": {"N": "1"},

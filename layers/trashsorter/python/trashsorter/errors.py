@@ -73,7 +73,3 @@ class PackagingError(TrashsorterError):
 
 class DeploymentError(TrashsorterError):
     """A Greengrass (v1 or v2) or local-device deployment failed."""
-
-
-class NotBuiltError(TrashsorterError):
-    """A part that is configured but not available in this build (names what is missing)."""

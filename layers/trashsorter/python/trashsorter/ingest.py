@@ -13,19 +13,19 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
-from trashsorter.catalogue import Catalogue, ImageUpdate, sequencer_newer
-from trashsorter.errors import Rejection, TransientError, TrashsorterError
-from trashsorter.keys import IMAGES_PREFIX, decode_event_key, label_for_key, parse_key
+from trashsorter.catalogue import Catalogue
+from trashsorter.catalogue_model import ImageUpdate, sequencer_newer
+from trashsorter.errors import Rejection, TransientError
+from trashsorter.events import S3ObjectEvent
+from trashsorter.keys import IMAGES_PREFIX, label_for_key, parse_key
 from trashsorter.observability import logger
 from trashsorter.schema import ImageStatus
 from trashsorter.settings import IngestSettings
@@ -113,12 +113,8 @@ class _Ingestor:
             raise TransientError(f"could not tag rejected s3://{bucket}/{key}: {exc}") from exc
 
     # ---------------------------------------------------------------- events
-    def process(self, record: Mapping[str, Any]) -> IngestOutcome:
-        event_name = str(record.get("eventName", ""))
-        s3_part = record.get("s3") or {}
-        obj = s3_part.get("object") or {}
-        bucket = str((s3_part.get("bucket") or {}).get("name", ""))
-        key = decode_event_key(str(obj.get("key", "")))
+    def process(self, event: S3ObjectEvent) -> IngestOutcome:
+        event_name, bucket, key = event.event_name, event.bucket, event.key
         if bucket != self.settings.images_bucket:
             logger.warning("event for another bucket ignored", extra={"bucket": bucket, "key": key})
             return IngestOutcome(key, None, IGNORED, "other_bucket")
@@ -126,9 +122,8 @@ class _Ingestor:
         if parsed is None:
             return IngestOutcome(key, None, IGNORED, "folder" if key.endswith("/") else "outside_images")
         label = parsed.label or parsed.folder
-        sequencer = str(obj.get("sequencer") or "")
-        version_id = obj.get("versionId") or None
-        if event_name.startswith("ObjectCreated:"):
+        sequencer, version_id = event.sequencer, event.version_id
+        if event.created:
             return self.created(
                 bucket,
                 key,
@@ -136,10 +131,10 @@ class _Ingestor:
                 parsed.label is not None,
                 sequencer=sequencer,
                 version_id=version_id,
-                etag=str(obj.get("eTag") or "") or None,
-                size=int(obj.get("size") or 0),
+                etag=event.etag,
+                size=event.size,
             )
-        if event_name.startswith("ObjectRemoved:"):
+        if event.removed:
             return self.removed(
                 bucket,
                 key,
@@ -305,6 +300,18 @@ def _reason_of(catalogue: Catalogue, key: str, status: str) -> str | None:
     return str(rec["reason_code"]) if rec and rec.get("reason_code") else None
 
 
+def process_s3_event(
+    event: S3ObjectEvent,
+    settings: IngestSettings,
+    *,
+    s3: Any = None,
+    ddb: Any = None,
+    events: Any = None,
+) -> IngestOutcome:
+    """Handle one S3 object event (ObjectCreated:* / ObjectRemoved:*)."""
+    return _Ingestor(settings, s3=s3, ddb=ddb, events=events).process(event)
+
+
 def process_s3_record(
     record: Mapping[str, Any],
     settings: IngestSettings,
@@ -313,30 +320,25 @@ def process_s3_record(
     ddb: Any = None,
     events: Any = None,
 ) -> IngestOutcome:
-    """Handle one S3 event notification record (ObjectCreated:* / ObjectRemoved:*)."""
-    return _Ingestor(settings, s3=s3, ddb=ddb, events=events).process(record)
+    """:func:`process_s3_event` for a caller holding a raw notification record (tests, benchmarks)."""
+    return process_s3_event(S3ObjectEvent.from_record(record), settings, s3=s3, ddb=ddb, events=events)
 
 
-def process_sqs_message_body(
-    body: str, settings: IngestSettings, *, s3: Any = None, ddb: Any = None, events: Any = None
+def process_s3_events(
+    batch: Sequence[S3ObjectEvent],
+    settings: IngestSettings,
+    *,
+    s3: Any = None,
+    ddb: Any = None,
+    events: Any = None,
 ) -> list[IngestOutcome]:
-    """One SQS message body: S3 notification JSON with ``Records`` (``s3:TestEvent`` -> nothing to do).
+    """The records of one SQS message (parsed by :func:`trashsorter.events.parse_s3_notification`).
 
     A TransientError from any record escapes, so the whole message is retried; the records that were
-    already handled are no-ops on the retry (idempotent). A body that is not notification JSON raises too:
-    it can never succeed, but failing keeps it (retries, then the DLQ) for a person to look at.
+    already handled are no-ops on the retry (idempotent).
     """
-    try:
-        message = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise TrashsorterError(f"SQS message is not S3 notification JSON (kept for the DLQ): {exc}") from exc
-    if not isinstance(message, dict):
-        raise TrashsorterError("SQS message is not an S3 notification object (kept for the DLQ)")
-    if message.get("Event") == "s3:TestEvent":
-        logger.info("s3:TestEvent ignored")
-        return []
     ingestor = _Ingestor(settings, s3=s3, ddb=ddb, events=events)
-    return [ingestor.process(record) for record in message.get("Records") or []]
+    return [ingestor.process(event) for event in batch]
 
 
 def rebuild_catalogue(
@@ -354,18 +356,14 @@ def rebuild_catalogue(
         for page in pages:
             for obj in page.get("Contents", []):
                 seen.add(obj["Key"])
-                record = {
-                    "eventName": "ObjectCreated:Put",
-                    "s3": {
-                        "bucket": {"name": bucket},
-                        "object": {
-                            "key": quote_plus(obj["Key"]),
-                            "size": obj.get("Size", 0),
-                            "eTag": str(obj.get("ETag", "")).strip('"'),
-                        },
-                    },
-                }
-                outcome = ingestor.process(record)
+                listed = S3ObjectEvent(
+                    "ObjectCreated:Put",
+                    bucket,
+                    obj["Key"],
+                    etag=str(obj.get("ETag", "")).strip('"') or None,
+                    size=int(obj.get("Size", 0) or 0),
+                )
+                outcome = ingestor.process(listed)
                 summary["listed"] += 1
                 summary[outcome.status] += 1
                 summary["changed" if outcome.changed else "unchanged"] += 1
@@ -374,10 +372,7 @@ def rebuild_catalogue(
     for rec in list(ingestor.catalogue.iter_images()):
         if rec.get("status") == ImageStatus.DELETED or rec["key"] in seen:
             continue
-        record = {
-            "eventName": "ObjectRemoved:Delete",
-            "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(str(rec["key"]))}},
-        }
-        if ingestor.process(record).status == ImageStatus.DELETED:
+        gone = S3ObjectEvent("ObjectRemoved:Delete", bucket, str(rec["key"]))
+        if ingestor.process(gone).status == ImageStatus.DELETED:
             summary["marked_deleted"] += 1
     return dict(summary)
