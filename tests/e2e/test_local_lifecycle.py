@@ -265,3 +265,23 @@ def test_status_says_a_training_request_is_queued_behind_the_active_run(local_st
         assert "is queued behind the active run run-active" in out
     finally:
         runs.release_lock(ddb, table, "run-active", keep_pending=False)
+
+
+def test_train_wait_says_it_is_queued_behind_the_active_run(local_stack: LocalRuntime) -> None:
+    from trashsorter import runs
+    from trashsorter_cli.commands.pipeline import wait_for_run
+    from trashsorter_cli.local.server import read_state
+    from trashsorter_cli.targets import local_target
+    from trashsorter_cli.ui import UI, CliError
+
+    _, _, catalogue = _stack_parts(local_stack)
+    ddb, table = local_stack.client("dynamodb"), catalogue.table_name
+    target = local_target(read_state(local_stack.state_path))
+    out = io.StringIO()
+    assert runs.acquire_lock(ddb, table, "run-active", "ds-1")
+    try:
+        with pytest.raises(CliError, match="timed out"):
+            wait_for_run(target, UI(stream=out), since="9999", timeout=1.5, poll=0.2, ddb=ddb)
+    finally:
+        runs.release_lock(ddb, table, "run-active", keep_pending=False)
+    assert "queued behind the active run run-active" in out.getvalue()

@@ -285,9 +285,23 @@ def wait_for_run(
                     run["package_outcome"] or run["status"] != "completed"
                 ):
                     return run
+            else:
+                bar.update(description=_waiting_text(target, ddb))
             time.sleep(poll)
     where = f"run {run['job_name']} is {run['status']}" if run else "no run started"
     raise CliError(f"timed out after {timeout:.0f}s waiting for training ({where})")
+
+
+def _waiting_text(target: Target, ddb: Any) -> str:
+    """What the request waits for before its run exists: an active run holding the lock, or nothing yet."""
+    holder = str(runs.get_lock(target.table, ddb=ddb).get("holder", ""))
+    if not holder:
+        return "waiting for the training run to start"
+    active = runs.get_run(target.table, holder, ddb=ddb) or {}
+    progress = _epoch_text(dict(active.get("progress") or {}))
+    return f"queued behind the active run {active.get('job_name') or holder}" + (
+        f" ({progress})" if progress else ""
+    )
 
 
 def check_run(run: dict[str, Any]) -> None:
