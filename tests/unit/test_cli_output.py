@@ -54,3 +54,16 @@ def test_a_skipped_deployment_says_why() -> None:
     text = out.getvalue()
     assert "skipped (no Greengrass v2 thing group configured (EdgeThingGroupArn))" in text
     assert "deployed (" not in text
+
+
+def test_ctrl_c_stops_the_progress_bar_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar's last state is printed, the cursor shown again and the line ended; the interrupt goes on."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = Terminal()
+    ui = UI(stream=out)
+    with pytest.raises(KeyboardInterrupt), ui.progress("upload", total=10) as bar:
+        bar.update(completed=3)
+        raise KeyboardInterrupt
+    text = out.getvalue()
+    assert text.rfind("\x1b[?25h") > text.rfind("\x1b[?25l")  # cursor shown after it was hidden
+    assert text.removesuffix("\x1b[?25h").endswith("\n") and "3/10" in text
