@@ -134,7 +134,11 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         elif args.local_command == "down":
             ui.line(result["message"])
         else:
-            state = "running" if result["running"] else "NOT running (stale state file)"
+            state = {
+                "running": "running",
+                "busy": f"running but not answering ({result['problem']})",
+                "stopped": "NOT running (its process is gone; the state file is stale)",
+            }[result["state"]]
             ui.line(
                 f"local stack {result['stack_name']} {state}: {result['endpoint_url']} (pid {result['pid']})"
             )

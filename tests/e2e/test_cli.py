@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -311,3 +312,23 @@ def test_reindex_keeps_handler_logs_off_stdout(
         assert '"level"' in result.stderr
     else:
         assert '"level"' not in result.stderr and '"level"' in log_file.read_text()
+
+
+@pytest.mark.parametrize(("pid", "expected"), [(0, "stopped"), (-1, "busy")])
+def test_local_status_tells_a_gone_stack_from_one_that_does_not_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pid: int, expected: str
+) -> None:
+    """Only a stack whose process is gone is called stale; a living one that does not answer is not."""
+    state = LocalState(
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region="us-east-1",
+        stack_name="s",
+        outputs={},
+        pid=os.getpid() if pid == -1 else pid,  # -1: a living process (this one), nothing on the port
+    )
+    path = write_state(state, tmp_path / "local.json")
+    code, out, _ = _cli(capsys, "local", "status", "--json", "--local-state", str(path))
+    assert code == 1 and json.loads(out)["state"] == expected
+    code, out, _ = _cli(capsys, "local", "status", "--local-state", str(path))
+    assert ("stale" in out) == (expected == "stopped")
+    assert ("running but not answering" in out) == (expected == "busy")

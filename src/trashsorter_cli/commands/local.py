@@ -17,6 +17,7 @@ from trashsorter_cli.local.server import (
     default_state_path,
     endpoint_alive,
     pid_alive,
+    probe_endpoint,
     read_state,
     remove_state,
 )
@@ -105,9 +106,15 @@ def down(ui: UI, *, state_path: Path | None, timeout: float = 60.0) -> dict[str,
 
 
 def status(*, state_path: Path | None) -> dict[str, Any]:
+    """``running``: the stack answers; ``state``: running | busy (its process lives, the endpoint does not
+    answer: never called stale) | stopped (its process is gone: the state file is stale)."""
     state = read_state(state_path)
+    alive = pid_alive(state.pid)
+    problem = probe_endpoint(state.endpoint_url) if alive else "its process is gone"
     return {
-        "running": pid_alive(state.pid) and endpoint_alive(state.endpoint_url),
+        "running": problem is None,
+        "state": "running" if problem is None else ("busy" if alive else "stopped"),
+        "problem": problem or "",
         "pid": state.pid,
         "endpoint_url": state.endpoint_url,
         "stack_name": state.stack_name,
