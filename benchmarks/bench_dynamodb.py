@@ -58,12 +58,14 @@ def measure(size: int, offset: int, new_images: int) -> tuple[Counter[str], Coun
     from trashsorter import aws
     from trashsorter.ingest import process_s3_record
     from trashsorter.settings import IngestSettings
+    from trashsorter_cli.local import moto_patches
     from trashsorter_cli.local.stack import deploy_stack
 
     with fake_aws_env(), mock_aws():
         aws.reset_clients()
         session = boto3.session.Session(region_name="us-east-1")
         # A rule that is never met: the threshold check still runs (and is counted) on every accept.
+        moto_patches.install(speed=True)  # a large benchmark: moto as the local stack runs it
         stack = deploy_stack(session, stack_name="bench", overrides={"MinImagesPerLabel": "1000000"})
         s3 = session.client("s3")
         ddb = session.client("dynamodb")

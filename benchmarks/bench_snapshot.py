@@ -32,11 +32,13 @@ def measure(size: int) -> dict[str, Any]:
     from trashsorter.catalogue import Catalogue
     from trashsorter.dataset import plan_from_catalogue, write_dataset
     from trashsorter.settings import TrainingSettings
+    from trashsorter_cli.local import moto_patches
     from trashsorter_cli.local.stack import deploy_stack
 
     with fake_aws_env(), mock_aws():
         aws.reset_clients()
         session = boto3.session.Session(region_name="us-east-1")
+        moto_patches.install(speed=True)  # a large benchmark: moto as the local stack runs it
         stack = deploy_stack(session, stack_name="bench")
         ddb = session.client("dynamodb")
         s3 = session.client("s3")

@@ -177,11 +177,7 @@ def run_demo(
         ui.line(f"model {champion['model_id']}: {metrics}")
         report = extract_report(target, champion, state_dir / "reports", s3=target.client("s3"))
         ui.line(f"report: {report}/metrics.json and {report}/confusion_matrix.png")
-        ui.table(
-            "Deployments",
-            ["target", "status", "deployment"],
-            [[d["target"], d["status"], d["deployment_id"]] for d in status["deployments"]],
-        )
+        pipeline.deployments_table(ui, status["deployments"])
         wait_device_model(target, champion["model_id"], timeout=max(5.0, deadline - time.monotonic()))
         labels_of = {p: label for p, label in plan.held_back}
         predictions = pipeline.predict(target, sorted(labels_of))

@@ -29,6 +29,11 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--local-state", type=Path, default=None, help="local state file (default .trashsorter/local.json)"
     )
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the handlers' logs on the console (stderr) instead of only in the log file",
+    )
     return common
 
 
@@ -117,6 +122,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 parameter_overrides=list(args.parameter_overrides),
                 state_path=args.local_state,
                 device=not args.no_device,
+                verbose=args.verbose,
             )
         result = (
             local.down(ui, state_path=args.local_state)
@@ -128,7 +134,11 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         elif args.local_command == "down":
             ui.line(result["message"])
         else:
-            state = "running" if result["running"] else "NOT running (stale state file)"
+            state = {
+                "running": "running",
+                "busy": f"running but not answering ({result['problem']})",
+                "stopped": "NOT running (its process is gone; the state file is stale)",
+            }[result["state"]]
             ui.line(
                 f"local stack {result['stack_name']} {state}: {result['endpoint_url']} (pid {result['pid']})"
             )
@@ -202,15 +212,23 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         return 0
     if command == "predict":
         results = pipeline.predict(target, args.images)
+        failed = [r for r in results if "error" in r]
         if ui.json_mode:
             ui.emit_json(results)
         else:
             ui.table(
                 "Predictions",
                 ["image", "label", "confidence"],
-                [[r["image"], r["label"], f"{r['confidence']:.3f}"] for r in results],
+                [
+                    [r["image"], "error", r["error"]]
+                    if "error" in r
+                    else [r["image"], r["label"], f"{r['confidence']:.3f}"]
+                    for r in results
+                ],
             )
-        return 0
+            if failed:
+                ui.line(f"{len(failed)} of {len(results)} images failed")
+        return 1 if failed else 0
     if command == "deploy":
         outcome = pipeline.redeploy(target, args.model_id, force=args.force)
         if ui.json_mode:
@@ -232,12 +250,30 @@ def main(
     argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None
 ) -> int:
     """Entry point; ``stdout``/``stderr`` default to the process's (tests pass their own buffers)."""
+    try:
+        return _main(argv, stdout=stdout, stderr=stderr)
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _main(argv: Sequence[str] | None, *, stdout: IO[str] | None, stderr: IO[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        if stdout is None:
+            sys.stdout.flush()  # --help into a closed pipe fails here, inside the BrokenPipeError handler
     ui = UI(json_mode=bool(getattr(args, "json", False)), stream=stdout)
     err = stderr if stderr is not None else sys.stderr
     try:
-        return run(args, ui)
+        # `local up` routes its stack's logs itself; in-process callers (tests) pass their own streams and
+        # keep the process's logging as it is.
+        if stdout is None and not (args.command == "local" and args.local_command == "up"):
+            route_logs(args, err)
+        code = run(args, ui)
+        if stdout is None:
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
     except CliError as exc:
         print(f"trashsorter: error: {exc}", file=err)
         return exc.exit_code
@@ -250,6 +286,45 @@ def main(
     except KeyboardInterrupt:
         print("trashsorter: interrupted", file=err)
         return 130
+
+
+def route_logs(args: argparse.Namespace, err: IO[str]) -> None:
+    """Domain code a command runs in this process (reindex's ingest, train's trigger) logs JSON lines through
+    the one Logger; they go to the log file, or to stderr with ``--verbose``, never onto stdout."""
+    import logging
+
+    from trashsorter.observability import logger
+
+    handler = getattr(logger, "registered_handler", None)
+    if not isinstance(handler, logging.StreamHandler):
+        return
+    if getattr(args, "verbose", False):
+        handler.setStream(err)
+        return
+    from trashsorter_cli.local.server import default_log_file
+
+    path = default_log_file(getattr(args, "local_state", None))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler.setStream(path.open("a", encoding="utf-8", buffering=1))
+    except OSError:
+        handler.setStream(err)  # no writable log file: stderr still keeps stdout clean
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (``trashsorter images | head -1``): no traceback, no further output.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush does not fail again; the exit code is
+    the shell's for a process ended by SIGPIPE (128 + 13).
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trashsorter import aws
 from trashsorter.errors import ConfigurationError
 from trashsorter.settings import CommonSettings
-from trashsorter_cli.local.server import LOCAL_CREDENTIALS, LocalState, endpoint_alive, read_state
+from trashsorter_cli.local.server import LOCAL_CREDENTIALS, LocalState, pid_alive, probe_endpoint, read_state
 
 FUNCTION_OUTPUTS = {
     "IngestFunction": "IngestFunctionName",
@@ -106,12 +106,37 @@ class Target:
         return {str(k): str(v) for k, v in config.get("Environment", {}).get("Variables", {}).items()}
 
 
-def local_target(state: LocalState, *, check: bool = True) -> Target:
-    if check and not endpoint_alive(state.endpoint_url):
+def check_local_endpoint(state: LocalState, *, timeout: float = 5.0, attempts: int = 3) -> None:
+    """Raise a true ConfigurationError when the local stack cannot be reached; return when it answers.
+
+    The health request is O(1) (:func:`probe_endpoint`); a busy stack gets ``attempts`` chances.
+    """
+    problem = probe_endpoint(state.endpoint_url, timeout)
+    for _ in range(attempts - 1):
+        if problem is None or "refused" in problem:
+            break
+        problem = probe_endpoint(state.endpoint_url, timeout)
+    if problem is None:
+        return
+    if state.pid and not pid_alive(state.pid):
         raise ConfigurationError(
-            f"the local endpoint {state.endpoint_url} is not answering (is `trashsorter local up` still "
-            "running? remove the stale .trashsorter/local.json or start it again)"
+            f"the local stack (pid {state.pid}, {state.endpoint_url}) is not running any more; "
+            "start it again with `trashsorter local up`"
         )
+    if "refused" in problem:
+        raise ConfigurationError(
+            f"the local endpoint {state.endpoint_url} is not answering: {problem}; "
+            "is `trashsorter local up` still starting, or was it started elsewhere?"
+        )
+    raise ConfigurationError(
+        f"the local stack (pid {state.pid}) is running but its endpoint {state.endpoint_url} is busy: "
+        f"{problem} ({attempts} tries); try again in a moment"
+    )
+
+
+def local_target(state: LocalState, *, check: bool = True) -> Target:
+    if check:
+        check_local_endpoint(state)
     return Target(
         kind="local",
         stack_name=state.stack_name,

@@ -92,12 +92,19 @@ class UI:
         """A progress bar on a terminal; plain mode prints the description once and the end state."""
         if self._console is not None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.table import Column
 
+            # On a narrow terminal (80 columns) the description gives way (ellipsis), never the count.
             with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
+                TextColumn(
+                    "{task.description}",
+                    table_column=Column(
+                        no_wrap=True, overflow="ellipsis", max_width=max(10, self._console.width - 45)
+                    ),
+                ),
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=11)),  # 10000/10000
+                TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
                 console=self._console,
                 transient=False,
             ) as progress:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -203,7 +204,7 @@ def test_console_script_error_exit_without_traceback(tmp_path: Path) -> None:
 
 
 def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
-    """stdout carries only the CLI's lines (ready first, stop last); the handlers' logs go to stderr."""
+    """stdout carries only the CLI's lines (ready first, stop last); the handlers' logs go to the log file."""
     state = tmp_path / "local.json"
     stderr_path = tmp_path / "stderr.log"
     cmd = [sys.executable, "-m", "trashsorter_cli.main", "local"]
@@ -235,11 +236,14 @@ def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
         assert data["parameters"]["TrainingBackend"] == "local"
         assert data["outputs"]["ImagesBucketName"] in ready
         # S3 sends an s3:TestEvent when the bucket notification is configured; the ingest handler logs
-        # that it ignored it. That log line must reach stderr, never stdout.
+        # that it ignored it. That log line goes to the log file the ready line names, never the console.
+        log_file = tmp_path / "logs" / "trashsorter.log"
+        assert f"handler logs: {log_file}" in ready
         deadline = time.monotonic() + 60
-        while "s3:TestEvent ignored" not in stderr_path.read_text():
+        while not log_file.exists() or "s3:TestEvent ignored" not in log_file.read_text():
             assert time.monotonic() < deadline, stderr_path.read_text()[-2000:]
             time.sleep(0.2)
+        assert "s3:TestEvent" not in stderr_path.read_text()
         down = subprocess.run(
             [*cmd, "down", "--local-state", str(state)],
             capture_output=True,
@@ -254,3 +258,77 @@ def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("argv", [["images"], ["local", "status", "--json"], ["--help"]])
+def test_closed_pipe_is_no_traceback(local_stack: LocalRuntime, argv: list[str]) -> None:
+    """`trashsorter images | head -1`: the reader goes away; the CLI stops quietly with SIGPIPE's code."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trashsorter_cli.main", *argv]
+        + ([] if argv == ["--help"] else ["--local-state", _state(local_stack)]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the CLI writes a byte
+    err = proc.stderr.read()
+    code = proc.wait(60)
+    assert err == ""
+    if argv != ["--help"]:  # argparse swallows a failed help write itself (exit 0)
+        assert code == 141
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_reindex_keeps_handler_logs_off_stdout(
+    local_stack: LocalRuntime, tmp_path: Path, verbose: bool
+) -> None:
+    """reindex runs ingest in the CLI process: its JSON logs go to the log file (stderr with --verbose)."""
+    assert local_stack.stack is not None and local_stack.dispatcher is not None
+    state = tmp_path / "local.json"
+    state.write_text(Path(_state(local_stack)).read_text())
+    local_stack.dispatcher.stop()  # the new object is catalogued (and logged) by reindex, not by the stack
+    try:
+        local_stack.client("s3").put_object(
+            Bucket=local_stack.stack.outputs["ImagesBucketName"],
+            Key=f"images/Compost/{uuid.uuid4().hex[:8]}/r.jpg",
+            Body=b"not an image",
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "trashsorter_cli.main", "reindex", "--local-state", str(state)]
+            + (["--verbose"] if verbose else []),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        local_stack.dispatcher.start()
+    _wait_catalogued(local_stack)
+    assert result.returncode == 0, result.stderr
+    assert '"level"' not in result.stdout
+    log_file = tmp_path / "logs" / "trashsorter.log"
+    if verbose:
+        assert '"level"' in result.stderr
+    else:
+        assert '"level"' not in result.stderr and '"level"' in log_file.read_text()
+
+
+@pytest.mark.parametrize(("pid", "expected"), [(0, "stopped"), (-1, "busy")])
+def test_local_status_tells_a_gone_stack_from_one_that_does_not_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pid: int, expected: str
+) -> None:
+    """Only a stack whose process is gone is called stale; a living one that does not answer is not."""
+    state = LocalState(
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region="us-east-1",
+        stack_name="s",
+        outputs={},
+        pid=os.getpid() if pid == -1 else pid,  # -1: a living process (this one), nothing on the port
+    )
+    path = write_state(state, tmp_path / "local.json")
+    code, out, _ = _cli(capsys, "local", "status", "--json", "--local-state", str(path))
+    assert code == 1 and json.loads(out)["state"] == expected
+    code, out, _ = _cli(capsys, "local", "status", "--local-state", str(path))
+    assert ("stale" in out) == (expected == "stopped")
+    assert ("running but not answering" in out) == (expected == "busy")

@@ -15,6 +15,7 @@ from moto.dynamodb.models.table import Table
 
 from tests.support.stack import StackHandle
 from trashsorter.schema import image_gsi, image_key
+from trashsorter_cli.local import moto_patches
 
 PAD = "x" * 600  # ~700-byte items: 3,000 of them span 3 pages of 1 MB
 
@@ -43,6 +44,21 @@ def _pages(ddb: Any, table: str, **extra: Any) -> Iterator[list[str]]:
         if "LastEvaluatedKey" not in page:
             return
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+@pytest.fixture(autouse=True)
+def speed_patches() -> Iterator[None]:
+    """The speed patches are the local stack's (install(speed=True)); other tests run moto's own code."""
+    moto_patches.install(speed=True)
+    yield
+    moto_patches.remove_speed_patches()
+
+
+def test_other_tests_run_moto_s_own_query_code() -> None:
+    moto_patches.remove_speed_patches()
+    assert not hasattr(Table.query, "__wrapped__")  # moto's own function
+    moto_patches.install(speed=True)
+    assert Table.query.__wrapped__ is not None  # the patch (functools.wraps)
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ class LocalEndpoint:
 def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalEndpoint]:
     from moto.server import ThreadedMotoServer
 
-    moto_patches.install()  # as the local stack does: thread-safe DynamoDB, O(items) transactions
+    moto_patches.install()  # thread-safe DynamoDB (the speed patches stay off: moto's own code is tested)
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -186,7 +186,7 @@ def test_local_backend_starts_a_detached_process(tmp_path: Path, monkeypatch: py
         "--run-id", "run-7", "--table", "tbl", "--event-bus", "default",
     ]  # fmt: skip
     assert recorded["endpoint"] == "http://127.0.0.1:5999"  # environment inherited
-    assert recorded["sid"] is True  # its own session: survives the caller
+    assert recorded["sid"] is True  # its own session and process group (children.spawn)
     assert backend.exists(launch)
     log = tmp_path / "logs" / "deeplens-local-1.log"
     for _ in range(100):

@@ -13,9 +13,11 @@ from trashsorter.errors import ConfigurationError
 from trashsorter_cli.local.runtime import LocalRuntime
 from trashsorter_cli.local.server import (
     DEFAULT_HOST,
+    default_log_file,
     default_state_path,
     endpoint_alive,
     pid_alive,
+    probe_endpoint,
     read_state,
     remove_state,
 )
@@ -43,8 +45,10 @@ def up(
     parameter_overrides: list[str],
     state_path: Path | None,
     device: bool,
+    verbose: bool = False,
 ) -> int:
     path = Path(state_path or default_state_path())
+    log_file = default_log_file(path)
     try:
         existing = read_state(path)
     except ConfigurationError:
@@ -62,13 +66,21 @@ def up(
         overrides=parse_parameter_overrides(parameter_overrides),
         state_path=path,
         device=device,
-        log_stream=sys.stderr,
+        log_file=None if verbose else log_file,
+        log_stream=sys.stderr if verbose else None,
     )
     state = runtime.start()
+    logs = "stderr" if verbose else str(log_file)
     if ui.json_mode:
-        ui.emit_json({"ready": True, **{k: getattr(state, k) for k in ("endpoint_url", "stack_name", "pid")}})
+        ui.emit_json(
+            {
+                "ready": True,
+                "logs": logs,
+                **{k: getattr(state, k) for k in ("endpoint_url", "stack_name", "pid")},
+            }
+        )
     else:
-        ui.line(ready_line(state))
+        ui.line(ready_line(state) + f"; handler logs: {logs}")
     runtime.serve_forever()
     ui.line("trashsorter local stack stopped")
     return 0
@@ -94,9 +106,15 @@ def down(ui: UI, *, state_path: Path | None, timeout: float = 60.0) -> dict[str,
 
 
 def status(*, state_path: Path | None) -> dict[str, Any]:
+    """``running``: the stack answers; ``state``: running | busy (its process lives, the endpoint does not
+    answer: never called stale) | stopped (its process is gone: the state file is stale)."""
     state = read_state(state_path)
+    alive = pid_alive(state.pid)
+    problem = probe_endpoint(state.endpoint_url) if alive else "its process is gone"
     return {
-        "running": pid_alive(state.pid) and endpoint_alive(state.endpoint_url),
+        "running": problem is None,
+        "state": "running" if problem is None else ("busy" if alive else "stopped"),
+        "problem": problem or "",
         "pid": state.pid,
         "endpoint_url": state.endpoint_url,
         "stack_name": state.stack_name,

@@ -11,11 +11,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from trashsorter import registry, runs, threshold
 from trashsorter.catalogue import Catalogue
+from trashsorter.errors import Rejection
 from trashsorter.gate import ACCURACY_METRIC as ACCURACY
-from trashsorter.schema import FINAL_RUN_STATUSES
-from trashsorter.settings import CommonSettings, PackageSettings
+from trashsorter.schema import FINAL_RUN_STATUSES, ImageStatus, image_gsi
+from trashsorter.settings import CommonSettings, IngestSettings, PackageSettings
+from trashsorter.validation import check_object_size, validate_image
 from trashsorter_cli.targets import Target
 from trashsorter_cli.ui import UI, CliError, UsageError
 
@@ -83,12 +87,29 @@ def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
                 "status": str(d.get("status", "")),
                 "deployment_id": str(d.get("deployment_id", "") or ""),
                 "recorded_at": str(d.get("recorded_at", "")),
+                "note": str(d.get("note", "") or ""),
             }
             for d in registry.list_deployments(str(champion["model_id"]), table_name=target.table, ddb=ddb)
         ]
+    lock = runs.get_lock(target.table, ddb=ddb)
     return {
         "target": target.describe(),
         "bucket": target.bucket,
+        "rejected_other_folders": max(
+            0,
+            _count_status(ddb, target.table, ImageStatus.REJECTED)
+            - sum(c["rejected"] for c in counts.values()),
+        ),
+        "ingest_queued": _queued(target),
+        "training_queued": (
+            {
+                "behind_run": str(lock.get("holder", "")),
+                "since": str(lock.get("pending_since", "")),
+                "reason": str(lock.get("pending_reason", "")),
+            }
+            if lock.get("pending") and lock.get("holder")
+            else None
+        ),
         "labels": {
             label: {**c, "needed": rule.missing.get(label, 0), "required": settings.min_images_per_label}
             for label, c in counts.items()
@@ -107,6 +128,44 @@ def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
     }
 
 
+def _count_status(ddb: Any, table: str, status: str) -> int:
+    """Image records with ``status`` under any folder, allowed label or not (the status index, COUNT)."""
+    total, start = 0, None
+    pk = image_gsi(status, "", "")["gsi1pk"]
+    while True:
+        kwargs: dict[str, Any] = {
+            "TableName": table,
+            "IndexName": "gsi1",
+            "KeyConditionExpression": "gsi1pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+            "Select": "COUNT",
+        }
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        page = ddb.query(**kwargs)
+        total += int(page.get("Count", 0))
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return total
+
+
+def _queued(target: Target) -> int:
+    """Messages waiting for or being processed by ingest (0 when the queue cannot be read)."""
+    url = target.outputs.get("IngestQueueUrl")
+    if not url:
+        return 0
+    try:
+        attrs = target.client("sqs").get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+    except (ClientError, BotoCoreError):
+        return 0
+    return int(attrs.get("ApproximateNumberOfMessages", 0)) + int(
+        attrs.get("ApproximateNumberOfMessagesNotVisible", 0)
+    )
+
+
 def render_status(ui: UI, status: dict[str, Any]) -> None:
     ui.line(f"{status['target']}  (bucket {status['bucket']})")
     rows = [
@@ -120,7 +179,11 @@ def render_status(ui: UI, status: dict[str, Any]) -> None:
         ]
         for label, c in status["labels"].items()
     ]
+    if status["rejected_other_folders"]:
+        rows.append(["(other folders)", 0, status["rejected_other_folders"], 0, 0, "-"])
     ui.table("Images", ["label", "accepted", "rejected", "duplicate", "conflict", "threshold"], rows)
+    if status["ingest_queued"]:
+        ui.line(f"ingest in progress: {status['ingest_queued']} messages queued (counts are still changing)")
     rule = status["threshold"]
     ui.line(
         f"Training rule: {'met' if rule['met'] else 'not met'} - {rule['reason']} "
@@ -138,19 +201,38 @@ def render_status(ui: UI, status: dict[str, Any]) -> None:
         for r in status["runs"]
     ]
     ui.table("Runs", ["job", "status", "progress", "accuracy", "outcome", "created"], run_rows)
+    queued = status["training_queued"]
+    if queued:
+        ui.line(
+            f"a training request ({queued['reason'] or 'dataset ready'}, since {queued['since']}) is queued "
+            f"behind the active run {queued['behind_run']}; it starts when that run finishes"
+        )
     champion = status["champion"]
     if champion:
         acc = champion["accuracy"]
         ui.line(
             f"Champion: {champion['model_id']} (validation accuracy {acc:.3f})" if acc is not None else ""
         )
-        ui.table(
-            "Deployments",
-            ["target", "status", "deployment", "recorded"],
-            [[d["target"], d["status"], d["deployment_id"], d["recorded_at"]] for d in status["deployments"]],
-        )
+        deployments_table(ui, status["deployments"])
     else:
         ui.line("Champion: none yet")
+
+
+def deployments_table(ui: UI, deployments: Sequence[dict[str, Any]]) -> None:
+    """One row per deployment; a skipped or failed one says why (its note)."""
+    ui.table(
+        "Deployments",
+        ["target", "status", "deployment", "recorded"],
+        [
+            [
+                d["target"],
+                f"{d['status']} ({d['note']})" if d.get("note") else d["status"],
+                d["deployment_id"],
+                d["recorded_at"],
+            ]
+            for d in deployments
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -203,9 +285,23 @@ def wait_for_run(
                     run["package_outcome"] or run["status"] != "completed"
                 ):
                     return run
+            else:
+                bar.update(description=_waiting_text(target, ddb))
             time.sleep(poll)
     where = f"run {run['job_name']} is {run['status']}" if run else "no run started"
     raise CliError(f"timed out after {timeout:.0f}s waiting for training ({where})")
+
+
+def _waiting_text(target: Target, ddb: Any) -> str:
+    """What the request waits for before its run exists: an active run holding the lock, or nothing yet."""
+    holder = str(runs.get_lock(target.table, ddb=ddb).get("holder", ""))
+    if not holder:
+        return "waiting for the training run to start"
+    active = runs.get_run(target.table, holder, ddb=ddb) or {}
+    progress = _epoch_text(dict(active.get("progress") or {}))
+    return f"queued behind the active run {active.get('job_name') or holder}" + (
+        f" ({progress})" if progress else ""
+    )
 
 
 def check_run(run: dict[str, Any]) -> None:
@@ -249,8 +345,7 @@ def device_request(url: str, *, data: bytes | None = None, timeout: float = 30.0
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             body = response.read()
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:300]
-        raise CliError(f"the local device answered {exc.code}: {detail}") from exc
+        raise CliError(f"the local device answered {exc.code}: {_device_error(exc.read())}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise CliError(f"the local device at {url} is not answering: {exc}") from exc
     try:
@@ -262,7 +357,26 @@ def device_request(url: str, *, data: bytes | None = None, timeout: float = 30.0
     return result
 
 
+def _device_error(body: bytes) -> str:
+    """The ``error`` of the device's JSON answer (with its ``code``), else the start of the raw answer."""
+    try:
+        answer = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        answer = None
+    if isinstance(answer, dict) and answer.get("error"):
+        code = f"{answer['code']}: " if answer.get("code") else ""
+        return f"{code}{answer['error']}"
+    return body.decode("utf-8", "replace")[:300]
+
+
 def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
+    """One entry per image, in order: ``{"image", "label", "confidence", "model_id"}`` or
+    ``{"image", "error"}``.
+
+    Each file is first checked exactly as ingest checks an upload (:mod:`trashsorter.validation`, with the
+    ingest function's limits), so a file ingest would refuse gets ingest's reason here; a failure of one
+    file never stops the batch.
+    """
     if not target.is_local:
         raise UsageError(
             f"prediction runs on the device: {target.describe()} deploys to DeepLens / Greengrass, "
@@ -270,13 +384,18 @@ def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
         )
     if not target.device_url:
         raise CliError("the local stack runs without a device (started with --no-device)")
+    settings = target.settings(IngestSettings, "IngestFunction")
+    url = f"{target.device_url.rstrip('/')}/predict"
     results: list[dict[str, Any]] = []
     for image in images:
-        if not image.is_file():
-            raise UsageError(f"{image} is not a file")
-        answer = device_request(f"{target.device_url.rstrip('/')}/predict", data=image.read_bytes())
-        if "label" not in answer:
-            raise CliError(f"{image}: {answer.get('error') or answer.get('message') or 'no model deployed'}")
+        try:
+            data = _checked_image(image, settings)
+            answer = device_request(url, data=data)
+            if "label" not in answer:
+                raise CliError(str(answer.get("error") or answer.get("message") or "no model deployed"))
+        except CliError as exc:
+            results.append({"image": str(image), "error": str(exc)})
+            continue
         results.append(
             {
                 "image": str(image),
@@ -286,6 +405,22 @@ def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
             }
         )
     return results
+
+
+def _checked_image(image: Path, settings: IngestSettings) -> bytes:
+    """The file's bytes if ingest would accept them, else a CliError with ingest's reason."""
+    try:
+        data = image.read_bytes()
+    except IsADirectoryError as exc:
+        raise CliError("is a directory, not an image file") from exc
+    except OSError as exc:
+        raise CliError(f"cannot read it: {exc.strerror or exc}") from exc
+    try:
+        check_object_size(len(data), settings.max_image_bytes)
+        validate_image(data, max_pixels=settings.max_image_pixels, min_side=settings.min_image_side)
+    except Rejection as exc:
+        raise CliError(f"ingest would refuse it: {exc.code}: {exc.message}") from exc
+    return data
 
 
 def device_status(target: Target) -> dict[str, Any] | None:

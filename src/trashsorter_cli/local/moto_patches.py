@@ -1,9 +1,24 @@
-"""Five fixes to moto's DynamoDB that the local stack and the tests install (idempotent).
+"""Fixes to moto that the local stack and the tests install (idempotent), gated on the moto version.
+
+:func:`install` applies, once per process:
+
+* always (every moto version, every run): fix 1, the thread lock, because without it parallel handlers
+  corrupt moto's tables; it only wraps public backend methods by name;
+* on a tested moto version (:data:`TESTED_MOTO_VERSIONS`, the one pinned in pyproject.toml): the faithful S3
+  event notifications (:mod:`trashsorter_cli.local.moto_s3_events`: delete markers and version deletes send
+  ``ObjectRemoved`` as S3 does);
+* with ``speed=True`` on a tested version: fixes 2-5 below, which make moto fast on large tables. Only the
+  local stack (``trashsorter local up``, the demo) and the large benchmarks ask for them, so the tests run
+  the product against moto's own DynamoDB code.
+
+On any other moto version the version-specific patches are skipped and a warning says which and why.
+
+The five fixes to moto's DynamoDB:
 
 1. Thread safety. Real DynamoDB serialises each request on the items it touches; moto's in-process
    backend does not, so parallel Lambdas (the dispatcher's threads, the reliability suite's workers) can
    see "dictionary changed size during iteration" or lose a transaction's rollback. Every public backend
-   call runs under one re-entrant lock: requests from different workers still interleave between calls,
+   method runs under one re-entrant lock: requests from different workers still interleave between calls,
    so conditional-write races stay real.
 2. Cost of ``TransactWriteItems``. moto deep-copies the *whole table* once per transaction item to be able
    to roll back; a catalogue of thousands of records makes every ingest O(table). The patch snapshots only
@@ -31,26 +46,16 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any
 
+LOG = logging.getLogger(__name__)
+# The moto versions the version-specific patches were tested against (pyproject.toml pins moto to these).
+TESTED_MOTO_VERSIONS = frozenset({"5.2.5"})
 _LOCK = threading.RLock()
 _STATE = threading.local()
-_LOCKED_METHODS = (
-    "get_item",
-    "put_item",
-    "update_item",
-    "delete_item",
-    "query",
-    "scan",
-    "batch_get_item",
-    "batch_write_item",
-    "transact_get_items",
-    "create_table",
-    "delete_table",
-    "describe_table",
-)
 
 
 # Backend methods that never change a table; every other public backend method counts as a write.
@@ -110,6 +115,13 @@ class _QueryCursors:
 
 
 _CURSORS = _QueryCursors()
+# (owner, attribute, original) of every speed patch applied, so that remove_speed_patches() can undo them.
+_SPEED_ORIGINALS: list[tuple[Any, str, Any]] = []
+
+
+def _replace(owner: Any, name: str, value: Any) -> None:
+    _SPEED_ORIGINALS.append((owner, name, getattr(owner, name)))
+    setattr(owner, name, value)
 
 
 def _key_text(key: dict[str, Any] | None) -> str:
@@ -219,7 +231,7 @@ def _patch_query() -> None:
             ends[_key_text(last_key)] = start + scanned
         return results, scanned, last_key
 
-    Table.query = query  # type: ignore[method-assign]
+    _replace(Table, "query", query)
 
 
 def _patch_projection() -> None:
@@ -236,7 +248,7 @@ def _patch_projection() -> None:
         result = {name: regular[name] for name in names if name in regular}
         return Item(hash_key=self.hash_key, range_key=self.range_key, attrs=serializer.serialize(result)["M"])
 
-    Item.project = project  # type: ignore[method-assign]
+    _replace(Item, "project", project)
 
 
 _QUERY_RESULT_KEYS = frozenset({"Count", "ScannedCount", "Items", "LastEvaluatedKey", "ConsumedCapacity"})
@@ -256,7 +268,7 @@ def _patch_query_response() -> None:
             return json.dumps(body, cls=DynamoJsonEncoder)
         return result
 
-    DynamoHandler.query = query  # type: ignore[method-assign]
+    _replace(DynamoHandler, "query", query)
 
 
 class _CopyProxy:
@@ -311,25 +323,40 @@ def _restore(table: Any, hash_value: Any, range_value: Any, item: Any) -> None:
         table.items[hash_value] = item
 
 
-def install() -> None:
-    """Patch moto's DynamoDB backend once per process."""
-    from moto.dynamodb import models
+def _moto_version() -> str:
+    import moto
+
+    return str(getattr(moto, "__version__", "unknown"))
+
+
+def _install_lock() -> None:
+    """Fix 1: every public backend call under one re-entrant lock (any moto version)."""
     from moto.dynamodb.models import DynamoDBBackend
 
-    if getattr(DynamoDBBackend, "_trashsorter_patched", False):
+    if getattr(DynamoDBBackend, "_trashsorter_locked", False):
         return
-    for name in _LOCKED_METHODS:
-        original = getattr(DynamoDBBackend, name)
+    for name, member in list(vars(DynamoDBBackend).items()):
+        if name.startswith("_") or not callable(member):
+            continue
 
-        @functools.wraps(original)
-        def locked(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
+        @functools.wraps(member)
+        def locked(self: Any, *args: Any, __original: Any = member, **kwargs: Any) -> Any:
             with _LOCK:
                 return __original(self, *args, **kwargs)
 
         setattr(DynamoDBBackend, name, locked)
+    DynamoDBBackend._trashsorter_locked = True  # type: ignore[attr-defined]
 
+
+def _install_speed() -> None:
+    """Fixes 2-5 (tested moto versions only)."""
+    from moto.dynamodb import models
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if _SPEED_ORIGINALS:
+        return
     original_transact = DynamoDBBackend.transact_write_items
-    models.copy = _CopyProxy(copy)  # type: ignore[attr-defined]
+    _replace(models, "copy", _CopyProxy(copy))
 
     @functools.wraps(original_transact)
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> Any:
@@ -354,7 +381,7 @@ def install() -> None:
             finally:
                 _STATE.in_transaction = False
 
-    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    _replace(DynamoDBBackend, "transact_write_items", transact_write_items)
 
     for name, member in list(vars(DynamoDBBackend).items()):
         if name.startswith("_") or name in _READ_METHODS or not callable(member):
@@ -369,8 +396,37 @@ def install() -> None:
                 finally:
                     _CURSORS.bump()
 
-        setattr(DynamoDBBackend, name, write)
+        _replace(DynamoDBBackend, name, write)
     _patch_query()
     _patch_projection()
     _patch_query_response()
-    DynamoDBBackend._trashsorter_patched = True  # type: ignore[attr-defined]
+
+
+def remove_speed_patches() -> None:
+    """Undo fixes 2-5 (a test that needed them gives moto's own code back to the tests after it)."""
+    while _SPEED_ORIGINALS:
+        owner, name, original = _SPEED_ORIGINALS.pop()
+        setattr(owner, name, original)
+    _CURSORS.bump()
+
+
+def install(*, speed: bool = False) -> None:
+    """Patch moto once per process: the lock always; S3 events, and with ``speed`` fixes 2-5, only on a
+    tested moto version (otherwise a warning names what was skipped)."""
+    from trashsorter_cli.local import moto_s3_events
+
+    _install_lock()
+    version = _moto_version()
+    if version not in TESTED_MOTO_VERSIONS:
+        skipped = "faithful S3 delete events" + (" and the DynamoDB speed patches" if speed else "")
+        LOG.warning(
+            "moto %s is not a version trashsorter's moto patches were tested against (%s): %s not applied "
+            "(install the pinned version: pip install -e '.[dev]')",
+            version,
+            ", ".join(sorted(TESTED_MOTO_VERSIONS)),
+            skipped,
+        )
+        return
+    moto_s3_events.install()
+    if speed:
+        _install_speed()

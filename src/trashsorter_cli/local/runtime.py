@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -33,8 +34,7 @@ from typing import IO, Any
 import boto3
 
 from trashsorter import aws
-from trashsorter.errors import ConfigurationError
-from trashsorter_cli.local import moto_patches
+from trashsorter_cli.local import children, moto_patches
 from trashsorter_cli.local.dispatcher import Dispatcher
 from trashsorter_cli.local.server import (
     DEFAULT_HOST,
@@ -123,7 +123,7 @@ class LocalRuntime:
         """Server -> stack -> device -> handlers (cold starts) -> dispatcher threads -> state file."""
         try:
             self._set_environment()
-            moto_patches.install()
+            moto_patches.install(speed=True)  # the local stack holds real data: fast DynamoDB
             self.server.start()
             self.stack = deploy_stack(
                 self.session(),
@@ -168,10 +168,12 @@ class LocalRuntime:
             raise
 
     def stop(self) -> None:
-        """Dispatcher (lets a running handler finish) -> device -> server -> state file -> environment."""
+        """Dispatcher (lets a running handler finish) -> child processes (trainer) -> device -> server ->
+        state file -> environment."""
         if self.dispatcher is not None:
             self.dispatcher.stop(timeout=30)
             self.dispatcher = None
+        children.stop_all()
         if self.device is not None:
             try:
                 self.device.stop()
@@ -200,11 +202,8 @@ class LocalRuntime:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def request_stop(self) -> None:
-        self._stop_requested.set()
-
     def serve_forever(self) -> None:
-        """Block until Ctrl-C, SIGTERM (``trashsorter local down``) or :meth:`request_stop`; then stop."""
+        """Block until Ctrl-C or SIGTERM (``trashsorter local down``); then stop."""
 
         def _on_signal(signum: int, frame: FrameType | None) -> None:
             self._stop_requested.set()
@@ -246,6 +245,9 @@ class LocalRuntime:
     def _start_device(self) -> str:
         from trashsorter_cli.device.server import LocalDevice
 
+        # The stack's state lives in memory and starts empty, so its registry names no champion: the device
+        # must not serve a model left on disk by an earlier stack (docs/local-mode.md, "State").
+        shutil.rmtree(self.state_dir / "device", ignore_errors=True)
         self.device = LocalDevice(self.host, 0, self.state_dir / "device", s3=self.client("s3"))
         self.device.start()
         return str(self.device.url)
@@ -274,9 +276,3 @@ class LocalRuntime:
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         self._saved_stdout = sys.stdout
         sys.stdout = self._log_stream
-
-
-def require_stack(runtime: LocalRuntime) -> LocalStack:
-    if runtime.stack is None:
-        raise ConfigurationError("the local stack is not started")
-    return runtime.stack

@@ -40,6 +40,11 @@ def default_state_path() -> Path:
     return Path.cwd() / STATE_DIR_NAME / STATE_FILE_NAME
 
 
+def default_log_file(state_path: Path | None = None) -> Path:
+    """``<state dir>/logs/trashsorter.log``: the handlers' logs (``local up`` and in-process commands)."""
+    return Path(state_path or default_state_path()).parent / "logs" / "trashsorter.log"
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port nobody listens on right now (the demo and the tests never collide with 4566)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -53,15 +58,38 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def endpoint_alive(endpoint_url: str, timeout: float = 2.0) -> bool:
-    """True when something answers HTTP at ``endpoint_url`` (moto answers ``/moto-api/`` and ``/``)."""
+# moto's smallest management route: a few hundred bytes of configuration, whatever the stack holds.
+HEALTH_PATH = "/moto-api/config"
+
+
+def probe_endpoint(endpoint_url: str, timeout: float = 5.0) -> str | None:
+    """``None`` when the endpoint answers HTTP, else why not ("refused", "timed out after 5s", ...).
+
+    O(1): one small GET that does not depend on how much data the stack holds (it never downloads moto's
+    state).
+    """
     try:
-        with urllib.request.urlopen(f"{endpoint_url.rstrip('/')}/moto-api/data.json", timeout=timeout):  # noqa: S310
-            return True
+        with urllib.request.urlopen(f"{endpoint_url.rstrip('/')}{HEALTH_PATH}", timeout=timeout) as resp:  # noqa: S310
+            resp.read(4096)
+        return None
     except urllib.error.HTTPError:
-        return True  # it answered
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+        return None  # it answered
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, ConnectionRefusedError):
+            return "connection refused (nothing listens there)"
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return f"no answer within {timeout:g}s"
+        return str(reason)
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except (OSError, ValueError) as exc:
+        return str(exc)
+
+
+def endpoint_alive(endpoint_url: str, timeout: float = 5.0) -> bool:
+    """True when something answers HTTP at ``endpoint_url`` (see :func:`probe_endpoint`)."""
+    return probe_endpoint(endpoint_url, timeout) is None
 
 
 class MotoServer:

@@ -1,4 +1,4 @@
-"""The local runtime's training backend: the embedded CPU trainer, started as a detached process.
+"""The local runtime's training backend: the embedded CPU trainer, a child process that stops with the stack.
 
 Not part of the Lambda layer. :func:`install` registers it with :func:`trashsorter.training.register_backend`
 under ``TRAINING_BACKEND=local``; the local dispatcher installs it before it runs any handler.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from trashsorter.errors import TrainingStartError
 from trashsorter.settings import TrainingSettings
 from trashsorter.training import TrainingBackend, register_backend
 from trashsorter.training_request import TrainingLaunch
+from trashsorter_cli.local import children
 
 NAME = "local"
 
@@ -25,7 +25,8 @@ def default_log_dir() -> Path:
 
 
 class LocalBackend:
-    """The embedded mode's CPU trainer, started as a detached process (``python -m trashsorter_cli.trainer``).
+    """The embedded mode's CPU trainer (``python -m trashsorter_cli.trainer``), a child of the stack started
+    by :func:`trashsorter_cli.local.children.spawn` (own process group, killed when the stack dies).
 
     The child inherits the environment (AWS_ENDPOINT_URL ...), writes ``<log_dir>/<job>.log``, uploads
     ``<output>/<job>/output/model.tar.gz`` and puts the "SageMaker Training Job State Change" event.
@@ -68,16 +69,8 @@ class LocalBackend:
         path = self.log_path(launch)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("ab") as log:
-                subprocess.Popen(
-                    self.command(launch),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=dict(os.environ),
-                    close_fds=True,
-                )
+            with path.open("ab") as log:  # the stack's child registry stops the trainer with the stack
+                children.spawn(self.command(launch), log=log, env=dict(os.environ))
         except OSError as exc:
             raise TrainingStartError(
                 f"could not start the local trainer for {launch.job_name}: {exc}"

@@ -1,0 +1,69 @@
+"""The CLI's human output: progress bars on a narrow terminal, deployment notes."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+from trashsorter_cli.commands.pipeline import deployments_table
+from trashsorter_cli.ui import UI
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "description", ["upload", "uploading images/Compost/cardboard/" + "x" * 120 + ".jpg"]
+)
+def test_progress_keeps_its_count_at_80_columns(monkeypatch: pytest.MonkeyPatch, description: str) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    out = Terminal()
+    ui = UI(stream=out)
+    assert ui.rich
+    with ui.progress(description, total=180) as bar:
+        bar.update(completed=57)
+    last = [line for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue()).splitlines() if line][-1]
+    assert "57/180" in last and len(last) <= 80
+
+
+def test_a_skipped_deployment_says_why() -> None:
+    out = io.StringIO()
+    deployments_table(
+        UI(stream=out),
+        [
+            {
+                "target": "local-device",
+                "status": "deployed",
+                "deployment_id": "d1",
+                "recorded_at": "t",
+                "note": "",
+            },
+            {
+                "target": "greengrass-v2",
+                "status": "skipped",
+                "deployment_id": "",
+                "recorded_at": "t",
+                "note": "no Greengrass v2 thing group configured (EdgeThingGroupArn)",
+            },
+        ],
+    )
+    text = out.getvalue()
+    assert "skipped (no Greengrass v2 thing group configured (EdgeThingGroupArn))" in text
+    assert "deployed (" not in text
+
+
+def test_ctrl_c_stops_the_progress_bar_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar's last state is printed, the cursor shown again and the line ended; the interrupt goes on."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = Terminal()
+    ui = UI(stream=out)
+    with pytest.raises(KeyboardInterrupt), ui.progress("upload", total=10) as bar:
+        bar.update(completed=3)
+        raise KeyboardInterrupt
+    text = out.getvalue()
+    assert text.rfind("\x1b[?25h") > text.rfind("\x1b[?25l")  # cursor shown after it was hidden
+    assert text.removesuffix("\x1b[?25h").endswith("\n") and "3/10" in text
