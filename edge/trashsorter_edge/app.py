@@ -36,11 +36,12 @@ class Topics:
     def for_thing(
         cls,
         thing: str,
-        infer: str = "trashsorter/{thing}/infer",
-        status: str = "trashsorter/{thing}/status",
-        actuator: str = "trashsorter/{thing}/object",
+        infer: str = "trashsorter/<thing>/infer",
+        status: str = "trashsorter/<thing>/status",
+        actuator: str = "trashsorter/<thing>/object",
     ) -> Topics:
-        return cls(infer.format(thing=thing), status.format(thing=thing), actuator.format(thing=thing))
+        """``<thing>`` in a topic is replaced by the thing name."""
+        return cls(*(topic.replace("<thing>", thing) for topic in (infer, status, actuator)))
 
 
 @dataclass
@@ -89,11 +90,14 @@ class EdgeApp:
         settings: Settings,
         topics: Topics | None = None,
         hooks: Iterable[FrameHook] = (),
+        model_id: str | None = None,
     ) -> None:
         self.publisher = publisher
         self.settings = settings
         self.topics = topics or Topics.for_thing(settings.thing)
-        self.handle = ModelHandle(model_dir, on_status=self.status)  # publishes loading/loaded/error
+        self.handle = ModelHandle(
+            model_dir, on_status=self.status, model_id=model_id
+        )  # publishes loading/loaded/error
         self.hooks = list(hooks)
         self.debouncer = Debouncer(settings.debounce)
         self.latest: dict[str, Any] | None = None

@@ -38,9 +38,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--publish-rate", type=float, default=2.0, help="infer messages/s from a camera/stream")
     p.add_argument("--debounce", type=int, default=5, help="frames a label must hold before {object}")
-    p.add_argument("--infer-topic", default="trashsorter/{thing}/infer")
-    p.add_argument("--status-topic", default="trashsorter/{thing}/status")
-    p.add_argument("--actuator-topic", default="trashsorter/{thing}/object")
+    p.add_argument("--model-id", default="", help="model id in results (default: model.json or dir name)")
+    p.add_argument("--infer-topic", default="trashsorter/<thing>/infer", help="<thing> = the thing name")
+    p.add_argument("--status-topic", default="trashsorter/<thing>/status")
+    p.add_argument("--actuator-topic", default="trashsorter/<thing>/object", help="{object: label} topic")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks into a folder source")
     return p
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trashsorter-edge: {exc}", file=sys.stderr)
         return 2
     try:
-        app = EdgeApp(args.model, publisher, settings, topics)
+        app = EdgeApp(args.model, publisher, settings, topics, model_id=args.model_id or None)
         source = open_source(args.source, once=args.once, poll_s=args.poll)
     except (ModelError, SourceError) as exc:
         print(f"trashsorter-edge: {exc}", file=sys.stderr)
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
     try:
         counts = app.run(source)
+        app.status({"status": "stopped", **counts})
     finally:
         publisher.close()
     return 0 if counts["frames"] or not counts["errors"] else 1

@@ -120,8 +120,15 @@ class ModelHandle:
     change (a new version deployed), without restarting the process. A broken new version keeps the old
     one and reports the error through ``on_status``."""
 
-    def __init__(self, model_dir: Path | str, on_status: Any = None, check_every_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        model_dir: Path | str,
+        on_status: Any = None,
+        check_every_s: float = 2.0,
+        model_id: str | None = None,
+    ) -> None:
         self.model_dir = Path(model_dir)
+        self.model_id = model_id or None
         self._on_status = on_status or (lambda _status: None)
         self._check_every_s = check_every_s
         self._lock = threading.Lock()
@@ -138,7 +145,7 @@ class ModelHandle:
                 return self._model
             self._on_status({"status": "loading", "model_dir": str(self.model_dir)})
             try:
-                model = Model(self.model_dir)
+                model = Model(self.model_dir, self.model_id)
             except ModelError as exc:
                 self._on_status({"status": "error", "error": str(exc)})
                 if self._model is None:
