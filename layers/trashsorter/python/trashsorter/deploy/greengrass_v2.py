@@ -112,6 +112,40 @@ def write_app_archive(destination: Path) -> Path | None:
     return destination
 
 
+def write_bundle(
+    out_dir: Path,
+    *,
+    component_name: str,
+    version: str,
+    model_id: str,
+    artifact_uri: str,
+    app_uri: str,
+    s3: Any = None,
+) -> Path:
+    """The component exactly as the package step publishes it, on disk: ``recipe.json`` (the same
+    :func:`component_recipe`) and ``artifacts/<file>`` (the same S3 objects the recipe names), the layout
+    of a Greengrass local deployment's recipe and artifact directories. Returns ``out_dir/recipe.json``."""
+    client = s3 or aws.client("s3")
+    recipe = component_recipe(
+        component_name=component_name,
+        version=version,
+        model_id=model_id,
+        artifact_uri=artifact_uri,
+        app_uri=app_uri,
+    )
+    artifacts = out_dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for uri in (app_uri, artifact_uri):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        try:
+            client.download_file(bucket, key, str(artifacts / key.rsplit("/", 1)[-1]))
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_failure(f"cannot download the component artifact {uri}", exc) from exc
+    path = out_dir / "recipe.json"
+    path.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
 def recipe_bytes(recipe: dict[str, Any]) -> bytes:
     return json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()
 
