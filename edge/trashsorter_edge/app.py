@@ -11,6 +11,7 @@ file name or frame number). ``unsure`` means ``confidence < threshold``. Topics 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -95,19 +96,25 @@ class EdgeApp:
         self.publisher = publisher
         self.settings = settings
         self.topics = topics or Topics.for_thing(settings.thing)
+        self.counts = {"frames": 0, "published": 0, "errors": 0, "publish_errors": 0}
         self.handle = ModelHandle(
             model_dir, on_status=self.status, model_id=model_id
         )  # publishes loading/loaded/error
         self.hooks = list(hooks)
         self.debouncer = Debouncer(settings.debounce)
         self.latest: dict[str, Any] | None = None
-        self.counts = {"frames": 0, "published": 0, "errors": 0}
         self._last_publish = float("-inf")
 
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        """Publish; an output that fails (offline, throttled) is counted and reported, never fatal."""
+        try:
+            self.publisher.publish(topic, payload)
+        except Exception as exc:  # noqa: BLE001 - boto/awscrt raise many types; classification goes on
+            self.counts["publish_errors"] += 1
+            print(f"trashsorter-edge: cannot publish to {topic}: {exc}", file=sys.stderr, flush=True)
+
     def status(self, message: dict[str, Any]) -> None:
-        self.publisher.publish(
-            self.topics.status, {**message, "thing": self.settings.thing, "timestamp": utc_now()}
-        )
+        self.publish(self.topics.status, {**message, "thing": self.settings.thing, "timestamp": utc_now()})
 
     def classify(self, frame: Frame) -> dict[str, Any]:
         model = self.handle.current()
@@ -138,11 +145,11 @@ class EdgeApp:
         rate = self.settings.publish_rate
         if not continuous or rate <= 0 or now - self._last_publish >= 1.0 / rate:
             self._last_publish = now
-            self.publisher.publish(self.topics.infer, result)
+            self.publish(self.topics.infer, result)
             self.counts["published"] += 1
         changed = self.debouncer.update(result["label"], result["unsure"])
         if changed is not None:
-            self.publisher.publish(self.topics.actuator, {"object": changed})
+            self.publish(self.topics.actuator, {"object": changed})
         for hook in self.hooks:
             hook(frame, result)
         return result
@@ -151,12 +158,15 @@ class EdgeApp:
         """Classify every frame the source yields (until it ends or :meth:`stop`)."""
         self._source = source
         continuous = bool(getattr(source, "continuous", False))
+        if hasattr(source, "on_error"):
+            source.on_error = self._source_error
         for frame in source:
             self.handle_frame(frame, continuous=continuous)
-        for error in getattr(source, "errors", []):
-            self.counts["errors"] += 1
-            self.status({"status": "error", "error": error})
         return dict(self.counts)
+
+    def _source_error(self, name: str, error: str) -> None:
+        self.counts["errors"] += 1
+        self.status({"status": "error", "error": error, "image": name})
 
     def stop(self) -> None:
         source = getattr(self, "_source", None)

@@ -9,7 +9,7 @@ camera and video sources; the folder source runs on Pillow alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ class FolderSource:
         self.once = once
         self.poll_s = poll_s
         self.errors: list[str] = []
+        self.on_error: Callable[[str, str], None] | None = None  # (file name, error) as it happens
         self._seen: set[str] = set()
         self._stopped = False
 
@@ -68,6 +69,8 @@ class FolderSource:
                     image = decode(data, path.name)
                 except (OSError, UndecodableImage) as exc:
                     self.errors.append(f"{path.name}: {exc}")
+                    if self.on_error is not None:
+                        self.on_error(path.name, str(exc))
                     continue
                 yield Frame(image, str(self.folder), path.name, data=data)
             if self.once:

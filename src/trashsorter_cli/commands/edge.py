@@ -1,4 +1,5 @@
-"""``trashsorter edge bundle`` and ``trashsorter edge run``: the Greengrass v2 component on this machine.
+"""``trashsorter edge bundle``, ``trashsorter edge run`` and ``trashsorter watch``: the Greengrass v2
+component on this machine.
 
 * ``edge bundle --model ID --out DIR`` writes the component exactly as the package step publishes it:
   ``DIR/recipe.json`` (:func:`trashsorter.deploy.greengrass_v2.component_recipe`) and ``DIR/artifacts/``
@@ -8,6 +9,8 @@
   component's own venv, then ``Run``. With ``--once`` the app classifies what the source holds and the
   command prints its JSON lines; otherwise it runs until Ctrl-C, publishing to the local stack's IoT data
   plane when one is running (stdout otherwise).
+* ``watch [--topic P] [--count N] [--timeout S]`` prints the messages the local endpoint's IoT data plane
+  receives (the local device reads moto's record of them), as they arrive.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--thing", default="local", help="the thing name ({iot:thingName})")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"nucleus root (default {DEFAULT_WORK})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="configuration update")
+
+    p = sub.add_parser("watch", parents=[common], help="the local device's IoT messages, live")
+    p.add_argument("--topic", default="trashsorter/", help="topic prefix (default trashsorter/)")
+    p.add_argument("--count", type=int, default=0, help="stop after N messages (0 = never)")
+    p.add_argument("--timeout", type=float, default=0.0, help="stop after S seconds (0 = never)")
 
 
 def bundle(target: Any, model_id: str, out: Path, version: str) -> dict[str, Any]:
@@ -92,7 +101,8 @@ def run_bundle(args: argparse.Namespace, ui: UI, endpoint_url: str | None) -> in
         runner.install()
         if args.once:
             done = runner.run()
-            sys.stdout.write(done.stdout)
+            ui.stream.write(done.stdout)  # the app's JSON lines, as they are
+            ui.stream.flush()
             if done.returncode != 0:
                 raise CliError(f"the component exited with {done.returncode}: {done.stderr[-1000:]}")
             return 0
@@ -107,7 +117,48 @@ def run_bundle(args: argparse.Namespace, ui: UI, endpoint_url: str | None) -> in
         raise CliError(str(exc)) from exc
 
 
+def watch(target: Any, ui: UI, *, topic: str, count: int, timeout: float, poll_s: float = 0.3) -> int:
+    """Print what the local endpoint's IoT data plane receives (through the local device), as it arrives."""
+    from trashsorter_cli.commands.pipeline import device_request
+
+    if not target.is_local or not target.device_url:
+        raise UsageError(
+            "`trashsorter watch` follows the local stack's device; on AWS use the IoT MQTT client"
+        )
+    seen, after = 0, 0
+    deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
+    query = urllib.parse.urlencode({"topic": topic})
+    while time.monotonic() < deadline:
+        answer = device_request(
+            f"{target.device_url.rstrip('/')}/iot/messages?after={after}&{query}", timeout=10
+        )
+        for message in answer.get("messages", []):
+            after = max(after, int(message["index"]))
+            if ui.json_mode:
+                ui.stream.write(json.dumps(message, sort_keys=True) + "\n")  # one JSON line per message
+                ui.stream.flush()
+            else:
+                payload = message["payload"]
+                summary = (
+                    f"{payload.get('label')} {payload.get('confidence', 0):.3f}"
+                    + (" (unsure)" if payload.get("unsure") else "")
+                    if isinstance(payload, dict) and "label" in payload
+                    else json.dumps(payload, sort_keys=True)
+                )
+                ui.line(f"{message['topic']}  {summary}")
+            seen += 1
+            if count and seen >= count:
+                return 0
+        time.sleep(poll_s)
+    return 0 if seen else 1
+
+
+COMMANDS = ("edge", "watch")
+
+
 def handle(args: argparse.Namespace, ui: UI, resolve: Callable[[argparse.Namespace], Any]) -> int:
+    if args.command == "watch":
+        return watch(resolve(args), ui, topic=args.topic, count=args.count, timeout=args.timeout)
     if args.edge_command == "bundle":
         target = resolve(args)
         result = bundle(target, args.model_id, args.out, args.version)

@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trashsorter import aws
 from trashsorter.ddb import serialize
 from trashsorter.deploy import TARGET_GREENGRASS_V2, DeploymentResult, aws_failure
-from trashsorter.errors import TransientError
+from trashsorter.errors import DeploymentError, TransientError
 from trashsorter.observability import logger
 from trashsorter.schema import edge_component_key
 from trashsorter.settings import PackageSettings
@@ -75,6 +75,9 @@ def component_recipe(
 ) -> dict[str, Any]:
     """The recipe file with the package step's values filled in: name, version, the two artifacts (the
     edge app zip, unarchived; the model tarball), ``ModelId`` and any ``defaults`` over the configuration."""
+    for uri, name in ((artifact_uri, MODEL_ARCHIVE), (app_uri, APP_ARCHIVE)):
+        if uri.rsplit("/", 1)[-1] != name:  # a nucleus names a downloaded artifact after its URI
+            raise DeploymentError(f"the component artifact must be named {name}, got {uri!r}")
     recipe = recipe_template()
     recipe["ComponentName"] = component_name
     recipe["ComponentVersion"] = version
