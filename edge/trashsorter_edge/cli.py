@@ -14,6 +14,7 @@ import sys
 from types import FrameType
 
 from trashsorter_edge.app import EdgeApp, Settings, Topics
+from trashsorter_edge.inbox import Inbox
 from trashsorter_edge.model import ModelError
 from trashsorter_edge.outputs import PublishError, make_publisher
 from trashsorter_edge.sources import SourceError, open_source
@@ -43,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--status-topic", default="trashsorter/<thing>/status")
     p.add_argument("--actuator-topic", default="trashsorter/<thing>/object", help="{object: label} topic")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks into a folder source")
+    p.add_argument("--inbox-bucket", default="", help="upload unsure/flagged frames here (empty: off)")
+    p.add_argument("--inbox-dir", default=".trashsorter-edge/inbox", help="local queue of frames to upload")
+    p.add_argument("--inbox-max-queue", type=int, default=50, help="frames kept while offline (oldest go)")
+    p.add_argument("--inbox-per-minute", type=int, default=6, help="uploads per minute at most")
     return p
 
 
@@ -61,8 +66,26 @@ def main(argv: list[str] | None = None) -> int:
     except PublishError as exc:
         print(f"trashsorter-edge: {exc}", file=sys.stderr)
         return 2
+    inbox = (
+        Inbox(
+            args.inbox_dir,
+            args.inbox_bucket,
+            args.thing,
+            max_queue=args.inbox_max_queue,
+            per_minute=args.inbox_per_minute,
+        )
+        if args.inbox_bucket
+        else None
+    )
     try:
-        app = EdgeApp(args.model, publisher, settings, topics, model_id=args.model_id or None)
+        app = EdgeApp(
+            args.model,
+            publisher,
+            settings,
+            topics,
+            hooks=[inbox.hook] if inbox else [],
+            model_id=args.model_id or None,
+        )
         source = open_source(args.source, once=args.once, poll_s=args.poll)
     except (ModelError, SourceError) as exc:
         print(f"trashsorter-edge: {exc}", file=sys.stderr)
@@ -74,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if inbox is not None:
+        signal.signal(signal.SIGUSR1, lambda _signum, _frame: inbox.flag())  # `kill -USR1`: flag this frame
+        inbox.start()
     try:
         counts = app.run(source)
-        app.status({"status": "stopped", **counts})
+        app.status({"status": "stopped", **counts, **(inbox.counts if inbox else {})})
     finally:
+        if inbox is not None:
+            inbox.stop()
         publisher.close()
     return 0 if counts["frames"] or not counts["errors"] else 1
 

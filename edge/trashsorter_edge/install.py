@@ -21,7 +21,7 @@ import venv
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-EXTRAS = {"ggipc": "requirements-greengrass.txt", "iot-data": "requirements-iot-data.txt"}
+EXTRAS = {"ggipc": "requirements-greengrass.txt"}
 
 
 def main(argv: list[str] | None = None) -> int:

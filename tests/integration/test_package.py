@@ -613,6 +613,9 @@ def test_onnx_model_goes_to_greengrass_v2_with_rollback_stubber(pack: Pack) -> N
     expected_recipe["ComponentVersion"] = "1.0.1"
     expected_recipe["ComponentDescription"] += f" (model {JOB})"
     expected_recipe["ComponentConfiguration"]["DefaultConfiguration"]["ModelId"] = JOB
+    expected_recipe["ComponentConfiguration"]["DefaultConfiguration"]["Inbox"]["Bucket"] = (
+        settings.images_bucket
+    )
     expected_recipe["Manifests"][0]["Artifacts"] = [
         {"URI": app_uri, "Unarchive": "ZIP"},
         {"URI": onnx_uri, "Unarchive": "NONE"},
@@ -759,6 +762,7 @@ def test_onnx_model_goes_to_the_local_device(pack: Pack) -> None:
             "model_id": JOB,
             "artifact_uri": f"s3://{pack.deeplens_bucket}/models/{JOB}/model.onnx.tar.gz",
             "deployment_id": f"{JOB}-initial",
+            "defaults": {"Inbox": {"Bucket": settings.images_bucket}},  # the edge component's inbox
         }
     ]
     assert outcome.deployments[0]["status"] == "skipped"  # no Greengrass v2 thing group configured

@@ -21,7 +21,7 @@ def filled() -> dict:  # type: ignore[type-arg]
         model_id="job-1",
         artifact_uri="s3://b/models/job-1/model.onnx.tar.gz",
         app_uri="s3://b/models/job-1/trashsorter-edge.zip",
-        defaults={"Threshold": 0.8},
+        defaults={"Threshold": 0.8, "Inbox": {"Bucket": "images-b"}},
     )
 
 
@@ -31,6 +31,8 @@ def test_the_recipe_is_the_file_in_the_repo_with_the_package_values_filled_in() 
     assert recipe["ComponentName"] == "com.example.edge" and recipe["ComponentVersion"] == "1.0.7"
     config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     assert config["ModelId"] == "job-1" and config["Threshold"] == 0.8
+    assert config["Inbox"] == {"Bucket": "images-b", "MaxQueue": 50, "PerMinute": 6}  # merged, not replaced
+    assert recipe["ComponentDependencies"]["aws.greengrass.TokenExchangeService"]["DependencyType"] == "HARD"
     assert recipe["Manifests"][0]["Lifecycle"] == on_disk["Manifests"][0]["Lifecycle"]
     assert recipe["Manifests"][0]["Artifacts"] == [
         {"URI": "s3://b/models/job-1/trashsorter-edge.zip", "Unarchive": "ZIP"},
@@ -60,7 +62,7 @@ def test_install_is_isolated_and_pinned_and_nothing_runs_as_root() -> None:
     install, run = lifecycle["Install"]["Script"], lifecycle["Run"]["Script"]
     assert "install.py {work:path}" in install and "--user" not in install and "sudo" not in install
     assert run.startswith("exec {work:path}/venv/bin/python")
-    for name in ("requirements.txt", "requirements-greengrass.txt", "requirements-iot-data.txt"):
+    for name in ("requirements.txt", "requirements-greengrass.txt"):
         lines = [
             ln
             for ln in (ROOT / "edge/trashsorter_edge" / name).read_text().splitlines()
@@ -73,7 +75,7 @@ def test_every_configuration_key_the_lifecycle_reads_has_a_default() -> None:
     recipe = filled()
     config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     used = set(re.findall(r"\{configuration:(/[^}]+)\}", json.dumps(recipe["Manifests"])))
-    assert {"/Source", "/Threshold", "/Topics/Infer", "/Output"} <= used
+    assert {"/Source", "/Threshold", "/Topics/Infer", "/Output", "/Inbox/Bucket", "/Inbox/PerMinute"} <= used
     for pointer in used:
         node = config
         for part in pointer.strip("/").split("/"):

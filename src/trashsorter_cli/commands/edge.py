@@ -28,6 +28,7 @@ from trashsorter import registry
 from trashsorter.deploy import greengrass_v2
 from trashsorter.errors import TrashsorterError
 from trashsorter.settings import PackageSettings
+from trashsorter_cli.commands import inbox
 from trashsorter_cli.device.runner import ComponentRunner, RecipeError
 from trashsorter_cli.ui import UI, CliError, UsageError
 
@@ -53,6 +54,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", default="trashsorter/", help="topic prefix (default trashsorter/)")
     p.add_argument("--count", type=int, default=0, help="stop after N messages (0 = never)")
     p.add_argument("--timeout", type=float, default=0.0, help="stop after S seconds (0 = never)")
+    inbox.register(sub, common)
 
 
 def bundle(target: Any, model_id: str, out: Path, version: str) -> dict[str, Any]:
@@ -153,10 +155,12 @@ def watch(target: Any, ui: UI, *, topic: str, count: int, timeout: float, poll_s
     return 0 if seen else 1
 
 
-COMMANDS = ("edge", "watch")
+COMMANDS = ("edge", "watch", "inbox", "label")
 
 
 def handle(args: argparse.Namespace, ui: UI, resolve: Callable[[argparse.Namespace], Any]) -> int:
+    if args.command in ("inbox", "label"):
+        return inbox.handle(args, ui, resolve(args))
     if args.command == "watch":
         return watch(resolve(args), ui, topic=args.topic, count=args.count, timeout=args.timeout)
     if args.edge_command == "bundle":

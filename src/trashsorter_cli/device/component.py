@@ -43,6 +43,7 @@ class LocalComponent:
             "Output": "jsonl",
             "ExtraArgs": f"{outputs}--poll 0.05",
             "TopK": top_k,
+            "Inbox": {"PerMinute": 60},  # a developer's machine: no uplink to spare
         }
         env = {"AWS_ENDPOINT_URL": endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"} if endpoint_url else {}
         self.runner = ComponentRunner(bundle, nucleus_root, configuration=configuration, thing=thing, env=env)

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from trashsorter.deploy.greengrass_v2 import merge
 from trashsorter.errors import DeploymentError
 
 _VARIABLE = "{configuration:"
@@ -34,17 +35,6 @@ _VARIABLE = "{configuration:"
 
 class RecipeError(DeploymentError):
     """The bundle or its recipe cannot be run."""
-
-
-def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Greengrass's configuration ``merge``: nested objects merge, everything else replaces."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _pointer(config: Mapping[str, Any], pointer: str) -> str:

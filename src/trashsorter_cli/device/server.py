@@ -163,7 +163,13 @@ class LocalDevice:
                 ),
             }
 
-    def deploy(self, model_id: str, artifact_uri: str, deployment_id: str | None = None) -> dict[str, Any]:
+    def deploy(
+        self,
+        model_id: str,
+        artifact_uri: str,
+        deployment_id: str | None = None,
+        defaults: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Download, verify, switch; a DeploymentError (422/502 subclass) keeps the previous model."""
         deployment_id = deployment_id or uuid.uuid4().hex
         parsed = urlparse(artifact_uri)
@@ -174,7 +180,7 @@ class LocalDevice:
             try:
                 model_dir = self._fetch(parsed.netloc, parsed.path.lstrip("/"), target)
                 classifier = Classifier(model_dir)
-                bundle = self._bundle(model_id, artifact_uri, target / "bundle")
+                bundle = self._bundle(model_id, artifact_uri, target / "bundle", defaults or {})
             except DeploymentError:
                 shutil.rmtree(target, ignore_errors=True)
                 raise
@@ -240,7 +246,7 @@ class LocalDevice:
                 return candidate.parent
         raise ArtifactError(f"artifact has no {' + '.join(REQUIRED_MEMBERS)} (not a local ONNX model)")
 
-    def _bundle(self, model_id: str, artifact_uri: str, out: Path) -> Path:
+    def _bundle(self, model_id: str, artifact_uri: str, out: Path, defaults: dict[str, Any]) -> Path:
         """The component bundle as the package step published it: the app zip is beside the model."""
         app_uri = artifact_uri.rsplit("/", 1)[0] + "/" + greengrass_v2.APP_ARCHIVE
         version = f"1.0.{int(time.time() * 1000)}"
@@ -252,6 +258,7 @@ class LocalDevice:
                 model_id=model_id,
                 artifact_uri=artifact_uri,
                 app_uri=app_uri,
+                defaults=defaults,
                 s3=self._s3 or aws.client("s3"),
             )
         except TrashsorterError as exc:
@@ -393,7 +400,8 @@ def _handler_for(device: LocalDevice) -> type[BaseHTTPRequestHandler]:
                 )
                 return
             try:
-                answer = device.deploy(model_id, artifact_uri, request.get("deployment_id"))
+                defaults = request.get("defaults") if isinstance(request.get("defaults"), dict) else {}
+                answer = device.deploy(model_id, artifact_uri, request.get("deployment_id"), defaults)
             except ArtifactUnavailable as exc:
                 self._send(HTTPStatus.BAD_GATEWAY, {"status": "failed", "error": str(exc), **device.status()})
             except DeploymentError as exc:

@@ -57,6 +57,17 @@ def next_component_version(component_name: str, *, table_name: str, ddb: Any = N
     return f"1.0.{int(response['Attributes']['seq']['N'])}"
 
 
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Greengrass's configuration ``MERGE``: nested objects merge key by key, everything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def recipe_template() -> dict[str, Any]:
     """The component recipe as kept in the repo (``trashsorter/data/greengrass_v2_recipe.json``)."""
     text = resources.files("trashsorter").joinpath("data", RECIPE_FILE).read_text(encoding="utf-8")
@@ -83,13 +94,20 @@ def component_recipe(
     recipe["ComponentVersion"] = version
     recipe["ComponentDescription"] = f"{recipe['ComponentDescription']} (model {model_id})"
     configuration = recipe["ComponentConfiguration"]["DefaultConfiguration"]
-    configuration.update({"ModelId": model_id, **dict(defaults or {})})
+    recipe["ComponentConfiguration"]["DefaultConfiguration"] = merge(
+        configuration, {"ModelId": model_id, **dict(defaults or {})}
+    )
     uris = {APP_ARCHIVE: app_uri, MODEL_ARCHIVE: artifact_uri}
     for manifest in recipe["Manifests"]:
         for artifact in manifest["Artifacts"]:
             name = artifact["URI"].rsplit("/", 1)[-1]
             artifact["URI"] = uris[name]
     return recipe
+
+
+def component_defaults(settings: PackageSettings) -> dict[str, Any]:
+    """What the package step sets in the configuration: unsure frames go to this stack's images bucket."""
+    return {"Inbox": {"Bucket": settings.images_bucket}}
 
 
 def write_app_archive(destination: Path) -> Path | None:
@@ -123,6 +141,7 @@ def write_bundle(
     model_id: str,
     artifact_uri: str,
     app_uri: str,
+    defaults: Mapping[str, Any] | None = None,
     s3: Any = None,
 ) -> Path:
     """The component exactly as the package step publishes it, on disk: ``recipe.json`` (the same
@@ -135,6 +154,7 @@ def write_bundle(
         model_id=model_id,
         artifact_uri=artifact_uri,
         app_uri=app_uri,
+        defaults=defaults,
     )
     artifacts = out_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -184,6 +204,7 @@ def deploy(
         model_id=model_id,
         artifact_uri=artifact_uri,
         app_uri=app_uri,
+        defaults=component_defaults(settings),
     )
     try:
         component = gg.create_component_version(
