@@ -15,6 +15,7 @@ from types import FrameType
 
 from trashsorter_edge.app import EdgeApp, Settings, Topics
 from trashsorter_edge.inbox import Inbox
+from trashsorter_edge.liveview import LiveView
 from trashsorter_edge.model import ModelError
 from trashsorter_edge.outputs import PublishError, make_publisher
 from trashsorter_edge.sources import SourceError, open_source
@@ -44,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--status-topic", default="trashsorter/<thing>/status")
     p.add_argument("--actuator-topic", default="trashsorter/<thing>/object", help="{object: label} topic")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks into a folder source")
+    p.add_argument("--live-port", type=int, default=0, help="serve the live view on this port (0: off)")
+    p.add_argument("--live-host", default="127.0.0.1", help="live view address (no auth: keep it local)")
     p.add_argument("--inbox-bucket", default="", help="upload unsure/flagged frames here (empty: off)")
     p.add_argument("--inbox-dir", default=".trashsorter-edge/inbox", help="local queue of frames to upload")
     p.add_argument("--inbox-max-queue", type=int, default=50, help="frames kept while offline (oldest go)")
@@ -77,15 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.inbox_bucket
         else None
     )
+    live = (
+        LiveView(args.live_host, args.live_port, args.thing, on_flag=inbox.flag if inbox else None)
+        if args.live_port
+        else None
+    )
+    hooks = [hook for hook in (inbox.hook if inbox else None, live.hook if live else None) if hook]
     try:
-        app = EdgeApp(
-            args.model,
-            publisher,
-            settings,
-            topics,
-            hooks=[inbox.hook] if inbox else [],
-            model_id=args.model_id or None,
-        )
+        app = EdgeApp(args.model, publisher, settings, topics, hooks=hooks, model_id=args.model_id or None)
         source = open_source(args.source, once=args.once, poll_s=args.poll)
     except (ModelError, SourceError) as exc:
         print(f"trashsorter-edge: {exc}", file=sys.stderr)
@@ -97,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if live is not None:
+        live.start()
+        print(f"trashsorter-edge: live view on {live.url}", file=sys.stderr, flush=True)
     if inbox is not None:
         signal.signal(signal.SIGUSR1, lambda _signum, _frame: inbox.flag())  # `kill -USR1`: flag this frame
         inbox.start()
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = app.run(source)
         app.status({"status": "stopped", **counts, **(inbox.counts if inbox else {})})
     finally:
+        if live is not None:
+            live.stop()
         if inbox is not None:
             inbox.stop()
         publisher.close()

@@ -88,7 +88,12 @@ def test_runner_installs_and_runs_the_bundle_like_a_nucleus(
     runner = ComponentRunner(
         bundle_dir,
         tmp_path / "nucleus",
-        configuration={"Source": str(photos), "Output": "jsonl", "ExtraArgs": "--once --top-k 5"},
+        configuration={
+            "Source": str(photos),
+            "Output": "jsonl",
+            "ExtraArgs": "--once --top-k 5",
+            "LiveView": {"Port": 0},
+        },
         thing="cam-7",
     )
     runner.install()

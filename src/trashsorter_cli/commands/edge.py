@@ -88,7 +88,7 @@ def configuration(args: argparse.Namespace, endpoint_url: str | None) -> dict[st
     if args.source:
         update["Source"] = args.source
     if args.once:
-        update.update(Output="jsonl", ExtraArgs="--once")
+        update.update(Output="jsonl", ExtraArgs="--once", LiveView={"Port": 0})  # no page for one pass
     elif "Output" not in update:
         update["Output"] = "iot-data" if endpoint_url else "jsonl"
     return update

@@ -11,6 +11,7 @@ plane (``--output iot-data``, ``AWS_ENDPOINT_URL``), where ``trashsorter watch``
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -21,6 +22,12 @@ from trashsorter.errors import DeploymentError, Rejection
 from trashsorter_cli.device.runner import ComponentRunner
 
 READY_TIMEOUT_S = 300.0  # Install creates a venv the first time
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class LocalComponent:
@@ -44,7 +51,9 @@ class LocalComponent:
             "ExtraArgs": f"{outputs}--poll 0.05",
             "TopK": top_k,
             "Inbox": {"PerMinute": 60},  # a developer's machine: no uplink to spare
+            "LiveView": {"Port": free_port(), "Host": "127.0.0.1"},
         }
+        self.live_url = f"http://127.0.0.1:{configuration['LiveView']['Port']}/"
         env = {"AWS_ENDPOINT_URL": endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"} if endpoint_url else {}
         self.runner = ComponentRunner(bundle, nucleus_root, configuration=configuration, thing=thing, env=env)
         self._results: dict[str, dict[str, Any]] = {}

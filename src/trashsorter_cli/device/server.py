@@ -157,6 +157,7 @@ class LocalDevice:
                         "name": COMPONENT_NAME,
                         "version": self.component.version,
                         "running": self.component.running(),
+                        "live_view": self.component.live_url,
                     }
                     if self.component
                     else None
