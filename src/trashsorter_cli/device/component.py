@@ -61,22 +61,34 @@ class LocalComponent:
         self._ready = threading.Event()
         self._failed: str | None = None
         self._threads: list[threading.Thread] = []
+        self._after: threading.Thread | None = None
+        self._cancelled = threading.Event()
+        self._starting = threading.Lock()  # stop() never races the Run step
 
     @property
     def version(self) -> str:
         return self.runner.version
 
-    def start(self) -> LocalComponent:
-        """Install and Run in the background (a deployment is accepted before the component runs)."""
+    def start(self, after: threading.Thread | None = None) -> LocalComponent:
+        """Install and Run in the background (a deployment is accepted before the component runs), once
+        ``after`` (the device's environment preparation) has finished."""
+        self._after = after
         thread = threading.Thread(target=self._install_and_run, name="local-component", daemon=True)
         thread.start()
         self._threads.append(thread)
         return self
 
     def _install_and_run(self) -> None:
+        if self._after is not None:
+            self._after.join()
         try:
+            if self._cancelled.is_set():
+                return
             self.runner.install()
-            process = self.runner.start()
+            with self._starting:
+                if self._cancelled.is_set():
+                    return
+                process = self.runner.start()
         except (DeploymentError, OSError) as exc:
             self._failed = str(exc)
             self._ready.set()
@@ -142,6 +154,11 @@ class LocalComponent:
         return result
 
     def stop(self) -> None:
-        self.runner.stop()
+        self._cancelled.set()
+        if not self._ready.is_set():
+            self._failed = "stopped before it ran"
+            self._ready.set()
+        with self._starting:
+            self.runner.stop()
         for thread in self._threads:
             thread.join(timeout=5)

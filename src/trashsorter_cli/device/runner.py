@@ -57,6 +57,28 @@ def _unzip(archive: Path, destination: Path) -> None:
         zf.extractall(destination)
 
 
+def shared_site_env() -> dict[str, str]:
+    """The developer-machine shortcut (see the module docstring) for an Install step."""
+    return {"TRASHSORTER_EDGE_SHARED_SITE": sysconfig.get_paths()["purelib"]}
+
+
+def prepare_environment(work_path: Path, timeout: float = 900.0) -> int:
+    """Create the component's venv ahead of its first deployment with the installed ``trashsorter_edge``'s
+    own ``install.py`` (what the component's Install runs), so that Install later only checks the pins."""
+    import trashsorter_edge
+
+    script = Path(trashsorter_edge.__file__).with_name("install.py")
+    work_path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["python3", str(script), str(work_path)],
+        env={**os.environ, **shared_site_env()},
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    return done.returncode
+
+
 class ComponentRunner:
     """``ComponentRunner(bundle, work_root, configuration=..., thing=...)``: ``install()``, then ``start()``
     (a background process) or ``run()`` (to completion, output captured)."""
@@ -123,7 +145,7 @@ class ComponentRunner:
         for key, value in self.manifest.get("Lifecycle", {}).get("Setenv", {}).items():
             env[key] = self.resolve(str(value))
         env["AWS_IOT_THING_NAME"] = self.thing
-        env["TRASHSORTER_EDGE_SHARED_SITE"] = sysconfig.get_paths()["purelib"]
+        env.update(shared_site_env())
         env.update(self.extra_env)
         return env
 

@@ -43,6 +43,7 @@ from trashsorter.deploy import greengrass_v2
 from trashsorter.errors import DeploymentError, Rejection, TrashsorterError
 from trashsorter_cli.device.component import LocalComponent
 from trashsorter_cli.device.predictor import Classifier
+from trashsorter_cli.device.runner import prepare_environment
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_REQUEST_BYTES = 64 * 1024
@@ -98,6 +99,7 @@ class LocalDevice:
         self._deploy_lock = threading.Lock()  # one deployment at a time
         self.classifier: Classifier | None = None
         self.component: LocalComponent | None = None
+        self._preparing: threading.Thread | None = None
         self.model_id: str | None = None
         self.deployment_id: str | None = None
         self.deployed_at: str | None = None
@@ -120,16 +122,22 @@ class LocalDevice:
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, name="local-device", daemon=True)
         self._thread.start()
+        work = self.state_dir / "nucleus" / "work" / COMPONENT_NAME
+        if not (work / "venv").is_dir():  # the first Install would create it; do it before a model arrives
+            self._preparing = threading.Thread(target=prepare_environment, args=(work,), daemon=True)
+            self._preparing.start()
         record = self._record()
         if record and record.get("bundle_dir") and self.component is None:
             labels = len(self.classifier.labels) if self.classifier else 1
-            self.component = self._component(Path(record["bundle_dir"]), labels).start()
+            self.component = self._component(Path(record["bundle_dir"]), labels).start(after=self._preparing)
         return self
 
     def stop(self) -> None:
         if self.component is not None:
             self.component.stop()
             self.component = None
+        if self._preparing is not None:
+            self._preparing.join(timeout=600)  # never leave pip running behind
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -188,7 +196,7 @@ class LocalDevice:
             previous_dir = self._current_dir()
             if self.component is not None:
                 self.component.stop()  # the nucleus stops the old version before the new one runs
-            component = self._component(bundle, len(classifier.labels)).start()
+            component = self._component(bundle, len(classifier.labels)).start(after=self._preparing)
             with self._lock:
                 self.component = component
                 self.classifier = classifier
