@@ -1,6 +1,6 @@
 """``python -m benchmarks [--quick] [name ...]``: run the benchmarks, print a table, write results.md.
 
-Names: cold_start, ingest_cpu, dynamodb, snapshot, training, end_to_end (default: all, in that order).
+Names: cold_start, ingest_cpu, dynamodb, snapshot, training, end_to_end, edge (default: all, in that order).
 A benchmark that cannot run (a part not built yet) is reported as an error row, and the others still run.
 """
 
@@ -15,7 +15,7 @@ import traceback
 
 from benchmarks.common import RESULTS, Result, Section, print_table, write_report
 
-ORDER = ("cold_start", "ingest_cpu", "dynamodb", "snapshot", "training", "end_to_end")
+ORDER = ("cold_start", "ingest_cpu", "dynamodb", "snapshot", "training", "end_to_end", "edge")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,11 @@ TrashNet photos decoded with Pillow.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -87,6 +90,7 @@ def load_function(monkeypatch: pytest.MonkeyPatch, stand: Stand, model_dir: Path
     monkeypatch.setenv("TRASHSORTER_AUTOSTART", "0")
     monkeypatch.setenv("MODEL_PATH", str(model_dir))
     monkeypatch.setenv("AWS_IOT_THING_NAME", "deeplens_trashcam")
+    monkeypatch.setenv("RESULTS_PATH", str(model_dir / "results.mjpeg"))
     spec = importlib.util.spec_from_file_location("deeplens_lambda_function", FUNCTION)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -125,10 +129,14 @@ def test_loop_classifies_frames_and_publishes_top_k(monkeypatch: pytest.MonkeyPa
     assert model.path == "/tmp/trashsorter_model/image-classification_FP16.xml"
     assert model.options == {"GPU": 1}
     assert [frame.shape for frame in model.inputs] == [(224, 224, 3), (224, 224, 3)]
-    assert {p["topic"] for p in stand.published} == {"$aws/things/deeplens_trashcam/infer"}
-    loaded, *results = [p["payload"] for p in stand.published]
+    infer = [p["payload"] for p in stand.published if p["topic"] == "$aws/things/deeplens_trashcam/infer"]
+    loading, loaded, *results = infer
+    assert loading == {"status": "loading model"}
     assert loaded == {"status": "model loaded", "labels": ["Compost", "Landfill", "Recycling"]}
     assert len(results) == 2
+    # the recipe's actuator topic: once, when the sure label appears (not again for the same label)
+    actuator = [p for p in stand.published if p["topic"] != "$aws/things/deeplens_trashcam/infer"]
+    assert actuator == [{"topic": "trashsorter/deeplens_trashcam/object", "payload": {"object": "Recycling"}}]
     assert results[0]["top_k"] == [
         {"label": "Recycling", "probability": 0.73},
         {"label": "Landfill", "probability": 0.2},
@@ -145,7 +153,7 @@ def test_a_missing_frame_is_reported_and_the_loop_goes_on(
     fn.infinite_infer_run(max_frames=1)
     stand.frames.append(photo_frame("glass"))
     fn.infinite_infer_run(max_frames=1)
-    payloads = [p["payload"] for p in stand.published]
+    payloads = [p["payload"] for p in stand.published if p["topic"].endswith("/infer")]
     assert {"error": "failed to get a frame from the camera stream"} in payloads
     assert payloads[-1]["top_k"][0]["label"] == "Recycling"
 
@@ -168,3 +176,35 @@ def test_top_k_limits_and_names_labels(monkeypatch: pytest.MonkeyPatch, model_di
         {"label": "Landfill", "probability": 0.3},
     ]
     assert fn.load_labels(str(model_dir / "labels.txt")) == ["Compost", "Landfill", "Recycling"]
+
+
+def test_project_stream_gets_the_labelled_frame(monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> None:
+    """LocalDisplay writes the frame with the label drawn to the FIFO the project stream reads."""
+    fn = load_function(monkeypatch, Stand([]), model_dir)
+    fifo_path = model_dir / "stream.mjpeg"
+    display = fn.LocalDisplay(str(fifo_path), size=(320, 240))
+    display.start()
+    frame = photo_frame("glass")
+    labelled = fn.draw_label(frame, "Recycling", 0.73)
+    assert not np.array_equal(labelled, frame) and np.array_equal(frame, photo_frame("glass"))  # a copy
+    received: list[bytes] = []
+
+    def read() -> None:
+        with open(fifo_path, "rb") as stream:
+            received.append(stream.read(200_000))
+
+    deadline = time.monotonic() + 10
+    while not fifo_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.7)  # the writer finds its reader
+    display.set_frame_data(labelled)
+    time.sleep(0.3)
+    display.join(timeout=5)
+    reader.join(timeout=5)
+    assert received and received[0][:2] == b"\xff\xd8"
+    shown = np.asarray(Image.open(io.BytesIO(received[0])).convert("RGB"), dtype=np.int32)
+    assert shown.shape == (240, 320, 3)
+    orange = (np.abs(shown - np.array([255, 165, 20])).sum(axis=2) < 90).sum()  # BGR (20,165,255) drawn
+    assert orange > 100, "the label is not drawn on the project stream"

@@ -1,5 +1,6 @@
-"""The local device HTTP server against a moto server: deploy from S3, predict a real photo, refuse bad
-artifacts while keeping the previous model."""
+"""The local device against a moto server: deploy from S3 (the model and the edge component's app zip beside
+it), predict a real photo THROUGH the running Greengrass v2 component, refuse bad artifacts while keeping the
+previous model."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from trashsorter import aws
+from trashsorter.deploy import greengrass_v2
 from trashsorter_cli.device.server import LocalDevice
 from trashsorter_cli.trainer.data import Sample
 from trashsorter_cli.trainer.train import TrainConfig, train
@@ -84,18 +86,23 @@ def tar_bytes(members: dict[str, bytes], symlink: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def test_deploy_predict_and_refuse_bad_artifacts(device: LocalDevice, moto_s3: Any, archive: bytes) -> None:
+def test_deploy_predict_and_refuse_bad_artifacts(
+    device: LocalDevice, moto_s3: Any, archive: bytes, tmp_path: Path
+) -> None:
     status, body = call(f"{device.url}/status")
     assert status == 200 and body["model_id"] is None
     photo = sorted((SAMPLES / "glass").glob("*.jpg"))[-1].read_bytes()
     assert call(f"{device.url}/predict", photo)[0] == 409  # nothing deployed yet
 
-    moto_s3.put_object(Bucket=BUCKET, Key="training-output/job-1/output/model.tar.gz", Body=archive)
+    moto_s3.put_object(Bucket=BUCKET, Key="models/job-1/model.onnx.tar.gz", Body=archive)
+    app = greengrass_v2.write_app_archive(tmp_path / greengrass_v2.APP_ARCHIVE)
+    assert app is not None
+    moto_s3.upload_file(str(app), BUCKET, f"models/job-1/{greengrass_v2.APP_ARCHIVE}")
     status, body = call(
         f"{device.url}/deployments",
         {
             "model_id": "m-1",
-            "artifact_uri": f"s3://{BUCKET}/training-output/job-1/output/model.tar.gz",
+            "artifact_uri": f"s3://{BUCKET}/models/job-1/model.onnx.tar.gz",
             "deployment_id": "d-1",
         },
     )
@@ -103,7 +110,10 @@ def test_deploy_predict_and_refuse_bad_artifacts(device: LocalDevice, moto_s3: A
     assert body["status"] == "deployed" and body["model_id"] == "m-1"
 
     status, prediction = call(f"{device.url}/predict", photo)
-    assert status == 200
+    assert status == 200, prediction
+    component = call(f"{device.url}/status")[1]["component"]
+    assert component["name"] == "com.trashsorter.local-device" and component["running"] is True
+    assert (device.state_dir / "nucleus" / "work" / component["name"] / "venv").is_dir()  # its own Install
     assert prediction["label"] in {"Compost", "Recycling"}
     assert prediction["top"][0] == {"label": prediction["label"], "confidence": prediction["confidence"]}
     assert sum(t["confidence"] for t in prediction["top"]) == pytest.approx(1.0, abs=1e-5)

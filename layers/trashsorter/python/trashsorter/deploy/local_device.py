@@ -5,7 +5,7 @@ Contract (the device server lives in ``trashsorter_cli.device``)::
     POST <LOCAL_DEVICE_URL>/deployments
     Content-Type: application/json
     {"model_id": "...", "artifact_uri": "s3://deeplens-.../models/<job>/model.onnx.tar.gz",
-     "deployment_id": "..."}
+     "deployment_id": "...", "defaults": {"Inbox": {"Bucket": "<images bucket>"}}}
 
     200 {"status": "deployed", ...}      anything else -> DeploymentError
 """
@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from trashsorter.deploy import TARGET_LOCAL_DEVICE, DeploymentResult
+from trashsorter.deploy import TARGET_LOCAL_DEVICE, DeploymentResult, greengrass_v2
 from trashsorter.errors import DeploymentError
 from trashsorter.settings import PackageSettings
 
@@ -38,7 +38,14 @@ def deploy(
         return DeploymentResult(TARGET_LOCAL_DEVICE, "skipped", note="no local device configured")
     if not base.startswith(("http://", "https://")):
         raise DeploymentError(f"LOCAL_DEVICE_URL must be an http(s) URL, got {base!r}")
-    body = json.dumps({"model_id": model_id, "artifact_uri": artifact_uri, "deployment_id": deployment_id})
+    body = json.dumps(
+        {
+            "model_id": model_id,
+            "artifact_uri": artifact_uri,
+            "deployment_id": deployment_id,
+            "defaults": greengrass_v2.component_defaults(settings),  # the edge component's configuration
+        }
+    )
     request = urllib.request.Request(  # noqa: S310 - scheme checked above
         f"{base}/deployments",
         data=body.encode(),

@@ -1,0 +1,148 @@
+"""The feedback loop on the device: frames the model is unsure about (``unsure``) or that a person flags
+are saved to a bounded local queue and uploaded - rate-limited, retried while offline - to the images
+bucket under ``inbox/<thing>/<time>-<id>.jpg`` with the prediction as object metadata.
+
+``inbox/`` is never trained on: ingest reacts to ``images/`` only (template.yaml's notification filter). A
+person labels an inbox image with ``trashsorter label KEY LABEL``, which copies it into ``images/<Label>/``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from trashsorter_edge.sources import Frame
+
+META_KEYS = ("model_id", "label", "confidence", "unsure", "source", "image", "timestamp")
+
+
+def metadata(result: dict[str, Any], reason: str) -> dict[str, str]:
+    """S3 user metadata (ASCII strings) from a result."""
+    meta = {key: str(result.get(key, "")) for key in META_KEYS}
+    meta["reason"] = reason
+    meta["top_k"] = json.dumps(result.get("top_k", []), separators=(",", ":"))
+    return {k: v.encode("ascii", "replace").decode("ascii")[:512] for k, v in meta.items()}
+
+
+class Inbox:
+    """``Inbox(spool, bucket, thing)``: :meth:`hook` is an :class:`~trashsorter_edge.app.EdgeApp` frame hook;
+    :meth:`flag` marks the next frame; :meth:`drain` uploads what the rate allows (the background thread of
+    :meth:`start` calls it)."""
+
+    def __init__(
+        self,
+        spool: Path | str,
+        bucket: str,
+        thing: str,
+        *,
+        s3: Any = None,
+        max_queue: int = 50,
+        per_minute: int = 6,
+        retry_s: float = 10.0,
+    ) -> None:
+        self.spool = Path(spool)
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.bucket = bucket
+        self.thing = thing
+        self.max_queue = max(1, max_queue)
+        self.per_minute = max(1, per_minute)
+        self.retry_s = retry_s
+        self._s3 = s3
+        self._flag = threading.Event()
+        self._sent: deque[float] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.counts = {"queued": 0, "dropped": 0, "uploaded": 0, "failed_attempts": 0}
+
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:
+            import boto3
+
+            self._s3 = boto3.client("s3")
+        return self._s3
+
+    def flag(self) -> None:
+        """A person flags what the camera sees now: the next frame goes to the inbox, sure or not."""
+        self._flag.set()
+
+    def pending(self) -> list[Path]:
+        return sorted(self.spool.glob("*.jpg"))
+
+    def hook(self, frame: Frame, result: dict[str, Any]) -> None:
+        flagged = self._flag.is_set()
+        if not (result.get("unsure") or flagged):
+            return
+        self._flag.clear()
+        reason = "flagged" if flagged else "unsure"
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        name = f"{stamp}-{uuid.uuid4().hex[:8]}"
+        data = (
+            frame.data if frame.data is not None and frame.name.lower().endswith((".jpg", ".jpeg")) else None
+        )
+        if data is None:
+            buffer = io.BytesIO()
+            frame.image.save(buffer, format="JPEG", quality=90)
+            data = buffer.getvalue()
+        (self.spool / f"{name}.json").write_text(json.dumps(metadata(result, reason)))
+        part = self.spool / f"{name}.part"
+        part.write_bytes(data)
+        part.replace(self.spool / f"{name}.jpg")
+        self.counts["queued"] += 1
+        for old in self.pending()[: -self.max_queue]:  # bounded: the oldest frames go first
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+            self.counts["dropped"] += 1
+
+    def drain(self, now: float | None = None) -> int:
+        """Upload queued frames while the per-minute budget allows; a failure stops this round (offline)
+        and leaves the frame queued for the next one. Returns how many were uploaded."""
+        uploaded = 0
+        for path in self.pending():
+            now = time.monotonic() if now is None else now
+            while self._sent and now - self._sent[0] >= 60.0:
+                self._sent.popleft()
+            if len(self._sent) >= self.per_minute:
+                break
+            sidecar = path.with_suffix(".json")
+            try:
+                meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+                key = f"inbox/{self.thing}/{path.name}"
+                self.s3.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=path.read_bytes(),
+                    ContentType="image/jpeg",
+                    Metadata=meta,
+                )
+            except Exception:  # noqa: BLE001 - offline, throttled, expired credentials: retry later
+                self.counts["failed_attempts"] += 1
+                break
+            self._sent.append(now)
+            path.unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+            self.counts["uploaded"] += 1
+            uploaded += 1
+        return uploaded
+
+    def start(self) -> Inbox:
+        def loop() -> None:
+            while not self._stop.wait(self.retry_s if self.pending() else 1.0):
+                self.drain()
+
+        self._thread = threading.Thread(target=loop, name="inbox-upload", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.drain()  # a last attempt on the way out

@@ -1,0 +1,92 @@
+"""``trashsorter inbox`` and ``trashsorter label KEY LABEL``: the feedback loop's human step.
+
+The edge app uploads frames it was unsure about (or that a person flagged) to ``inbox/<thing>/...`` in the
+images bucket, the prediction in the object metadata. Ingest never sees them (it reacts to ``images/`` only),
+so nothing in the inbox is trained on. ``label`` copies one to ``images/<Label>/inbox-<thing>-<file>`` -
+where ingest takes over (validate, hash, catalogue) - and removes it from the inbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from trashsorter_cli.ui import UI, UsageError
+
+PREFIX = "inbox/"
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("inbox", parents=[common], help="frames the edge devices were unsure about")
+    p.add_argument("--thing", help="only this device's frames")
+    p = sub.add_parser("label", parents=[common], help="label an inbox frame: copy it to images/<LABEL>/")
+    p.add_argument("key", help="the inbox key (as `trashsorter inbox` lists it)")
+    p.add_argument("label")
+
+
+def list_inbox(target: Any, thing: str | None = None) -> list[dict[str, Any]]:
+    s3 = target.client("s3")
+    prefix = f"{PREFIX}{thing}/" if thing else PREFIX
+    rows: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            meta = s3.head_object(Bucket=target.bucket, Key=item["Key"]).get("Metadata", {})
+            rows.append(
+                {
+                    "key": item["Key"],
+                    "thing": item["Key"].split("/")[1] if item["Key"].count("/") >= 2 else "",
+                    "label": meta.get("label", ""),
+                    "confidence": float(meta.get("confidence") or 0.0),
+                    "reason": meta.get("reason", ""),
+                    "model_id": meta.get("model_id", ""),
+                    "uploaded": str(item.get("LastModified", "")),
+                }
+            )
+    return rows
+
+
+def label(target: Any, key: str, label_name: str) -> dict[str, Any]:
+    matches = [known for known in target.labels if known.lower() == label_name.lower()]
+    if not matches:
+        raise UsageError(f"unknown label {label_name!r}; labels: {', '.join(target.labels)}")
+    if not key.startswith(PREFIX) or ".." in key.split("/"):
+        raise UsageError(f"{key!r} is not an inbox key (inbox/<thing>/<file>)")
+    s3 = target.client("s3")
+    parts = key.split("/")
+    destination = f"images/{matches[0]}/inbox-{'-'.join(parts[1:])}"
+    try:
+        s3.copy_object(
+            Bucket=target.bucket,
+            Key=destination,
+            CopySource={"Bucket": target.bucket, "Key": key},
+            MetadataDirective="REPLACE",
+            ContentType="image/jpeg",
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise UsageError(f"no inbox object {key}") from exc
+        raise
+    s3.delete_object(Bucket=target.bucket, Key=key)
+    return {"key": key, "label": matches[0], "image_key": destination}
+
+
+def handle(args: argparse.Namespace, ui: UI, target: Any) -> int:
+    if args.command == "inbox":
+        rows = list_inbox(target, args.thing)
+        if ui.json_mode:
+            ui.emit_json(rows)
+        else:
+            ui.table(
+                f"{len(rows)} frames in the inbox",
+                ["key", "predicted", "confidence", "reason", "model"],
+                [[r["key"], r["label"], f"{r['confidence']:.3f}", r["reason"], r["model_id"]] for r in rows],
+            )
+        return 0
+    result = label(target, args.key, args.label)
+    if ui.json_mode:
+        ui.emit_json(result)
+    else:
+        ui.line(f"{result['key']} -> s3://{target.bucket}/{result['image_key']} (ingest takes over)")
+    return 0
