@@ -1,6 +1,6 @@
 """ONNX classifier for the local device (onnxruntime CPU, no torch).
 
-It uses :func:`trashsorter_cli.trainer.data.preprocess`, the SAME function the trainer evaluates with, and
+It uses :func:`trashsorter_trainer.data.preprocess`, the SAME function the trainer evaluates with, and
 the graph contract of the trainer: input ``input`` float32 NCHW RGB 0..1 (normalisation inside the graph),
 output ``probabilities`` (softmaxed; a graph that outputs logits is softmaxed here).
 """
@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trashsorter.errors import DeploymentError, Rejection, TrainingError
-from trashsorter_cli.trainer.data import IMAGE_SIZE, preprocess
+from trashsorter.errors import DeploymentError, Rejection
+from trashsorter_trainer.data import IMAGE_SIZE, preprocess
+from trashsorter_trainer.errors import TrainerError
 
 
 class Classifier:
@@ -62,7 +63,7 @@ class Classifier:
         """[N, classes] probabilities; undecodable bytes raise ``Rejection("undecodable_image", ...)``."""
         try:
             batch = np.stack([preprocess(image, self.image_size) for image in images]).astype(np.float32)
-        except TrainingError as exc:
+        except TrainerError as exc:
             raise Rejection("undecodable_image", str(exc)) from exc
         out = np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0], dtype=np.float64)
         if not self.softmaxed:

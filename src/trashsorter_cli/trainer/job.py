@@ -33,7 +33,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trashsorter import aws
 from trashsorter.errors import TrainingError
 from trashsorter.schema import SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE, run_key
-from trashsorter_cli.trainer.data import Sample
+from trashsorter_trainer.data import Sample
+from trashsorter_trainer.errors import TrainerError
 
 LOG = logging.getLogger("trashsorter.trainer")
 TRAINING_IMAGE = "trashsorter/local-efficientnet-lite0"
@@ -236,7 +237,7 @@ def run_job(
 
     Any training failure becomes a ``Failed`` event with the reason; only a failure to SEND the event raises.
     """
-    from trashsorter_cli.trainer.train import TrainConfig, train
+    from trashsorter_trainer.train import TrainConfig, train
 
     s3 = s3 or aws.client("s3")
     events = events or aws.client("events")
@@ -260,7 +261,7 @@ def run_job(
                 s3.put_object(Bucket=output_bucket, Key=key, Body=body)
         metrics = result.metrics
         LOG.info("job %s completed: validation accuracy %.4f", job_name, metrics["validation_accuracy"])
-    except TrainingError as exc:
+    except (TrainingError, TrainerError) as exc:
         failure = str(exc)
     except (ClientError, BotoCoreError) as exc:
         failure = f"AWS error: {exc}"

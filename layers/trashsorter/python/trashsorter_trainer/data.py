@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps, UnidentifiedImageError
 
-from trashsorter.errors import TrainingError
+from trashsorter_trainer.errors import TrainerError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +46,7 @@ class Sample:
 
 
 def decode(data: bytes | Image.Image, name: str = "image") -> Image.Image:
-    """Bytes (or a PIL image) -> an upright RGB image; undecodable input raises TrainingError."""
+    """Bytes (or a PIL image) -> an upright RGB image; undecodable input raises TrainerError."""
     if isinstance(data, Image.Image):
         image = data
     else:
@@ -54,7 +54,7 @@ def decode(data: bytes | Image.Image, name: str = "image") -> Image.Image:
             image = Image.open(io.BytesIO(data))
             image.load()
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise TrainingError(f"cannot decode {name}: {exc}") from exc
+            raise TrainerError(f"cannot decode {name}: {exc}") from exc
     try:
         image = ImageOps.exif_transpose(image) or image
     except (OSError, ValueError, SyntaxError):  # a broken EXIF block must not lose the picture
@@ -134,7 +134,7 @@ def samples_from_directory(
         for folder in groups[label]:
             directory = base / folder
             if not directory.is_dir():
-                raise TrainingError(f"folder {directory} (label {label}) does not exist")
+                raise TrainerError(f"folder {directory} (label {label}) does not exist")
             for path in sorted(directory.iterdir()):
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
                     continue
