@@ -32,6 +32,7 @@ ENV = {
     "ALLOWED_LABELS": ",".join(LABELS),
     "TRAINING_ROLE_ARN": "arn:aws:iam::123456789012:role/train",
     "AWS_REGION": "eu-west-1",
+    "TRAINING_ALGORITHM": "image-classification",  # the recipe (trashsorter: test_start_training_script_mode)
 }
 
 

@@ -38,15 +38,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from trashsorter import aws
+from trashsorter import aws, images
 from trashsorter.catalogue import Catalogue, deserialize
 from trashsorter.dataset import (
     TRAIN,
@@ -164,25 +162,15 @@ class TrainingBackend(Protocol):
 # ---------------------------------------------------------------- algorithm image and request
 
 
-@lru_cache(maxsize=1)
-def _algorithm_images() -> dict[str, Any]:
-    text = resources.files("trashsorter").joinpath("data/image_classification_uris.json").read_text("utf-8")
-    data: dict[str, Any] = json.loads(text)
-    return data
-
-
 def algorithm_image_uri(region: str, override: str = "") -> str:
     """The built-in image-classification image of ``region`` (``override`` = ALGORITHM_IMAGE_URI wins)."""
-    if override:
-        return override
-    regions = _algorithm_images()["regions"]
-    if region not in regions:
-        raise ConfigurationError(
-            f"no SageMaker image-classification algorithm image is known for region {region!r}; "
-            "set ALGORITHM_IMAGE_URI or regenerate data/image_classification_uris.json "
-            "(scripts/generate_algorithm_images.py)"
-        )
-    return str(regions[region]["uri"])
+    return images.image_uri(
+        images.IMAGE_CLASSIFICATION,
+        region,
+        override,
+        what="image-classification algorithm",
+        setting="ALGORITHM_IMAGE_URI",
+    )
 
 
 def build_hyperparameters(
@@ -212,9 +200,12 @@ def build_hyperparameters(
     return merged
 
 
-def make_job_name(dataset_id: str, attempt: int, now: datetime | None = None) -> str:
+def make_job_name(
+    dataset_id: str, attempt: int, now: datetime | None = None, *, prefix: str = JOB_PREFIX
+) -> str:
+    """``<prefix>ts-<dataset>-<stamp>[-a<n>]``; ``prefix`` = JOB_NAME_PREFIX carries the stack's part."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
-    name = f"{JOB_PREFIX}ts-{dataset_id}-{stamp}" + (f"-a{attempt}" if attempt > 1 else "")
+    name = f"{prefix}ts-{dataset_id}-{stamp}" + (f"-a{attempt}" if attempt > 1 else "")
     if not JOB_NAME_RE.match(name):
         raise ConfigurationError(f"invalid training job name {name!r}")
     return name
@@ -224,8 +215,11 @@ def make_run_id(dataset_id: str, attempt: int) -> str:
     return f"run-{dataset_id}-{attempt}"
 
 
-def _channel(name: str, s3_uri: str, data_type: str) -> dict[str, Any]:
-    return {
+def channel(
+    name: str, s3_uri: str, data_type: str, content_type: str | None = IMAGE_CONTENT_TYPE
+) -> dict[str, Any]:
+    """One InputDataConfig channel (``content_type`` None: none, as script mode takes it)."""
+    spec: dict[str, Any] = {
         "ChannelName": name,
         "DataSource": {
             "S3DataSource": {
@@ -234,16 +228,38 @@ def _channel(name: str, s3_uri: str, data_type: str) -> dict[str, Any]:
                 "S3DataDistributionType": "FullyReplicated",
             }
         },
-        "ContentType": IMAGE_CONTENT_TYPE,
+        "ContentType": content_type,
         "CompressionType": "None",
     }
+    if content_type is None:
+        del spec["ContentType"]
+    return spec
 
 
 def build_training_request(
-    settings: TrainingSettings, plan: DatasetPlan, *, job_name: str, run_id: str
+    settings: TrainingSettings,
+    plan: DatasetPlan,
+    *,
+    job_name: str,
+    run_id: str,
+    source_uri: str = "",
+    source_sha256: str = "",
+    champion_uri: str = "",
 ) -> dict[str, Any]:
-    """The CreateTrainingJob request for ``plan`` (SageMaker built-in image-classification, File mode)."""
-    bucket = settings.images_bucket
+    """The CreateTrainingJob request for ``plan``: the project's trainer in script mode (TRAINING_ALGORITHM
+    ``trashsorter``, see :mod:`trashsorter.script_mode`) or the recipe's built-in image-classification."""
+    if settings.training_algorithm == "trashsorter":
+        from trashsorter import script_mode
+
+        return script_mode.build_request(
+            settings,
+            plan,
+            job_name=job_name,
+            run_id=run_id,
+            source_uri=source_uri,
+            source_sha256=source_sha256,
+            champion_uri=champion_uri,
+        )
     if settings.training_backend == "sagemaker":
         image = algorithm_image_uri(settings.aws_region, settings.algorithm_image_uri)
     else:
@@ -256,18 +272,28 @@ def build_training_request(
         num_training_samples=plan.num_train,
         overrides=settings.hyperparameter_overrides,
     )
+    return {
+        **job_envelope(settings, plan, job_name=job_name, run_id=run_id),
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
+        "HyperParameters": hyperparameters,
+        "InputDataConfig": [
+            channel(TRAIN, plan.uri("train.manifest"), "ManifestFile"),
+            channel(VALIDATION, plan.uri("validation.manifest"), "ManifestFile"),
+            channel("train_lst", plan.uri("train.lst"), "S3Prefix"),
+            channel("validation_lst", plan.uri("validation.lst"), "S3Prefix"),
+        ],
+    }
+
+
+def job_envelope(
+    settings: TrainingSettings, plan: DatasetPlan, *, job_name: str, run_id: str
+) -> dict[str, Any]:
+    """What every algorithm's request shares: name, role, output, instance, stopping, spot, tags."""
+    bucket = settings.images_bucket
     stopping: dict[str, int] = {"MaxRuntimeInSeconds": settings.max_runtime_seconds}
     request: dict[str, Any] = {
         "TrainingJobName": job_name,
-        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
         "RoleArn": settings.training_role_arn,
-        "HyperParameters": hyperparameters,
-        "InputDataConfig": [
-            _channel(TRAIN, plan.uri("train.manifest"), "ManifestFile"),
-            _channel(VALIDATION, plan.uri("validation.manifest"), "ManifestFile"),
-            _channel("train_lst", plan.uri("train.lst"), "S3Prefix"),
-            _channel("validation_lst", plan.uri("validation.lst"), "S3Prefix"),
-        ],
         "OutputDataConfig": {"S3OutputPath": f"s3://{bucket}/{TRAINING_OUTPUT_PREFIX}"},
         "ResourceConfig": {
             "InstanceType": settings.instance_type,
@@ -624,6 +650,8 @@ def _create_run(ddb: Any, settings: TrainingSettings, launch: TrainingLaunch, *,
         "dataset_id": launch.dataset_id,
         "job_name": launch.job_name,
         "backend": backend,
+        "algorithm": settings.training_algorithm,
+        **_source_lineage(launch.request),
         "attempt": attempt,
         "request": json.dumps(launch.request, sort_keys=True),
         "status": str(RunStatus.STARTING),
@@ -656,6 +684,25 @@ def _create_run(ddb: Any, settings: TrainingSettings, launch: TrainingLaunch, *,
     except ClientError as exc:
         raise TransientError(f"could not record run {launch.run_id}: {exc}") from exc
     return record
+
+
+def _source_lineage(request: Mapping[str, Any]) -> dict[str, str]:
+    """The trainer code a run executes (script mode): its content hash and S3 object, for lineage."""
+    tags = {t["Key"]: t["Value"] for t in request.get("Tags", [])}
+    if "trashsorter:source-sha256" not in tags:
+        return {}
+    submit = json.loads(request["HyperParameters"]["sagemaker_submit_directory"])
+    return {"source_sha256": tags["trashsorter:source-sha256"], "source_uri": str(submit)}
+
+
+def champion_artifact_uri(table: str, *, ddb: Any = None) -> str:
+    """The current champion's ``model.tar.gz`` when it is an ONNX model (the job's ``champion`` channel)."""
+    from trashsorter import registry
+
+    champion = registry.get_champion(table_name=table, ddb=ddb)
+    if not champion or champion.get("format") != "onnx":
+        return ""
+    return str(champion.get("source_artifact_uri") or "")
 
 
 def _mark_started(ddb: Any, table: str, run_id: str) -> None:
@@ -923,9 +970,16 @@ def start_training(
         if attempt > MAX_ATTEMPTS:
             return StartOutcome("failed", dataset_id=plan.dataset_id, message="too many failed attempts")
         run_id = make_run_id(plan.dataset_id, attempt)
-        job_name = make_job_name(plan.dataset_id, attempt)
+        job_name = make_job_name(plan.dataset_id, attempt, prefix=settings.job_name_prefix)
+        source: dict[str, str] = {}
+        if settings.training_algorithm == "trashsorter":
+            from trashsorter import script_mode
+
+            uri, sha256 = script_mode.upload_source(s3, settings.images_bucket)
+            champion = champion_artifact_uri(table, ddb=ddb)
+            source = {"source_uri": uri, "source_sha256": sha256, "champion_uri": champion}
         try:
-            request = build_training_request(settings, plan, job_name=job_name, run_id=run_id)
+            request = build_training_request(settings, plan, job_name=job_name, run_id=run_id, **source)
         except ConfigurationError as exc:
             details = {"dataset_id": plan.dataset_id, "job_name": job_name}
             _notify(settings, sns, "Training not started: configuration", str(exc), details)

@@ -50,7 +50,17 @@ def read_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
     raw = json.loads(path.read_text())
     if not isinstance(raw, dict):
         raise TrainerError(f"{path} is not a JSON object")
-    return {str(k): str(v) for k, v in raw.items()}
+    return {str(k): _decoded(v) for k, v in raw.items()}
+
+
+def _decoded(value: object) -> str:
+    """Values as the training toolkit reads them: JSON-encoded strings ('"train.py"') decoded."""
+    text = str(value)
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return text
+    return decoded if isinstance(decoded, str) else text
 
 
 def read_labels(env: Mapping[str, str]) -> list[str]:
