@@ -38,7 +38,7 @@ def _wait(what: str, probe: Callable[[], Any], timeout: float) -> Any:
 
 
 def run(quick: bool = False) -> Section:
-    from trashsorter import registry, training
+    from trashsorter import registry, runs
     from trashsorter_cli.local.runtime import LocalRuntime
 
     mapping: dict[str, list[str]] = json.loads((SAMPLES / "mapping.json").read_text())
@@ -68,15 +68,15 @@ def run(quick: bool = False) -> Section:
                         key = f"images/{label}/{folder}/{photo.name}"
                         s3.put_object(Bucket=bucket, Key=key, Body=photo.read_bytes())
             last_upload = time.perf_counter()
-            runs = _wait("a training run", lambda: training.list_runs(table, ddb=ddb), 300)
+            listed = _wait("a training run", lambda: runs.list_runs(table, ddb=ddb), 300)
             started = time.perf_counter()
-            run_id = str(runs[0]["run_id"])
+            run_id = str(listed[0]["run_id"])
 
-            job = str(runs[0]["job_name"])
+            job = str(listed[0]["job_name"])
             artifact = f"training-output/{job}/output/model.tar.gz"
 
             def artifact_written() -> Any:
-                r = training.get_run(table, run_id, ddb=ddb) or {}
+                r = runs.get_run(table, run_id, ddb=ddb) or {}
                 if r.get("status") in ("failed", "stopped"):
                     raise RuntimeError(f"run ended {r['status']}: {r.get('status_message')}")
                 listed = s3.list_objects_v2(Bucket=bucket, Prefix=artifact)

@@ -76,10 +76,10 @@ def measure_python_side(size: int) -> float:
         SnapshotImage,
         plan_dataset,
         render_channel_manifest,
-        render_labels,
         render_lst,
         render_manifest_jsonl,
     )
+    from trashsorter.labels import render as render_labels
 
     images = [
         SnapshotImage(
@@ -91,7 +91,7 @@ def measure_python_side(size: int) -> float:
     ]
     started = time.perf_counter()
     plan = plan_dataset(images, labels=LABELS, validation_fraction=0.2, bucket="bench-bucket")
-    for text in (render_manifest_jsonl(plan), render_labels(plan)):
+    for text in (render_manifest_jsonl(plan), render_labels(plan.labels)):
         assert text
     for split in (TRAIN, VALIDATION):
         assert render_lst(plan, split) and render_channel_manifest(plan, split)

@@ -169,7 +169,7 @@ def seed_catalogue(
 
     The records have the exact shape the catalogue writes (keys from trashsorter.schema).
     """
-    from trashsorter.catalogue import serialize
+    from trashsorter.ddb import serialize
     from trashsorter.schema import STATE_KEY, hash_key, image_gsi, image_key, label_counts_key
 
     now = "2024-05-14T09:31:07+00:00"

@@ -12,8 +12,8 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from trashsorter.completion import handle_training_state_change
 from trashsorter.observability import MetricUnit, logger, metrics, tracer
-from trashsorter.packaging import handle_training_state_change
 from trashsorter.settings import PackageSettings
 
 SETTINGS = PackageSettings.from_env()

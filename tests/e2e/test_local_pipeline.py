@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import SAMPLES, mapping
-from trashsorter import registry, training
+from trashsorter import registry, runs
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local.runtime import LocalRuntime
 from trashsorter_cli.local.stack import load_template
@@ -111,8 +111,8 @@ def test_photos_to_a_deployed_model_that_classifies_a_held_out_photo(local_stack
     assert all(c["accepted"] >= 14 for c in counts.values()), counts
 
     def finished() -> dict[str, Any] | None:
-        runs = training.list_runs(table, ddb=ddb)
-        done = [r for r in runs if r.get("status") in ("completed", "failed") and r.get("package_outcome")]
+        listed = runs.list_runs(table, ddb=ddb)
+        done = [r for r in listed if r.get("status") in ("completed", "failed") and r.get("package_outcome")]
         return done[0] if done else None
 
     run = _wait(finished, 240, "the training run to be trained and packaged")

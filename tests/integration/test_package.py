@@ -26,10 +26,11 @@ from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
 from tests.fixtures.greengrass import create_deeplens_group
 from tests.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
 from trashsorter import registry
+from trashsorter.completion import handle_training_state_change
+from trashsorter.ddb import deserialize, serialize
 from trashsorter.deploy import greengrass_v2
+from trashsorter.deploy.orchestrate import redeploy
 from trashsorter.errors import DeploymentError
-from trashsorter.packaging import handle_training_state_change, redeploy
-from trashsorter.registry import deserialize, serialize
 from trashsorter.schema import LOCK_KEY, STATE_KEY, dataset_key, job_key, run_key
 from trashsorter.settings import PackageSettings
 from trashsorter_cli.local.dispatcher import make_context
@@ -704,7 +705,7 @@ def test_greengrass_v2_throttling_is_retried_with_the_same_version_stubber(pack:
         handle_training_state_change(event, settings, ddb=pack.ddb, s3=pack.s3, greengrassv2=v2)
     pack.ddb.update_item(
         TableName=pack.table,
-        Key=serialize(run_key(pack.get({"pk": f"JOB#{JOB}", "sk": "RUN"})["run_id"])),
+        Key=serialize(run_key(pack.get(job_key(JOB))["run_id"])),
         UpdateExpression="REMOVE package_claim_completed",
     )
     stub = Stubber(v2)

@@ -20,19 +20,20 @@ from PIL import Image
 
 from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
 from trashsorter import training
-from trashsorter.catalogue import Catalogue, deserialize, serialize
+from trashsorter.catalogue import Catalogue
+from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import TransientError
 from trashsorter.ingest import rebuild_catalogue
-from trashsorter.schema import LOCK_KEY, RunStatus, dataset_key
-from trashsorter.settings import IngestSettings, TrainingSettings
-from trashsorter.training import (
+from trashsorter.runs import (
     find_run_by_job,
     finish_run,
     get_lock,
     get_run,
     list_runs,
-    start_training,
 )
+from trashsorter.schema import LOCK_KEY, RunStatus, dataset_key, run_key
+from trashsorter.settings import IngestSettings, TrainingSettings
+from trashsorter.training import start_training
 from trashsorter_cli.local.dispatcher import make_context
 
 pytestmark = pytest.mark.integration
@@ -364,7 +365,7 @@ def test_start_stubber_throttling_raises_then_retry_resumes_the_same_run(
 def test_stale_lock_of_a_finished_run_is_released(world: World) -> None:
     first = world.start()
     # a crash between the run update and the lock release leaves the lock held by a final run
-    world.ddb.update_item(TableName=world.table, Key=serialize({"pk": f"RUN#{first.run_id}", "sk": "RUN"}),
+    world.ddb.update_item(TableName=world.table, Key=serialize(run_key(first.run_id)),
                           UpdateExpression="SET #s = :f", ExpressionAttributeNames={"#s": "status"},
                           ExpressionAttributeValues={":f": {"S": "failed"}})  # fmt: skip
     assert world.lock()["holder"] == first.run_id

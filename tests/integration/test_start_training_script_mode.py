@@ -18,8 +18,8 @@ import pytest
 from tests.conftest import REGION, StackHandle, load_event
 from tests.integration.test_start_training import World
 from trashsorter import registry
+from trashsorter.runs import get_run
 from trashsorter.schema import ModelStatus
-from trashsorter.training import get_run
 from trashsorter_cli.local.dispatcher import make_context
 from trashsorter_trainer import contract, sourcedir
 

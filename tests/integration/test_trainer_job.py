@@ -16,6 +16,8 @@ import pytest
 from moto import mock_aws
 
 from trashsorter.schema import run_key
+from trashsorter.training_request import TrainingLaunch
+from trashsorter_cli.local.training_backend import LocalBackend
 from trashsorter_cli.trainer import job
 
 pytestmark = pytest.mark.integration
@@ -202,14 +204,8 @@ def test_bad_manifest_and_command_line(env: Env) -> None:
     )
     assert detail["TrainingJobStatus"] == "Failed"
     assert "manifest line 1 lacks split, s3_key" in detail["FailureReason"]
-    argv = job.command(
-        job_name="j",
-        manifest_uri="s3://b/m.jsonl",
-        output_uri="s3://b/out/",
-        hyperparameters={"epochs": 2},
-        run_id="r",
-        table="t",
-    )
+    request = {"HyperParameters": {"epochs": "2"}, "OutputDataConfig": {"S3OutputPath": "s3://b/out/"}}
+    argv = LocalBackend().command(TrainingLaunch("r", "j", "m", "b", "t", request))  # what the runtime starts
     assert argv[1:3] == ["-m", "trashsorter_cli.trainer"]
     assert argv[argv.index("--hyperparameters") + 1] == '{"epochs": "2"}'
     assert argv[argv.index("--run-id") + 1] == "r" and argv[argv.index("--table") + 1] == "t"

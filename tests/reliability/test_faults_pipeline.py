@@ -31,10 +31,10 @@ from botocore.exceptions import ClientError, ReadTimeoutError
 from tests.conftest import StackHandle, load_event
 from tests.fixtures.model_artifacts import mxnet_model_tar
 from tests.reliability.test_replay import LABELS, OVERRIDES, Pipeline, photos
-from trashsorter import aws, packaging, registry, training
+from trashsorter import aws, registry, runs
 from trashsorter.dataset import read_manifest
+from trashsorter.deploy.orchestrate import redeploy
 from trashsorter.errors import TransientError
-from trashsorter.packaging import redeploy
 from trashsorter_cli.local.stack import load_template
 
 # usefixtures: the shared ``stack`` fixture reads ``stack_overrides`` only when the test requests it
@@ -87,7 +87,7 @@ def completed_event(p: Pipeline, run: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_status(p: Pipeline, run: dict[str, Any]) -> str:
-    found = training.get_run(p.table, str(run["run_id"]), ddb=p.ddb)
+    found = runs.get_run(p.table, str(run["run_id"]), ddb=p.ddb)
     assert found is not None
     return str(found["status"])
 
@@ -122,7 +122,7 @@ def test_greengrass_throttled_at_deployment_raises_for_retry_then_deploys_once(
     assert pending is not None and pending["status"] == "pending"  # the group version it will deploy
     versions_before_retry = p.gg.list_group_versions(GroupId=p.group_id)["Versions"]
     assert run_status(p, run) == "in_progress"
-    assert training.get_lock(p.table, ddb=p.ddb)["holder"] == run["run_id"]
+    assert runs.get_lock(p.table, ddb=p.ddb)["holder"] == run["run_id"]
     assert p.notices() == []
     # EventBridge retries the raised event (RetryPolicy), then dead-letters it to PackageDLQ
     rule = load_template()["Resources"]["PackageFunction"]["Properties"]["Events"]["TrainingJobStateChange"]
@@ -132,7 +132,7 @@ def test_greengrass_throttled_at_deployment_raises_for_retry_then_deploys_once(
     with pytest.raises(TransientError, match="another delivery"):
         p.invoke_package(event)
 
-    monkeypatch.setattr(packaging, "CLAIM_LEASE_SECONDS", 0)  # EventBridge's later retry
+    monkeypatch.setattr(runs, "CLAIM_LEASE_SECONDS", 0)  # EventBridge's later retry
     result = p.invoke_package(event)
 
     assert result["outcome"] == "deployed", result
@@ -145,7 +145,7 @@ def test_greengrass_throttled_at_deployment_raises_for_retry_then_deploys_once(
     recorded = registry.get_deployment(job, "greengrass-v1", "initial", table_name=p.table, ddb=p.ddb)
     assert recorded is not None and recorded["deployment_id"] == deployments[0]["DeploymentId"]
     assert run_status(p, run) == "completed"
-    assert "holder" not in training.get_lock(p.table, ddb=p.ddb)
+    assert "holder" not in runs.get_lock(p.table, ddb=p.ddb)
     [notice] = p.notices()
     assert notice == f"[trashsorter] Model {job} deployed (accuracy 0.9125)"
     assert p.invoke_package(event)["outcome"] == "duplicate"
@@ -179,7 +179,7 @@ def test_greengrass_deployment_whose_answer_was_lost_is_adopted_not_repeated(
     [created] = p.gg.list_deployments(GroupId=p.group_id)["Deployments"]  # Greengrass did deploy
     versions = p.gg.list_group_versions(GroupId=p.group_id)["Versions"]
 
-    monkeypatch.setattr(packaging, "CLAIM_LEASE_SECONDS", 0)  # EventBridge's retry
+    monkeypatch.setattr(runs, "CLAIM_LEASE_SECONDS", 0)  # EventBridge's retry
     result = p.invoke_package(event)
 
     assert hook.lost == 1 and result["outcome"] == "deployed", result
@@ -221,10 +221,10 @@ def test_greengrass_refusing_the_deployment_is_recorded_explained_and_keeps_the_
     recorded = registry.get_deployment(job, "greengrass-v1", "initial", table_name=p.table, ddb=p.ddb)
     assert recorded is not None and recorded["status"] == "failed" and code in recorded["note"]
     # the run is over (the training itself succeeded), its lock released, the reason on the run
-    finished = training.get_run(p.table, str(run["run_id"]), ddb=p.ddb)
+    finished = runs.get_run(p.table, str(run["run_id"]), ddb=p.ddb)
     assert finished is not None and finished["status"] == "completed"
     assert code in finished["status_message"] and finished["package_outcome"] == "registered"
-    assert "holder" not in training.get_lock(p.table, ddb=p.ddb)
+    assert "holder" not in runs.get_lock(p.table, ddb=p.ddb)
     assert p.gg.list_deployments(GroupId=p.group_id)["Deployments"] == []
     [notice] = p.notices()
     assert notice == f"[trashsorter] Model {job} champion, deployment FAILED"
@@ -256,7 +256,7 @@ def test_dataset_ready_during_an_active_run_is_kept_pending_and_republished_when
     result = p.invoke_start(load_event("dataset_ready.json"))
 
     assert result["status"] == "pending", result
-    lock = training.get_lock(p.table, ddb=p.ddb)
+    lock = runs.get_lock(p.table, ddb=p.ddb)
     assert lock["holder"] == run1["run_id"] and lock["pending"] is True
     pending_dataset = str(lock["pending_dataset_id"])
     assert pending_dataset != first_dataset
@@ -275,7 +275,7 @@ def test_dataset_ready_during_an_active_run_is_kept_pending_and_republished_when
     assert started["status"] == "started" and started["dataset_id"] == pending_dataset
     run2 = p.active_run()
     assert run2["run_id"] == started["run_id"] and run2["status"] == "in_progress"
-    assert "pending" not in training.get_lock(p.table, ddb=p.ddb)
+    assert "pending" not in runs.get_lock(p.table, ddb=p.ddb)
     manifest = {row["key"] for row in read_manifest(p.bucket, pending_dataset, s3=p.s3)}
     assert set(new_keys) <= manifest and len(manifest) == 12 + len(new_keys)
     assert len(p.sm.list_training_jobs()["TrainingJobSummaries"]) == 2
@@ -292,7 +292,7 @@ def test_pending_trigger_without_enough_new_photos_is_dropped_and_the_next_cross
     assert p.invoke_package(completed_event(p, run1))["outcome"] == "deployed"
 
     assert p.dataset_ready() == []  # the rule no longer holds against the new baseline: nothing published
-    lock = training.get_lock(p.table, ddb=p.ddb)
+    lock = runs.get_lock(p.table, ddb=p.ddb)
     assert "holder" not in lock and "pending" not in lock
     # the next photo crosses the threshold for the new baseline: both late photos are trained
     p.put(f"images/Landfill/{late[1][0]}", late[1][1])

@@ -39,9 +39,9 @@ import pytest
 from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
 from tests.fixtures.greengrass import create_deeplens_group
 from tests.fixtures.model_artifacts import mxnet_model_tar
-from trashsorter import aws, training
+from trashsorter import aws, runs
 from trashsorter.catalogue import Catalogue
-from trashsorter.registry import deserialize
+from trashsorter.ddb import deserialize
 from trashsorter.settings import IngestSettings, PackageSettings, TrainingSettings
 from trashsorter.threshold import trigger_manual
 from trashsorter_cli.local import moto_patches
@@ -253,9 +253,9 @@ class Pipeline:
         trigger_manual(self.ingest_settings, catalogue=self.catalogue, events=self.events)
 
     def active_run(self) -> dict[str, Any]:
-        holder = training.get_lock(self.table, ddb=self.ddb).get("holder")
+        holder = runs.get_lock(self.table, ddb=self.ddb).get("holder")
         assert holder, "no run holds the training lock"
-        run = training.get_run(self.table, str(holder), ddb=self.ddb)
+        run = runs.get_run(self.table, str(holder), ddb=self.ddb)
         assert run is not None
         return run
 
@@ -322,7 +322,7 @@ class Pipeline:
         return [json.loads(m["Body"])["Subject"] for m in self.drain(self.notice_queue)]
 
     def runs(self) -> list[dict[str, Any]]:
-        return sorted(training.list_runs(self.table, ddb=self.ddb), key=lambda r: str(r["created_at"]))
+        return sorted(runs.list_runs(self.table, ddb=self.ddb), key=lambda r: str(r["created_at"]))
 
 
 # ---------------------------------------------------------------------------------------------- scenario

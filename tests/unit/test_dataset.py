@@ -20,7 +20,6 @@ from trashsorter.dataset import (
     convert_to_jpeg,
     plan_dataset,
     render_channel_manifest,
-    render_labels,
     render_lst,
     render_manifest_jsonl,
     snapshot_images,
@@ -28,6 +27,7 @@ from trashsorter.dataset import (
     split_score,
 )
 from trashsorter.errors import TrainingRuleNotMet
+from trashsorter.labels import render as render_labels
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 LABELS = ("Compost", "Landfill", "Recycling")
@@ -173,7 +173,7 @@ def test_file_formats() -> None:
     assert by_key["images/Landfill/tab\there.png"]["s3_key"] == f"{prefix}converted/{'2' * 64}.png"
     assert {r["class_index"] for r in rows if r["label"] == "Recycling"} == {2}
 
-    assert render_labels(plan) == "Compost\nLandfill\nRecycling\n"
+    assert render_labels(plan.labels) == "Compost\nLandfill\nRecycling\n"
 
     for split in (TRAIN, VALIDATION):
         lst = render_lst(plan, split).splitlines()

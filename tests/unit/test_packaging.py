@@ -11,18 +11,16 @@ import pytest
 
 from tests.conftest import load_event
 from tests.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
-from trashsorter.errors import PackagingError
-from trashsorter.packaging import (
-    ACCURACY_METRIC,
+from trashsorter.artifacts import (
     artifact_format,
-    evaluate_gate,
-    metrics_from_detail,
-    parse_labels,
     parse_s3_uri,
     read_members,
     repackage_mxnet,
     repackage_onnx,
 )
+from trashsorter.errors import PackagingError
+from trashsorter.gate import ACCURACY_METRIC, evaluate_gate, metrics_from_detail
+from trashsorter.labels import parse as parse_labels
 
 LABELS = ["Compost", "Landfill", "Recycling"]
 

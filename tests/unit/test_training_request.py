@@ -13,9 +13,8 @@ import pytest
 from trashsorter.dataset import SnapshotImage, plan_dataset
 from trashsorter.errors import ConfigurationError
 from trashsorter.settings import TrainingSettings
-from trashsorter.training import (
+from trashsorter.training_request import (
     JOB_NAME_RE,
-    LocalBackend,
     TrainingLaunch,
     algorithm_image_uri,
     build_hyperparameters,
@@ -23,6 +22,7 @@ from trashsorter.training import (
     make_job_name,
     quota_message,
 )
+from trashsorter_cli.local.training_backend import LocalBackend
 
 LABELS = ("Compost", "Landfill", "Recycling")
 ENV = {

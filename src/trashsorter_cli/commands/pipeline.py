@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trashsorter import registry, threshold, training
+from trashsorter import registry, runs, threshold
 from trashsorter.catalogue import Catalogue
+from trashsorter.gate import ACCURACY_METRIC as ACCURACY
+from trashsorter.schema import FINAL_RUN_STATUSES
 from trashsorter.settings import CommonSettings, PackageSettings
 from trashsorter_cli.targets import Target
 from trashsorter_cli.ui import UI, CliError, UsageError
 
-ACCURACY = "validation:accuracy"
-TERMINAL_RUN = {"completed", "failed", "stopped", "blocked"}
 GOOD_OUTCOMES = {"deployed", "registered"}
 
 
@@ -62,16 +62,9 @@ def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
     ddb = ddb or target.client("dynamodb")
     settings = target.settings(CommonSettings, "IngestFunction")
     catalogue = Catalogue(target.table, ddb=ddb)
+    rule, state = threshold.evaluate_current(settings, catalogue)
     counts = catalogue.label_counts(settings.allowed_labels)
-    state = catalogue.state()
-    rule = threshold.evaluate_rule(
-        {label: c["accepted"] for label, c in counts.items()},
-        accepted_seq=state["accepted_seq"],
-        baseline_seq=state["baseline_seq"],
-        min_per_label=settings.min_images_per_label,
-        min_new=settings.min_new_images,
-    )
-    runs = [run_summary(r) for r in training.list_runs(target.table, limit=10, ddb=ddb)]
+    recent_runs = [run_summary(r) for r in runs.list_runs(target.table, limit=10, ddb=ddb)]
     champion = registry.get_champion(table_name=target.table, ddb=ddb)
     deployments: list[dict[str, Any]] = []
     champion_out: dict[str, Any] | None = None
@@ -108,7 +101,7 @@ def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
             "new_images": rule.new_images,
             "fired": bool(state.get("fired")),
         },
-        "runs": runs,
+        "runs": recent_runs,
         "champion": champion_out,
         "deployments": deployments,
     }
@@ -190,7 +183,7 @@ def wait_for_run(
         while time.monotonic() < deadline:
             candidates = [
                 run_summary(r)
-                for r in training.list_runs(target.table, limit=5, ddb=ddb)
+                for r in runs.list_runs(target.table, limit=5, ddb=ddb)
                 if str(r.get("created_at", "")) >= since[:19]
             ]
             if candidates:
@@ -206,7 +199,9 @@ def wait_for_run(
                     bar.update(description=text)
                 if on_update is not None:
                     on_update(run)
-                if run["status"] in TERMINAL_RUN and (run["package_outcome"] or run["status"] != "completed"):
+                if run["status"] in FINAL_RUN_STATUSES and (
+                    run["package_outcome"] or run["status"] != "completed"
+                ):
                     return run
             time.sleep(poll)
     where = f"run {run['job_name']} is {run['status']}" if run else "no run started"
@@ -230,10 +225,10 @@ def check_run(run: dict[str, Any]) -> None:
 
 
 def redeploy(target: Target, model_id: str, *, force: bool = False) -> dict[str, Any]:
-    from trashsorter import packaging
+    from trashsorter.deploy import orchestrate
 
     settings = target.settings(PackageSettings, "PackageFunction")
-    outcome = packaging.redeploy(model_id, settings, force=force, ddb=target.client("dynamodb"))
+    outcome = orchestrate.redeploy(model_id, settings, force=force, ddb=target.client("dynamodb"))
     return outcome.as_dict()
 
 

@@ -5,34 +5,35 @@ It behaves like a SageMaker training job seen from the rest of the pipeline:
 * reads ``manifest.jsonl`` (JSON lines: key, sha256, label, class_index, split, s3_key) and ``labels.txt``
   beside it, downloads the images;
 * after every epoch sets ``progress`` = ``{epoch, epochs, train_loss, val_accuracy, updated_at}`` on the
-  run record (pk ``RUN#<run_id>``, sk ``RUN``; only if that record exists);
+  run record (through :func:`trashsorter.runs.record_progress`; only if that record exists);
 * uploads ``<output>/<job>/output/model.tar.gz``;
 * puts ONE "SageMaker Training Job State Change" event (source ``aws.sagemaker``) on the event bus whose
   detail is shaped like DescribeTrainingJob, ``Completed`` or ``Failed`` with a ``FailureReason``.
 
-Run it as a subprocess (``python -m trashsorter_cli.trainer ...``, see :func:`command` / :func:`spawn`) so
-training never blocks the dispatcher; AWS_ENDPOINT_URL in the environment points boto3 at the moto server.
+Run it as a subprocess (``python -m trashsorter_cli.trainer ...``, started by
+:class:`trashsorter_cli.local.training_backend.LocalBackend`) so training never blocks the dispatcher;
+AWS_ENDPOINT_URL in the environment points boto3 at the moto server.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from trashsorter import aws
-from trashsorter.errors import TrainingError
-from trashsorter.schema import SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE, run_key
+from trashsorter import aws, runs
+from trashsorter import labels as labels_file
+from trashsorter.clock import now_iso
+from trashsorter.errors import TrainingError, TransientError
+from trashsorter.gate import ACCURACY_METRIC
+from trashsorter.schema import SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE
 from trashsorter_trainer.data import Sample
 from trashsorter_trainer.errors import TrainerError
 
@@ -50,10 +51,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def artifact_uri(output_uri: str, job_name: str) -> str:
     """``<output>/<job>/output/model.tar.gz`` (the SageMaker layout)."""
     return f"{output_uri.rstrip('/')}/{job_name}/output/model.tar.gz"
@@ -69,7 +66,7 @@ def read_manifest(manifest_uri: str, s3: Any = None) -> tuple[list[dict[str, Any
         labels_body = s3.get_object(Bucket=bucket, Key=labels_key)["Body"].read().decode("utf-8")
     except ClientError as exc:
         raise TrainingError(f"cannot read the dataset manifest/labels at s3://{bucket}/{key}: {exc}") from exc
-    labels = [line.strip() for line in labels_body.splitlines() if line.strip()]
+    labels = labels_file.parse(labels_body)
     entries = []
     for number, line in enumerate(body.splitlines(), start=1):
         if not line.strip():
@@ -111,7 +108,7 @@ def download_samples(bucket: str, entries: list[dict[str, Any]], s3: Any = None)
 
 
 class ProgressWriter:
-    """Sets ``progress`` on the run record after each epoch (never creates a record)."""
+    """Sets ``progress`` on the run record after each epoch (never creates a record; failures only warn)."""
 
     def __init__(self, table: str, run_id: str, ddb: Any = None) -> None:
         self.table = table
@@ -122,28 +119,15 @@ class ProgressWriter:
         if not self.table or not self.run_id:
             return
         progress = {
-            "epoch": {"N": str(int(entry["epoch"]))},
-            "epochs": {"N": str(int(entry["epochs"]))},
-            "train_loss": {"N": repr(float(entry["train_loss"]))},
-            "val_accuracy": {"N": repr(float(entry["val_accuracy"]))},
-            "updated_at": {"S": now_iso()},
+            "epoch": int(entry["epoch"]),
+            "epochs": int(entry["epochs"]),
+            "train_loss": float(entry["train_loss"]),
+            "val_accuracy": float(entry["val_accuracy"]),
         }
-        key = {name: {"S": value} for name, value in run_key(self.run_id).items()}
         try:
-            self.ddb.update_item(
-                TableName=self.table,
-                Key=key,
-                UpdateExpression="SET #progress = :progress",
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames={"#progress": "progress"},
-                ExpressionAttributeValues={":progress": {"M": progress}},
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                LOG.warning("run record RUN#%s does not exist; progress not recorded", self.run_id)
-                return
-            LOG.warning("progress update failed (training goes on): %s", exc)
-        except BotoCoreError as exc:
+            if not runs.record_progress(self.table, self.run_id, progress, ddb=self.ddb):
+                LOG.warning("run record of %s does not exist; progress not recorded", self.run_id)
+        except TransientError as exc:
             LOG.warning("progress update failed (training goes on): %s", exc)
 
 
@@ -191,7 +175,7 @@ def event_detail(
         detail["FinalMetricDataList"] = [
             {"MetricName": name, "Value": float(metrics[field]), "Timestamp": ended}
             for name, field in (
-                ("validation:accuracy", "validation_accuracy"),
+                (ACCURACY_METRIC, "validation_accuracy"),
                 ("train:accuracy", "train_accuracy"),
                 ("train:loss", "train_loss"),
             )
@@ -313,48 +297,3 @@ def send_failed(
     )
     put_state_change(detail, event_bus, events=events)
     return detail
-
-
-def command(
-    *,
-    job_name: str,
-    manifest_uri: str,
-    output_uri: str,
-    hyperparameters: Mapping[str, Any],
-    run_id: str = "",
-    table: str = "",
-    event_bus: str = "default",
-) -> list[str]:
-    """The argv of ``python -m trashsorter_cli.trainer`` for one job (this interpreter)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "trashsorter_cli.trainer",
-        "--job-name",
-        job_name,
-        "--manifest",
-        manifest_uri,
-        "--output",
-        output_uri,
-        "--hyperparameters",
-        json.dumps({str(k): str(v) for k, v in hyperparameters.items()}),
-        "--event-bus",
-        event_bus,
-    ]
-    if run_id:
-        argv += ["--run-id", run_id]
-    if table:
-        argv += ["--table", table]
-    return argv
-
-
-def spawn(
-    *, log: IO[bytes] | IO[str] | None = None, env: Mapping[str, str] | None = None, **job: Any
-) -> subprocess.Popen[bytes]:
-    """Start the job as a child process (outside the caller's thread); returns the Popen to poll/wait."""
-    return subprocess.Popen(
-        command(**job),
-        stdout=log if log is not None else subprocess.DEVNULL,
-        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
-        env=dict(env) if env is not None else None,
-    )

@@ -22,22 +22,24 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Literal
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
+from trashsorter.clock import now_iso
+from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import ConcurrencyConflict, TransientError
 from trashsorter.schema import (
     STATE_KEY,
     ImageStatus,
     hash_key,
     image_gsi,
+    image_gsi_label_prefix,
+    image_gsi_status,
     image_key,
     label_counts_key,
+    label_from_counts_key,
 )
 
 GSI = "gsi1"
@@ -60,37 +62,11 @@ _RECORD_FIELDS = (
     "size",
 )
 
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
 
 def sequencer_newer(new: str, old: str) -> bool:
     """S3 ``sequencer`` order for one key: hex strings compared after left-padding to equal length."""
     width = max(len(new), len(old))
     return new.upper().rjust(width, "0") > old.upper().rjust(width, "0")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | set | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A low-level DynamoDB item as a plain dict (numbers as int, sets as lists)."""
-    return {k: _plain(_deserializer.deserialize(v)) for k, v in item.items()}
-
-
-def serialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _serializer.serialize(v) for k, v in item.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -222,7 +198,7 @@ class Catalogue:
         if not labels:
             return out
         for item in self._batch_get([label_counts_key(label) for label in dict.fromkeys(labels)]):
-            label = str(item["pk"]).removeprefix("LABEL#")
+            label = label_from_counts_key(item)
             if label in out:
                 out[label].update({f: int(item.get(f, 0)) for f in COUNT_FIELDS})
         return out
@@ -261,11 +237,11 @@ class Catalogue:
                 "TableName": self.table_name,
                 "IndexName": GSI,
                 "KeyConditionExpression": "gsi1pk = :pk",
-                "ExpressionAttributeValues": {":pk": {"S": f"STATUS#{st}"}},
+                "ExpressionAttributeValues": {":pk": {"S": image_gsi_status(st)}},
             }
             if label is not None:
                 kwargs["KeyConditionExpression"] += " AND begins_with(gsi1sk, :label)"
-                kwargs["ExpressionAttributeValues"][":label"] = {"S": f"{label}#"}
+                kwargs["ExpressionAttributeValues"][":label"] = {"S": image_gsi_label_prefix(label)}
             if attributes:
                 names = {f"#p{i}": name for i, name in enumerate(attributes)}
                 kwargs["ProjectionExpression"] = ", ".join(names)
@@ -409,7 +385,7 @@ class Catalogue:
         """Set the derived ``target`` status of another copy (conditional on its ``rev``)."""
         values: dict[str, Any] = {
             ":s": {"S": target},
-            ":g": {"S": f"STATUS#{target}"},
+            ":g": {"S": image_gsi_status(target)},
             ":u": {"S": now},
             ":rev": {"N": str(int(record.get("rev", 0)))},
             ":one": {"N": "1"},

@@ -33,20 +33,20 @@ import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
-from trashsorter.catalogue import deserialize, serialize
+from trashsorter import labels as labels_file
+from trashsorter.clock import now_iso
+from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import NotFoundError, TrainingRuleNotMet, TransientError
-from trashsorter.schema import ImageStatus, dataset_key
+from trashsorter.schema import DATASETS_PREFIX, ImageStatus, dataset_key
 
 TRAIN = "train"
 VALIDATION = "validation"
 SPLITS = (TRAIN, VALIDATION)
-DATASETS_PREFIX = "datasets/"
 # What the built-in image-classification algorithm decodes directly (MPO = multi-picture JPEG).
 DIRECT_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
 _UNSAFE_KEY_CHARS = ("\t", "\n", "\r")
@@ -97,10 +97,6 @@ class DatasetPlan:
     @property
     def prefix(self) -> str:
         return f"{DATASETS_PREFIX}{self.dataset_id}/"
-
-    @property
-    def prefix_uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
 
     def uri(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{name}"
@@ -236,10 +232,6 @@ def render_manifest_jsonl(plan: DatasetPlan) -> str:
     )
 
 
-def render_labels(plan: DatasetPlan) -> str:
-    return "".join(f"{label.strip()}\n" for label in plan.labels)
-
-
 def render_lst(plan: DatasetPlan, split: str) -> str:
     """The recipe's ``.lst``: ``index<TAB>class_index<TAB>path``; path relative to the manifest prefix."""
     return "".join(
@@ -332,10 +324,6 @@ def check_trainable(plan: DatasetPlan) -> None:
 # ---------------------------------------------------------------- writing
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def _put_text(s3: Any, bucket: str, key: str, text: str, content_type: str) -> None:
     s3.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
 
@@ -368,7 +356,7 @@ def write_dataset(plan: DatasetPlan, *, s3: Any = None) -> None:
     try:
         for entry in plan.copies():
             _write_copy(s3, plan, entry)
-        _put_text(s3, plan.bucket, plan.prefix + "labels.txt", render_labels(plan), "text/plain")
+        _put_text(s3, plan.bucket, plan.prefix + "labels.txt", labels_file.render(plan.labels), "text/plain")
         for split in SPLITS:
             _put_text(s3, plan.bucket, f"{plan.prefix}{split}.lst", render_lst(plan, split), "text/plain")
             _put_text(
@@ -406,7 +394,7 @@ def dataset_record(plan: DatasetPlan, *, accepted_seq: int, created_at: str | No
         "num_validation": plan.num_validation,
         "num_converted": len(plan.copies()),
         "accepted_seq": int(accepted_seq),
-        "created_at": created_at or _now(),
+        "created_at": created_at or now_iso(),
     }
 
 

@@ -13,82 +13,29 @@ record of a deployment request.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
+from trashsorter.clock import now_iso
+from trashsorter.ddb import deserialize, get_item, serialize, value
 from trashsorter.errors import ConcurrencyConflict, NotFoundError, TransientError
 from trashsorter.schema import (
     CHAMPION_KEY,
-    STATE_KEY,
+    DEPLOY_SK_PREFIX,
+    GSI,
+    MODELS_GSI_PK,
     ModelStatus,
-    dataset_key,
     deployment_key,
     model_key,
 )
 
-MODELS_GSI = "gsi1"
-MODELS_PK = "MODELS"
 _PROMOTE_ATTEMPTS = 5
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _to_ddb_value(value: Any) -> Any:
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, Mapping):
-        return {str(k): _to_ddb_value(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_to_ddb_value(v) for v in value]
-    return value
-
-
-def _from_ddb_value(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _from_ddb_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_ddb_value(v) for v in value]
-    if isinstance(value, set):
-        return sorted(_from_ddb_value(v) for v in value)
-    return value
-
-
-def serialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A Python mapping as a DynamoDB item (floats become Decimals, None values are dropped)."""
-    return {k: _serializer.serialize(_to_ddb_value(v)) for k, v in item.items() if v is not None}
-
-
-def deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A DynamoDB item as plain Python (Decimals become int/float, sets sorted lists)."""
-    return {k: _from_ddb_value(_deserializer.deserialize(v)) for k, v in item.items()}
 
 
 def _transient(action: str, exc: Exception) -> TransientError:
     return TransientError(f"could not {action}: {exc}")
-
-
-def get_item(key: Mapping[str, str], *, table_name: str, ddb: Any = None) -> dict[str, Any] | None:
-    """One item by key, strongly consistent; ``None`` when absent."""
-    try:
-        response = (ddb or aws.client("dynamodb")).get_item(
-            TableName=table_name, Key=serialize(key), ConsistentRead=True
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise _transient(f"read {key}", exc) from exc
-    item = response.get("Item")
-    return deserialize(item) if item else None
 
 
 def register_model(
@@ -113,7 +60,7 @@ def register_model(
     created_at = now_iso()
     record: dict[str, Any] = {
         **model_key(model_id),
-        "gsi1pk": MODELS_PK,
+        "gsi1pk": MODELS_GSI_PK,
         "gsi1sk": created_at,
         "model_id": model_id,
         "job_name": job_name,
@@ -169,9 +116,9 @@ def list_models(*, table_name: str, limit: int = 50, ddb: Any = None) -> list[di
     models: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {
         "TableName": table_name,
-        "IndexName": MODELS_GSI,
+        "IndexName": GSI,
         "KeyConditionExpression": "gsi1pk = :pk",
-        "ExpressionAttributeValues": {":pk": {"S": MODELS_PK}},
+        "ExpressionAttributeValues": {":pk": value(MODELS_GSI_PK)},
         "ScanIndexForward": False,
     }
     try:
@@ -274,9 +221,7 @@ def update_model(model_id: str, attributes: Mapping[str, Any], *, table_name: st
             UpdateExpression=expression,
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeNames=names,
-            ExpressionAttributeValues={
-                f":v{i}": _serializer.serialize(_to_ddb_value(v)) for i, v in enumerate(values.values())
-            },
+            ExpressionAttributeValues={f":v{i}": value(v) for i, v in enumerate(values.values())},
         )
     except ClientError as exc:
         if aws.error_code(exc) == "ConditionalCheckFailedException":
@@ -323,37 +268,12 @@ def list_deployments(model_id: str, *, table_name: str, ddb: Any = None) -> list
         response = (ddb or aws.client("dynamodb")).query(
             TableName=table_name,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :deploy)",
-            ExpressionAttributeValues={":pk": {"S": f"MODEL#{model_id}"}, ":deploy": {"S": "DEPLOY#"}},
+            ExpressionAttributeValues={
+                ":pk": value(model_key(model_id)["pk"]),
+                ":deploy": value(DEPLOY_SK_PREFIX),
+            },
             ConsistentRead=True,
         )
     except (ClientError, BotoCoreError) as exc:
         raise _transient(f"list deployments of {model_id}", exc) from exc
     return [deserialize(item) for item in response.get("Items", [])]
-
-
-def advance_baseline(dataset_id: str, *, table_name: str, ddb: Any = None) -> int | None:
-    """Set ``STATE/DATASET.baseline_seq`` to the dataset's ``accepted_seq`` (never moves it backwards).
-
-    The threshold counts new images from the baseline, so after a completed model (champion or rejected)
-    the next training waits for ``MIN_NEW_IMAGES`` images beyond the ones this model saw. Returns the
-    dataset's accepted_seq, or ``None`` when the dataset record has none.
-    """
-    client = ddb or aws.client("dynamodb")
-    dataset = get_item(dataset_key(dataset_id), table_name=table_name, ddb=client)
-    if not dataset or dataset.get("accepted_seq") is None:
-        return None
-    seq = int(dataset["accepted_seq"])
-    try:
-        client.update_item(
-            TableName=table_name,
-            Key=serialize(STATE_KEY),
-            UpdateExpression="SET baseline_seq = :seq, baseline_dataset_id = :ds",
-            ConditionExpression="attribute_not_exists(baseline_seq) OR baseline_seq < :seq",
-            ExpressionAttributeValues={":seq": {"N": str(seq)}, ":ds": {"S": dataset_id}},
-        )
-    except ClientError as exc:
-        if aws.error_code(exc) != "ConditionalCheckFailedException":
-            raise _transient("advance the dataset baseline", exc) from exc
-    except BotoCoreError as exc:
-        raise _transient("advance the dataset baseline", exc) from exc
-    return seq

@@ -14,8 +14,9 @@ pk                              sk                    what
 ``DATASET#<dataset_id>``        ``DATASET``           a frozen dataset snapshot (counts, S3 prefix)
 ``JOB#<job_name>``              ``RUN``               training job name -> run_id pointer
 ``MODEL#<model_id>``            ``MODEL``             model registry entry (gsi1: ``MODELS`` / created)
-``MODEL#<model_id>``            ``DEPLOY#<target>#..``  deployments of that model
+``MODEL#<model_id>``            ``DEPLOY#<t>#<req>``  one deployment request of that model to target t
 ``CHAMPION``                    ``MODEL``             pointer to the current champion model
+``EDGE``                        ``COMPONENT#<name>``  Greengrass v2 component version counter
 ==============================  ====================  ===============================================
 
 GSI ``gsi1`` (gsi1pk, gsi1sk): image records by status (``STATUS#<status>`` / ``<label>#<key>``),
@@ -24,6 +25,7 @@ runs (``RUNS`` / created_at) and models (``MODELS`` / created_at).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 EVENT_SOURCE = "trashsorter"
@@ -31,6 +33,7 @@ DATASET_READY = "Dataset Ready"
 SAGEMAKER_SOURCE = "aws.sagemaker"
 TRAINING_STATE_CHANGE = "SageMaker Training Job State Change"
 JOB_PREFIX = "deeplens-"  # DeepLens model import requires it
+DATASETS_PREFIX = "datasets/"  # S3 (images bucket): datasets/<dataset_id>/{manifest.jsonl,labels.txt,...}
 
 
 class ImageStatus(StrEnum):
@@ -54,6 +57,7 @@ class RunStatus(StrEnum):
 
 
 ACTIVE_RUN_STATUSES = (RunStatus.STARTING, RunStatus.IN_PROGRESS)
+FINAL_RUN_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED, RunStatus.BLOCKED)
 
 
 class ModelStatus(StrEnum):
@@ -68,8 +72,18 @@ def image_key(object_key: str) -> dict[str, str]:
     return {"pk": f"OBJ#{object_key}", "sk": "META"}
 
 
+def image_gsi_status(status: str) -> str:
+    """``gsi1pk`` of the image records in ``status``."""
+    return f"STATUS#{status}"
+
+
+def image_gsi_label_prefix(label: str) -> str:
+    """``gsi1sk`` prefix of the image records of ``label`` (``begins_with``)."""
+    return f"{label}#"
+
+
 def image_gsi(status: str, label: str, object_key: str) -> dict[str, str]:
-    return {"gsi1pk": f"STATUS#{status}", "gsi1sk": f"{label}#{object_key}"}
+    return {"gsi1pk": image_gsi_status(status), "gsi1sk": image_gsi_label_prefix(label) + object_key}
 
 
 def hash_key(sha256: str) -> dict[str, str]:
@@ -79,6 +93,15 @@ def hash_key(sha256: str) -> dict[str, str]:
 def label_counts_key(label: str) -> dict[str, str]:
     return {"pk": f"LABEL#{label}", "sk": "COUNTS"}
 
+
+def label_from_counts_key(item: Mapping[str, object]) -> str:
+    """The label of a ``LABEL#<label>/COUNTS`` item (inverse of :func:`label_counts_key`)."""
+    return str(item["pk"]).removeprefix("LABEL#")
+
+
+GSI = "gsi1"
+RUNS_GSI_PK = "RUNS"  # gsi1pk of run records (gsi1sk: created_at)
+MODELS_GSI_PK = "MODELS"  # gsi1pk of model records (gsi1sk: created_at)
 
 STATE_KEY = {"pk": "STATE", "sk": "DATASET"}
 LOCK_KEY = {"pk": "LOCK", "sk": "TRAINING"}
@@ -102,9 +125,12 @@ def model_key(model_id: str) -> dict[str, str]:
     return {"pk": f"MODEL#{model_id}", "sk": "MODEL"}
 
 
+DEPLOY_SK_PREFIX = "DEPLOY#"
+
+
 def deployment_key(model_id: str, target: str, request_id: str) -> dict[str, str]:
     """One deployment of a model to a target (``greengrass-v1``, ``greengrass-v2``, ``local-device``)."""
-    return {"pk": f"MODEL#{model_id}", "sk": f"DEPLOY#{target}#{request_id}"}
+    return {"pk": model_key(model_id)["pk"], "sk": f"{DEPLOY_SK_PREFIX}{target}#{request_id}"}
 
 
 def edge_component_key(component_name: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ from trashsorter import images
 from trashsorter.dataset import TRAIN, VALIDATION, DatasetPlan
 from trashsorter.errors import ConfigurationError
 from trashsorter.settings import TrainingSettings
-from trashsorter.training import channel, job_envelope
+from trashsorter.training_request import channel, job_envelope
 from trashsorter_trainer import contract, sourcedir
 
 ALGORITHM = "trashsorter"
@@ -35,6 +35,16 @@ def pytorch_image_uri(region: str, override: str = "") -> str:
 def upload_source(s3: Any, bucket: str) -> tuple[str, str]:
     """The trainer's ``sourcedir.tar.gz`` in ``bucket`` (uploaded if absent): (s3 uri, sha256)."""
     return sourcedir.ensure_uploaded(s3, bucket)
+
+
+def champion_artifact_uri(table: str, *, ddb: Any = None) -> str:
+    """The current champion's ``model.tar.gz`` when it is an ONNX model (the job's ``champion`` channel)."""
+    from trashsorter import registry
+
+    champion = registry.get_champion(table_name=table, ddb=ddb)
+    if not champion or champion.get("format") != "onnx":
+        return ""
+    return str(champion.get("source_artifact_uri") or "")
 
 
 def _channel(name: str, s3_uri: str, data_type: str = "S3Prefix") -> dict[str, Any]:

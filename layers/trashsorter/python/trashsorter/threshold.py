@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
-from trashsorter.catalogue import Catalogue, now_iso, serialize
+from trashsorter.catalogue import Catalogue
+from trashsorter.clock import age_seconds, now_iso
+from trashsorter.ddb import get_item, serialize
 from trashsorter.errors import TrainingRuleNotMet, TransientError
 from trashsorter.observability import logger
-from trashsorter.schema import DATASET_READY, EVENT_SOURCE, STATE_KEY
+from trashsorter.schema import DATASET_READY, EVENT_SOURCE, STATE_KEY, dataset_key
 from trashsorter.settings import CommonSettings
 
 # A claim not confirmed as published after this long is presumed crashed (ingest Lambdas time out at 60 s).
@@ -71,7 +72,8 @@ def evaluate_rule(
     )
 
 
-def _evaluate(settings: CommonSettings, catalogue: Catalogue) -> tuple[RuleResult, dict[str, Any]]:
+def evaluate_current(settings: CommonSettings, catalogue: Catalogue) -> tuple[RuleResult, dict[str, Any]]:
+    """The training rule on the catalogue's current counters and state; returns (result, state)."""
     state = catalogue.state()
     counts = catalogue.label_counts(settings.allowed_labels)
     result = evaluate_rule(
@@ -135,11 +137,7 @@ def _claim(catalogue: Catalogue, baseline: int) -> bool:
 
 
 def _reclaim_stale(catalogue: Catalogue, baseline: int, fired_at: str) -> bool:
-    try:
-        age = (datetime.now(UTC) - datetime.fromisoformat(fired_at.replace("Z", "+00:00"))).total_seconds()
-    except ValueError:
-        age = RECLAIM_AFTER_S + 1
-    if age < RECLAIM_AFTER_S:
+    if age_seconds(fired_at) < RECLAIM_AFTER_S:
         return False
     return aws.conditional_write(
         lambda: catalogue.ddb.update_item(
@@ -178,7 +176,7 @@ def _mark_published(catalogue: Catalogue, baseline: int) -> None:
 
 def check_and_publish(settings: CommonSettings, *, catalogue: Catalogue, events: Any = None) -> bool:
     """Publish "Dataset Ready" once per crossing of the rule; True when this call published."""
-    result, state = _evaluate(settings, catalogue)
+    result, state = evaluate_current(settings, catalogue)
     baseline = state["baseline_seq"]
     claimed_here = state["fired"] and state["fired_baseline"] == baseline
     if claimed_here and state["published"]:
@@ -201,10 +199,35 @@ def check_and_publish(settings: CommonSettings, *, catalogue: Catalogue, events:
 def trigger_manual(settings: CommonSettings, *, catalogue: Catalogue, events: Any = None) -> RuleResult:
     """A person asks for training: publish with reason "manual" when the rule is met, else say what is
     missing (:class:`TrainingRuleNotMet` with ``missing``)."""
-    result, state = _evaluate(settings, catalogue)
+    result, state = evaluate_current(settings, catalogue)
     if not result.met:
         raise TrainingRuleNotMet(f"training rule not met: {result.reason}", missing=result.missing)
     publish_dataset_ready(
         settings, reason="manual", result=result, accepted_seq=state["accepted_seq"], events=events
     )
     return result
+
+
+def advance_baseline(dataset_id: str, *, table_name: str, ddb: Any = None) -> int | None:
+    """Set ``STATE/DATASET.baseline_seq`` to the dataset's ``accepted_seq`` (never moves it backwards).
+
+    The threshold counts new images from the baseline, so after a completed model (champion or rejected)
+    the next training waits for ``MIN_NEW_IMAGES`` images beyond the ones this model saw. Returns the
+    dataset's accepted_seq, or ``None`` when the dataset record has none.
+    """
+    client = ddb or aws.client("dynamodb")
+    dataset = get_item(dataset_key(dataset_id), table_name=table_name, ddb=client)
+    if not dataset or dataset.get("accepted_seq") is None:
+        return None
+    seq = int(dataset["accepted_seq"])
+    aws.conditional_write(
+        lambda: client.update_item(
+            TableName=table_name,
+            Key=serialize(STATE_KEY),
+            UpdateExpression="SET baseline_seq = :seq, baseline_dataset_id = :ds",
+            ConditionExpression="attribute_not_exists(baseline_seq) OR baseline_seq < :seq",
+            ExpressionAttributeValues={":seq": {"N": str(seq)}, ":ds": {"S": dataset_id}},
+        ),
+        what="advance the dataset baseline",
+    )
+    return seq

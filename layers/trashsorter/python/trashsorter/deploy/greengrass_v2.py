@@ -19,10 +19,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
+from trashsorter.ddb import serialize
 from trashsorter.deploy import TARGET_GREENGRASS_V2, DeploymentResult, aws_failure
 from trashsorter.errors import TransientError
 from trashsorter.observability import logger
-from trashsorter.registry import serialize
 from trashsorter.schema import edge_component_key
 from trashsorter.settings import PackageSettings
 

@@ -1,0 +1,353 @@
+"""Training artifacts: download (bounded), tar safety checks and the deterministic repackaging.
+
+MXNet (built-in image-classification) -> the DeepLens ``model.tar.gz``; ONNX (the project's trainer) ->
+``model.onnx.tar.gz`` + ``classifier.py`` for Greengrass v2. The job's own output is only read.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter import aws
+from trashsorter import labels as labels_file
+from trashsorter.deploy import greengrass_v2
+from trashsorter.errors import PackagingError, TransientError
+from trashsorter.settings import PackageSettings
+
+MXNET_PREFIX = "image-classification"
+MAX_ARTIFACT_BYTES = 2 * 1024**3  # compressed model.tar.gz we are willing to download
+MAX_MEMBER_BYTES = 1536 * 1024**2  # one member of the tarball
+MAX_MEMBERS = 256
+MAX_METRICS_BYTES = 256 * 1024
+_CHUNK = 1024 * 1024
+_PARAMS_RE = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})\.params$")
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """The artifacts written to the DeepLens bucket for one job."""
+
+    model_format: str  # "mxnet" | "onnx"
+    artifacts: dict[str, str]  # name -> s3 uri ("deeplens", "onnx", "classifier")
+    members: tuple[str, ...]
+    labels: tuple[str, ...]
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise PackagingError(f"not an s3:// object URI: {uri!r}")
+    bucket, key = uri[5:].split("/", 1)
+    if not bucket or not key:
+        raise PackagingError(f"not an s3:// object URI: {uri!r}")
+    return bucket, key
+
+
+def download_artifact(
+    uri: str, dest: IO[bytes], *, s3: Any = None, max_bytes: int = MAX_ARTIFACT_BYTES
+) -> int:
+    """Stream ``uri`` into ``dest`` (<= ``max_bytes``). Missing -> PackagingError; 5xx -> TransientError."""
+    bucket, key = parse_s3_uri(uri)
+    client = s3 or aws.client("s3")
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        code = aws.error_code(exc)
+        if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket", "AccessDenied", "403"):
+            raise PackagingError(f"training artifact {uri} is missing or unreadable ({code})") from exc
+        raise TransientError(f"could not download {uri}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"could not download {uri}: {exc}") from exc
+    length = int(response.get("ContentLength") or 0)
+    if length > max_bytes:
+        response["Body"].close()
+        raise PackagingError(f"training artifact {uri} is {length} bytes, more than the limit {max_bytes}")
+    total = 0
+    body = response["Body"]
+    try:
+        for chunk in iter(lambda: body.read(_CHUNK), b""):
+            total += len(chunk)
+            if total > max_bytes:
+                raise PackagingError(f"training artifact {uri} is larger than the limit {max_bytes}")
+            dest.write(chunk)
+    except BotoCoreError as exc:
+        raise TransientError(f"download of {uri} broke off: {exc}") from exc
+    finally:
+        body.close()
+    dest.flush()
+    return total
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def read_members(path: Path, *, max_member_bytes: int = MAX_MEMBER_BYTES) -> dict[str, tarfile.TarInfo]:
+    """Check a tarball and return its root-level regular files by name.
+
+    Refuses (PackagingError): not a (gzip) tar, absolute or ``..`` names, links, devices, too many members,
+    members larger than ``max_member_bytes``. Files in sub-folders are ignored.
+    """
+    try:
+        with tarfile.open(path, mode="r:*") as archive:
+            members = archive.getmembers()
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise PackagingError(f"the training artifact is not a readable tar archive: {exc}") from exc
+    if len(members) > MAX_MEMBERS:
+        raise PackagingError(f"the training artifact has {len(members)} members (limit {MAX_MEMBERS})")
+    found: dict[str, tarfile.TarInfo] = {}
+    for member in members:
+        name = _member_name(member)
+        parts = Path(name).parts
+        if name.startswith("/") or ".." in parts or "\\" in name or "\x00" in name:
+            raise PackagingError(f"the training artifact has an unsafe member path {member.name!r}")
+        if member.issym() or member.islnk():
+            raise PackagingError(f"the training artifact has a link member {member.name!r}")
+        if member.isdir():
+            continue
+        if not member.isfile():
+            raise PackagingError(f"the training artifact has a special member {member.name!r}")
+        if member.size > max_member_bytes:
+            raise PackagingError(f"member {name!r} is {member.size} bytes (limit {max_member_bytes})")
+        if len(parts) == 1 and name:
+            found[name] = member
+    return found
+
+
+@contextmanager
+def _open_member(path: Path, member: tarfile.TarInfo) -> Iterator[IO[bytes]]:
+    try:
+        with tarfile.open(path, mode="r:*") as archive:
+            handle = archive.extractfile(member)
+            if handle is None:
+                raise PackagingError(f"member {member.name!r} cannot be read")
+            with handle:
+                yield handle
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise PackagingError(f"member {member.name!r} of the training artifact is corrupt: {exc}") from exc
+
+
+def _read_member(path: Path, member: tarfile.TarInfo, limit: int) -> bytes:
+    with _open_member(path, member) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise PackagingError(f"member {member.name!r} is larger than {limit} bytes")
+    return data
+
+
+def artifact_format(members: Mapping[str, tarfile.TarInfo]) -> str:
+    """``onnx`` (local trainer: model.onnx) or ``mxnet`` (SageMaker image-classification)."""
+    if "model.onnx" in members:
+        return "onnx"
+    if any(name.endswith("-symbol.json") for name in members) or any(_PARAMS_RE.match(n) for n in members):
+        return "mxnet"
+    raise PackagingError(
+        "the training artifact holds neither model.onnx nor an MXNet symbol/params pair: "
+        f"{sorted(members) or 'no files'}"
+    )
+
+
+class _Writer:
+    """A deterministic ``.tar.gz`` (fixed mtime/owner/mode): the same inputs give the same bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self._raw = path.open("wb")
+        self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)
+        self._tar = tarfile.open(fileobj=self._gz, mode="w", format=tarfile.PAX_FORMAT)
+        self.names: list[str] = []
+
+    def _info(self, name: str, size: int) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uid, info.gid = size, 0, 0o644, 0, 0
+        info.uname = info.gname = ""
+        return info
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self._tar.addfile(self._info(name, len(data)), io.BytesIO(data))
+        self.names.append(name)
+
+    def add_stream(self, name: str, handle: IO[bytes], size: int) -> None:
+        self._tar.addfile(self._info(name, size), handle)
+        self.names.append(name)
+
+    def close(self) -> None:
+        self._tar.close()
+        self._gz.close()
+        self._raw.close()
+
+
+def repackage_mxnet(source: Path, labels: Sequence[str], dest: Path) -> tuple[str, ...]:
+    """The recipe's manual step: symbol + newest params renamed ``-0000.params`` + labels.txt."""
+    members = read_members(source)
+    symbols = sorted(name for name in members if name.endswith("-symbol.json"))
+    params = sorted(
+        (int(match.group("epoch")), name) for name in members if (match := _PARAMS_RE.match(name)) is not None
+    )
+    if not symbols:
+        raise PackagingError("the training artifact has no *-symbol.json (MXNet symbol)")
+    if not params:
+        raise PackagingError("the training artifact has no *-NNNN.params (MXNet parameters)")
+    symbol_name = f"{MXNET_PREFIX}-symbol.json" if f"{MXNET_PREFIX}-symbol.json" in symbols else symbols[0]
+    symbol = _read_member(source, members[symbol_name], 64 * 1024 * 1024)
+    try:
+        graph = json.loads(symbol)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackagingError(f"{symbol_name} is not valid JSON: {exc}") from exc
+    if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list) or not graph["nodes"]:
+        raise PackagingError(f"{symbol_name} is not an MXNet symbol (no nodes)")
+    params_member = members[params[-1][1]]
+    if params_member.size == 0:
+        raise PackagingError(f"{params_member.name} is empty")
+    if not labels:
+        raise PackagingError("the dataset has no labels.txt labels")
+    writer = _Writer(dest)
+    try:
+        writer.add_bytes(f"{MXNET_PREFIX}-symbol.json", symbol)
+        with _open_member(source, params_member) as handle:
+            writer.add_stream(f"{MXNET_PREFIX}-0000.params", handle, params_member.size)
+        writer.add_bytes(labels_file.FILE_NAME, labels_file.render(labels).encode())
+    finally:
+        writer.close()
+    return tuple(writer.names)
+
+
+def repackage_onnx(source: Path, labels: Sequence[str], dest: Path) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """model.onnx + labels.txt + metrics.json (+ model.json when present); returns names and metrics.json."""
+    members = read_members(source)
+    if "model.onnx" not in members or members["model.onnx"].size == 0:
+        raise PackagingError("the training artifact has no (non-empty) model.onnx")
+    evaluation: dict[str, Any] = {}
+    if "metrics.json" in members:
+        raw = _read_member(source, members["metrics.json"], MAX_METRICS_BYTES * 16)
+        try:
+            loaded = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PackagingError(f"metrics.json is not valid JSON: {exc}") from exc
+        evaluation = loaded if isinstance(loaded, dict) else {}
+    else:
+        raw = b"{}"
+    if "labels.txt" in members:
+        own = labels_file.parse(
+            _read_member(source, members["labels.txt"], labels_file.MAX_LABELS_BYTES).decode(
+                "utf-8", "replace"
+            )
+        )
+        labels = own or list(labels)
+    if not labels:
+        raise PackagingError("neither the artifact nor the dataset has labels")
+    writer = _Writer(dest)
+    try:
+        with _open_member(source, members["model.onnx"]) as handle:
+            writer.add_stream("model.onnx", handle, members["model.onnx"].size)
+        writer.add_bytes(labels_file.FILE_NAME, labels_file.render(labels).encode())
+        writer.add_bytes("metrics.json", raw)
+        if "model.json" in members:
+            writer.add_bytes("model.json", _read_member(source, members["model.json"], MAX_METRICS_BYTES))
+    finally:
+        writer.close()
+    return tuple(writer.names), evaluation
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _upload(s3: Any, path: Path, bucket: str, key: str, *, content_type: str, model_id: str) -> str:
+    try:
+        with path.open("rb") as handle:
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=handle,
+                ContentType=content_type,
+                Metadata={"model-id": model_id, "sha256": _sha256(path)},
+            )
+    except (ClientError, BotoCoreError) as exc:
+        raise TransientError(f"could not upload s3://{bucket}/{key}: {exc}") from exc
+    return f"s3://{bucket}/{key}"
+
+
+def package_artifact(
+    *, job_name: str, source_uri: str, labels: Sequence[str], settings: PackageSettings, s3: Any = None
+) -> PackagedModel:
+    """Download the job's ``model.tar.gz`` to /tmp, repackage it and write it to the DeepLens bucket.
+
+    MXNet -> ``models/<job>/model.tar.gz``; ONNX -> ``models/<job>/model.onnx.tar.gz`` (+ ``classifier.py``
+    for Greengrass v2). The job's own output is only read, never written.
+    """
+    client = s3 or aws.client("s3")
+    if not source_uri:
+        raise PackagingError("the training job reported no ModelArtifacts.S3ModelArtifacts")
+    with tempfile.TemporaryDirectory(prefix="trashsorter-package-") as tmp:
+        source = Path(tmp) / "source.tar.gz"
+        with source.open("wb") as handle:
+            download_artifact(source_uri, handle, s3=client)
+        members = read_members(source)
+        model_format = artifact_format(members)
+        prefix = f"models/{job_name}/"
+        if model_format == "mxnet":
+            out = Path(tmp) / "model.tar.gz"
+            names = repackage_mxnet(source, labels, out)
+            source.unlink()
+            uri = _upload(
+                client,
+                out,
+                settings.deeplens_bucket,
+                prefix + "model.tar.gz",
+                content_type="application/gzip",
+                model_id=job_name,
+            )
+            return PackagedModel("mxnet", {"deeplens": uri}, names, tuple(labels), sha256=_sha256(out))
+        out = Path(tmp) / "model.onnx.tar.gz"
+        names, evaluation = repackage_onnx(source, labels, out)
+        source.unlink()
+        uri = _upload(
+            client,
+            out,
+            settings.deeplens_bucket,
+            prefix + "model.onnx.tar.gz",
+            content_type="application/gzip",
+            model_id=job_name,
+        )
+        script = Path(tmp) / "classifier.py"
+        script.write_text(greengrass_v2.CLASSIFIER_SCRIPT, encoding="utf-8")
+        script_uri = _upload(
+            client,
+            script,
+            settings.deeplens_bucket,
+            prefix + "classifier.py",
+            content_type="text/x-python",
+            model_id=job_name,
+        )
+        own_labels = (
+            tuple(evaluation.get("labels") or labels) if isinstance(evaluation.get("labels"), list) else ()
+        )
+        return PackagedModel(
+            "onnx",
+            {"onnx": uri, "classifier": script_uri},
+            names,
+            own_labels or tuple(labels),
+            evaluation=evaluation,
+            sha256=_sha256(out),
+        )

@@ -1,0 +1,404 @@
+"""Training finished: metrics, quality gate, packaging, model registry, deploy, notices.
+
+Entry point: :func:`handle_training_state_change` (one "SageMaker Training Job State Change" event);
+the gate is :mod:`trashsorter.gate`, the artifacts :mod:`trashsorter.artifacts`, the run writes
+:mod:`trashsorter.runs`, deployment and rollback :mod:`trashsorter.deploy.orchestrate`.
+
+Idempotency (a replayed event changes nothing; a crash half-way is safe to retry):
+
+* the run carries ``handled_statuses`` (a string set); a status already in it -> ``duplicate`` at once;
+* while a status is being handled the run carries ``package_claim_<status>`` (a lease of
+  :data:`trashsorter.runs.CLAIM_LEASE_SECONDS`), so two concurrent deliveries do not both deploy;
+* every step below is idempotent on its own, and the status is marked handled only after the last one:
+  S3 puts of byte-identical, deterministic tarballs at fixed keys; a conditional registry put (a second
+  attempt reads the first record and continues from its gate decision); promotion is a no-op for the
+  champion; each deployment target writes ``MODEL#<id>/DEPLOY#<target>#initial`` and a target already
+  recorded as requested is not called again (the Greengrass v2 component version is recorded *before*
+  publishing and calls carry idempotency tokens); ``finish_run`` is idempotent; the baseline only grows.
+  A crash after the notice and before the mark can send one notice twice (at-least-once notices).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter import aws, registry, runs, threshold
+from trashsorter.artifacts import MAX_METRICS_BYTES, package_artifact
+from trashsorter.ddb import get_item
+from trashsorter.deploy import DeploymentResult
+from trashsorter.deploy.orchestrate import (
+    INITIAL_REQUEST,
+    PackageOutcome,
+    deploy_model,
+    deploy_notes,
+    summary,
+)
+from trashsorter.errors import PackagingError, TransientError
+from trashsorter.gate import ACCURACY_METRIC, champion_accuracy, evaluate_gate, metrics_from_detail
+from trashsorter.labels import read_dataset_labels
+from trashsorter.notify import notify
+from trashsorter.observability import logger
+from trashsorter.schema import (
+    DATASETS_PREFIX,
+    JOB_PREFIX,
+    SAGEMAKER_SOURCE,
+    TRAINING_STATE_CHANGE,
+    ModelStatus,
+    RunStatus,
+    dataset_key,
+)
+from trashsorter.settings import PackageSettings
+
+# SageMaker's final job statuses -> the run status they end in ("Completed" -> completed or failed packaging)
+FAILED_JOB_STATUSES = {"Failed": RunStatus.FAILED, "Stopped": RunStatus.STOPPED}
+
+
+# ----------------------------------------------------------------------------------------------- handler
+def _detail(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    if event.get("source") != SAGEMAKER_SOURCE or event.get("detail-type") != TRAINING_STATE_CHANGE:
+        return None
+    detail = event.get("detail")
+    return dict(detail) if isinstance(detail, Mapping) else None
+
+
+def _describe(job_name: str, sagemaker: Any) -> dict[str, Any]:
+    try:
+        described = (sagemaker or aws.client("sagemaker")).describe_training_job(TrainingJobName=job_name)
+    except ClientError as exc:
+        code = aws.error_code(exc)
+        if code in ("ValidationException", "ResourceNotFound"):
+            return {}
+        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
+    return dict(described)
+
+
+def handle_training_state_change(
+    event: Mapping[str, Any],
+    settings: PackageSettings,
+    *,
+    ddb: Any = None,
+    s3: Any = None,
+    sagemaker: Any = None,
+    greengrass: Any = None,
+    greengrassv2: Any = None,
+    sns: Any = None,
+    events: Any = None,
+) -> PackageOutcome:
+    """Handle one "SageMaker Training Job State Change" (Completed / Failed / Stopped), idempotently."""
+    detail = _detail(event)
+    if detail is None:
+        logger.warning("not a training job state change", extra={"source": event.get("source")})
+        return PackageOutcome("", "", "ignored", reason="not a SageMaker training job state change")
+    job_name = str(detail.get("TrainingJobName") or "")
+    job_status = str(detail.get("TrainingJobStatus") or "")
+    if not job_name.startswith(JOB_PREFIX) or job_status not in ("Completed", *FAILED_JOB_STATUSES):
+        return PackageOutcome(
+            job_name, job_status, "ignored", reason="not a trashsorter job in a final state"
+        )
+    ddb = ddb or aws.client("dynamodb")
+    run = runs.find_run_by_job(job_name, settings, ddb=ddb)
+    if run is None:
+        logger.warning("training job has no run record", extra={"job_name": job_name})
+        return PackageOutcome(
+            job_name, job_status, "ignored", reason=f"no trashsorter run for job {job_name}"
+        )
+    run_id = str(run["run_id"])
+    if job_status in (run.get("handled_statuses") or []):
+        return _duplicate(job_name, job_status, run)
+    if not runs.claim(run_id, job_status, table_name=settings.table_name, ddb=ddb):
+        fresh = runs.find_run_by_job(job_name, settings, ddb=ddb) or run
+        if job_status in (fresh.get("handled_statuses") or []):
+            return _duplicate(job_name, job_status, fresh)
+        raise TransientError(f"{job_name} {job_status} is being handled by another delivery; retry later")
+    if job_status in FAILED_JOB_STATUSES:
+        return _handle_failed(detail, run, settings, ddb=ddb, sagemaker=sagemaker, sns=sns, events=events)
+    return _handle_completed(
+        detail,
+        run,
+        settings,
+        ddb=ddb,
+        s3=s3,
+        sagemaker=sagemaker,
+        greengrass=greengrass,
+        greengrassv2=greengrassv2,
+        sns=sns,
+        events=events,
+    )
+
+
+def _duplicate(job_name: str, job_status: str, run: Mapping[str, Any]) -> PackageOutcome:
+    logger.info("training state change already handled", extra={"job_name": job_name, "status": job_status})
+    return PackageOutcome(
+        job_name,
+        job_status,
+        "duplicate",
+        run_id=str(run.get("run_id", "")),
+        model_id=str(run.get("model_id", "")),
+        reason=f"{job_status} already handled ({run.get('package_outcome', '')})",
+    )
+
+
+def _handle_failed(
+    detail: Mapping[str, Any],
+    run: Mapping[str, Any],
+    settings: PackageSettings,
+    *,
+    ddb: Any,
+    sagemaker: Any,
+    sns: Any,
+    events: Any,
+) -> PackageOutcome:
+    job_name = str(detail["TrainingJobName"])
+    job_status = str(detail["TrainingJobStatus"])
+    run_id = str(run["run_id"])
+    reason = str(detail.get("FailureReason") or "")
+    if not reason and run.get("backend") != "local":
+        reason = str(_describe(job_name, sagemaker).get("FailureReason") or "")
+    if not reason:
+        reason = "stopped on request" if job_status == "Stopped" else "SageMaker reported no failure reason"
+    status = FAILED_JOB_STATUSES[job_status]
+    metrics = metrics_from_detail(detail)
+    runs.finish_run(
+        settings, run_id=run_id, status=status, message=reason, metrics=metrics, ddb=ddb, events=events
+    )
+    outcome = "failed" if status == RunStatus.FAILED else "stopped"
+    notify(
+        settings.topic_arn,
+        f"Training {outcome}: {job_name}",
+        f"Training job {job_name} (run {run_id}) {outcome}: {reason}",
+        details={"job_name": job_name, "run_id": run_id, "status": job_status, "reason": reason},
+        sns=sns,
+    )
+    runs.update_run(
+        run_id,
+        {"failure_reason": reason, "package_outcome": outcome},
+        table_name=settings.table_name,
+        ddb=ddb,
+        handled=job_status,
+    )
+    return PackageOutcome(job_name, job_status, outcome, run_id=run_id, reason=reason, metrics=metrics)
+
+
+def _handle_completed(
+    detail: dict[str, Any],
+    run: Mapping[str, Any],
+    settings: PackageSettings,
+    *,
+    ddb: Any,
+    s3: Any,
+    sagemaker: Any,
+    greengrass: Any,
+    greengrassv2: Any,
+    sns: Any,
+    events: Any,
+) -> PackageOutcome:
+    job_name = str(detail["TrainingJobName"])
+    run_id = str(run["run_id"])
+    table = settings.table_name
+    s3 = s3 or aws.client("s3")
+    if run.get("backend") != "local" and (
+        not detail.get("FinalMetricDataList")
+        or not (detail.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    ):
+        described = _describe(job_name, sagemaker)
+        for key in ("FinalMetricDataList", "ModelArtifacts", "HyperParameters", "TrainingEndTime"):
+            if not detail.get(key) and described.get(key):
+                detail[key] = described[key]
+    metrics = metrics_from_detail(detail)
+    source_uri = str((detail.get("ModelArtifacts") or {}).get("S3ModelArtifacts") or "")
+    dataset_id = str(run.get("dataset_id") or "")
+    dataset = get_item(dataset_key(dataset_id), table_name=table, ddb=ddb) if dataset_id else None
+    manifest_uri = str(
+        (dataset or {}).get("manifest_uri")
+        or f"s3://{settings.images_bucket}/{DATASETS_PREFIX}{dataset_id}/manifest.jsonl"
+    )
+
+    model = registry.get_model(job_name, table_name=table, ddb=ddb)
+    if model is None:
+        model = _register(
+            job_name=job_name,
+            run=run,
+            dataset_id=dataset_id,
+            dataset=dataset,
+            manifest_uri=manifest_uri,
+            source_uri=source_uri,
+            metrics=metrics,
+            settings=settings,
+            ddb=ddb,
+            s3=s3,
+        )
+    metrics = {k: float(v) for k, v in (model.get("metrics") or {}).items()}
+    artifacts = {str(k): str(v) for k, v in (model.get("packaged_artifact_uris") or {}).items()}
+    results: list[DeploymentResult] = []
+    accuracy = metrics.get(ACCURACY_METRIC)
+    acc_text = f"{accuracy:.4f}" if accuracy is not None else "n/a"
+    details: dict[str, Any] = {
+        "job_name": job_name,
+        "run_id": run_id,
+        "model_id": job_name,
+        "dataset_id": dataset_id,
+        "metrics": metrics,
+        "artifacts": artifacts,
+    }
+    if model.get("packaging_error"):
+        outcome, reason = "failed", str(model["packaging_error"])
+        run_status, run_message = RunStatus.FAILED, f"packaging failed: {reason}"
+        subject = f"Model {job_name} failed packaging"
+        message = f"Training job {job_name} completed but its artifact could not be packaged: {reason}"
+    elif model.get("status") == ModelStatus.REJECTED:
+        outcome, reason = "rejected", str(model.get("gate_reason", ""))
+        run_status, run_message = RunStatus.COMPLETED, f"model rejected by the quality gate: {reason}"
+        subject = f"Model {job_name} gated out (accuracy {acc_text})"
+        message = f"Model {job_name} was not deployed: {reason}"
+    else:
+        if model.get("status") == ModelStatus.CANDIDATE:
+            model = registry.promote(job_name, table_name=table, ddb=ddb)
+        if model.get("status") == ModelStatus.CHAMPION:
+            results = deploy_model(
+                model,
+                settings,
+                request_id=INITIAL_REQUEST,
+                ddb=ddb,
+                greengrass=greengrass,
+                greengrassv2=greengrassv2,
+            )
+            registry.update_model(job_name, {"deployments": summary(results)}, table_name=table, ddb=ddb)
+        deployed = any(r.status == "deployed" for r in results)
+        failed = [r for r in results if r.status == "failed"]
+        outcome = "deployed" if deployed and not failed else "registered"
+        reason = deploy_notes(results) or f"model is {model.get('status')}"
+        run_status = RunStatus.COMPLETED
+        run_message = f"model {job_name} is {model.get('status')}; {reason}"
+        if failed:
+            subject = f"Model {job_name} champion, deployment FAILED"
+            message = (
+                f"Model {job_name} (accuracy {acc_text}) passed the gate but deployment failed: {reason}"
+            )
+        elif deployed:
+            subject = f"Model {job_name} deployed (accuracy {acc_text})"
+            message = f"Model {job_name} (accuracy {acc_text}) is the new champion and was deployed: {reason}"
+        else:
+            subject = f"Model {job_name} registered (accuracy {acc_text})"
+            message = f"Model {job_name} (accuracy {acc_text}) is {model.get('status')}: {reason}"
+        details["gate"] = model.get("gate_reason", "")
+    details["deployments"] = summary(results)
+    if dataset_id:  # before finish_run: a pending trigger is re-evaluated against the new baseline
+        threshold.advance_baseline(dataset_id, table_name=table, ddb=ddb)
+    runs.finish_run(
+        settings,
+        run_id=run_id,
+        status=run_status,
+        message=run_message,
+        metrics=metrics,
+        ddb=ddb,
+        events=events,
+    )
+    notify(settings.topic_arn, subject, message, details=details, sns=sns)
+    runs.update_run(
+        run_id,
+        {
+            "model_id": job_name,
+            "package_outcome": outcome,
+            "package_reason": reason,
+            "metrics": metrics,
+            "deployments": summary(results),
+            "deployment_ids": [r.deployment_id for r in results if r.deployment_id],
+        },
+        table_name=table,
+        ddb=ddb,
+        handled="Completed",
+    )
+    logger.info("training completion handled", extra={"job_name": job_name, "outcome": outcome})
+    return PackageOutcome(
+        job_name,
+        "Completed",
+        outcome,
+        run_id=run_id,
+        model_id=job_name,
+        reason=reason,
+        metrics=metrics,
+        artifacts=artifacts,
+        deployments=summary(results),
+    )
+
+
+def _register(
+    *,
+    job_name: str,
+    run: Mapping[str, Any],
+    dataset_id: str,
+    dataset: Mapping[str, Any] | None,
+    manifest_uri: str,
+    source_uri: str,
+    metrics: dict[str, float],
+    settings: PackageSettings,
+    ddb: Any,
+    s3: Any,
+) -> dict[str, Any]:
+    """Package, gate and register a finished job (first attempt only; retries read the record)."""
+    table = settings.table_name
+    labels = read_dataset_labels(settings.images_bucket, dataset_id, s3=s3) if dataset_id else []
+    if not labels and dataset:
+        labels = [str(label) for label in dataset.get("labels") or []]
+    common: dict[str, Any] = {
+        "table_name": table,
+        "model_id": job_name,
+        "job_name": job_name,
+        "run_id": str(run["run_id"]),
+        "dataset_id": dataset_id,
+        "dataset_manifest_uri": manifest_uri,
+        "source_artifact_uri": source_uri,
+        "ddb": ddb,
+    }
+    try:
+        packaged = package_artifact(
+            job_name=job_name, source_uri=source_uri, labels=labels, settings=settings, s3=s3
+        )
+    except PackagingError as exc:
+        logger.warning("packaging failed", extra={"job_name": job_name, "error": str(exc)})
+        return registry.register_model(
+            **common,
+            metrics=metrics,
+            packaged_artifact_uris={},
+            model_format="unknown",
+            gate_passed=False,
+            gate_reason=f"packaging failed: {exc}",
+            status=ModelStatus.REJECTED,
+            extra={"packaging_error": str(exc)},
+        )
+    champion = registry.get_champion(table_name=table, ddb=ddb)
+    decision = evaluate_gate(
+        metrics.get(ACCURACY_METRIC),
+        champion_accuracy(champion, job_name),
+        min_accuracy=settings.min_validation_accuracy,
+        tolerance=settings.champion_tolerance,
+        champion_id=str((champion or {}).get("model_id", "")),
+    )
+    extra: dict[str, Any] = {
+        "labels": list(packaged.labels),
+        "artifact_members": list(packaged.members),
+        "artifact_sha256": packaged.sha256,
+        "champion_at_gate": (champion or {}).get("model_id"),
+    }
+    if packaged.evaluation:
+        small = {
+            k: v for k, v in packaged.evaluation.items() if k not in ("history", "config", "phase_seconds")
+        }
+        if len(json.dumps(small, default=str)) <= MAX_METRICS_BYTES:
+            extra["evaluation"] = small
+    return registry.register_model(
+        **common,
+        metrics=metrics,
+        packaged_artifact_uris=packaged.artifacts,
+        model_format=packaged.model_format,
+        gate_passed=decision.passed,
+        gate_reason=decision.reason,
+        status=ModelStatus.CANDIDATE if decision.passed else ModelStatus.REJECTED,
+        extra=extra,
+    )

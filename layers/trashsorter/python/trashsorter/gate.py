@@ -1,0 +1,70 @@
+"""The quality gate: the job's final metrics and the deploy/reject decision against the champion."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ACCURACY_METRIC = "validation:accuracy"  # the one metric the gate reads (both trainers report it)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reason: str
+
+
+def metrics_from_detail(detail: Mapping[str, Any]) -> dict[str, float]:
+    """``FinalMetricDataList`` as ``{name: value}`` (the last entry of a name wins, non-numbers dropped)."""
+    metrics: dict[str, float] = {}
+    for entry in detail.get("FinalMetricDataList") or []:
+        if not isinstance(entry, Mapping):
+            continue
+        name = entry.get("MetricName")
+        try:
+            value = float(entry["Value"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if name and value == value:  # NaN is not a metric
+            metrics[str(name)] = value
+    return metrics
+
+
+def evaluate_gate(
+    accuracy: float | None,
+    champion_accuracy: float | None,
+    *,
+    min_accuracy: float,
+    tolerance: float,
+    champion_id: str = "",
+) -> GateDecision:
+    """Deploy only when accuracy >= ``min_accuracy`` and not worse than the champion by > ``tolerance``."""
+    eps = 1e-9
+    if accuracy is None:
+        return GateDecision(False, f"the job reported no {ACCURACY_METRIC}")
+    if accuracy + eps < min_accuracy:
+        return GateDecision(
+            False, f"{ACCURACY_METRIC} {accuracy:.4f} is below the minimum {min_accuracy:.4f}"
+        )
+    if champion_accuracy is not None and accuracy + eps < champion_accuracy - tolerance:
+        return GateDecision(
+            False,
+            f"{ACCURACY_METRIC} {accuracy:.4f} is worse than champion {champion_id} "
+            f"({champion_accuracy:.4f}) by more than the tolerance {tolerance:.4f}",
+        )
+    if champion_accuracy is None:
+        return GateDecision(True, f"{ACCURACY_METRIC} {accuracy:.4f} >= {min_accuracy:.4f}; no champion yet")
+    return GateDecision(
+        True,
+        f"{ACCURACY_METRIC} {accuracy:.4f} >= {min_accuracy:.4f} and within {tolerance:.4f} of champion "
+        f"{champion_id} ({champion_accuracy:.4f})",
+    )
+
+
+def champion_accuracy(champion: Mapping[str, Any] | None, model_id: str) -> float | None:
+    """The champion's accuracy to compare ``model_id`` against (None: no champion, or it is this model)."""
+    if not champion or champion.get("model_id") == model_id:
+        return None
+    value = (champion.get("metrics") or {}).get(ACCURACY_METRIC)
+    return float(value) if value is not None else None

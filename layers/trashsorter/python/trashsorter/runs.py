@@ -1,0 +1,409 @@
+"""Training runs and the training lock: the only writer of ``RUN#``, ``JOB#`` and ``LOCK`` items.
+
+* ``RUN#<run_id>/RUN`` - one training run: created ``starting`` by :func:`create_run` (with its
+  ``JOB#<job>/RUN`` pointer, one transaction), ``in_progress`` (:func:`mark_started`), per-epoch
+  ``progress`` (:func:`record_progress`, the trainer), final (:func:`finish_run`), per-status completion
+  lease and outcome (:func:`claim`, :func:`update_run`, the completion step).
+* ``LOCK/TRAINING`` - single flight: ``holder`` = the run id; ``pending`` = a trigger that arrived while
+  the lock was held (re-published by :func:`finish_run` when the training rule is still met).
+
+Run ids are ``run-<dataset_id>-<attempt>``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter import aws, clock
+from trashsorter.catalogue import Catalogue
+from trashsorter.ddb import deserialize
+from trashsorter.ddb import serialize as _ser
+from trashsorter.ddb import value as _value
+from trashsorter.ddb import values as _vals
+from trashsorter.errors import NotFoundError, TransientError
+from trashsorter.observability import logger
+from trashsorter.schema import (
+    FINAL_RUN_STATUSES,
+    GSI,
+    LOCK_KEY,
+    RUNS_GSI_PK,
+    RunStatus,
+    job_key,
+    run_key,
+)
+from trashsorter.settings import CommonSettings, TrainingSettings
+from trashsorter.threshold import evaluate_current, publish_dataset_ready
+from trashsorter.training_request import TrainingLaunch, source_lineage
+
+MAX_ATTEMPTS = 20
+CLAIM_LEASE_SECONDS = 900  # > the package function's timeout (300 s)
+
+
+def make_run_id(dataset_id: str, attempt: int) -> str:
+    return f"run-{dataset_id}-{attempt}"
+
+
+def _deser(item: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return deserialize(item) if item else None
+
+
+def _table_name(source: str | CommonSettings) -> str:
+    return source if isinstance(source, str) else source.table_name
+
+
+# ---------------------------------------------------------------- queries
+
+
+def get_run(table: str | CommonSettings, run_id: str, *, ddb: Any = None) -> dict[str, Any] | None:
+    """The run record ``RUN#<run_id>/RUN`` (plain Python values; ``request`` is a JSON string) or None."""
+    ddb = ddb or aws.client("dynamodb")
+    found = ddb.get_item(TableName=_table_name(table), Key=_ser(run_key(run_id)), ConsistentRead=True)
+    return _deser(found.get("Item"))
+
+
+def find_run_by_job(job_name: str, table: str | CommonSettings, *, ddb: Any = None) -> dict[str, Any] | None:
+    """The run that owns training job ``job_name`` via the ``JOB#<job>/RUN`` pointer (strongly consistent)."""
+    ddb = ddb or aws.client("dynamodb")
+    found = ddb.get_item(TableName=_table_name(table), Key=_ser(job_key(job_name)), ConsistentRead=True)
+    pointer = _deser(found.get("Item"))
+    if not pointer:
+        return None
+    return get_run(table, str(pointer["run_id"]), ddb=ddb)
+
+
+def list_runs(table: str | CommonSettings, *, limit: int = 50, ddb: Any = None) -> list[dict[str, Any]]:
+    """Runs newest first (gsi1 ``RUNS`` / created_at)."""
+    ddb = ddb or aws.client("dynamodb")
+    runs: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "TableName": _table_name(table),
+        "IndexName": GSI,
+        "KeyConditionExpression": "gsi1pk = :pk",
+        "ExpressionAttributeValues": _vals(pk=RUNS_GSI_PK),
+        "ScanIndexForward": False,
+    }
+    while len(runs) < limit:
+        page = ddb.query(**kwargs, Limit=limit - len(runs))
+        runs.extend(item for item in (_deser(raw) for raw in page.get("Items", [])) if item)
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return runs
+
+
+def runs_for_dataset(
+    table: str | CommonSettings, dataset_id: str, *, ddb: Any = None
+) -> list[dict[str, Any]]:
+    """Every attempt of ``dataset_id`` in attempt order (run ids are ``run-<dataset_id>-<n>``)."""
+    runs: list[dict[str, Any]] = []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        run = get_run(table, make_run_id(dataset_id, attempt), ddb=ddb)
+        if run is None:
+            break
+        runs.append(run)
+    return runs
+
+
+def get_lock(table: str | CommonSettings, *, ddb: Any = None) -> dict[str, Any]:
+    ddb = ddb or aws.client("dynamodb")
+    found = ddb.get_item(TableName=_table_name(table), Key=_ser(LOCK_KEY), ConsistentRead=True)
+    return _deser(found.get("Item")) or {}
+
+
+# ---------------------------------------------------------------- lock
+
+
+def acquire_lock(ddb: Any, table: str, run_id: str, dataset_id: str) -> bool:
+    return aws.conditional_write(
+        lambda: ddb.update_item(
+            TableName=table,
+            Key=_ser(LOCK_KEY),
+            UpdateExpression=(
+                "SET holder = :run, holder_dataset_id = :ds, acquired_at = :now "
+                "REMOVE pending, pending_since, pending_reason, pending_dataset_id"
+            ),
+            ConditionExpression="attribute_not_exists(holder)",
+            ExpressionAttributeValues=_vals(run=run_id, ds=dataset_id, now=clock.now_iso()),
+        ),
+        what="take the training lock",
+    )
+
+
+def mark_pending(ddb: Any, table: str, holder: str, *, reason: str, dataset_id: str) -> bool:
+    return aws.conditional_write(
+        lambda: ddb.update_item(
+            TableName=table,
+            Key=_ser(LOCK_KEY),
+            UpdateExpression=(
+                "SET pending = :t, pending_since = if_not_exists(pending_since, :now), "
+                "pending_reason = :reason, pending_dataset_id = :ds"
+            ),
+            ConditionExpression="holder = :holder",
+            ExpressionAttributeValues=_vals(
+                t=True, now=clock.now_iso(), reason=reason, ds=dataset_id, holder=holder
+            ),
+        ),
+        what="record the pending trigger",
+    )
+
+
+def release_lock(
+    ddb: Any, table: str, run_id: str, *, keep_pending: bool, reason: str = ""
+) -> dict[str, Any]:
+    """Release the lock if ``run_id`` holds it; returns the lock item as it was ({} if not held)."""
+    now = clock.now_iso()
+    if keep_pending:
+        update = (
+            "SET released_at = :now, last_run_id = :run, pending = :t, "
+            "pending_since = if_not_exists(pending_since, :now), pending_reason = :reason "
+            "REMOVE holder, holder_dataset_id, acquired_at"
+        )
+        values = _vals(now=now, run=run_id, t=True, reason=reason or "blocked")
+    else:
+        update = (
+            "SET released_at = :now, last_run_id = :run "
+            "REMOVE holder, holder_dataset_id, acquired_at, pending, pending_since, pending_reason, "
+            "pending_dataset_id"
+        )
+        values = _vals(now=now, run=run_id)
+    try:
+        response = ddb.update_item(
+            TableName=table,
+            Key=_ser(LOCK_KEY),
+            UpdateExpression=update,
+            ConditionExpression="holder = :run",
+            ExpressionAttributeValues=values,
+            ReturnValues="ALL_OLD",
+        )
+    except ClientError as exc:
+        if aws.error_code(exc) == "ConditionalCheckFailedException":
+            return {}
+        raise TransientError(f"could not release the training lock: {exc}") from exc
+    return _deser(response.get("Attributes")) or {}
+
+
+def restore_pending(ddb: Any, table: str, old: Mapping[str, Any]) -> None:
+    try:
+        ddb.update_item(
+            TableName=table,
+            Key=_ser(LOCK_KEY),
+            UpdateExpression="SET pending = :t, pending_since = if_not_exists(pending_since, :since)",
+            ExpressionAttributeValues=_vals(t=True, since=str(old.get("pending_since") or clock.now_iso())),
+        )
+    except (ClientError, BotoCoreError):
+        logger.exception("could not restore the pending trigger")
+
+
+# ---------------------------------------------------------------- writes
+
+
+def create_run(ddb: Any, settings: TrainingSettings, launch: TrainingLaunch, *, backend: str, attempt: int,
+                accepted_seq: int) -> dict[str, Any]:  # fmt: skip
+    now = clock.now_iso()
+    record = {
+        **run_key(launch.run_id),
+        "gsi1pk": RUNS_GSI_PK,
+        "gsi1sk": now,
+        "run_id": launch.run_id,
+        "dataset_id": launch.dataset_id,
+        "job_name": launch.job_name,
+        "backend": backend,
+        "algorithm": settings.training_algorithm,
+        **source_lineage(launch.request),
+        "attempt": attempt,
+        "request": json.dumps(launch.request, sort_keys=True),
+        "status": str(RunStatus.STARTING),
+        "status_message": "",
+        "instance_type": settings.instance_type,
+        "region": settings.aws_region,
+        "accepted_seq": accepted_seq,
+        "created_at": now,
+    }
+    pointer = {**job_key(launch.job_name), "run_id": launch.run_id, "created_at": now}
+    try:
+        ddb.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": settings.table_name,
+                        "Item": _ser(record),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                {
+                    "Put": {
+                        "TableName": settings.table_name,
+                        "Item": _ser(pointer),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+            ]
+        )
+    except ClientError as exc:
+        raise TransientError(f"could not record run {launch.run_id}: {exc}") from exc
+    return record
+
+
+def mark_started(ddb: Any, table: str, run_id: str) -> None:
+    try:
+        ddb.update_item(
+            TableName=table,
+            Key=_ser(run_key(run_id)),
+            UpdateExpression="SET #s = :ip, started_at = if_not_exists(started_at, :now)",
+            ConditionExpression="#s = :starting",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_vals(
+                ip=str(RunStatus.IN_PROGRESS), now=clock.now_iso(), starting=str(RunStatus.STARTING)
+            ),
+        )
+    except ClientError as exc:
+        # the local trainer may already report progress
+        if aws.error_code(exc) != "ConditionalCheckFailedException":
+            raise TransientError(f"could not mark run {run_id} started: {exc}") from exc
+
+
+def finish_run(
+    settings: CommonSettings,
+    *,
+    run_id: str,
+    status: RunStatus,
+    message: str = "",
+    metrics: dict[str, Any] | None = None,
+    ddb: Any = None,
+    events: Any = None,
+    keep_pending: bool = False,
+) -> None:
+    """End a run (completed / failed / stopped / blocked). Idempotent.
+
+    Updates the run record unless it is already final, releases the lock if this run holds it and, when
+    the lock carried a pending trigger, clears it and re-publishes "Dataset Ready" (reason ``pending``) if
+    the training rule is met again. ``keep_pending=True`` (blocked starts) releases the lock but leaves the
+    trigger pending without re-publishing (re-publishing would hit the same quota at once).
+    """
+    status = RunStatus(status)
+    if status not in FINAL_RUN_STATUSES:
+        raise ValueError(f"finish_run needs a final status, got {status}")
+    ddb = ddb or aws.client("dynamodb")
+    table = settings.table_name
+    names = {"#s": "status"}
+    values: dict[str, Any] = {
+        "status": str(status),
+        "msg": message,
+        "now": clock.now_iso(),
+        **{f"f{i}": str(final) for i, final in enumerate(FINAL_RUN_STATUSES)},
+    }
+    update = "SET #s = :status, status_message = :msg, ended_at = :now"
+    if metrics:
+        update += ", #m = :metrics"
+        names["#m"] = "metrics"
+        values["metrics"] = metrics
+    final_list = ", ".join(f":f{i}" for i in range(len(FINAL_RUN_STATUSES)))
+    try:
+        ddb.update_item(
+            TableName=table,
+            Key=_ser(run_key(run_id)),
+            UpdateExpression=update,
+            ConditionExpression=f"attribute_exists(pk) AND NOT #s IN ({final_list})",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=_vals(**values),
+        )
+    except ClientError as exc:
+        if aws.error_code(exc) != "ConditionalCheckFailedException":
+            raise TransientError(f"could not finish run {run_id}: {exc}") from exc
+        if get_run(table, run_id, ddb=ddb) is None:
+            raise NotFoundError(f"run {run_id} is not recorded") from exc
+        logger.info("run already final", extra={"run_id": run_id})
+    old = release_lock(ddb, table, run_id, keep_pending=keep_pending, reason=str(status))
+    if keep_pending or not old.get("pending"):
+        return
+    try:
+        republish_pending(settings, ddb=ddb, events=events)
+    except Exception:
+        restore_pending(ddb, table, old)
+        raise
+
+
+def republish_pending(settings: CommonSettings, *, ddb: Any, events: Any) -> bool:
+    result, state = evaluate_current(settings, Catalogue(settings.table_name, ddb=ddb))
+    accepted_seq = int(state["accepted_seq"])
+    if not result.met:
+        logger.info(
+            "pending trigger dropped: the training rule is no longer met", extra={"why": result.reason}
+        )
+        return False
+    publish_dataset_ready(settings, reason="pending", result=result, accepted_seq=accepted_seq, events=events)
+    return True
+
+
+# ---------------------------------------------------------------- completion lease and outcome
+
+
+def claim(run_id: str, job_status: str, *, table_name: str, ddb: Any) -> bool:
+    """Take the per-status lease on the run; False when another delivery holds it or it is handled."""
+    now = clock.now()
+    attr = f"package_claim_{job_status.lower()}"
+    return aws.conditional_write(
+        lambda: ddb.update_item(
+            TableName=table_name,
+            Key=_ser(run_key(run_id)),
+            UpdateExpression="SET #c = :now",
+            ConditionExpression=(
+                "attribute_exists(pk) AND NOT contains(handled_statuses, :status) "
+                "AND (attribute_not_exists(#c) OR #c < :stale)"
+            ),
+            ExpressionAttributeNames={"#c": attr},
+            ExpressionAttributeValues={
+                ":now": {"S": clock.iso(now)},
+                ":stale": {"S": clock.iso(now - timedelta(seconds=CLAIM_LEASE_SECONDS))},
+                ":status": {"S": job_status},
+            },
+        ),
+        what=f"claim run {run_id}",
+    )
+
+
+def update_run(
+    run_id: str, attributes: Mapping[str, Any], *, table_name: str, ddb: Any, handled: str = ""
+) -> None:
+    values = dict(attributes)
+    names = {f"#a{i}": name for i, name in enumerate(values)}
+    sets = [f"#a{i} = :v{i}" for i in range(len(values))]
+    expr_values: dict[str, Any] = {f":v{i}": _value(v) for i, v in enumerate(values.values())}
+    expression = ("SET " + ", ".join(sets)) if sets else ""
+    if handled:
+        expression += " ADD handled_statuses :handled"
+        expr_values[":handled"] = {"SS": [handled]}
+    kwargs: dict[str, Any] = {
+        "TableName": table_name,
+        "Key": _ser(run_key(run_id)),
+        "UpdateExpression": expression.strip(),
+        "ConditionExpression": "attribute_exists(pk)",
+        "ExpressionAttributeValues": expr_values,
+    }
+    if names:
+        kwargs["ExpressionAttributeNames"] = names
+    try:
+        ddb.update_item(**kwargs)
+    except (ClientError, BotoCoreError) as exc:
+        raise TransientError(f"could not update run {run_id}: {exc}") from exc
+
+
+def record_progress(table: str, run_id: str, progress: Mapping[str, Any], *, ddb: Any = None) -> bool:
+    """Set ``progress`` (epoch, epochs, losses ...) on an existing run record; False when there is none."""
+    item = {**progress, "updated_at": clock.now_iso()}
+    return aws.conditional_write(
+        lambda: (ddb or aws.client("dynamodb")).update_item(
+            TableName=table,
+            Key=_ser(run_key(run_id)),
+            UpdateExpression="SET #progress = :progress",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames={"#progress": "progress"},
+            ExpressionAttributeValues=_vals(progress=item),
+        ),
+        what=f"record the progress of run {run_id}",
+    )
