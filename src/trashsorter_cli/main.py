@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=Path, default=None, help="default samples/trashnet")
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--keep-running", action="store_true", help=argparse.SUPPRESS)
+    from trashsorter_cli.commands import edge  # h10: edge bundle / edge run
+
+    edge.register(sub, common)
     return parser
 
 
@@ -138,6 +141,10 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             )
         return 0 if args.local_command != "status" or result["running"] else 1
 
+    if command == "edge":
+        from trashsorter_cli.commands import edge
+
+        return edge.handle(args, ui, _target)
     if command == "demo":
         from trashsorter_cli import demo
 

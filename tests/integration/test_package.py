@@ -14,6 +14,7 @@ import io
 import json
 import tarfile
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,7 +23,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from tests.conftest import REGION, SAMPLES_DIR, StackHandle, load_event
+from tests.conftest import REGION, REPO_ROOT, SAMPLES_DIR, StackHandle, load_event
 from tests.fixtures.greengrass import create_deeplens_group
 from tests.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
 from trashsorter import registry
@@ -38,6 +39,7 @@ from trashsorter_cli.local.dispatcher import make_context
 pytestmark = pytest.mark.integration
 
 LABELS = ("Compost", "Landfill", "Recycling")
+RECIPE_FILE = REPO_ROOT / "layers/trashsorter/python/trashsorter/data/greengrass_v2_recipe.json"
 DATASET_ID = "3f9a1c2b7d4e5f60"
 FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:deeplens-trash-sorter-inference:3"
 EVENT_BUCKET = "trashsorter-images-example"
@@ -603,35 +605,18 @@ def test_onnx_model_goes_to_greengrass_v2_with_rollback_stubber(pack: Pack) -> N
     event = pack.event("training_completed.json", JOB)
     event["detail"]["AlgorithmSpecification"]["TrainingImage"] = "trashsorter/local-efficientnet-lite0"
     onnx_uri = f"s3://{pack.deeplens_bucket}/models/{JOB}/model.onnx.tar.gz"
-    script_uri = f"s3://{pack.deeplens_bucket}/models/{JOB}/classifier.py"
+    app_uri = f"s3://{pack.deeplens_bucket}/models/{JOB}/trashsorter-edge.zip"
     name = settings.edge_component_name
-    expected_recipe = {
-        "RecipeFormatVersion": "2020-01-25",
-        "ComponentName": name,
-        "ComponentVersion": "1.0.1",
-        "ComponentDescription": f"trashsorter ONNX classifier, model {JOB}",
-        "ComponentPublisher": "trashsorter",
-        "ComponentConfiguration": {
-            "DefaultConfiguration": {"ModelId": JOB, "ImageDir": "/var/lib/trashsorter/inbox", "TopK": 3}
-        },
-        "Manifests": [
-            {
-                "Platform": {"os": "linux"},
-                "Lifecycle": {
-                    "install": "python3 -m pip install --user onnxruntime numpy pillow && "
-                    "mkdir -p {work:path}/model && "
-                    "tar -xzf {artifacts:path}/model.onnx.tar.gz -C {work:path}/model",
-                    "run": "python3 -u {artifacts:path}/classifier.py --model {work:path}/model/model.onnx "
-                    "--labels {work:path}/model/labels.txt --images {configuration:/ImageDir} "
-                    "--top-k {configuration:/TopK}",
-                },
-                "Artifacts": [
-                    {"URI": onnx_uri, "Unarchive": "NONE"},
-                    {"URI": script_uri, "Unarchive": "NONE"},
-                ],
-            }
-        ],
-    }
+    # the recipe file in the repo, with what the package step fills in
+    expected_recipe = json.loads(RECIPE_FILE.read_text())
+    expected_recipe["ComponentName"] = name
+    expected_recipe["ComponentVersion"] = "1.0.1"
+    expected_recipe["ComponentDescription"] += f" (model {JOB})"
+    expected_recipe["ComponentConfiguration"]["DefaultConfiguration"]["ModelId"] = JOB
+    expected_recipe["Manifests"][0]["Artifacts"] = [
+        {"URI": app_uri, "Unarchive": "ZIP"},
+        {"URI": onnx_uri, "Unarchive": "NONE"},
+    ]
     v2 = boto3.client("greengrassv2", region_name="us-east-1")
     stub = Stubber(v2)
     component_arn = f"arn:aws:greengrass:us-east-1:123456789012:components:{name}:versions:1.0.1"
@@ -684,7 +669,17 @@ def test_onnx_model_goes_to_greengrass_v2_with_rollback_stubber(pack: Pack) -> N
     assert members["labels.txt"] == b"Compost\nLandfill\nRecycling\n"
     model = registry.get_model(JOB, table_name=pack.table, ddb=pack.ddb)
     assert model is not None and model["format"] == "onnx" and model["status"] == "champion"
-    assert model["packaged_artifact_uris"] == {"onnx": onnx_uri, "classifier": script_uri}
+    assert model["packaged_artifact_uris"] == {"onnx": onnx_uri, "edge_app": app_uri}
+    app = zipfile.ZipFile(
+        io.BytesIO(
+            pack.s3.get_object(Bucket=pack.deeplens_bucket, Key=app_uri.split("/", 3)[3])["Body"].read()
+        )
+    )
+    assert {
+        "trashsorter_edge/preprocessing.py",
+        "trashsorter_edge/install.py",
+        "trashsorter_edge/requirements.txt",
+    } <= set(app.namelist())
     assert pack.deployments() == []  # ONNX never goes to the DeepLens group
     item = registry.get_deployment(JOB, "greengrass-v2", "initial", table_name=pack.table, ddb=pack.ddb)
     assert item is not None and item["component_version"] == "1.0.1"

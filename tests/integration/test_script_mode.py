@@ -96,7 +96,17 @@ def test_sourcedir_is_self_contained_and_deterministic() -> None:
     assert first.data == second.data and first.sha256 == second.sha256
     with tarfile.open(fileobj=io.BytesIO(first.data)) as tar:
         names = tar.getnames()
-        assert {contract.PROGRAM, contract.REQUIREMENTS, "trashsorter_trainer/entry.py"} <= set(names)
+        assert {
+            contract.PROGRAM,
+            contract.REQUIREMENTS,
+            "trashsorter_trainer/entry.py",
+            "trashsorter_edge/preprocessing.py",  # THE preprocessing, shared with the device and edge app
+        } <= set(names)
+        assert not [
+            n
+            for n in names
+            if n.startswith("trashsorter_edge/") and not n.endswith(("/__init__.py", "/preprocessing.py"))
+        ]
         for name in names:
             if not name.endswith(".py"):
                 continue

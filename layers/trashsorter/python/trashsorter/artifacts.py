@@ -1,7 +1,8 @@
 """Training artifacts: download (bounded), tar safety checks and the deterministic repackaging.
 
 MXNet (built-in image-classification) -> the DeepLens ``model.tar.gz``; ONNX (the project's trainer) ->
-``model.onnx.tar.gz`` + ``classifier.py`` for Greengrass v2. The job's own output is only read.
+``model.onnx.tar.gz`` + the edge app ``trashsorter-edge.zip`` for Greengrass v2. The job's own output is
+only read.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class PackagedModel:
     """The artifacts written to the DeepLens bucket for one job."""
 
     model_format: str  # "mxnet" | "onnx"
-    artifacts: dict[str, str]  # name -> s3 uri ("deeplens", "onnx", "classifier")
+    artifacts: dict[str, str]  # name -> s3 uri ("deeplens", "onnx", "edge_app")
     members: tuple[str, ...]
     labels: tuple[str, ...]
     evaluation: dict[str, Any] = field(default_factory=dict)
@@ -293,8 +294,8 @@ def package_artifact(
 ) -> PackagedModel:
     """Download the job's ``model.tar.gz`` to /tmp, repackage it and write it to the DeepLens bucket.
 
-    MXNet -> ``models/<job>/model.tar.gz``; ONNX -> ``models/<job>/model.onnx.tar.gz`` (+ ``classifier.py``
-    for Greengrass v2). The job's own output is only read, never written.
+    MXNet -> ``models/<job>/model.tar.gz``; ONNX -> ``models/<job>/model.onnx.tar.gz`` (+ the edge app
+    ``trashsorter-edge.zip`` for Greengrass v2). The job's own output is only read, never written.
     """
     client = s3 or aws.client("s3")
     if not source_uri:
@@ -330,22 +331,23 @@ def package_artifact(
             content_type="application/gzip",
             model_id=job_name,
         )
-        script = Path(tmp) / "classifier.py"
-        script.write_text(greengrass_v2.CLASSIFIER_SCRIPT, encoding="utf-8")
-        script_uri = _upload(
-            client,
-            script,
-            settings.deeplens_bucket,
-            prefix + "classifier.py",
-            content_type="text/x-python",
-            model_id=job_name,
-        )
+        uris = {"onnx": uri}
+        app = greengrass_v2.write_app_archive(Path(tmp) / greengrass_v2.APP_ARCHIVE)
+        if app is not None:
+            uris["edge_app"] = _upload(
+                client,
+                app,
+                settings.deeplens_bucket,
+                prefix + greengrass_v2.APP_ARCHIVE,
+                content_type="application/zip",
+                model_id=job_name,
+            )
         own_labels = (
             tuple(evaluation.get("labels") or labels) if isinstance(evaluation.get("labels"), list) else ()
         )
         return PackagedModel(
             "onnx",
-            {"onnx": uri, "classifier": script_uri},
+            uris,
             names,
             own_labels or tuple(labels),
             evaluation=evaluation,

@@ -1,11 +1,10 @@
 """Images for the local trainer and the device: decoding, THE preprocessing, augmentation, samples.
 
-This module imports only Pillow and numpy (no torch) so the device runtime shares :func:`preprocess` with
-the trainer's evaluation: the two cannot drift.
-
-Preprocessing (evaluation and device): decode, apply the EXIF orientation, convert to RGB, resize so the
-SHORT side is ``image_size`` (bilinear), centre-crop ``image_size`` x ``image_size``, scale to 0..1 float32,
-layout CHW. ImageNet mean/std normalisation happens inside the model graph.
+THE preprocessing is :mod:`trashsorter_edge.preprocessing` (the edge package ships it to the camera); this
+module re-exports it, so the trainer's evaluation, the local device and the edge app run one definition:
+decode, apply the EXIF orientation, convert to RGB, resize so the SHORT side is ``image_size`` (bilinear),
+centre-crop ``image_size`` x ``image_size``, scale to 0..1 float32, layout CHW. ImageNet mean/std
+normalisation happens inside the model graph.
 
 Augmentation (training only): random resized crop (scale 0.35-1, aspect 3/4-4/3), horizontal flip (p=0.5),
 vertical flip (p=0.5), brightness/contrast/saturation jitter of +-20 %, all with Pillow.
@@ -14,7 +13,6 @@ vertical flip (p=0.5), brightness/contrast/saturation jitter of +-20 %, all with
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import random
@@ -23,14 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageEnhance
 
+import trashsorter_edge.preprocessing as _edge
+from trashsorter_edge.preprocessing import (
+    IMAGE_EXTENSIONS,
+    IMAGE_SIZE,
+    preprocess,
+    resize_short_side,
+    to_array,
+)
 from trashsorter_trainer.errors import TrainerError
+
+__all__ = ["IMAGE_EXTENSIONS", "IMAGE_SIZE", "preprocess", "resize_short_side", "to_array"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SIZE = 224
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 SPLITS = ("train", "validation")
 _RESAMPLE = Image.Resampling.BILINEAR
 
@@ -46,41 +52,11 @@ class Sample:
 
 
 def decode(data: bytes | Image.Image, name: str = "image") -> Image.Image:
-    """Bytes (or a PIL image) -> an upright RGB image; undecodable input raises TrainerError."""
-    if isinstance(data, Image.Image):
-        image = data
-    else:
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise TrainerError(f"cannot decode {name}: {exc}") from exc
+    """THE decode of :mod:`trashsorter_edge.preprocessing`; undecodable input raises TrainerError here."""
     try:
-        image = ImageOps.exif_transpose(image) or image
-    except (OSError, ValueError, SyntaxError):  # a broken EXIF block must not lose the picture
-        pass
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def to_array(image: Image.Image) -> np.ndarray:
-    """RGB image -> float32 CHW scaled 0..1."""
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
-
-
-def resize_short_side(image: Image.Image, side: int) -> Image.Image:
-    width, height = image.size
-    scale = side / min(width, height)
-    size = (max(side, round(width * scale)), max(side, round(height * scale)))
-    return image if size == image.size else image.resize(size, _RESAMPLE)
-
-
-def preprocess(image: bytes | Image.Image, image_size: int = IMAGE_SIZE) -> np.ndarray:
-    """THE preprocessing shared by trainer evaluation and device: -> float32 [3, size, size], 0..1 RGB."""
-    rgb = resize_short_side(decode(image), image_size)
-    width, height = rgb.size
-    left, top = (width - image_size) // 2, (height - image_size) // 2
-    return to_array(rgb.crop((left, top, left + image_size, top + image_size)))
+        return _edge.decode(data, name)
+    except _edge.UndecodableImage as exc:
+        raise TrainerError(str(exc)) from exc
 
 
 def augment(image: Image.Image, rng: random.Random, image_size: int = IMAGE_SIZE) -> np.ndarray:

@@ -1,7 +1,9 @@
 """The trainer's source as a deterministic, content-addressed ``sourcedir.tar.gz`` (stdlib only).
 
-Members: every ``*.py`` of this package under ``trashsorter_trainer/``, ``train.py`` (a copy of
-``__main__.py``: the ``sagemaker_program``) and ``requirements.txt`` at the root. Sorted names, zero
+Members: every ``*.py`` of this package under ``trashsorter_trainer/``, THE preprocessing it imports
+(``trashsorter_edge/__init__.py`` and ``trashsorter_edge/preprocessing.py``: one definition shared with the
+device and the edge app, Pillow + numpy only), ``train.py`` (a copy of ``__main__.py``: the
+``sagemaker_program``) and ``requirements.txt`` at the root. Sorted names, zero
 timestamps/owners and fixed modes make the bytes depend on the source alone, so the SHA-256 names the code
 a job ran (lineage) and the object is uploaded only when it is not in the bucket yet.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import io
 import tarfile
 from dataclasses import dataclass
@@ -21,6 +24,11 @@ from trashsorter_trainer.contract import PROGRAM, REQUIREMENTS
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
 SOURCE_PREFIX = "trainer-source/"
+SHARED_MODULES = ("trashsorter_edge", ("__init__.py", "preprocessing.py"))
+
+
+class SourceUnavailable(RuntimeError):
+    """A module the trainer needs is not installed beside it (the sourcedir would not run)."""
 
 
 @dataclass(frozen=True)
@@ -32,8 +40,21 @@ class SourceDir:
         return f"{prefix}{self.sha256}/sourcedir.tar.gz"
 
 
+def shared_dir() -> Path:
+    """Where the shared preprocessing package is installed (found without importing it)."""
+    package, _ = SHARED_MODULES
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceUnavailable(f"{package} (THE preprocessing) is not installed beside the trainer")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def members(package_dir: Path = PACKAGE_DIR) -> dict[str, bytes]:
     files = {f"{PACKAGE}/{p.name}": p.read_bytes() for p in sorted(package_dir.glob("*.py"))}
+    package, modules = SHARED_MODULES
+    shared = shared_dir()
+    for name in modules:
+        files[f"{package}/{name}"] = (shared / name).read_bytes()
     files[PROGRAM] = (package_dir / "__main__.py").read_bytes()
     files[REQUIREMENTS] = (package_dir / REQUIREMENTS).read_bytes()
     return files

@@ -2,8 +2,12 @@
 
 * Component ``EDGE_COMPONENT_NAME``, version ``1.0.<n>`` with ``n`` from an atomic counter in the table
   (``EDGE/COMPONENT#<name>``), so versions only grow, whatever order models finish in.
-* Two artifacts in the DeepLens bucket: ``models/<job>/model.onnx.tar.gz`` (model.onnx, labels.txt,
-  metrics.json) and ``models/<job>/classifier.py`` (:data:`CLASSIFIER_SCRIPT`, an onnxruntime classifier).
+* The recipe is a file, ``trashsorter/data/greengrass_v2_recipe.json``: the edge app (``trashsorter_edge``)
+  installed by ``Install`` into an isolated venv under ``{work:path}`` with pinned requirements (no
+  system-wide pip, no root), run by ``Run``, publishing only to its own topics (IPC access control).
+  :func:`component_recipe` fills in the name, version, ``ModelId``, defaults and the two artifacts in the
+  DeepLens bucket: ``models/<job>/trashsorter-edge.zip`` (``Unarchive: ZIP``, :func:`write_app_archive`)
+  and ``models/<job>/model.onnx.tar.gz`` (model.onnx, labels.txt, metrics.json; extracted by ``Install``).
 * ``create_deployment`` to ``EDGE_THING_GROUP_ARN`` with ``failureHandlingPolicy = ROLLBACK``: a device
   on which the new version fails to start goes back to the previous one.
 * Idempotency tokens (``clientToken``) are derived from the model id and version, so a retried call does
@@ -12,8 +16,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import uuid
+import zipfile
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -27,55 +36,10 @@ from trashsorter.schema import edge_component_key
 from trashsorter.settings import PackageSettings
 
 _TOKEN_NAMESPACE = uuid.UUID("6f1d4bde-5c55-4b8e-9a39-2f6f2b8c7a10")
-
-CLASSIFIER_SCRIPT = '''"""trashsorter edge classifier (Greengrass v2): classifies images in a folder."""
-import argparse, json, os, sys, time
-
-import numpy as np
-import onnxruntime as ort
-from PIL import Image
-
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--labels", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--interval", type=float, default=2.0)
-    a = p.parse_args()
-    labels = [line.strip() for line in open(a.labels, encoding="utf-8") if line.strip()]
-    session = ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    os.makedirs(a.images, exist_ok=True)
-    done = set()
-    while True:
-        for entry in sorted(os.listdir(a.images)):
-            path = os.path.join(a.images, entry)
-            if path in done or not os.path.isfile(path):
-                continue
-            done.add(path)
-            try:
-                image = Image.open(path).convert("RGB").resize((224, 224))
-            except Exception as exc:  # noqa: BLE001 - report and go on
-                print(json.dumps({"image": entry, "error": str(exc)}), flush=True)
-                continue
-            x = ((np.asarray(image, dtype=np.float32) / 255.0 - MEAN) / STD).transpose(2, 0, 1)[None]
-            logits = session.run(None, {name: x.astype(np.float32)})[0][0]
-            probs = np.exp(logits - logits.max())
-            probs = probs / probs.sum()
-            top = np.argsort(-probs)[: a.top_k]
-            result = [{"label": labels[i], "probability": float(probs[i])} for i in top]
-            print(json.dumps({"image": entry, "top_k": result}), flush=True)
-        time.sleep(a.interval)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-'''
+RECIPE_FILE = "greengrass_v2_recipe.json"
+APP_ARCHIVE = "trashsorter-edge.zip"
+MODEL_ARCHIVE = "model.onnx.tar.gz"
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip bytes
 
 
 def next_component_version(component_name: str, *, table_name: str, ddb: Any = None) -> str:
@@ -93,41 +57,93 @@ def next_component_version(component_name: str, *, table_name: str, ddb: Any = N
     return f"1.0.{int(response['Attributes']['seq']['N'])}"
 
 
+def recipe_template() -> dict[str, Any]:
+    """The component recipe as kept in the repo (``trashsorter/data/greengrass_v2_recipe.json``)."""
+    text = resources.files("trashsorter").joinpath("data", RECIPE_FILE).read_text(encoding="utf-8")
+    recipe: dict[str, Any] = json.loads(text)
+    return recipe
+
+
 def component_recipe(
-    *, component_name: str, version: str, model_id: str, artifact_uri: str, script_uri: str
+    *,
+    component_name: str,
+    version: str,
+    model_id: str,
+    artifact_uri: str,
+    app_uri: str,
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The component recipe (JSON) that runs the onnxruntime classifier on the device."""
-    return {
-        "RecipeFormatVersion": "2020-01-25",
-        "ComponentName": component_name,
-        "ComponentVersion": version,
-        "ComponentDescription": f"trashsorter ONNX classifier, model {model_id}",
-        "ComponentPublisher": "trashsorter",
-        "ComponentConfiguration": {
-            "DefaultConfiguration": {"ModelId": model_id, "ImageDir": "/var/lib/trashsorter/inbox", "TopK": 3}
-        },
-        "Manifests": [
-            {
-                "Platform": {"os": "linux"},
-                "Lifecycle": {
-                    "install": (
-                        "python3 -m pip install --user onnxruntime numpy pillow && "
-                        "mkdir -p {work:path}/model && "
-                        "tar -xzf {artifacts:path}/model.onnx.tar.gz -C {work:path}/model"
-                    ),
-                    "run": (
-                        "python3 -u {artifacts:path}/classifier.py --model {work:path}/model/model.onnx "
-                        "--labels {work:path}/model/labels.txt --images {configuration:/ImageDir} "
-                        "--top-k {configuration:/TopK}"
-                    ),
-                },
-                "Artifacts": [
-                    {"URI": artifact_uri, "Unarchive": "NONE"},
-                    {"URI": script_uri, "Unarchive": "NONE"},
-                ],
-            }
-        ],
-    }
+    """The recipe file with the package step's values filled in: name, version, the two artifacts (the
+    edge app zip, unarchived; the model tarball), ``ModelId`` and any ``defaults`` over the configuration."""
+    recipe = recipe_template()
+    recipe["ComponentName"] = component_name
+    recipe["ComponentVersion"] = version
+    recipe["ComponentDescription"] = f"{recipe['ComponentDescription']} (model {model_id})"
+    configuration = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    configuration.update({"ModelId": model_id, **dict(defaults or {})})
+    uris = {APP_ARCHIVE: app_uri, MODEL_ARCHIVE: artifact_uri}
+    for manifest in recipe["Manifests"]:
+        for artifact in manifest["Artifacts"]:
+            name = artifact["URI"].rsplit("/", 1)[-1]
+            artifact["URI"] = uris[name]
+    return recipe
+
+
+def write_app_archive(destination: Path) -> Path | None:
+    """``trashsorter-edge.zip``: the ``trashsorter_edge`` package (sources, pinned requirements, install
+    script) as installed here; ``None`` when this environment does not have it (the Lambda layer does not
+    ship it yet: the Greengrass v2 deployment then fails with "no packaged artifact 'edge_app'")."""
+    spec = importlib.util.find_spec("trashsorter_edge")
+    if spec is None or not spec.submodule_search_locations:
+        logger.warning("trashsorter_edge is not installed here: no Greengrass v2 app artifact")
+        return None
+    package = Path(next(iter(spec.submodule_search_locations)))
+    with zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(package.rglob("*")):
+            if (
+                path.is_file()
+                and "__pycache__" not in path.parts
+                and path.suffix in (".py", ".txt", ".typed")
+            ):
+                info = zipfile.ZipInfo(f"trashsorter_edge/{path.relative_to(package).as_posix()}", _EPOCH)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, path.read_bytes())
+    return destination
+
+
+def write_bundle(
+    out_dir: Path,
+    *,
+    component_name: str,
+    version: str,
+    model_id: str,
+    artifact_uri: str,
+    app_uri: str,
+    s3: Any = None,
+) -> Path:
+    """The component exactly as the package step publishes it, on disk: ``recipe.json`` (the same
+    :func:`component_recipe`) and ``artifacts/<file>`` (the same S3 objects the recipe names), the layout
+    of a Greengrass local deployment's recipe and artifact directories. Returns ``out_dir/recipe.json``."""
+    client = s3 or aws.client("s3")
+    recipe = component_recipe(
+        component_name=component_name,
+        version=version,
+        model_id=model_id,
+        artifact_uri=artifact_uri,
+        app_uri=app_uri,
+    )
+    artifacts = out_dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for uri in (app_uri, artifact_uri):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        try:
+            client.download_file(bucket, key, str(artifacts / key.rsplit("/", 1)[-1]))
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_failure(f"cannot download the component artifact {uri}", exc) from exc
+    path = out_dir / "recipe.json"
+    path.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def recipe_bytes(recipe: dict[str, Any]) -> bytes:
@@ -142,7 +158,7 @@ def deploy(
     *,
     model_id: str,
     artifact_uri: str,
-    script_uri: str,
+    app_uri: str,
     version: str,
     settings: PackageSettings,
     greengrassv2: Any = None,
@@ -164,7 +180,7 @@ def deploy(
         version=version,
         model_id=model_id,
         artifact_uri=artifact_uri,
-        script_uri=script_uri,
+        app_uri=app_uri,
     )
     try:
         component = gg.create_component_version(

@@ -111,7 +111,7 @@ def deploy_model(
             elif target == TARGET_GREENGRASS_V2:
                 if not settings.edge_thing_group_arn:
                     result = greengrass_v2.deploy(
-                        model_id=model_id, artifact_uri="", script_uri="", version="", settings=settings
+                        model_id=model_id, artifact_uri="", app_uri="", version="", settings=settings
                     )
                 else:
                     version = str((existing or {}).get("component_version") or "")
@@ -123,7 +123,7 @@ def deploy_model(
                     result = greengrass_v2.deploy(
                         model_id=model_id,
                         artifact_uri=uris["onnx"],
-                        script_uri=uris.get("classifier", ""),
+                        app_uri=uris["edge_app"],
                         version=version,
                         settings=settings,
                         greengrassv2=greengrassv2,

@@ -1,0 +1,162 @@
+"""The ONNX model on the device: one onnxruntime session per model version, reloaded when the files change.
+
+A model directory holds ``model.onnx`` and ``labels.txt`` (and optionally ``model.json``, the trainer's card,
+and ``metrics.json``). Graph contract (the trainer's export): input float32 NCHW RGB 0..1 (normalisation
+inside the graph), output ``probabilities`` (a graph that outputs logits is softmaxed here).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from trashsorter_edge.preprocessing import IMAGE_SIZE, preprocess
+
+
+class ModelError(RuntimeError):
+    """The model directory cannot be loaded (missing files, labels do not match the graph, ...)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Probabilities over ``labels`` for one image, most likely first in :attr:`ranked`."""
+
+    labels: tuple[str, ...]
+    probabilities: np.ndarray
+
+    @property
+    def ranked(self) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probabilities, kind="stable")
+        return [(self.labels[i], float(self.probabilities[i])) for i in order]
+
+
+def _model_id(model_dir: Path) -> str:
+    for name in ("model.json", "metrics.json"):
+        card = model_dir / name
+        if card.is_file():
+            try:
+                value = json.loads(card.read_text()).get("model_id")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if value:
+                return str(value)
+    return model_dir.resolve().name
+
+
+class Model:
+    """``Model(model_dir)``: the session is created once; :meth:`probabilities` runs a batch."""
+
+    def __init__(self, model_dir: Path | str, model_id: str | None = None) -> None:
+        import onnxruntime as ort  # imported here so `--help` works without it
+
+        self.model_dir = Path(model_dir)
+        onnx_path = self.model_dir / "model.onnx"
+        labels_path = self.model_dir / "labels.txt"
+        for path in (onnx_path, labels_path):
+            if not path.is_file():
+                raise ModelError(f"{path} not found")
+        self.labels = tuple(line.strip() for line in labels_path.read_text().splitlines() if line.strip())
+        self.model_id = model_id or _model_id(self.model_dir)
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelError(f"expected one graph input, found {[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.softmaxed = self.output_name == "probabilities"
+        side = inputs[0].shape[-1]
+        self.image_size = side if isinstance(side, int) else self._card_size()
+        width = outputs[0].shape[-1]
+        if isinstance(width, int) and width != len(self.labels):
+            raise ModelError(f"model has {width} outputs but labels.txt lists {len(self.labels)} labels")
+
+    def _card_size(self) -> int:
+        card = self.model_dir / "model.json"
+        if card.is_file():
+            return int(json.loads(card.read_text())["input"]["shape"][-1])
+        return IMAGE_SIZE
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """[N, 3, S, S] float32 (already preprocessed) -> [N, classes] probabilities (float64)."""
+        out = np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0], dtype=np.float64)
+        if not self.softmaxed:
+            out = np.exp(out - out.max(axis=1, keepdims=True))
+            out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    def probabilities(self, images: Sequence[bytes | Image.Image]) -> np.ndarray:
+        """Images (bytes or PIL) -> [N, classes]; undecodable bytes raise ``UndecodableImage``."""
+        batch = np.stack([preprocess(image, self.image_size) for image in images]).astype(np.float32)
+        return self.run(batch)
+
+    def predict(self, image: bytes | Image.Image) -> Prediction:
+        return Prediction(self.labels, self.probabilities([image])[0])
+
+
+def _fingerprint(model_dir: Path) -> tuple[Any, ...]:
+    stats = []
+    for name in ("model.onnx", "labels.txt"):
+        try:
+            st = (model_dir / name).stat()
+        except OSError:
+            return ()
+        stats.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(stats)
+
+
+class ModelHandle:
+    """The current model of a directory; :meth:`current` reloads it when ``model.onnx``/``labels.txt``
+    change (a new version deployed), without restarting the process. A broken new version keeps the old
+    one and reports the error through ``on_status``."""
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        on_status: Any = None,
+        check_every_s: float = 2.0,
+        model_id: str | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.model_id = model_id or None
+        self._on_status = on_status or (lambda _status: None)
+        self._check_every_s = check_every_s
+        self._lock = threading.Lock()
+        self._model: Model | None = None
+        self._fingerprint: tuple[Any, ...] = ()
+        self._checked_at = float("-inf")
+        self.reload()
+
+    def reload(self) -> Model | None:
+        with self._lock:
+            self._checked_at = time.monotonic()
+            fingerprint = _fingerprint(self.model_dir)
+            if self._model is not None and fingerprint == self._fingerprint:
+                return self._model
+            self._on_status({"status": "loading", "model_dir": str(self.model_dir)})
+            try:
+                model = Model(self.model_dir, self.model_id)
+            except ModelError as exc:
+                self._on_status({"status": "error", "error": str(exc)})
+                if self._model is None:
+                    raise
+                return self._model
+            self._model, self._fingerprint = model, fingerprint
+            self._on_status({"status": "loaded", "model_id": model.model_id, "labels": list(model.labels)})
+            return model
+
+    def current(self) -> Model:
+        if time.monotonic() - self._checked_at >= self._check_every_s:
+            self.reload()
+        assert self._model is not None  # reload() raised otherwise
+        return self._model

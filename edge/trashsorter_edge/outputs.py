@@ -1,0 +1,122 @@
+"""Where results go: stdout (JSON lines), Greengrass IPC (AWS IoT Core through the nucleus), or an AWS IoT
+data endpoint (boto3 ``iot-data``). Every publisher has ``publish(topic, payload)`` and ``close()``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any, Protocol, TextIO
+
+
+class PublishError(RuntimeError):
+    """The output cannot be reached or set up."""
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, payload: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+class StdoutPublisher:
+    """``--output jsonl``: results (the ``infer`` topic) as one JSON line each on stdout; every other
+    message (status, actuator) as ``{"topic", "payload"}`` on stderr, so stdout stays pure results."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, results_suffix: str = "/infer"):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.results_suffix = results_suffix
+        self._lock = threading.Lock()
+
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        with self._lock:
+            if topic.endswith(self.results_suffix):
+                self.out.write(json.dumps(payload, sort_keys=True) + "\n")
+                self.out.flush()
+            else:
+                self.err.write(json.dumps({"topic": topic, "payload": payload}, sort_keys=True) + "\n")
+                self.err.flush()
+
+    def close(self) -> None:
+        return None
+
+
+class GreengrassIpcPublisher:
+    """``--output ggipc``: ``PublishToIoTCore`` through the Greengrass v2 nucleus (awsiotsdk, imported only
+    here; the component's recipe grants ``aws.greengrass#PublishToIoTCore`` on its own topics only)."""
+
+    def __init__(self, qos: str = "0") -> None:
+        try:
+            from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+        except ImportError as exc:
+            raise PublishError(
+                "--output ggipc needs the AWS IoT Device SDK v2 (pip install awsiotsdk) and must run inside "
+                "a Greengrass v2 component (the nucleus provides the IPC socket)"
+            ) from exc
+        try:
+            self.client = GreengrassCoreIPCClientV2()
+        except Exception as exc:
+            raise PublishError(f"cannot connect to the Greengrass nucleus IPC: {exc}") from exc
+        self.qos = qos
+
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        self.client.publish_to_iot_core(topic_name=topic, qos=self.qos, payload=encode(payload))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class IotDataPublisher:
+    """``--output iot-data``: boto3 ``iot-data`` ``Publish`` (an AWS IoT data endpoint, or the local stack's
+    with ``--endpoint-url``/``AWS_ENDPOINT_URL``)."""
+
+    def __init__(self, endpoint_url: str | None = None, client: Any = None, qos: int = 0) -> None:
+        if client is None:
+            try:
+                import boto3
+            except ImportError as exc:
+                raise PublishError("--output iot-data needs boto3 (pip install boto3)") from exc
+            client = boto3.client("iot-data", endpoint_url=endpoint_url or None)
+        self.client = client
+        self.qos = qos
+
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        self.client.publish(topic=topic, qos=self.qos, payload=encode(payload))
+
+    def close(self) -> None:
+        return None
+
+
+class FanOut:
+    """Several publishers at once (e.g. stdout and iot-data)."""
+
+    def __init__(self, publishers: list[Publisher]) -> None:
+        self.publishers = publishers
+
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        for publisher in self.publishers:
+            publisher.publish(topic, payload)
+
+    def close(self) -> None:
+        for publisher in self.publishers:
+            publisher.close()
+
+
+def make_publisher(outputs: list[str], *, endpoint_url: str | None = None) -> Publisher:
+    made: list[Publisher] = []
+    for name in outputs:
+        if name in ("jsonl", "stdout"):
+            made.append(StdoutPublisher())
+        elif name == "ggipc":
+            made.append(GreengrassIpcPublisher())
+        elif name == "iot-data":
+            made.append(IotDataPublisher(endpoint_url))
+        else:
+            raise PublishError(f"unknown output {name!r} (jsonl, ggipc, iot-data)")
+    return made[0] if len(made) == 1 else FanOut(made)

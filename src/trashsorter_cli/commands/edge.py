@@ -1,0 +1,129 @@
+"""``trashsorter edge bundle`` and ``trashsorter edge run``: the Greengrass v2 component on this machine.
+
+* ``edge bundle --model ID --out DIR`` writes the component exactly as the package step publishes it:
+  ``DIR/recipe.json`` (:func:`trashsorter.deploy.greengrass_v2.component_recipe`) and ``DIR/artifacts/``
+  (the very S3 objects the recipe names: ``trashsorter-edge.zip`` and ``model.onnx.tar.gz``).
+* ``edge run DIR [--source S] [--once]`` runs such a bundle the way a nucleus would
+  (:class:`trashsorter_cli.device.runner.ComponentRunner`): recipe variables, ``Install`` into the
+  component's own venv, then ``Run``. With ``--once`` the app classifies what the source holds and the
+  command prints its JSON lines; otherwise it runs until Ctrl-C, publishing to the local stack's IoT data
+  plane when one is running (stdout otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trashsorter import registry
+from trashsorter.deploy import greengrass_v2
+from trashsorter.errors import TrashsorterError
+from trashsorter.settings import PackageSettings
+from trashsorter_cli.device.runner import ComponentRunner, RecipeError
+from trashsorter_cli.ui import UI, CliError, UsageError
+
+DEFAULT_WORK = Path(".trashsorter") / "greengrass"
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    edge = sub.add_parser("edge", help="the Greengrass v2 edge component: bundle it, run it here")
+    edge_sub = edge.add_subparsers(dest="edge_command", required=True, metavar="bundle|run")
+    p = edge_sub.add_parser("bundle", parents=[common], help="write recipe.json + artifacts of a model")
+    p.add_argument("--model", required=True, dest="model_id")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--version", default="1.0.0", help="component version in the recipe (default 1.0.0)")
+    p = edge_sub.add_parser("run", parents=[common], help="run a bundle like a Greengrass nucleus")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--source", help="camera index, video file, rtsp/http URL or folder (default: recipe)")
+    p.add_argument("--once", action="store_true", help="classify what the source holds, print JSON lines")
+    p.add_argument("--thing", default="local", help="the thing name ({iot:thingName})")
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"nucleus root (default {DEFAULT_WORK})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="configuration update")
+
+
+def bundle(target: Any, model_id: str, out: Path, version: str) -> dict[str, Any]:
+    settings = target.settings(PackageSettings, "PackageFunction")
+    model = registry.get_model(model_id, table_name=settings.table_name, ddb=target.client("dynamodb"))
+    if model is None:
+        raise UsageError(f"no model {model_id} in the registry")
+    uris = dict(model.get("packaged_artifact_uris") or {})
+    if "onnx" not in uris or "edge_app" not in uris:
+        raise CliError(f"model {model_id} has no edge component artifacts (packaged: {sorted(uris)})")
+    recipe = greengrass_v2.write_bundle(
+        out,
+        component_name=settings.edge_component_name,
+        version=version,
+        model_id=model_id,
+        artifact_uri=uris["onnx"],
+        app_uri=uris["edge_app"],
+        s3=target.client("s3"),
+    )
+    return {"recipe": str(recipe), "artifacts": sorted(p.name for p in (out / "artifacts").iterdir())}
+
+
+def configuration(args: argparse.Namespace, endpoint_url: str | None) -> dict[str, Any]:
+    update: dict[str, Any] = {}
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        try:
+            update[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            update[key] = raw
+    if args.source:
+        update["Source"] = args.source
+    if args.once:
+        update.update(Output="jsonl", ExtraArgs="--once")
+    elif "Output" not in update:
+        update["Output"] = "iot-data" if endpoint_url else "jsonl"
+    return update
+
+
+def run_bundle(args: argparse.Namespace, ui: UI, endpoint_url: str | None) -> int:
+    env = {"AWS_ENDPOINT_URL": endpoint_url} if endpoint_url else {}
+    try:
+        runner = ComponentRunner(
+            args.bundle, args.work, configuration=configuration(args, endpoint_url), thing=args.thing, env=env
+        )
+        runner.install()
+        if args.once:
+            done = runner.run()
+            sys.stdout.write(done.stdout)
+            if done.returncode != 0:
+                raise CliError(f"the component exited with {done.returncode}: {done.stderr[-1000:]}")
+            return 0
+        process = runner.start(stdout=None, stderr=None)
+        ui.line(f"{runner.name} {runner.version} running (pid {process.pid}); Ctrl-C stops it")
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            runner.stop()
+            return 0
+    except RecipeError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def handle(args: argparse.Namespace, ui: UI, resolve: Callable[[argparse.Namespace], Any]) -> int:
+    if args.edge_command == "bundle":
+        target = resolve(args)
+        result = bundle(target, args.model_id, args.out, args.version)
+        if ui.json_mode:
+            ui.emit_json(result)
+        else:
+            ui.line(f"{result['recipe']} + artifacts/{{{', '.join(result['artifacts'])}}}")
+        return 0
+    endpoint_url = None
+    if not args.once:
+        try:
+            target = resolve(args)
+            endpoint_url = target.endpoint_url if target.is_local else None
+            if target.is_local:
+                target.activate()
+        except (CliError, TrashsorterError):  # no local stack: the app prints to stdout instead
+            endpoint_url = None
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    return run_bundle(args, ui, endpoint_url)

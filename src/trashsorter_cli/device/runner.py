@@ -1,0 +1,201 @@
+"""A Greengrass-nucleus-like runner for a component bundle (``recipe.json`` + ``artifacts/``).
+
+It does what a nucleus does with a local deployment, for the parts trashsorter's component uses:
+
+* resolves the recipe variables ``{artifacts:path}``, ``{artifacts:decompressedPath}``, ``{work:path}``,
+  ``{iot:thingName}`` and ``{configuration:/json/pointer}`` (the recipe's ``DefaultConfiguration`` merged
+  with the caller's configuration update);
+* unarchives ``Unarchive: ZIP`` artifacts into the decompressed path (regular files only, no escapes);
+* runs ``Install`` (in the component's work directory, ``Setenv`` applied), then ``Run`` as a child
+  process; :meth:`ComponentRunner.stop` sends SIGTERM and runs ``Shutdown``.
+
+On a developer machine the runner sets ``TRASHSORTER_EDGE_SHARED_SITE`` to this interpreter's site-packages,
+so the component's own venv (created by its ``Install``) finds pinned packages already installed here instead
+of downloading them again; pip still checks every pin. A real device has no such shortcut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sysconfig
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from trashsorter.errors import DeploymentError
+
+_VARIABLE = "{configuration:"
+
+
+class RecipeError(DeploymentError):
+    """The bundle or its recipe cannot be run."""
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Greengrass's configuration ``merge``: nested objects merge, everything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _pointer(config: Mapping[str, Any], pointer: str) -> str:
+    node: Any = config
+    for part in pointer.strip("/").split("/"):
+        if not isinstance(node, Mapping) or part not in node:
+            raise RecipeError(
+                f"the recipe reads {{configuration:{pointer}}} but the configuration has no such key"
+            )
+        node = node[part]
+    return json.dumps(node) if isinstance(node, Mapping | list) else str(node)
+
+
+def _unzip(archive: Path, destination: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            name = PurePosixPath(info.filename)
+            if name.is_absolute() or ".." in name.parts:
+                raise RecipeError(f"{archive.name}: member {info.filename!r} escapes the artifact directory")
+        zf.extractall(destination)
+
+
+class ComponentRunner:
+    """``ComponentRunner(bundle, work_root, configuration=..., thing=...)``: ``install()``, then ``start()``
+    (a background process) or ``run()`` (to completion, output captured)."""
+
+    def __init__(
+        self,
+        bundle: Path | str,
+        work_root: Path | str,
+        *,
+        configuration: Mapping[str, Any] | None = None,
+        thing: str = "local",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.bundle = Path(bundle)
+        recipe_path = self.bundle / "recipe.json"
+        if not recipe_path.is_file():
+            raise RecipeError(f"{recipe_path} not found (write one with `trashsorter edge bundle`)")
+        self.recipe: dict[str, Any] = json.loads(recipe_path.read_text())
+        self.name = str(self.recipe["ComponentName"])
+        self.version = str(self.recipe["ComponentVersion"])
+        manifests = [
+            m
+            for m in self.recipe.get("Manifests", [])
+            if m.get("Platform", {}).get("os") in (None, "linux", "*")
+        ]
+        if not manifests:
+            raise RecipeError(f"{self.name}: no manifest for linux")
+        self.manifest = manifests[0]
+        defaults = self.recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
+        self.configuration = merge(defaults, configuration or {})
+        self.thing = thing
+        self.artifacts_path = (self.bundle / "artifacts").resolve()
+        root = Path(work_root).resolve()
+        self.work_path = root / "work" / self.name
+        self.decompressed_path = root / "artifacts-unarchived" / self.name / self.version
+        self.extra_env = dict(env or {})
+        self.process: subprocess.Popen[str] | None = None
+
+    # -- recipe variables ---------------------------------------------------------------------------------
+    def resolve(self, text: str) -> str:
+        out = (
+            text.replace("{artifacts:path}", str(self.artifacts_path))
+            .replace("{artifacts:decompressedPath}", str(self.decompressed_path))
+            .replace("{work:path}", str(self.work_path))
+            .replace("{iot:thingName}", self.thing)
+        )
+        while _VARIABLE in out:
+            start = out.index(_VARIABLE)
+            end = out.index("}", start)
+            out = (
+                out[:start] + _pointer(self.configuration, out[start + len(_VARIABLE) : end]) + out[end + 1 :]
+            )
+        return out
+
+    def _step(self, name: str) -> str | None:
+        step = self.manifest.get("Lifecycle", {}).get(name)
+        if step is None:
+            return None
+        script = step.get("Script") if isinstance(step, Mapping) else step
+        return self.resolve(str(script))
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for key, value in self.manifest.get("Lifecycle", {}).get("Setenv", {}).items():
+            env[key] = self.resolve(str(value))
+        env["AWS_IOT_THING_NAME"] = self.thing
+        env["TRASHSORTER_EDGE_SHARED_SITE"] = sysconfig.get_paths()["purelib"]
+        env.update(self.extra_env)
+        return env
+
+    def _shell(self, script: str) -> dict[str, Any]:
+        """A lifecycle script as the nucleus runs it: ``sh -c`` in the work path with the recipe's env."""
+        return {"args": ["sh", "-c", script], "cwd": self.work_path, "env": self._env(), "text": True}
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def prepare_artifacts(self) -> None:
+        for artifact in self.manifest.get("Artifacts", []):
+            filename = str(artifact["URI"]).rsplit("/", 1)[-1]
+            path = self.artifacts_path / filename
+            if not path.is_file():
+                raise RecipeError(f"artifact {filename} is not in {self.artifacts_path}")
+            if str(artifact.get("Unarchive", "NONE")).upper() == "ZIP":
+                target = self.decompressed_path / Path(filename).stem
+                shutil.rmtree(target, ignore_errors=True)
+                target.mkdir(parents=True)
+                _unzip(path, target)
+
+    def install(self, timeout: float = 900.0) -> None:
+        self.prepare_artifacts()
+        self.work_path.mkdir(parents=True, exist_ok=True)
+        script = self._step("Install")
+        if script is None:
+            return
+        done = subprocess.run(**self._shell(script), capture_output=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise RecipeError(f"{self.name} Install failed ({done.returncode}): {done.stderr[-2000:]}")
+
+    def start(self, *, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+        script = self._step("Run")
+        if script is None:
+            raise RecipeError(f"{self.name}: the recipe has no Run step")
+        self.process = subprocess.Popen(
+            **self._shell(script), stdout=stdout, stderr=stderr, start_new_session=True
+        )
+        return self.process
+
+    def run(self, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
+        """Run to completion (an app started with ``--once``): stdout/stderr captured."""
+        process = self.start()
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        self.shutdown()
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=timeout)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        script = self._step("Shutdown")
+        if script is not None:
+            subprocess.run(**self._shell(script), capture_output=True, check=False, timeout=60)

@@ -1,0 +1,125 @@
+"""The component as the package step publishes it, run the way a Greengrass nucleus would: the real package
+step (``artifacts.package_artifact``) writes the artifacts to S3 (moto), ``write_bundle`` fetches them with
+the recipe, and :class:`ComponentRunner` resolves the recipe variables, runs ``Install`` (its own venv under
+the work path) and ``Run --once``; the results equal the trainer's evaluation of the same photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from moto import mock_aws
+
+from tests.edge.conftest import IMAGE_SIZE, TinyModel
+from trashsorter import artifacts
+from trashsorter.deploy import greengrass_v2
+from trashsorter.settings import PackageSettings
+from trashsorter_cli.device.runner import ComponentRunner, RecipeError
+from trashsorter_trainer import data
+from trashsorter_trainer.train import run_onnx
+
+pytestmark = pytest.mark.slow  # a venv is created by the component's Install step
+
+BUCKET = "deeplens-trashsorter-test"
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.create_bucket(Bucket="training")
+        s3.upload_file(str(tiny_model.result.archive), "training", "job-1/output/model.tar.gz")
+        settings = PackageSettings.from_env(
+            {
+                "TABLE_NAME": "t",
+                "IMAGES_BUCKET": "images",
+                "EVENT_BUS_NAME": "bus",
+                "ALLOWED_LABELS": "Compost,Recycling",
+                "DEEPLENS_BUCKET": BUCKET,
+            }
+        )
+        packaged = artifacts.package_artifact(
+            job_name="job-1",
+            source_uri="s3://training/job-1/output/model.tar.gz",
+            labels=["Compost", "Recycling"],
+            settings=settings,
+            s3=s3,
+        )
+        greengrass_v2.write_bundle(
+            out,
+            component_name="com.trashsorter.test",
+            version="1.0.3",
+            model_id="job-1",
+            artifact_uri=packaged.artifacts["onnx"],
+            app_uri=packaged.artifacts["edge_app"],
+            s3=s3,
+        )
+    return out
+
+
+def test_bundle_is_the_published_recipe_and_artifacts(bundle_dir: Path) -> None:
+    recipe = json.loads((bundle_dir / "recipe.json").read_text())
+    assert recipe == greengrass_v2.component_recipe(
+        component_name="com.trashsorter.test",
+        version="1.0.3",
+        model_id="job-1",
+        artifact_uri=f"s3://{BUCKET}/models/job-1/model.onnx.tar.gz",
+        app_uri=f"s3://{BUCKET}/models/job-1/trashsorter-edge.zip",
+    )
+    assert sorted(p.name for p in (bundle_dir / "artifacts").iterdir()) == [
+        "model.onnx.tar.gz",
+        "trashsorter-edge.zip",
+    ]
+
+
+def test_runner_installs_and_runs_the_bundle_like_a_nucleus(
+    bundle_dir: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in tiny_model.unseen:
+        shutil.copy(path, photos / path.name)
+    runner = ComponentRunner(
+        bundle_dir,
+        tmp_path / "nucleus",
+        configuration={"Source": str(photos), "Output": "jsonl", "ExtraArgs": "--once --top-k 5"},
+        thing="cam-7",
+    )
+    runner.install()
+    assert (runner.work_path / "venv" / "bin" / "python").exists()  # its own environment
+    assert (runner.work_path / "model" / "model.onnx").is_file()
+    assert (runner.decompressed_path / "trashsorter-edge" / "trashsorter_edge" / "app.py").is_file()
+    done = runner.run(timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["image"] for r in results] == sorted(p.name for p in tiny_model.unseen)
+    # it ran the bundle's copy of the app, inside the component's venv
+    status = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [s["topic"] for s in status][:2] == ["trashsorter/cam-7/status"] * 2
+    batch = np.stack(
+        [data.preprocess(data.decode((photos / r["image"]).read_bytes()), IMAGE_SIZE) for r in results]
+    )
+    expected = run_onnx(tiny_model.model_dir / "model.onnx", batch)
+    for row, result in zip(expected, results, strict=True):
+        got = {e["label"]: e["confidence"] for e in result["top_k"]}
+        np.testing.assert_allclose([got["Compost"], got["Recycling"]], row, atol=1e-5, rtol=0)
+        assert result["model_id"] == "job-1"
+
+
+def test_recipe_variables_resolve_and_a_missing_key_is_named(bundle_dir: Path, tmp_path: Path) -> None:
+    runner = ComponentRunner(
+        bundle_dir, tmp_path, configuration={"Topics": {"Infer": "x/<thing>/i"}}, thing="t1"
+    )
+    text = "{artifacts:path}|{work:path}|{iot:thingName}|{configuration:/Topics/Infer}"
+    text += "|{configuration:/Topics/Status}"
+    assert runner.resolve(text) == (
+        f"{(bundle_dir / 'artifacts').resolve()}|{runner.work_path}|t1|x/<thing>/i|trashsorter/<thing>/status"
+    )
+    with pytest.raises(RecipeError, match="/Nope"):
+        runner.resolve("{configuration:/Nope}")

@@ -1,0 +1,89 @@
+"""The Greengrass v2 recipe file: least privilege, an isolated pinned install, every configuration key used
+by the lifecycle defined, and the package step's values filled in (no Greengrass API involved)."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+from trashsorter.deploy import greengrass_v2
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "layers/trashsorter/python/trashsorter/data/greengrass_v2_recipe.json"
+
+
+def filled() -> dict:  # type: ignore[type-arg]
+    return greengrass_v2.component_recipe(
+        component_name="com.example.edge",
+        version="1.0.7",
+        model_id="job-1",
+        artifact_uri="s3://b/models/job-1/model.onnx.tar.gz",
+        app_uri="s3://b/models/job-1/trashsorter-edge.zip",
+        defaults={"Threshold": 0.8},
+    )
+
+
+def test_the_recipe_is_the_file_in_the_repo_with_the_package_values_filled_in() -> None:
+    on_disk = json.loads(RECIPE.read_text())
+    recipe = filled()
+    assert recipe["ComponentName"] == "com.example.edge" and recipe["ComponentVersion"] == "1.0.7"
+    config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    assert config["ModelId"] == "job-1" and config["Threshold"] == 0.8
+    assert recipe["Manifests"][0]["Lifecycle"] == on_disk["Manifests"][0]["Lifecycle"]
+    assert recipe["Manifests"][0]["Artifacts"] == [
+        {"URI": "s3://b/models/job-1/trashsorter-edge.zip", "Unarchive": "ZIP"},
+        {"URI": "s3://b/models/job-1/model.onnx.tar.gz", "Unarchive": "NONE"},
+    ]
+    assert not hasattr(greengrass_v2, "CLASSIFIER_SCRIPT")
+
+
+def test_ipc_access_is_publish_only_to_its_own_topics() -> None:
+    config = filled()["ComponentConfiguration"]["DefaultConfiguration"]
+    policies = [p for service in config["accessControl"].values() for p in service.values()]
+    assert policies and all(p["operations"] == ["aws.greengrass#PublishToIoTCore"] for p in policies)
+    resources = [r for p in policies for r in p["resources"]]
+    assert not any("*" in r or "#" in r.split("/")[-1] or "+" in r for r in resources)
+    own = {t.replace("<thing>", "{iot:thingName}") for t in config["Topics"].values()}
+    assert set(resources) == own
+
+
+def test_install_is_isolated_and_pinned_and_nothing_runs_as_root() -> None:
+    lifecycle = filled()["Manifests"][0]["Lifecycle"]
+    assert {"Install", "Run", "Shutdown"} <= set(lifecycle)
+    assert all(
+        step.get("RequiresPrivilege") is False
+        for step in lifecycle.values()
+        if isinstance(step, dict) and "Script" in step
+    )
+    install, run = lifecycle["Install"]["Script"], lifecycle["Run"]["Script"]
+    assert "install.py {work:path}" in install and "--user" not in install and "sudo" not in install
+    assert run.startswith("exec {work:path}/venv/bin/python")
+    for name in ("requirements.txt", "requirements-greengrass.txt", "requirements-iot-data.txt"):
+        lines = [
+            ln
+            for ln in (ROOT / "edge/trashsorter_edge" / name).read_text().splitlines()
+            if ln and not ln.startswith("#")
+        ]
+        assert lines and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", ln) for ln in lines), lines
+
+
+def test_every_configuration_key_the_lifecycle_reads_has_a_default() -> None:
+    recipe = filled()
+    config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    used = set(re.findall(r"\{configuration:(/[^}]+)\}", json.dumps(recipe["Manifests"])))
+    assert {"/Source", "/Threshold", "/Topics/Infer", "/Output"} <= used
+    for pointer in used:
+        node = config
+        for part in pointer.strip("/").split("/"):
+            node = node[part]
+
+
+def test_app_archive_holds_the_edge_package_and_is_reproducible(tmp_path: Path) -> None:
+    first = greengrass_v2.write_app_archive(tmp_path / "a.zip")
+    second = greengrass_v2.write_app_archive(tmp_path / "b.zip")
+    assert first and second and first.read_bytes() == second.read_bytes()
+    names = zipfile.ZipFile(first).namelist()
+    shipped = {f"trashsorter_edge/{p.name}" for p in (ROOT / "edge/trashsorter_edge").glob("*.py")}
+    assert shipped <= set(names) and "trashsorter_edge/requirements.txt" in names
