@@ -18,7 +18,8 @@ i.e. the ``trashsorter`` algorithm) is executed as the SageMaker service and the
    request's MetricDefinitions, the metrics and the artifact; the "SageMaker Training Job State Change"
    event (detail = DescribeTrainingJob) goes to the default bus, as SageMaker puts it.
 
-Jobs of other algorithms (the recipe's built-in image-classification) keep moto's behaviour.
+A job of another algorithm (the recipe's built-in image-classification, MXNet) cannot run here: it ends
+``Failed`` at once with a FailureReason that says so (and its state-change event), never a fake success.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,12 +44,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from trashsorter import runs
 from trashsorter.schema import SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE
 from trashsorter_trainer.contract import parse_metrics
 
 LOG = logging.getLogger("trashsorter.local.sagemaker")
 PR_SET_PDEATHSIG = 1
 MAX_FAILURE_REASON = 1024
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -168,6 +172,7 @@ class JobEmulator:
                 for raw in child.stdout:
                     line = raw.decode("utf-8", "replace").rstrip("\n")
                     lines.append(line)
+                    self.progress(request, line)
                     log.write(line + "\n")
                     log.flush()
                 code = child.wait()
@@ -186,6 +191,26 @@ class JobEmulator:
         detail = self.describe(name)
         self.put_event(detail)
         return detail
+
+    def progress(self, request: Mapping[str, Any], line: str) -> None:
+        """Local convenience (CloudWatch's role on AWS): an epoch line becomes the run record's progress."""
+        match = EPOCH_LINE.match(line)
+        tags = {t["Key"]: t["Value"] for t in request.get("Tags") or []}
+        if match is None or "trashsorter:run-id" not in tags:
+            return
+        values = parse_metrics([line], request["AlgorithmSpecification"].get("MetricDefinitions", []))
+        progress = {
+            "epoch": int(match.group(1)),
+            "epochs": int(match.group(2)),
+            "train_loss": values.get("train:loss", 0.0),
+            "val_accuracy": values.get("validation:accuracy", 0.0),
+        }
+        try:
+            runs.record_progress(
+                tags["trashsorter:table"], tags["trashsorter:run-id"], progress, ddb=self.client("dynamodb")
+            )
+        except Exception as exc:  # noqa: BLE001 - progress is informative; training goes on
+            LOG.warning("progress of %s not recorded: %s", request["TrainingJobName"], exc)
 
     def upload_model(self, request: Mapping[str, Any], model_dir: Path) -> str:
         with tempfile.TemporaryDirectory() as tmp:
@@ -244,6 +269,23 @@ class JobEmulator:
             ]
         )
 
+    def refuse(self, request: dict[str, Any], backend_job: Any) -> None:
+        """A built-in-algorithm job: Failed, with the reason, in a thread (as SageMaker reports it later)."""
+        image = request["AlgorithmSpecification"].get("TrainingImage", "?")
+        reason = (
+            f"ClientError: the local stack runs only script-mode jobs (TrainingAlgorithm=trashsorter); "
+            f"{image} (the built-in algorithm) runs on AWS only"
+        )
+        self.start(backend_job, [])
+
+        def fail() -> None:
+            self.finish(backend_job, {}, reason)
+            self.put_event(self.describe(request["TrainingJobName"]))
+
+        thread = threading.Thread(target=fail, name=f"job-{request['TrainingJobName']}", daemon=True)
+        self.threads[request["TrainingJobName"]] = thread
+        thread.start()
+
     def submit(self, request: dict[str, Any], backend_job: Any) -> None:
         """Start ``request`` in a thread (the CreateTrainingJob call returns at once, as on AWS)."""
         self.start(backend_job, request["AlgorithmSpecification"].get("MetricDefinitions", []))
@@ -293,15 +335,19 @@ def install(emulator: JobEmulator) -> JobEmulator:
         spec = copy.deepcopy(kwargs.get("algorithm_specification") or {})
         job = original(self, **kwargs)
         active = _INSTALLED.get("emulator")
-        if active is not None and is_script_mode(kwargs.get("hyper_parameters")):
+        if active is not None:
             request = {
                 "TrainingJobName": kwargs["training_job_name"],
                 "HyperParameters": dict(kwargs.get("hyper_parameters") or {}),
                 "AlgorithmSpecification": spec,
                 "InputDataConfig": copy.deepcopy(kwargs.get("input_data_config") or []),
                 "OutputDataConfig": dict(kwargs.get("output_data_config") or {}),
+                "Tags": copy.deepcopy(kwargs.get("tags") or []),
             }
-            active.submit(request, job)
+            if is_script_mode(request["HyperParameters"]):
+                active.submit(request, job)
+            else:
+                active.refuse(request, job)
         return job
 
     SageMakerModelBackend.create_training_job = create_training_job  # type: ignore[method-assign]
