@@ -131,6 +131,8 @@ class PackageSettings(CommonSettings):
     deeplens_bucket: str = Field(alias="DEEPLENS_BUCKET", min_length=1)
     min_validation_accuracy: float = Field(default=0.8, alias="MIN_VALIDATION_ACCURACY", ge=0, le=1)
     champion_tolerance: float = Field(default=0.02, alias="CHAMPION_TOLERANCE", ge=0, le=1)
+    # per-class guard of the fair gate: no class's recall may drop by more than this vs the champion
+    max_recall_drop: float = Field(default=0.1, alias="MAX_RECALL_DROP", ge=0, le=1)
     deeplens_group_id: str = Field(default="", alias="DEEPLENS_GROUP_ID")
     deeplens_function_arn: str = Field(default="", alias="DEEPLENS_FUNCTION_ARN")
     edge_thing_group_arn: str = Field(default="", alias="EDGE_THING_GROUP_ARN")
