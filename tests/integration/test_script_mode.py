@@ -161,6 +161,13 @@ def test_entry_point_runs_as_the_container_runs_it(tmp_path: Path) -> None:
         predicted.append(labels.index(classifier.predict(image)[0][0]))
     assert report.confusion_matrix(truth, predicted, len(labels)) == metrics["confusion_matrix"]
 
+    # report.html: one self-contained file, a thumbnail for every misclassified validation photo
+    page = (model_dir / "report.html").read_text()
+    wrong = sum(truth[i] != predicted[i] for i in range(len(truth)))
+    assert page.count("<figure>") == wrong and page.count("data:image/jpeg;base64,") == wrong
+    assert f"{metrics['validation_accuracy']:.4f}" in page and 'src="http' not in page
+    assert "No champion was evaluated" in page
+
     # the same job with this model as the champion: evaluated on the challenger's validation split
     second = tmp_path / "second" / "opt" / "ml"
     env2, _ = lay_out_opt_ml(second, champion=archive)
@@ -169,6 +176,7 @@ def test_entry_point_runs_as_the_container_runs_it(tmp_path: Path) -> None:
     metrics2 = json.loads((second / "model" / "metrics.json").read_text())
     champion = metrics2["champion"]
     assert champion["confusion_matrix"] == metrics["confusion_matrix"]  # same model, same split
+    assert "No champion was evaluated" not in (second / "model" / "report.html").read_text()
     assert contract.parse_metrics(again.stdout.splitlines())["champion:validation:accuracy"] == (
         pytest.approx(metrics["validation_accuracy"], abs=1e-6)
     )

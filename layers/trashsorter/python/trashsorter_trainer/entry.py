@@ -137,6 +137,27 @@ def evaluate_champion(folder: Path, samples: list[Sample], labels: list[str]) ->
     }
 
 
+def misclassified(result: Any, labels: list[str]) -> list[dict[str, Any]]:
+    """Every validation photo the shipped graph got wrong, with a thumbnail (for report.html)."""
+    from trashsorter_trainer.data import decode
+
+    probs = result.validation_probabilities
+    wrong = []
+    for sample, row in zip(result.validation_samples, probs if probs is not None else [], strict=False):
+        predicted = int(np.argmax(row))
+        if labels[predicted] != sample.label:
+            wrong.append(
+                {
+                    "key": sample.key,
+                    "true": sample.label,
+                    "predicted": labels[predicted],
+                    "confidence": float(row[predicted]),
+                    "thumbnail": report.thumbnail_data_uri(decode(sample.data, sample.key)),
+                }
+            )
+    return wrong
+
+
 def run(env: Mapping[str, str]) -> dict[str, Any]:
     """Train from the channels into the model dir; returns metrics.json's content."""
     from trashsorter_trainer.train import ARTIFACT_MEMBERS, TrainConfig, train
@@ -167,7 +188,8 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
             metrics["champion"] = evaluate_champion(champion_dir, validation, labels)
         for name in ARTIFACT_MEMBERS:
             shutil.copy2(work / "out" / name, model_dir / name)
-    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (model_dir / "report.html").write_text(report.render_html(metrics, misclassified(result, labels)))
     final = {
         "train:loss": metrics["train_loss"],
         "train:accuracy": metrics["train_accuracy"],

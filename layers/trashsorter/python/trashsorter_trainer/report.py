@@ -1,8 +1,11 @@
-"""Classification metrics and the confusion-matrix PNG (drawn with Pillow; no matplotlib)."""
+"""Classification metrics, the confusion-matrix PNG (drawn with Pillow; no matplotlib) and ``report.html``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +88,103 @@ def draw_confusion_matrix(
     )
     image.save(path, format="PNG")
     return path
+
+
+THUMBNAIL = 160
+
+
+def thumbnail_data_uri(image: Image.Image, side: int = THUMBNAIL) -> str:
+    """A small JPEG of ``image`` as a data: URI (the report stays one self-contained file)."""
+    copy = image.copy()
+    copy.thumbnail((side, side))
+    buffer = io.BytesIO()
+    copy.convert("RGB").save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(
+    metrics: Mapping[str, Any],
+    misclassified: Sequence[Mapping[str, Any]],
+    title: str = "trashsorter training report",
+) -> str:
+    """``report.html``: accuracy, per-class precision/recall/F1, the confusion matrix, the class balance of
+    the splits, a thumbnail of every misclassified validation photo (true, predicted, confidence) and the
+    champion comparison on the same images. ``misclassified`` items: key, true, predicted, confidence,
+    thumbnail (a data: URI)."""
+    labels = list(metrics["labels"])
+    per_class = metrics["per_class"]
+    champion = metrics.get("champion") or None
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>validation accuracy <b>{float(metrics['validation_accuracy']):.4f}</b> on "
+        f"{metrics['validation_count']} images (the exported ONNX graph); train accuracy "
+        f"{float(metrics['train_accuracy']):.4f}; {metrics['train_count']} training images.</p>",
+        "<h2>Per class</h2>",
+        _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                [
+                    label,
+                    per_class[label]["precision"],
+                    per_class[label]["recall"],
+                    per_class[label]["f1"],
+                    per_class[label]["support"],
+                ]
+                for label in labels
+            ],
+        ),
+        "<h2>Confusion matrix (rows true, columns predicted)</h2>",
+        _table(
+            ["true \\ predicted", *labels],
+            [[label, *row] for label, row in zip(labels, metrics["confusion_matrix"], strict=True)],
+        ),
+        "<h2>Class balance</h2>",
+        _table(
+            ["split", *labels],
+            [
+                [split, *(counts.get(label, 0) for label in labels)]
+                for split, counts in metrics["class_counts"].items()
+            ],
+        ),
+        "<h2>Champion on the same validation images</h2>",
+    ]
+    if champion:
+        parts.append(
+            _table(
+                ["", "accuracy", *(f"recall {label}" for label in labels)],
+                [
+                    ["this model", metrics["validation_accuracy"], *(per_class[x]["recall"] for x in labels)],
+                    [
+                        "champion",
+                        champion["validation_accuracy"],
+                        *(champion["per_class"][x]["recall"] for x in labels),
+                    ],
+                ],
+            )
+        )
+    else:
+        parts.append("<p>No champion was evaluated (none yet, or a different label set).</p>")
+    parts.append(f"<h2>Misclassified validation photos ({len(misclassified)})</h2><div class=grid>")
+    for item in misclassified:
+        parts.append(
+            f'<figure><img src="{item["thumbnail"]}" alt="{html.escape(str(item["key"]))}">'
+            f"<figcaption>{html.escape(str(item['key']))}<br>true <b>{html.escape(str(item['true']))}</b>, "
+            f"predicted <b>{html.escape(str(item['predicted']))}</b> ({float(item['confidence']):.2f})"
+            "</figcaption></figure>"
+        )
+    parts.append("</div>")
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}"
+        ".grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;width:170px;font-size:.8em}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )

@@ -192,6 +192,9 @@ class TrainResult:
     archive: Path
     metrics: dict[str, Any]
     model: TrashClassifier  # the trained torch model (eval mode), for tests and comparisons
+    # the shipped ONNX graph's probabilities on the validation samples (their order), for the report
+    validation_probabilities: np.ndarray | None = None
+    validation_samples: tuple[Sample, ...] = ()
 
 
 def configure_threads(threads: int) -> int:
@@ -471,7 +474,14 @@ def _train(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "model.json").write_text(json.dumps(model_card(labels, size), indent=2))
     archive = pack(out, out / "model.tar.gz")
-    return TrainResult(output_dir=out, archive=archive, metrics=metrics, model=model)
+    return TrainResult(
+        output_dir=out,
+        archive=archive,
+        metrics=metrics,
+        model=model,
+        validation_probabilities=onnx_probs,
+        validation_samples=tuple(val_samples),
+    )
 
 
 def cross_entropy(probabilities: np.ndarray, truth: Sequence[int]) -> float:
