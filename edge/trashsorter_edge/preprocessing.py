@@ -5,7 +5,7 @@ decode (bytes, a PIL image, or an OpenCV BGR frame) -> apply the EXIF orientatio
 SHORT side is ``image_size`` (bilinear) -> centre-crop ``image_size`` x ``image_size`` -> float32 0..1, CHW.
 
 There is deliberately NO ImageNet mean/std normalisation here: the exported ONNX graph normalises inside
-(``trashsorter_cli.trainer.model.TrashClassifier.frozen``). Normalising twice was the old Greengrass
+(``trashsorter_trainer.model.TrashClassifier.frozen``). Normalising twice was the old Greengrass
 classifier's bug.
 """
 

@@ -33,7 +33,6 @@ HOLD_BACK_PER_LABEL = 3
 # MinImagesPerLabel is set to the upload count of the smallest label, which is uploaded last: the rule
 # is crossed by the very last photo, so the training snapshot holds every uploaded photo.
 DEMO_OVERRIDES = {
-    "TrainingBackend": "local",
     "MinNewImages": "20",
     # A demo on ~170 photos: the gate is lowered from the recipe's 0.8 so a small model still deploys.
     "MinValidationAccuracy": "0.6",

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="template parameters, as sam deploy takes them (TrainingBackend=local is the local default)",
+        help="template parameters, as sam deploy takes them",
     )
     p.add_argument("--no-device", action="store_true", help="do not start the local device")
     local_sub.add_parser("down", parents=[common], help="stop the running local stack")

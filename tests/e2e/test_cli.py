@@ -159,7 +159,7 @@ def test_local_status_reports_the_running_stack(
     data = json.loads(out)
     assert data["running"] is True
     assert data["endpoint_url"] == local_stack.endpoint_url
-    assert data["parameters"]["TrainingBackend"] == "local"
+    assert data["parameters"]["TrainingAlgorithm"] == "trashsorter"
 
 
 def test_no_local_stack_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -233,7 +233,7 @@ def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
         data = json.loads(state.read_text())
         assert data["pid"] == proc.pid
         assert data["parameters"]["MinImagesPerLabel"] == "7"
-        assert data["parameters"]["TrainingBackend"] == "local"
+        assert data["parameters"]["TrainingAlgorithm"] == "trashsorter"
         assert data["outputs"]["ImagesBucketName"] in ready
         # S3 sends an s3:TestEvent when the bucket notification is configured; the ingest handler logs
         # that it ignored it. That log line goes to the log file the ready line names, never the console.

@@ -81,7 +81,8 @@ def test_local_resources_match_the_template(local_stack: LocalRuntime) -> None:
     assert set(local_stack.stack.functions) == {
         lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"
     }
-    assert local_stack.stack.function_env("StartTrainingFunction")["TRAINING_BACKEND"] == "local"
+    env = local_stack.stack.function_env("StartTrainingFunction")
+    assert "TRAINING_BACKEND" not in env and env["TRAINING_ALGORITHM"] == "trashsorter"  # one switch
     assert local_stack.state is not None
     assert local_stack.state.environments["PackageFunction"]["LOCAL_DEVICE_URL"] == local_stack.device_url
 
@@ -118,7 +119,13 @@ def test_photos_to_a_deployed_model_that_classifies_a_held_out_photo(local_stack
 
     run = _wait(finished, 240, "the training run to be trained and packaged")
     assert run["status"] == "completed", run
-    assert run["backend"] == "local"
+    assert run["backend"] == "sagemaker" and run["algorithm"] == "trashsorter"  # the request AWS would run
+    described = local_stack.client("sagemaker").describe_training_job(TrainingJobName=run["job_name"])
+    assert described["TrainingJobStatus"] == "Completed"  # the emulated job, not moto's canned answer
+    assert "/pytorch-training:" in described["AlgorithmSpecification"]["TrainingImage"]
+    final = {m["MetricName"]: m["Value"] for m in described["FinalMetricDataList"]}
+    assert 0.0 <= final["validation:accuracy"] <= 1.0
+    assert run["source_sha256"] in run["source_uri"]  # the code's content hash, on the run
     assert run["package_outcome"] == "deployed", {
         k: run.get(k) for k in ("metrics", "status_message", "package_message")
     }

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trashsorter_cli.trainer.data import Sample
-from trashsorter_cli.trainer.train import TrainConfig, TrainResult, train
+from trashsorter_trainer.data import Sample
+from trashsorter_trainer.train import TrainConfig, TrainResult, train
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 BINS = (("Compost", "paper"), ("Recycling", "glass"))

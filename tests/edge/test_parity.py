@@ -16,8 +16,8 @@ from PIL import Image
 import trashsorter_edge.preprocessing as edge_preprocessing
 from tests.edge.conftest import IMAGE_SIZE, TinyModel
 from trashsorter_cli.device import predictor
-from trashsorter_cli.trainer import data
-from trashsorter_cli.trainer.train import run_onnx
+from trashsorter_trainer import data
+from trashsorter_trainer.train import run_onnx
 
 pytestmark = pytest.mark.slow  # trains a tiny model once per session
 

@@ -19,8 +19,8 @@ from trashsorter import artifacts
 from trashsorter.deploy import greengrass_v2
 from trashsorter.settings import PackageSettings
 from trashsorter_cli.device.runner import ComponentRunner, RecipeError
-from trashsorter_cli.trainer import data
-from trashsorter_cli.trainer.train import run_onnx
+from trashsorter_trainer import data
+from trashsorter_trainer.train import run_onnx
 
 pytestmark = pytest.mark.slow  # a venv is created by the component's Install step
 

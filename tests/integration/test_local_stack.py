@@ -124,15 +124,15 @@ def test_rules_targeting_functions_get_mirror_queues_with_dead_letters(stack: St
 
 def test_stack_parameter_overrides_are_checked() -> None:
     template = load_template()
-    assert parse_parameter_overrides(["MinImagesPerLabel=30 TrainingBackend=local"]) == {
+    assert parse_parameter_overrides(["MinImagesPerLabel=30 TrainingAlgorithm=image-classification"]) == {
         "MinImagesPerLabel": "30",
-        "TrainingBackend": "local",
+        "TrainingAlgorithm": "image-classification",
     }
     assert parse_parameter_overrides(["ParameterKey=MinNewImages,ParameterValue=5"]) == {"MinNewImages": "5"}
     assert parameter_values(template, {"MinImagesPerLabel": "30"})["MinImagesPerLabel"] == "30"
     with pytest.raises(ConfigurationError, match="unknown stack parameter"):
         parameter_values(template, {"NoSuchParameter": "1"})
     with pytest.raises(ConfigurationError, match="not one of"):
-        parameter_values(template, {"TrainingBackend": "gpu-cluster"})
+        parameter_values(template, {"TrainingAlgorithm": "gpu-cluster"})
     with pytest.raises(ConfigurationError, match="below its minimum"):
         parameter_values(template, {"MinImagesPerLabel": "0"})

@@ -49,7 +49,7 @@ MAPPING = {
 
 @pytest.fixture
 def stack_overrides() -> dict[str, str]:
-    return {"MinImagesPerLabel": "3", "MinNewImages": "4"}
+    return {"MinImagesPerLabel": "3", "MinNewImages": "4", "TrainingAlgorithm": "image-classification"}
 
 
 def photos(material: str) -> list[Path]:

@@ -20,8 +20,8 @@ from moto.server import ThreadedMotoServer
 from trashsorter import aws
 from trashsorter.deploy import greengrass_v2
 from trashsorter_cli.device.server import LocalDevice
-from trashsorter_cli.trainer.data import Sample
-from trashsorter_cli.trainer.train import TrainConfig, train
+from trashsorter_trainer.data import Sample
+from trashsorter_trainer.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow  # trains a tiny model (a few seconds)
 

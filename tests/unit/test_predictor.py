@@ -9,8 +9,8 @@ import pytest
 
 from trashsorter.errors import DeploymentError, Rejection
 from trashsorter_cli.device.predictor import Classifier
-from trashsorter_cli.trainer.data import Sample
-from trashsorter_cli.trainer.train import TrainConfig, train
+from trashsorter_trainer.data import Sample
+from trashsorter_trainer.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow  # trains a tiny model (a few seconds)
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from trashsorter.errors import TrainingError
 from trashsorter_cli.device import predictor
-from trashsorter_cli.trainer import crossval, data, report
-from trashsorter_cli.trainer.data import Sample, preprocess
-from trashsorter_cli.trainer.model import HEAD_ONLY, TrashClassifier, load_backbone, pretrained_weights_path
-from trashsorter_cli.trainer.train import ARTIFACT_MEMBERS, TrainConfig, TrainResult, run_onnx, train
+from trashsorter_cli.trainer import crossval
+from trashsorter_trainer import data, report
+from trashsorter_trainer.data import Sample, preprocess
+from trashsorter_trainer.errors import TrainerError as TrainingError
+from trashsorter_trainer.model import HEAD_ONLY, TrashClassifier, load_backbone, pretrained_weights_path
+from trashsorter_trainer.train import ARTIFACT_MEMBERS, TrainConfig, TrainResult, run_onnx, train
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 TINY = TrainConfig(epochs=1, views=1, image_size=128, batch_size=8, threads=2)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -15,14 +12,12 @@ from trashsorter.errors import ConfigurationError
 from trashsorter.settings import TrainingSettings
 from trashsorter.training_request import (
     JOB_NAME_RE,
-    TrainingLaunch,
     algorithm_image_uri,
     build_hyperparameters,
     build_training_request,
     make_job_name,
     quota_message,
 )
-from trashsorter_cli.local.training_backend import LocalBackend
 
 LABELS = ("Compost", "Landfill", "Recycling")
 ENV = {
@@ -32,6 +27,7 @@ ENV = {
     "ALLOWED_LABELS": ",".join(LABELS),
     "TRAINING_ROLE_ARN": "arn:aws:iam::123456789012:role/train",
     "AWS_REGION": "eu-west-1",
+    "TRAINING_ALGORITHM": "image-classification",  # the recipe (trashsorter: test_start_training_script_mode)
 }
 
 
@@ -152,45 +148,3 @@ def test_quota_message_is_actionable() -> None:
                    "request-service-quota-increase"):  # fmt: skip
         assert needle in text
     assert "ml.g4dn.xlarge for spot training job usage" in quota_message("ml.g4dn.xlarge", "x", "", spot=True)
-
-
-def test_local_backend_starts_a_detached_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real detached child (a recording Python script standing in for the interpreter) gets the argv."""
-    recorder = tmp_path / "python"
-    out = tmp_path / "argv.json"
-    recorder.write_text(
-        f"#!{sys.executable}\nimport json, os, sys\n"
-        f"json.dump({{'argv': sys.argv[1:], 'endpoint': os.environ.get('AWS_ENDPOINT_URL'),"
-        f" 'sid': os.getsid(0) == os.getpid()}}, open({str(out)!r}, 'w'))\nprint('trainer log line')\n"
-    )
-    recorder.chmod(0o755)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5999")
-    monkeypatch.setenv("TRASHSORTER_LOG_DIR", str(tmp_path / "logs"))
-    backend = LocalBackend(python=str(recorder))
-    settings = TrainingSettings.from_env({**ENV, "TRAINING_BACKEND": "local", "TRAINING_ROLE_ARN": ""})
-    p = plan()
-    request = build_training_request(settings, p, job_name="deeplens-local-1", run_id="run-7")
-    launch = TrainingLaunch("run-7", "deeplens-local-1", p.dataset_id, "imgs", "tbl", request)
-    assert not backend.exists(launch)
-    backend.start(launch)
-    for _ in range(100):
-        if out.exists() and out.stat().st_size:
-            break
-        time.sleep(0.05)
-    recorded = json.loads(out.read_text())
-    assert recorded["argv"] == [
-        "-m", "trashsorter_cli.trainer", "--job-name", "deeplens-local-1",
-        "--manifest", f"s3://imgs/datasets/{p.dataset_id}/manifest.jsonl",
-        "--output", "s3://imgs/training-output/",
-        "--hyperparameters", json.dumps(request["HyperParameters"], sort_keys=True),
-        "--run-id", "run-7", "--table", "tbl", "--event-bus", "default",
-    ]  # fmt: skip
-    assert recorded["endpoint"] == "http://127.0.0.1:5999"  # environment inherited
-    assert recorded["sid"] is True  # its own session and process group (children.spawn)
-    assert backend.exists(launch)
-    log = tmp_path / "logs" / "deeplens-local-1.log"
-    for _ in range(100):
-        if "trainer log line" in log.read_text():
-            break
-        time.sleep(0.05)
-    assert "trainer log line" in log.read_text()

@@ -34,11 +34,9 @@ from types import ModuleType
 from typing import Any
 
 from trashsorter.errors import ConfigurationError
-from trashsorter_cli.local import training_backend
 from trashsorter_cli.local.stack import LOCAL_ACCOUNT, EventSource, FunctionSpec, LocalStack
 
 LOG = logging.getLogger("trashsorter.local.dispatcher")
-training_backend.install()  # the handlers run here: TRAINING_BACKEND=local starts the embedded trainer
 Handler = Callable[[Any, Any], Any]
 _IMPORT_LOCK = threading.Lock()
 

@@ -34,7 +34,8 @@ from typing import IO, Any
 import boto3
 
 from trashsorter import aws
-from trashsorter_cli.local import children, moto_patches
+from trashsorter.errors import ConfigurationError
+from trashsorter_cli.local import children, moto_patches, sagemaker_jobs
 from trashsorter_cli.local.dispatcher import Dispatcher
 from trashsorter_cli.local.server import (
     DEFAULT_HOST,
@@ -51,8 +52,8 @@ from trashsorter_cli.local.stack import LocalStack, deploy_stack, load_template
 
 DEFAULT_STACK_NAME = "trashsorter"
 DEFAULT_REGION = "us-east-1"
-# Local mode trains on the CPU trainer: it comes from the template parameter, as `sam deploy` would set it.
-DEFAULT_LOCAL_OVERRIDES: dict[str, str] = {"TrainingBackend": "local"}
+# The template's own defaults: training runs as on AWS (CreateTrainingJob), emulated by sagemaker_jobs.
+DEFAULT_LOCAL_OVERRIDES: dict[str, str] = {}
 PACKAGE_FUNCTION = "PackageFunction"
 
 
@@ -125,6 +126,9 @@ class LocalRuntime:
             self._set_environment()
             moto_patches.install(speed=True)  # the local stack holds real data: fast DynamoDB
             self.server.start()
+            sagemaker_jobs.install(
+                sagemaker_jobs.JobEmulator(client=self.client, work_root=self.state_dir / "jobs")
+            )
             self.stack = deploy_stack(
                 self.session(),
                 stack_name=self.stack_name,
@@ -179,6 +183,7 @@ class LocalRuntime:
                 self.device.stop()
             finally:
                 self.device = None
+        sagemaker_jobs.uninstall()  # kills running training children
         self.server.stop()
         remove_state(self.state_path, pid=os.getpid())
         self._restore_environment()

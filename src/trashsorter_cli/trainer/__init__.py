@@ -1,7 +1,6 @@
-"""The local CPU trainer: EfficientNet-Lite0 transfer learning exported to ONNX (see docs/local-training.md).
+"""Local tools around the project's trainer (the trainer itself is :mod:`trashsorter_trainer`).
 
-Submodules: ``data`` (Pillow/numpy only: decoding, THE preprocessing, augmentation), ``model``, ``train``
-(``train()``, ``train_from_directory()``), ``report`` (metrics, confusion-matrix PNG), ``job`` (the
-S3/DynamoDB/EventBridge job wrapper run as ``python -m trashsorter_cli.trainer``), ``bench``.
-torch is imported only by ``model``/``train``/``job``, so importing this package stays cheap.
+Submodules: ``job`` (the S3/DynamoDB/EventBridge job wrapper run as ``python -m trashsorter_cli.trainer``),
+``bench`` and ``crossval`` (measurements). torch is imported only where training happens, so importing this
+package stays cheap.
 """

@@ -13,7 +13,7 @@ import resource
 import tempfile
 from pathlib import Path
 
-from trashsorter_cli.trainer.train import TrainConfig, train_from_directory
+from trashsorter_trainer.train import TrainConfig, train_from_directory
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from trashsorter_cli.trainer import report
-from trashsorter_cli.trainer.data import (
+from trashsorter_trainer import report
+from trashsorter_trainer.data import (
     Sample,
     augment,
     decode,
@@ -37,7 +37,7 @@ from trashsorter_cli.trainer.data import (
     resize_short_side,
     samples_from_directory,
 )
-from trashsorter_cli.trainer.train import (
+from trashsorter_trainer.train import (
     TrainConfig,
     build_model,
     configure_threads,

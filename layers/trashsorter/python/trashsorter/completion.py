@@ -40,7 +40,13 @@ from trashsorter.deploy.orchestrate import (
 )
 from trashsorter.errors import PackagingError, TransientError
 from trashsorter.events import TrainingStateChange
-from trashsorter.gate import ACCURACY_METRIC, champion_accuracy, evaluate_gate, final_metrics
+from trashsorter.gate import (
+    ACCURACY_METRIC,
+    champion_accuracy,
+    evaluate_fair_gate,
+    evaluate_gate,
+    final_metrics,
+)
 from trashsorter.labels import read_dataset_labels
 from trashsorter.notify import notify
 from trashsorter.observability import logger
@@ -317,13 +323,23 @@ def _register(
             extra={"packaging_error": str(exc)},
         )
     champion = registry.get_champion(table_name=table, ddb=ddb)
-    decision = evaluate_gate(
-        metrics.get(ACCURACY_METRIC),
-        champion_accuracy(champion, job_name),
-        min_accuracy=settings.min_validation_accuracy,
-        tolerance=settings.champion_tolerance,
-        champion_id=str((champion or {}).get("model_id", "")),
-    )
+    if packaged.evaluation and (packaged.evaluation.get("champion") or not champion):
+        # the project's trainer evaluated the champion on this job's own validation split: the fair gate
+        decision = evaluate_fair_gate(
+            packaged.evaluation,
+            min_accuracy=settings.min_validation_accuracy,
+            tolerance=settings.champion_tolerance,
+            max_recall_drop=settings.max_recall_drop,
+            champion_id=str((champion or {}).get("model_id", "")),
+        )
+    else:  # the built-in algorithm (or a champion the job could not evaluate): today's gate
+        decision = evaluate_gate(
+            metrics.get(ACCURACY_METRIC),
+            champion_accuracy(champion, job_name),
+            min_accuracy=settings.min_validation_accuracy,
+            tolerance=settings.champion_tolerance,
+            champion_id=str((champion or {}).get("model_id", "")),
+        )
     extra: dict[str, Any] = {
         "labels": list(packaged.labels),
         "artifact_members": list(packaged.members),

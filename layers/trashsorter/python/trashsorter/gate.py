@@ -73,3 +73,49 @@ def champion_accuracy(champion: Mapping[str, Any] | None, model_id: str) -> floa
         return None
     value = (champion.get("metrics") or {}).get(ACCURACY_METRIC)
     return float(value) if value is not None else None
+
+
+def evaluate_fair_gate(
+    evaluation: Mapping[str, Any],
+    *,
+    min_accuracy: float,
+    tolerance: float,
+    max_recall_drop: float,
+    champion_id: str = "",
+) -> GateDecision:
+    """The gate on ONE split: the trainer's ``metrics.json`` holds the challenger's and (``champion``) the
+    champion's scores on the challenger's validation images. Deploy when the challenger is >= the minimum,
+    not worse than the champion on that split by more than ``tolerance``, and no class's recall dropped by
+    more than ``max_recall_drop``. Without a ``champion`` section, :func:`evaluate_gate` applies as before."""
+    eps = 1e-9
+    accuracy = evaluation.get("validation_accuracy")
+    champion = evaluation.get("champion") or {}
+    base = evaluate_gate(
+        None if accuracy is None else float(accuracy),
+        None if not champion else float(champion["validation_accuracy"]),
+        min_accuracy=min_accuracy,
+        tolerance=tolerance,
+        champion_id=champion_id,
+    )
+    if not base.passed or not champion:
+        return base
+    ours = evaluation.get("per_class") or {}
+    theirs = champion.get("per_class") or {}
+    drops = {
+        label: float(theirs[label]["recall"]) - float(ours[label]["recall"])
+        for label in sorted(set(ours) & set(theirs))
+    }
+    worst = max(drops.items(), key=lambda item: item[1], default=None)
+    if worst is not None and worst[1] > max_recall_drop + eps:
+        label, drop = worst
+        return GateDecision(
+            False,
+            f"recall of {label} dropped by {drop:.4f} against champion {champion_id} "
+            f"({float(theirs[label]['recall']):.4f} -> {float(ours[label]['recall']):.4f}) on the same "
+            f"{int(champion.get('validation_count', 0))} validation images, more than {max_recall_drop:.4f}",
+        )
+    return GateDecision(
+        True,
+        f"{base.reason}, both on the same {int(champion.get('validation_count', 0))} validation images; "
+        f"no class's recall dropped by more than {max_recall_drop:.4f}",
+    )

@@ -38,7 +38,7 @@ from trashsorter.schema import (
 )
 from trashsorter.settings import CommonSettings, TrainingSettings
 from trashsorter.threshold import evaluate_current, publish_dataset_ready
-from trashsorter.training_request import TrainingLaunch
+from trashsorter.training_request import TrainingLaunch, source_lineage
 
 MAX_ATTEMPTS = 20
 CLAIM_LEASE_SECONDS = 900  # > the package function's timeout (300 s)
@@ -213,6 +213,8 @@ def create_run(ddb: Any, settings: TrainingSettings, launch: TrainingLaunch, *, 
         "dataset_id": launch.dataset_id,
         "job_name": launch.job_name,
         "backend": backend,
+        "algorithm": settings.training_algorithm,
+        **source_lineage(launch.request),
         "attempt": attempt,
         "request": json.dumps(launch.request, sort_keys=True),
         "status": str(RunStatus.STARTING),

@@ -77,8 +77,19 @@ class IngestSettings(CommonSettings):
 class TrainingSettings(CommonSettings):
     validation_fraction: float = Field(default=0.2, alias="VALIDATION_FRACTION", gt=0, lt=1)
     training_backend: Literal["sagemaker", "local"] = Field(default="sagemaker", alias="TRAINING_BACKEND")
+    # trashsorter = the project's ONNX trainer (script mode, PyTorch container); image-classification = the
+    # recipe's built-in algorithm (MXNet, DeepLens only)
+    training_algorithm: Literal["trashsorter", "image-classification"] = Field(
+        default="trashsorter", alias="TRAINING_ALGORITHM"
+    )
+    # the per-stack part of every job name ("deeplens-<stack>-"): rule and IAM match only this stack's jobs
+    job_name_prefix: str = Field(
+        default="deeplens-", alias="JOB_NAME_PREFIX", pattern=r"^deeplens-([a-z0-9]{1,12}-)?$"
+    )
     training_role_arn: str = Field(default="", alias="TRAINING_ROLE_ARN")
-    instance_type: str = Field(default="ml.p2.xlarge", alias="TRAINING_INSTANCE_TYPE")
+    # empty = the algorithm's default: ml.g4dn.xlarge (trashsorter; PyTorch 2 cannot use the p2's K80) or
+    # the recipe's ml.p2.xlarge (image-classification)
+    instance_type_setting: str = Field(default="", alias="TRAINING_INSTANCE_TYPE")
     instance_count: int = Field(default=1, alias="TRAINING_INSTANCE_COUNT", ge=1)
     volume_gb: int = Field(default=50, alias="TRAINING_VOLUME_GB", ge=1)
     max_runtime_seconds: int = Field(default=7200, alias="TRAINING_MAX_RUNTIME", ge=60)
@@ -86,6 +97,7 @@ class TrainingSettings(CommonSettings):
     max_wait_seconds: int = Field(default=0, alias="TRAINING_MAX_WAIT", ge=0)
     hyperparameter_overrides: dict[str, str] = Field(default_factory=dict, alias="HYPERPARAMETER_OVERRIDES")
     algorithm_image_uri: str = Field(default="", alias="ALGORITHM_IMAGE_URI")
+    pytorch_image_uri: str = Field(default="", alias="PYTORCH_IMAGE_URI")
     aws_region: str = Field(default="us-east-1", alias="AWS_REGION")
 
     @field_validator("hyperparameter_overrides", mode="before")
@@ -101,6 +113,12 @@ class TrainingSettings(CommonSettings):
             value = {str(k): str(v) for k, v in value.items()}
         return value
 
+    @property
+    def instance_type(self) -> str:
+        if self.instance_type_setting:
+            return self.instance_type_setting
+        return "ml.g4dn.xlarge" if self.training_algorithm == "trashsorter" else "ml.p2.xlarge"
+
     @model_validator(mode="after")
     def _spot_wait(self) -> Self:
         if self.training_backend == "sagemaker" and not self.training_role_arn:
@@ -114,6 +132,8 @@ class PackageSettings(CommonSettings):
     deeplens_bucket: str = Field(alias="DEEPLENS_BUCKET", min_length=1)
     min_validation_accuracy: float = Field(default=0.8, alias="MIN_VALIDATION_ACCURACY", ge=0, le=1)
     champion_tolerance: float = Field(default=0.02, alias="CHAMPION_TOLERANCE", ge=0, le=1)
+    # per-class guard of the fair gate: no class's recall may drop by more than this vs the champion
+    max_recall_drop: float = Field(default=0.1, alias="MAX_RECALL_DROP", ge=0, le=1)
     deeplens_group_id: str = Field(default="", alias="DEEPLENS_GROUP_ID")
     deeplens_function_arn: str = Field(default="", alias="DEEPLENS_FUNCTION_ARN")
     edge_thing_group_arn: str = Field(default="", alias="EDGE_THING_GROUP_ARN")

@@ -314,9 +314,16 @@ def start_training(
         if attempt > runs.MAX_ATTEMPTS:
             return StartOutcome("failed", dataset_id=plan.dataset_id, message="too many failed attempts")
         run_id = runs.make_run_id(plan.dataset_id, attempt)
-        job_name = make_job_name(plan.dataset_id, attempt)
+        job_name = make_job_name(plan.dataset_id, attempt, prefix=settings.job_name_prefix)
+        source: dict[str, str] = {}
+        if settings.training_algorithm == "trashsorter":
+            from trashsorter import script_mode
+
+            uri, sha256 = script_mode.upload_source(s3, settings.images_bucket)
+            champion = script_mode.champion_artifact_uri(table, ddb=ddb)
+            source = {"source_uri": uri, "source_sha256": sha256, "champion_uri": champion}
         try:
-            request = build_training_request(settings, plan, job_name=job_name, run_id=run_id)
+            request = build_training_request(settings, plan, job_name=job_name, run_id=run_id, **source)
         except ConfigurationError as exc:
             details = {"dataset_id": plan.dataset_id, "job_name": job_name}
             _notify(settings, sns, "Training not started: configuration", str(exc), details)

@@ -11,11 +11,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
-from trashsorter import clock
+from trashsorter import clock, images
 from trashsorter.dataset import TRAIN, VALIDATION, DatasetPlan
 from trashsorter.errors import ConfigurationError
 from trashsorter.schema import DATASETS_PREFIX, JOB_PREFIX
@@ -65,25 +63,15 @@ class TrainingLaunch:
         return str(self.request["OutputDataConfig"]["S3OutputPath"])
 
 
-@lru_cache(maxsize=1)
-def _algorithm_images() -> dict[str, Any]:
-    text = resources.files("trashsorter").joinpath("data/image_classification_uris.json").read_text("utf-8")
-    data: dict[str, Any] = json.loads(text)
-    return data
-
-
 def algorithm_image_uri(region: str, override: str = "") -> str:
     """The built-in image-classification image of ``region`` (``override`` = ALGORITHM_IMAGE_URI wins)."""
-    if override:
-        return override
-    regions = _algorithm_images()["regions"]
-    if region not in regions:
-        raise ConfigurationError(
-            f"no SageMaker image-classification algorithm image is known for region {region!r}; "
-            "set ALGORITHM_IMAGE_URI or regenerate data/image_classification_uris.json "
-            "(scripts/generate_algorithm_images.py)"
-        )
-    return str(regions[region]["uri"])
+    return images.image_uri(
+        images.IMAGE_CLASSIFICATION,
+        region,
+        override,
+        what="image-classification algorithm",
+        setting="ALGORITHM_IMAGE_URI",
+    )
 
 
 def build_hyperparameters(
@@ -113,16 +101,22 @@ def build_hyperparameters(
     return merged
 
 
-def make_job_name(dataset_id: str, attempt: int, now: datetime | None = None) -> str:
+def make_job_name(
+    dataset_id: str, attempt: int, now: datetime | None = None, *, prefix: str = JOB_PREFIX
+) -> str:
+    """``<prefix>ts-<dataset>-<stamp>[-a<n>]``; ``prefix`` = JOB_NAME_PREFIX carries the stack's part."""
     stamp = (now or clock.now()).strftime("%Y%m%d%H%M%S")
-    name = f"{JOB_PREFIX}ts-{dataset_id}-{stamp}" + (f"-a{attempt}" if attempt > 1 else "")
+    name = f"{prefix}ts-{dataset_id}-{stamp}" + (f"-a{attempt}" if attempt > 1 else "")
     if not JOB_NAME_RE.match(name):
         raise ConfigurationError(f"invalid training job name {name!r}")
     return name
 
 
-def _channel(name: str, s3_uri: str, data_type: str) -> dict[str, Any]:
-    return {
+def channel(
+    name: str, s3_uri: str, data_type: str, content_type: str | None = IMAGE_CONTENT_TYPE
+) -> dict[str, Any]:
+    """One InputDataConfig channel (``content_type`` None: none, as script mode takes it)."""
+    spec: dict[str, Any] = {
         "ChannelName": name,
         "DataSource": {
             "S3DataSource": {
@@ -131,16 +125,38 @@ def _channel(name: str, s3_uri: str, data_type: str) -> dict[str, Any]:
                 "S3DataDistributionType": "FullyReplicated",
             }
         },
-        "ContentType": IMAGE_CONTENT_TYPE,
+        "ContentType": content_type,
         "CompressionType": "None",
     }
+    if content_type is None:
+        del spec["ContentType"]
+    return spec
 
 
 def build_training_request(
-    settings: TrainingSettings, plan: DatasetPlan, *, job_name: str, run_id: str
+    settings: TrainingSettings,
+    plan: DatasetPlan,
+    *,
+    job_name: str,
+    run_id: str,
+    source_uri: str = "",
+    source_sha256: str = "",
+    champion_uri: str = "",
 ) -> dict[str, Any]:
-    """The CreateTrainingJob request for ``plan`` (SageMaker built-in image-classification, File mode)."""
-    bucket = settings.images_bucket
+    """The CreateTrainingJob request for ``plan``: the project's trainer in script mode (TRAINING_ALGORITHM
+    ``trashsorter``, see :mod:`trashsorter.script_mode`) or the recipe's built-in image-classification."""
+    if settings.training_algorithm == "trashsorter":
+        from trashsorter import script_mode
+
+        return script_mode.build_request(
+            settings,
+            plan,
+            job_name=job_name,
+            run_id=run_id,
+            source_uri=source_uri,
+            source_sha256=source_sha256,
+            champion_uri=champion_uri,
+        )
     if settings.training_backend == "sagemaker":
         image = algorithm_image_uri(settings.aws_region, settings.algorithm_image_uri)
     else:
@@ -153,18 +169,28 @@ def build_training_request(
         num_training_samples=plan.num_train,
         overrides=settings.hyperparameter_overrides,
     )
+    return {
+        **job_envelope(settings, plan, job_name=job_name, run_id=run_id),
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
+        "HyperParameters": hyperparameters,
+        "InputDataConfig": [
+            channel(TRAIN, plan.uri("train.manifest"), "ManifestFile"),
+            channel(VALIDATION, plan.uri("validation.manifest"), "ManifestFile"),
+            channel("train_lst", plan.uri("train.lst"), "S3Prefix"),
+            channel("validation_lst", plan.uri("validation.lst"), "S3Prefix"),
+        ],
+    }
+
+
+def job_envelope(
+    settings: TrainingSettings, plan: DatasetPlan, *, job_name: str, run_id: str
+) -> dict[str, Any]:
+    """What every algorithm's request shares: name, role, output, instance, stopping, spot, tags."""
+    bucket = settings.images_bucket
     stopping: dict[str, int] = {"MaxRuntimeInSeconds": settings.max_runtime_seconds}
     request: dict[str, Any] = {
         "TrainingJobName": job_name,
-        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
         "RoleArn": settings.training_role_arn,
-        "HyperParameters": hyperparameters,
-        "InputDataConfig": [
-            _channel(TRAIN, plan.uri("train.manifest"), "ManifestFile"),
-            _channel(VALIDATION, plan.uri("validation.manifest"), "ManifestFile"),
-            _channel("train_lst", plan.uri("train.lst"), "S3Prefix"),
-            _channel("validation_lst", plan.uri("validation.lst"), "S3Prefix"),
-        ],
         "OutputDataConfig": {"S3OutputPath": f"s3://{bucket}/{TRAINING_OUTPUT_PREFIX}"},
         "ResourceConfig": {
             "InstanceType": settings.instance_type,
@@ -183,6 +209,15 @@ def build_training_request(
         stopping["MaxWaitTimeInSeconds"] = settings.max_wait_seconds
         request["CheckpointConfig"] = {"S3Uri": f"s3://{bucket}/{CHECKPOINTS_PREFIX}{job_name}/"}
     return request
+
+
+def source_lineage(request: Mapping[str, Any]) -> dict[str, str]:
+    """The trainer code a run executes (script mode): its content hash and S3 object, for lineage."""
+    tags = {t["Key"]: t["Value"] for t in request.get("Tags", [])}
+    if "trashsorter:source-sha256" not in tags:
+        return {}
+    submit = json.loads(request["HyperParameters"]["sagemaker_submit_directory"])
+    return {"source_sha256": tags["trashsorter:source-sha256"], "source_uri": str(submit)}
 
 
 def quota_message(instance_type: str, region: str, detail: str, *, spot: bool = False) -> str:

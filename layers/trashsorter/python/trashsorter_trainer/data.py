@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 import trashsorter_edge.preprocessing as _edge
-from trashsorter.errors import TrainingError
 from trashsorter_edge.preprocessing import (
     IMAGE_EXTENSIONS,
     IMAGE_SIZE,
@@ -32,6 +31,7 @@ from trashsorter_edge.preprocessing import (
     resize_short_side,
     to_array,
 )
+from trashsorter_trainer.errors import TrainerError
 
 __all__ = ["IMAGE_EXTENSIONS", "IMAGE_SIZE", "preprocess", "resize_short_side", "to_array"]
 
@@ -52,11 +52,11 @@ class Sample:
 
 
 def decode(data: bytes | Image.Image, name: str = "image") -> Image.Image:
-    """THE decode of :mod:`trashsorter_edge.preprocessing`; undecodable input raises TrainingError here."""
+    """THE decode of :mod:`trashsorter_edge.preprocessing`; undecodable input raises TrainerError here."""
     try:
         return _edge.decode(data, name)
     except _edge.UndecodableImage as exc:
-        raise TrainingError(str(exc)) from exc
+        raise TrainerError(str(exc)) from exc
 
 
 def augment(image: Image.Image, rng: random.Random, image_size: int = IMAGE_SIZE) -> np.ndarray:
@@ -110,7 +110,7 @@ def samples_from_directory(
         for folder in groups[label]:
             directory = base / folder
             if not directory.is_dir():
-                raise TrainingError(f"folder {directory} (label {label}) does not exist")
+                raise TrainerError(f"folder {directory} (label {label}) does not exist")
             for path in sorted(directory.iterdir()):
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
                     continue

@@ -35,9 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trashsorter.errors import TrainingError
-from trashsorter_cli.trainer import report
-from trashsorter_cli.trainer.data import (
+from trashsorter_trainer import report
+from trashsorter_trainer.data import (
     IMAGE_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -49,7 +48,8 @@ from trashsorter_cli.trainer.data import (
     resize_short_side,
     samples_from_directory,
 )
-from trashsorter_cli.trainer.model import (
+from trashsorter_trainer.errors import TrainerError
+from trashsorter_trainer.model import (
     HEAD_ONLY,
     INPUT_NAME,
     MODEL_NAME,
@@ -66,6 +66,8 @@ Progress = Callable[[dict[str, Any]], None]
 # AdamW: lr = learning_rate * ADAMW_LR_SCALE (local_learning_rate overrides). 0.003 for the linear head
 # on frozen features was chosen by 5-fold cross-validation (crossval.py; 0.001 under-fits in 10 epochs).
 ADAMW_LR_SCALE = 0.3
+# The CUDA schedule (see TrainConfig.for_device): the last 8 MBConv blocks + head conv fine-tuned.
+GPU_SCHEDULE: dict[str, Any] = {"finetune_blocks": 8, "views": 16, "epochs": 20, "learning_rate": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,17 @@ class TrainConfig:
     class_balanced: bool = False  # loss weights inverse to class frequency
     seed: int = 0
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    device: str = "cpu"  # "cpu" or "cuda" (from_hyperparameters picks cuda when torch sees a GPU)
+    amp: bool = True  # mixed precision (float16 autocast + grad scaling), on CUDA only
+
+    @classmethod
+    def for_device(cls, device: str) -> TrainConfig:
+        """The default schedule of a device: CPU = today's fast schedule (frozen features + linear head);
+        CUDA = fine-tune the last blocks of the backbone too, more augmented views and epochs, mixed
+        precision (time is cheap there). The CUDA schedule has not been measured on a GPU yet."""
+        if device == "cuda":
+            return cls(device="cuda", **GPU_SCHEDULE)
+        return cls(device="cpu")
 
     @classmethod
     def from_hyperparameters(cls, hyperparameters: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -98,8 +111,13 @@ class TrainConfig:
         keys (num_layers, use_pretrained_model, num_training_samples ...) do not apply and are ignored.
         """
         hp = dict(hyperparameters or {})
-        config = cls()
         try:
+            device = str(hp.get("device", "auto"))
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device not in ("cpu", "cuda"):
+                raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+            config = cls.for_device(device)
             updates: dict[str, Any] = {}
             if "epochs" in hp:
                 updates["epochs"] = int(hp["epochs"])
@@ -122,11 +140,15 @@ class TrainConfig:
             ):
                 if key in hp:
                     updates[name] = kind(hp[key])
-            for key, name in (("local_flip_tta", "flip_tta"), ("local_class_balanced", "class_balanced")):
+            for key, name in (
+                ("local_flip_tta", "flip_tta"),
+                ("local_class_balanced", "class_balanced"),
+                ("amp", "amp"),
+            ):
                 if key in hp:
                     updates[name] = _flag(key, hp[key])
         except (TypeError, ValueError) as exc:
-            raise TrainingError(f"invalid hyperparameters {hp}: {exc}") from exc
+            raise TrainerError(f"invalid hyperparameters {hp}: {exc}") from exc
         config = replace(config, **updates)
         config.validate()
         return config
@@ -149,8 +171,10 @@ class TrainConfig:
             problems.append("dropout must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             problems.append("label smoothing must be in [0, 1)")
+        if self.device not in ("cpu", "cuda"):
+            problems.append("device must be cpu or cuda")
         if problems:
-            raise TrainingError("invalid training configuration: " + "; ".join(problems))
+            raise TrainerError("invalid training configuration: " + "; ".join(problems))
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -168,6 +192,9 @@ class TrainResult:
     archive: Path
     metrics: dict[str, Any]
     model: TrashClassifier  # the trained torch model (eval mode), for tests and comparisons
+    # the shipped ONNX graph's probabilities on the validation samples (their order), for the report
+    validation_probabilities: np.ndarray | None = None
+    validation_samples: tuple[Sample, ...] = ()
 
 
 def configure_threads(threads: int) -> int:
@@ -183,19 +210,19 @@ def configure_threads(threads: int) -> int:
 
 def _check(samples: Sequence[Sample], labels: Sequence[str]) -> None:
     if len(labels) < 2:
-        raise TrainingError(f"need at least 2 labels, got {list(labels)}")
+        raise TrainerError(f"need at least 2 labels, got {list(labels)}")
     if len(set(labels)) != len(labels):
-        raise TrainingError(f"duplicate labels in {list(labels)}")
+        raise TrainerError(f"duplicate labels in {list(labels)}")
     unknown = sorted({s.label for s in samples} - set(labels))
     if unknown:
-        raise TrainingError(f"samples carry labels not in labels.txt: {unknown}")
+        raise TrainerError(f"samples carry labels not in labels.txt: {unknown}")
     bad_split = sorted({s.split for s in samples} - {"train", "validation"})
     if bad_split:
-        raise TrainingError(f"unknown split(s) {bad_split}: expected train / validation")
+        raise TrainerError(f"unknown split(s) {bad_split}: expected train / validation")
     if not any(s.split == "train" for s in samples):
-        raise TrainingError("no training images")
+        raise TrainerError("no training images")
     if not any(s.split == "validation" for s in samples):
-        raise TrainingError("no validation images")
+        raise TrainerError("no validation images")
 
 
 def build_model(num_classes: int, config: TrainConfig) -> TrashClassifier:
@@ -206,13 +233,27 @@ def build_model(num_classes: int, config: TrainConfig) -> TrashClassifier:
     return model
 
 
-def frozen_features(model: TrashClassifier, arrays: Sequence[np.ndarray], batch_size: int) -> torch.Tensor:
-    """The frozen part of ``model`` over preprocessed images (float32 CHW 0..1), batched, no gradient."""
+def _autocast(config: TrainConfig | None) -> Any:
+    """float16 autocast on CUDA when ``config.amp`` (mixed precision); a no-op context elsewhere."""
+    enabled = config is not None and config.device == "cuda" and config.amp
+    return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=enabled)
+
+
+def frozen_features(
+    model: TrashClassifier,
+    arrays: Sequence[np.ndarray],
+    batch_size: int,
+    config: TrainConfig | None = None,
+) -> torch.Tensor:
+    """The frozen part of ``model`` over preprocessed images (float32 CHW 0..1), batched, no gradient.
+
+    On the model's device (the result stays there, float32)."""
+    device = next(model.parameters()).device
     outputs = []
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(config):
         for start in range(0, len(arrays), batch_size):
-            batch = torch.from_numpy(np.stack(arrays[start : start + batch_size]))
-            outputs.append(model.frozen(batch))
+            batch = torch.from_numpy(np.stack(arrays[start : start + batch_size])).to(device)
+            outputs.append(model.frozen(batch).float())
     return torch.cat(outputs)
 
 
@@ -232,7 +273,7 @@ def tail_probabilities(
             for part in ([bank] if flip_bank is None else [bank, flip_bank])
             for i in range(0, len(part), batch_size)
         ]
-        stacked = torch.cat(probs)
+        stacked = torch.cat(probs).float().cpu()
         return stacked if flip_bank is None else stacked.reshape(2, len(bank), -1).mean(0)
 
 
@@ -265,18 +306,21 @@ def fit_tail(
         weight = counts.sum() / (model.num_classes * counts)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     generator = torch.Generator().manual_seed(config.seed)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.device == "cuda" and config.amp)
     train_loss = train_accuracy = 0.0
     for epoch in range(1, config.epochs + 1):
         model.train_tail()
-        order = torch.randperm(len(bank), generator=generator)
+        order = torch.randperm(len(bank), generator=generator).to(bank.device)
         loss_sum, correct = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            logits = model.tail(bank[idx])
-            loss = loss_fn(logits, y_bank[idx])
+            with _autocast(config):
+                logits = model.tail(bank[idx])
+                loss = loss_fn(logits.float(), y_bank[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.detach().argmax(1) == y_bank[idx]).sum())
@@ -297,7 +341,7 @@ def train(
 ) -> TrainResult:
     """Train on ``samples`` (split train/validation) and write the artifact into ``output_dir``.
 
-    Raises :class:`TrainingError` with a readable reason for bad data (no images, undecodable bytes,
+    Raises :class:`TrainerError` with a readable reason for bad data (no images, undecodable bytes,
     unknown labels) and wraps out-of-memory.
     """
     config = config or TrainConfig()
@@ -317,7 +361,7 @@ def train(
             train_samples, val_samples, list(labels), index, out, config, progress, rng, started, threads
         )
     except (MemoryError, torch.OutOfMemoryError) as exc:
-        raise TrainingError(f"out of memory while training: {exc}") from exc
+        raise TrainerError(f"out of memory while training: {exc}") from exc
 
 
 def _train(
@@ -341,19 +385,19 @@ def _train(
     decoded_at = time.perf_counter()
 
     # 2. frozen features of the cached views (and of the flipped validation images for the flip-TTA)
-    model = build_model(len(labels), config)
-    val_bank = frozen_features(model, val_arrays, config.batch_size)
+    model = build_model(len(labels), config).to(config.device)
+    val_bank = frozen_features(model, val_arrays, config.batch_size, config)
     val_flip_bank = (
-        frozen_features(model, [flipped(a) for a in val_arrays], config.batch_size)
+        frozen_features(model, [flipped(a) for a in val_arrays], config.batch_size, config)
         if config.flip_tta
         else None
     )
     views = [
-        frozen_features(model, [augment(src, rng, size) for src in sources], config.batch_size)
+        frozen_features(model, [augment(src, rng, size) for src in sources], config.batch_size, config)
         for _ in range(config.views)
     ]
     bank = torch.cat(views)
-    y_bank = y_train.repeat(config.views)
+    y_bank = y_train.repeat(config.views).to(bank.device)
     features_at = time.perf_counter()
     feature_images = len(bank) + len(val_bank) + (0 if val_flip_bank is None else len(val_flip_bank))
 
@@ -369,6 +413,7 @@ def _train(
             "epochs": config.epochs,
             "train_loss": round(train_loss, 5),
             "train_accuracy": round(train_accuracy, 5),
+            "val_loss": round(cross_entropy(probs.numpy(), y_val), 5),
             "val_accuracy": round(val_accuracy, 5),
         }
         history.append(entry)
@@ -379,7 +424,9 @@ def _train(
     trained_at = time.perf_counter()
 
     # 4. export, evaluate the shipped ONNX graph, write the artifact
-    model.eval()
+    model.cpu().eval()
+    val_bank = val_bank.cpu()
+    val_flip_bank = None if val_flip_bank is None else val_flip_bank.cpu()
     onnx_path = export_onnx(model, out / "model.onnx", size)
     torch_probs = tail_probabilities(model, val_bank, val_flip_bank, config.batch_size).numpy()
     onnx_probs = run_onnx(onnx_path, np.stack(val_arrays))
@@ -397,6 +444,7 @@ def _train(
     }
     metrics: dict[str, Any] = {
         "validation_accuracy": round(scores["accuracy"], 5),
+        "validation_loss": round(cross_entropy(onnx_probs, y_val), 5),
         "train_accuracy": round(train_accuracy, 5),
         "train_loss": history[-1]["train_loss"],
         "labels": labels,
@@ -426,7 +474,20 @@ def _train(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "model.json").write_text(json.dumps(model_card(labels, size), indent=2))
     archive = pack(out, out / "model.tar.gz")
-    return TrainResult(output_dir=out, archive=archive, metrics=metrics, model=model)
+    return TrainResult(
+        output_dir=out,
+        archive=archive,
+        metrics=metrics,
+        model=model,
+        validation_probabilities=onnx_probs,
+        validation_samples=tuple(val_samples),
+    )
+
+
+def cross_entropy(probabilities: np.ndarray, truth: Sequence[int]) -> float:
+    """Mean negative log-likelihood of the true class (the reported ``validation:loss``)."""
+    picked = np.asarray(probabilities, dtype=np.float64)[np.arange(len(truth)), np.asarray(truth)]
+    return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
 
 
 def model_card(labels: Sequence[str], image_size: int) -> dict[str, Any]:

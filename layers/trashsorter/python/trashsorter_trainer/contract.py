@@ -1,0 +1,50 @@
+"""The SageMaker script-mode contract of the trainer, shared by the job request, the container entry point
+and the local job emulation (stdlib only: the start-training Lambda imports it).
+
+Channels (``/opt/ml/input/data/<name>``, ``SM_CHANNEL_<NAME>``): ``train`` / ``validation`` (ManifestFile
+channels of the dataset snapshot: the images at their S3 key under the channel folder), ``train_lst`` /
+``validation_lst`` (the recipe's ``.lst`` files: ``index<TAB>class_index<TAB>key``), ``labels``
+(``labels.txt``, class index order) and the optional ``champion`` (the champion's ``model.tar.gz``).
+Metrics are printed as ``name=value`` pairs; :data:`METRIC_DEFINITIONS` are the regexes SageMaker (and the
+local emulation) apply to the log. The LAST match of a metric is its final value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+PROGRAM = "train.py"  # sagemaker_program: the entry script at the root of sourcedir.tar.gz
+REQUIREMENTS = "requirements.txt"  # installed by the training toolkit before the program runs
+IMAGE_CHANNELS = ("train", "validation")
+LST_CHANNELS = ("train_lst", "validation_lst")
+LABELS_CHANNEL = "labels"
+CHAMPION_CHANNEL = "champion"
+METRIC_NAMES = (
+    "train:loss",
+    "train:accuracy",
+    "validation:loss",
+    "validation:accuracy",
+    "champion:validation:accuracy",
+)
+METRIC_DEFINITIONS: list[dict[str, str]] = [
+    {"Name": name, "Regex": f"(?:^| ){re.escape(name)}=([0-9.]+)"} for name in METRIC_NAMES
+]
+
+
+def metric_line(prefix: str, values: dict[str, float]) -> str:
+    """``<prefix> name=value ...`` in the form :data:`METRIC_DEFINITIONS` parse."""
+    return " ".join([prefix, *(f"{name}={float(value):.6f}" for name, value in values.items())])
+
+
+def parse_metrics(
+    log_lines: Iterable[str], definitions: Iterable[Mapping[str, str]] = tuple(METRIC_DEFINITIONS)
+) -> dict[str, float]:
+    """What MetricDefinitions make of a log: the last value of every metric that appeared."""
+    final: dict[str, float] = {}
+    definitions = list(definitions)
+    for line in log_lines:
+        for definition in definitions:
+            for match in re.finditer(definition["Regex"], line):
+                final[definition["Name"]] = float(match.group(1))
+    return final

@@ -1,0 +1,220 @@
+"""The container entry point (SageMaker script mode): channels in, ``SM_MODEL_DIR`` out, metric lines out.
+
+Exactly what the SageMaker training toolkit provides is read: ``SM_CHANNEL_<NAME>`` folders (see
+:mod:`trashsorter_trainer.contract`), ``SM_MODEL_DIR`` (default ``/opt/ml/model``), and the hyperparameters
+from ``<SM_INPUT_CONFIG_DIR or /opt/ml/input/config>/hyperparameters.json`` (string values). The model dir
+receives ``model.onnx``, ``labels.txt``, ``metrics.json``, ``model.json`` and ``confusion_matrix.png``;
+SageMaker packs it as ``model.tar.gz``. With a ``champion`` channel the champion's ONNX graph is evaluated
+on THIS job's validation split and reported beside the challenger (``champion:validation:accuracy`` and
+``metrics.json["champion"]``). Exit code 0 = success; a failure writes ``/opt/ml/output/failure`` (the
+FailureReason SageMaker shows) and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trashsorter_trainer import report
+from trashsorter_trainer.contract import (
+    CHAMPION_CHANNEL,
+    IMAGE_CHANNELS,
+    LABELS_CHANNEL,
+    metric_line,
+)
+from trashsorter_trainer.data import Sample, preprocess
+from trashsorter_trainer.errors import TrainerError
+
+OPT_ML = "/opt/ml"
+
+
+def channel_dir(name: str, env: Mapping[str, str]) -> Path | None:
+    value = env.get(f"SM_CHANNEL_{name.upper()}")
+    path = Path(value) if value else Path(OPT_ML, "input", "data", name)
+    return path if path.is_dir() else None
+
+
+def read_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
+    path = Path(env.get("SM_INPUT_CONFIG_DIR", f"{OPT_ML}/input/config")) / "hyperparameters.json"
+    if not path.is_file():
+        return {}
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise TrainerError(f"{path} is not a JSON object")
+    return {str(k): _decoded(v) for k, v in raw.items()}
+
+
+def _decoded(value: object) -> str:
+    """Values as the training toolkit reads them: JSON-encoded strings ('"train.py"') decoded."""
+    text = str(value)
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return text
+    return decoded if isinstance(decoded, str) else text
+
+
+def read_labels(env: Mapping[str, str]) -> list[str]:
+    directory = channel_dir(LABELS_CHANNEL, env)
+    if directory is None or not (directory / "labels.txt").is_file():
+        raise TrainerError("the 'labels' channel with labels.txt is missing")
+    return [line.strip() for line in (directory / "labels.txt").read_text().splitlines() if line.strip()]
+
+
+def read_split(split: str, labels: list[str], env: Mapping[str, str]) -> list[Sample]:
+    """The images of ``split``: ``<split>_lst/*.lst`` lines, files under the ``<split>`` channel."""
+    images = channel_dir(split, env)
+    lst_dir = channel_dir(f"{split}_lst", env)
+    if images is None or lst_dir is None:
+        raise TrainerError(f"the '{split}' and '{split}_lst' channels are required")
+    samples = []
+    for lst in sorted(lst_dir.glob("*.lst")):
+        for number, line in enumerate(lst.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 3:
+                raise TrainerError(f"{lst.name} line {number}: expected index<TAB>class<TAB>path")
+            class_index, key = int(float(parts[1])), parts[2]
+            if not 0 <= class_index < len(labels):
+                raise TrainerError(f"{lst.name} line {number}: class {class_index} not in labels.txt")
+            path = images / key
+            if not path.is_file():
+                raise TrainerError(f"{lst.name} line {number}: {key} is not in the '{split}' channel")
+            samples.append(Sample(key=key, label=labels[class_index], split=split, data=path.read_bytes()))
+    if not samples:
+        raise TrainerError(f"the '{split}' split is empty")
+    return samples
+
+
+def champion_model(env: Mapping[str, str], work: Path) -> Path | None:
+    """The champion's folder (model.onnx + labels.txt [+ model.json]); unpacks a model.tar.gz."""
+    directory = channel_dir(CHAMPION_CHANNEL, env)
+    if directory is None:
+        return None
+    if (directory / "model.onnx").is_file():
+        return directory
+    for archive in sorted(directory.rglob("*.tar.gz")):
+        target = work / "champion"
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+        if (target / "model.onnx").is_file():
+            return target
+    print(f"champion channel holds no model.onnx: {sorted(p.name for p in directory.iterdir())}", flush=True)
+    return None
+
+
+def evaluate_champion(folder: Path, samples: list[Sample], labels: list[str]) -> dict[str, Any] | None:
+    """The champion's metrics on the challenger's validation samples (None when the labels differ)."""
+    from trashsorter_trainer.train import run_onnx
+
+    champion_labels = [x.strip() for x in (folder / "labels.txt").read_text().splitlines() if x.strip()]
+    if champion_labels != labels:
+        print(f"champion labels {champion_labels} differ from {labels}: no comparison", flush=True)
+        return None
+    size = 224
+    card = folder / "model.json"
+    if card.is_file():
+        size = int(json.loads(card.read_text())["input"]["shape"][-1])
+    batch = np.stack([preprocess(s.data, size) for s in samples])
+    predicted = run_onnx(folder / "model.onnx", batch).argmax(1).tolist()
+    truth = [labels.index(s.label) for s in samples]
+    scores = report.classification_metrics(report.confusion_matrix(truth, predicted, len(labels)), labels)
+    return {
+        "validation_accuracy": round(scores["accuracy"], 5),
+        "per_class": scores["per_class"],
+        "confusion_matrix": scores["confusion_matrix"],
+        "validation_count": len(samples),
+    }
+
+
+def misclassified(result: Any, labels: list[str]) -> list[dict[str, Any]]:
+    """Every validation photo the shipped graph got wrong, with a thumbnail (for report.html)."""
+    from trashsorter_trainer.data import decode
+
+    probs = result.validation_probabilities
+    wrong = []
+    for sample, row in zip(result.validation_samples, probs if probs is not None else [], strict=False):
+        predicted = int(np.argmax(row))
+        if labels[predicted] != sample.label:
+            wrong.append(
+                {
+                    "key": sample.key,
+                    "true": sample.label,
+                    "predicted": labels[predicted],
+                    "confidence": float(row[predicted]),
+                    "thumbnail": report.thumbnail_data_uri(decode(sample.data, sample.key)),
+                }
+            )
+    return wrong
+
+
+def run(env: Mapping[str, str]) -> dict[str, Any]:
+    """Train from the channels into the model dir; returns metrics.json's content."""
+    from trashsorter_trainer.train import ARTIFACT_MEMBERS, TrainConfig, train
+
+    model_dir = Path(env.get("SM_MODEL_DIR", f"{OPT_ML}/model"))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig.from_hyperparameters(read_hyperparameters(env))
+    labels = read_labels(env)
+    samples = [s for split in IMAGE_CHANNELS for s in read_split(split, labels, env)]
+    print(f"training on {config.device}: {len(samples)} images, labels {labels}", flush=True)
+
+    def progress(entry: Mapping[str, Any]) -> None:
+        values = {
+            "train:loss": entry["train_loss"],
+            "train:accuracy": entry["train_accuracy"],
+            "validation:loss": entry["val_loss"],
+            "validation:accuracy": entry["val_accuracy"],
+        }
+        print(metric_line(f"epoch {entry['epoch']}/{entry['epochs']}", values), flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        result = train(samples, labels, work / "out", config, progress=progress)
+        metrics = dict(result.metrics)
+        champion_dir = champion_model(env, work)
+        if champion_dir is not None:
+            validation = [s for s in samples if s.split == "validation"]
+            metrics["champion"] = evaluate_champion(champion_dir, validation, labels)
+        for name in ARTIFACT_MEMBERS:
+            shutil.copy2(work / "out" / name, model_dir / name)
+        (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (model_dir / "report.html").write_text(report.render_html(metrics, misclassified(result, labels)))
+    final = {
+        "train:loss": metrics["train_loss"],
+        "train:accuracy": metrics["train_accuracy"],
+        "validation:loss": metrics["validation_loss"],
+        "validation:accuracy": metrics["validation_accuracy"],
+    }
+    if metrics.get("champion"):
+        final["champion:validation:accuracy"] = metrics["champion"]["validation_accuracy"]
+    print(metric_line("final", final), flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    del argv  # script mode passes hyperparameters as --name value too; the JSON file is the one source
+    env = dict(os.environ)
+    try:
+        run(env)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the job's FailureReason
+        reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TrainerError) else str(exc)
+        print(f"training failed: {reason}", file=sys.stderr, flush=True)
+        failure = Path(env.get("SM_OUTPUT_DIR", f"{OPT_ML}/output"))
+        try:
+            failure.mkdir(parents=True, exist_ok=True)
+            (failure / "failure").write_text(reason)
+        except OSError:
+            pass
+        return 1
+    return 0

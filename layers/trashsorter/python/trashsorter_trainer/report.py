@@ -1,0 +1,190 @@
+"""Classification metrics, the confusion-matrix PNG (drawn with Pillow; no matplotlib) and ``report.html``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+
+def confusion_matrix(truth: Sequence[int], predicted: Sequence[int], num_classes: int) -> list[list[int]]:
+    """``matrix[true][predicted]`` counts."""
+    if len(truth) != len(predicted):
+        raise ValueError("truth and predicted differ in length")
+    matrix = [[0] * num_classes for _ in range(num_classes)]
+    for t, p in zip(truth, predicted, strict=True):
+        matrix[t][p] += 1
+    return matrix
+
+
+def classification_metrics(matrix: list[list[int]], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support and macro averages from a confusion matrix."""
+    total = sum(sum(row) for row in matrix)
+    correct = sum(matrix[i][i] for i in range(len(labels)))
+    per_class: dict[str, dict[str, float | int]] = {}
+    for i, label in enumerate(labels):
+        support = sum(matrix[i])
+        predicted = sum(row[i] for row in matrix)
+        precision = matrix[i][i] / predicted if predicted else 0.0
+        recall = matrix[i][i] / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": support,
+        }
+    count = len(labels) or 1
+    return {
+        "accuracy": correct / total if total else 0.0,
+        "per_class": per_class,
+        "macro_precision": round(sum(float(c["precision"]) for c in per_class.values()) / count, 4),
+        "macro_recall": round(sum(float(c["recall"]) for c in per_class.values()) / count, 4),
+        "confusion_matrix": matrix,
+    }
+
+
+def draw_confusion_matrix(
+    matrix: list[list[int]], labels: Sequence[str], path: Path, title: str = "validation"
+) -> Path:
+    """A labelled heat-map PNG: rows = true label, columns = predicted label, cell = count (row %)."""
+    font = ImageFont.load_default()
+    n = len(labels)
+    cell = 72
+    margin_left = max(90, 8 + 7 * max((len(label) for label in labels), default=4))
+    margin_top = 70
+    width, height = margin_left + n * cell + 20, margin_top + n * cell + 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text(
+        (10, 8), f"Confusion matrix ({title}): rows = true, columns = predicted", fill="black", font=font
+    )
+    for j, label in enumerate(labels):
+        draw.text((margin_left + j * cell + 4, margin_top - 18), label[:11], fill="black", font=font)
+    for i, label in enumerate(labels):
+        row_total = sum(matrix[i]) or 1
+        draw.text((8, margin_top + i * cell + cell // 2 - 6), label[:14], fill="black", font=font)
+        for j in range(n):
+            share = matrix[i][j] / row_total
+            shade = int(255 - 200 * share)
+            colour = (shade, shade, 255) if i == j else (255, shade, shade)
+            x0, y0 = margin_left + j * cell, margin_top + i * cell
+            draw.rectangle((x0, y0, x0 + cell - 2, y0 + cell - 2), fill=colour, outline="grey")
+            text_colour = "white" if share > 0.6 else "black"
+            draw.text((x0 + 8, y0 + cell // 2 - 12), str(matrix[i][j]), fill=text_colour, font=font)
+            draw.text((x0 + 8, y0 + cell // 2 + 2), f"{share:.0%}", fill=text_colour, font=font)
+    total = sum(sum(row) for row in matrix)
+    correct = sum(matrix[i][i] for i in range(n))
+    draw.text(
+        (10, height - 24),
+        f"accuracy {correct}/{total} = {correct / total if total else 0:.3f}",
+        fill="black",
+        font=font,
+    )
+    image.save(path, format="PNG")
+    return path
+
+
+THUMBNAIL = 160
+
+
+def thumbnail_data_uri(image: Image.Image, side: int = THUMBNAIL) -> str:
+    """A small JPEG of ``image`` as a data: URI (the report stays one self-contained file)."""
+    copy = image.copy()
+    copy.thumbnail((side, side))
+    buffer = io.BytesIO()
+    copy.convert("RGB").save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(
+    metrics: Mapping[str, Any],
+    misclassified: Sequence[Mapping[str, Any]],
+    title: str = "trashsorter training report",
+) -> str:
+    """``report.html``: accuracy, per-class precision/recall/F1, the confusion matrix, the class balance of
+    the splits, a thumbnail of every misclassified validation photo (true, predicted, confidence) and the
+    champion comparison on the same images. ``misclassified`` items: key, true, predicted, confidence,
+    thumbnail (a data: URI)."""
+    labels = list(metrics["labels"])
+    per_class = metrics["per_class"]
+    champion = metrics.get("champion") or None
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>validation accuracy <b>{float(metrics['validation_accuracy']):.4f}</b> on "
+        f"{metrics['validation_count']} images (the exported ONNX graph); train accuracy "
+        f"{float(metrics['train_accuracy']):.4f}; {metrics['train_count']} training images.</p>",
+        "<h2>Per class</h2>",
+        _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                [
+                    label,
+                    per_class[label]["precision"],
+                    per_class[label]["recall"],
+                    per_class[label]["f1"],
+                    per_class[label]["support"],
+                ]
+                for label in labels
+            ],
+        ),
+        "<h2>Confusion matrix (rows true, columns predicted)</h2>",
+        _table(
+            ["true \\ predicted", *labels],
+            [[label, *row] for label, row in zip(labels, metrics["confusion_matrix"], strict=True)],
+        ),
+        "<h2>Class balance</h2>",
+        _table(
+            ["split", *labels],
+            [
+                [split, *(counts.get(label, 0) for label in labels)]
+                for split, counts in metrics["class_counts"].items()
+            ],
+        ),
+        "<h2>Champion on the same validation images</h2>",
+    ]
+    if champion:
+        parts.append(
+            _table(
+                ["", "accuracy", *(f"recall {label}" for label in labels)],
+                [
+                    ["this model", metrics["validation_accuracy"], *(per_class[x]["recall"] for x in labels)],
+                    [
+                        "champion",
+                        champion["validation_accuracy"],
+                        *(champion["per_class"][x]["recall"] for x in labels),
+                    ],
+                ],
+            )
+        )
+    else:
+        parts.append("<p>No champion was evaluated (none yet, or a different label set).</p>")
+    parts.append(f"<h2>Misclassified validation photos ({len(misclassified)})</h2><div class=grid>")
+    for item in misclassified:
+        parts.append(
+            f'<figure><img src="{item["thumbnail"]}" alt="{html.escape(str(item["key"]))}">'
+            f"<figcaption>{html.escape(str(item['key']))}<br>true <b>{html.escape(str(item['true']))}</b>, "
+            f"predicted <b>{html.escape(str(item['predicted']))}</b> ({float(item['confidence']):.2f})"
+            "</figcaption></figure>"
+        )
+    parts.append("</div>")
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}"
+        ".grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;width:170px;font-size:.8em}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )

@@ -1,0 +1,365 @@
+"""The local stack's SageMaker training jobs: CreateTrainingJob on the local endpoint runs the job for real.
+
+moto's CreateTrainingJob only records a job (and answers a canned "Completed"). :func:`install` wraps moto's
+SageMaker backend so that a job whose request is script mode (``sagemaker_program`` in its hyperparameters,
+i.e. the ``trashsorter`` algorithm) is executed as the SageMaker service and the training container would:
+
+1. a job folder laid out like ``/opt/ml`` (``input/config/hyperparameters.json``, ``inputdataconfig.json``,
+   ``input/data/<channel>/``, ``model/``, ``output/``, ``code/``);
+2. the channels fetched from S3 (``S3Prefix``: every object under the prefix, named relative to it;
+   ``ManifestFile``: the listed keys under the manifest's prefix) and ``sagemaker_submit_directory``
+   unpacked into ``code/``;
+3. the container environment (``SM_MODEL_DIR``, ``SM_CHANNEL_<NAME>``, ``SM_HPS`` ...) and the entry point
+   run as ``python <sagemaker_program>`` in ``code/`` in a child process: its own process group and
+   ``PR_SET_PDEATHSIG`` (Linux), so it dies with the stack; :func:`stop_all` ends the running ones;
+4. the request's ``MetricDefinitions`` applied to its log -> ``FinalMetricDataList``;
+5. ``model/`` packed as ``model.tar.gz`` to ``<S3OutputPath>/<job>/output/model.tar.gz``;
+6. DescribeTrainingJob answers the real status (InProgress, then Completed or Failed with the reason), the
+   request's MetricDefinitions, the metrics and the artifact; the "SageMaker Training Job State Change"
+   event (detail = DescribeTrainingJob) goes to the default bus, as SageMaker puts it.
+
+A job of another algorithm (the recipe's built-in image-classification, MXNet) cannot run here: it ends
+``Failed`` at once with a FailureReason that says so (and its state-change event), never a fake success.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import io
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from trashsorter import runs
+from trashsorter.schema import SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE
+from trashsorter_trainer.contract import parse_metrics
+
+LOG = logging.getLogger("trashsorter.local.sagemaker")
+PR_SET_PDEATHSIG = 1
+MAX_FAILURE_REASON = 1024
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def _decoded(value: str) -> str:
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    return decoded if isinstance(decoded, str) else value
+
+
+@dataclass
+class JobEmulator:
+    """Runs script-mode training jobs created on the local endpoint (one thread + child per job)."""
+
+    client: Callable[[str], Any]  # service name -> boto3 client on the local endpoint
+    work_root: Path
+    python: str = sys.executable
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    threads: dict[str, threading.Thread] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ layout and inputs
+    def job_dir(self, name: str) -> Path:
+        return self.work_root / name / "opt" / "ml"
+
+    def fetch_channel(self, spec: Mapping[str, Any], target: Path) -> None:
+        source = spec["DataSource"]["S3DataSource"]
+        s3 = self.client("s3")
+        bucket, key = _split_s3(source["S3Uri"])
+        if source["S3DataType"] == "ManifestFile":
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            manifest = json.loads(body)
+            prefix_bucket, prefix = _split_s3(manifest[0]["prefix"])
+            pairs = [(prefix_bucket, prefix + rel, rel) for rel in manifest[1:]]
+        else:
+            base = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+            pairs = [
+                (bucket, o["Key"], o["Key"][len(base) :]) for page in pages for o in page.get("Contents", [])
+            ]
+        for obj_bucket, obj_key, relative in pairs:
+            path = target / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(s3.get_object(Bucket=obj_bucket, Key=obj_key)["Body"].read())
+
+    def prepare(self, request: Mapping[str, Any]) -> tuple[Path, dict[str, str], str]:
+        """The /opt/ml layout, inputs fetched; returns (root, container env, program)."""
+        root = self.job_dir(request["TrainingJobName"])
+        hyperparameters = dict(request.get("HyperParameters") or {})
+        config = root / "input" / "config"
+        for sub in (config, root / "model", root / "output", root / "code"):
+            sub.mkdir(parents=True, exist_ok=True)
+        (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+        channels = {c["ChannelName"]: c for c in request.get("InputDataConfig", [])}
+        (config / "inputdataconfig.json").write_text(
+            json.dumps({name: {"TrainingInputMode": "File"} for name in channels})
+        )
+        (config / "resourceconfig.json").write_text(
+            json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
+        )
+        for name, spec in channels.items():
+            self.fetch_channel(spec, root / "input" / "data" / name)
+        bucket, key = _split_s3(_decoded(hyperparameters["sagemaker_submit_directory"]))
+        archive = self.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(root / "code", filter="data")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", str(root)),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONUNBUFFERED": "1",
+            "TRAINING_JOB_NAME": request["TrainingJobName"],
+            "SM_MODEL_DIR": str(root / "model"),
+            "SM_OUTPUT_DIR": str(root / "output"),
+            "SM_OUTPUT_DATA_DIR": str(root / "output" / "data"),
+            "SM_INPUT_DIR": str(root / "input"),
+            "SM_INPUT_CONFIG_DIR": str(config),
+            "SM_CHANNELS": json.dumps(sorted(channels)),
+            "SM_HPS": json.dumps({k: _decoded(v) for k, v in hyperparameters.items()}),
+            "SM_CURRENT_HOST": "algo-1",
+            "SM_HOSTS": '["algo-1"]',
+            "SM_NUM_GPUS": "0",
+            **{f"SM_CHANNEL_{name.upper()}": str(root / "input" / "data" / name) for name in channels},
+        }
+        return root, env, _decoded(hyperparameters["sagemaker_program"])
+
+    # ------------------------------------------------------------------ run
+    def run(self, request: Mapping[str, Any], backend_job: Any) -> dict[str, Any]:
+        """Run the job to its end; updates ``backend_job`` (moto's record) and puts the state-change event."""
+        name = request["TrainingJobName"]
+        failure: str | None = None
+        metrics: dict[str, float] = {}
+        try:
+            root, env, program = self.prepare(request)
+            log_path = self.work_root / name / "training.log"
+            lines: list[str] = []
+            with log_path.open("w") as log:
+                child = subprocess.Popen(
+                    [self.python, program],
+                    cwd=root / "code",
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent,
+                )
+                self.children[name] = child
+                assert child.stdout is not None
+                for raw in child.stdout:
+                    line = raw.decode("utf-8", "replace").rstrip("\n")
+                    lines.append(line)
+                    self.progress(request, line)
+                    log.write(line + "\n")
+                    log.flush()
+                code = child.wait()
+            self.children.pop(name, None)
+            definitions = request["AlgorithmSpecification"].get("MetricDefinitions", [])
+            metrics = parse_metrics(lines, definitions)
+            if code != 0:
+                reason_file = root / "output" / "failure"
+                reason = reason_file.read_text() if reason_file.is_file() else "\n".join(lines[-5:])
+                failure = f"AlgorithmError: {reason} (exit code {code})"
+            else:
+                self.upload_model(request, root / "model")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the job's FailureReason
+            failure = f"ClientError: {type(exc).__name__}: {exc}"
+        self.finish(backend_job, metrics, failure)
+        detail = self.describe(name)
+        self.put_event(detail)
+        return detail
+
+    def progress(self, request: Mapping[str, Any], line: str) -> None:
+        """Local convenience (CloudWatch's role on AWS): an epoch line becomes the run record's progress."""
+        match = EPOCH_LINE.match(line)
+        tags = {t["Key"]: t["Value"] for t in request.get("Tags") or []}
+        if match is None or "trashsorter:run-id" not in tags:
+            return
+        values = parse_metrics([line], request["AlgorithmSpecification"].get("MetricDefinitions", []))
+        progress = {
+            "epoch": int(match.group(1)),
+            "epochs": int(match.group(2)),
+            "train_loss": values.get("train:loss", 0.0),
+            "val_accuracy": values.get("validation:accuracy", 0.0),
+        }
+        try:
+            runs.record_progress(
+                tags["trashsorter:table"], tags["trashsorter:run-id"], progress, ddb=self.client("dynamodb")
+            )
+        except Exception as exc:  # noqa: BLE001 - progress is informative; training goes on
+            LOG.warning("progress of %s not recorded: %s", request["TrainingJobName"], exc)
+
+    def upload_model(self, request: Mapping[str, Any], model_dir: Path) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "model.tar.gz"
+            with tarfile.open(archive, "w:gz") as tar:
+                for path in sorted(model_dir.iterdir()):
+                    tar.add(path, arcname=path.name)
+            output = request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
+            uri = f"{output}/{request['TrainingJobName']}/output/model.tar.gz"
+            bucket, key = _split_s3(uri)
+            self.client("s3").upload_file(str(archive), bucket, key)
+        return uri
+
+    @staticmethod
+    def start(backend_job: Any, metric_definitions: list[dict[str, str]]) -> None:
+        """moto's record as SageMaker shows a job that has just started."""
+        backend_job.algorithm_specification["MetricDefinitions"] = metric_definitions
+        backend_job.training_job_status = "InProgress"
+        backend_job.secondary_status = "Starting"
+        backend_job.final_metric_data_list = []
+        backend_job.model_artifacts = None
+        backend_job.training_end_time = None
+
+    @staticmethod
+    def finish(backend_job: Any, metrics: Mapping[str, float], failure: str | None) -> None:
+        now = datetime.now(UTC)
+        backend_job.training_end_time = backend_job.last_modified_time = now
+        backend_job.final_metric_data_list = [
+            {"MetricName": k, "Value": float(v), "Timestamp": now} for k, v in metrics.items()
+        ]
+        if failure is None:
+            output = backend_job.output_data_config["S3OutputPath"].rstrip("/")
+            backend_job.model_artifacts = {
+                "S3ModelArtifacts": f"{output}/{backend_job.training_job_name}/output/model.tar.gz"
+            }
+            backend_job.training_job_status = backend_job.secondary_status = "Completed"
+        else:
+            backend_job.failure_reason = failure[:MAX_FAILURE_REASON]
+            backend_job.training_job_status = backend_job.secondary_status = "Failed"
+
+    def describe(self, name: str) -> dict[str, Any]:
+        described: dict[str, Any] = self.client("sagemaker").describe_training_job(TrainingJobName=name)
+        described.pop("ResponseMetadata", None)
+        return described
+
+    def put_event(self, detail: Mapping[str, Any]) -> None:
+        self.client("events").put_events(
+            Entries=[
+                {
+                    "Source": SAGEMAKER_SOURCE,
+                    "DetailType": TRAINING_STATE_CHANGE,
+                    "Detail": json.dumps(detail, default=_iso),
+                    "EventBusName": "default",
+                    "Resources": [detail["TrainingJobArn"]],
+                }
+            ]
+        )
+
+    def refuse(self, request: dict[str, Any], backend_job: Any) -> None:
+        """A built-in-algorithm job: Failed, with the reason, in a thread (as SageMaker reports it later)."""
+        image = request["AlgorithmSpecification"].get("TrainingImage", "?")
+        reason = (
+            f"ClientError: the local stack runs only script-mode jobs (TrainingAlgorithm=trashsorter); "
+            f"{image} (the built-in algorithm) runs on AWS only"
+        )
+        self.start(backend_job, [])
+
+        def fail() -> None:
+            self.finish(backend_job, {}, reason)
+            self.put_event(self.describe(request["TrainingJobName"]))
+
+        thread = threading.Thread(target=fail, name=f"job-{request['TrainingJobName']}", daemon=True)
+        self.threads[request["TrainingJobName"]] = thread
+        thread.start()
+
+    def submit(self, request: dict[str, Any], backend_job: Any) -> None:
+        """Start ``request`` in a thread (the CreateTrainingJob call returns at once, as on AWS)."""
+        self.start(backend_job, request["AlgorithmSpecification"].get("MetricDefinitions", []))
+        thread = threading.Thread(
+            target=self.run,
+            args=(request, backend_job),
+            name=f"job-{request['TrainingJobName']}",
+            daemon=True,
+        )
+        self.threads[request["TrainingJobName"]] = thread
+        thread.start()
+
+    def stop_all(self) -> None:
+        """Kill every running job's process group (``local down``)."""
+        for child in list(self.children.values()):
+            if child.poll() is None:
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def is_script_mode(hyperparameters: Mapping[str, Any] | None) -> bool:
+    return bool(hyperparameters) and "sagemaker_program" in (hyperparameters or {})
+
+
+_INSTALLED: dict[str, Any] = {}
+
+
+def install(emulator: JobEmulator) -> JobEmulator:
+    """Wrap moto's ``SageMakerModelBackend.create_training_job`` (in this process) to run script-mode jobs."""
+    from moto.sagemaker.models import SageMakerModelBackend
+
+    _INSTALLED["emulator"] = emulator
+    if "original" in _INSTALLED:
+        return emulator
+    original = SageMakerModelBackend.create_training_job
+    _INSTALLED["original"] = original
+
+    def create_training_job(self: Any, **kwargs: Any) -> Any:
+        spec = copy.deepcopy(kwargs.get("algorithm_specification") or {})
+        job = original(self, **kwargs)
+        active = _INSTALLED.get("emulator")
+        if active is not None:
+            request = {
+                "TrainingJobName": kwargs["training_job_name"],
+                "HyperParameters": dict(kwargs.get("hyper_parameters") or {}),
+                "AlgorithmSpecification": spec,
+                "InputDataConfig": copy.deepcopy(kwargs.get("input_data_config") or []),
+                "OutputDataConfig": dict(kwargs.get("output_data_config") or {}),
+                "Tags": copy.deepcopy(kwargs.get("tags") or []),
+            }
+            if is_script_mode(request["HyperParameters"]):
+                active.submit(request, job)
+            else:
+                active.refuse(request, job)
+        return job
+
+    SageMakerModelBackend.create_training_job = create_training_job  # type: ignore[method-assign]
+    return emulator
+
+
+def uninstall() -> None:
+    from moto.sagemaker.models import SageMakerModelBackend
+
+    emulator = _INSTALLED.pop("emulator", None)
+    if emulator is not None:
+        emulator.stop_all()
+    original = _INSTALLED.pop("original", None)
+    if original is not None:
+        SageMakerModelBackend.create_training_job = original  # type: ignore[method-assign]

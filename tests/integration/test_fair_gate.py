@@ -1,0 +1,72 @@
+"""The fair gate through the completion handler (moto): the champion's stored accuracy came from ITS OWN,
+smaller validation split; the new job's metrics.json scores the champion on the new job's images. Without
+that comparison the new model is rejected ("I added data and got rejected"); with it, it is judged on the
+same images, and the per-class guard still applies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.fixtures.model_artifacts import mxnet_model_tar, tar_bytes
+from tests.integration.test_package import JOB, Pack, pack  # noqa: F401 - the fixture
+from trashsorter import registry
+from trashsorter.completion import handle_training_state_change
+
+OLD = "deeplens-ts-3f9a1c2b7d4e5f60-20240501080000"
+LABELS = ("Compost", "Landfill", "Recycling")
+
+
+def onnx_tar(accuracy: float, recalls: tuple[float, ...], champion: dict[str, Any] | None) -> bytes:
+    metrics: dict[str, Any] = {
+        "validation_accuracy": accuracy,
+        "labels": list(LABELS),
+        "per_class": {label: {"recall": r} for label, r in zip(LABELS, recalls, strict=True)},
+    }
+    if champion is not None:
+        metrics["champion"] = champion
+    return tar_bytes(
+        [
+            ("model.onnx", b"\x08\x07\x12\x07pytorch" + bytes(range(256)) * 8),
+            ("labels.txt", "".join(f"{label}\n" for label in LABELS).encode()),
+            ("metrics.json", json.dumps(metrics).encode()),
+            ("model.json", json.dumps({"image_size": 224, "labels_file": "labels.txt"}).encode()),
+        ]
+    )
+
+
+def _champion_then(pack: Pack, artifact: bytes) -> dict[str, Any]:  # noqa: F811
+    pack.start_run(OLD, artifact=mxnet_model_tar())
+    first = handle_training_state_change(
+        pack.event("training_completed.json", OLD, accuracy=0.97), pack.settings(), ddb=pack.ddb, s3=pack.s3,
+        greengrass=pack.gg,
+    )  # fmt: skip
+    assert first.outcome == "deployed"
+    pack.start_run(JOB, backend="local", artifact=artifact)
+    event = pack.event("training_completed.json", JOB, accuracy=0.9125)
+    handle_training_state_change(event, pack.settings(), ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+    model = registry.get_model(JOB, table_name=pack.table, ddb=pack.ddb)
+    assert model is not None
+    return model
+
+
+def test_without_a_same_split_comparison_todays_gate_rejects(pack: Pack) -> None:  # noqa: F811
+    model = _champion_then(pack, onnx_tar(0.9125, (0.9, 0.9, 0.95), None))
+    assert model["gate_passed"] is False
+    assert "worse than champion " + OLD in model["gate_reason"]
+
+
+def test_on_the_same_images_the_better_challenger_passes(pack: Pack) -> None:  # noqa: F811
+    champion = {"validation_accuracy": 0.85, "validation_count": 41, "per_class": {
+        "Compost": {"recall": 0.88}, "Landfill": {"recall": 0.8}, "Recycling": {"recall": 0.86}}}  # fmt: skip
+    model = _champion_then(pack, onnx_tar(0.9125, (0.9, 0.9, 0.95), champion))
+    assert model["gate_passed"] is True, model["gate_reason"]
+    assert "same 41 validation images" in model["gate_reason"]
+
+
+def test_on_the_same_images_a_collapsed_class_is_rejected(pack: Pack) -> None:  # noqa: F811
+    recalls = {"Compost": {"recall": 0.88}, "Landfill": {"recall": 0.95}, "Recycling": {"recall": 0.86}}
+    champion = {"validation_accuracy": 0.85, "validation_count": 41, "per_class": recalls}
+    model = _champion_then(pack, onnx_tar(0.9125, (0.99, 0.7, 0.99), champion))
+    assert model["gate_passed"] is False
+    assert "recall of Landfill dropped by 0.2500" in model["gate_reason"]
