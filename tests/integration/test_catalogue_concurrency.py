@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support.ingest import LABELS, Ingest
 from tests.support import hostile
+from tests.support.ingest import LABELS, Ingest
 from trashsorter.events import parse_s3_notification
 from trashsorter.ingest import process_s3_events
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.support import hostile
 from tests.support.ingest import LABELS, Ingest
 from tests.support.stack import StackHandle, load_event
-from tests.support import hostile
 from trashsorter import aws
 from trashsorter.ingest import rebuild_catalogue
 

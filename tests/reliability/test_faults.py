@@ -17,8 +17,8 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import ClientError
 
-from tests.support.stack import REGION, StackHandle, put_s3_record
 from tests.support import hostile
+from tests.support.stack import REGION, StackHandle, put_s3_record
 from trashsorter.catalogue import Catalogue
 from trashsorter.errors import TransientError
 from trashsorter.ingest import process_s3_record

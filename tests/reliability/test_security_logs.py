@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.stack import REGION, StackHandle, put_s3_record
 from tests.support import hostile
+from tests.support.stack import REGION, StackHandle, put_s3_record
 from trashsorter.observability import logger
 from trashsorter_cli.local.dispatcher import make_context
 

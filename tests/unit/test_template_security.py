@@ -547,3 +547,17 @@ def test_checkov_passes_on_the_transformed_template_with_the_same_justified_skip
     assert summary["failed"] == 0 and not failed, failed
     assert summary["passed"] >= 60  # the functions, roles and policies were really read
     assert len(resources_of("AWS::Lambda::Function")) == 3
+
+
+def test_optional_training_key_is_granted_only_when_configured() -> None:
+    template = load_template(ROOT / "template.yaml")
+    env = template["Resources"]["StartTrainingFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["TRAINING_KMS_KEY_ARN"] == {"Ref": "TrainingKmsKeyArn"}
+    policy = resources_of("AWS::IAM::Policy")["TrainingKeyPolicy"]
+    assert policy["Condition"] == "HasTrainingKmsKey"
+    assert [target_of(r) for r in policy["Properties"]["Roles"]] == ["TrainingRole"]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Resource"] == {"Ref": "TrainingKmsKeyArn"}
+    assert template["Conditions"]["HasTrainingKmsKey"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "TrainingKmsKeyArn"}, ""]}]
+    }

@@ -148,3 +148,17 @@ def test_quota_message_is_actionable() -> None:
                    "request-service-quota-increase"):  # fmt: skip
         assert needle in text
     assert "ml.g4dn.xlarge for spot training job usage" in quota_message("ml.g4dn.xlarge", "x", "", spot=True)
+
+
+def test_optional_kms_key_encrypts_output_and_volume() -> None:
+    key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    plain = build_training_request(TrainingSettings.from_env(ENV), plan(), job_name="deeplens-j", run_id="r")
+    assert "KmsKeyId" not in plain["OutputDataConfig"] and "VolumeKmsKeyId" not in plain["ResourceConfig"]
+    request = build_training_request(
+        TrainingSettings.from_env({**ENV, "TRAINING_KMS_KEY_ARN": key}),
+        plan(),
+        job_name="deeplens-j",
+        run_id="r",
+    )
+    assert request["OutputDataConfig"]["KmsKeyId"] == key
+    assert request["ResourceConfig"]["VolumeKmsKeyId"] == key

@@ -92,6 +92,7 @@ class TrainingSettings(CommonSettings):
     instance_type_setting: str = Field(default="", alias="TRAINING_INSTANCE_TYPE")
     instance_count: int = Field(default=1, alias="TRAINING_INSTANCE_COUNT", ge=1)
     volume_gb: int = Field(default=50, alias="TRAINING_VOLUME_GB", ge=1)
+    kms_key_arn: str = Field(default="", alias="TRAINING_KMS_KEY_ARN")  # output and volume; "" = AWS managed
     max_runtime_seconds: int = Field(default=7200, alias="TRAINING_MAX_RUNTIME", ge=60)
     use_spot: bool = Field(default=False, alias="TRAINING_USE_SPOT")
     max_wait_seconds: int = Field(default=0, alias="TRAINING_MAX_WAIT", ge=0)

@@ -205,6 +205,9 @@ def job_envelope(
             {"Key": "trashsorter:table", "Value": settings.table_name},
         ],
     }
+    if settings.kms_key_arn:  # the TrainingKmsKeyArn parameter: model artifacts and the volume
+        request["OutputDataConfig"]["KmsKeyId"] = settings.kms_key_arn
+        request["ResourceConfig"]["VolumeKmsKeyId"] = settings.kms_key_arn
     if settings.use_spot:
         stopping["MaxWaitTimeInSeconds"] = settings.max_wait_seconds
         request["CheckpointConfig"] = {"S3Uri": f"s3://{bucket}/{CHECKPOINTS_PREFIX}{job_name}/"}
