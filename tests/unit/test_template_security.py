@@ -471,24 +471,28 @@ def test_greengrass_statements_exist_only_when_configured_and_name_the_configure
     }
 
 
-def test_algorithm_image_pulls_name_the_regions_registry_account_from_the_generated_table() -> None:
-    table = json.loads(
-        (ROOT / "layers/trashsorter/python/trashsorter/data/image_classification_uris.json").read_text()
-    )
+def test_algorithm_image_pulls_name_the_regions_registry_accounts_from_the_generated_tables() -> None:
+    data = ROOT / "layers/trashsorter/python/trashsorter/data"
+    builtin = json.loads((data / "image_classification_uris.json").read_text())["regions"]
+    pytorch = json.loads((data / "pytorch_training_uris.json").read_text())["regions"]
     mapping = load_template(ROOT / "template.yaml")["Mappings"]["AlgorithmRegistry"]
     assert {region: row["Account"] for region, row in mapping.items()} == {
-        region: row["account"] for region, row in table["regions"].items()
+        region: row["account"] for region, row in builtin.items()
+    }
+    assert {region: row["PyTorch"] for region, row in mapping.items()} == {
+        region: pytorch[region]["account"] for region in builtin
     }
     (pull,) = [
         st
         for owner, _p, st in iam_statements()
         if owner == "TrainingRole" and st.get("Sid") == "PullAlgorithmImage"
     ]
-    text, variables = pull["Resource"]["Fn::Sub"]
-    assert text.endswith(":${Registry}:repository/image-classification") and "*" not in text
-    assert variables["Registry"] == {
-        "Fn::FindInMap": ["AlgorithmRegistry", {"Ref": "AWS::Region"}, "Account"]
-    }
+    pulls = {}
+    for resource in pull["Resource"]:
+        text, variables = resource["Fn::Sub"]
+        assert "*" not in text
+        pulls[text.rsplit("/", 1)[1]] = variables["Registry"]["Fn::FindInMap"][2]
+    assert pulls == {"image-classification": "Account", "pytorch-training": "PyTorch"}
 
 
 def test_every_dlq_has_an_alarm_to_the_notices_topic() -> None:

@@ -34,7 +34,6 @@ from typing import IO, Any
 import boto3
 
 from trashsorter import aws
-from trashsorter.errors import ConfigurationError
 from trashsorter_cli.local import children, moto_patches, sagemaker_jobs
 from trashsorter_cli.local.dispatcher import Dispatcher
 from trashsorter_cli.local.server import (
