@@ -37,7 +37,7 @@ DEMO_OVERRIDES = {
     # A demo on ~170 photos: the gate is lowered from the recipe's 0.8 so a small model still deploys.
     "MinValidationAccuracy": "0.6",
 }
-REPORT_MEMBERS = ("metrics.json", "confusion_matrix.png")
+REPORT_MEMBERS = ("metrics.json", "confusion_matrix.png", "report.html")
 
 
 def sha256_file(path: Path) -> str:
@@ -90,7 +90,7 @@ def wait_ingested(
 
 
 def extract_report(target: Target, model: Mapping[str, Any], dest_root: Path, *, s3: Any) -> Path:
-    """metrics.json + confusion_matrix.png of the training artifact -> ``dest_root/<model_id>/``."""
+    """REPORT_MEMBERS of the training artifact -> ``dest_root/<model_id>/``."""
     uri = str(model.get("artifact_uri") or "")
     if not uri.startswith("s3://"):
         raise CliError(f"model {model.get('model_id')} has no training artifact URI")
@@ -175,7 +175,7 @@ def run_demo(
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(champion["metrics"].items()))
         ui.line(f"model {champion['model_id']}: {metrics}")
         report = extract_report(target, champion, state_dir / "reports", s3=target.client("s3"))
-        ui.line(f"report: {report}/metrics.json and {report}/confusion_matrix.png")
+        ui.line(f"report: {report}/report.html (open in a browser); {report}/metrics.json")
         pipeline.deployments_table(ui, status["deployments"])
         wait_device_model(target, champion["model_id"], timeout=max(5.0, deadline - time.monotonic()))
         labels_of = {p: label for p, label in plan.held_back}
