@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import SAMPLES
+from tests.support.stack import SAMPLES_DIR as SAMPLES
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local.runtime import LocalRuntime
 from trashsorter_cli.main import main
@@ -136,25 +136,22 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_trainer_child_dies_with_the_stack(tmp_path: Path, how: str) -> None:
-    """A trainer started the way the stack starts it (LocalBackend from a long-lived thread) stops with it."""
+    """A trainer started the way the stack starts it (``children.spawn`` from a job thread, as the emulated
+    SageMaker job runs ``train.py``) stops with it."""
     fake_python = tmp_path / "python"
     fake_python.write_text("#!/bin/sh\nexec sleep 300\n")
     fake_python.chmod(0o755)
     script = tmp_path / "stack.py"
     script.write_text(
-        "import signal, sys, threading\n"
-        "from trashsorter.training_request import TrainingLaunch\n"
-        "from trashsorter_cli.local.training_backend import LocalBackend\n"
+        "import signal, subprocess, sys, threading\n"
         "from trashsorter_cli.local import children\n"
         "signal.signal(signal.SIGTERM, lambda *a: (children.stop_all(), sys.exit(0)))\n"
-        "from pathlib import Path\n"
-        f"backend = LocalBackend(python={str(fake_python)!r}, log_dir=Path({str(tmp_path)!r}))\n"
-        "request = {'HyperParameters': {}, 'OutputDataConfig': {'S3OutputPath': 's3://b/out/'}}\n"
-        "launch = TrainingLaunch('r', 'job', 'd', 'b', 't', request)\n"
-        "def worker():  # a dispatcher worker: lives as long as the stack\n"
-        "    backend.start(launch)\n"
-        "    threading.Event().wait()\n"
-        "threading.Thread(target=worker, daemon=True).start()\n"
+        "def job():  # sagemaker_jobs.JobEmulator.run: spawn, then read the child's log to its end\n"
+        f"    child = children.spawn([{str(fake_python)!r}, 'train.py'], log=subprocess.PIPE)\n"
+        "    for _line in child.stdout:\n"
+        "        pass\n"
+        "    child.wait()\n"
+        "threading.Thread(target=job, daemon=True).start()\n"
         "print('started', flush=True)\n"
         "threading.Event().wait()\n"
     )

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.fixtures.model_artifacts import mxnet_model_tar, tar_bytes
 from tests.integration.test_package import JOB, Pack, pack  # noqa: F401 - the fixture
+from tests.support.fixtures.model_artifacts import mxnet_model_tar, tar_bytes
 from trashsorter import registry
 from trashsorter.completion import handle_training_state_change
 

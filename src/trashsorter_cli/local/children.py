@@ -50,14 +50,20 @@ def die_with_parent(parent: int) -> None:
 
 
 def spawn(
-    argv: Sequence[str], *, log: IO[bytes] | None = None, env: dict[str, str] | None = None
+    argv: Sequence[str],
+    *,
+    log: IO[bytes] | int | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` as a child of the stack (see the module docstring); output goes to ``log``."""
+    """Start ``argv`` as a child of the stack (see the module docstring); stdout and stderr go to ``log``
+    (a file, or ``subprocess.PIPE`` for a caller that reads the child's output line by line)."""
     proc = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
         stdout=log if log is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        cwd=cwd,
         start_new_session=True,
         preexec_fn=functools.partial(die_with_parent, os.getpid()),
         env=env,
@@ -76,7 +82,11 @@ def running() -> list[subprocess.Popen[bytes]]:
 
 def stop_all(grace: float = 5.0) -> list[int]:
     """SIGTERM every running child's process group, wait up to ``grace`` seconds, then SIGKILL; the pids."""
-    children = running()
+    return stop(running(), grace)
+
+
+def stop(children: Sequence[subprocess.Popen[bytes]], grace: float = 5.0) -> list[int]:
+    """Stop ``children`` started by :func:`spawn`: SIGTERM to each group, ``grace`` seconds, SIGKILL."""
     for proc in children:
         _signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace

@@ -25,13 +25,11 @@ A job of another algorithm (the recipe's built-in image-classification, MXNet) c
 from __future__ import annotations
 
 import copy
-import ctypes
 import io
 import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import tarfile
@@ -46,18 +44,12 @@ from urllib.parse import urlparse
 
 from trashsorter import runs
 from trashsorter.schema import SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE
+from trashsorter_cli.local import children
 from trashsorter_trainer.contract import parse_metrics
 
 LOG = logging.getLogger("trashsorter.local.sagemaker")
-PR_SET_PDEATHSIG = 1
 MAX_FAILURE_REASON = 1024
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    os.setpgid(0, 0)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -159,13 +151,8 @@ class JobEmulator:
             log_path = self.work_root / name / "training.log"
             lines: list[str] = []
             with log_path.open("w") as log:
-                child = subprocess.Popen(
-                    [self.python, program],
-                    cwd=root / "code",
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent,
+                child = children.spawn(
+                    [self.python, program], log=subprocess.PIPE, env=env, cwd=root / "code"
                 )
                 self.children[name] = child
                 assert child.stdout is not None
@@ -299,13 +286,9 @@ class JobEmulator:
         thread.start()
 
     def stop_all(self) -> None:
-        """Kill every running job's process group (``local down``)."""
-        for child in list(self.children.values()):
-            if child.poll() is None:
-                try:
-                    os.killpg(child.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        """Stop every running job's process group (``local down``), as every child of the stack stops."""
+        running = [child for child in self.children.values() if child.poll() is None]
+        children.stop(running)
 
 
 def _iso(value: Any) -> str:
