@@ -91,6 +91,8 @@ def handle_training_state_change(
     run_id = str(run["run_id"])
     if job_status in (run.get("handled_statuses") or []):
         return _duplicate(job_name, job_status, run)
+    if runs.is_final(run) and str(run.get("ended_by") or "") != job_status:
+        return _ignored_final(change, run, settings, ddb)
     if not runs.claim(run_id, job_status, table_name=settings.table_name, ddb=ddb):
         fresh = runs.find_run_by_job(job_name, settings, ddb=ddb) or run
         if job_status in (fresh.get("handled_statuses") or []):
@@ -113,6 +115,16 @@ def _duplicate(job_name: str, job_status: str, run: Mapping[str, Any]) -> Packag
     )
 
 
+def _ignored_final(
+    change: TrainingStateChange, run: Mapping[str, Any], settings: PackageSettings, ddb: Any
+) -> PackageOutcome:
+    """A state change for a run another event already ended: recorded as ignored, no notice, no rewrite."""
+    run_id = str(run["run_id"])
+    reason = f"run {run_id} is already {run.get('status')}; a late {change.status} event changes nothing"
+    runs.record_ignored_event(run_id, change.status, reason, table_name=settings.table_name, ddb=ddb)
+    return PackageOutcome(change.job_name, change.status, "ignored", run_id=run_id, reason=reason)
+
+
 def _handle_failed(
     change: TrainingStateChange, run: Mapping[str, Any], settings: PackageSettings, clients: Clients
 ) -> PackageOutcome:
@@ -126,7 +138,7 @@ def _handle_failed(
         reason = "stopped on request" if job_status == "Stopped" else "SageMaker reported no failure reason"
     status = FAILED_JOB_STATUSES[job_status]
     metrics = final_metrics(change.final_metrics)
-    runs.finish_run(
+    if not runs.finish_run(
         settings,
         run_id=run_id,
         status=status,
@@ -134,7 +146,9 @@ def _handle_failed(
         metrics=metrics,
         ddb=ddb,
         events=clients.events,
-    )
+        ended_by=job_status,
+    ):  # another event ended the run between our read and now
+        return _ignored_final(change, runs.get_run(settings, run_id, ddb=ddb) or run, settings, ddb)
     outcome = "failed" if status == RunStatus.FAILED else "stopped"
     notify(
         settings.topic_arn,
@@ -234,7 +248,7 @@ def _handle_completed(
     details["deployments"] = summary(results)
     if dataset_id:  # before finish_run: a pending trigger is re-evaluated against the new baseline
         threshold.advance_baseline(dataset_id, table_name=table, ddb=ddb)
-    runs.finish_run(
+    if not runs.finish_run(
         settings,
         run_id=run_id,
         status=run_status,
@@ -242,7 +256,9 @@ def _handle_completed(
         metrics=metrics,
         ddb=ddb,
         events=clients.events,
-    )
+        ended_by="Completed",
+    ):  # another event ended the run between our read and now
+        return _ignored_final(change, runs.get_run(settings, run_id, ddb=ddb) or run, settings, ddb)
     notify(settings.topic_arn, subject, message, details=details, sns=clients.sns)
     runs.update_run(
         run_id,
