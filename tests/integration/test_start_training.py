@@ -23,7 +23,7 @@ from trashsorter import training
 from trashsorter.catalogue import Catalogue
 from trashsorter.clients import Clients
 from trashsorter.ddb import deserialize, serialize
-from trashsorter.errors import TransientError
+from trashsorter.errors import TrainingRuleNotMet, TransientError
 from trashsorter.events import DatasetReady
 from trashsorter.ingest import rebuild_catalogue
 from trashsorter.runs import (
@@ -35,6 +35,7 @@ from trashsorter.runs import (
 )
 from trashsorter.schema import LOCK_KEY, RunStatus, dataset_key, run_key
 from trashsorter.settings import IngestSettings, TrainingSettings
+from trashsorter.threshold import trigger_manual
 from trashsorter.training import start_training
 from trashsorter_cli.local.dispatcher import make_context
 
@@ -127,10 +128,11 @@ class World:
     def jobs(self) -> list[str]:
         return [j["TrainingJobName"] for j in self.sm.list_training_jobs()["TrainingJobSummaries"]]
 
-    def start(self, reason: str = "threshold", sagemaker: Any = None) -> training.StartOutcome:
+    def start(self, reason: str = "threshold", sagemaker: Any = None, *, ready: DatasetReady | None = None
+              ) -> training.StartOutcome:  # fmt: skip
         clients = Clients(ddb=self.ddb, s3=self.s3, sagemaker=sagemaker, sns=self.stack.client("sns"),
                           events=self.stack.client("events"))  # fmt: skip
-        return start_training(DatasetReady(reason=reason), self.settings, clients)
+        return start_training(ready or DatasetReady(reason=reason), self.settings, clients)
 
 
 @pytest.fixture
@@ -296,6 +298,31 @@ def test_rule_not_met_starts_nothing(stack_overrides: dict[str, str], stack: Sta
     outcome = w.start()
     assert outcome.status == "not_ready" and "more" in outcome.message
     assert w.jobs() == [] and w.lock() == {}
+
+
+def test_manual_event_rechecks_the_rule_and_only_an_explicit_force_overrides_it(
+    stack_overrides: dict[str, str], stack: StackHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = World(stack)
+    w.upload(per_material=1)  # 2 per label < MinImagesPerLabel 3: not met, but trainable
+    w.ingest()
+    with pytest.raises(TrainingRuleNotMet):  # the CLI's trigger refuses without --force
+        trigger_manual(w.ingest_settings, catalogue=w.catalogue, events=w.stack.client("events"))
+    assert w.drain(w.ready) == []
+
+    manual = w.start(reason="manual")  # a hand-made "manual" event without force
+    assert manual.status == "not_ready" and "more" in manual.message
+    assert w.jobs() == [] and w.lock() == {}
+
+    trigger_manual(w.ingest_settings, catalogue=w.catalogue, events=w.stack.client("events"), force=True)
+    published = w.drain(w.ready)
+    assert [(e["detail"]["reason"], e["detail"]["force"]) for e in published] == [("manual", True)]
+    ready = DatasetReady.from_detail(published[0]["detail"])
+    assert w.start(ready=DatasetReady(reason="threshold", force=True)).status == "not_ready"  # manual only
+    with caplog.at_level("WARNING"):
+        forced = w.start(ready=ready)
+    assert forced.status == "started" and w.jobs() == [forced.job_name]
+    assert "forced manual run" in caplog.text
 
 
 def _stubbed(world: World, code: str, message: str, status: int = 400) -> tuple[Any, Stubber]:

@@ -80,13 +80,18 @@ def parse_s3_notification(body: str) -> list[S3ObjectEvent]:
 # ---------------------------------------------------------------- Dataset Ready (start training)
 @dataclass(frozen=True)
 class DatasetReady:
-    """Why training was asked for: ``threshold`` | ``manual`` | ``pending``."""
+    """Why training was asked for: ``threshold`` | ``manual`` | ``pending``.
+
+    ``force`` (only a JSON ``true`` counts) asks a *manual* run to start although the training rule is not
+    met; the start-training step re-checks the rule for every other event.
+    """
 
     reason: str = "threshold"
     accepted_seq: int = 0
     counts: Mapping[str, int] = field(default_factory=dict)
     new_images: int = 0
     requested_at: str = ""
+    force: bool = False
 
     @classmethod
     def from_detail(cls, detail: Mapping[str, Any]) -> DatasetReady:
@@ -97,6 +102,7 @@ class DatasetReady:
             counts=MappingProxyType({str(k): int(v) for k, v in (counts or {}).items()}),
             new_images=int(detail.get("new_images") or 0),
             requested_at=str(detail.get("requested_at") or ""),
+            force=detail.get("force") is True,
         )
 
 
