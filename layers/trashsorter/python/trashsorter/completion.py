@@ -24,9 +24,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from trashsorter import aws, registry, runs, threshold
+from trashsorter import registry, runs, threshold
 from trashsorter.artifacts import MAX_METRICS_BYTES, package_artifact
 from trashsorter.clients import Clients
 from trashsorter.ddb import get_item
@@ -44,6 +42,7 @@ from trashsorter.gate import ACCURACY_METRIC, champion_accuracy, evaluate_gate, 
 from trashsorter.labels import read_dataset_labels
 from trashsorter.notify import notify
 from trashsorter.observability import logger
+from trashsorter.reconcile import describe_job
 from trashsorter.schema import (
     DATASETS_PREFIX,
     JOB_PREFIX,
@@ -58,19 +57,6 @@ FAILED_JOB_STATUSES = {"Failed": RunStatus.FAILED, "Stopped": RunStatus.STOPPED}
 
 
 # ----------------------------------------------------------------------------------------------- handler
-def _describe(job_name: str, sagemaker: Any) -> dict[str, Any]:
-    try:
-        described = sagemaker.describe_training_job(TrainingJobName=job_name)
-    except ClientError as exc:
-        code = aws.error_code(exc)
-        if code in ("ValidationException", "ResourceNotFound"):
-            return {}
-        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
-    return dict(described)
-
-
 def handle_training_state_change(
     change: TrainingStateChange, settings: PackageSettings, clients: Clients | None = None
 ) -> PackageOutcome:
@@ -133,7 +119,7 @@ def _handle_failed(
     ddb = clients.ddb
     reason = change.failure_reason
     if not reason and run.get("backend") != "local":
-        reason = str(_describe(job_name, clients.sagemaker).get("FailureReason") or "")
+        reason = str(describe_job(job_name, clients.sagemaker).get("FailureReason") or "")
     if not reason:
         reason = "stopped on request" if job_status == "Stopped" else "SageMaker reported no failure reason"
     status = FAILED_JOB_STATUSES[job_status]
@@ -175,7 +161,7 @@ def _handle_completed(
     table = settings.table_name
     ddb = clients.ddb
     if run.get("backend") != "local" and (not change.final_metrics or not change.artifact_uri):
-        change = change.completed_with(_describe(job_name, clients.sagemaker))
+        change = change.completed_with(describe_job(job_name, clients.sagemaker))
     metrics = final_metrics(change.final_metrics)
     source_uri = change.artifact_uri
     dataset_id = str(run.get("dataset_id") or "")

@@ -2,6 +2,7 @@
 
 Flow of :func:`start_training`:
 
+0. An overdue lock holder (its final state change lost) is reconciled first (:mod:`trashsorter.reconcile`).
 1. Every event re-evaluates the training rule with the current counts. Not met -> ``not_ready``, unless
    the event is ``manual`` with an explicit ``"force": true`` (logged as a forced run).
 2. The dataset snapshot is *planned* (pure, see :mod:`trashsorter.dataset`): its id is known before
@@ -55,6 +56,7 @@ from trashsorter.errors import (
 from trashsorter.events import DatasetReady
 from trashsorter.notify import notify
 from trashsorter.observability import logger
+from trashsorter.reconcile import reconcile_training
 from trashsorter.schema import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from trashsorter.settings import TrainingSettings
 from trashsorter.threshold import evaluate_current
@@ -248,6 +250,9 @@ def start_training(
     table = settings.table_name
     reason = ready.reason
     catalogue = catalogue or Catalogue(table, ddb=ddb)
+    healed = reconcile_training(settings, clients)  # an overdue holder whose final event was lost
+    if healed.status in ("failed", "republished"):
+        logger.warning("training lock reconciled", extra={"reconcile": healed.as_dict()})
     result, state = evaluate_current(settings, catalogue)  # every event, manual ones too
     accepted_seq = int(state["accepted_seq"])
     if not result.met:
