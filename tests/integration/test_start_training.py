@@ -38,6 +38,7 @@ from trashsorter.settings import IngestSettings, TrainingSettings
 from trashsorter.threshold import trigger_manual
 from trashsorter.training import start_training
 from trashsorter_cli.local.dispatcher import make_context
+from trashsorter_cli.local.stack import load_template
 
 pytestmark = pytest.mark.integration
 
@@ -493,7 +494,10 @@ def test_overdue_run_sagemaker_does_not_know_is_failed_by_the_scheduled_check(wo
         ExpressionAttributeValues={":j": {"S": "deeplens-ts-lost-job"}},
     )
     app = world.stack.load_handler("StartTrainingFunction")
-    tick = {"source": "trashsorter", "detail-type": "Reconcile Training", "detail": {}}
+    events = load_template()["Resources"]["StartTrainingFunction"]["Properties"]["Events"]
+    schedule = events["ReconcileSchedule"]
+    assert schedule["Type"] == "Schedule"
+    tick = json.loads(schedule["Properties"]["Input"])  # what the template's schedule sends
     context = make_context("StartTrainingFunction", region=REGION)
     assert app.handler(tick, context)["status"] == "running"  # within its limit: untouched
     _overdue(world, first.run_id)
