@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common], help="trigger training now (the rule must be met)")
     p.add_argument("--wait", action="store_true", help="follow the run to its end")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds --wait waits (default 1800)")
+    p.add_argument("--force", action="store_true", help="start even if the rule is not met (logged)")
 
     p = sub.add_parser("predict", parents=[common], help="classify images with the local device's model")
     p.add_argument("images", nargs="+", type=Path)
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     if command == "train":
         since = datetime.now(UTC).isoformat()
         try:
-            triggered = pipeline.trigger_training(target)
+            triggered = pipeline.trigger_training(target, force=args.force)
         except TrainingRuleNotMet as exc:
             missing = ", ".join(f"{n} more {label}" for label, n in exc.missing.items())
             raise CliError(
@@ -208,7 +209,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             if ui.json_mode:
                 ui.emit_json(triggered)
             else:
-                ui.line(f"training requested: {triggered['reason']}")
+                forced = "forced, the rule is not met: " if triggered["forced"] else ""
+                ui.line(f"training requested: {forced}{triggered['reason']}")
             return 0
         final = pipeline.wait_for_run(target, ui, since=since, timeout=args.timeout)
         if ui.json_mode:

@@ -109,11 +109,16 @@ def test_only_the_tls_deny_is_left_out_of_local_bucket_policies(stack: StackHand
 
 def test_rules_targeting_functions_get_mirror_queues_with_dead_letters(stack: StackHandle) -> None:
     events = stack.client("events")
+    on_stack_bus = {  # the template's rules on the stack's own bus (others: the default bus)
+        f"{function_id}{name}"
+        for function_id, resource in load_template()["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+        for name, event in resource["Properties"].get("Events", {}).items()
+        if "EventBusName" in event.get("Properties", {})
+    }
     for rule_id, mirror_id in stack.stack.mirrors.items():
         rule_name = stack.stack.resources[rule_id]
-        bus = "default"
-        if rule_id.startswith("StartTraining"):
-            bus = stack.outputs["EventBusName"]
+        bus = stack.outputs["EventBusName"] if rule_id in on_stack_bus else "default"
         targets = events.list_targets_by_rule(Rule=rule_name, EventBusName=bus)["Targets"]
         mirror_arn = stack.client("sqs").get_queue_attributes(
             QueueUrl=stack.stack.resources[mirror_id], AttributeNames=["QueueArn", "RedrivePolicy"]

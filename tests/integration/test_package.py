@@ -434,6 +434,49 @@ def test_failed_and_stopped_jobs_record_the_reason_and_release_the_lock(
     )
 
 
+@pytest.mark.parametrize("late", ["training_failed.json", "training_stopped.json"])
+def test_a_late_failed_or_stopped_event_after_completed_is_ignored(pack: Pack, late: str) -> None:
+    run_id = pack.start_run(JOB, artifact=mxnet_model_tar())
+    settings = pack.settings()
+    first = handle(pack.event("training_completed.json", JOB), settings, ddb=pack.ddb, s3=pack.s3,
+                   greengrass=pack.gg)  # fmt: skip
+    assert first.outcome == "deployed"
+    pack.notices_received()
+    before = pack.get(run_key(run_id))
+
+    late_event = pack.event(late, JOB)
+    outcome = handle(late_event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+    again = handle(late_event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+
+    status = late_event["detail"]["TrainingJobStatus"]
+    assert outcome.outcome == "ignored" and again.outcome == "ignored"
+    assert "already completed" in outcome.reason
+    run = pack.get(run_key(run_id))
+    for kept in ("status", "status_message", "ended_at", "ended_by", "package_outcome", "handled_statuses"):
+        assert run[kept] == before[kept], kept
+    assert run["status"] == "completed" and "failure_reason" not in run
+    assert run["ignored_events"] == [status] and run["ignored_count"] == 2
+    assert run["last_ignored"]["event"] == status
+    assert pack.notices_received() == []
+    assert registry.get_model(JOB, table_name=pack.table, ddb=pack.ddb)["status"] == "champion"
+
+
+def test_a_failed_event_for_a_run_ended_elsewhere_sends_no_notice(pack: Pack) -> None:
+    run_id = pack.start_run(JOB)
+    pack.ddb.update_item(  # e.g. reconciled, or finished by another path, before the event arrives
+        TableName=pack.table,
+        Key=serialize(run_key(run_id)),
+        UpdateExpression="SET #s = :s, ended_by = :by",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": {"S": "stopped"}, ":by": {"S": "reconcile"}},
+    )
+    outcome = handle(pack.event("training_failed.json", JOB), pack.settings(), ddb=pack.ddb)
+    assert outcome.outcome == "ignored"
+    run = pack.get(run_key(run_id))
+    assert run["status"] == "stopped" and run["ignored_events"] == ["Failed"]
+    assert pack.notices_received() == []
+
+
 def test_low_accuracy_is_rejected_and_not_deployed(pack: Pack) -> None:
     run_id = pack.start_run(JOB, artifact=mxnet_model_tar())
     outcome = handle(

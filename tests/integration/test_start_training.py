@@ -23,7 +23,7 @@ from trashsorter import training
 from trashsorter.catalogue import Catalogue
 from trashsorter.clients import Clients
 from trashsorter.ddb import deserialize, serialize
-from trashsorter.errors import TransientError
+from trashsorter.errors import TrainingRuleNotMet, TransientError
 from trashsorter.events import DatasetReady
 from trashsorter.ingest import rebuild_catalogue
 from trashsorter.runs import (
@@ -35,8 +35,10 @@ from trashsorter.runs import (
 )
 from trashsorter.schema import LOCK_KEY, RunStatus, dataset_key, run_key
 from trashsorter.settings import IngestSettings, TrainingSettings
+from trashsorter.threshold import trigger_manual
 from trashsorter.training import start_training
 from trashsorter_cli.local.dispatcher import make_context
+from trashsorter_cli.local.stack import load_template
 
 pytestmark = pytest.mark.integration
 
@@ -127,10 +129,11 @@ class World:
     def jobs(self) -> list[str]:
         return [j["TrainingJobName"] for j in self.sm.list_training_jobs()["TrainingJobSummaries"]]
 
-    def start(self, reason: str = "threshold", sagemaker: Any = None) -> training.StartOutcome:
+    def start(self, reason: str = "threshold", sagemaker: Any = None, *, ready: DatasetReady | None = None
+              ) -> training.StartOutcome:  # fmt: skip
         clients = Clients(ddb=self.ddb, s3=self.s3, sagemaker=sagemaker, sns=self.stack.client("sns"),
                           events=self.stack.client("events"))  # fmt: skip
-        return start_training(DatasetReady(reason=reason), self.settings, clients)
+        return start_training(ready or DatasetReady(reason=reason), self.settings, clients)
 
 
 @pytest.fixture
@@ -298,6 +301,31 @@ def test_rule_not_met_starts_nothing(stack_overrides: dict[str, str], stack: Sta
     assert w.jobs() == [] and w.lock() == {}
 
 
+def test_manual_event_rechecks_the_rule_and_only_an_explicit_force_overrides_it(
+    stack_overrides: dict[str, str], stack: StackHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = World(stack)
+    w.upload(per_material=1)  # 2 per label < MinImagesPerLabel 3: not met, but trainable
+    w.ingest()
+    with pytest.raises(TrainingRuleNotMet):  # the CLI's trigger refuses without --force
+        trigger_manual(w.ingest_settings, catalogue=w.catalogue, events=w.stack.client("events"))
+    assert w.drain(w.ready) == []
+
+    manual = w.start(reason="manual")  # a hand-made "manual" event without force
+    assert manual.status == "not_ready" and "more" in manual.message
+    assert w.jobs() == [] and w.lock() == {}
+
+    trigger_manual(w.ingest_settings, catalogue=w.catalogue, events=w.stack.client("events"), force=True)
+    published = w.drain(w.ready)
+    assert [(e["detail"]["reason"], e["detail"]["force"]) for e in published] == [("manual", True)]
+    ready = DatasetReady.from_detail(published[0]["detail"])
+    assert w.start(ready=DatasetReady(reason="threshold", force=True)).status == "not_ready"  # manual only
+    with caplog.at_level("WARNING"):
+        forced = w.start(ready=ready)
+    assert forced.status == "started" and w.jobs() == [forced.job_name]
+    assert "forced manual run" in caplog.text
+
+
 def _stubbed(world: World, code: str, message: str, status: int = 400) -> tuple[Any, Stubber]:
     client = world.stack.client("sagemaker")
     stubber = Stubber(client)
@@ -377,3 +405,134 @@ def test_stale_lock_of_a_finished_run_is_released(world: World) -> None:
         world.ddb.get_item(TableName=world.table, Key=serialize(LOCK_KEY))["Item"]["holder"]["S"]
         == retry.run_id
     )
+
+
+# ---------------------------------------------------------------- a training lock that heals (lost events)
+def _route(world: World, detail_type: str) -> str:
+    """An SQS mirror of the template's rule for ``detail_type`` on the stack bus."""
+    url, arn = world._queue()
+    events, bus = world.stack.client("events"), world.settings.event_bus_name
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    pattern = {"source": ["trashsorter"], "detail-type": [detail_type]}
+    events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(pattern))
+    events.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+    return url
+
+
+def _overdue(world: World, run_id: str) -> None:
+    """The run started long ago: past its job's MaxRuntimeInSeconds + the margin."""
+    world.ddb.update_item(
+        TableName=world.table,
+        Key=serialize(run_key(run_id)),
+        UpdateExpression="SET started_at = :old, created_at = :old",
+        ExpressionAttributeValues={":old": {"S": "2024-05-14T09:30:12.000000Z"}},
+    )
+
+
+def _second_dataset_pending(world: World, first: training.StartOutcome) -> training.StartOutcome:
+    world.upload(per_material=1, start=2)  # new photos -> a different dataset
+    world.ingest()
+    second = world.start()
+    assert second.status == "pending" and world.lock()["holder"] == first.run_id
+    return second
+
+
+def test_lost_completion_event_is_reconciled_by_the_next_dataset_ready(world: World) -> None:
+    """Fault: SageMaker finished the job but its "Training Job State Change" never arrived."""
+    from tests.support.fixtures.model_artifacts import mxnet_model_tar
+    from trashsorter.completion import handle_training_state_change
+    from trashsorter.events import parse_training_state_change
+    from trashsorter.settings import PackageSettings
+
+    reconciled = _route(world, "Training Job Reconciled")  # the template routes it to PackageFunction
+    first = world.start()
+    second = _second_dataset_pending(world, first)
+    assert world.start().status == "pending" and world.drain(reconciled) == []  # not overdue: untouched
+
+    _overdue(world, first.run_id)
+    described = world.sm.describe_training_job(TrainingJobName=first.job_name)  # moto: Completed
+    artifact = described["ModelArtifacts"]["S3ModelArtifacts"]
+    world.put(artifact.split("/", 3)[3], mxnet_model_tar())
+    again = world.start()  # the next "Dataset Ready" notices the overdue holder
+    assert again.status == "pending"
+    republished = world.drain(reconciled)
+    assert [(e["detail"]["TrainingJobName"], e["detail"]["TrainingJobStatus"]) for e in republished] == [
+        (first.job_name, "Completed")
+    ]
+    assert world.start().status == "pending" and world.drain(reconciled) == []  # not re-published at once
+
+    # the package function handles it like the lost event: run ends, lock goes, pending is re-published
+    settings = PackageSettings.from_env(world.stack.function_env("PackageFunction"))
+    clients = Clients(ddb=world.ddb, s3=world.s3, sagemaker=world.sm, sns=world.stack.client("sns"),
+                      events=world.stack.client("events"))  # fmt: skip
+    change = parse_training_state_change(republished[0])
+    assert change is not None and change.artifact_uri == artifact
+    outcome = handle_training_state_change(change, settings, clients)
+    assert outcome.outcome in ("registered", "rejected"), outcome
+    run = get_run(world.table, first.run_id, ddb=world.ddb)
+    assert run is not None and run["status"] == RunStatus.COMPLETED and run["ended_by"] == "Completed"
+    assert "holder" not in world.lock()
+    pending = world.drain(world.ready)
+    assert [e["detail"]["reason"] for e in pending] == ["pending"]
+    third = world.start(reason="pending")
+    assert third.status == "started" and third.dataset_id == second.dataset_id
+    # the original event, arriving late after all, changes nothing
+    late = {"source": "aws.sagemaker", "detail-type": "SageMaker Training Job State Change",
+            "detail": {**republished[0]["detail"]}}  # fmt: skip
+    late_change = parse_training_state_change(late)
+    assert late_change is not None
+    assert handle_training_state_change(late_change, settings, clients).outcome == "duplicate"
+
+
+def test_overdue_run_sagemaker_does_not_know_is_failed_by_the_scheduled_check(world: World) -> None:
+    first = world.start()
+    _second_dataset_pending(world, first)
+    world.ddb.update_item(  # the job SageMaker knows nothing about (real moto: ValidationException)
+        TableName=world.table,
+        Key=serialize(run_key(first.run_id)),
+        UpdateExpression="SET job_name = :j",
+        ExpressionAttributeValues={":j": {"S": "deeplens-ts-lost-job"}},
+    )
+    app = world.stack.load_handler("StartTrainingFunction")
+    events = load_template()["Resources"]["StartTrainingFunction"]["Properties"]["Events"]
+    schedule = events["ReconcileSchedule"]
+    assert schedule["Type"] == "Schedule"
+    tick = json.loads(schedule["Properties"]["Input"])  # what the template's schedule sends
+    context = make_context("StartTrainingFunction", region=REGION)
+    assert app.handler(tick, context)["status"] == "running"  # within its limit: untouched
+    _overdue(world, first.run_id)
+
+    result = app.handler(tick, context)
+
+    assert result["status"] == "failed" and "does not know job deeplens-ts-lost-job" in result["message"]
+    run = get_run(world.table, first.run_id, ddb=world.ddb)
+    assert run is not None and run["status"] == RunStatus.FAILED and run["ended_by"] == "reconcile"
+    assert "does not know" in run["status_message"] and "does not know" in run["failure_reason"]
+    assert "holder" not in world.lock()
+    assert [e["detail"]["reason"] for e in world.drain(world.ready)] == ["pending"]
+    assert any("reconciler" in n["Message"] for n in world.drain(world.notices))
+    assert app.handler(tick, context)["status"] == "free"  # idempotent: nothing more happens
+    assert world.drain(world.notices) == []
+    assert world.start(reason="pending").status == "started"
+
+
+def test_overdue_run_stubber_sagemaker_still_in_progress_is_left_alone(world: World) -> None:
+    """moto's jobs complete at once; a job SageMaker still reports InProgress needs a Stubber."""
+    from trashsorter.reconcile import reconcile_training
+
+    first = world.start()
+    _overdue(world, first.run_id)
+    client = world.stack.client("sagemaker")
+    stubber = Stubber(client)
+    stubber.add_response(
+        "describe_training_job",
+        {**world.sm.describe_training_job(TrainingJobName=first.job_name), "TrainingJobStatus": "InProgress"},
+        {"TrainingJobName": first.job_name},
+    )
+    with stubber:
+        outcome = reconcile_training(world.settings, Clients(ddb=world.ddb, sagemaker=client))
+    stubber.assert_no_pending_responses()
+    assert outcome.status == "running" and "InProgress" in outcome.message
+    assert world.lock()["holder"] == first.run_id
+    run = get_run(world.table, first.run_id, ddb=world.ddb)
+    assert run is not None and run["status"] == RunStatus.IN_PROGRESS

@@ -49,6 +49,15 @@ def test_dataset_ready_and_other_events() -> None:
     assert ready == DatasetReady(reason="manual", accepted_seq=7, counts={"Compost": 3})
     assert parse_dataset_ready({**event, "detail-type": "Something Else"}) is None
     assert parse_dataset_ready({**event, "detail": {}}) == DatasetReady()
+    assert ready is not None and ready.force is False
+
+
+@pytest.mark.parametrize(("value", "forced"), [(True, True), ("true", False), (1, False), (None, False)])
+def test_dataset_ready_force_is_only_an_explicit_json_true(value: object, forced: bool) -> None:
+    event = {"source": "trashsorter", "detail-type": "Dataset Ready",
+             "detail": {"reason": "manual", "force": value}}  # fmt: skip
+    ready = parse_dataset_ready(event)
+    assert ready is not None and ready.force is forced
 
 
 def test_s3_notification_records_decoded_test_event_and_garbage() -> None:

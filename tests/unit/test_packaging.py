@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from tests.support.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar
+from tests.support.fixtures.model_artifacts import hostile_tar, mxnet_model_tar, onnx_model_tar, tar_bytes
 from tests.support.stack import load_event
 from trashsorter.artifacts import (
+    MAX_MEMBERS,
+    MAX_TOTAL_BYTES,
     artifact_format,
     parse_s3_uri,
     read_members,
@@ -185,6 +190,75 @@ def test_mxnet_without_labels_is_refused(tmp_path: Path) -> None:
 def test_oversized_member_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PackagingError, match="limit 100"):
         read_members(_write(tmp_path, mxnet_model_tar()), max_member_bytes=100)
+
+
+def _header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = size, 1715680958
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _repeated_gzip(block: bytes, times: int) -> bytes:
+    """``block`` * ``times`` as gzip, built cheaply: one gzip member compressed once and repeated (a
+    concatenation of gzip members is one valid gzip stream, as in a real bomb)."""
+    return gzip.compress(block, compresslevel=9, mtime=0) * times
+
+
+def many_empty_members_tar(count: int) -> bytes:
+    """A tar.gz of ``count`` empty members (1.2 million of them fit in a few hundred KB)."""
+    chunk = 10_000
+    assert count % chunk == 0
+    return _repeated_gzip(_header("x", 0) * chunk, count // chunk) + gzip.compress(bytes(1024), mtime=0)
+
+
+def zero_members_tar(members: int, member_bytes: int) -> bytes:
+    """A gzip bomb: ``members`` members of ``member_bytes`` zeros each (sizes honest, data real)."""
+    mib = 1024 * 1024
+    assert member_bytes % mib == 0
+    parts = []
+    for i in range(members):
+        parts.append(gzip.compress(_header(f"w{i}.params", member_bytes), mtime=0))
+        parts.append(_repeated_gzip(bytes(mib), member_bytes // mib))
+    return b"".join(parts) + gzip.compress(bytes(1024), mtime=0)
+
+
+def test_a_tar_of_1_2_million_empty_members_is_refused_at_the_member_limit(tmp_path: Path) -> None:
+    path = _write(tmp_path, many_empty_members_tar(1_200_000))
+    with tarfile.open(path, "r:gz") as archive:  # the fixture really holds what it says (first members)
+        first = [archive.next() for _ in range(3)]
+    assert [(m.name, m.size) for m in first if m] == [("x", 0)] * 3
+    tracemalloc.start()
+    try:
+        with pytest.raises(PackagingError, match=f"more than {MAX_MEMBERS} members"):
+            read_members(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024  # streamed: the members are never all held (the old check: 581 MB)
+
+
+def test_a_gzip_bomb_is_refused_by_the_total_bytes_limit(tmp_path: Path) -> None:
+    mib = 1024 * 1024
+    path = _write(tmp_path, zero_members_tar(8, 4 * mib))  # 32 MiB of zeros in ~40 KB
+    assert path.stat().st_size < 64 * 1024
+    assert len(read_members(path, max_total_bytes=32 * mib)) == 8  # at the limit: accepted
+    with pytest.raises(PackagingError, match=f"add up to more than {16 * mib} bytes"):
+        read_members(path, max_total_bytes=16 * mib)
+    assert MAX_TOTAL_BYTES < 8 * 1536 * mib  # the issue's 8 x 1.5 GB bomb is over the default limit
+
+
+def test_mxnet_params_must_match_the_symbol_prefix(tmp_path: Path) -> None:
+    own = mxnet_model_tar(epochs=(5,))
+    with tarfile.open(fileobj=io.BytesIO(own), mode="r:gz") as archive:
+        members = [(m.name, archive.extractfile(m).read()) for m in archive.getmembers()]  # type: ignore[union-attr]
+    junk = ("zzz-junk-0099.params", b"\x12\x01" + bytes(64))  # sorts last, newest epoch, other prefix
+    dest = tmp_path / "out.tar.gz"
+    repackage_mxnet(_write(tmp_path, tar_bytes([*members, junk])), LABELS, dest)
+    packaged = _members(dest)["image-classification-0000.params"]
+    assert packaged == dict(members)["image-classification-0005.params"] and packaged != junk[1]
+    only_junk = [m for m in members if not m[0].endswith(".params")] + [junk]
+    with pytest.raises(PackagingError, match=r"no image-classification-NNNN\.params matching"):
+        repackage_mxnet(_write(tmp_path, tar_bytes(only_junk), "j.tar.gz"), LABELS, tmp_path / "j.out")
 
 
 def test_accuracy_metric_name_matches_the_event() -> None:

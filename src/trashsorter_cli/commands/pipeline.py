@@ -238,13 +238,22 @@ def deployments_table(ui: UI, deployments: Sequence[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------------------------------------ train
 
 
-def trigger_training(target: Target) -> dict[str, Any]:
-    """The manual trigger (``threshold.trigger_manual``); TrainingRuleNotMet says what is missing."""
+def trigger_training(target: Target, *, force: bool = False) -> dict[str, Any]:
+    """The manual trigger (``threshold.trigger_manual``); TrainingRuleNotMet says what is missing.
+
+    ``force`` sends ``"force": true``: training starts although the rule is not met."""
     settings = target.settings(CommonSettings, "IngestFunction")
     catalogue = Catalogue(target.table, ddb=target.client("dynamodb"))
     requested_at = datetime.now(UTC).isoformat()
-    result = threshold.trigger_manual(settings, catalogue=catalogue, events=target.client("events"))
-    return {"requested_at": requested_at, "counts": result.counts, "reason": result.reason}
+    result = threshold.trigger_manual(
+        settings, catalogue=catalogue, events=target.client("events"), force=force
+    )
+    return {
+        "requested_at": requested_at,
+        "counts": result.counts,
+        "reason": result.reason,
+        "forced": force and not result.met,
+    }
 
 
 def wait_for_run(

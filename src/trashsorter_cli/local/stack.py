@@ -41,6 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
 LOCAL_ACCOUNT = "123456789012"
 _CODE_BUCKET = "trashsorter-local-code"  # placeholder S3 location for CodeUri/ContentUri (never read)
+# events that become an EventBridge rule; a Schedule rule is created locally but moto never fires it
+_RULE_EVENT_TYPES = ("EventBridgeRule", "CloudWatchEvent", "Schedule")
 _DROPPED_TYPES = {
     "AWS::Lambda::Function",
     "AWS::Lambda::LayerVersion",
@@ -286,7 +288,7 @@ def build_local_template(
                         in event_props.get("FunctionResponseTypes", []),
                     )
                 )
-            elif event["Type"] in ("EventBridgeRule", "CloudWatchEvent"):
+            elif event["Type"] in _RULE_EVENT_TYPES:
                 rule_id = f"{logical_id}{event_name}"
                 mirror_id = f"{rule_id}LocalMirror"
                 mirrors[rule_id] = mirror_id

@@ -31,6 +31,7 @@ from trashsorter.settings import PackageSettings
 MXNET_PREFIX = "image-classification"
 MAX_ARTIFACT_BYTES = 2 * 1024**3  # compressed model.tar.gz we are willing to download
 MAX_MEMBER_BYTES = 1536 * 1024**2  # one member of the tarball
+MAX_TOTAL_BYTES = 2 * 1024**3  # all members together, uncompressed (the package function has 4 GiB of /tmp)
 MAX_MEMBERS = 256
 MAX_METRICS_BYTES = 256 * 1024
 _CHUNK = 1024 * 1024
@@ -100,35 +101,55 @@ def _member_name(member: tarfile.TarInfo) -> str:
     return name
 
 
-def read_members(path: Path, *, max_member_bytes: int = MAX_MEMBER_BYTES) -> dict[str, tarfile.TarInfo]:
-    """Check a tarball and return its root-level regular files by name.
+def _check_member(member: tarfile.TarInfo, max_member_bytes: int) -> tuple[str, bool]:
+    """Refuse one unsafe member; returns its name and whether it is a root-level regular file."""
+    name = _member_name(member)
+    parts = Path(name).parts
+    if name.startswith("/") or ".." in parts or "\\" in name or "\x00" in name:
+        raise PackagingError(f"the training artifact has an unsafe member path {member.name!r}")
+    if member.issym() or member.islnk():
+        raise PackagingError(f"the training artifact has a link member {member.name!r}")
+    if member.isdir():
+        return name, False
+    if not member.isfile():
+        raise PackagingError(f"the training artifact has a special member {member.name!r}")
+    if member.size > max_member_bytes:
+        raise PackagingError(f"member {name!r} is {member.size} bytes (limit {max_member_bytes})")
+    return name, len(parts) == 1 and bool(name)
 
-    Refuses (PackagingError): not a (gzip) tar, absolute or ``..`` names, links, devices, too many members,
-    members larger than ``max_member_bytes``. Files in sub-folders are ignored.
+
+def read_members(
+    path: Path,
+    *,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_members: int = MAX_MEMBERS,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> dict[str, tarfile.TarInfo]:
+    """Check a tarball in one streaming pass and return its root-level regular files by name.
+
+    Each header is checked as it is read, before the next one (and before any member is extracted):
+    refuses (PackagingError) not a (gzip) tar, absolute or ``..`` names, links, devices, more than
+    ``max_members`` members, a member larger than ``max_member_bytes``, members whose declared sizes add
+    up to more than ``max_total_bytes``. Files in sub-folders are ignored.
     """
+    found: dict[str, tarfile.TarInfo] = {}
+    count = total = 0
     try:
         with tarfile.open(path, mode="r:*") as archive:
-            members = archive.getmembers()
+            while (member := archive.next()) is not None:
+                count += 1
+                if count > max_members:
+                    raise PackagingError(f"the training artifact has more than {max_members} members")
+                name, keep = _check_member(member, max_member_bytes)
+                total += member.size if member.isfile() else 0
+                if total > max_total_bytes:
+                    raise PackagingError(
+                        f"the training artifact's members add up to more than {max_total_bytes} bytes"
+                    )
+                if keep:
+                    found[name] = member
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise PackagingError(f"the training artifact is not a readable tar archive: {exc}") from exc
-    if len(members) > MAX_MEMBERS:
-        raise PackagingError(f"the training artifact has {len(members)} members (limit {MAX_MEMBERS})")
-    found: dict[str, tarfile.TarInfo] = {}
-    for member in members:
-        name = _member_name(member)
-        parts = Path(name).parts
-        if name.startswith("/") or ".." in parts or "\\" in name or "\x00" in name:
-            raise PackagingError(f"the training artifact has an unsafe member path {member.name!r}")
-        if member.issym() or member.islnk():
-            raise PackagingError(f"the training artifact has a link member {member.name!r}")
-        if member.isdir():
-            continue
-        if not member.isfile():
-            raise PackagingError(f"the training artifact has a special member {member.name!r}")
-        if member.size > max_member_bytes:
-            raise PackagingError(f"member {name!r} is {member.size} bytes (limit {max_member_bytes})")
-        if len(parts) == 1 and name:
-            found[name] = member
     return found
 
 
@@ -206,6 +227,10 @@ def repackage_mxnet(source: Path, labels: Sequence[str], dest: Path) -> tuple[st
     if not params:
         raise PackagingError("the training artifact has no *-NNNN.params (MXNet parameters)")
     symbol_name = f"{MXNET_PREFIX}-symbol.json" if f"{MXNET_PREFIX}-symbol.json" in symbols else symbols[0]
+    prefix = symbol_name[: -len("-symbol.json")]
+    params = [(epoch, name) for epoch, name in params if name == f"{prefix}-{epoch:04d}.params"]
+    if not params:  # a params file of another prefix is not this symbol's weights
+        raise PackagingError(f"the training artifact has no {prefix}-NNNN.params matching {symbol_name}")
     symbol = _read_member(source, members[symbol_name], 64 * 1024 * 1024)
     try:
         graph = json.loads(symbol)

@@ -24,9 +24,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from trashsorter import aws, registry, runs, threshold
+from trashsorter import registry, runs, threshold
 from trashsorter.artifacts import MAX_METRICS_BYTES, package_artifact
 from trashsorter.clients import Clients
 from trashsorter.ddb import get_item
@@ -50,6 +48,7 @@ from trashsorter.gate import (
 from trashsorter.labels import read_dataset_labels
 from trashsorter.notify import notify
 from trashsorter.observability import logger
+from trashsorter.reconcile import describe_job
 from trashsorter.schema import (
     DATASETS_PREFIX,
     JOB_PREFIX,
@@ -64,19 +63,6 @@ FAILED_JOB_STATUSES = {"Failed": RunStatus.FAILED, "Stopped": RunStatus.STOPPED}
 
 
 # ----------------------------------------------------------------------------------------------- handler
-def _describe(job_name: str, sagemaker: Any) -> dict[str, Any]:
-    try:
-        described = sagemaker.describe_training_job(TrainingJobName=job_name)
-    except ClientError as exc:
-        code = aws.error_code(exc)
-        if code in ("ValidationException", "ResourceNotFound"):
-            return {}
-        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
-    return dict(described)
-
-
 def handle_training_state_change(
     change: TrainingStateChange, settings: PackageSettings, clients: Clients | None = None
 ) -> PackageOutcome:
@@ -97,6 +83,8 @@ def handle_training_state_change(
     run_id = str(run["run_id"])
     if job_status in (run.get("handled_statuses") or []):
         return _duplicate(job_name, job_status, run)
+    if runs.is_final(run) and str(run.get("ended_by") or "") != job_status:
+        return _ignored_final(change, run, settings, ddb)
     if not runs.claim(run_id, job_status, table_name=settings.table_name, ddb=ddb):
         fresh = runs.find_run_by_job(job_name, settings, ddb=ddb) or run
         if job_status in (fresh.get("handled_statuses") or []):
@@ -119,6 +107,16 @@ def _duplicate(job_name: str, job_status: str, run: Mapping[str, Any]) -> Packag
     )
 
 
+def _ignored_final(
+    change: TrainingStateChange, run: Mapping[str, Any], settings: PackageSettings, ddb: Any
+) -> PackageOutcome:
+    """A state change for a run another event already ended: recorded as ignored, no notice, no rewrite."""
+    run_id = str(run["run_id"])
+    reason = f"run {run_id} is already {run.get('status')}; a late {change.status} event changes nothing"
+    runs.record_ignored_event(run_id, change.status, reason, table_name=settings.table_name, ddb=ddb)
+    return PackageOutcome(change.job_name, change.status, "ignored", run_id=run_id, reason=reason)
+
+
 def _handle_failed(
     change: TrainingStateChange, run: Mapping[str, Any], settings: PackageSettings, clients: Clients
 ) -> PackageOutcome:
@@ -127,12 +125,12 @@ def _handle_failed(
     ddb = clients.ddb
     reason = change.failure_reason
     if not reason and run.get("backend") != "local":
-        reason = str(_describe(job_name, clients.sagemaker).get("FailureReason") or "")
+        reason = str(describe_job(job_name, clients.sagemaker).get("FailureReason") or "")
     if not reason:
         reason = "stopped on request" if job_status == "Stopped" else "SageMaker reported no failure reason"
     status = FAILED_JOB_STATUSES[job_status]
     metrics = final_metrics(change.final_metrics)
-    runs.finish_run(
+    if not runs.finish_run(
         settings,
         run_id=run_id,
         status=status,
@@ -140,7 +138,9 @@ def _handle_failed(
         metrics=metrics,
         ddb=ddb,
         events=clients.events,
-    )
+        ended_by=job_status,
+    ):  # another event ended the run between our read and now
+        return _ignored_final(change, runs.get_run(settings, run_id, ddb=ddb) or run, settings, ddb)
     outcome = "failed" if status == RunStatus.FAILED else "stopped"
     notify(
         settings.topic_arn,
@@ -167,7 +167,7 @@ def _handle_completed(
     table = settings.table_name
     ddb = clients.ddb
     if run.get("backend") != "local" and (not change.final_metrics or not change.artifact_uri):
-        change = change.completed_with(_describe(job_name, clients.sagemaker))
+        change = change.completed_with(describe_job(job_name, clients.sagemaker))
     metrics = final_metrics(change.final_metrics)
     source_uri = change.artifact_uri
     dataset_id = str(run.get("dataset_id") or "")
@@ -240,7 +240,7 @@ def _handle_completed(
     details["deployments"] = summary(results)
     if dataset_id:  # before finish_run: a pending trigger is re-evaluated against the new baseline
         threshold.advance_baseline(dataset_id, table_name=table, ddb=ddb)
-    runs.finish_run(
+    if not runs.finish_run(
         settings,
         run_id=run_id,
         status=run_status,
@@ -248,7 +248,9 @@ def _handle_completed(
         metrics=metrics,
         ddb=ddb,
         events=clients.events,
-    )
+        ended_by="Completed",
+    ):  # another event ended the run between our read and now
+        return _ignored_final(change, runs.get_run(settings, run_id, ddb=ddb) or run, settings, ddb)
     notify(settings.topic_arn, subject, message, details=details, sns=clients.sns)
     runs.update_run(
         run_id,

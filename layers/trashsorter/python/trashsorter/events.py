@@ -2,7 +2,9 @@
 
 * :class:`S3ObjectEvent` - one S3 event notification record (an SQS message body holds ``Records``);
 * :class:`DatasetReady` - the stack bus's "Dataset Ready" detail;
-* :class:`TrainingStateChange` - "SageMaker Training Job State Change" (its detail is DescribeTrainingJob).
+* :class:`TrainingStateChange` - "SageMaker Training Job State Change" (its detail is DescribeTrainingJob),
+  or the same detail re-published by the reconciler as "Training Job Reconciled";
+* :class:`ReconcileTraining` - the scheduled "Reconcile Training" check.
 
 Each ``parse_*`` returns ``None`` (or nothing) for an event of another kind, so the handler can ignore it.
 """
@@ -18,7 +20,14 @@ from typing import Any
 from trashsorter.errors import TrashsorterError
 from trashsorter.keys import decode_event_key
 from trashsorter.observability import logger
-from trashsorter.schema import DATASET_READY, EVENT_SOURCE, SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE
+from trashsorter.schema import (
+    DATASET_READY,
+    EVENT_SOURCE,
+    RECONCILE_TRAINING,
+    SAGEMAKER_SOURCE,
+    TRAINING_RECONCILED,
+    TRAINING_STATE_CHANGE,
+)
 
 S3_TEST_EVENT = "s3:TestEvent"
 
@@ -80,13 +89,18 @@ def parse_s3_notification(body: str) -> list[S3ObjectEvent]:
 # ---------------------------------------------------------------- Dataset Ready (start training)
 @dataclass(frozen=True)
 class DatasetReady:
-    """Why training was asked for: ``threshold`` | ``manual`` | ``pending``."""
+    """Why training was asked for: ``threshold`` | ``manual`` | ``pending``.
+
+    ``force`` (only a JSON ``true`` counts) asks a *manual* run to start although the training rule is not
+    met; the start-training step re-checks the rule for every other event.
+    """
 
     reason: str = "threshold"
     accepted_seq: int = 0
     counts: Mapping[str, int] = field(default_factory=dict)
     new_images: int = 0
     requested_at: str = ""
+    force: bool = False
 
     @classmethod
     def from_detail(cls, detail: Mapping[str, Any]) -> DatasetReady:
@@ -97,6 +111,7 @@ class DatasetReady:
             counts=MappingProxyType({str(k): int(v) for k, v in (counts or {}).items()}),
             new_images=int(detail.get("new_images") or 0),
             requested_at=str(detail.get("requested_at") or ""),
+            force=detail.get("force") is True,
         )
 
 
@@ -139,6 +154,22 @@ class TrainingStateChange:
             end_time=str(detail.get("TrainingEndTime") or ""),
         )
 
+    def as_detail(self) -> dict[str, Any]:
+        """The state-change detail again (what :meth:`from_detail` reads), JSON-ready."""
+        detail: dict[str, Any] = {
+            "TrainingJobName": self.job_name,
+            "TrainingJobStatus": self.status,
+            "FinalMetricDataList": [dict(m) for m in self.final_metrics],
+            "HyperParameters": dict(self.hyperparameters),
+        }
+        if self.failure_reason:
+            detail["FailureReason"] = self.failure_reason
+        if self.artifact_uri:
+            detail["ModelArtifacts"] = {"S3ModelArtifacts": self.artifact_uri}
+        if self.end_time:
+            detail["TrainingEndTime"] = self.end_time
+        return detail
+
     def completed_with(self, described: Mapping[str, Any]) -> TrainingStateChange:
         """A copy whose missing metrics / artifact / hyperparameters / end time come from ``described``."""
         other = TrainingStateChange.from_detail(described)
@@ -152,8 +183,23 @@ class TrainingStateChange:
 
 
 def parse_training_state_change(event: Mapping[str, Any]) -> TrainingStateChange | None:
-    """The detail of a "SageMaker Training Job State Change" event, or ``None`` for any other event."""
-    if event.get("source") != SAGEMAKER_SOURCE or event.get("detail-type") != TRAINING_STATE_CHANGE:
+    """The detail of a "SageMaker Training Job State Change" event (or of its re-publication by the
+    reconciler, "Training Job Reconciled" on the stack bus), or ``None`` for any other event."""
+    kind = (event.get("source"), event.get("detail-type"))
+    if kind not in ((SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE), (EVENT_SOURCE, TRAINING_RECONCILED)):
         return None
     detail = event.get("detail")
     return TrainingStateChange.from_detail(detail) if isinstance(detail, Mapping) else None
+
+
+# ---------------------------------------------------------------- scheduled reconcile (start training)
+@dataclass(frozen=True)
+class ReconcileTraining:
+    """The scheduled check (template: ``StartTrainingFunction.Events.ReconcileSchedule``); no fields."""
+
+
+def parse_reconcile(event: Mapping[str, Any]) -> ReconcileTraining | None:
+    """The scheduled "Reconcile Training" event of this stack, or ``None`` for any other event."""
+    if event.get("source") != EVENT_SOURCE or event.get("detail-type") != RECONCILE_TRAINING:
+        return None
+    return ReconcileTraining()

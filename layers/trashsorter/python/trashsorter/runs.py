@@ -277,8 +277,14 @@ def finish_run(
     ddb: Any = None,
     events: Any = None,
     keep_pending: bool = False,
-) -> None:
-    """End a run (completed / failed / stopped / blocked). Idempotent.
+    ended_by: str = "",
+) -> bool:
+    """End a run (completed / failed / stopped / blocked). Idempotent; final states are final.
+
+    ``ended_by`` names what ends the run (the training job status of a state-change event, ``reconcile``
+    ...); it is stored with the final status. Returns True when this call ended the run, or when the run
+    was already ended by the same ``ended_by`` (a retried delivery); False when something else ended it
+    first - the run, the lock and the pending trigger are then left untouched.
 
     Updates the run record unless it is already final, releases the lock if this run holds it and, when
     the lock carried a pending trigger, clears it and re-publishes "Dataset Ready" (reason ``pending``) if
@@ -297,7 +303,8 @@ def finish_run(
         "now": clock.now_iso(),
         **{f"f{i}": str(final) for i, final in enumerate(FINAL_RUN_STATUSES)},
     }
-    update = "SET #s = :status, status_message = :msg, ended_at = :now"
+    update = "SET #s = :status, status_message = :msg, ended_at = :now, ended_by = :by"
+    values["by"] = ended_by
     if metrics:
         update += ", #m = :metrics"
         names["#m"] = "metrics"
@@ -315,17 +322,48 @@ def finish_run(
     except ClientError as exc:
         if aws.error_code(exc) != "ConditionalCheckFailedException":
             raise TransientError(f"could not finish run {run_id}: {exc}") from exc
-        if get_run(table, run_id, ddb=ddb) is None:
+        current = get_run(table, run_id, ddb=ddb)
+        if current is None:
             raise NotFoundError(f"run {run_id} is not recorded") from exc
+        if str(current.get("ended_by") or "") != ended_by:
+            logger.warning(
+                "run already final: not rewritten",
+                extra={"run_id": run_id, "status": current.get("status"), "asked": str(status)},
+            )
+            return False
         logger.info("run already final", extra={"run_id": run_id})
     old = release_lock(ddb, table, run_id, keep_pending=keep_pending, reason=str(status))
     if keep_pending or not old.get("pending"):
-        return
+        return True
     try:
         republish_pending(settings, ddb=ddb, events=events)
     except Exception:
         restore_pending(ddb, table, old)
         raise
+    return True
+
+
+def is_final(run: Mapping[str, Any]) -> bool:
+    return str(run.get("status") or "") in {str(s) for s in FINAL_RUN_STATUSES}
+
+
+def record_ignored_event(run_id: str, event: str, reason: str, *, table_name: str, ddb: Any) -> None:
+    """Record an event that arrived after the run was final and changed nothing (bounded: a set + count)."""
+    logger.warning("event ignored: the run is final", extra={"run_id": run_id, "event": event, "why": reason})
+    try:
+        ddb.update_item(
+            TableName=table_name,
+            Key=_ser(run_key(run_id)),
+            UpdateExpression="ADD ignored_events :ev, ignored_count :one SET last_ignored = :last",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={
+                ":ev": {"SS": [event]},
+                ":one": {"N": "1"},
+                ":last": _value({"event": event, "reason": reason, "at": clock.now_iso()}),
+            },
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise TransientError(f"could not record the ignored event on run {run_id}: {exc}") from exc
 
 
 def republish_pending(settings: CommonSettings, *, ddb: Any, events: Any) -> bool:

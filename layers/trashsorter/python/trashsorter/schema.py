@@ -33,6 +33,8 @@ EVENT_SOURCE = "trashsorter"
 DATASET_READY = "Dataset Ready"
 SAGEMAKER_SOURCE = "aws.sagemaker"
 TRAINING_STATE_CHANGE = "SageMaker Training Job State Change"
+TRAINING_RECONCILED = "Training Job Reconciled"  # a lost state change, re-published (trashsorter.reconcile)
+RECONCILE_TRAINING = "Reconcile Training"  # the scheduled check's event (start-training function)
 JOB_PREFIX = "deeplens-"  # DeepLens model import requires it
 DATASETS_PREFIX = "datasets/"  # S3 (images bucket): datasets/<dataset_id>/{manifest.jsonl,labels.txt,...}
 

@@ -87,16 +87,27 @@ def evaluate_current(settings: CommonSettings, catalogue: Catalogue) -> tuple[Ru
 
 
 def publish_dataset_ready(
-    settings: CommonSettings, *, reason: str, result: RuleResult, accepted_seq: int, events: Any = None
+    settings: CommonSettings,
+    *,
+    reason: str,
+    result: RuleResult,
+    accepted_seq: int,
+    events: Any = None,
+    force: bool = False,
 ) -> str:
-    """PutEvents "Dataset Ready" on the stack bus; returns the event id (TransientError when refused)."""
-    detail = {
+    """PutEvents "Dataset Ready" on the stack bus; returns the event id (TransientError when refused).
+
+    ``force`` (manual triggers only) is written as ``"force": true``: start even if the rule is not met.
+    """
+    detail: dict[str, Any] = {
         "reason": reason,
         "counts": result.counts,
         "new_images": result.new_images,
         "accepted_seq": accepted_seq,
         "requested_at": now_iso(),
     }
+    if force:
+        detail["force"] = True
     entry = {
         "Source": EVENT_SOURCE,
         "DetailType": DATASET_READY,
@@ -196,14 +207,25 @@ def check_and_publish(settings: CommonSettings, *, catalogue: Catalogue, events:
     return True
 
 
-def trigger_manual(settings: CommonSettings, *, catalogue: Catalogue, events: Any = None) -> RuleResult:
+def trigger_manual(
+    settings: CommonSettings, *, catalogue: Catalogue, events: Any = None, force: bool = False
+) -> RuleResult:
     """A person asks for training: publish with reason "manual" when the rule is met, else say what is
-    missing (:class:`TrainingRuleNotMet` with ``missing``)."""
+    missing (:class:`TrainingRuleNotMet` with ``missing``). ``force=True`` publishes anyway, with
+    ``"force": true`` in the event (the start-training step checks the rule again and honours it only then).
+    """
     result, state = evaluate_current(settings, catalogue)
-    if not result.met:
+    if not result.met and not force:
         raise TrainingRuleNotMet(f"training rule not met: {result.reason}", missing=result.missing)
+    if not result.met:
+        logger.warning("forced manual training: the rule is not met", extra={"why": result.reason})
     publish_dataset_ready(
-        settings, reason="manual", result=result, accepted_seq=state["accepted_seq"], events=events
+        settings,
+        reason="manual",
+        result=result,
+        accepted_seq=state["accepted_seq"],
+        events=events,
+        force=force and not result.met,
     )
     return result
 

@@ -2,8 +2,9 @@
 
 Flow of :func:`start_training`:
 
-1. ``threshold``/``pending`` events re-evaluate the training rule with the current counts (a manual event
-   was checked by the trigger). Not met -> ``not_ready``.
+0. An overdue lock holder (its final state change lost) is reconciled first (:mod:`trashsorter.reconcile`).
+1. Every event re-evaluates the training rule with the current counts. Not met -> ``not_ready``, unless
+   the event is ``manual`` with an explicit ``"force": true`` (logged as a forced run).
 2. The dataset snapshot is *planned* (pure, see :mod:`trashsorter.dataset`): its id is known before
    anything is written.
 3. The lock item ``LOCK/TRAINING`` (attribute ``holder`` = run id) decides:
@@ -55,6 +56,7 @@ from trashsorter.errors import (
 from trashsorter.events import DatasetReady
 from trashsorter.notify import notify
 from trashsorter.observability import logger
+from trashsorter.reconcile import reconcile_training
 from trashsorter.schema import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from trashsorter.settings import TrainingSettings
 from trashsorter.threshold import evaluate_current
@@ -248,12 +250,19 @@ def start_training(
     table = settings.table_name
     reason = ready.reason
     catalogue = catalogue or Catalogue(table, ddb=ddb)
-    accepted_seq = int(catalogue.state()["accepted_seq"]) or ready.accepted_seq
-    if reason != "manual":
-        result, state = evaluate_current(settings, catalogue)
-        accepted_seq = int(state["accepted_seq"])
-        if not result.met:
+    healed = reconcile_training(settings, clients)  # an overdue holder whose final event was lost
+    if healed.status in ("failed", "republished"):
+        logger.warning("training lock reconciled", extra={"reconcile": healed.as_dict()})
+    result, state = evaluate_current(settings, catalogue)  # every event, manual ones too
+    accepted_seq = int(state["accepted_seq"])
+    if not result.met:
+        if not (reason == "manual" and ready.force):
+            logger.info("training rule not met", extra={"reason": reason, "why": result.reason})
             return StartOutcome("not_ready", message=result.reason)
+        logger.warning(
+            "forced manual run: starting although the training rule is not met",
+            extra={"why": result.reason, "requested_at": ready.requested_at},
+        )
     plan = plan_from_catalogue(
         catalogue,
         labels=settings.allowed_labels,

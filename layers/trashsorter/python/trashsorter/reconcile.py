@@ -1,0 +1,142 @@
+"""A training lock that heals: reconcile a run whose final "Training Job State Change" was lost.
+
+A run ``in_progress`` (or ``starting``) for longer than its job's maximum runtime (``StoppingCondition``:
+``MaxRuntimeInSeconds``, or ``MaxWaitTimeInSeconds`` for spot) plus :data:`MARGIN_SECONDS` cannot still be
+training. :func:`reconcile_training` (called by every "Dataset Ready" and by the scheduled "Reconcile
+Training" event, both in the start-training function) asks ``DescribeTrainingJob`` and:
+
+* SageMaker says ``Completed`` / ``Failed`` / ``Stopped`` -> the state change is re-published on the stack
+  bus as "Training Job Reconciled" (its detail is the state-change detail), which the package function
+  handles exactly like the lost event (:func:`trashsorter.completion.handle_training_state_change`: gate,
+  package, register, finish the run, release the lock, re-publish the pending dataset; idempotent, so a
+  late original event is a ``duplicate``);
+* SageMaker still says ``InProgress`` / ``Stopping`` -> nothing (its final event, or the next check, ends it);
+* SageMaker does not know the job (or says anything else) -> the run is failed with a reason
+  (``ended_by=reconcile``), which releases the lock and re-publishes the pending dataset; a notice goes
+  out.
+
+A re-publication is not repeated within :data:`REPUBLISH_AFTER_SECONDS` (the package step's lease).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trashsorter import aws, clock, runs
+from trashsorter.clients import Clients
+from trashsorter.errors import TransientError
+from trashsorter.events import TrainingStateChange
+from trashsorter.notify import notify
+from trashsorter.observability import logger
+from trashsorter.schema import ACTIVE_RUN_STATUSES, EVENT_SOURCE, TRAINING_RECONCILED, RunStatus
+from trashsorter.settings import TrainingSettings
+
+MARGIN_SECONDS = 1800  # beyond the job's own limit: SageMaker's final event comes within minutes
+REPUBLISH_AFTER_SECONDS = runs.CLAIM_LEASE_SECONDS
+DEFAULT_MAX_RUNTIME_SECONDS = 24 * 3600  # SageMaker's default MaxRuntimeInSeconds
+FINAL_JOB_STATUSES = ("Completed", "Failed", "Stopped")
+RUNNING_JOB_STATUSES = ("InProgress", "Stopping")
+
+
+@dataclass(frozen=True)
+class ReconcileOutcome:
+    status: str  # free | running | republished | failed
+    run_id: str = ""
+    job_name: str = ""
+    message: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def max_runtime_seconds(run: Mapping[str, Any]) -> int:
+    """The longest the run's job may take, from the request it was started with."""
+    try:
+        request = json.loads(str(run.get("request") or "{}"))
+    except json.JSONDecodeError:
+        request = {}
+    stopping = request.get("StoppingCondition") if isinstance(request, dict) else None
+    if not isinstance(stopping, dict):
+        return DEFAULT_MAX_RUNTIME_SECONDS
+    limits = [int(stopping.get(name) or 0) for name in ("MaxRuntimeInSeconds", "MaxWaitTimeInSeconds")]
+    return max(limits) or DEFAULT_MAX_RUNTIME_SECONDS
+
+
+def overdue_seconds(run: Mapping[str, Any]) -> float:
+    """How far past its maximum runtime + margin the run is (<= 0: it may still be training)."""
+    since = str(run.get("started_at") or run.get("created_at") or "")
+    return clock.age_seconds(since) - max_runtime_seconds(run) - MARGIN_SECONDS
+
+
+def describe_job(job_name: str, sagemaker: Any) -> dict[str, Any]:
+    """DescribeTrainingJob; ``{}`` when SageMaker does not know the job; TransientError otherwise."""
+    try:
+        return dict(sagemaker.describe_training_job(TrainingJobName=job_name))
+    except ClientError as exc:
+        if aws.error_code(exc) in ("ValidationException", "ResourceNotFound"):
+            return {}
+        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
+
+
+def reconcile_training(settings: TrainingSettings, clients: Clients | None = None) -> ReconcileOutcome:
+    """Heal the training lock if its holder is overdue (see the module docstring); idempotent."""
+    clients = clients or Clients()
+    ddb, table = clients.ddb, settings.table_name
+    holder = str(runs.get_lock(table, ddb=ddb).get("holder") or "")
+    run = runs.get_run(table, holder, ddb=ddb) if holder else None
+    if run is None or run.get("status") not in ACTIVE_RUN_STATUSES:
+        return ReconcileOutcome("free", holder)  # a stale lock of a final run: start_training releases it
+    run_id, job_name = str(run["run_id"]), str(run.get("job_name") or "")
+    overdue = overdue_seconds(run)
+    if overdue <= 0:
+        return ReconcileOutcome("running", run_id, job_name, f"within its limit ({-overdue:.0f} s left)")
+    described = describe_job(job_name, clients.sagemaker)
+    job_status = str(described.get("TrainingJobStatus") or "")
+    extra = {"run_id": run_id, "job_name": job_name, "job_status": job_status, "overdue_s": round(overdue)}
+    if job_status in RUNNING_JOB_STATUSES:
+        logger.warning("overdue run: SageMaker still reports the job running", extra=extra)
+        return ReconcileOutcome("running", run_id, job_name, f"SageMaker reports {job_status}")
+    if job_status in FINAL_JOB_STATUSES:
+        if clock.age_seconds(str(run.get("reconcile_published_at") or "")) < REPUBLISH_AFTER_SECONDS:
+            return ReconcileOutcome("republished", run_id, job_name, "already re-published; waiting")
+        _publish(TrainingStateChange.from_detail(described), settings, clients)
+        runs.update_run(run_id, {"reconcile_published_at": clock.now_iso()}, table_name=table, ddb=ddb)
+        logger.warning("lost training state change re-published", extra=extra)
+        return ReconcileOutcome("republished", run_id, job_name, f"SageMaker reports {job_status}")
+    reason = f"no final state change arrived {round(overdue)} s after the job's limit and SageMaker " + (
+        f"reports {job_status}" if job_status else f"does not know job {job_name}"
+    )
+    logger.warning("overdue run failed by the reconciler", extra={**extra, "reason": reason})
+    if runs.finish_run(settings, run_id=run_id, status=RunStatus.FAILED, message=reason, ddb=ddb,
+                       events=clients.events, ended_by="reconcile"):  # fmt: skip
+        runs.update_run(run_id, {"failure_reason": reason}, table_name=table, ddb=ddb)
+        notify(
+            settings.topic_arn,
+            f"Training failed: {job_name}",
+            f"Training run {run_id} ({job_name}) was failed by the reconciler: {reason}",
+            details={"job_name": job_name, "run_id": run_id, "reason": reason},
+            sns=clients.sns,
+        )
+    return ReconcileOutcome("failed", run_id, job_name, reason)
+
+
+def _publish(change: TrainingStateChange, settings: TrainingSettings, clients: Clients) -> None:
+    entry = {
+        "Source": EVENT_SOURCE,
+        "DetailType": TRAINING_RECONCILED,
+        "Detail": json.dumps(change.as_detail(), sort_keys=True, default=str),
+        "EventBusName": settings.event_bus_name,
+    }
+    try:
+        response = clients.events.put_events(Entries=[entry])
+    except (ClientError, BotoCoreError) as exc:
+        raise TransientError(f"could not publish {TRAINING_RECONCILED}: {exc}") from exc
+    if response.get("FailedEntryCount", 0):
+        raise TransientError(f"{TRAINING_RECONCILED} refused by EventBridge: {response.get('Entries')}")
