@@ -402,16 +402,23 @@ def test_kms_grants_to_services_are_bound_to_this_account_and_this_stacks_resour
         assert "AWS::StackName" in source_arn or "AWS::StackId" in source_arn, statement["Sid"]
 
 
-def test_eventbridge_dead_letter_policy_names_the_two_rules() -> None:
+def test_eventbridge_dead_letter_policy_names_exactly_the_rules_that_dead_letter() -> None:
     policy = resources_of("AWS::SQS::QueuePolicy")["StartTrainingDLQPolicy"]
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     arns = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
-    assert {target_of(arn) for arn in arns} == {
-        "StartTrainingFunctionDatasetReady",
-        "PackageFunctionTrainingJobStateChange",
-    }
     rules = resources_of("AWS::Events::Rule")
-    for rule_id in ("StartTrainingFunctionDatasetReady", "PackageFunctionTrainingJobStateChange"):
+    dead_lettering = {
+        rule_id
+        for rule_id, rule in rules.items()
+        if any("DeadLetterConfig" in target for target in rule["Properties"]["Targets"])
+    }
+    assert {target_of(arn) for arn in arns} == dead_lettering == {
+        "StartTrainingFunctionDatasetReady",
+        "StartTrainingFunctionReconcileSchedule",
+        "PackageFunctionTrainingJobStateChange",
+        "PackageFunctionTrainingJobReconciled",
+    }
+    for rule_id in dead_lettering:
         (target,) = rules[rule_id]["Properties"]["Targets"]
         assert target_of(target["DeadLetterConfig"]["Arn"]) in {"StartTrainingDLQ", "PackageDLQ"}
 
