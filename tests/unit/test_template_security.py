@@ -572,3 +572,16 @@ def test_optional_training_key_is_granted_only_when_configured() -> None:
     assert template["Conditions"]["HasTrainingKmsKey"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "TrainingKmsKeyArn"}, ""]}]
     }
+
+
+def test_edge_device_policy_grants_only_artifacts_and_inbox_and_only_with_a_thing_group() -> None:
+    policy = resources_of("AWS::IAM::ManagedPolicy")["EdgeDevicePolicy"]
+    assert policy["Condition"] == "HasEdgeThingGroup"
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    grants = {st["Sid"]: (st["Action"], json.dumps(st["Resource"])) for st in statements}
+    assert grants["ReadComponentArtifacts"][0] == "s3:GetObject"
+    assert "${DeepLensBucket}/models/*" in grants["ReadComponentArtifacts"][1]
+    assert grants["UploadUnsureFrames"][0] == "s3:PutObject"
+    assert "${ImagesBucket}/inbox/*" in grants["UploadUnsureFrames"][1]
+    assert set(grants) == {"ReadComponentArtifacts", "UploadUnsureFrames", "UseStackKey"}
+    assert all("*" not in json.dumps(st["Action"]) for st in statements)

@@ -112,8 +112,8 @@ def component_defaults(settings: PackageSettings) -> dict[str, Any]:
 
 def write_app_archive(destination: Path) -> Path | None:
     """``trashsorter-edge.zip``: the ``trashsorter_edge`` package (sources, pinned requirements, install
-    script) as installed here; ``None`` when this environment does not have it (the Lambda layer does not
-    ship it yet: the Greengrass v2 deployment then fails with "no packaged artifact 'edge_app'")."""
+    script) as installed here (on AWS from the ``EdgeAppLayer``); ``None`` when this environment does not have
+    it: the Greengrass v2 deployment then fails with "no packaged artifact 'edge_app'")."""
     spec = importlib.util.find_spec("trashsorter_edge")
     if spec is None or not spec.submodule_search_locations:
         logger.warning("trashsorter_edge is not installed here: no Greengrass v2 app artifact")
