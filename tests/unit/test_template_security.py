@@ -412,12 +412,16 @@ def test_eventbridge_dead_letter_policy_names_exactly_the_rules_that_dead_letter
         for rule_id, rule in rules.items()
         if any("DeadLetterConfig" in target for target in rule["Properties"]["Targets"])
     }
-    assert {target_of(arn) for arn in arns} == dead_lettering == {
-        "StartTrainingFunctionDatasetReady",
-        "StartTrainingFunctionReconcileSchedule",
-        "PackageFunctionTrainingJobStateChange",
-        "PackageFunctionTrainingJobReconciled",
-    }
+    assert (
+        {target_of(arn) for arn in arns}
+        == dead_lettering
+        == {
+            "StartTrainingFunctionDatasetReady",
+            "StartTrainingFunctionReconcileSchedule",
+            "PackageFunctionTrainingJobStateChange",
+            "PackageFunctionTrainingJobReconciled",
+        }
+    )
     for rule_id in dead_lettering:
         (target,) = rules[rule_id]["Properties"]["Targets"]
         assert target_of(target["DeadLetterConfig"]["Arn"]) in {"StartTrainingDLQ", "PackageDLQ"}

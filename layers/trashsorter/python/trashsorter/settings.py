@@ -76,7 +76,6 @@ class IngestSettings(CommonSettings):
 
 class TrainingSettings(CommonSettings):
     validation_fraction: float = Field(default=0.2, alias="VALIDATION_FRACTION", gt=0, lt=1)
-    training_backend: Literal["sagemaker", "local"] = Field(default="sagemaker", alias="TRAINING_BACKEND")
     # trashsorter = the project's ONNX trainer (script mode, PyTorch container); image-classification = the
     # recipe's built-in algorithm (MXNet, DeepLens only)
     training_algorithm: Literal["trashsorter", "image-classification"] = Field(
@@ -122,8 +121,8 @@ class TrainingSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _spot_wait(self) -> Self:
-        if self.training_backend == "sagemaker" and not self.training_role_arn:
-            raise ValueError("TRAINING_ROLE_ARN is required for the sagemaker backend")
+        if not self.training_role_arn:
+            raise ValueError("TRAINING_ROLE_ARN is required (the stack's TrainingRole)")
         if self.use_spot and self.max_wait_seconds < self.max_runtime_seconds:
             raise ValueError("TRAINING_MAX_WAIT must be >= TRAINING_MAX_RUNTIME for spot training")
         return self

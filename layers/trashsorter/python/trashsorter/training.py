@@ -27,14 +27,14 @@ Run ids are ``run-<dataset_id>-<attempt>`` (attempt n+1 only after every earlier
 or was blocked); the request and job names are built by :mod:`trashsorter.training_request`, the run,
 job and lock items written by :mod:`trashsorter.runs`.
 
-Backends: :class:`SageMakerBackend` (the Lambda). Other backends are not part of the layer: the local
-runtime registers its own with :func:`register_backend` (``TRAINING_BACKEND=local``).
+Backend: :class:`SageMakerBackend`, on AWS and on the local stack alike (there the local endpoint runs the
+job, see ``trashsorter_cli.local.sagemaker_jobs``); tests may pass another ``backend``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -147,26 +147,9 @@ class SageMakerBackend:
             raise TransientError(f"DescribeTrainingJob {launch.job_name}: {exc}") from exc
 
 
-BackendFactory = Callable[[TrainingSettings], TrainingBackend]
-_BACKENDS: dict[str, BackendFactory] = {}
-
-
-def register_backend(name: str, factory: BackendFactory) -> None:
-    """Make ``TRAINING_BACKEND=<name>`` start jobs with ``factory(settings)`` (the local runtime's hook)."""
-    _BACKENDS[name] = factory
-
-
 def make_backend(settings: TrainingSettings, clients: Clients | None = None) -> TrainingBackend:
-    """The backend of ``settings.training_backend``: SageMaker, or one the running process registered."""
-    if settings.training_backend == "sagemaker":
-        return SageMakerBackend((clients or Clients()).sagemaker, region=settings.aws_region)
-    factory = _BACKENDS.get(settings.training_backend)
-    if factory is None:
-        raise ConfigurationError(
-            f"training backend {settings.training_backend!r} is not available in this process: only the "
-            "local runtime (trashsorter_cli.local) provides it"
-        )
-    return factory(settings)
+    """SageMaker's CreateTrainingJob, on AWS or on the local endpoint (``AWS_ENDPOINT_URL``)."""
+    return SageMakerBackend((clients or Clients()).sagemaker, region=settings.aws_region)
 
 
 # ---------------------------------------------------------------- start

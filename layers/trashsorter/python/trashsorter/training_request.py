@@ -157,13 +157,7 @@ def build_training_request(
             source_sha256=source_sha256,
             champion_uri=champion_uri,
         )
-    if settings.training_backend == "sagemaker":
-        image = algorithm_image_uri(settings.aws_region, settings.algorithm_image_uri)
-    else:
-        try:
-            image = algorithm_image_uri(settings.aws_region, settings.algorithm_image_uri)
-        except ConfigurationError:
-            image = "local"
+    image = algorithm_image_uri(settings.aws_region, settings.algorithm_image_uri)
     hyperparameters = build_hyperparameters(
         num_classes=len(plan.labels),
         num_training_samples=plan.num_train,
