@@ -11,7 +11,9 @@ from typing import Any
 from tests.integration.test_package import JOB, Pack, pack  # noqa: F401 - the fixture
 from tests.support.fixtures.model_artifacts import mxnet_model_tar, tar_bytes
 from trashsorter import registry
+from trashsorter.clients import Clients
 from trashsorter.completion import handle_training_state_change
+from trashsorter.events import parse_training_state_change
 
 OLD = "deeplens-ts-3f9a1c2b7d4e5f60-20240501080000"
 LABELS = ("Compost", "Landfill", "Recycling")
@@ -35,16 +37,20 @@ def onnx_tar(accuracy: float, recalls: tuple[float, ...], champion: dict[str, An
     )
 
 
+def _complete(pack: Pack, event: dict[str, Any]) -> Any:  # noqa: F811
+    """What functions/package/app.py does: parse the event at the edge, then the one domain call."""
+    change = parse_training_state_change(event)
+    assert change is not None, event
+    clients = Clients(ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+    return handle_training_state_change(change, pack.settings(), clients)
+
+
 def _champion_then(pack: Pack, artifact: bytes) -> dict[str, Any]:  # noqa: F811
     pack.start_run(OLD, artifact=mxnet_model_tar())
-    first = handle_training_state_change(
-        pack.event("training_completed.json", OLD, accuracy=0.97), pack.settings(), ddb=pack.ddb, s3=pack.s3,
-        greengrass=pack.gg,
-    )  # fmt: skip
+    first = _complete(pack, pack.event("training_completed.json", OLD, accuracy=0.97))
     assert first.outcome == "deployed"
-    pack.start_run(JOB, backend="local", artifact=artifact)
-    event = pack.event("training_completed.json", JOB, accuracy=0.9125)
-    handle_training_state_change(event, pack.settings(), ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+    pack.start_run(JOB, artifact=artifact)
+    _complete(pack, pack.event("training_completed.json", JOB, accuracy=0.9125))
     model = registry.get_model(JOB, table_name=pack.table, ddb=pack.ddb)
     assert model is not None
     return model

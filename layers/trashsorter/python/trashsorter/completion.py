@@ -124,7 +124,7 @@ def _handle_failed(
     run_id = str(run["run_id"])
     ddb = clients.ddb
     reason = change.failure_reason
-    if not reason and run.get("backend") != "local":
+    if not reason:
         reason = str(describe_job(job_name, clients.sagemaker).get("FailureReason") or "")
     if not reason:
         reason = "stopped on request" if job_status == "Stopped" else "SageMaker reported no failure reason"
@@ -166,7 +166,7 @@ def _handle_completed(
     run_id = str(run["run_id"])
     table = settings.table_name
     ddb = clients.ddb
-    if run.get("backend") != "local" and (not change.final_metrics or not change.artifact_uri):
+    if not change.final_metrics or not change.artifact_uri:
         change = change.completed_with(describe_job(job_name, clients.sagemaker))
     metrics = final_metrics(change.final_metrics)
     source_uri = change.artifact_uri
