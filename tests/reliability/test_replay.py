@@ -16,8 +16,8 @@ with each event's 2nd and 3rd delivery coming late, after newer events (put A, p
 put B, put A ...). A normalised dump (table scan, datasets/ and DeepLens objects with content hashes,
 Greengrass group versions and deployments, SNS notices, "Dataset Ready" publications, training jobs) must
 be identical. What legitimately differs between two stacks is normalised: ``*_at`` timestamps, ISO
-timestamps inside values, UUIDs (deployment and Greengrass version ids), S3 version ids and sequencers, and the job names
-(they embed the UTC start time: mapped to JOB1, JOB2 ... in run order).
+timestamps inside values, UUIDs (deployment and Greengrass version ids), S3 version ids and sequencers, and
+the job names (they embed the UTC start time: mapped to JOB1, JOB2 ... in run order).
 """
 
 from __future__ import annotations
