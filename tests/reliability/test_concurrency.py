@@ -72,7 +72,9 @@ class LocalEndpoint:
 def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalEndpoint]:
     from moto.server import ThreadedMotoServer
 
-    moto_patches.install()  # thread-safe DynamoDB (the speed patches stay off: moto's own code is tested)
+    # 1,000 uploads through a moto server, as `local up` runs it: the lock and the local stack's speed patches
+    # (without them every transaction deep-copies the whole table), removed again for the tests after this.
+    moto_patches.install(speed=True)
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -94,6 +96,7 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalEndpoint]:
     finally:
         aws.reset_clients()
         server.stop()
+        moto_patches.remove_speed_patches()
 
 
 def load_ingest_handler(stack: LocalStack, index: int) -> ModuleType:

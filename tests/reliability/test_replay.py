@@ -16,8 +16,8 @@ with each event's 2nd and 3rd delivery coming late, after newer events (put A, p
 put B, put A ...). A normalised dump (table scan, datasets/ and DeepLens objects with content hashes,
 Greengrass group versions and deployments, SNS notices, "Dataset Ready" publications, training jobs) must
 be identical. What legitimately differs between two stacks is normalised: ``*_at`` timestamps, ISO
-timestamps inside values, UUIDs (deployment and Greengrass version ids), S3 version ids, and the job names
-(they embed the UTC start time: mapped to JOB1, JOB2 ... in run order).
+timestamps inside values, UUIDs (deployment and Greengrass version ids), S3 version ids and sequencers, and
+the job names (they embed the UTC start time: mapped to JOB1, JOB2 ... in run order).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ _ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # CloudFormation physical names: <stack>-<LogicalId>-<random suffix>
 _PHYSICAL = re.compile(r"\b(ts-test-[A-Za-z0-9]+)-[A-Z0-9]{12,13}\b")
-_DROPPED = ("version_id",)
+_DROPPED = ("version_id", "sequencer")  # S3 version ids and sequencers differ between two stacks
 
 
 def _plain(value: Any) -> Any:

@@ -205,11 +205,13 @@ class Pipeline:
         assert self.notified() == 1
 
     def delete(self, key: str) -> None:
-        """Delete every version (S3 notifies ObjectRemoved:Delete when the last one goes)."""
+        """Delete every version (S3 notifies ObjectRemoved:Delete for each version deleted)."""
+        deleted = 0
         for version in self.s3.list_object_versions(Bucket=self.bucket, Prefix=key).get("Versions", []):
             if version["Key"] == key:
                 self.s3.delete_object(Bucket=self.bucket, Key=key, VersionId=version["VersionId"])
-        assert self.notified() == 1
+                deleted += 1
+        assert self.notified() == deleted
 
     # ------------------------------------------------------------------ start training
     def invoke_start(self, event: dict[str, Any]) -> dict[str, Any]:

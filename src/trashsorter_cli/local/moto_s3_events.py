@@ -81,7 +81,8 @@ def install() -> None:
 
     @functools.wraps(original_send)
     def send_event(account_id: str, event_name: Any, bucket: Any, key: Any) -> None:
-        if getattr(_LOCAL, "deleting", False) and str(event_name).startswith("s3:ObjectRemoved:"):
+        name = str(getattr(event_name, "value", event_name))  # str() of moto's str-Enum is its member name
+        if getattr(_LOCAL, "deleting", False) and name.startswith("s3:ObjectRemoved:"):
             return  # the patched delete_object sends the removal S3 would send
         original_send(account_id, event_name, bucket, key)
 
