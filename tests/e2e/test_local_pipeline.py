@@ -126,6 +126,11 @@ def test_photos_to_a_deployed_model_that_classifies_a_held_out_photo(local_stack
     assert 0.0 <= float(champion["metrics"]["validation:accuracy"]) <= 1.0
     deeplens = s3.list_objects_v2(Bucket=outputs["DeepLensBucketName"], Prefix=f"models/{run['model_id']}/")
     assert deeplens.get("KeyCount", 0) >= 1
+    # the trainer's report.html, copied beside the packaged model and recorded on the model
+    report_key = f"models/{run['model_id']}/report.html"
+    assert champion["report_uri"] == f"s3://{outputs['DeepLensBucketName']}/{report_key}"
+    report = s3.get_object(Bucket=outputs["DeepLensBucketName"], Key=report_key)["Body"].read()
+    assert b"Confusion matrix" in report and b"validation accuracy" in report
     deployments = registry.list_deployments(champion["model_id"], table_name=table, ddb=ddb)
     assert any(d.get("target") == "local-device" for d in deployments), deployments
 
