@@ -8,9 +8,7 @@ CPU training -> package -> deploy to the local device -> classify the held-back 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trashsorter.catalogue import Catalogue
-from trashsorter_cli.commands import data, pipeline
+from trashsorter_cli.commands import data, pipeline, report
 from trashsorter_cli.local.runtime import LocalRuntime
 from trashsorter_cli.local.stack import REPO_ROOT
 from trashsorter_cli.targets import Target, local_target
@@ -37,7 +35,6 @@ DEMO_OVERRIDES = {
     # A demo on ~170 photos: the gate is lowered from the recipe's 0.8 so a small model still deploys.
     "MinValidationAccuracy": "0.6",
 }
-REPORT_MEMBERS = ("metrics.json", "confusion_matrix.png", "report.html")
 
 
 def sha256_file(path: Path) -> str:
@@ -87,25 +84,6 @@ def wait_ingested(
                     f"ingest timed out: {done} of {expected} images catalogued after {timeout:.0f}s"
                 )
             time.sleep(0.5)
-
-
-def extract_report(target: Target, model: Mapping[str, Any], dest_root: Path, *, s3: Any) -> Path:
-    """REPORT_MEMBERS of the training artifact -> ``dest_root/<model_id>/``."""
-    uri = str(model.get("artifact_uri") or "")
-    if not uri.startswith("s3://"):
-        raise CliError(f"model {model.get('model_id')} has no training artifact URI")
-    bucket, key = uri[5:].split("/", 1)
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    dest = dest_root / str(model["model_id"])
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as archive:
-        for member in archive.getmembers():
-            name = Path(member.name).name
-            if member.isfile() and name in REPORT_MEMBERS:
-                handle = archive.extractfile(member)
-                if handle is not None:
-                    (dest / name).write_bytes(handle.read())
-    return dest
 
 
 def wait_device_model(target: Target, model_id: str, *, timeout: float) -> None:
@@ -174,8 +152,7 @@ def run_demo(
             raise CliError(f"run {run['job_name']} finished but no champion model is registered")
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(champion["metrics"].items()))
         ui.line(f"model {champion['model_id']}: {metrics}")
-        report = extract_report(target, champion, state_dir / "reports", s3=target.client("s3"))
-        ui.line(f"report: {report}/report.html (open in a browser); {report}/metrics.json")
+        report.wait_summary(target, ui, str(champion["model_id"]), state_dir / "reports")
         pipeline.deployments_table(ui, status["deployments"])
         wait_device_model(target, champion["model_id"], timeout=max(5.0, deadline - time.monotonic()))
         labels_of = {p: label for p, label in plan.held_back}

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trashsorter_cli.commands import edge  # h10: edge bundle|run, watch, inbox, label
 
     edge.register(sub, common)
+    from trashsorter_cli.commands import report
+
+    report.register(sub, common)
     return parser
 
 
@@ -161,9 +164,11 @@ def run(args: argparse.Namespace, ui: UI) -> int:
 
         return demo.run_demo(ui, samples=args.samples, timeout=args.timeout)
 
-    from trashsorter_cli.commands import data, pipeline
+    from trashsorter_cli.commands import data, pipeline, report
 
     target = _target(args)
+    if command == "report":
+        return report.handle(args, ui, target)
     if command == "upload":
         mapping = data.load_mapping(args.mapping) if args.mapping else None
         plan = data.plan_upload(args.directory, target.labels, mapping=mapping, force=args.force)
@@ -217,6 +222,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             ui.emit_json(final)
         else:
             ui.line(f"run {final['job_name']}: {final['status']}, model {final['package_outcome'] or '-'}")
+        if not ui.json_mode:  # also for a gated-out model: its report says why
+            report.wait_summary(target, ui, str(final.get("model_id") or ""))
         pipeline.check_run(final)
         return 0
     if command == "predict":

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.e2e.test_local_pipeline import _wait as wait
 from tests.support.stack import SAMPLES_DIR as SAMPLES
+from tests.support.waiting import wait_for as wait
 from trashsorter import registry, runs
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local.runtime import LocalRuntime

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from tests.support.stack import SAMPLES_DIR as SAMPLES
 from tests.support.stack import mapping
+from tests.support.waiting import wait_for
 from trashsorter import registry, runs
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local.runtime import LocalRuntime
@@ -54,16 +54,6 @@ def _split() -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
     return upload, held
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _post(url: str, data: bytes) -> dict[str, Any]:
     request = urllib.request.Request(url, data=data, method="POST")  # noqa: S310 - local device
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
@@ -100,7 +90,7 @@ def test_photos_to_a_deployed_model_that_classifies_a_held_out_photo(local_stack
         )
 
     catalogue = Catalogue(table, ddb=ddb)
-    counts = _wait(
+    counts = wait_for(
         lambda: (
             (c := catalogue.label_counts(["Compost", "Landfill", "Recycling"]))
             and sum(v["accepted"] + v["rejected"] + v["duplicate"] + v["conflict"] for v in c.values())
@@ -117,7 +107,7 @@ def test_photos_to_a_deployed_model_that_classifies_a_held_out_photo(local_stack
         done = [r for r in listed if r.get("status") in ("completed", "failed") and r.get("package_outcome")]
         return done[0] if done else None
 
-    run = _wait(finished, 240, "the training run to be trained and packaged")
+    run = wait_for(finished, 240, "the training run to be trained and packaged")
     assert run["status"] == "completed", run
     assert run["backend"] == "sagemaker" and run["algorithm"] == "trashsorter"  # the request AWS would run
     described = local_stack.client("sagemaker").describe_training_job(TrainingJobName=run["job_name"])
@@ -136,6 +126,11 @@ def test_photos_to_a_deployed_model_that_classifies_a_held_out_photo(local_stack
     assert 0.0 <= float(champion["metrics"]["validation:accuracy"]) <= 1.0
     deeplens = s3.list_objects_v2(Bucket=outputs["DeepLensBucketName"], Prefix=f"models/{run['model_id']}/")
     assert deeplens.get("KeyCount", 0) >= 1
+    # the trainer's report.html, copied beside the packaged model and recorded on the model
+    report_key = f"models/{run['model_id']}/report.html"
+    assert champion["report_uri"] == f"s3://{outputs['DeepLensBucketName']}/{report_key}"
+    report = s3.get_object(Bucket=outputs["DeepLensBucketName"], Key=report_key)["Body"].read()
+    assert b"Confusion matrix" in report and b"validation accuracy" in report
     deployments = registry.list_deployments(champion["model_id"], table_name=table, ddb=ddb)
     assert any(d.get("target") == "local-device" for d in deployments), deployments
 

@@ -3,25 +3,11 @@ and the held-back photos it never saw."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 
+from tests.support.tiny_model import BINS, IMAGE_SIZE, SAMPLES, TRAIN_PER_BIN, TinyModel
 from trashsorter_trainer.data import Sample
-from trashsorter_trainer.train import TrainConfig, TrainResult, train
-
-SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
-BINS = (("Compost", "paper"), ("Recycling", "glass"))
-TRAIN_PER_BIN = 4
-IMAGE_SIZE = 96
-
-
-@dataclass(frozen=True)
-class TinyModel:
-    result: TrainResult
-    model_dir: Path
-    unseen: list[Path]  # photos of the same folders the trainer never saw
+from trashsorter_trainer.train import TrainConfig, train
 
 
 @pytest.fixture(scope="session")

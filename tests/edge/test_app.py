@@ -18,7 +18,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.iotdata.models import iotdata_backends
 from PIL import Image
 
-from tests.edge.conftest import TinyModel
+from tests.support.tiny_model import TinyModel
 from trashsorter_edge.app import Debouncer, EdgeApp, Settings
 from trashsorter_edge.model import Model
 from trashsorter_edge.outputs import GreengrassIpcPublisher, IotDataPublisher, PublishError

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import subprocess
 import threading
 import time
 import urllib.request
@@ -19,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.edge.conftest import TinyModel
+from tests.support.browser import chromium_or_skip, dump_dom, screenshot
+from tests.support.tiny_model import TinyModel
 from trashsorter_edge.app import EdgeApp, Settings
 from trashsorter_edge.liveview import BANNER_SURE, BANNER_UNSURE, BOUNDARY, LiveView
 from trashsorter_edge.sources import Frame
@@ -117,28 +116,11 @@ def test_stream_latest_health_and_flag(live: tuple[LiveView, EdgeApp, list[int]]
 def test_a_real_browser_shows_labelled_frames(
     live: tuple[LiveView, EdgeApp, list[int]], tmp_path: Path
 ) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip(
-            "NOT RUN: headless Chromium is not installed (apt-get update && apt-get install -y chromium)"
-        )
+    chromium = chromium_or_skip()
     view, _, _ = live
-    screenshot = tmp_path / "live-view.png"
-    common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=900,700"]
-    subprocess.run(
-        [*common, f"--screenshot={screenshot}", "--virtual-time-budget=4000", f"{view.url}/"],
-        capture_output=True,
-        timeout=90,
-        check=False,
-    )
-    assert screenshot.is_file(), "Chromium wrote no screenshot"
-    shot = Image.open(screenshot)
+    shot_path = tmp_path / "live-view.png"
+    screenshot(chromium, f"{view.url}/", shot_path)
+    shot = Image.open(shot_path)
     assert banner_pixels(shot) > 2000, "the screenshot shows no labelled frame"
-    dom = subprocess.run(
-        [*common, "--dump-dom", "--virtual-time-budget=4000", f"{view.url}/"],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    ).stdout
+    dom = dump_dom(chromium, f"{view.url}/")
     assert "cam-9" in dom and ("Compost" in dom or "Recycling" in dom), dom[-500:]

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import trashsorter_edge.preprocessing as edge_preprocessing
-from tests.edge.conftest import IMAGE_SIZE, TinyModel
+from tests.support.tiny_model import IMAGE_SIZE, TinyModel
 from trashsorter_cli.device import predictor
 from trashsorter_trainer import data
 from trashsorter_trainer.train import run_onnx

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from tests.edge.conftest import IMAGE_SIZE, TinyModel
+from tests.support.tiny_model import IMAGE_SIZE, TinyModel
 from trashsorter import artifacts
 from trashsorter.deploy import greengrass_v2
 from trashsorter.settings import PackageSettings

@@ -8,12 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.integration.test_package import JOB, Pack, pack  # noqa: F401 - the fixture
 from tests.support.fixtures.model_artifacts import mxnet_model_tar, tar_bytes
+from tests.support.pack import JOB, Pack, handle
 from trashsorter import registry
-from trashsorter.clients import Clients
-from trashsorter.completion import handle_training_state_change
-from trashsorter.events import parse_training_state_change
 
 OLD = "deeplens-ts-3f9a1c2b7d4e5f60-20240501080000"
 LABELS = ("Compost", "Landfill", "Recycling")
@@ -37,32 +34,28 @@ def onnx_tar(accuracy: float, recalls: tuple[float, ...], champion: dict[str, An
     )
 
 
-def _complete(pack: Pack, event: dict[str, Any]) -> Any:  # noqa: F811
-    """What functions/package/app.py does: parse the event at the edge, then the one domain call."""
-    change = parse_training_state_change(event)
-    assert change is not None, event
-    clients = Clients(ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
-    return handle_training_state_change(change, pack.settings(), clients)
-
-
-def _champion_then(pack: Pack, artifact: bytes) -> dict[str, Any]:  # noqa: F811
+def _champion_then(pack: Pack, artifact: bytes) -> dict[str, Any]:
     pack.start_run(OLD, artifact=mxnet_model_tar())
-    first = _complete(pack, pack.event("training_completed.json", OLD, accuracy=0.97))
+    first = handle(
+        pack.event("training_completed.json", OLD, accuracy=0.97), pack.settings(), ddb=pack.ddb, s3=pack.s3,
+        greengrass=pack.gg,
+    )  # fmt: skip
     assert first.outcome == "deployed"
     pack.start_run(JOB, artifact=artifact)
-    _complete(pack, pack.event("training_completed.json", JOB, accuracy=0.9125))
+    event = pack.event("training_completed.json", JOB, accuracy=0.9125)
+    handle(event, pack.settings(), ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
     model = registry.get_model(JOB, table_name=pack.table, ddb=pack.ddb)
     assert model is not None
     return model
 
 
-def test_without_a_same_split_comparison_todays_gate_rejects(pack: Pack) -> None:  # noqa: F811
+def test_without_a_same_split_comparison_todays_gate_rejects(pack: Pack) -> None:
     model = _champion_then(pack, onnx_tar(0.9125, (0.9, 0.9, 0.95), None))
     assert model["gate_passed"] is False
     assert "worse than champion " + OLD in model["gate_reason"]
 
 
-def test_on_the_same_images_the_better_challenger_passes(pack: Pack) -> None:  # noqa: F811
+def test_on_the_same_images_the_better_challenger_passes(pack: Pack) -> None:
     champion = {"validation_accuracy": 0.85, "validation_count": 41, "per_class": {
         "Compost": {"recall": 0.88}, "Landfill": {"recall": 0.8}, "Recycling": {"recall": 0.86}}}  # fmt: skip
     model = _champion_then(pack, onnx_tar(0.9125, (0.9, 0.9, 0.95), champion))
@@ -70,7 +63,7 @@ def test_on_the_same_images_the_better_challenger_passes(pack: Pack) -> None:  #
     assert "same 41 validation images" in model["gate_reason"]
 
 
-def test_on_the_same_images_a_collapsed_class_is_rejected(pack: Pack) -> None:  # noqa: F811
+def test_on_the_same_images_a_collapsed_class_is_rejected(pack: Pack) -> None:
     recalls = {"Compost": {"recall": 0.88}, "Landfill": {"recall": 0.95}, "Recycling": {"recall": 0.86}}
     champion = {"validation_accuracy": 0.85, "validation_count": 41, "per_class": recalls}
     model = _champion_then(pack, onnx_tar(0.9125, (0.99, 0.7, 0.99), champion))

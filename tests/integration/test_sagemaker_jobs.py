@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_start_training import World
 from tests.support.stack import REGION, StackHandle, load_event
+from tests.support.world import World
 from trashsorter_cli.local import sagemaker_jobs
 from trashsorter_cli.local.dispatcher import make_context
 

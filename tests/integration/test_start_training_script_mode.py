@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_start_training import World
 from tests.support.stack import REGION, StackHandle, load_event
+from tests.support.world import World
 from trashsorter import registry
 from trashsorter.runs import get_run
 from trashsorter.schema import ModelStatus

@@ -34,6 +34,8 @@ MAX_MEMBER_BYTES = 1536 * 1024**2  # one member of the tarball
 MAX_TOTAL_BYTES = 2 * 1024**3  # all members together, uncompressed (the package function has 4 GiB of /tmp)
 MAX_MEMBERS = 256
 MAX_METRICS_BYTES = 256 * 1024
+MAX_REPORT_BYTES = 64 * 1024**2  # report.html with a data: URI thumbnail per misclassified photo
+REPORT_FILE = "report.html"
 _CHUNK = 1024 * 1024
 _PARAMS_RE = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})\.params$")
 
@@ -48,6 +50,7 @@ class PackagedModel:
     labels: tuple[str, ...]
     evaluation: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
+    report_uri: str = ""  # the trainer's report.html beside the model ("" when the job wrote none)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -291,6 +294,15 @@ def repackage_onnx(source: Path, labels: Sequence[str], dest: Path) -> tuple[tup
     return tuple(writer.names), evaluation
 
 
+def copy_report(source: Path, members: Mapping[str, tarfile.TarInfo], dest: Path) -> Path | None:
+    """The trainer's ``report.html`` (checked, <= MAX_REPORT_BYTES) -> ``dest``; None if absent."""
+    member = members.get(REPORT_FILE)
+    if member is None:
+        return None
+    dest.write_bytes(_read_member(source, member, MAX_REPORT_BYTES))
+    return dest
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -320,7 +332,8 @@ def package_artifact(
     """Download the job's ``model.tar.gz`` to /tmp, repackage it and write it to the DeepLens bucket.
 
     MXNet -> ``models/<job>/model.tar.gz``; ONNX -> ``models/<job>/model.onnx.tar.gz`` (+ the edge app
-    ``trashsorter-edge.zip`` for Greengrass v2). The job's own output is only read, never written.
+    ``trashsorter-edge.zip`` for Greengrass v2, + the trainer's ``report.html`` when the job wrote one).
+    The job's own output is only read, never written.
     """
     client = s3 or aws.client("s3")
     if not source_uri:
@@ -347,7 +360,18 @@ def package_artifact(
             return PackagedModel("mxnet", {"deeplens": uri}, names, tuple(labels), sha256=_sha256(out))
         out = Path(tmp) / "model.onnx.tar.gz"
         names, evaluation = repackage_onnx(source, labels, out)
+        report = copy_report(source, members, Path(tmp) / REPORT_FILE)
         source.unlink()
+        report_uri = ""
+        if report is not None:
+            report_uri = _upload(
+                client,
+                report,
+                settings.deeplens_bucket,
+                prefix + REPORT_FILE,
+                content_type="text/html; charset=utf-8",
+                model_id=job_name,
+            )
         uri = _upload(
             client,
             out,
@@ -377,4 +401,5 @@ def package_artifact(
             own_labels or tuple(labels),
             evaluation=evaluation,
             sha256=_sha256(out),
+            report_uri=report_uri,
         )

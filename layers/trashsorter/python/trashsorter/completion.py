@@ -203,6 +203,9 @@ def _handle_completed(
         "metrics": metrics,
         "artifacts": artifacts,
     }
+    report_uri = str(model.get("report_uri") or "")
+    if report_uri:
+        details["report"] = report_uri
     if model.get("packaging_error"):
         outcome, reason = "failed", str(model["packaging_error"])
         run_status, run_message = RunStatus.FAILED, f"packaging failed: {reason}"
@@ -251,6 +254,8 @@ def _handle_completed(
         ended_by="Completed",
     ):  # another event ended the run between our read and now
         return _ignored_final(change, runs.get_run(settings, run_id, ddb=ddb) or run, settings, ddb)
+    if report_uri:  # "deployed", "registered" and "gated out" notices name the report
+        message = f"{message}\nReport: {report_uri}"
     notify(settings.topic_arn, subject, message, details=details, sns=clients.sns)
     runs.update_run(
         run_id,
@@ -348,6 +353,8 @@ def _register(
         "artifact_sha256": packaged.sha256,
         "champion_at_gate": (champion or {}).get("model_id"),
     }
+    if packaged.report_uri:
+        extra["report_uri"] = packaged.report_uri
     if packaged.evaluation:
         small = {
             k: v for k, v in packaged.evaluation.items() if k not in ("history", "config", "phase_seconds")
