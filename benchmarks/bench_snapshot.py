@@ -2,7 +2,9 @@
 
 Method: moto in-process with the stack from template.yaml; the catalogue seeded with ``batch_write_item``;
 then the snapshot exactly as start-training makes it: ``plan_from_catalogue`` (GSI query of every accepted
-record, dedupe, hash split) + ``write_dataset`` (labels.txt, .lst and channel manifests, manifest.jsonl).
+record, dedupe, hash split) + ``write_dataset`` (a content-addressed copy of every image under
+``datasets/objects/``, labels.txt, .lst and channel manifests, manifest.jsonl; the seeded objects are small
+``seed-<i>`` payloads).
 Wall time with ``time.perf_counter``. moto runs with the local stack's patches
 (``trashsorter_cli.local.moto_patches``: a next query page costs O(page), not O(table); one JSON conversion
 per projected item; query responses through moto's DynamoDB JSON encoder), as ``trashsorter local up``
@@ -44,7 +46,7 @@ def measure(size: int) -> dict[str, Any]:
         s3 = session.client("s3")
         settings = TrainingSettings.from_env(stack.function_env("StartTrainingFunction"))
         started = time.perf_counter()
-        seed_catalogue(ddb, settings.table_name, settings.images_bucket, size)
+        seed_catalogue(ddb, settings.table_name, settings.images_bucket, size, s3=s3)
         seed_s = time.perf_counter() - started
         pages = 0
 

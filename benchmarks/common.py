@@ -163,11 +163,19 @@ def fake_sha(index: int) -> str:
 
 
 def seed_catalogue(
-    ddb: Any, table: str, bucket: str, count: int, *, progress: Callable[[int], None] | None = None
+    ddb: Any,
+    table: str,
+    bucket: str,
+    count: int,
+    *,
+    progress: Callable[[int], None] | None = None,
+    s3: Any = None,
 ) -> None:
     """``count`` accepted image records (+ their hash owners, counters and state) with batch_write_item.
 
-    The records have the exact shape the catalogue writes (keys from trashsorter.schema).
+    The records have the exact shape the catalogue writes (keys from trashsorter.schema). With ``s3`` the
+    objects are put too (bytes ``seed-<i>``, whose SHA-256 the record holds; the real version id), so a
+    snapshot can copy them.
     """
     from trashsorter.ddb import serialize
     from trashsorter.schema import STATE_KEY, hash_key, image_gsi, image_key, label_counts_key
@@ -188,12 +196,15 @@ def seed_catalogue(
         per_label[label] += 1
         key = f"images/{label}/seed/{i:07d}.jpg"
         sha = fake_sha(i)
+        version_id = f"v{i}"
+        if s3 is not None:
+            version_id = s3.put_object(Bucket=bucket, Key=key, Body=f"seed-{i}".encode())["VersionId"]
         record = {
             **image_key(key),
             **image_gsi("accepted", label, key),
             "bucket": bucket,
             "key": key,
-            "version_id": f"v{i}",
+            "version_id": version_id,
             "etag": sha[:32],
             "sequencer": f"{i:018X}",
             "label": label,

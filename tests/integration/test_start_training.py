@@ -8,6 +8,7 @@ with botocore's Stubber at the SageMaker boundary only; those tests say "stubber
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import uuid
@@ -99,11 +100,14 @@ def test_handler_starts_one_job_with_the_exact_request_and_snapshot(world: World
         assert row["class_index"] == ["Compost", "Landfill", "Recycling"].index(row["label"])
     assert world.text(prefix + "labels.txt") == "Compost\nLandfill\nRecycling\n"
     webp_row = next(r for r in rows if r["key"].endswith(".webp"))
-    assert webp_row["s3_key"] == f"{prefix}converted/{webp_row['sha256']}.jpg"
-    copy = Image.open(
-        io.BytesIO(world.s3.get_object(Bucket=world.bucket, Key=webp_row["s3_key"])["Body"].read())
-    )
+    converted = world.s3.get_object(Bucket=world.bucket, Key=webp_row["s3_key"])["Body"].read()
+    # a conversion is content-addressed by the JPEG's own hash; every other image by the upload's
+    assert webp_row["s3_key"] == f"datasets/objects/{hashlib.sha256(converted).hexdigest()}.jpg"
+    copy = Image.open(io.BytesIO(converted))
     assert copy.format == "JPEG" and copy.size == Image.open(photos("paper")[10]).size
+    for row in rows:
+        if row is not webp_row:
+            assert row["s3_key"] == f"datasets/objects/{row['sha256']}.{row['key'].rsplit('.', 1)[1]}"
     counts = {"train": 0, "validation": 0}
     for split in counts:
         lst = [line.split("\t") for line in world.text(f"{prefix}{split}.lst").splitlines()]

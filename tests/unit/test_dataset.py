@@ -164,15 +164,17 @@ def test_file_formats() -> None:
     images = [*real_images(2), SnapshotImage("images/Compost/x.webp", "1" * 64, "Compost", "WEBP"),
               SnapshotImage("images/Landfill/tab\there.png", "2" * 64, "Landfill", "PNG")]  # fmt: skip
     plan = plan_dataset(images, labels=LABELS, validation_fraction=0.3, bucket="bkt")
-    prefix = f"datasets/{plan.dataset_id}/"
-
     lines = render_manifest_jsonl(plan).splitlines()
     rows = [json.loads(line) for line in lines]
     assert [r["key"] for r in rows] == sorted(r["key"] for r in rows)
     assert set(rows[0]) == {"key", "sha256", "label", "class_index", "split", "s3_key"}
     by_key = {r["key"]: r for r in rows}
-    assert by_key["images/Compost/x.webp"]["s3_key"] == f"{prefix}converted/{'1' * 64}.jpg"
-    assert by_key["images/Landfill/tab\there.png"]["s3_key"] == f"{prefix}converted/{'2' * 64}.png"
+    # content-addressed: no upload key (tab included) reaches a .lst; a conversion's key waits for its bytes
+    assert by_key["images/Compost/x.webp"]["s3_key"] == ""
+    assert by_key["images/Landfill/tab\there.png"]["s3_key"] == f"datasets/objects/{'2' * 64}.png"
+    for row in rows:
+        if row["key"].endswith(".jpg"):
+            assert row["s3_key"] == f"datasets/objects/{row['sha256']}.jpg"
     assert {r["class_index"] for r in rows if r["label"] == "Recycling"} == {2}
 
     assert render_labels(plan.labels) == "Compost\nLandfill\nRecycling\n"

@@ -589,3 +589,32 @@ def test_edge_device_policy_grants_only_artifacts_and_inbox_and_only_with_a_thin
     assert "${ImagesBucket}/inbox/*" in grants["UploadUnsureFrames"][1]
     assert set(grants) == {"ReadComponentArtifacts", "UploadUnsureFrames", "UseStackKey"}
     assert all("*" not in json.dumps(st["Action"]) for st in statements)
+
+
+def test_snapshot_objects_expire_only_when_tagged_unregistered_and_the_functions_can_tag_them() -> None:
+    from trashsorter.dataset import OBJECTS_PREFIX, RETENTION_REGISTERED, RETENTION_SNAPSHOT, RETENTION_TAG
+
+    rules = resources_of("AWS::S3::Bucket")["ImagesBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    expiring = [r for r in rules if r["Status"] == "Enabled" and "ExpirationInDays" in r]
+    # exactly one rule expires current objects: the snapshot objects no registered model's dataset lists
+    assert len(expiring) == 1, expiring
+    (rule,) = expiring
+    assert rule["Prefix"] == OBJECTS_PREFIX and rule["ExpirationInDays"] == {"Ref": "DatasetObjectDays"}
+    assert (
+        rule["TagFilters"]
+        == [{"Key": RETENTION_TAG, "Value": RETENTION_SNAPSHOT}]
+        != [{"Key": RETENTION_TAG, "Value": RETENTION_REGISTERED}]
+    )
+    assert parameter_values(load_template())["DatasetObjectDays"] == "60"
+
+    objects_arn = "arn:${AWS::Partition}:s3:::${ImagesBucket}/" + OBJECTS_PREFIX + "*"
+    granted: dict[str, set[str]] = {}
+    for lid, _name, statement in iam_statements():
+        resources = [r.get("Fn::Sub") if isinstance(r, dict) else r for r in as_list(statement["Resource"])]
+        if statement["Effect"] == "Allow" and objects_arn in resources:
+            granted.setdefault(lid, set()).update(as_list(statement["Action"]))
+    # the snapshot writes tagged copies and reads tags; completion retags a registered model's objects
+    assert granted == {
+        "StartTrainingFunctionRole": {"s3:PutObjectTagging", "s3:GetObjectTagging"},
+        "PackageFunctionRole": {"s3:PutObjectTagging"},
+    }

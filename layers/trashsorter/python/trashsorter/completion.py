@@ -27,6 +27,7 @@ from typing import Any
 from trashsorter import registry, runs, threshold
 from trashsorter.artifacts import MAX_METRICS_BYTES, package_artifact
 from trashsorter.clients import Clients
+from trashsorter.dataset import retain_dataset
 from trashsorter.ddb import get_item
 from trashsorter.deploy import DeploymentResult
 from trashsorter.deploy.orchestrate import (
@@ -190,6 +191,8 @@ def _handle_completed(
             settings=settings,
             clients=clients,
         )
+    if dataset_id:  # every retry: the registered model's dataset objects must outlive the lifecycle rule
+        retain_dataset(settings.images_bucket, dataset_id, s3=clients.s3)
     metrics = {k: float(v) for k, v in (model.get("metrics") or {}).items()}
     artifacts = {str(k): str(v) for k, v in (model.get("packaged_artifact_uris") or {}).items()}
     results: list[DeploymentResult] = []

@@ -11,10 +11,19 @@ A snapshot is built from the catalogue's *accepted* image records (never ``confl
   its image with the *largest* score to train. This is deterministic (hash order) but, unlike the hash
   rule, can change when a small label grows: once a label has an image on each side by the hash rule
   alone, no adjustment applies and nothing moves any more.
+* **Frozen bytes.** Training never reads an upload in place: every image is stored once, content-addressed,
+  at ``datasets/objects/<sha256>.<jpg|png>`` (``<sha256>`` = the SHA-256 of exactly the bytes stored
+  there), so an overwrite or delete of the upload after the snapshot does not change what trains. The copy
+  is a server-side ``CopyObject`` of the catalogued ``version_id`` (the version the ingest step hashed), or,
+  with no version id, a read whose SHA-256 must equal the catalogued one. The trainer re-hashes every file
+  against its key. New copies are tagged ``trashsorter-retention=snapshot`` (the bucket's lifecycle rule
+  expires those); :func:`retain_dataset` retags a registered model's objects ``registered`` (kept). An
+  existing object is skipped only when it is ``registered``; otherwise it is copied again, which restarts
+  its expiry clock.
 * **Formats.** The SageMaker image-classification algorithm decodes only JPEG and PNG, so an accepted
-  image in another format (WebP ...) gets a JPEG copy at ``datasets/<id>/converted/<sha256>.jpg``. A key
-  that cannot be written into a tab-separated ``.lst`` line (tab, newline) gets a byte-identical copy
-  there too. ``s3_key`` always names the object the algorithm reads.
+  image in another format (WebP ...) is stored as a JPEG conversion, content-addressed by the JPEG's own
+  hash (its ``s3_key`` is known once :func:`write_dataset` has converted it). ``s3_key`` always names the
+  object the algorithm reads; ``sha256`` is always the upload's (catalogued) hash.
 * **Dataset id** = the first 16 hex digits of the SHA-256 of the canonical manifest (labels, then one
   JSON line per image: key, sha256, label, class_index, split). The same data gives the same id.
 
@@ -32,7 +41,8 @@ import hashlib
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -50,7 +60,11 @@ VALIDATION = "validation"
 SPLITS = (TRAIN, VALIDATION)
 # What the built-in image-classification algorithm decodes directly (MPO = multi-picture JPEG).
 DIRECT_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
-_UNSAFE_KEY_CHARS = ("\t", "\n", "\r")
+OBJECTS_PREFIX = f"{DATASETS_PREFIX}objects/"  # content-addressed image bytes shared by all snapshots
+RETENTION_TAG = "trashsorter-retention"  # the lifecycle rule in template.yaml filters on this tag
+RETENTION_SNAPSHOT = "snapshot"  # expires (DatasetObjectDays) unless a registered model's dataset needs it
+RETENTION_REGISTERED = "registered"  # kept: some registered model's dataset lists it
+STORE_WORKERS = 16  # concurrent CopyObject calls while a snapshot stores its images
 
 
 @dataclass(frozen=True)
@@ -119,9 +133,9 @@ class DatasetPlan:
             result[entry.label][entry.split] += 1
         return result
 
-    def copies(self) -> list[ManifestEntry]:
-        """Entries whose algorithm input is a copy under ``converted/`` rather than the upload itself."""
-        return [entry for entry in self.entries if entry.s3_key != entry.key]
+    def conversions(self) -> list[ManifestEntry]:
+        """Entries whose stored object is a JPEG conversion of the upload (not the upload's own bytes)."""
+        return [entry for entry in self.entries if needs_conversion(self.sources[entry.key])]
 
 
 # ---------------------------------------------------------------- pure functions
@@ -155,13 +169,17 @@ def assign_splits(images: Iterable[SnapshotImage], validation_fraction: float) -
     return result
 
 
-def _needs_copy(image: SnapshotImage) -> bool:
-    return image.format.upper() not in DIRECT_FORMATS or any(c in image.key for c in _UNSAFE_KEY_CHARS)
+def needs_conversion(image: SnapshotImage) -> bool:
+    return image.format.upper() not in DIRECT_FORMATS
 
 
-def _copy_suffix(image: SnapshotImage) -> str:
-    fmt = image.format.upper()
-    return "png" if fmt == "PNG" else "jpg"
+def object_key(sha256: str, suffix: str) -> str:
+    """The content-addressed key of stored bytes whose SHA-256 is ``sha256``."""
+    return f"{OBJECTS_PREFIX}{sha256}.{suffix}"
+
+
+def _suffix(image: SnapshotImage) -> str:
+    return "png" if image.format.upper() == "PNG" else "jpg"
 
 
 def canonical_manifest(labels: Sequence[str], entries: Iterable[ManifestEntry]) -> bytes:
@@ -194,7 +212,10 @@ def dedupe(images: Iterable[SnapshotImage]) -> list[SnapshotImage]:
 def plan_dataset(
     images: Iterable[SnapshotImage], *, labels: Sequence[str], validation_fraction: float, bucket: str
 ) -> DatasetPlan:
-    """Compute the snapshot (splits, class indices, copies, id) without touching AWS."""
+    """Compute the snapshot (splits, class indices, object keys, id) without touching AWS.
+
+    A conversion's ``s3_key`` is empty here: it is the hash of the converted bytes, set by write_dataset.
+    """
     class_index = {label: index for index, label in enumerate(labels)}
     usable = [img for img in dedupe(images) if img.label in class_index]
     splits = assign_splits(usable, validation_fraction)
@@ -204,7 +225,6 @@ def plan_dataset(
         for img in ordered
     ]
     dataset_id = hashlib.sha256(canonical_manifest(labels, provisional)).hexdigest()[:16]
-    prefix = f"{DATASETS_PREFIX}{dataset_id}/"
     entries = tuple(
         ManifestEntry(
             entry.key,
@@ -212,7 +232,7 @@ def plan_dataset(
             entry.label,
             entry.class_index,
             entry.split,
-            f"{prefix}converted/{img.sha256}.{_copy_suffix(img)}" if _needs_copy(img) else img.key,
+            "" if needs_conversion(img) else object_key(img.sha256, _suffix(img)),
         )
         for entry, img in zip(provisional, ordered, strict=True)
     )
@@ -332,13 +352,12 @@ def _put_text(s3: Any, bucket: str, key: str, text: str, content_type: str) -> N
     s3.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
 
 
-def _write_copy(s3: Any, plan: DatasetPlan, entry: ManifestEntry) -> None:
-    image = plan.sources[entry.key]
+def _read_verified(s3: Any, plan: DatasetPlan, image: SnapshotImage) -> bytes:
     get_args: dict[str, Any] = {"Bucket": plan.bucket, "Key": image.key}
     if image.version_id and image.version_id != "null":
         get_args["VersionId"] = image.version_id
     try:
-        data = s3.get_object(**get_args)["Body"].read()
+        data: bytes = s3.get_object(**get_args)["Body"].read()
     except ClientError as exc:
         if aws.error_code(exc) in ("NoSuchKey", "NoSuchVersion", "404"):
             raise NotFoundError(f"s3://{plan.bucket}/{image.key} is catalogued but missing") from exc
@@ -347,19 +366,70 @@ def _write_copy(s3: Any, plan: DatasetPlan, entry: ManifestEntry) -> None:
         raise NotFoundError(
             f"s3://{plan.bucket}/{image.key} no longer has the catalogued bytes (sha256 {image.sha256})"
         )
-    if entry.s3_key.endswith(".jpg") and image.format.upper() not in DIRECT_FORMATS:
-        body, content_type = convert_to_jpeg(data), "image/jpeg"
-    else:
-        body, content_type = data, ("image/png" if entry.s3_key.endswith(".png") else "image/jpeg")
-    s3.put_object(Bucket=plan.bucket, Key=entry.s3_key, Body=body, ContentType=content_type)
+    return data
 
 
-def write_dataset(plan: DatasetPlan, *, s3: Any = None) -> None:
-    """Write every file of the snapshot under ``datasets/<id>/`` (idempotent: same id, same content)."""
+def _retained(s3: Any, bucket: str, key: str) -> bool:
+    """True when ``key`` exists and is tagged as a registered model's (then it is not copied again)."""
+    try:
+        tags = s3.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
+    except ClientError as exc:
+        if aws.error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            return False
+        raise
+    return {"Key": RETENTION_TAG, "Value": RETENTION_REGISTERED} in tags
+
+
+def _content_type(key: str) -> str:
+    return "image/png" if key.endswith(".png") else "image/jpeg"
+
+
+def _store(s3: Any, plan: DatasetPlan, entry: ManifestEntry) -> str:
+    """Store the entry's bytes content-addressed; returns the object key."""
+    image = plan.sources[entry.key]
+    tagging = f"{RETENTION_TAG}={RETENTION_SNAPSHOT}"
+    if needs_conversion(image):
+        body = convert_to_jpeg(_read_verified(s3, plan, image))
+        key = object_key(hashlib.sha256(body).hexdigest(), "jpg")
+        if not _retained(s3, plan.bucket, key):
+            s3.put_object(Bucket=plan.bucket, Key=key, Body=body, ContentType="image/jpeg", Tagging=tagging)
+        return key
+    key = entry.s3_key
+    if _retained(s3, plan.bucket, key):
+        return key
+    if image.version_id and image.version_id != "null":
+        # The catalogued version is immutable and is the one the ingest step hashed: copy it server-side.
+        try:
+            s3.copy_object(
+                Bucket=plan.bucket,
+                Key=key,
+                CopySource={"Bucket": plan.bucket, "Key": image.key, "VersionId": image.version_id},
+                MetadataDirective="REPLACE",
+                ContentType=_content_type(key),
+                TaggingDirective="REPLACE",
+                Tagging=tagging,
+            )
+        except ClientError as exc:
+            if aws.error_code(exc) in ("NoSuchKey", "NoSuchVersion", "404"):
+                raise NotFoundError(f"s3://{plan.bucket}/{image.key} is catalogued but missing") from exc
+            raise
+        return key
+    data = _read_verified(s3, plan, image)
+    s3.put_object(Bucket=plan.bucket, Key=key, Body=data, ContentType=_content_type(key), Tagging=tagging)
+    return key
+
+
+def write_dataset(plan: DatasetPlan, *, s3: Any = None) -> DatasetPlan:
+    """Store every image under ``datasets/objects/`` and write the snapshot's files under ``datasets/<id>/``.
+
+    Idempotent (same id, same content). Returns the plan with every ``s3_key`` set (conversions included).
+    """
     s3 = s3 or aws.client("s3")
     try:
-        for entry in plan.copies():
-            _write_copy(s3, plan, entry)
+        with ThreadPoolExecutor(max_workers=STORE_WORKERS) as pool:  # boto3 clients are thread-safe
+            keys = list(pool.map(lambda entry: _store(s3, plan, entry), plan.entries))
+        stored = {entry.key: key for entry, key in zip(plan.entries, keys, strict=True)}
+        plan = replace(plan, entries=tuple(replace(e, s3_key=stored[e.key]) for e in plan.entries))
         _put_text(s3, plan.bucket, plan.prefix + "labels.txt", labels_file.render(plan.labels), "text/plain")
         for split in SPLITS:
             _put_text(s3, plan.bucket, f"{plan.prefix}{split}.lst", render_lst(plan, split), "text/plain")
@@ -380,6 +450,38 @@ def write_dataset(plan: DatasetPlan, *, s3: Any = None) -> None:
         )
     except (ClientError, BotoCoreError) as exc:
         raise TransientError(f"could not write dataset {plan.dataset_id}: {exc}") from exc
+    return plan
+
+
+def retain_dataset(bucket: str, dataset_id: str, *, s3: Any = None) -> int:
+    """Tag every object a registered model's dataset lists ``registered`` (the lifecycle rule keeps those).
+
+    Idempotent; objects already gone are skipped. Returns how many objects were tagged.
+    """
+    s3 = s3 or aws.client("s3")
+    tagged = 0
+    try:
+        keys = sorted({str(row["s3_key"]) for row in read_manifest(bucket, dataset_id, s3=s3)})
+        for key in keys:
+            if not key.startswith(OBJECTS_PREFIX):
+                continue  # a snapshot from before content addressing: nothing expires it
+            try:
+                s3.put_object_tagging(
+                    Bucket=bucket,
+                    Key=key,
+                    Tagging={"TagSet": [{"Key": RETENTION_TAG, "Value": RETENTION_REGISTERED}]},
+                )
+                tagged += 1
+            except ClientError as exc:
+                if aws.error_code(exc) not in ("NoSuchKey", "404"):
+                    raise
+    except ClientError as exc:
+        if aws.error_code(exc) in ("NoSuchKey", "404"):
+            return tagged  # no manifest (never written): nothing to keep
+        raise TransientError(f"could not retain dataset {dataset_id}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"could not retain dataset {dataset_id}: {exc}") from exc
+    return tagged
 
 
 def dataset_record(plan: DatasetPlan, *, accepted_seq: int, created_at: str | None = None) -> dict[str, Any]:
@@ -396,7 +498,7 @@ def dataset_record(plan: DatasetPlan, *, accepted_seq: int, created_at: str | No
         "num_images": len(plan.entries),
         "num_train": plan.num_train,
         "num_validation": plan.num_validation,
-        "num_converted": len(plan.copies()),
+        "num_converted": len(plan.conversions()),
         "accepted_seq": int(accepted_seq),
         "created_at": created_at or now_iso(),
     }

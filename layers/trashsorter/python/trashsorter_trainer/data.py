@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,25 @@ def augment(image: Image.Image, rng: random.Random, image_size: int = IMAGE_SIZE
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         view = enhancer(view).enhance(rng.uniform(0.8, 1.2))
     return to_array(view)
+
+
+_CONTENT_ADDRESS = re.compile(r"(?:^|/)objects/([0-9a-f]{64})\.[a-z]+$")
+
+
+def verify_content_address(key: str, data: bytes) -> None:
+    """A snapshot image is stored at ``datasets/objects/<sha256>.<ext>``: its bytes must hash to that name.
+
+    Keys of snapshots from before content addressing carry no hash and are read as they are.
+    """
+    match = _CONTENT_ADDRESS.search(key)
+    if match is None:
+        return
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != match.group(1):
+        raise TrainerError(
+            f"image {key} does not hold the snapshot's bytes: its SHA-256 is {actual}, the manifest lists "
+            f"{match.group(1)} (the object was changed after the snapshot; take a new snapshot)"
+        )
 
 
 def hash_split(sha256: str, validation_fraction: float = 0.2) -> str:

@@ -31,7 +31,7 @@ from trashsorter_trainer.contract import (
     LABELS_CHANNEL,
     metric_line,
 )
-from trashsorter_trainer.data import Sample, preprocess
+from trashsorter_trainer.data import Sample, preprocess, verify_content_address
 from trashsorter_trainer.errors import TrainerError
 
 OPT_ML = "/opt/ml"
@@ -90,7 +90,9 @@ def read_split(split: str, labels: list[str], env: Mapping[str, str]) -> list[Sa
             path = images / key
             if not path.is_file():
                 raise TrainerError(f"{lst.name} line {number}: {key} is not in the '{split}' channel")
-            samples.append(Sample(key=key, label=labels[class_index], split=split, data=path.read_bytes()))
+            data = path.read_bytes()
+            verify_content_address(key, data)
+            samples.append(Sample(key=key, label=labels[class_index], split=split, data=data))
     if not samples:
         raise TrainerError(f"the '{split}' split is empty")
     return samples

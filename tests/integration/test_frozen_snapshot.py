@@ -1,0 +1,161 @@
+"""Frozen snapshots on moto: what the trainer reads is the snapshot's bytes, whatever happens to the uploads.
+
+Real boto3 against moto (a versioned bucket like the template's), real Pillow images (small), the local
+emulated job's own channel fetch (``JobEmulator.fetch_channel``) and the trainer's own data loader
+(``trashsorter_trainer.entry.read_split``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from PIL import Image
+
+from trashsorter.dataset import (
+    OBJECTS_PREFIX,
+    RETENTION_REGISTERED,
+    RETENTION_SNAPSHOT,
+    RETENTION_TAG,
+    DatasetPlan,
+    SnapshotImage,
+    plan_dataset,
+    read_manifest,
+    retain_dataset,
+    write_dataset,
+)
+from trashsorter.errors import NotFoundError
+from trashsorter_cli.local.sagemaker_jobs import JobEmulator
+from trashsorter_trainer.entry import read_split
+from trashsorter_trainer.errors import TrainerError
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "trashsorter-images-snapshot-test"
+LABELS = ("Compost", "Landfill")
+
+
+def picture(seed: int, fmt: str = "JPEG") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (24, 16), (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)).save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.fixture
+def s3() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        yield client
+
+
+def upload(
+    s3: Any, key: str, data: bytes, label: str, fmt: str = "JPEG", versioned: bool = True
+) -> SnapshotImage:
+    version = s3.put_object(Bucket=BUCKET, Key=key, Body=data)["VersionId"]
+    return SnapshotImage(key, hashlib.sha256(data).hexdigest(), label, fmt, version if versioned else "")
+
+
+def snapshot(s3: Any, *, versioned: bool = True) -> tuple[DatasetPlan, dict[str, bytes]]:
+    originals: dict[str, bytes] = {}
+    images = []
+    for index in range(6):
+        label = LABELS[index % 2]
+        key = f"images/{label}/{index}.jpg"
+        originals[key] = picture(index)
+        images.append(upload(s3, key, originals[key], label, versioned=versioned))
+    originals["images/Compost/w.webp"] = picture(9, "WEBP")
+    images.append(upload(s3, "images/Compost/w.webp", originals["images/Compost/w.webp"], "Compost", "WEBP"))
+    plan = plan_dataset(images, labels=LABELS, validation_fraction=0.4, bucket=BUCKET)
+    return write_dataset(plan, s3=s3), originals
+
+
+def fetch(s3: Any, plan: DatasetPlan, root: Path) -> dict[str, str]:
+    """The channels as the emulated job downloads them (same specs as the training request's)."""
+    emulator = JobEmulator(client=lambda _service: s3, work_root=root)
+    env: dict[str, str] = {}
+    specs = {"labels": ("S3Prefix", "labels.txt")}
+    for split in ("train", "validation"):
+        specs[split] = ("ManifestFile", f"{split}.manifest")
+        specs[f"{split}_lst"] = ("S3Prefix", f"{split}.lst")
+    for name, (data_type, file_name) in specs.items():
+        target = root / name
+        spec = {"DataSource": {"S3DataSource": {"S3DataType": data_type, "S3Uri": plan.uri(file_name)}}}
+        emulator.fetch_channel(spec, target)
+        env[f"SM_CHANNEL_{name.upper()}"] = str(target)
+    return env
+
+
+def test_overwrite_and_delete_after_the_snapshot_do_not_change_what_trains(s3: Any, tmp_path: Path) -> None:
+    plan, originals = snapshot(s3)
+    manifest = {row["key"]: row for row in read_manifest(BUCKET, plan.dataset_id, s3=s3)}
+    # users overwrite one photo and delete another (the delete leaves a delete marker on a versioned bucket)
+    s3.put_object(Bucket=BUCKET, Key="images/Compost/0.jpg", Body=picture(100))
+    s3.delete_object(Bucket=BUCKET, Key="images/Landfill/1.jpg")
+
+    env = fetch(s3, plan, tmp_path)
+    read = {s.key: s.data for split in ("train", "validation") for s in read_split(split, list(LABELS), env)}
+    assert len(read) == len(originals) == len(manifest)
+    for key, row in manifest.items():
+        data = read[row["s3_key"]]
+        assert row["s3_key"].startswith(OBJECTS_PREFIX)
+        assert row["s3_key"] == f"{OBJECTS_PREFIX}{hashlib.sha256(data).hexdigest()}.{row['s3_key'][-3:]}"
+        if key.endswith(".webp"):  # the JPEG conversion of the catalogued WebP bytes
+            assert Image.open(io.BytesIO(data)).format == "JPEG" and row["sha256"] != row["s3_key"][-68:-4]
+        else:  # the very bytes whose SHA-256 the manifest lists, not what the upload key holds now
+            assert data == originals[key] and hashlib.sha256(data).hexdigest() == row["sha256"]
+    assert s3.get_object(Bucket=BUCKET, Key="images/Compost/0.jpg")["Body"].read() == picture(100)
+
+
+def test_a_tampered_object_fails_the_trainer_with_the_image_named(s3: Any, tmp_path: Path) -> None:
+    plan, _ = snapshot(s3)
+    victim = plan.split_entries("train")[0].s3_key
+    s3.put_object(Bucket=BUCKET, Key=victim, Body=picture(200))
+    env = fetch(s3, plan, tmp_path)
+    with pytest.raises(TrainerError, match="does not hold the snapshot's bytes") as caught:
+        read_split("train", list(LABELS), env)
+    assert victim in str(caught.value) and hashlib.sha256(picture(200)).hexdigest() in str(caught.value)
+
+
+def test_without_version_ids_the_snapshot_hashes_what_it_copies(s3: Any, tmp_path: Path) -> None:
+    plan, originals = snapshot(s3, versioned=False)
+    for entry in plan.entries:
+        if not entry.key.endswith(".webp"):
+            body = s3.get_object(Bucket=BUCKET, Key=entry.s3_key)["Body"].read()
+            assert body == originals[entry.key]
+    # an upload changed between cataloguing and the snapshot is refused, never copied
+    changed = upload(s3, "images/Compost/late.jpg", picture(50), "Compost", versioned=False)
+    s3.put_object(Bucket=BUCKET, Key=changed.key, Body=picture(51))
+    again = plan_dataset(
+        [*plan.sources.values(), changed], labels=LABELS, validation_fraction=0.4, bucket=BUCKET
+    )
+    with pytest.raises(NotFoundError, match="no longer has the catalogued bytes"):
+        write_dataset(again, s3=s3)
+
+
+def tags(s3: Any, key: str) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"]}
+
+
+def test_retention_tags_follow_registration(s3: Any) -> None:
+    plan, _ = snapshot(s3)
+    keys = sorted({entry.s3_key for entry in plan.entries})
+    assert all(tags(s3, key) == {RETENTION_TAG: RETENTION_SNAPSHOT} for key in keys)
+    assert retain_dataset(BUCKET, plan.dataset_id, s3=s3) == len(keys)
+    assert all(tags(s3, key) == {RETENTION_TAG: RETENTION_REGISTERED} for key in keys)
+    # a later snapshot sharing those objects keeps them registered (skipped, not re-copied)
+    versions_before = len(s3.list_object_versions(Bucket=BUCKET, Prefix=OBJECTS_PREFIX)["Versions"])
+    write_dataset(plan, s3=s3)
+    assert all(tags(s3, key) == {RETENTION_TAG: RETENTION_REGISTERED} for key in keys)
+    assert len(s3.list_object_versions(Bucket=BUCKET, Prefix=OBJECTS_PREFIX)["Versions"]) == versions_before
+    assert retain_dataset(BUCKET, "0" * 16, s3=s3) == 0  # no such dataset: nothing to keep
+    manifest = json.loads(json.dumps(read_manifest(BUCKET, plan.dataset_id, s3=s3)))
+    assert {row["s3_key"] for row in manifest} == set(keys)
