@@ -19,6 +19,7 @@ from trashsorter_cli.main import build_parser, main
 
 pytestmark = pytest.mark.e2e
 
+GROUPS = ("local", "edge")  # commands with subcommands: documented as "local up", "edge run", ...
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
 
 
@@ -32,7 +33,7 @@ def _documented() -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for cell in re.findall(r"^\| `([^`]+)` \|", DOC, re.M):
         words = cell.split()
-        name = " ".join(words[:2]) if words[0] == "local" else words[0]
+        name = " ".join(words[:2]) if words[0] in GROUPS else words[0]
         out[name] = set(re.findall(r"--[a-z][a-z-]*", cell))
     return out
 
@@ -45,8 +46,9 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         return {}
 
     top = subs(build_parser())
-    found = {name: p for name, p in top.items() if name != "local"}
-    found.update({f"local {name}": p for name, p in subs(top["local"]).items()})
+    found = {name: p for name, p in top.items() if name not in GROUPS}
+    for group in GROUPS:
+        found.update({f"{group} {name}": p for name, p in subs(top[group]).items()})
     return found
 
 
