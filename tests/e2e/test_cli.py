@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -16,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import run_cli as _cli
 from tests.support.stack import SAMPLES_DIR as SAMPLES
 from trashsorter_cli.local.runtime import LocalRuntime
 from trashsorter_cli.local.server import LocalState, free_port, write_state
-from trashsorter_cli.main import main
 
 pytestmark = pytest.mark.e2e
 
@@ -32,14 +31,6 @@ def local_stack(local_stack_factory: Any) -> Iterator[LocalRuntime]:
 
 def _state(runtime: LocalRuntime) -> str:
     return str(runtime.state_path)
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    # The handlers run in this process and log to sys.stdout: the CLI gets its own buffers.
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    capsys.readouterr()
-    return code, out.getvalue(), err.getvalue()
 
 
 def _photo_dir(tmp_path: Path, per_label: dict[str, list[Path]]) -> Path:

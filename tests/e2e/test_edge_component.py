@@ -5,7 +5,6 @@ the same component started by the same runner - and ``trashsorter watch`` shows 
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -15,12 +14,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.support.cli import run_cli as cli
 from tests.support.stack import SAMPLES_DIR as SAMPLES
 from tests.support.waiting import wait_for as wait
 from trashsorter import registry, runs
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local.runtime import LocalRuntime
-from trashsorter_cli.main import main
 from trashsorter_edge.inbox import Inbox
 from trashsorter_edge.sources import Frame
 
@@ -44,13 +43,6 @@ def local_stack(local_stack_factory: Any) -> Iterator[LocalRuntime]:
         },
         device=True,
     )
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    capsys.readouterr()
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

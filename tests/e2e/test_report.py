@@ -19,12 +19,12 @@ import pytest
 from PIL import Image
 
 from tests.support.browser import chromium_or_skip, dump_dom, screenshot
+from tests.support.cli import run_cli as _cli
 from tests.support.stack import SAMPLES_DIR
 from trashsorter import registry
 from trashsorter.schema import ModelStatus
 from trashsorter_cli.commands import report
 from trashsorter_cli.local.runtime import LocalRuntime
-from trashsorter_cli.main import main
 from trashsorter_cli.targets import Target, local_target
 from trashsorter_cli.ui import UI
 from trashsorter_trainer.report import render_html, thumbnail_data_uri
@@ -82,13 +82,6 @@ def _register(runtime: LocalRuntime, model_id: str, *, report: bytes | None, cha
     if champion:
         registry.promote(model_id, table_name=target.table, ddb=ddb)
     return target
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    capsys.readouterr()
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
