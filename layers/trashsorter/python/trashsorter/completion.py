@@ -51,11 +51,11 @@ from trashsorter.notify import notify
 from trashsorter.observability import logger
 from trashsorter.reconcile import describe_job
 from trashsorter.schema import (
-    DATASETS_PREFIX,
     JOB_PREFIX,
     ModelStatus,
     RunStatus,
     dataset_key,
+    dataset_manifest_key,
 )
 from trashsorter.settings import PackageSettings
 
@@ -175,7 +175,7 @@ def _handle_completed(
     dataset = get_item(dataset_key(dataset_id), table_name=table, ddb=ddb) if dataset_id else None
     manifest_uri = str(
         (dataset or {}).get("manifest_uri")
-        or f"s3://{settings.images_bucket}/{DATASETS_PREFIX}{dataset_id}/manifest.jsonl"
+        or f"s3://{settings.images_bucket}/{dataset_manifest_key(dataset_id)}"
     )
 
     model = registry.get_model(job_name, table_name=table, ddb=ddb)

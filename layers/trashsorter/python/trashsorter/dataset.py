@@ -52,7 +52,7 @@ from trashsorter import labels as labels_file
 from trashsorter.clock import now_iso
 from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import NotFoundError, TrainingRuleNotMet, TransientError
-from trashsorter.schema import DATASETS_PREFIX, ImageStatus, dataset_key
+from trashsorter.schema import DATASETS_PREFIX, ImageStatus, dataset_key, dataset_manifest_key, dataset_prefix
 from trashsorter.validation import decode_bounded
 
 TRAIN = "train"
@@ -111,7 +111,7 @@ class DatasetPlan:
 
     @property
     def prefix(self) -> str:
-        return f"{DATASETS_PREFIX}{self.dataset_id}/"
+        return dataset_prefix(self.dataset_id)
 
     def uri(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{name}"
@@ -444,7 +444,7 @@ def write_dataset(plan: DatasetPlan, *, s3: Any = None) -> DatasetPlan:
         _put_text(
             s3,
             plan.bucket,
-            plan.prefix + "manifest.jsonl",
+            dataset_manifest_key(plan.dataset_id),
             render_manifest_jsonl(plan),
             "application/x-ndjson",
         )
@@ -533,5 +533,5 @@ def get_dataset(dataset_id: str, *, table_name: str, ddb: Any = None) -> dict[st
 def read_manifest(bucket: str, dataset_id: str, *, s3: Any = None) -> list[dict[str, Any]]:
     """The ``manifest.jsonl`` of a written snapshot (trainer, CLI, tests)."""
     s3 = s3 or aws.client("s3")
-    body = s3.get_object(Bucket=bucket, Key=f"{DATASETS_PREFIX}{dataset_id}/manifest.jsonl")["Body"].read()
+    body = s3.get_object(Bucket=bucket, Key=dataset_manifest_key(dataset_id))["Body"].read()
     return [json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip()]

@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
 from trashsorter.errors import PackagingError, TransientError
-from trashsorter.schema import DATASETS_PREFIX
+from trashsorter.schema import dataset_prefix
 
 FILE_NAME = "labels.txt"
 MAX_LABELS_BYTES = 1024 * 1024
@@ -53,7 +53,7 @@ def write_file(path: Path | str, labels: Sequence[str]) -> Path:
 
 def dataset_key(dataset_id: str) -> str:
     """S3 key of a dataset snapshot's labels (images bucket)."""
-    return f"{DATASETS_PREFIX}{dataset_id}/{FILE_NAME}"
+    return dataset_prefix(dataset_id) + FILE_NAME
 
 
 def read_dataset_labels(bucket: str, dataset_id: str, *, s3: Any = None) -> list[str]:

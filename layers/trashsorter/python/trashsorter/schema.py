@@ -136,6 +136,16 @@ def dataset_key(dataset_id: str) -> dict[str, str]:
     return {"pk": f"DATASET#{dataset_id}", "sk": "DATASET"}
 
 
+def dataset_prefix(dataset_id: str) -> str:
+    """S3 (images bucket): the folder of one snapshot's files."""
+    return f"{DATASETS_PREFIX}{dataset_id}/"
+
+
+def dataset_manifest_key(dataset_id: str) -> str:
+    """S3 (images bucket): the snapshot's ``manifest.jsonl``, written last (its presence = complete)."""
+    return dataset_prefix(dataset_id) + "manifest.jsonl"
+
+
 def model_key(model_id: str) -> dict[str, str]:
     return {"pk": f"MODEL#{model_id}", "sk": "MODEL"}
 

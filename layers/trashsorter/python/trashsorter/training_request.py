@@ -16,7 +16,7 @@ from typing import Any
 from trashsorter import clock, images
 from trashsorter.dataset import TRAIN, VALIDATION, DatasetPlan
 from trashsorter.errors import ConfigurationError
-from trashsorter.schema import DATASETS_PREFIX, JOB_PREFIX
+from trashsorter.schema import JOB_PREFIX, dataset_manifest_key
 from trashsorter.settings import TrainingSettings
 
 TRAINING_OUTPUT_PREFIX = "training-output/"
@@ -56,7 +56,7 @@ class TrainingLaunch:
 
     @property
     def manifest_uri(self) -> str:
-        return f"s3://{self.bucket}/{DATASETS_PREFIX}{self.dataset_id}/manifest.jsonl"
+        return f"s3://{self.bucket}/{dataset_manifest_key(self.dataset_id)}"
 
     @property
     def output_uri(self) -> str:
