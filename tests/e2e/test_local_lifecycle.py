@@ -279,6 +279,11 @@ def test_train_wait_says_it_is_queued_behind_the_active_run(local_stack: LocalRu
     try:
         with pytest.raises(CliError, match="timed out"):
             wait_for_run(target, UI(stream=out), since="9999", timeout=1.5, poll=0.2, ddb=ddb)
+        own = io.StringIO()  # a lock taken after the request was sent is the request's own run starting
+        with pytest.raises(CliError, match="timed out"):
+            wait_for_run(target, UI(stream=own), since="0000", timeout=1.5, poll=0.2, ddb=ddb)
     finally:
         runs.release_lock(ddb, table, "run-active", keep_pending=False)
     assert "queued behind the active run run-active" in out.getvalue()
+    assert "starting training run run-active" in own.getvalue()
+    assert "queued behind" not in own.getvalue()

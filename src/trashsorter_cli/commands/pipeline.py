@@ -295,18 +295,25 @@ def wait_for_run(
                 ):
                     return run
             else:
-                bar.update(description=_waiting_text(target, ddb))
+                bar.update(description=_waiting_text(target, ddb, since))
             time.sleep(poll)
     where = f"run {run['job_name']} is {run['status']}" if run else "no run started"
     raise CliError(f"timed out after {timeout:.0f}s waiting for training ({where})")
 
 
-def _waiting_text(target: Target, ddb: Any) -> str:
-    """What the request waits for before its run exists: an active run holding the lock, or nothing yet."""
-    holder = str(runs.get_lock(target.table, ddb=ddb).get("holder", ""))
+def _waiting_text(target: Target, ddb: Any, since: str) -> str:
+    """What the request waits for before its run shows: an earlier run holding the lock, or its own start.
+
+    The lock is taken before the run record is written, so a lock taken after this request was sent is the
+    request's own run starting, not an earlier run it is queued behind.
+    """
+    lock = runs.get_lock(target.table, ddb=ddb)
+    holder = str(lock.get("holder", ""))
     if not holder:
         return "waiting for the training run to start"
     active = runs.get_run(target.table, holder, ddb=ddb) or {}
+    if str(lock.get("acquired_at", "")) >= since[:19]:
+        return f"starting training run {active.get('job_name') or holder}"
     progress = _epoch_text(dict(active.get("progress") or {}))
     return f"queued behind the active run {active.get('job_name') or holder}" + (
         f" ({progress})" if progress else ""
