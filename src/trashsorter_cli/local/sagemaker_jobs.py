@@ -35,6 +35,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ from trashsorter_trainer.contract import parse_metrics
 
 LOG = logging.getLogger("trashsorter.local.sagemaker")
 MAX_FAILURE_REASON = 1024
+STOP_TIMEOUT = 15.0  # seconds stop_all waits for the job threads
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
 
 
@@ -74,6 +76,7 @@ class JobEmulator:
     python: str = sys.executable
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     threads: dict[str, threading.Thread] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)  # set by stop_all (local down)
 
     # ------------------------------------------------------------------ layout and inputs
     def job_dir(self, name: str) -> Path:
@@ -151,6 +154,8 @@ class JobEmulator:
             log_path = self.work_root / name / "training.log"
             lines: list[str] = []
             with log_path.open("w") as log:
+                if self.stopping.is_set():
+                    raise RuntimeError("the local stack is stopping")
                 child = children.spawn(
                     [self.python, program], log=subprocess.PIPE, env=env, cwd=root / "code"
                 )
@@ -174,6 +179,9 @@ class JobEmulator:
                 self.upload_model(request, root / "model")
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's FailureReason
             failure = f"ClientError: {type(exc).__name__}: {exc}"
+        if self.stopping.is_set():  # the stack is going down: its bus and functions are gone
+            self.finish(backend_job, metrics, "ClientError: stopped with the local stack")
+            return {"TrainingJobName": name, "TrainingJobStatus": "Failed"}
         self.finish(backend_job, metrics, failure)
         detail = self.describe(name)
         self.put_event(detail)
@@ -266,6 +274,8 @@ class JobEmulator:
         self.start(backend_job, [])
 
         def fail() -> None:
+            if self.stopping.is_set():
+                return
             self.finish(backend_job, {}, reason)
             self.put_event(self.describe(request["TrainingJobName"]))
 
@@ -286,9 +296,16 @@ class JobEmulator:
         thread.start()
 
     def stop_all(self) -> None:
-        """Stop every running job's process group (``local down``), as every child of the stack stops."""
+        """Stop every running job's process group (``local down``), as every child of the stack stops.
+
+        Then wait for the job threads, so none reports to an endpoint that is going away.
+        """
+        self.stopping.set()
         running = [child for child in self.children.values() if child.poll() is None]
         children.stop(running)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for thread in list(self.threads.values()):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _iso(value: Any) -> str:
