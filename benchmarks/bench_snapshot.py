@@ -32,7 +32,8 @@ def measure(size: int) -> dict[str, Any]:
 
     from trashsorter import aws
     from trashsorter.catalogue import Catalogue
-    from trashsorter.dataset import plan_from_catalogue, write_dataset
+    from trashsorter.dataset import plan_from_catalogue
+    from trashsorter.dataset_store import write_dataset
     from trashsorter.settings import TrainingSettings
     from trashsorter_cli.local import moto_patches
     from trashsorter_cli.local.stack import deploy_stack

@@ -19,14 +19,11 @@ import pytest
 from moto import mock_aws
 from PIL import Image
 
-from trashsorter.dataset import (
-    OBJECTS_PREFIX,
+from trashsorter.dataset import OBJECTS_PREFIX, DatasetPlan, SnapshotImage, plan_dataset
+from trashsorter.dataset_store import (
     RETENTION_REGISTERED,
     RETENTION_SNAPSHOT,
     RETENTION_TAG,
-    DatasetPlan,
-    SnapshotImage,
-    plan_dataset,
     read_manifest,
     retain_dataset,
     write_dataset,

@@ -592,7 +592,8 @@ def test_edge_device_policy_grants_only_artifacts_and_inbox_and_only_with_a_thin
 
 
 def test_snapshot_objects_expire_only_when_tagged_unregistered_and_the_functions_can_tag_them() -> None:
-    from trashsorter.dataset import OBJECTS_PREFIX, RETENTION_REGISTERED, RETENTION_SNAPSHOT, RETENTION_TAG
+    from trashsorter.dataset import OBJECTS_PREFIX
+    from trashsorter.dataset_store import RETENTION_REGISTERED, RETENTION_SNAPSHOT, RETENTION_TAG
 
     rules = resources_of("AWS::S3::Bucket")["ImagesBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
     expiring = [r for r in rules if r["Status"] == "Enabled" and "ExpirationInDays" in r]

@@ -44,7 +44,8 @@ from trashsorter import aws, runs
 from trashsorter.catalogue import Catalogue
 from trashsorter.clients import Clients
 from trashsorter.clock import age_seconds
-from trashsorter.dataset import check_trainable, plan_from_catalogue, save_dataset_record, write_dataset
+from trashsorter.dataset import check_trainable, plan_from_catalogue, save_dataset_record
+from trashsorter.dataset_store import write_dataset
 from trashsorter.errors import (
     ConcurrencyConflict,
     ConfigurationError,
