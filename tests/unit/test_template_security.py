@@ -607,6 +607,9 @@ def test_snapshot_objects_expire_only_when_tagged_unregistered_and_the_functions
         != [{"Key": RETENTION_TAG, "Value": RETENTION_REGISTERED}]
     )
     assert parameter_values(load_template())["DatasetObjectDays"] == "60"
+    # the snapshot reuses stored objects unchecked only while this same rule cannot expire them
+    start = load_template(ROOT / "template.yaml")["Resources"]["StartTrainingFunction"]["Properties"]
+    assert start["Environment"]["Variables"]["DATASET_OBJECT_DAYS"] == {"Ref": "DatasetObjectDays"}
 
     objects_arn = "arn:${AWS::Partition}:s3:::${ImagesBucket}/" + OBJECTS_PREFIX + "*"
     granted: dict[str, set[str]] = {}
