@@ -122,6 +122,11 @@ class TrainingSettings(CommonSettings):
             return self.instance_type_setting
         return "ml.g4dn.xlarge" if self.training_algorithm == "trashsorter" else "ml.p2.xlarge"
 
+    @property
+    def longest_job_seconds(self) -> int:
+        """The longest a job may take once requested: its runtime or, with spot, its maximum wait."""
+        return max(self.max_runtime_seconds, self.max_wait_seconds)
+
     @model_validator(mode="after")
     def _spot_wait(self) -> Self:
         if not self.training_role_arn:

@@ -325,8 +325,8 @@ def start_training(
         if not runs.acquire_lock(ddb, table, run_id, plan.dataset_id):
             continue
         try:
-            job_seconds = max(settings.max_runtime_seconds, settings.max_wait_seconds)
-            write_dataset(plan, s3=s3, reuse_within=reuse_window(settings.dataset_object_days, job_seconds))
+            reuse = reuse_window(settings.dataset_object_days, settings.longest_job_seconds)
+            write_dataset(plan, s3=s3, reuse_within=reuse)
             save_dataset_record(plan, accepted_seq=accepted_seq, table_name=table, ddb=ddb)
             runs.create_run(
                 ddb, settings, launch, backend=backend.name, attempt=attempt, accepted_seq=accepted_seq
