@@ -18,7 +18,10 @@ moto runs with the local stack's patches (``trashsorter_cli.local.moto_patches``
 up`` runs it; docs/benchmarks.md gives the arithmetic for real S3 and DynamoDB at 100,000 images.
 The Python side alone (no moto) is measured too: ``plan_dataset`` (dedupe, hash split, dataset id) and the
 rendering of every file ``write_dataset`` puts (manifest.jsonl, labels.txt, .lst, channel manifests), on
-10,000 and 100,000 synthetic accepted records.
+10,000 and 100,000 synthetic accepted records. And the S3 client's own CPU per call
+(``measure_client_cpu``: 2,000 CopyObject and 2,000 GetObjectTagging against a moto server in another
+process, CPU time of the calling thread), which bounds how many calls the function's CPU share can make
+in 300 s.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ QUICK_SIZES = (1_000,)
 NEW_IMAGES = 100
 PYTHON_SIZES = (10_000, 100_000)
 PYTHON_TARGET_S = 60.0
+CLIENT_CPU_CALLS = 2_000
 OPERATIONS = ("ListObjectsV2", "CopyObject", "GetObjectTagging", "GetObject", "PutObject")
 
 
@@ -114,6 +118,70 @@ def measure(size: int) -> dict[str, Any]:
     aws.reset_clients()
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seed_s": seed_s, "runs": runs, "peak_mib": peak_mib, "reuse_days": reuse.total_seconds() / 86400}
+
+
+def measure_client_cpu(calls: int) -> dict[str, float]:
+    """CPU milliseconds of the calling thread per S3 call: botocore builds, signs, sends (HTTP) and parses.
+
+    moto runs as a server in its own process (``python -m moto.server``), so its work is not counted.
+    No TLS (real S3 adds it; kept-alive connections amortise the handshakes).
+    """
+    import socket
+    import subprocess
+    import sys
+
+    import boto3
+
+    from trashsorter.dataset_store import RETENTION_SNAPSHOT, RETENTION_TAG
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("the moto server did not start") from None
+            time.sleep(0.2)
+    result: dict[str, float] = {}
+    try:
+        with fake_aws_env():
+            s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+            bucket = "bench-client-cpu"
+            s3.create_bucket(Bucket=bucket)
+            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+            version = s3.put_object(Bucket=bucket, Key="images/a.jpg", Body=unique_jpeg(0))["VersionId"]
+            source = {"Bucket": bucket, "Key": "images/a.jpg", "VersionId": version}
+            tagging = f"{RETENTION_TAG}={RETENTION_SNAPSHOT}"
+            started = time.thread_time()
+            for i in range(calls):
+                s3.copy_object(
+                    Bucket=bucket,
+                    Key=f"objects/{i}.jpg",
+                    CopySource=source,
+                    MetadataDirective="REPLACE",
+                    ContentType="image/jpeg",
+                    TaggingDirective="REPLACE",
+                    Tagging=tagging,
+                )
+            result["CopyObject"] = (time.thread_time() - started) / calls * 1000
+            started = time.thread_time()
+            for i in range(calls):
+                s3.get_object_tagging(Bucket=bucket, Key=f"objects/{i}.jpg")
+            result["GetObjectTagging"] = (time.thread_time() - started) / calls * 1000
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return result
 
 
 def measure_python_side(size: int) -> float:
@@ -201,4 +269,20 @@ def run(quick: bool = False) -> Section:
             )
         )
     section.details += python_rows
+    calls = 200 if quick else CLIENT_CPU_CALLS
+    cpu = measure_client_cpu(calls)
+    section.results.append(
+        Result(
+            "snapshot",
+            "S3 client CPU per call (calling thread)",
+            ", ".join(f"{op} {ms:.2f} ms" for op, ms in cpu.items()),
+            notes=f"{calls:,} calls each; botocore over HTTP to a moto server; what the function's CPU pays",
+        )
+    )
+    section.details += [
+        "",
+        f"S3 client CPU per call ({calls:,} calls each, calling thread only, moto server answering): "
+        + ", ".join(f"{op} {ms:.2f} ms" for op, ms in cpu.items())
+        + ".",
+    ]
     return section
