@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,14 @@ import pytest
 from moto import mock_aws
 from PIL import Image
 
-from trashsorter.dataset import (
-    OBJECTS_PREFIX,
+from trashsorter.dataset import OBJECTS_PREFIX, DatasetPlan, SnapshotImage, plan_dataset
+from trashsorter.dataset_store import (
     RETENTION_REGISTERED,
     RETENTION_SNAPSHOT,
     RETENTION_TAG,
-    DatasetPlan,
-    SnapshotImage,
-    plan_dataset,
     read_manifest,
     retain_dataset,
+    reuse_window,
     write_dataset,
 )
 from trashsorter.errors import NotFoundError
@@ -64,7 +64,7 @@ def upload(
     return SnapshotImage(key, hashlib.sha256(data).hexdigest(), label, fmt, version if versioned else "")
 
 
-def snapshot(s3: Any, *, versioned: bool = True) -> tuple[DatasetPlan, dict[str, bytes]]:
+def snapshot(s3: Any, *, versioned: bool = True, **write: Any) -> tuple[DatasetPlan, dict[str, bytes]]:
     originals: dict[str, bytes] = {}
     images = []
     for index in range(6):
@@ -75,7 +75,7 @@ def snapshot(s3: Any, *, versioned: bool = True) -> tuple[DatasetPlan, dict[str,
     originals["images/Compost/w.webp"] = picture(9, "WEBP")
     images.append(upload(s3, "images/Compost/w.webp", originals["images/Compost/w.webp"], "Compost", "WEBP"))
     plan = plan_dataset(images, labels=LABELS, validation_fraction=0.4, bucket=BUCKET)
-    return write_dataset(plan, s3=s3), originals
+    return write_dataset(plan, s3=s3, **write), originals
 
 
 def fetch(s3: Any, plan: DatasetPlan, root: Path) -> dict[str, str]:
@@ -159,3 +159,83 @@ def test_retention_tags_follow_registration(s3: Any) -> None:
     assert retain_dataset(BUCKET, "0" * 16, s3=s3) == 0  # no such dataset: nothing to keep
     manifest = json.loads(json.dumps(read_manifest(BUCKET, plan.dataset_id, s3=s3)))
     assert {row["s3_key"] for row in manifest} == set(keys)
+
+
+class Requests:
+    """The S3 calls the client makes (botocore's before-parameter-build event: one per call), by operation."""
+
+    def __init__(self, s3: Any) -> None:
+        self.counts: Counter[str] = Counter()
+        self.written: list[str] = []  # object keys of CopyObject / PutObject under datasets/objects/
+        s3.meta.events.register("before-parameter-build.s3", self._count)
+
+    def _count(self, model: Any, params: Mapping[str, Any], **_: Any) -> None:
+        self.counts[model.name] += 1
+        key = str(params.get("Key", ""))
+        if model.name in ("CopyObject", "PutObject") and key.startswith(OBJECTS_PREFIX):
+            self.written.append(key)
+
+    def reset(self) -> None:
+        self.counts.clear()
+        self.written.clear()
+
+
+def versions(s3: Any) -> Counter[str]:
+    listed = s3.list_object_versions(Bucket=BUCKET, Prefix=OBJECTS_PREFIX).get("Versions", [])
+    return Counter(str(v["Key"]) for v in listed)
+
+
+REUSE = reuse_window(60, 7200)  # the template's DatasetObjectDays and TrainingMaxRuntimeSeconds defaults
+
+
+def more_images(s3: Any, plan: DatasetPlan, seeds: range) -> DatasetPlan:
+    """The same catalogue plus new uploads (a later snapshot)."""
+    new = [upload(s3, f"images/Landfill/new-{i}.jpg", picture(i), "Landfill") for i in seeds]
+    images = [*plan.sources.values(), *new]
+    return plan_dataset(images, labels=LABELS, validation_fraction=0.4, bucket=BUCKET)
+
+
+def test_a_later_snapshot_copies_only_new_images_and_sends_nothing_for_young_objects(s3: Any) -> None:
+    requests = Requests(s3)
+    first, _ = snapshot(s3, reuse_within=REUSE)
+    # first snapshot: nothing stored yet, so no tag checks; 6 copies and the WebP's conversion
+    assert requests.counts["GetObjectTagging"] == 0 and requests.counts["CopyObject"] == 6
+    assert requests.counts["ListObjectsV2"] == 1 and len(requests.written) == 7
+    before = versions(s3)
+
+    second = more_images(s3, first, range(20, 23))
+    requests.reset()
+    stored = write_dataset(second, s3=s3, reuse_within=REUSE)
+    new_keys = {e.s3_key for e in second.entries if "/new-" in e.key}
+    assert len(new_keys) == 3 and not new_keys & set(before)
+    # only the 3 new images cost a request: no CopyObject, PutObject or GetObjectTagging for young objects
+    assert requests.counts["GetObjectTagging"] == 0 and requests.counts["CopyObject"] == 3
+    assert sorted(requests.written) == sorted(new_keys)
+    assert requests.counts["GetObject"] == 1  # the WebP is converted again to learn its key, not stored
+    assert versions(s3) == before + Counter(dict.fromkeys(new_keys, 1))
+    manifest = {row["key"]: row["s3_key"] for row in read_manifest(BUCKET, stored.dataset_id, s3=s3)}
+    assert manifest == {e.key: e.s3_key for e in stored.entries} and len(manifest) == 10
+    for key in manifest.values():  # every listed object holds the bytes its name is the hash of
+        data = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert key == f"{OBJECTS_PREFIX}{hashlib.sha256(data).hexdigest()}{key[-4:]}"
+
+
+def test_old_objects_are_checked_registered_ones_never_retagged_others_copied_again(s3: Any) -> None:
+    first, _ = snapshot(s3, reuse_within=REUSE)
+    registered = {e.s3_key for e in first.entries}
+    assert retain_dataset(BUCKET, first.dataset_id, s3=s3) == len(registered) == 7
+    second = write_dataset(more_images(s3, first, range(30, 32)), s3=s3, reuse_within=REUSE)
+    unregistered = {e.s3_key for e in second.entries} - registered
+    assert len(unregistered) == 2 and all(
+        tags(s3, k) == {RETENTION_TAG: RETENTION_SNAPSHOT} for k in unregistered
+    )
+    before = versions(s3)
+
+    # 90 days later every stored object is older than the lifecycle rule's 60 days minus the margins
+    requests = Requests(s3)
+    write_dataset(second, s3=s3, reuse_within=REUSE, now=datetime.now(UTC) + timedelta(days=90))
+    assert requests.counts["GetObjectTagging"] == 9  # one check per old object
+    assert sorted(requests.written) == sorted(unregistered)  # copied onto themselves: the clock restarts
+    assert all(tags(s3, k) == {RETENTION_TAG: RETENTION_REGISTERED} for k in registered)
+    assert all(tags(s3, k) == {RETENTION_TAG: RETENTION_SNAPSHOT} for k in unregistered)
+    assert versions(s3) == before + Counter(dict.fromkeys(unregistered, 1))

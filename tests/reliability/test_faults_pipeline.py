@@ -33,7 +33,7 @@ from tests.support.pipeline import LABELS, OVERRIDES, Pipeline, photos
 from tests.support.stack import StackHandle, load_event
 from trashsorter import aws, registry, runs
 from trashsorter.clients import Clients
-from trashsorter.dataset import read_manifest
+from trashsorter.dataset_store import read_manifest
 from trashsorter.deploy.orchestrate import redeploy
 from trashsorter.errors import TransientError
 from trashsorter_cli.local.stack import load_template

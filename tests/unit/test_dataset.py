@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from trashsorter.dataset import (
     split_for,
     split_score,
 )
+from trashsorter.dataset_store import reuse_window
 from trashsorter.errors import Rejection, TrainingRuleNotMet
 from trashsorter.labels import render as render_labels
 
@@ -219,3 +221,11 @@ def test_convert_to_jpeg_is_bounded_like_the_ingest_step() -> None:
     with pytest.raises(Rejection) as info:
         convert_to_jpeg(hostile.webp_lossless_canvas(6300, 6300))  # 34 bytes: ~800 MB before issue 11
     assert info.value.code == "implausible_size"
+
+
+def test_reuse_window_ends_a_margin_and_a_whole_job_before_the_lifecycle_rule_expires_an_object() -> None:
+    # DatasetObjectDays 60, a 2 h job: an object younger than 58 days - 2 h outlives the job by 2 days
+    assert reuse_window(60, 7200) == timedelta(days=58, hours=-2)
+    # spot: the longest wait counts; a rule too short for margin + job, or unknown, means reuse nothing
+    assert reuse_window(60, 14 * 86400) == timedelta(days=44)
+    assert reuse_window(2, 0) == reuse_window(3, 2 * 86400) == reuse_window(None) == timedelta(0)

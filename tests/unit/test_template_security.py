@@ -592,7 +592,8 @@ def test_edge_device_policy_grants_only_artifacts_and_inbox_and_only_with_a_thin
 
 
 def test_snapshot_objects_expire_only_when_tagged_unregistered_and_the_functions_can_tag_them() -> None:
-    from trashsorter.dataset import OBJECTS_PREFIX, RETENTION_REGISTERED, RETENTION_SNAPSHOT, RETENTION_TAG
+    from trashsorter.dataset import OBJECTS_PREFIX
+    from trashsorter.dataset_store import RETENTION_REGISTERED, RETENTION_SNAPSHOT, RETENTION_TAG
 
     rules = resources_of("AWS::S3::Bucket")["ImagesBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
     expiring = [r for r in rules if r["Status"] == "Enabled" and "ExpirationInDays" in r]
@@ -606,6 +607,9 @@ def test_snapshot_objects_expire_only_when_tagged_unregistered_and_the_functions
         != [{"Key": RETENTION_TAG, "Value": RETENTION_REGISTERED}]
     )
     assert parameter_values(load_template())["DatasetObjectDays"] == "60"
+    # the snapshot reuses stored objects unchecked only while this same rule cannot expire them
+    start = load_template(ROOT / "template.yaml")["Resources"]["StartTrainingFunction"]["Properties"]
+    assert start["Environment"]["Variables"]["DATASET_OBJECT_DAYS"] == {"Ref": "DatasetObjectDays"}
 
     objects_arn = "arn:${AWS::Partition}:s3:::${ImagesBucket}/" + OBJECTS_PREFIX + "*"
     granted: dict[str, set[str]] = {}

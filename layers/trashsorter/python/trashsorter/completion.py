@@ -27,7 +27,7 @@ from typing import Any
 from trashsorter import registry, runs, threshold
 from trashsorter.artifacts import MAX_METRICS_BYTES, package_artifact
 from trashsorter.clients import Clients
-from trashsorter.dataset import retain_dataset
+from trashsorter.dataset_store import retain_dataset
 from trashsorter.ddb import get_item
 from trashsorter.deploy import DeploymentResult
 from trashsorter.deploy.orchestrate import (

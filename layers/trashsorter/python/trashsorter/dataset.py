@@ -11,19 +11,16 @@ A snapshot is built from the catalogue's *accepted* image records (never ``confl
   its image with the *largest* score to train. This is deterministic (hash order) but, unlike the hash
   rule, can change when a small label grows: once a label has an image on each side by the hash rule
   alone, no adjustment applies and nothing moves any more.
-* **Frozen bytes.** Training never reads an upload in place: every image is stored once, content-addressed,
-  at ``datasets/objects/<sha256>.<jpg|png>`` (``<sha256>`` = the SHA-256 of exactly the bytes stored
-  there), so an overwrite or delete of the upload after the snapshot does not change what trains. The copy
-  is a server-side ``CopyObject`` of the catalogued ``version_id`` (the version the ingest step hashed), or,
-  with no version id, a read whose SHA-256 must equal the catalogued one. The trainer re-hashes every file
-  against its key. New copies are tagged ``trashsorter-retention=snapshot`` (the bucket's lifecycle rule
-  expires those); :func:`retain_dataset` retags a registered model's objects ``registered`` (kept). An
-  existing object is skipped only when it is ``registered``; otherwise it is copied again, which restarts
-  its expiry clock.
+* **Frozen bytes.** Every image is trained from a content-addressed copy at
+  ``datasets/objects/<sha256>.<jpg|png>`` (:func:`object_key`; ``<sha256>`` = the SHA-256 of exactly the
+  bytes stored there), so an overwrite or delete of the upload after the snapshot does not change what
+  trains. :mod:`trashsorter.dataset_store` stores the objects and the files below, and keeps the objects
+  of registered models (retention tags).
 * **Formats.** The SageMaker image-classification algorithm decodes only JPEG and PNG, so an accepted
   image in another format (WebP ...) is stored as a JPEG conversion, content-addressed by the JPEG's own
-  hash (its ``s3_key`` is known once :func:`write_dataset` has converted it). ``s3_key`` always names the
-  object the algorithm reads; ``sha256`` is always the upload's (catalogued) hash.
+  hash (its ``s3_key`` is known once :func:`trashsorter.dataset_store.write_dataset` has converted it).
+  ``s3_key`` always names the object the algorithm reads; ``sha256`` is always the upload's (catalogued)
+  hash.
 * **Dataset id** = the first 16 hex digits of the SHA-256 of the canonical manifest (labels, then one
   JSON line per image: key, sha256, label, class_index, split). The same data gives the same id.
 
@@ -41,18 +38,16 @@ import hashlib
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from trashsorter import aws
-from trashsorter import labels as labels_file
 from trashsorter.clock import now_iso
 from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import NotFoundError, TrainingRuleNotMet, TransientError
-from trashsorter.schema import DATASETS_PREFIX, ImageStatus, dataset_key, dataset_manifest_key, dataset_prefix
+from trashsorter.schema import DATASETS_PREFIX, ImageStatus, dataset_key, dataset_prefix
 from trashsorter.validation import decode_bounded
 
 TRAIN = "train"
@@ -61,10 +56,6 @@ SPLITS = (TRAIN, VALIDATION)
 # What the built-in image-classification algorithm decodes directly (MPO = multi-picture JPEG).
 DIRECT_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
 OBJECTS_PREFIX = f"{DATASETS_PREFIX}objects/"  # content-addressed image bytes shared by all snapshots
-RETENTION_TAG = "trashsorter-retention"  # the lifecycle rule in template.yaml filters on this tag
-RETENTION_SNAPSHOT = "snapshot"  # expires (DatasetObjectDays) unless a registered model's dataset needs it
-RETENTION_REGISTERED = "registered"  # kept: some registered model's dataset lists it
-STORE_WORKERS = 16  # concurrent CopyObject calls while a snapshot stores its images
 
 
 @dataclass(frozen=True)
@@ -214,7 +205,8 @@ def plan_dataset(
 ) -> DatasetPlan:
     """Compute the snapshot (splits, class indices, object keys, id) without touching AWS.
 
-    A conversion's ``s3_key`` is empty here: it is the hash of the converted bytes, set by write_dataset.
+    A conversion's ``s3_key`` is empty here: it is the hash of the converted bytes, set by
+    :func:`trashsorter.dataset_store.write_dataset`.
     """
     class_index = {label: index for index, label in enumerate(labels)}
     usable = [img for img in dedupe(images) if img.label in class_index]
@@ -345,143 +337,7 @@ def check_trainable(plan: DatasetPlan) -> None:
         )
 
 
-# ---------------------------------------------------------------- writing
-
-
-def _put_text(s3: Any, bucket: str, key: str, text: str, content_type: str) -> None:
-    s3.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
-
-
-def _read_verified(s3: Any, plan: DatasetPlan, image: SnapshotImage) -> bytes:
-    get_args: dict[str, Any] = {"Bucket": plan.bucket, "Key": image.key}
-    if image.version_id and image.version_id != "null":
-        get_args["VersionId"] = image.version_id
-    try:
-        data: bytes = s3.get_object(**get_args)["Body"].read()
-    except ClientError as exc:
-        if aws.error_code(exc) in ("NoSuchKey", "NoSuchVersion", "404"):
-            raise NotFoundError(f"s3://{plan.bucket}/{image.key} is catalogued but missing") from exc
-        raise
-    if hashlib.sha256(data).hexdigest() != image.sha256:
-        raise NotFoundError(
-            f"s3://{plan.bucket}/{image.key} no longer has the catalogued bytes (sha256 {image.sha256})"
-        )
-    return data
-
-
-def _retained(s3: Any, bucket: str, key: str) -> bool:
-    """True when ``key`` exists and is tagged as a registered model's (then it is not copied again)."""
-    try:
-        tags = s3.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
-    except ClientError as exc:
-        if aws.error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-            return False
-        raise
-    return {"Key": RETENTION_TAG, "Value": RETENTION_REGISTERED} in tags
-
-
-def _content_type(key: str) -> str:
-    return "image/png" if key.endswith(".png") else "image/jpeg"
-
-
-def _store(s3: Any, plan: DatasetPlan, entry: ManifestEntry) -> str:
-    """Store the entry's bytes content-addressed; returns the object key."""
-    image = plan.sources[entry.key]
-    tagging = f"{RETENTION_TAG}={RETENTION_SNAPSHOT}"
-    if needs_conversion(image):
-        body = convert_to_jpeg(_read_verified(s3, plan, image))
-        key = object_key(hashlib.sha256(body).hexdigest(), "jpg")
-        if not _retained(s3, plan.bucket, key):
-            s3.put_object(Bucket=plan.bucket, Key=key, Body=body, ContentType="image/jpeg", Tagging=tagging)
-        return key
-    key = entry.s3_key
-    if _retained(s3, plan.bucket, key):
-        return key
-    if image.version_id and image.version_id != "null":
-        # The catalogued version is immutable and is the one the ingest step hashed: copy it server-side.
-        try:
-            s3.copy_object(
-                Bucket=plan.bucket,
-                Key=key,
-                CopySource={"Bucket": plan.bucket, "Key": image.key, "VersionId": image.version_id},
-                MetadataDirective="REPLACE",
-                ContentType=_content_type(key),
-                TaggingDirective="REPLACE",
-                Tagging=tagging,
-            )
-        except ClientError as exc:
-            if aws.error_code(exc) in ("NoSuchKey", "NoSuchVersion", "404"):
-                raise NotFoundError(f"s3://{plan.bucket}/{image.key} is catalogued but missing") from exc
-            raise
-        return key
-    data = _read_verified(s3, plan, image)
-    s3.put_object(Bucket=plan.bucket, Key=key, Body=data, ContentType=_content_type(key), Tagging=tagging)
-    return key
-
-
-def write_dataset(plan: DatasetPlan, *, s3: Any = None) -> DatasetPlan:
-    """Store every image under ``datasets/objects/`` and write the snapshot's files under ``datasets/<id>/``.
-
-    Idempotent (same id, same content). Returns the plan with every ``s3_key`` set (conversions included).
-    """
-    s3 = s3 or aws.client("s3")
-    try:
-        with ThreadPoolExecutor(max_workers=STORE_WORKERS) as pool:  # boto3 clients are thread-safe
-            keys = list(pool.map(lambda entry: _store(s3, plan, entry), plan.entries))
-        stored = {entry.key: key for entry, key in zip(plan.entries, keys, strict=True)}
-        plan = replace(plan, entries=tuple(replace(e, s3_key=stored[e.key]) for e in plan.entries))
-        _put_text(s3, plan.bucket, plan.prefix + "labels.txt", labels_file.render(plan.labels), "text/plain")
-        for split in SPLITS:
-            _put_text(s3, plan.bucket, f"{plan.prefix}{split}.lst", render_lst(plan, split), "text/plain")
-            _put_text(
-                s3,
-                plan.bucket,
-                f"{plan.prefix}{split}.manifest",
-                render_channel_manifest(plan, split),
-                "application/json",
-            )
-        # The manifest last: its presence means the snapshot is complete.
-        _put_text(
-            s3,
-            plan.bucket,
-            dataset_manifest_key(plan.dataset_id),
-            render_manifest_jsonl(plan),
-            "application/x-ndjson",
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not write dataset {plan.dataset_id}: {exc}") from exc
-    return plan
-
-
-def retain_dataset(bucket: str, dataset_id: str, *, s3: Any = None) -> int:
-    """Tag every object a registered model's dataset lists ``registered`` (the lifecycle rule keeps those).
-
-    Idempotent; objects already gone are skipped. Returns how many objects were tagged.
-    """
-    s3 = s3 or aws.client("s3")
-    tagged = 0
-    try:
-        keys = sorted({str(row["s3_key"]) for row in read_manifest(bucket, dataset_id, s3=s3)})
-        for key in keys:
-            if not key.startswith(OBJECTS_PREFIX):
-                continue  # a snapshot from before content addressing: nothing expires it
-            try:
-                s3.put_object_tagging(
-                    Bucket=bucket,
-                    Key=key,
-                    Tagging={"TagSet": [{"Key": RETENTION_TAG, "Value": RETENTION_REGISTERED}]},
-                )
-                tagged += 1
-            except ClientError as exc:
-                if aws.error_code(exc) not in ("NoSuchKey", "404"):
-                    raise
-    except ClientError as exc:
-        if aws.error_code(exc) in ("NoSuchKey", "404"):
-            return tagged  # no manifest (never written): nothing to keep
-        raise TransientError(f"could not retain dataset {dataset_id}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not retain dataset {dataset_id}: {exc}") from exc
-    return tagged
+# ---------------------------------------------------------------- the DATASET record
 
 
 def dataset_record(plan: DatasetPlan, *, accepted_seq: int, created_at: str | None = None) -> dict[str, Any]:
@@ -528,10 +384,3 @@ def get_dataset(dataset_id: str, *, table_name: str, ddb: Any = None) -> dict[st
     if not found.get("Item"):
         raise NotFoundError(f"dataset {dataset_id} is not recorded")
     return deserialize(found["Item"])
-
-
-def read_manifest(bucket: str, dataset_id: str, *, s3: Any = None) -> list[dict[str, Any]]:
-    """The ``manifest.jsonl`` of a written snapshot (trainer, CLI, tests)."""
-    s3 = s3 or aws.client("s3")
-    body = s3.get_object(Bucket=bucket, Key=dataset_manifest_key(dataset_id))["Body"].read()
-    return [json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip()]

@@ -99,6 +99,9 @@ class TrainingSettings(CommonSettings):
     algorithm_image_uri: str = Field(default="", alias="ALGORITHM_IMAGE_URI")
     pytorch_image_uri: str = Field(default="", alias="PYTORCH_IMAGE_URI")
     aws_region: str = Field(default="us-east-1", alias="AWS_REGION")
+    # the lifecycle rule's DatasetObjectDays: how long a stored snapshot object may be reused unchecked
+    # (trashsorter.dataset_store.reuse_window); unset = every stored object is checked
+    dataset_object_days: int | None = Field(default=None, alias="DATASET_OBJECT_DAYS", ge=1)
 
     @field_validator("hyperparameter_overrides", mode="before")
     @classmethod
@@ -118,6 +121,11 @@ class TrainingSettings(CommonSettings):
         if self.instance_type_setting:
             return self.instance_type_setting
         return "ml.g4dn.xlarge" if self.training_algorithm == "trashsorter" else "ml.p2.xlarge"
+
+    @property
+    def longest_job_seconds(self) -> int:
+        """The longest a job may take once requested: its runtime or, with spot, its maximum wait."""
+        return max(self.max_runtime_seconds, self.max_wait_seconds)
 
     @model_validator(mode="after")
     def _spot_wait(self) -> Self:

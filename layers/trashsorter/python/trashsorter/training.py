@@ -44,7 +44,8 @@ from trashsorter import aws, runs
 from trashsorter.catalogue import Catalogue
 from trashsorter.clients import Clients
 from trashsorter.clock import age_seconds
-from trashsorter.dataset import check_trainable, plan_from_catalogue, save_dataset_record, write_dataset
+from trashsorter.dataset import check_trainable, plan_from_catalogue, save_dataset_record
+from trashsorter.dataset_store import reuse_window, write_dataset
 from trashsorter.errors import (
     ConcurrencyConflict,
     ConfigurationError,
@@ -324,7 +325,8 @@ def start_training(
         if not runs.acquire_lock(ddb, table, run_id, plan.dataset_id):
             continue
         try:
-            write_dataset(plan, s3=s3)
+            reuse = reuse_window(settings.dataset_object_days, settings.longest_job_seconds)
+            write_dataset(plan, s3=s3, reuse_within=reuse)
             save_dataset_record(plan, accepted_seq=accepted_seq, table_name=table, ddb=ddb)
             runs.create_run(
                 ddb, settings, launch, backend=backend.name, attempt=attempt, accepted_seq=accepted_seq
