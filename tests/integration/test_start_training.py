@@ -21,15 +21,18 @@ from PIL import Image
 from tests.support.stack import REGION, StackHandle, load_event
 from tests.support.world import World, photos
 from trashsorter import training
+from trashsorter.catalogue import Catalogue
 from trashsorter.clients import Clients
 from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import TrainingRuleNotMet, TransientError
 from trashsorter.events import DatasetReady
 from trashsorter.runs import (
+    acquire_lock,
     find_run_by_job,
     finish_run,
     get_run,
     list_runs,
+    release_lock,
 )
 from trashsorter.schema import LOCK_KEY, RunStatus, dataset_key, run_key
 from trashsorter.threshold import trigger_manual
@@ -316,6 +319,48 @@ def test_stale_lock_of_a_finished_run_is_released(world: World) -> None:
         world.ddb.get_item(TableName=world.table, Key=serialize(LOCK_KEY))["Item"]["holder"]["S"]
         == retry.run_id
     )
+
+
+def _snapshotting(world: World, holder: str, dataset_id: str, acquired_at: str | None = None) -> None:
+    """The lock as an invocation leaves it while it writes its snapshot: no run record yet."""
+    assert acquire_lock(world.ddb, world.table, holder, dataset_id)
+    if acquired_at is not None:
+        world.ddb.update_item(
+            TableName=world.table,
+            Key=serialize(LOCK_KEY),
+            UpdateExpression="SET acquired_at = :t",
+            ExpressionAttributeValues={":t": {"S": acquired_at}},
+        )
+
+
+def test_a_lock_whose_holder_is_still_writing_its_snapshot_is_not_taken_from_it(world: World) -> None:
+    planned = training.plan_from_catalogue(
+        Catalogue(world.table, ddb=world.ddb),
+        labels=world.settings.allowed_labels,
+        validation_fraction=world.settings.validation_fraction,
+        bucket=world.settings.images_bucket,
+    )
+    # the same dataset: the other invocation is still copying its images -> retry later, start nothing
+    _snapshotting(world, "run-snapshotting-1", planned.dataset_id)
+    with pytest.raises(TransientError, match="writing the snapshot"):
+        world.start()
+    assert world.lock()["holder"] == "run-snapshotting-1" and world.jobs() == []
+    release_lock(world.ddb, world.table, "run-snapshotting-1", keep_pending=False)
+    # another dataset: queued behind it, as behind an active run
+    _snapshotting(world, "run-other-1", "other-dataset")
+    queued = world.start()
+    assert queued.status == "pending" and world.lock()["holder"] == "run-other-1" and world.lock()["pending"]
+    release_lock(world.ddb, world.table, "run-other-1", keep_pending=False)
+    # older than the start function's timeout: that invocation is gone, the lock is stale
+    _snapshotting(world, "run-gone-1", planned.dataset_id, acquired_at="2024-05-14T09:30:12.000000Z")
+    started = world.start()
+    assert started.status == "started" and world.lock()["holder"] == started.run_id
+    assert world.jobs() == [started.job_name]
+
+
+def test_start_timeout_constant_is_the_template_timeout() -> None:
+    resources = load_template()["Resources"]
+    assert resources["StartTrainingFunction"]["Properties"]["Timeout"] == training.START_TIMEOUT_SECONDS
 
 
 # ---------------------------------------------------------------- a training lock that heals (lost events)

@@ -9,6 +9,9 @@ Flow of :func:`start_training`:
    anything is written.
 3. The lock item ``LOCK/TRAINING`` (attribute ``holder`` = run id) decides:
 
+   * held by an invocation still writing its snapshot (no run record yet, lock younger than
+     :data:`START_TIMEOUT_SECONDS`) -> retry later (same dataset) or ``pending`` (another dataset); a lock
+     with no run record that is older than that, or held by a finished run, is stale and released;
    * held by a run of the same dataset -> ``duplicate`` (a run still ``starting`` for more than
      :data:`RESUME_AFTER_SECONDS` is resumed instead: the job is created if it does not exist yet);
    * held by a run of another dataset -> ``pending`` (``pending=true`` on the lock item; the run's
@@ -68,6 +71,9 @@ from trashsorter.training_request import (
     quota_message,
 )
 
+# The start-training function's Timeout in template.yaml (a test keeps them equal): a lock whose holder has
+# no run record yet is being snapshotted by a live invocation until then, and is stale after it.
+START_TIMEOUT_SECONDS = 300
 RESUME_AFTER_SECONDS = 90  # a run "starting" for longer than this was abandoned by a failed invocation
 MAX_LOCK_ROUNDS = 5
 THROTTLING_CODES = frozenset(
@@ -264,6 +270,20 @@ def start_training(
         holder = str(lock.get("holder") or "")
         if holder:
             holder_run = runs.get_run(table, holder, ddb=ddb)
+            if holder_run is None and age_seconds(str(lock.get("acquired_at", ""))) < START_TIMEOUT_SECONDS:
+                # taken by an invocation that is still writing its snapshot (the run record comes after)
+                if lock.get("holder_dataset_id") == plan.dataset_id:
+                    raise TransientError(f"run {holder} is writing the snapshot of {plan.dataset_id}; retry")
+                if runs.mark_pending(ddb, table, holder, reason=reason, dataset_id=plan.dataset_id):
+                    return StartOutcome(
+                        "pending",
+                        holder,
+                        "",
+                        plan.dataset_id,
+                        f"run {holder} is writing its snapshot; dataset {plan.dataset_id} will be "
+                        "re-checked when it ends",
+                    )
+                continue
             if holder_run is None or holder_run.get("status") in FINAL_RUN_STATUSES:
                 logger.warning("releasing a stale training lock", extra={"holder": holder})
                 runs.release_lock(ddb, table, holder, keep_pending=bool(lock.get("pending")), reason="stale")
