@@ -229,3 +229,10 @@ def test_reuse_window_ends_a_margin_and_a_whole_job_before_the_lifecycle_rule_ex
     # spot: the longest wait counts; a rule too short for margin + job, or unknown, means reuse nothing
     assert reuse_window(60, 14 * 86400) == timedelta(days=44)
     assert reuse_window(2, 0) == reuse_window(3, 2 * 86400) == reuse_window(None) == timedelta(0)
+
+
+def test_a_shared_client_has_a_connection_for_every_thread_that_stores_a_snapshot() -> None:
+    from trashsorter import aws
+    from trashsorter.dataset_store import STORE_WORKERS
+
+    assert aws.client("s3").meta.config.max_pool_connections == aws.MAX_POOL_CONNECTIONS >= STORE_WORKERS

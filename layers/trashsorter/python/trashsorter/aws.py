@@ -17,7 +17,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter.errors import TransientError
 
-_RETRIES = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+# Connections per client: at least the threads that share one (dataset_store.STORE_WORKERS, tested), so no
+# connection is opened and thrown away ("Connection pool is full").
+MAX_POOL_CONNECTIONS = 32
+_RETRIES = Config(
+    retries={"max_attempts": 8, "mode": "standard"},
+    connect_timeout=5,
+    read_timeout=60,
+    max_pool_connections=MAX_POOL_CONNECTIONS,
+)
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
 
