@@ -278,6 +278,16 @@ def test_crossval_fold_zero_is_the_hash_validation_split() -> None:
         assert 0 <= crossval.fold_of(content, 5) < 5
 
 
+def test_crossval_learning_curve_keeps_a_hash_chosen_share_of_the_training_images() -> None:
+    photos = [p.read_bytes() for p in sorted(SAMPLES.glob("*/*.jpg"))]
+    kept = [crossval.kept_for_training(content, 0.75) for content in photos]
+    assert 0.65 < sum(kept) / len(photos) < 0.85
+    assert all(crossval.kept_for_training(content, 1.0) for content in photos)
+    # independent of the fold: every fold keeps part of its photos
+    assert {crossval.fold_of(c, 5) for c, k in zip(photos, kept, strict=True) if k} == set(range(5))
+    assert kept == [crossval.kept_for_training(content, 0.75) for content in photos]  # deterministic
+
+
 @pytest.mark.slow
 def test_crossval_runs_every_fold_on_real_photos() -> None:
     samples, labels = tiny_samples(4, 0)
