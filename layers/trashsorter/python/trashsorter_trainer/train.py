@@ -4,16 +4,21 @@ Schedule (fast on 2 cores, see docs/local-training.md):
 
 1. decode every image once; validation images and the device use :func:`data.preprocess`;
 2. run the frozen part of the network ONCE per cached view: ``views`` augmented views of each training
-   image, the preprocessed validation images (and their horizontal flips with ``flip_tta``). By default
+   image, the preprocessed validation images (and their horizontal flips with ``flip_tta``), with
+   ``refit`` also ``views`` augmented views of each validation image (drawn last). By default
    (``finetune_blocks = -1``) the whole backbone + head conv + pooling is frozen and the cache holds the
    pooled 1280-d features; ``finetune_blocks = k >= 0`` caches the activations before the last ``k``
    blocks and fine-tunes those blocks + the head conv;
 3. train the tail (dropout + a new linear classifier, plus the fine-tuned blocks if any) with AdamW +
    cosine decay + label smoothing (optionally class-balanced) on those cached features for ``epochs``
    epochs (one epoch = every cached view once), reporting ``progress`` after each epoch;
-4. export normalisation + backbone + head + softmax (+ the flip-TTA average) to ``model.onnx``, evaluate
-   the validation set WITH onnxruntime (the shipped artifact), write ``labels.txt``, ``metrics.json``,
-   ``confusion_matrix.png``, ``model.json`` and pack them into ``model.tar.gz``.
+4. export normalisation + backbone + head + softmax (+ the flip-TTA average) of this split run, evaluate
+   the validation set WITH onnxruntime on that graph: every reported metric;
+5. with ``refit`` (default): train a fresh tail with the same schedule on the train + validation views and
+   export THAT as ``model.onnx`` (the split run's graph stays as ``split_model.onnx``; ``metrics["refit"]``
+   records it and the shipped graph's answers on the validation images); without it the split run's graph
+   is ``model.onnx``. Write ``labels.txt``, ``metrics.json``, ``confusion_matrix.png``, ``model.json`` and
+   pack them into ``model.tar.gz``.
 
 The model of the LAST epoch is exported (no selection on the validation set).
 """
