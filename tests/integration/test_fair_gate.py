@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.support.fixtures.model_artifacts import mxnet_model_tar, tar_bytes
 from tests.support.pack import JOB, Pack, handle
 from trashsorter import registry
@@ -69,3 +71,18 @@ def test_on_the_same_images_a_collapsed_class_is_rejected(pack: Pack) -> None:
     model = _champion_then(pack, onnx_tar(0.9125, (0.99, 0.7, 0.99), champion))
     assert model["gate_passed"] is False
     assert "recall of Landfill dropped by 0.2500" in model["gate_reason"]
+
+
+@pytest.mark.parametrize("floor", ["0", "0.5"])
+def test_the_first_model_with_a_collapsed_class_meets_the_per_class_floor(pack: Pack, floor: str) -> None:
+    """No champion yet: MaxRecallDrop has nothing to compare with; MinClassRecall (off by default) does."""
+    pack.start_run(JOB, artifact=onnx_tar(0.86, (0.95, 0.0, 0.97), None))
+    event = pack.event("training_completed.json", JOB, accuracy=0.86)
+    handle(event, pack.settings(MIN_CLASS_RECALL=floor), ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+    model = registry.get_model(JOB, table_name=pack.table, ddb=pack.ddb)
+    assert model is not None
+    if floor == "0":
+        assert model["gate_passed"] is True and model["status"] == "champion", model["gate_reason"]
+    else:
+        assert model["gate_passed"] is False and model["status"] != "champion"
+        assert model["gate_reason"] == "recall of Landfill is 0.0000, below the per-class floor 0.5000"

@@ -136,8 +136,14 @@ def test_entry_point_runs_as_the_container_runs_it(tmp_path: Path) -> None:
     done = run_container(root, env)
     assert done.returncode == 0, done.stdout + done.stderr
     model_dir = root / "model"
-    assert {"model.onnx", "labels.txt", "metrics.json", "model.json"} <= {p.name for p in model_dir.iterdir()}
+    assert {"model.onnx", "split_model.onnx", "labels.txt", "metrics.json", "model.json"} <= {
+        p.name for p in model_dir.iterdir()
+    }
     metrics = json.loads((model_dir / "metrics.json").read_text())
+    # refit by default: model.onnx trained again on train + validation, the metrics from the split run
+    refit = metrics["refit"]
+    assert refit["on"] == "train+validation" and refit["reported_metrics_from"] == "split run"
+    assert refit["images"] == metrics["train_count"] + metrics["validation_count"]
     logged = contract.parse_metrics(done.stdout.splitlines())
     # MetricDefinitions turn the log into the final metrics, equal to metrics.json's
     assert logged["validation:accuracy"] == pytest.approx(metrics["validation_accuracy"], abs=1e-6)
@@ -159,11 +165,14 @@ def test_entry_point_runs_as_the_container_runs_it(tmp_path: Path) -> None:
         truth.append(int(class_index))
         image = (root / "input" / "data" / "validation" / key).read_bytes()
         predicted.append(labels.index(classifier.predict(image)[0][0]))
-    assert report.confusion_matrix(truth, predicted, len(labels)) == metrics["confusion_matrix"]
+    # the device answers exactly as the trainer evaluated the SHIPPED graph on those photos
+    shipped = refit["shipped_validation_confusion_matrix"]
+    assert report.confusion_matrix(truth, predicted, len(labels)) == shipped
 
-    # report.html: one self-contained file, a thumbnail for every misclassified validation photo
+    # report.html: one self-contained file, a thumbnail for every validation photo the split run got wrong
     page = (model_dir / "report.html").read_text()
-    wrong = sum(truth[i] != predicted[i] for i in range(len(truth)))
+    wrong = len(truth) - sum(metrics["confusion_matrix"][i][i] for i in range(len(labels)))
+    assert "was refit on train+validation" in page
     assert page.count("<figure>") == wrong and page.count("data:image/jpeg;base64,") == wrong
     assert f"{metrics['validation_accuracy']:.4f}" in page and 'src="http' not in page
     assert "No champion was evaluated" in page
@@ -175,7 +184,9 @@ def test_entry_point_runs_as_the_container_runs_it(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     metrics2 = json.loads((second / "model" / "metrics.json").read_text())
     champion = metrics2["champion"]
-    assert champion["confusion_matrix"] == metrics["confusion_matrix"]  # same model, same split
+    # a refit champion is scored with its split run's graph (its model.onnx learnt these validation photos)
+    assert champion["graph"] == "split_model.onnx"
+    assert champion["confusion_matrix"] == metrics["confusion_matrix"]  # same split-run graph, same split
     assert "No champion was evaluated" not in (second / "model" / "report.html").read_text()
     assert contract.parse_metrics(again.stdout.splitlines())["champion:validation:accuracy"] == (
         pytest.approx(metrics["validation_accuracy"], abs=1e-6)

@@ -56,3 +56,25 @@ def test_below_the_minimum_never_deploys_and_no_champion_is_todays_gate() -> Non
     fair = evaluate_fair_gate(evaluation(ok, None), **GATE)
     today = evaluate_gate(0.85, None, min_accuracy=0.8, tolerance=0.02, champion_id="m-old")
     assert fair == today and fair.passed
+
+
+def test_the_per_class_floor_stops_a_first_model_with_a_collapsed_class() -> None:
+    collapsed = scores(0.86, (0.95, 0.0, 0.97))  # no champion yet, accuracy over the minimum, Landfill 0
+    assert evaluate_fair_gate(evaluation(collapsed, None), **GATE).passed  # floor off (the default): deploys
+    decision = evaluate_fair_gate(evaluation(collapsed, None), **{**GATE, "min_class_recall": 0.5})
+    assert not decision.passed
+    assert decision.reason == "recall of Landfill is 0.0000, below the per-class floor 0.5000"
+    healthy = scores(0.86, (0.9, 0.5, 0.9))  # exactly at the floor: deploys, and says so
+    passed = evaluate_fair_gate(evaluation(healthy, None), **{**GATE, "min_class_recall": 0.5})
+    assert passed.passed and "every class's recall >= 0.5000" in passed.reason
+
+
+def test_the_floor_also_holds_against_a_champion_that_is_worse_on_that_class() -> None:
+    champion = scores(0.82, (0.9, 0.2, 0.9))
+    challenger = scores(0.88, (0.95, 0.3, 0.95))  # better everywhere, but Landfill still under the floor
+    assert evaluate_fair_gate(evaluation(challenger, champion), **GATE).passed
+    floored = evaluate_fair_gate(evaluation(challenger, champion), **{**GATE, "min_class_recall": 0.4})
+    assert not floored.passed and "recall of Landfill is 0.3000" in floored.reason
+    # without per-class scores the floor cannot be checked: no deployment rather than a silent pass
+    bare = {"validation_accuracy": 0.9}
+    assert not evaluate_fair_gate(bare, **{**GATE, "min_class_recall": 0.4}).passed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,14 @@ from trashsorter_trainer import data, report
 from trashsorter_trainer.data import Sample, preprocess
 from trashsorter_trainer.errors import TrainerError as TrainingError
 from trashsorter_trainer.model import HEAD_ONLY, TrashClassifier, load_backbone, pretrained_weights_path
-from trashsorter_trainer.train import ARTIFACT_MEMBERS, TrainConfig, TrainResult, run_onnx, train
+from trashsorter_trainer.train import (
+    ARTIFACT_MEMBERS,
+    SPLIT_MODEL_FILE,
+    TrainConfig,
+    TrainResult,
+    run_onnx,
+    train,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 TINY = TrainConfig(epochs=1, views=1, image_size=128, batch_size=8, threads=2)
@@ -65,7 +73,7 @@ def test_only_the_tail_is_trainable() -> None:
 @pytest.mark.slow
 def test_tiny_training_writes_the_artifact(trained: TrainResult) -> None:
     with tarfile.open(trained.archive) as tar:
-        assert sorted(tar.getnames()) == sorted(ARTIFACT_MEMBERS)
+        assert sorted(tar.getnames()) == sorted([*ARTIFACT_MEMBERS, SPLIT_MODEL_FILE])  # refit by default
         labels = tar.extractfile("labels.txt").read().decode().split()  # type: ignore[union-attr]
         png = tar.extractfile("confusion_matrix.png").read()  # type: ignore[union-attr]
     assert labels == ["Compost", "Recycling"]
@@ -103,6 +111,39 @@ def test_metrics_json_fields(trained: TrainResult) -> None:
         {k: v for k, v in metrics["history"][0].items()}
     ]  # one progress report per epoch, the same numbers as the history
     assert {"epoch", "epochs", "train_loss", "val_accuracy"} <= set(metrics["history"][0])
+
+
+@pytest.mark.slow
+def test_refit_ships_a_graph_trained_on_train_and_validation(
+    trained: TrainResult, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    metrics = json.loads((trained.output_dir / "metrics.json").read_text())
+    refit = metrics["refit"]
+    assert refit["on"] == "train+validation" and refit["images"] == 10
+    assert refit["reported_metrics_from"] == "split run" and refit["evaluated_graph"] == SPLIT_MODEL_FILE
+    samples, labels = tiny_samples()
+    validation = [s for s in samples if s.split == "validation"]
+    batch = np.stack([preprocess(s.data, 128) for s in validation])
+    split_probs = run_onnx(trained.output_dir / SPLIT_MODEL_FILE, batch)
+    shipped_probs = run_onnx(trained.output_dir / "model.onnx", batch)
+    # the reported metrics describe the split run's graph; the refit recorded what the shipped one answers
+    truth = [labels.index(s.label) for s in validation]
+    assert report.confusion_matrix(truth, split_probs.argmax(1).tolist(), 2) == metrics["confusion_matrix"]
+    assert (
+        report.confusion_matrix(truth, shipped_probs.argmax(1).tolist(), 2)
+        == (refit["shipped_validation_confusion_matrix"])
+    )
+    np.testing.assert_allclose(trained.validation_probabilities, split_probs, atol=1e-6)  # type: ignore[arg-type]
+    np.testing.assert_allclose(trained.shipped_probabilities, shipped_probs, atol=1e-6)  # type: ignore[arg-type]
+    assert not np.allclose(split_probs, shipped_probs, atol=1e-4)  # another tail really ships
+
+    # switched off (local_refit=0): one graph, the split run's, ships as model.onnx
+    off = TrainConfig.from_hyperparameters({"local_refit": "0", "epochs": "1", "local_views": "1"})
+    assert not off.refit and TrainConfig().refit
+    plain = train(samples, labels, tmp_path_factory.mktemp("no-refit"), replace(TINY, refit=False))
+    assert plain.metrics["refit"] is None and SPLIT_MODEL_FILE not in plain.members
+    assert not (plain.output_dir / SPLIT_MODEL_FILE).exists()
+    np.testing.assert_allclose(run_onnx(plain.output_dir / "model.onnx", batch), split_probs, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -235,6 +276,16 @@ def test_crossval_fold_zero_is_the_hash_validation_split() -> None:
         is_validation = data.hash_split(hashlib.sha256(content).hexdigest(), 0.2) == "validation"
         assert (crossval.fold_of(content, 5) == 0) == is_validation
         assert 0 <= crossval.fold_of(content, 5) < 5
+
+
+def test_crossval_learning_curve_keeps_a_hash_chosen_share_of_the_training_images() -> None:
+    photos = [p.read_bytes() for p in sorted(SAMPLES.glob("*/*.jpg"))]
+    kept = [crossval.kept_for_training(content, 0.75) for content in photos]
+    assert 0.65 < sum(kept) / len(photos) < 0.85
+    assert all(crossval.kept_for_training(content, 1.0) for content in photos)
+    # independent of the fold: every fold keeps part of its photos
+    assert {crossval.fold_of(c, 5) for c, k in zip(photos, kept, strict=True) if k} == set(range(5))
+    assert kept == [crossval.kept_for_training(content, 0.75) for content in photos]  # deterministic
 
 
 @pytest.mark.slow

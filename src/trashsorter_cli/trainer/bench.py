@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_seconds": round(cpu_seconds() - cpu_before, 1),
             "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "phase_seconds": m["phase_seconds"],
+            # the refit (model.onnx trained again on train + validation): what ships; the numbers above
+            # are the split run's
+            "refit": {k: m["refit"][k] for k in ("on", "images", "seconds")} if m["refit"] else None,
             "backbone_images_per_second": m["backbone_images_per_second"],
             "onnx_max_abs_diff": m["onnx_max_abs_diff"],
             "threads": m["threads"],

@@ -1,7 +1,8 @@
 """K-fold cross-validation of the local trainer's settings over ALL photos (how the defaults were chosen).
 
 ``python -m trashsorter_cli.trainer.crossval --samples samples/trashnet [--folds 5]
-[--hyperparameters '{"epochs": "10"}'] [--grid '[{"local_dropout": "0.2"}, {"local_finetune_blocks": "1"}]']``
+[--hyperparameters '{"epochs": "10"}'] [--grid '[{"local_dropout": "0.2"}, {"local_finetune_blocks": "1"}]']
+[--train-fractions 0.75,1]``
 
 Folds come from the content hash (fold = first 8 hex digits of the SHA-256 x folds / 2**32), so with 5
 folds, fold 0 is exactly the trainer's 20 % hash validation split. The frozen part of the network runs
@@ -53,6 +54,12 @@ def fold_of(data: bytes, folds: int) -> int:
     return int(hashlib.sha256(data).hexdigest()[:8], 16) * folds // 0x1_0000_0000
 
 
+def kept_for_training(data: bytes, fraction: float) -> bool:
+    """Whether an image stays in a fold's training set when only ``fraction`` of it is used (the learning
+    curve: hash digits 8-16, independent of the fold digits)."""
+    return int(hashlib.sha256(data).hexdigest()[8:16], 16) / 0x1_0000_0000 < fraction
+
+
 def _feature_key(config: TrainConfig) -> tuple[int, int, int]:
     return (config.finetune_blocks, config.image_size, config.seed)
 
@@ -83,17 +90,20 @@ def evaluate(
     folds: Sequence[int],
     config: TrainConfig,
     features: Mapping[str, torch.Tensor],
+    train_fraction: float = 1.0,
 ) -> dict[str, Any]:
-    """Train a fresh tail per fold on the cached features and score the held-out fold."""
+    """Train a fresh tail per fold on the cached features and score the held-out fold (training on the
+    ``train_fraction`` of each fold's training images chosen by :func:`kept_for_training`)."""
     index = {label: i for i, label in enumerate(labels)}
     y = torch.tensor([index[s.label] for s in samples])
     fold_ids = torch.tensor(folds)
+    kept = torch.tensor([kept_for_training(s.data, train_fraction) for s in samples])
     accuracies: list[float] = []
     truth: list[int] = []
     predicted: list[int] = []
     errors: Counter[str] = Counter()
     for k in sorted(set(folds)):
-        train_mask, test_mask = fold_ids != k, fold_ids == k
+        train_mask, test_mask = (fold_ids != k) & kept, fold_ids == k
         bank = features["views"][: config.views, train_mask].reshape(-1, *features["views"].shape[2:])
         y_bank = y[train_mask].repeat(config.views)
         model = build_model(len(labels), config)
@@ -126,8 +136,10 @@ def crossvalidate(
     settings: Sequence[Mapping[str, Any]],
     folds: int = 5,
     base: Mapping[str, Any] | None = None,
+    train_fractions: Sequence[float] = (1.0,),
 ) -> list[dict[str, Any]]:
-    """Cross-validate each hyperparameter override in ``settings`` (merged onto ``base``)."""
+    """Cross-validate each hyperparameter override in ``settings`` (merged onto ``base``), once per
+    ``train_fractions`` entry: each fold trains on that share of its training images (a learning curve)."""
     fold_ids = [fold_of(s.data, folds) for s in samples]
     configs = [TrainConfig.from_hyperparameters({**(base or {}), **override}) for override in settings]
     configure_threads(configs[0].threads)
@@ -139,14 +151,17 @@ def crossvalidate(
         started = time.perf_counter()
         if key not in cache:
             cache[key] = cached_features(samples, config, needed)
-        featured = time.perf_counter()
-        result = evaluate(samples, labels, fold_ids, config, cache[key])
-        result["setting"] = dict(override)
-        result["seconds"] = {
-            "features": round(featured - started, 2),
-            "folds": round(time.perf_counter() - featured, 2),
-        }
-        results.append(result)
+        for fraction in train_fractions:
+            featured = time.perf_counter()
+            result = evaluate(samples, labels, fold_ids, config, cache[key], fraction)
+            result["setting"] = dict(override)
+            result["train_fraction"] = fraction
+            result["seconds"] = {
+                "features": round(featured - started, 2),
+                "folds": round(time.perf_counter() - featured, 2),
+            }
+            results.append(result)
+            started = time.perf_counter()
     return results
 
 
@@ -159,13 +174,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--hyperparameters", default="{}", help="JSON applied to every setting")
     parser.add_argument("--grid", default="[{}]", help="JSON list of hyperparameter overrides to compare")
+    parser.add_argument(
+        "--train-fractions",
+        default="1",
+        help="comma-separated shares of each fold's training images to train on (learning curve)",
+    )
     args = parser.parse_args(argv)
     root = Path(args.samples)
     mapping_path = args.mapping or (root / "mapping.json" if (root / "mapping.json").is_file() else None)
     mapping = load_mapping(mapping_path) if mapping_path else None
     samples, labels = samples_from_directory(root, mapping)
     results = crossvalidate(
-        samples, labels, json.loads(args.grid), args.folds, json.loads(args.hyperparameters)
+        samples,
+        labels,
+        json.loads(args.grid),
+        args.folds,
+        json.loads(args.hyperparameters),
+        [float(x) for x in args.train_fractions.split(",")],
     )
     print(
         json.dumps(

@@ -340,6 +340,7 @@ def _register(
             min_accuracy=settings.min_validation_accuracy,
             tolerance=settings.champion_tolerance,
             max_recall_drop=settings.max_recall_drop,
+            min_class_recall=settings.min_class_recall,
             champion_id=str((champion or {}).get("model_id", "")),
         )
     else:  # the built-in algorithm (or a champion the job could not evaluate): today's gate

@@ -81,12 +81,15 @@ def evaluate_fair_gate(
     min_accuracy: float,
     tolerance: float,
     max_recall_drop: float,
+    min_class_recall: float = 0.0,
     champion_id: str = "",
 ) -> GateDecision:
     """The gate on ONE split: the trainer's ``metrics.json`` holds the challenger's and (``champion``) the
     champion's scores on the challenger's validation images. Deploy when the challenger is >= the minimum,
-    not worse than the champion on that split by more than ``tolerance``, and no class's recall dropped by
-    more than ``max_recall_drop``. Without a ``champion`` section, :func:`evaluate_gate` applies as before."""
+    every class's recall is >= ``min_class_recall`` (an absolute floor, with or without a champion; 0 = off),
+    it is not worse than the champion on that split by more than ``tolerance``, and no class's recall dropped
+    by more than ``max_recall_drop``. Without a ``champion`` section and with the floor off,
+    :func:`evaluate_gate` applies as before."""
     eps = 1e-9
     accuracy = evaluation.get("validation_accuracy")
     champion = evaluation.get("champion") or {}
@@ -97,9 +100,21 @@ def evaluate_fair_gate(
         tolerance=tolerance,
         champion_id=champion_id,
     )
-    if not base.passed or not champion:
+    if not base.passed:
         return base
     ours = evaluation.get("per_class") or {}
+    if min_class_recall > 0:
+        lowest = min(((float(c["recall"]), label) for label, c in ours.items()), default=None)
+        if lowest is None:
+            return GateDecision(False, f"no per-class recall reported for the floor {min_class_recall:.4f}")
+        if lowest[0] + eps < min_class_recall:
+            return GateDecision(
+                False,
+                f"recall of {lowest[1]} is {lowest[0]:.4f}, below the per-class floor {min_class_recall:.4f}",
+            )
+        base = GateDecision(True, f"{base.reason}; every class's recall >= {min_class_recall:.4f}")
+    if not champion:
+        return base
     theirs = champion.get("per_class") or {}
     drops = {
         label: float(theirs[label]["recall"]) - float(ours[label]["recall"])

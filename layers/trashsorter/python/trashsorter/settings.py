@@ -142,6 +142,8 @@ class PackageSettings(CommonSettings):
     champion_tolerance: float = Field(default=0.02, alias="CHAMPION_TOLERANCE", ge=0, le=1)
     # per-class guard of the fair gate: no class's recall may drop by more than this vs the champion
     max_recall_drop: float = Field(default=0.1, alias="MAX_RECALL_DROP", ge=0, le=1)
+    # absolute per-class floor of the fair gate (every class's recall >= this; 0 = off)
+    min_class_recall: float = Field(default=0.0, alias="MIN_CLASS_RECALL", ge=0, le=1)
     deeplens_group_id: str = Field(default="", alias="DEEPLENS_GROUP_ID")
     deeplens_function_arn: str = Field(default="", alias="DEEPLENS_FUNCTION_ARN")
     edge_thing_group_arn: str = Field(default="", alias="EDGE_THING_GROUP_ARN")

@@ -5,7 +5,8 @@ standard library, never the Lambda layer's ``trashsorter`` package nor the CLI, 
 SageMaker script-mode source (``sourcedir.tar.gz``, see :mod:`trashsorter_trainer.sourcedir`).
 
 Submodules: ``data`` (Pillow/numpy only: decoding, THE preprocessing shared with the device, augmentation),
-``model``, ``train`` (``train()``, ``train_from_directory()``), ``report`` (metrics, confusion matrix),
+``model``, ``config`` (``TrainConfig``: the schedule, the hyperparameter mapping), ``train`` (``train()``,
+``train_from_directory()``; the split run, then the refit), ``report`` (metrics, confusion matrix),
 ``entry`` (the container entry point: SM_CHANNEL_* in, SM_MODEL_DIR out, metric lines on stdout),
 ``sourcedir`` (the deterministic, content-addressed ``sourcedir.tar.gz``; stdlib only, used by the
 start-training Lambda). ``requirements.txt`` pins what the PyTorch training container installs.

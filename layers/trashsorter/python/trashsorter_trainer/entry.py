@@ -116,8 +116,13 @@ def champion_model(env: Mapping[str, str], work: Path) -> Path | None:
 
 
 def evaluate_champion(folder: Path, samples: list[Sample], labels: list[str]) -> dict[str, Any] | None:
-    """The champion's metrics on the challenger's validation samples (None when the labels differ)."""
-    from trashsorter_trainer.train import run_onnx
+    """The champion's metrics on the challenger's validation samples (None when the labels differ).
+
+    A refit champion (``split_model.onnx`` beside ``model.onnx``) is scored with its SPLIT run's graph: the
+    deployed refit graph was trained on the champion's validation images, which the hash-stable split keeps
+    on this job's validation side, so scoring it there would compare a model on images it learnt against
+    one that never saw them. Both sides of the gate are then split-run graphs (no validation image seen)."""
+    from trashsorter_trainer.train import SPLIT_MODEL_FILE, run_onnx
 
     champion_labels = [x.strip() for x in (folder / "labels.txt").read_text().splitlines() if x.strip()]
     if champion_labels != labels:
@@ -127,8 +132,9 @@ def evaluate_champion(folder: Path, samples: list[Sample], labels: list[str]) ->
     card = folder / "model.json"
     if card.is_file():
         size = int(json.loads(card.read_text())["input"]["shape"][-1])
+    graph = SPLIT_MODEL_FILE if (folder / SPLIT_MODEL_FILE).is_file() else "model.onnx"
     batch = np.stack([preprocess(s.data, size) for s in samples])
-    predicted = run_onnx(folder / "model.onnx", batch).argmax(1).tolist()
+    predicted = run_onnx(folder / graph, batch).argmax(1).tolist()
     truth = [labels.index(s.label) for s in samples]
     scores = report.classification_metrics(report.confusion_matrix(truth, predicted, len(labels)), labels)
     return {
@@ -136,6 +142,7 @@ def evaluate_champion(folder: Path, samples: list[Sample], labels: list[str]) ->
         "per_class": scores["per_class"],
         "confusion_matrix": scores["confusion_matrix"],
         "validation_count": len(samples),
+        "graph": graph,
     }
 
 
@@ -162,7 +169,7 @@ def misclassified(result: Any, labels: list[str]) -> list[dict[str, Any]]:
 
 def run(env: Mapping[str, str]) -> dict[str, Any]:
     """Train from the channels into the model dir; returns metrics.json's content."""
-    from trashsorter_trainer.train import ARTIFACT_MEMBERS, TrainConfig, train
+    from trashsorter_trainer.train import TrainConfig, train
 
     model_dir = Path(env.get("SM_MODEL_DIR", f"{OPT_ML}/model"))
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +195,7 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
         if champion_dir is not None:
             validation = [s for s in samples if s.split == "validation"]
             metrics["champion"] = evaluate_champion(champion_dir, validation, labels)
-        for name in ARTIFACT_MEMBERS:
+        for name in result.members:
             shutil.copy2(work / "out" / name, model_dir / name)
         (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (model_dir / "report.html").write_text(report.render_html(metrics, misclassified(result, labels)))

@@ -108,6 +108,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _refit_note(refit: Mapping[str, Any] | None) -> str:
+    if not refit:
+        return "<p>The shipped model.onnx is the graph these numbers were measured on.</p>"
+    keys = ("on", "reported_metrics_from", "evaluated_graph")
+    on, source, graph = (html.escape(str(refit[k])) for k in keys)
+    return (
+        f"<p>The shipped model.onnx was refit on {on} ({refit['images']} images) with the same schedule; "
+        f"every number on this page is from the {source} ({graph}, trained without the validation "
+        "images).</p>"
+    )
+
+
 def render_html(
     metrics: Mapping[str, Any],
     misclassified: Sequence[Mapping[str, Any]],
@@ -125,6 +137,7 @@ def render_html(
         f"<p>validation accuracy <b>{float(metrics['validation_accuracy']):.4f}</b> on "
         f"{metrics['validation_count']} images (the exported ONNX graph); train accuracy "
         f"{float(metrics['train_accuracy']):.4f}; {metrics['train_count']} training images.</p>",
+        _refit_note(metrics.get("refit")),
         "<h2>Per class</h2>",
         _table(
             ["class", "precision", "recall", "F1", "support"],

@@ -4,16 +4,21 @@ Schedule (fast on 2 cores, see docs/local-training.md):
 
 1. decode every image once; validation images and the device use :func:`data.preprocess`;
 2. run the frozen part of the network ONCE per cached view: ``views`` augmented views of each training
-   image, the preprocessed validation images (and their horizontal flips with ``flip_tta``). By default
+   image, the preprocessed validation images (and their horizontal flips with ``flip_tta``), with
+   ``refit`` also ``views`` augmented views of each validation image (drawn last). By default
    (``finetune_blocks = -1``) the whole backbone + head conv + pooling is frozen and the cache holds the
    pooled 1280-d features; ``finetune_blocks = k >= 0`` caches the activations before the last ``k``
    blocks and fine-tunes those blocks + the head conv;
 3. train the tail (dropout + a new linear classifier, plus the fine-tuned blocks if any) with AdamW +
    cosine decay + label smoothing (optionally class-balanced) on those cached features for ``epochs``
    epochs (one epoch = every cached view once), reporting ``progress`` after each epoch;
-4. export normalisation + backbone + head + softmax (+ the flip-TTA average) to ``model.onnx``, evaluate
-   the validation set WITH onnxruntime (the shipped artifact), write ``labels.txt``, ``metrics.json``,
-   ``confusion_matrix.png``, ``model.json`` and pack them into ``model.tar.gz``.
+4. export normalisation + backbone + head + softmax (+ the flip-TTA average) of this split run, evaluate
+   the validation set WITH onnxruntime on that graph: every reported metric;
+5. with ``refit`` (default): train a fresh tail with the same schedule on the train + validation views and
+   export THAT as ``model.onnx`` (the split run's graph stays as ``split_model.onnx``; ``metrics["refit"]``
+   records it and the shipped graph's answers on the validation images); without it the split run's graph
+   is ``model.onnx``. Write ``labels.txt``, ``metrics.json``, ``confusion_matrix.png``, ``model.json`` and
+   pack them into ``model.tar.gz``.
 
 The model of the LAST epoch is exported (no selection on the validation set).
 """
@@ -27,7 +32,7 @@ import random
 import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +41,8 @@ import torch
 from torch import nn
 
 from trashsorter_trainer import report
+from trashsorter_trainer.config import TrainConfig
 from trashsorter_trainer.data import (
-    IMAGE_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     Sample,
@@ -60,130 +65,9 @@ from trashsorter_trainer.model import (
 )
 
 ARTIFACT_MEMBERS = ("model.onnx", "labels.txt", "metrics.json", "confusion_matrix.png", "model.json")
+# with the refit: the split run's graph (trained without the validation images), beside the shipped one
+SPLIT_MODEL_FILE = "split_model.onnx"
 Progress = Callable[[dict[str, Any]], None]
-
-# The recipe's learning_rate (0.01) is an SGD rate for full fine-tuning; the tail here is trained with
-# AdamW: lr = learning_rate * ADAMW_LR_SCALE (local_learning_rate overrides). 0.003 for the linear head
-# on frozen features was chosen by 5-fold cross-validation (crossval.py; 0.001 under-fits in 10 epochs).
-ADAMW_LR_SCALE = 0.3
-# The CUDA schedule (see TrainConfig.for_device): the last 8 MBConv blocks + head conv fine-tuned.
-GPU_SCHEDULE: dict[str, Any] = {"finetune_blocks": 8, "views": 16, "epochs": 20, "learning_rate": 1e-3}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What the local trainer does; :meth:`from_hyperparameters` maps the SageMaker recipe onto it."""
-
-    epochs: int = 10
-    learning_rate: float = 3e-3  # AdamW
-    batch_size: int = 32
-    image_size: int = IMAGE_SIZE
-    views: int = 4  # augmented views cached per training image
-    # trailing MBConv blocks trained: -1 = classifier only on frozen pooled features (default, chosen by
-    # 5-fold cross-validation, see crossval.py), 0 = head conv + classifier, k = last k blocks too
-    finetune_blocks: int = -1
-    weight_decay: float = 0.01
-    label_smoothing: float = 0.1
-    dropout: float = 0.5  # before the classifier
-    flip_tta: bool = True  # the exported graph averages the image and its left-right flip
-    class_balanced: bool = False  # loss weights inverse to class frequency
-    seed: int = 0
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    device: str = "cpu"  # "cpu" or "cuda" (from_hyperparameters picks cuda when torch sees a GPU)
-    amp: bool = True  # mixed precision (float16 autocast + grad scaling), on CUDA only
-
-    @classmethod
-    def for_device(cls, device: str) -> TrainConfig:
-        """The default schedule of a device: CPU = today's fast schedule (frozen features + linear head);
-        CUDA = fine-tune the last blocks of the backbone too, more augmented views and epochs, mixed
-        precision (time is cheap there). The CUDA schedule has not been measured on a GPU yet."""
-        if device == "cuda":
-            return cls(device="cuda", **GPU_SCHEDULE)
-        return cls(device="cpu")
-
-    @classmethod
-    def from_hyperparameters(cls, hyperparameters: Mapping[str, Any] | None = None) -> TrainConfig:
-        """Map SageMaker image-classification hyperparameters (strings) onto the local schedule.
-
-        ``epochs`` -> epochs; ``learning_rate`` (SGD) -> AdamW lr x0.3 (``local_learning_rate`` overrides);
-        ``mini_batch_size`` -> batch size; ``image_shape`` ("3,224,224") -> input size; ``local_views``,
-        ``local_finetune_blocks``, ``local_seed``, ``local_threads`` tune the local schedule. Other recipe
-        keys (num_layers, use_pretrained_model, num_training_samples ...) do not apply and are ignored.
-        """
-        hp = dict(hyperparameters or {})
-        try:
-            device = str(hp.get("device", "auto"))
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            if device not in ("cpu", "cuda"):
-                raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-            config = cls.for_device(device)
-            updates: dict[str, Any] = {}
-            if "epochs" in hp:
-                updates["epochs"] = int(hp["epochs"])
-            if "local_learning_rate" in hp:
-                updates["learning_rate"] = float(hp["local_learning_rate"])
-            elif "learning_rate" in hp:
-                updates["learning_rate"] = float(hp["learning_rate"]) * ADAMW_LR_SCALE
-            if "mini_batch_size" in hp:
-                updates["batch_size"] = int(hp["mini_batch_size"])
-            if "image_shape" in hp:
-                updates["image_size"] = int(str(hp["image_shape"]).split(",")[-1])
-            for key, name, kind in (
-                ("local_views", "views", int),
-                ("local_finetune_blocks", "finetune_blocks", int),
-                ("local_seed", "seed", int),
-                ("local_threads", "threads", int),
-                ("local_weight_decay", "weight_decay", float),
-                ("local_dropout", "dropout", float),
-                ("local_label_smoothing", "label_smoothing", float),
-            ):
-                if key in hp:
-                    updates[name] = kind(hp[key])
-            for key, name in (
-                ("local_flip_tta", "flip_tta"),
-                ("local_class_balanced", "class_balanced"),
-                ("amp", "amp"),
-            ):
-                if key in hp:
-                    updates[name] = _flag(key, hp[key])
-        except (TypeError, ValueError) as exc:
-            raise TrainerError(f"invalid hyperparameters {hp}: {exc}") from exc
-        config = replace(config, **updates)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        problems = []
-        if self.epochs < 1:
-            problems.append("epochs must be >= 1")
-        if not 0 < self.learning_rate < 1:
-            problems.append("learning rate must be in (0, 1)")
-        if self.batch_size < 1:
-            problems.append("batch size must be >= 1")
-        if not 32 <= self.image_size <= 512:
-            problems.append("image size must be in [32, 512]")
-        if self.views < 1:
-            problems.append("views must be >= 1")
-        if not -1 <= self.finetune_blocks <= NUM_BLOCKS:
-            problems.append(f"finetune_blocks must be in [-1, {NUM_BLOCKS}]")
-        if not 0 <= self.dropout < 1:
-            problems.append("dropout must be in [0, 1)")
-        if not 0 <= self.label_smoothing < 1:
-            problems.append("label smoothing must be in [0, 1)")
-        if self.device not in ("cpu", "cuda"):
-            problems.append("device must be cpu or cuda")
-        if problems:
-            raise TrainerError("invalid training configuration: " + "; ".join(problems))
-
-
-def _flag(key: str, value: Any) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{key} must be a boolean (1/0/true/false), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -191,10 +75,15 @@ class TrainResult:
     output_dir: Path
     archive: Path
     metrics: dict[str, Any]
-    model: TrashClassifier  # the trained torch model (eval mode), for tests and comparisons
-    # the shipped ONNX graph's probabilities on the validation samples (their order), for the report
+    model: TrashClassifier  # the shipped torch model (eval mode), for tests and comparisons
+    # the split run's ONNX graph's probabilities on the validation samples (their order): the reported
+    # metrics and the report's misclassified photos
     validation_probabilities: np.ndarray | None = None
     validation_samples: tuple[Sample, ...] = ()
+    members: tuple[str, ...] = ARTIFACT_MEMBERS  # the files of the artifact
+    # the SHIPPED graph's (model.onnx) probabilities on the same samples (== validation_probabilities
+    # without the refit): what the device answers
+    shipped_probabilities: np.ndarray | None = None
 
 
 def configure_threads(threads: int) -> int:
@@ -379,7 +268,8 @@ def _train(
     size = config.image_size
     # 1. decode once
     sources = [resize_short_side(decode(s.data, s.key), round(size * 1.15)) for s in train_samples]
-    val_arrays = [preprocess(decode(s.data, s.key), size) for s in val_samples]
+    val_images = [decode(s.data, s.key) for s in val_samples]
+    val_arrays = [preprocess(image, size) for image in val_images]
     y_train = torch.tensor([index[s.label] for s in train_samples])
     y_val = [index[s.label] for s in val_samples]
     decoded_at = time.perf_counter()
@@ -398,8 +288,16 @@ def _train(
     ]
     bank = torch.cat(views)
     y_bank = y_train.repeat(config.views).to(bank.device)
+    # the refit also trains on augmented views of the validation images (drawn after the training views,
+    # so the split run sees exactly the views it would see without the refit)
+    val_sources = [resize_short_side(im, round(size * 1.15)) for im in val_images] if config.refit else []
+    val_views = [
+        frozen_features(model, [augment(src, rng, size) for src in val_sources], config.batch_size, config)
+        for _ in range(config.views if config.refit else 0)
+    ]
     features_at = time.perf_counter()
     feature_images = len(bank) + len(val_bank) + (0 if val_flip_bank is None else len(val_flip_bank))
+    feature_images += sum(len(v) for v in val_views)
 
     # 3. train the tail on the cached features
     history: list[dict[str, Any]] = []
@@ -423,17 +321,44 @@ def _train(
     _, train_accuracy = fit_tail(model, bank, y_bank, config, after_epoch)
     trained_at = time.perf_counter()
 
-    # 4. export, evaluate the shipped ONNX graph, write the artifact
-    model.cpu().eval()
+    # 4. export, evaluate the split run's ONNX graph (every reported metric), write the artifact
     val_bank = val_bank.cpu()
     val_flip_bank = None if val_flip_bank is None else val_flip_bank.cpu()
-    onnx_path = export_onnx(model, out / "model.onnx", size)
-    torch_probs = tail_probabilities(model, val_bank, val_flip_bank, config.batch_size).numpy()
-    onnx_probs = run_onnx(onnx_path, np.stack(val_arrays))
-    max_diff = float(np.abs(onnx_probs - torch_probs).max())
+    val_batch = np.stack(val_arrays)
+    split_file = SPLIT_MODEL_FILE if config.refit else "model.onnx"
+    onnx_probs, max_diff = _export_and_run(
+        model, out / split_file, val_batch, val_bank, val_flip_bank, config
+    )
     predicted = onnx_probs.argmax(1).tolist()
     matrix = report.confusion_matrix(y_val, predicted, len(labels))
     scores = report.classification_metrics(matrix, labels)
+    evaluated_at = time.perf_counter()
+
+    # 5. the refit: the same schedule on train + validation images; THAT graph ships as model.onnx
+    shipped, shipped_probs, refit = model, onnx_probs, None
+    if config.refit:
+        shipped = build_model(len(labels), config).to(config.device)
+        y_refit = torch.cat([y_bank, torch.tensor(y_val).repeat(config.views).to(bank.device)])
+        refit_loss, refit_accuracy = fit_tail(shipped, torch.cat([bank, *val_views]), y_refit, config)
+        shipped_probs, refit_diff = _export_and_run(
+            shipped, out / "model.onnx", val_batch, val_bank, val_flip_bank, config
+        )
+        max_diff = max(max_diff, refit_diff)
+        refit = {
+            "on": "train+validation",
+            "images": len(train_samples) + len(val_samples),
+            "reported_metrics_from": "split run",
+            "evaluated_graph": SPLIT_MODEL_FILE,
+            "epochs": config.epochs,
+            "train_loss": round(refit_loss, 5),
+            "train_accuracy": round(refit_accuracy, 5),
+            # the shipped graph's answers on the validation images, which it was trained on: what the
+            # device must reproduce, NOT a held-out estimate (that is validation_accuracy, the split run)
+            "shipped_validation_confusion_matrix": report.confusion_matrix(
+                y_val, shipped_probs.argmax(1).tolist(), len(labels)
+            ),
+            "seconds": round(time.perf_counter() - evaluated_at, 3),
+        }
     (out / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
     report.draw_confusion_matrix(matrix, labels, out / "confusion_matrix.png")
     finished = time.perf_counter()
@@ -457,12 +382,14 @@ def _train(
         "class_counts": class_counts,
         "epochs": config.epochs,
         "history": history,
+        "refit": refit,
         "wall_time_seconds": round(wall, 3),
         "phase_seconds": {
             "decode": round(decoded_at - started, 3),
             "features": round(features_at - decoded_at, 3),
             "train": round(trained_at - features_at, 3),
-            "export_and_evaluate": round(finished - trained_at, 3),
+            "export_and_evaluate": round(evaluated_at - trained_at, 3),
+            "refit": round(finished - evaluated_at, 3),
         },
         "images_per_second": round(len(train_samples) * config.epochs / wall, 3),
         "backbone_images_per_second": round(feature_images / max(features_at - decoded_at, 1e-9), 3),
@@ -473,15 +400,35 @@ def _train(
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "model.json").write_text(json.dumps(model_card(labels, size), indent=2))
-    archive = pack(out, out / "model.tar.gz")
+    members = ARTIFACT_MEMBERS + ((SPLIT_MODEL_FILE,) if config.refit else ())
+    archive = pack(out, out / "model.tar.gz", members)
     return TrainResult(
         output_dir=out,
         archive=archive,
         metrics=metrics,
-        model=model,
+        model=shipped,
         validation_probabilities=onnx_probs,
         validation_samples=tuple(val_samples),
+        members=members,
+        shipped_probabilities=shipped_probs,
     )
+
+
+def _export_and_run(
+    model: TrashClassifier,
+    path: Path,
+    batch: np.ndarray,
+    bank: torch.Tensor,
+    flip_bank: torch.Tensor | None,
+    config: TrainConfig,
+) -> tuple[np.ndarray, float]:
+    """Export ``model`` to ``path``, run the graph with onnxruntime on ``batch``; returns its probabilities
+    and the largest difference to the torch tail on the cached features of the same images."""
+    model.cpu().eval()
+    export_onnx(model, path, config.image_size)
+    torch_probs = tail_probabilities(model, bank, flip_bank, config.batch_size).numpy()
+    onnx_probs = run_onnx(path, batch)
+    return onnx_probs, float(np.abs(onnx_probs - torch_probs).max())
 
 
 def cross_entropy(probabilities: np.ndarray, truth: Sequence[int]) -> float:
@@ -525,10 +472,10 @@ def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
     return np.asarray(result[0])
 
 
-def pack(directory: Path, archive: Path) -> Path:
-    """``model.tar.gz`` with the artifact members at its root."""
+def pack(directory: Path, archive: Path, members: Sequence[str] = ARTIFACT_MEMBERS) -> Path:
+    """``model.tar.gz`` with the artifact ``members`` at its root."""
     with tarfile.open(archive, "w:gz") as tar:
-        for name in ARTIFACT_MEMBERS:
+        for name in members:
             tar.add(directory / name, arcname=name)
     return archive
 
