@@ -67,3 +67,21 @@ def test_ctrl_c_stops_the_progress_bar_cleanly(monkeypatch: pytest.MonkeyPatch) 
     text = out.getvalue()
     assert text.rfind("\x1b[?25h") > text.rfind("\x1b[?25l")  # cursor shown after it was hidden
     assert text.removesuffix("\x1b[?25h").endswith("\n") and "3/10" in text
+
+
+def test_the_report_summary_names_the_bar_and_the_parameter_it_comes_from() -> None:
+    from trashsorter_cli.commands.report import summary, summary_lines
+
+    model = {
+        "model_id": "m-1",
+        "metrics": {"validation:accuracy": 0.84},
+        "evaluation": {"per_class": {"Compost": {"recall": 0.9}, "Landfill": {"recall": 0.45}}},
+    }
+    assert summary_lines(summary(model, (0.5, "MinClassRecall"))) == [
+        "accuracy 0.840; weakest class Landfill (recall 0.450)",
+        "recall below 0.50 (MinClassRecall): Landfill",
+    ]
+    assert summary_lines(summary(model, (0.4, "MinClassRecall"))) == [
+        "accuracy 0.840; weakest class Landfill (recall 0.450)"
+    ]
+    assert summary(model, None)["below_bar"] == [] and summary(model, None)["recall_bar_parameter"] is None

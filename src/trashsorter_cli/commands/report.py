@@ -3,9 +3,9 @@ where the package step keeps it (``models/<id>/report.html`` in the DeepLens buc
 record) to ``.trashsorter/reports/<model>/report.html``; works against the local and a deployed stack.
 
 Also the short summary ``train --wait`` and the demo end with: accuracy, the weakest class (per-class recall
-of the model's evaluation) and the classes under the per-class bar. The gate's per-class guard
-(MaxRecallDrop) is relative to the champion, not an absolute threshold, so the bar a class's recall is held
-to here is the stack's MinValidationAccuracy.
+of the model's evaluation) and the classes under the per-class bar: the gate's absolute floor MinClassRecall
+when the stack sets one (> 0), else the stack's MinValidationAccuracy (the gate's other per-class guard,
+MaxRecallDrop, is relative to the champion).
 """
 
 from __future__ import annotations
@@ -46,24 +46,32 @@ def _model(target: Target, model_id: str | None, ddb: Any) -> dict[str, Any]:
     return champion
 
 
-def recall_bar(target: Target) -> float | None:
-    """The bar a class's recall is held to: the stack's MinValidationAccuracy (see the module doc), as the
-    package function runs with it, else the stack's parameter; None when neither can be read."""
+def recall_bar(target: Target) -> tuple[float, str] | None:
+    """The bar a class's recall is held to and its parameter's name (see the module doc), as the package
+    function runs with them, else the stack's parameters; None when neither can be read."""
     try:
-        return float(target.settings(PackageSettings, "PackageFunction").min_validation_accuracy)
+        settings = target.settings(PackageSettings, "PackageFunction")
+        values = {
+            "MinClassRecall": float(settings.min_class_recall),
+            "MinValidationAccuracy": float(settings.min_validation_accuracy),
+        }
     except ConfigurationError:
-        pass
-    try:
-        stacks = target.client("cloudformation").describe_stacks(StackName=target.stack_name)["Stacks"]
-    except (ClientError, BotoCoreError):
-        return None
-    for parameter in stacks[0].get("Parameters", []) if stacks else []:
-        if parameter.get("ParameterKey") == "MinValidationAccuracy":
-            return float(parameter["ParameterValue"])
+        try:
+            stacks = target.client("cloudformation").describe_stacks(StackName=target.stack_name)["Stacks"]
+        except (ClientError, BotoCoreError):
+            return None
+        values = {
+            str(p["ParameterKey"]): float(p["ParameterValue"])
+            for p in (stacks[0].get("Parameters", []) if stacks else [])
+            if p.get("ParameterKey") in ("MinClassRecall", "MinValidationAccuracy")
+        }
+    for name in ("MinClassRecall", "MinValidationAccuracy"):
+        if values.get(name, 0.0) > 0:
+            return values[name], name
     return None
 
 
-def summary(model: dict[str, Any], bar: float | None) -> dict[str, Any]:
+def summary(model: dict[str, Any], bar: tuple[float, str] | None) -> dict[str, Any]:
     """Accuracy, the weakest class and the classes whose recall is under ``bar`` (from the evaluation the
     trainer wrote; the built-in algorithm has none: weakest None, below [])."""
     accuracy = (model.get("metrics") or {}).get(ACCURACY_METRIC)
@@ -78,8 +86,9 @@ def summary(model: dict[str, Any], bar: float | None) -> dict[str, Any]:
         "model_id": str(model.get("model_id", "")),
         "accuracy": float(accuracy) if accuracy is not None else None,
         "weakest": {"label": weakest[0], "recall": weakest[1]} if weakest else None,
-        "recall_bar": bar,
-        "below_bar": sorted(label for label, recall in recalls.items() if bar is not None and recall < bar),
+        "recall_bar": bar[0] if bar else None,
+        "recall_bar_parameter": bar[1] if bar else None,
+        "below_bar": sorted(label for label, recall in recalls.items() if bar and recall < bar[0]),
         "report_uri": str(model.get("report_uri") or ""),
     }
 
@@ -91,7 +100,8 @@ def summary_lines(facts: dict[str, Any]) -> list[str]:
         lines[0] += f"; weakest class {facts['weakest']['label']} (recall {facts['weakest']['recall']:.3f})"
     if facts["below_bar"]:
         lines.append(
-            f"recall below {facts['recall_bar']:.2f} (MinValidationAccuracy): {', '.join(facts['below_bar'])}"
+            f"recall below {facts['recall_bar']:.2f} ({facts['recall_bar_parameter']}): "
+            f"{', '.join(facts['below_bar'])}"
         )
     return lines
 
