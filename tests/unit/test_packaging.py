@@ -24,7 +24,8 @@ from trashsorter.artifacts import (
     repackage_onnx,
 )
 from trashsorter.errors import PackagingError
-from trashsorter.gate import ACCURACY_METRIC, evaluate_gate, metrics_from_detail
+from trashsorter.events import TrainingStateChange
+from trashsorter.gate import ACCURACY_METRIC, evaluate_gate, final_metrics
 from trashsorter.labels import parse as parse_labels
 
 LABELS = ["Compost", "Landfill", "Recycling"]
@@ -44,6 +45,11 @@ def _members(path: Path) -> dict[str, bytes]:
             assert handle is not None
             result[member.name] = handle.read()
         return result
+
+
+def metrics_from_detail(detail: dict[str, object]) -> dict[str, float]:
+    """The completion step's path: the typed state change, then the gate's reading of its metrics."""
+    return final_metrics(TrainingStateChange.from_detail(detail).final_metrics)
 
 
 def test_metrics_from_completed_event() -> None:

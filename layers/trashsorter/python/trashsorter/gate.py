@@ -31,11 +31,6 @@ def final_metrics(entries: Iterable[Any]) -> dict[str, float]:
     return metrics
 
 
-def metrics_from_detail(detail: Mapping[str, Any]) -> dict[str, float]:
-    """The final metrics of a DescribeTrainingJob-shaped ``detail``."""
-    return final_metrics(detail.get("FinalMetricDataList") or [])
-
-
 def evaluate_gate(
     accuracy: float | None,
     champion_accuracy: float | None,
