@@ -17,8 +17,10 @@ import pytest
 
 from tests.support.stack import REGION, StackHandle, load_event
 from tests.support.world import World
+from trashsorter import runs
 from trashsorter_cli.local import sagemaker_jobs
 from trashsorter_cli.local.dispatcher import make_context
+from trashsorter_trainer.contract import FEATURES_LINE, features_line
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PYTORCH_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313"
@@ -60,7 +62,30 @@ def test_a_trashsorter_job_runs_on_the_local_endpoint(
 
     described = world.sm.describe_training_job(TrainingJobName=job)
     assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
-    assert "validation:accuracy=" in (tmp_path / job / "training.log").read_text()
+    log = (tmp_path / job / "training.log").read_text().splitlines()
+    assert any("validation:accuracy=" in line for line in log)
+    # the feature pass reports as it goes (every tenth), before the first epoch, ending at its total
+    features = [tuple(map(int, m.groups())) for m in map(FEATURES_LINE.match, log) if m]
+    first_epoch = next(i for i, line in enumerate(log) if line.startswith("epoch 1/"))
+    assert len(features) >= 2 and features[-1][0] == features[-1][1]
+    assert [done for done, _ in features] == sorted({done for done, _ in features})
+    assert all(log.index(features_line(*f)) < first_epoch for f in features)
+    # ... and the emulation turns such a line into the run's progress (what `train --wait` shows)
+    request = {
+        "TrainingJobName": job,
+        "AlgorithmSpecification": {},
+        "Tags": [
+            {"Key": "trashsorter:run-id", "Value": result["run_id"]},
+            {"Key": "trashsorter:table", "Value": world.table},
+        ],
+    }
+    emulator.progress(request, features_line(7, 40))
+    progress = runs.get_run(world.table, result["run_id"], ddb=world.ddb)["progress"]  # type: ignore[index]
+    assert {k: progress[k] for k in ("phase", "done", "total")} == {
+        "phase": "features",
+        "done": 7,
+        "total": 40,
+    }
     assert described["AlgorithmSpecification"]["TrainingImage"] == PYTORCH_IMAGE
     names = [d["Name"] for d in described["AlgorithmSpecification"]["MetricDefinitions"]]
     assert "validation:accuracy" in names  # the request's definitions, not moto's canned ones

@@ -85,3 +85,14 @@ def test_the_report_summary_names_the_bar_and_the_parameter_it_comes_from() -> N
         "accuracy 0.840; weakest class Landfill (recall 0.450)"
     ]
     assert summary(model, None)["below_bar"] == [] and summary(model, None)["recall_bar_parameter"] is None
+
+
+def test_train_wait_shows_the_feature_pass_and_the_epochs() -> None:
+    from trashsorter_cli.commands.pipeline import _epoch_text, _progress_fraction
+
+    features = {"phase": "features", "done": 120, "total": 700}
+    assert _epoch_text(features) == "features 120/700 images"
+    assert _progress_fraction(features) == (120.0, 700.0)
+    epoch = {"epoch": 3, "epochs": 10, "train_loss": 0.4}
+    assert _epoch_text(epoch) == "epoch 3/10" and _progress_fraction(epoch) == (3.0, 10.0)
+    assert _epoch_text({}) == "" and _progress_fraction({"phase": "features"}) is None

@@ -107,9 +107,19 @@ def test_metrics_json_fields(trained: TrainResult) -> None:
     assert {"precision", "recall", "f1", "support"} <= set(metrics["per_class"]["Compost"])
     assert metrics["wall_time_seconds"] > 0 and metrics["images_per_second"] > 0
     assert metrics["onnx_max_abs_diff"] < 1e-4
-    assert trained.metrics["_progress_seen"] == [
-        {k: v for k, v in metrics["history"][0].items()}
-    ]  # one progress report per epoch, the same numbers as the history
+    seen = trained.metrics["_progress_seen"]
+    epochs = [entry for entry in seen if "phase" not in entry]
+    features = [entry for entry in seen if entry.get("phase") == "features"]
+    assert epochs == [dict(metrics["history"][0])]  # one progress report per epoch, the history's numbers
+    # the feature pass reports before the first epoch, counting up to every image it runs through
+    assert features and seen.index(features[-1]) < seen.index(epochs[0])
+    assert [f["done"] for f in features] == sorted({f["done"] for f in features})
+    config, n_train, n_val = metrics["config"], metrics["train_count"], metrics["validation_count"]
+    views = config["views"]
+    expected = (
+        n_train * views + n_val * (2 if config["flip_tta"] else 1) + (n_val * views if config["refit"] else 0)
+    )
+    assert features[-1]["done"] == features[-1]["total"] == expected
     assert {"epoch", "epochs", "train_loss", "val_accuracy"} <= set(metrics["history"][0])
 
 

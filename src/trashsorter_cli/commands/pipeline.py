@@ -57,9 +57,21 @@ def run_summary(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _epoch_text(progress: dict[str, Any]) -> str:
+    """The run's progress in words: ``epoch n/N``, or ``features n/N images`` during the feature pass."""
     if "epoch" in progress and "epochs" in progress:
         return f"epoch {progress['epoch']}/{progress['epochs']}"
+    if progress.get("phase") == "features" and "done" in progress and "total" in progress:
+        return f"features {progress['done']}/{progress['total']} images"
     return ""
+
+
+def _progress_fraction(progress: dict[str, Any]) -> tuple[float, float] | None:
+    """(completed, total) for the progress bar, from the epoch or the feature-pass count."""
+    if "epoch" in progress and "epochs" in progress:
+        return float(progress["epoch"]), float(progress["epochs"])
+    if progress.get("phase") == "features" and "done" in progress and "total" in progress:
+        return float(progress["done"]), float(progress["total"])
+    return None
 
 
 def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
@@ -281,11 +293,10 @@ def wait_for_run(
                 run = candidates[0]
                 progress = run["progress"]
                 text = f"{run['job_name']}: {run['status']}"
-                if _epoch_text(progress):
+                fraction = _progress_fraction(progress)
+                if fraction is not None:
                     text += f" {_epoch_text(progress)}"
-                    bar.update(
-                        completed=float(progress["epoch"]), total=float(progress["epochs"]), description=text
-                    )
+                    bar.update(completed=fraction[0], total=fraction[1], description=text)
                 else:
                     bar.update(description=text)
                 if on_update is not None:

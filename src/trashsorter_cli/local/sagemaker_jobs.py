@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -46,12 +45,11 @@ from urllib.parse import urlparse
 from trashsorter import runs
 from trashsorter.schema import SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE
 from trashsorter_cli.local import children
-from trashsorter_trainer.contract import parse_metrics
+from trashsorter_trainer.contract import EPOCH_LINE, FEATURES_LINE, parse_metrics
 
 LOG = logging.getLogger("trashsorter.local.sagemaker")
 MAX_FAILURE_REASON = 1024
 STOP_TIMEOUT = 15.0  # seconds stop_all waits for the job threads
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -188,18 +186,24 @@ class JobEmulator:
         return detail
 
     def progress(self, request: Mapping[str, Any], line: str) -> None:
-        """Local convenience (CloudWatch's role on AWS): an epoch line becomes the run record's progress."""
-        match = EPOCH_LINE.match(line)
+        """Local convenience (CloudWatch's role on AWS): an epoch line or a feature-pass line becomes the run
+        record's progress."""
         tags = {t["Key"]: t["Value"] for t in request.get("Tags") or []}
-        if match is None or "trashsorter:run-id" not in tags:
+        epoch, features = EPOCH_LINE.match(line), FEATURES_LINE.match(line)
+        if (epoch is None and features is None) or "trashsorter:run-id" not in tags:
             return
-        values = parse_metrics([line], request["AlgorithmSpecification"].get("MetricDefinitions", []))
-        progress = {
-            "epoch": int(match.group(1)),
-            "epochs": int(match.group(2)),
-            "train_loss": values.get("train:loss", 0.0),
-            "val_accuracy": values.get("validation:accuracy", 0.0),
-        }
+        progress: dict[str, Any]
+        if features is not None:
+            progress = {"phase": "features", "done": int(features.group(1)), "total": int(features.group(2))}
+        else:
+            assert epoch is not None
+            values = parse_metrics([line], request["AlgorithmSpecification"].get("MetricDefinitions", []))
+            progress = {
+                "epoch": int(epoch.group(1)),
+                "epochs": int(epoch.group(2)),
+                "train_loss": values.get("train:loss", 0.0),
+                "val_accuracy": values.get("validation:accuracy", 0.0),
+            }
         try:
             runs.record_progress(
                 tags["trashsorter:table"], tags["trashsorter:run-id"], progress, ddb=self.client("dynamodb")

@@ -12,7 +12,8 @@ local emulation) apply to the log. The LAST match of a metric is its final value
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 PROGRAM = "train.py"  # sagemaker_program: the entry script at the root of sourcedir.tar.gz
 REQUIREMENTS = "requirements.txt"  # installed by the training toolkit before the program runs
@@ -48,3 +49,29 @@ def parse_metrics(
             for match in re.finditer(definition["Regex"], line):
                 final[definition["Name"]] = float(match.group(1))
     return final
+
+
+# Progress lines (for people and the local emulation's progress; SageMaker itself only keeps the log):
+# ``epoch <n>/<epochs> <metrics>`` after each epoch (metric_line) and ``features <done>/<total> images``
+# during the frozen-feature pass, the long step on a CPU.
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
+FEATURES_LINE = re.compile(r"^features (\d+)/(\d+) images$")
+
+
+def features_line(done: int, total: int) -> str:
+    return f"features {done}/{total} images"
+
+
+def feature_progress(progress: Callable[[dict[str, Any]], None] | None, total: int) -> Callable[[int], None]:
+    """A ``tick(n)`` for the trainer's frozen-feature pass: reports ``{"phase": "features", "done", "total"}``
+    to ``progress`` at every tenth of ``total`` images (and at the end)."""
+    state = {"done": 0, "tenth": 0}
+
+    def tick(count: int) -> None:
+        state["done"] += count
+        tenth = state["done"] * 10 // max(total, 1)
+        if progress is not None and (tenth > state["tenth"] or state["done"] >= total):
+            state["tenth"] = tenth
+            progress({"phase": "features", "done": min(state["done"], total), "total": total})
+
+    return tick

@@ -29,6 +29,7 @@ from trashsorter_trainer.contract import (
     CHAMPION_CHANNEL,
     IMAGE_CHANNELS,
     LABELS_CHANNEL,
+    features_line,
     metric_line,
 )
 from trashsorter_trainer.data import Sample, preprocess, verify_content_address
@@ -179,6 +180,9 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
     print(f"training on {config.device}: {len(samples)} images, labels {labels}", flush=True)
 
     def progress(entry: Mapping[str, Any]) -> None:
+        if entry.get("phase") == "features":
+            print(features_line(int(entry["done"]), int(entry["total"])), flush=True)
+            return
         values = {
             "train:loss": entry["train_loss"],
             "train:accuracy": entry["train_accuracy"],

@@ -11,7 +11,8 @@ Schedule (fast on 2 cores, see docs/local-training.md):
    blocks and fine-tunes those blocks + the head conv;
 3. train the tail (dropout + a new linear classifier, plus the fine-tuned blocks if any) with AdamW +
    cosine decay + label smoothing (optionally class-balanced) on those cached features for ``epochs``
-   epochs (one epoch = every cached view once), reporting ``progress`` after each epoch;
+   epochs (one epoch = every cached view once), reporting ``progress`` after each epoch (and at every
+   tenth of the feature pass, ``{"phase": "features", "done", "total"}``);
 4. export normalisation + backbone + head + softmax (+ the flip-TTA average) of this split run, evaluate
    the validation set WITH onnxruntime on that graph: every reported metric;
 5. with ``refit`` (default): train a fresh tail with the same schedule on the train + validation views and
@@ -42,6 +43,7 @@ from torch import nn
 
 from trashsorter_trainer import report
 from trashsorter_trainer.config import TrainConfig
+from trashsorter_trainer.contract import feature_progress
 from trashsorter_trainer.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -133,16 +135,19 @@ def frozen_features(
     arrays: Sequence[np.ndarray],
     batch_size: int,
     config: TrainConfig | None = None,
+    tick: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """The frozen part of ``model`` over preprocessed images (float32 CHW 0..1), batched, no gradient.
 
-    On the model's device (the result stays there, float32)."""
+    On the model's device (the result stays there, float32); ``tick(n)`` after each batch of n images."""
     device = next(model.parameters()).device
     outputs = []
     with torch.no_grad(), _autocast(config):
         for start in range(0, len(arrays), batch_size):
             batch = torch.from_numpy(np.stack(arrays[start : start + batch_size])).to(device)
             outputs.append(model.frozen(batch).float())
+            if tick is not None:
+                tick(len(batch))
     return torch.cat(outputs)
 
 
@@ -276,24 +281,32 @@ def _train(
 
     # 2. frozen features of the cached views (and of the flipped validation images for the flip-TTA)
     model = build_model(len(labels), config).to(config.device)
-    val_bank = frozen_features(model, val_arrays, config.batch_size, config)
+    # the refit also trains on augmented views of the validation images (drawn after the training views,
+    # so the split run sees exactly the views it would see without the refit)
+    val_sources = [resize_short_side(im, round(size * 1.15)) for im in val_images] if config.refit else []
+    refit_views = config.views if config.refit else 0
+    tick = feature_progress(
+        progress,
+        len(val_arrays) * (2 if config.flip_tta else 1)
+        + config.views * len(sources)
+        + refit_views * len(val_sources),
+    )
+    batch = config.batch_size
+    val_bank = frozen_features(model, val_arrays, batch, config, tick)
     val_flip_bank = (
-        frozen_features(model, [flipped(a) for a in val_arrays], config.batch_size, config)
+        frozen_features(model, [flipped(a) for a in val_arrays], batch, config, tick)
         if config.flip_tta
         else None
     )
     views = [
-        frozen_features(model, [augment(src, rng, size) for src in sources], config.batch_size, config)
+        frozen_features(model, [augment(src, rng, size) for src in sources], batch, config, tick)
         for _ in range(config.views)
     ]
     bank = torch.cat(views)
     y_bank = y_train.repeat(config.views).to(bank.device)
-    # the refit also trains on augmented views of the validation images (drawn after the training views,
-    # so the split run sees exactly the views it would see without the refit)
-    val_sources = [resize_short_side(im, round(size * 1.15)) for im in val_images] if config.refit else []
     val_views = [
-        frozen_features(model, [augment(src, rng, size) for src in val_sources], config.batch_size, config)
-        for _ in range(config.views if config.refit else 0)
+        frozen_features(model, [augment(src, rng, size) for src in val_sources], batch, config, tick)
+        for _ in range(refit_views)
     ]
     features_at = time.perf_counter()
     feature_images = len(bank) + len(val_bank) + (0 if val_flip_bank is None else len(val_flip_bank))
