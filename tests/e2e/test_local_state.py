@@ -1,0 +1,193 @@
+"""The local stack's state survives `local down`/`local up` and `kill -9` (docs/local-mode.md, "State")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.support.stack import SAMPLES_DIR as SAMPLES
+from tests.support.waiting import wait_for
+from trashsorter import runs
+from trashsorter.catalogue import Catalogue
+from trashsorter_cli.local.runtime import LocalRuntime
+from trashsorter_cli.local.server import LocalState, read_state
+
+pytestmark = pytest.mark.e2e
+LABELS = ["Compost", "Landfill", "Recycling"]
+
+
+def _photo(folder: str, n: int) -> bytes:
+    return sorted((SAMPLES / folder).glob("*.jpg"))[n].read_bytes()
+
+
+def _runtime(state_path: Path, stack_name: str) -> LocalRuntime:
+    return LocalRuntime(
+        port=None,
+        stack_name=stack_name,
+        overrides={"MinImagesPerLabel": "500"},
+        state_path=state_path,
+        device=False,
+        retry_delay=1,
+    )
+
+
+def _parts(runtime: LocalRuntime) -> tuple[Any, str, Catalogue]:
+    assert runtime.stack is not None
+    outputs = runtime.stack.outputs
+    return (
+        runtime.client("s3"),
+        outputs["ImagesBucketName"],
+        Catalogue(outputs["CatalogueTableName"], ddb=runtime.client("dynamodb")),
+    )
+
+
+def _versions(s3: Any, bucket: str) -> list[tuple[Any, ...]]:
+    listing = s3.list_object_versions(Bucket=bucket)
+    found = [(v["Key"], v["VersionId"], v["IsLatest"], v["ETag"]) for v in listing.get("Versions", [])]
+    found += [(m["Key"], m["VersionId"], m["IsLatest"], "marker") for m in listing.get("DeleteMarkers", [])]
+    return sorted(found)
+
+
+@pytest.fixture
+def started() -> Iterator[list[LocalRuntime]]:
+    """Runtimes a test starts; all stopped at the end, whatever happened."""
+    runtimes: list[LocalRuntime] = []
+    yield runtimes
+    for runtime in runtimes:
+        runtime.stop()
+
+
+def test_objects_versions_and_catalogue_survive_stop_and_start(
+    tmp_path: Path, started: list[LocalRuntime]
+) -> None:
+    state = tmp_path / "local.json"
+    first = _runtime(state, "ts-e2e-state")
+    started.append(first)
+    first.start()
+    s3, bucket, catalogue = _parts(first)
+    keys = {
+        "Compost": "images/Compost/p0.jpg",
+        "Recycling": "images/Recycling/g0.jpg",
+        "Landfill": "images/Landfill/t0.jpg",
+    }
+    s3.put_object(Bucket=bucket, Key=keys["Compost"], Body=_photo("paper", 0), ContentType="image/jpeg")
+    s3.put_object(Bucket=bucket, Key=keys["Recycling"], Body=_photo("glass", 0))
+    s3.put_object(Bucket=bucket, Key=keys["Recycling"], Body=_photo("glass", 1))  # a second version
+    s3.put_object(Bucket=bucket, Key=keys["Landfill"], Body=_photo("trash", 0))
+    s3.put_object(Bucket=bucket, Key="images/Landfill/gone.jpg", Body=_photo("trash", 1))
+    assert first.dispatcher is not None and first.dispatcher.wait_idle(timeout=60, settle=0.5)
+    s3.delete_object(Bucket=bucket, Key="images/Landfill/gone.jpg")  # a delete marker
+    assert first.dispatcher.wait_idle(timeout=60, settle=0.5)
+    versions, counts = _versions(s3, bucket), catalogue.label_counts(LABELS)
+    records = {k: catalogue.get_image(k) for k in [*keys.values(), "images/Landfill/gone.jpg"]}
+    assert counts["Recycling"]["accepted"] == 1 and counts["Landfill"]["deleted"] == 1, counts
+    first.stop()
+
+    second = _runtime(state, "ts-e2e-state")
+    started.append(second)
+    second.start()
+    s3, bucket2, catalogue = _parts(second)
+    assert bucket2 == bucket  # the same physical names (local rewrite 8)
+    assert _versions(s3, bucket) == versions  # every version, with its id, and the delete marker
+    assert catalogue.label_counts(LABELS) == counts
+    assert {k: catalogue.get_image(k) for k in records} == records
+    assert (second.restored["objects"], second.restored["versions"]) == (4, 6)  # 5 versions + 1 marker
+    assert second.healed["catalogue"]["ingested"] == 0  # nothing re-sent
+    body = s3.get_object(Bucket=bucket, Key=keys["Compost"])
+    assert body["Body"].read() == _photo("paper", 0) and body["ContentType"] == "image/jpeg"
+    # the restored stack goes on: a delete reaches ingest and changes the counts
+    s3.delete_object(Bucket=bucket, Key=keys["Compost"])
+    wait_for(
+        lambda: (catalogue.get_image(keys["Compost"]) or {}).get("status") == "deleted", 30, "the delete"
+    )
+    assert catalogue.label_counts(["Compost"])["Compost"]["accepted"] == counts["Compost"]["accepted"] - 1
+
+
+@contextmanager
+def _local_up(
+    tmp_path: Path, stack_name: str, *overrides: str
+) -> Iterator[tuple[subprocess.Popen[str], LocalState]]:
+    """`trashsorter local up` in a subprocess, until its ready line; killed at the end if still alive."""
+    state = tmp_path / "local.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trashsorter_cli.main", "local", "up", "--port", "0", "--no-device",
+         "--stack-name", stack_name, "--local-state", str(state), "--parameter-overrides", *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert ready.startswith("trashsorter local stack ready"), ready
+        yield proc, read_state(state)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _kill_9_and_restart(
+    proc: subprocess.Popen[str], tmp_path: Path, stack_name: str, started: list[LocalRuntime]
+) -> LocalRuntime:
+    """SIGKILL the stack (no stop code runs), then start the same stack again from its state folder."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    runtime = _runtime(tmp_path / "local.json", stack_name)
+    started.append(runtime)
+    runtime.start()
+    return runtime
+
+
+def _client(state: LocalState, service: str) -> Any:
+    return boto3.client(service, region_name=state.region, endpoint_url=state.endpoint_url)
+
+
+def test_an_acknowledged_upload_survives_kill_9(tmp_path: Path, started: list[LocalRuntime]) -> None:
+    with _local_up(tmp_path, "ts-e2e-kill", "MinImagesPerLabel=500") as (proc, state):
+        bucket, body = state.outputs["ImagesBucketName"], _photo("glass", 2)
+        put = _client(state, "s3").put_object(Bucket=bucket, Key="images/Recycling/k.jpg", Body=body)
+        # at once: the upload's message may still be queued, never ingested
+        runtime = _kill_9_and_restart(proc, tmp_path, "ts-e2e-kill", started)
+    s3, bucket2, catalogue = _parts(runtime)
+    assert bucket2 == bucket
+    restored = s3.get_object(Bucket=bucket, Key="images/Recycling/k.jpg")
+    assert restored["VersionId"] == put["VersionId"] and restored["Body"].read() == body
+    record = (
+        catalogue.get_image("images/Recycling/k.jpg") or {}
+    )  # ingested before the kill, or healed at start
+    assert record.get("status") == "accepted" and record.get("version_id") == put["VersionId"], record
+
+
+def test_a_run_cut_off_by_kill_9_is_failed_and_releases_the_lock(
+    tmp_path: Path, started: list[LocalRuntime]
+) -> None:
+    """The emulated SageMaker job dies with the stack; the restored lock must not block training forever."""
+    with _local_up(tmp_path, "ts-e2e-run", "MinImagesPerLabel=2", "MinNewImages=0") as (proc, state):
+        table = state.outputs["CatalogueTableName"]
+        s3, ddb = _client(state, "s3"), _client(state, "dynamodb")
+        for label, folder in (("Compost", "paper"), ("Landfill", "trash"), ("Recycling", "glass")):
+            for n in range(2):
+                key = f"images/{label}/{n}.jpg"
+                s3.put_object(Bucket=state.outputs["ImagesBucketName"], Key=key, Body=_photo(folder, n))
+
+        def active_run() -> dict[str, Any] | None:
+            holder = str(runs.get_lock(table, ddb=ddb).get("holder") or "")
+            run = runs.get_run(table, holder, ddb=ddb) if holder else None
+            return run if run and run.get("status") in ("starting", "in_progress") else None
+
+        run = wait_for(active_run, 120, "a training run to start")
+        runtime = _kill_9_and_restart(proc, tmp_path, "ts-e2e-run", started)
+    ddb = runtime.client("dynamodb")
+    after = runs.get_run(table, str(run["run_id"]), ddb=ddb) or {}
+    assert after.get("status") == "failed", after
+    assert "did not survive the restart" in str(after.get("failure_reason")), after
+    assert not runs.get_lock(table, ddb=ddb).get("holder")  # the next Dataset Ready may train
+    assert runtime.healed["lost_run"]["run_id"] == run["run_id"]
