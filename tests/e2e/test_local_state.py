@@ -1,4 +1,5 @@
-"""The local stack's state survives `local down`/`local up` and `kill -9` (docs/local-mode.md, "State")."""
+"""The local stack's state survives `local down`/`local up` and `kill -9` (docs/local-mode.md, "State"), and
+`trashsorter local reset` wipes it."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from typing import Any
 import boto3
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.stack import SAMPLES_DIR as SAMPLES
 from tests.support.waiting import wait_for
 from trashsorter import runs
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local.runtime import LocalRuntime
-from trashsorter_cli.local.server import LocalState, read_state
+from trashsorter_cli.local.server import LocalState, read_state, write_state
 
 pytestmark = pytest.mark.e2e
 LABELS = ["Compost", "Landfill", "Recycling"]
@@ -191,3 +193,58 @@ def test_a_run_cut_off_by_kill_9_is_failed_and_releases_the_lock(
     assert "did not survive the restart" in str(after.get("failure_reason")), after
     assert not runs.get_lock(table, ddb=ddb).get("holder")  # the next Dataset Ready may train
     assert runtime.healed["lost_run"]["run_id"] == run["run_id"]
+
+
+def _state_files(root: Path) -> list[Path]:
+    paths = [root / "state" / "snapshot.jsonl", root / "device" / "current.json", root / "jobs" / "j" / "x"]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    (root / "logs").mkdir(exist_ok=True)
+    (root / "logs" / "trashsorter.log").write_text("kept")
+    return paths
+
+
+def test_local_reset_yes_wipes_the_state_and_the_device_model_and_keeps_logs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _state_files(tmp_path)
+    code, out, err = run_cli(capsys, "local", "reset", "--yes", "--local-state", str(tmp_path / "local.json"))
+    assert code == 0, err
+    assert "wiped the local state" in out
+    assert not any((tmp_path / name).exists() for name in ("state", "device", "jobs"))
+    assert (tmp_path / "logs" / "trashsorter.log").read_text() == "kept"
+
+
+@pytest.mark.parametrize(("answer", "code"), [("y\n", 0), ("n\n", 1), ("", 1)])
+def test_local_reset_asks_first(tmp_path: Path, answer: str, code: int) -> None:
+    paths = _state_files(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "trashsorter_cli.main", "local", "reset",
+         "--local-state", str(tmp_path / "local.json")],
+        input=answer, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == code, result.stderr
+    assert "[y/N]" in result.stdout
+    assert all(p.exists() for p in paths) is (code == 1)
+    if code:
+        assert result.stderr.strip() == "trashsorter: error: nothing wiped (answer y, or pass --yes)"
+
+
+def test_local_reset_refuses_while_the_stack_runs_and_usage_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = _state_files(tmp_path)
+    state = tmp_path / "local.json"
+    write_state(LocalState(endpoint_url="http://127.0.0.1:9", region="us-east-1", stack_name="s", outputs={},
+                           pid=os.getpid()), state)  # fmt: skip
+    code, out, err = run_cli(capsys, "local", "reset", "--yes", "--local-state", str(state))
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [
+        f"trashsorter: error: the local stack is running (pid {os.getpid()}); stop it with "
+        "`trashsorter local down` first"
+    ]
+    assert all(p.exists() for p in paths)
+    with pytest.raises(SystemExit) as usage:  # argparse: usage errors exit 2
+        run_cli(capsys, "local", "reset", "--no-such-option")
+    assert usage.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
