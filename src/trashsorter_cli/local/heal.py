@@ -4,7 +4,7 @@ device serve the champion the restored registry names.
 What the state does not keep, and how it heals (docs/local-mode.md, "State"):
 
 * **Queued S3 events** (SQS lives in memory): an upload acknowledged just before a crash may never have
-  been ingested, a delete never applied. :func:`catalogue_drift` compares the bucket's current versions under
+  been ingested, a delete never applied. :func:`catalogue_drift` compares the restored current versions under
   ``images/`` with the catalogue and hands only the difference to ingest (the same ``process`` the ingest
   function and ``trashsorter reindex`` run), so a restart of a 10,000-image stack re-ingests nothing that
   was already catalogued.
@@ -25,7 +25,7 @@ from trashsorter import ingest, reconcile, registry, runs
 from trashsorter.catalogue import Catalogue
 from trashsorter.clients import Clients
 from trashsorter.events import S3ObjectEvent
-from trashsorter.keys import IMAGES_PREFIX
+from trashsorter.keys import is_images_key
 from trashsorter.schema import ACTIVE_RUN_STATUSES, ImageStatus
 from trashsorter.settings import IngestSettings, PackageSettings, TrainingSettings
 
@@ -36,21 +36,17 @@ TRAINING_FUNCTION = "StartTrainingFunction"
 PACKAGE_FUNCTION = "PackageFunction"
 
 
-def live_versions(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
-    """Key -> its current version (``VersionId``, ``ETag``, ``Size``) under images/; deleted keys left out."""
-    live: dict[str, dict[str, Any]] = {}
-    paginator = s3.get_paginator("list_object_versions")
-    for page in paginator.paginate(Bucket=bucket, Prefix=IMAGES_PREFIX):
-        for version in page.get("Versions", []):
-            if version.get("IsLatest"):
-                live[str(version["Key"])] = version
-    return live
+def catalogue_drift(
+    settings: IngestSettings, clients: Clients, live: Mapping[str, Mapping[str, Any]]
+) -> dict[str, int]:
+    """Ingest the objects whose current version the catalogue does not hold, and the deletes it missed.
 
-
-def catalogue_drift(settings: IngestSettings, clients: Clients) -> dict[str, int]:
-    """Ingest the objects whose current version the catalogue does not hold, and the deletes it missed."""
+    ``live``: key -> its current version (``VersionId``, ``ETag``, ``Size``) for every key of the images
+    bucket that is not deleted, as the restore put them back (the same as ``ListObjectVersions`` ``IsLatest``
+    would list, without reading 10,000 versions back through the endpoint).
+    """
     bucket = settings.images_bucket
-    live = live_versions(clients.s3, bucket)
+    live = {key: version for key, version in live.items() if is_images_key(key)}
     records = {str(r["key"]): r for r in Catalogue(settings.table_name, ddb=clients.ddb).iter_images()}
     batch: list[S3ObjectEvent] = []
     for key, version in live.items():
@@ -62,30 +58,16 @@ def catalogue_drift(settings: IngestSettings, clients: Clients) -> dict[str, int
             and rec.get("version_id") == version_id
         ):
             continue
-        etag = str(version.get("ETag", "")).strip('"') or None
+        etag, size = str(version.get("ETag", "")).strip('"') or None, int(version.get("Size", 0) or 0)
         batch.append(
-            S3ObjectEvent(
-                "ObjectCreated:Put",
-                bucket,
-                key,
-                version_id=version_id,
-                etag=etag,
-                size=int(version.get("Size", 0) or 0),
-            )
+            S3ObjectEvent("ObjectCreated:Put", bucket, key, version_id=version_id, etag=etag, size=size)
         )
     for key, rec in records.items():
         if key not in live and rec.get("status") != ImageStatus.DELETED:
             batch.append(S3ObjectEvent("ObjectRemoved:Delete", bucket, key))
-    outcomes = ingest.process_s3_events(
-        batch, settings, s3=clients.s3, ddb=clients.ddb, events=clients.events
-    )
+    ingest.process_s3_events(batch, settings, s3=clients.s3, ddb=clients.ddb, events=clients.events)
     created = sum(1 for event in batch if event.created)
-    return {
-        "checked": len(live),
-        "ingested": created,
-        "removed": len(batch) - created,
-        "outcomes": len(outcomes),
-    }
+    return {"checked": len(live), "ingested": created, "removed": len(batch) - created}
 
 
 def fail_lost_run(settings: TrainingSettings, clients: Clients) -> reconcile.ReconcileOutcome | None:
@@ -104,13 +86,20 @@ def fail_lost_run(settings: TrainingSettings, clients: Clients) -> reconcile.Rec
     return reconcile.fail_run(settings, str(run["run_id"]), job_name, reason, clients)
 
 
-def after_restore(environments: Mapping[str, Mapping[str, str]], *, client: ClientFactory) -> dict[str, Any]:
-    """Both heals, with the functions' own settings; returns what was done (for logs and tests)."""
+def after_restore(
+    environments: Mapping[str, Mapping[str, str]],
+    *,
+    live: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    client: ClientFactory,
+) -> dict[str, Any]:
+    """Both heals, with the functions' own settings (``live``: bucket -> key -> current version, from the
+    restore); returns what was done (for logs and tests)."""
     clients = Clients(
         s3=client("s3"), ddb=client("dynamodb"), events=client("events"), sagemaker=client("sagemaker"),
         sns=client("sns"),
     )  # fmt: skip
-    drift = catalogue_drift(IngestSettings.from_env(dict(environments[INGEST_FUNCTION])), clients)
+    settings = IngestSettings.from_env(dict(environments[INGEST_FUNCTION]))
+    drift = catalogue_drift(settings, clients, live.get(settings.images_bucket, {}))
     lost = fail_lost_run(TrainingSettings.from_env(dict(environments[TRAINING_FUNCTION])), clients)
     healed: dict[str, Any] = {"catalogue": drift, "lost_run": lost.as_dict() if lost else None}
     if drift["ingested"] or drift["removed"] or lost:

@@ -326,6 +326,7 @@ def _restore(table: Any, hash_value: Any, range_value: Any, item: Any) -> None:
 
 item_slot = _item_slot  # (hash, range) DynamoTypes of an item's key attributes; used by local.persistence
 current_item = _current
+put_item_at = _restore  # put (or, with None, remove) the item at a (hash, range) slot
 
 
 def _moto_version() -> str:

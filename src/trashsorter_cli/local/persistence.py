@@ -39,6 +39,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -354,7 +355,8 @@ def _ddb_backend(region: str) -> Any:
     return dynamodb_backends[LOCAL_ACCOUNT][region]
 
 
-def _restore_versions(store: Store, backend: Any, bucket: Any, key_name: str, versions: list[Any]) -> None:
+def _restore_versions(store: Store, backend: Any, bucket: Any, key_name: str, versions: list[Any]) -> Any:
+    """Put a key's versions back (oldest first); returns its current version (``None``: none or a marker)."""
     from moto.s3.models import FakeDeleteMarker, FakeKey
 
     restored: list[Any] = []
@@ -369,9 +371,16 @@ def _restore_versions(store: Store, backend: Any, bucket: Any, key_name: str, ve
             marker.last_modified = modified
             restored.append(marker)
             continue
+        try:
+            value = store.read_blob(version["blob"])
+        except OSError as exc:  # a blob removed by hand: that version is lost, the others are restored
+            LOG.warning(
+                "s3://%s/%s version %s not restored: %s", bucket.name, key_name, version["version_id"], exc
+            )
+            continue
         fake = FakeKey(
             name=key_name,
-            value=store.read_blob(version["blob"]),
+            value=value,
             account_id=backend.account_id,
             region_name=backend.region_name,
             storage=version.get("storage_class"),
@@ -393,30 +402,50 @@ def _restore_versions(store: Store, backend: Any, bucket: Any, key_name: str, ve
         restored.append(fake)
     if restored:
         bucket.keys.setlist(key_name, restored)
+    return restored[-1] if restored and isinstance(restored[-1], FakeKey) else None
 
 
-def restore(store: Store, *, region: str, buckets: Iterable[str], tables: Iterable[str]) -> dict[str, int]:
+@dataclass
+class Restored:
+    """What :func:`restore` put back: counts, and the current version of every live key per bucket (what a
+    ``ListObjectVersions`` would call ``IsLatest``: ``VersionId``, ``ETag``, ``Size``)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    live: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+def restore(store: Store, *, region: str, buckets: Iterable[str], tables: Iterable[str]) -> Restored:
     """Load + compact ``store`` and put its objects and items into moto's in-process backends.
 
     Records of a bucket or table the stack does not have (another stack name) stay in the snapshot and are
-    not restored. Returns counts (``objects``, ``versions``, ``items``, ``skipped``).
+    not restored. Counts: ``objects``, ``versions``, ``items``, ``skipped``.
     """
+    from moto.dynamodb.models.dynamo_type import Item
+
     state = store.load()
     store.compact(state)
     s3, ddb = _s3_backend(), _ddb_backend(region)
     wanted_buckets, wanted_tables = set(buckets), set(tables)
-    counts = {"objects": 0, "versions": 0, "items": 0, "skipped": 0}
+    result = Restored(dict.fromkeys(("objects", "versions", "items", "skipped"), 0), {b: {} for b in buckets})
+    counts = result.counts
     for (kind, resource, _id), record in state.items():
         if kind == "s3" and resource in wanted_buckets and record.get("versions"):
-            _restore_versions(store, s3, s3.get_bucket(resource), str(record["id"]), record["versions"])
+            key = str(record["id"])
+            current = _restore_versions(store, s3, s3.get_bucket(resource), key, record["versions"])
+            if current is not None:
+                result.live[resource][key] = {"VersionId": current.version_id, "ETag": current.etag,
+                                              "Size": current.size}  # fmt: skip
             counts["objects"] += 1
             counts["versions"] += len(record["versions"])
         elif kind == "ddb" and resource in wanted_tables and record.get("item") is not None:
-            ddb.get_table(resource).put_item(record["item"])
-            counts["items"] += 1
+            table = ddb.get_table(resource)  # straight into the table: what PutItem stored, not re-validated
+            slot = moto_patches.item_slot(table, record["item"])
+            if slot is not None:
+                moto_patches.put_item_at(table, *slot, Item(*slot, record["item"]))
+                counts["items"] += 1
         elif record.get("item") is not None or record.get("versions"):
             counts["skipped"] += 1
-    return counts
+    return result
 
 
 def forget(stack_name: str, *, region: str, buckets: Iterable[str], tables: Iterable[str]) -> None:

@@ -100,6 +100,7 @@ class LocalRuntime:
         self.persist = persist
         self.store: persistence.Store | None = None
         self.restored: dict[str, int] = {}
+        self._live: dict[str, dict[str, dict[str, Any]]] = {}
         self.healed: dict[str, Any] = {}
         self._deployed = False
         self.server = MotoServer(host, self.port)
@@ -162,7 +163,7 @@ class LocalRuntime:
             for fn, extra in env_overrides.items():
                 environments[fn].update(extra)
             if self.persist:  # what a crash lost: queued uploads, a run cut off mid-training
-                self.healed = heal.after_restore(environments, client=self.client)
+                self.healed = heal.after_restore(environments, live=self._live, client=self.client)
             if self.device is not None:
                 heal.serve_champion(self.device, environments[PACKAGE_FUNCTION], client=self.client)
             self.state = LocalState(
@@ -281,7 +282,8 @@ class LocalRuntime:
         """Load the state of ``<state dir>/state`` into moto (no notifications), then journal every change."""
         buckets, tables = self._persisted()
         self.store = persistence.Store(persistence.state_root(self.state_dir))
-        self.restored = persistence.restore(self.store, region=self.region, buckets=buckets, tables=tables)
+        restored = persistence.restore(self.store, region=self.region, buckets=buckets, tables=tables)
+        self.restored, self._live = restored.counts, restored.live
         self.store.open()
         persistence.attach(self.store, buckets=buckets, tables=tables)
 
