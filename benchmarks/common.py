@@ -170,12 +170,13 @@ def seed_catalogue(
     *,
     progress: Callable[[int], None] | None = None,
     s3: Any = None,
+    body: Callable[[int], bytes] | None = None,
 ) -> None:
     """``count`` accepted image records (+ their hash owners, counters and state) with batch_write_item.
 
     The records have the exact shape the catalogue writes (keys from trashsorter.schema). With ``s3`` the
     objects are put too (bytes ``seed-<i>``, whose SHA-256 the record holds; the real version id), so a
-    snapshot can copy them.
+    snapshot can copy them; ``body(i)`` gives other bytes (the record keeps the fake hash).
     """
     from trashsorter.ddb import serialize
     from trashsorter.schema import STATE_KEY, hash_key, image_gsi, image_key, label_counts_key
@@ -198,7 +199,8 @@ def seed_catalogue(
         sha = fake_sha(i)
         version_id = f"v{i}"
         if s3 is not None:
-            version_id = s3.put_object(Bucket=bucket, Key=key, Body=f"seed-{i}".encode())["VersionId"]
+            data = body(i) if body is not None else f"seed-{i}".encode()
+            version_id = s3.put_object(Bucket=bucket, Key=key, Body=data)["VersionId"]
         record = {
             **image_key(key),
             **image_gsi("accepted", label, key),

@@ -127,7 +127,8 @@ class LocalRuntime:
     # ---------------------------------------------------------------------------- lifecycle
 
     def start(self) -> LocalState:
-        """Server -> stack -> device -> handlers (cold starts) -> dispatcher threads -> state file."""
+        """Server -> stack -> restored state (``persist``) -> device -> handlers (cold starts) -> dispatcher
+        threads -> heals (``persist``) -> the device's champion -> state file."""
         try:
             self._set_environment()
             moto_patches.install(speed=True)  # the local stack holds real data: fast DynamoDB
