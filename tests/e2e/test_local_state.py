@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -248,3 +249,58 @@ def test_local_reset_refuses_while_the_stack_runs_and_usage_errors_exit_2(
     with pytest.raises(SystemExit) as usage:  # argparse: usage errors exit 2
         run_cli(capsys, "local", "reset", "--no-such-option")
     assert usage.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_device_serves_the_champion_the_restored_registry_names(
+    tmp_path: Path, started: list[LocalRuntime]
+) -> None:
+    """Trained for real (tiny: 1 epoch, 96 px); after a restart the device keeps the champion it holds, and
+    when its folder is gone the restored champion is deployed to it again."""
+    import shutil
+    import urllib.request
+
+    from trashsorter import registry
+
+    overrides = {
+        "MinImagesPerLabel": "4",
+        "MinNewImages": "1",
+        "MinValidationAccuracy": "0.0",
+        "HyperparameterOverrides": '{"epochs": "1", "image_shape": "3,96,96", "local_views": "1"}',
+    }
+
+    def start() -> LocalRuntime:
+        runtime = LocalRuntime(port=None, stack_name="ts-e2e-champ", overrides=overrides,
+                               state_path=tmp_path / "local.json", device=True, retry_delay=1)  # fmt: skip
+        started.append(runtime)
+        runtime.start()
+        return runtime
+
+    def device_status(runtime: LocalRuntime) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{runtime.device_url}/status", timeout=10) as resp:  # noqa: S310
+            status: dict[str, Any] = json.loads(resp.read())
+        return status
+
+    first = start()
+    s3, bucket, _ = _parts(first)
+    table = first.stack.outputs["CatalogueTableName"]  # type: ignore[union-attr]
+    for label, folder in (("Compost", "paper"), ("Landfill", "trash"), ("Recycling", "glass")):
+        for n in range(4):
+            s3.put_object(Bucket=bucket, Key=f"images/{label}/{n}.jpg", Body=_photo(folder, n))
+    ddb = first.client("dynamodb")
+    champion = wait_for(lambda: registry.get_champion(table_name=table, ddb=ddb), 600, "a deployed champion")
+    model_id = str(champion["model_id"])
+    served = wait_for(
+        lambda: device_status(first).get("model_id") == model_id and device_status(first), 60, "device"
+    )
+    first.stop()
+
+    second = start()  # the device's own model is the champion: kept, not deployed again
+    assert device_status(second)["model_id"] == model_id
+    assert device_status(second)["deployment_id"] == served["deployment_id"]
+    second.stop()
+
+    shutil.rmtree(tmp_path / "device")  # the device lost its model: the restored champion goes to it
+    third = start()
+    status = device_status(third)
+    assert status["model_id"] == model_id and "-restore-" in str(status["deployment_id"]), status
