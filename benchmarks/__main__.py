@@ -1,6 +1,7 @@
 """``python -m benchmarks [--quick] [name ...]``: run the benchmarks, print a table, write results.md.
 
-Names: cold_start, ingest_cpu, dynamodb, snapshot, training, end_to_end, edge (default: all, in that order).
+Names: cold_start, ingest_cpu, dynamodb, snapshot, training, end_to_end, edge, local_restart (default: all, in
+that order).
 A benchmark that cannot run (a part not built yet) is reported as an error row, and the others still run.
 """
 
@@ -15,7 +16,16 @@ import traceback
 
 from benchmarks.common import RESULTS, Result, Section, print_table, write_report
 
-ORDER = ("cold_start", "ingest_cpu", "dynamodb", "snapshot", "training", "end_to_end", "edge")
+ORDER = (
+    "cold_start",
+    "ingest_cpu",
+    "dynamodb",
+    "snapshot",
+    "training",
+    "end_to_end",
+    "edge",
+    "local_restart",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

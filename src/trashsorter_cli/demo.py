@@ -118,6 +118,7 @@ def run_demo(
         overrides=overrides,
         state_path=state_dir / "demo.json",
         log_file=state_dir / "demo.log",
+        persist=False,  # the demo starts empty every time and never touches `local up`'s state
     )
     with runtime:
         assert runtime.state is not None

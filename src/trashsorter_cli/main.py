@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reindex", parents=[common], help="rebuild the catalogue from the bucket")
 
     local = sub.add_parser("local", help="the embedded local stack")
-    local_sub = local.add_subparsers(dest="local_command", required=True, metavar="up|down|status")
+    local_sub = local.add_subparsers(dest="local_command", required=True, metavar="up|down|status|reset")
     p = local_sub.add_parser("up", parents=[common], help="start the local stack (foreground)")
     p.add_argument("--port", type=int, default=4566, help="endpoint port (default 4566; 0 = any free port)")
     p.add_argument("--host", default="127.0.0.1")
@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-device", action="store_true", help="do not start the local device")
     local_sub.add_parser("down", parents=[common], help="stop the running local stack")
     local_sub.add_parser("status", parents=[common], help="is the local stack running?")
+    p = local_sub.add_parser(
+        "reset", parents=[common], help="wipe the local stack's persisted state (it must be stopped)"
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     p = sub.add_parser("demo", parents=[common], help="the whole pipeline on the sample photos, offline")
     p.add_argument("--samples", type=Path, default=None, help="default samples/trashnet")
@@ -131,14 +135,15 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 device=not args.no_device,
                 verbose=args.verbose,
             )
-        result = (
-            local.down(ui, state_path=args.local_state)
-            if args.local_command == "down"
-            else local.status(state_path=args.local_state)
-        )
+        if args.local_command == "reset":
+            result = local.reset(ui, state_path=args.local_state, yes=args.yes)
+        elif args.local_command == "down":
+            result = local.down(ui, state_path=args.local_state)
+        else:
+            result = local.status(state_path=args.local_state)
         if ui.json_mode:
             ui.emit_json(result)
-        elif args.local_command == "down":
+        elif args.local_command in ("down", "reset"):
             ui.line(result["message"])
         else:
             state = {

@@ -204,7 +204,8 @@ def test_predict_gives_one_result_or_one_error_per_file_and_goes_on(
 
 
 def test_a_new_stack_s_device_serves_no_model_left_by_an_earlier_one(local_stack_factory: Any) -> None:
-    """State lives in memory: the fresh registry names no champion, so the device must not serve one."""
+    """The device serves the champion the registry names: a fresh state names none, so a model left on disk
+    by an earlier stack goes."""
     first = local_stack_factory({"MinImagesPerLabel": "500"}, device=True)
     first.stop()
     earlier = first.state_dir / "device"

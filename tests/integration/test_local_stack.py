@@ -141,3 +141,28 @@ def test_stack_parameter_overrides_are_checked() -> None:
         parameter_values(template, {"TrainingAlgorithm": "gpu-cluster"})
     with pytest.raises(ConfigurationError, match="below its minimum"):
         parameter_values(template, {"MinImagesPerLabel": "0"})
+
+
+def test_persisted_resources_get_the_same_names_for_the_same_stack_name(stack: StackHandle) -> None:
+    """Local rewrite 8: the stack id the template derives bucket names from is fixed by region + stack name,
+    and the table gets ``<stack>-<logical id>``, so a restarted stack finds its persisted state's names."""
+    template = load_template()
+    params = parameter_values(template)
+
+    def names(stack_name: str, region: str = "us-east-1") -> dict[str, object]:
+        resources = build_local_template(
+            template, params, region=region, stack_name=stack_name
+        ).cloudformation["Resources"]
+        return {
+            lid: res["Properties"].get("BucketName") or res["Properties"].get("TableName")
+            for lid, res in resources.items()
+            if res["Type"] in ("AWS::S3::Bucket", "AWS::DynamoDB::Table")
+        }
+
+    first = names("trashsorter")
+    assert first == names("trashsorter")
+    assert first["CatalogueTable"] == "trashsorter-CatalogueTable"
+    assert "AWS::StackId" not in json.dumps(first)
+    assert names("other") != first and names("trashsorter", "eu-west-1") != first
+    # the stack the tests create (with its stack name) really has those physical names
+    assert stack.stack.resources["CatalogueTable"] == f"{stack.stack.stack_name}-CatalogueTable"

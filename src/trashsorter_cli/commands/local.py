@@ -1,15 +1,18 @@
-"""``trashsorter local up|down|status``: the embedded local stack."""
+"""``trashsorter local up|down|status|reset``: the embedded local stack."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trashsorter.errors import ConfigurationError
+from trashsorter_cli.local import persistence
 from trashsorter_cli.local.runtime import LocalRuntime
 from trashsorter_cli.local.server import (
     DEFAULT_HOST,
@@ -122,4 +125,48 @@ def status(*, state_path: Path | None) -> dict[str, Any]:
         "device_url": state.device_url,
         "outputs": state.outputs,
         "parameters": state.parameters,
+    }
+
+
+# What `local reset` removes under the state folder: the stack's data, the device's model, the jobs' folders.
+RESET_FOLDERS = (persistence.STATE_FOLDER, "device", "jobs")
+
+
+def reset(
+    ui: UI, *, state_path: Path | None, yes: bool = False, ask: Callable[[str], str] = input
+) -> dict[str, Any]:
+    """Wipe the local stack's persisted state (objects, catalogue, runs, models, deployments, the device's
+    model), after a confirmation unless ``yes``; refuses while the stack runs. Logs and reports stay."""
+    path = Path(state_path or default_state_path())
+    state_dir = path.parent
+    try:
+        running = read_state(path)
+    except ConfigurationError:
+        running = None
+    if running is not None and pid_alive(running.pid):
+        raise CliError(
+            f"the local stack is running (pid {running.pid}); stop it with `trashsorter local down` first"
+        )
+    present = [state_dir / name for name in RESET_FOLDERS if (state_dir / name).exists()]
+    if not present:
+        return {"wiped": False, "state_dir": str(state_dir), "message": f"no local state in {state_dir}"}
+    if not yes:
+        try:
+            answer = ask(
+                f"wipe the local stack's state in {state_dir} (objects, catalogue, runs, models, "
+                "the device's model)? [y/N] "
+            )
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            raise CliError("nothing wiped (answer y, or pass --yes)")
+    for folder in present:
+        if folder.name == persistence.STATE_FOLDER:
+            persistence.wipe(state_dir)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "wiped": True,
+        "state_dir": str(state_dir),
+        "message": f"wiped the local state in {state_dir}; the next `trashsorter local up` starts empty",
     }

@@ -284,6 +284,12 @@ class LocalDevice:
             top_k=max(labels, 1),
         )
 
+    @property
+    def recorded_model_id(self) -> str | None:
+        """The model the device's own record names (even one it could not load), ``None`` without a record."""
+        record = self._record()
+        return str(record["model_id"]) if record and record.get("model_id") else None
+
     def _record(self) -> dict[str, Any] | None:
         current = self.state_dir / "current.json"
         if not current.is_file():

@@ -55,6 +55,7 @@ LOG = logging.getLogger(__name__)
 # The moto versions the version-specific patches were tested against (pyproject.toml pins moto to these).
 TESTED_MOTO_VERSIONS = frozenset({"5.2.5"})
 _LOCK = threading.RLock()
+LOCK = _LOCK  # every DynamoDB backend call holds it (fix 1); the local state journal writes under it too
 _STATE = threading.local()
 
 
@@ -321,6 +322,11 @@ def _restore(table: Any, hash_value: Any, range_value: Any, item: Any) -> None:
         table.items.pop(hash_value, None)
     else:
         table.items[hash_value] = item
+
+
+item_slot = _item_slot  # (hash, range) DynamoTypes of an item's key attributes; used by local.persistence
+current_item = _current
+put_item_at = _restore  # put (or, with None, remove) the item at a (hash, range) slot
 
 
 def _moto_version() -> str:

@@ -34,7 +34,7 @@ from typing import IO, Any
 import boto3
 
 from trashsorter import aws
-from trashsorter_cli.local import children, moto_patches, sagemaker_jobs
+from trashsorter_cli.local import children, heal, moto_patches, persistence, sagemaker_jobs
 from trashsorter_cli.local.dispatcher import Dispatcher
 from trashsorter_cli.local.server import (
     DEFAULT_HOST,
@@ -83,6 +83,7 @@ class LocalRuntime:
         log_stream: IO[str] | None = None,
         retry_delay: int = 2,
         wait_time: int = 1,
+        persist: bool = True,
     ) -> None:
         self.host = host
         self.port = port if port else free_port(host)
@@ -96,6 +97,12 @@ class LocalRuntime:
         self.log_stream = log_stream
         self.retry_delay = retry_delay
         self.wait_time = wait_time
+        self.persist = persist
+        self.store: persistence.Store | None = None
+        self.restored: dict[str, int] = {}
+        self._live: dict[str, dict[str, dict[str, Any]]] = {}
+        self.healed: dict[str, Any] = {}
+        self._deployed = False
         self.server = MotoServer(host, self.port)
         self.stack: LocalStack | None = None
         self.dispatcher: Dispatcher | None = None
@@ -120,7 +127,8 @@ class LocalRuntime:
     # ---------------------------------------------------------------------------- lifecycle
 
     def start(self) -> LocalState:
-        """Server -> stack -> device -> handlers (cold starts) -> dispatcher threads -> state file."""
+        """Server -> stack -> restored state (``persist``) -> device -> handlers (cold starts) -> dispatcher
+        threads -> heals (``persist``) -> the device's champion -> state file."""
         try:
             self._set_environment()
             moto_patches.install(speed=True)  # the local stack holds real data: fast DynamoDB
@@ -135,6 +143,9 @@ class LocalRuntime:
                 region=self.region,
                 endpoint_url=self.endpoint_url,
             )
+            self._deployed = True
+            if self.persist:
+                self._restore_state()
             env_overrides: dict[str, dict[str, str]] = {}
             if self.with_device:
                 self.device_url = self._start_device()
@@ -152,6 +163,10 @@ class LocalRuntime:
             environments = {fn: self.stack.function_env(fn) for fn in self.stack.functions}
             for fn, extra in env_overrides.items():
                 environments[fn].update(extra)
+            if self.persist:  # what a crash lost: queued uploads, a run cut off mid-training
+                self.healed = heal.after_restore(environments, live=self._live, client=self.client)
+            if self.device is not None:
+                heal.serve_champion(self.device, environments[PACKAGE_FUNCTION], client=self.client)
             self.state = LocalState(
                 endpoint_url=self.endpoint_url,
                 region=self.region,
@@ -184,6 +199,14 @@ class LocalRuntime:
                 self.device = None
         sagemaker_jobs.uninstall()  # kills running training children
         self.server.stop()
+        if self.store is not None:
+            persistence.detach(self.store)
+            self.store.close()
+            self.store = None
+        if self.stack is not None and self._deployed:  # once: a later stack of this name may hold them
+            buckets, tables = self._persisted()
+            persistence.forget(self.stack_name, region=self.region, buckets=buckets, tables=tables)
+            self._deployed = False
         remove_state(self.state_path, pid=os.getpid())
         self._restore_environment()
         if self._saved_stdout is not None:
@@ -246,13 +269,38 @@ class LocalRuntime:
         self._saved_env = {}
         aws.reset_clients()
 
+    def _persisted(self) -> tuple[list[str], list[str]]:
+        """Physical names of the stack's buckets and tables: what the local state keeps."""
+        assert self.stack is not None
+        types = self.stack.resource_types
+        named = [(types[lid], phys) for lid, phys in self.stack.resources.items() if lid in types]
+        return (
+            [phys for kind, phys in named if kind == "AWS::S3::Bucket"],
+            [phys for kind, phys in named if kind == "AWS::DynamoDB::Table"],
+        )
+
+    def _restore_state(self) -> None:
+        """Load the state of ``<state dir>/state`` into moto (no notifications), then journal every change."""
+        buckets, tables = self._persisted()
+        self.store = persistence.Store(persistence.state_root(self.state_dir))
+        restored = persistence.restore(self.store, region=self.region, buckets=buckets, tables=tables)
+        self.restored, self._live = restored.counts, restored.live
+        self.store.open()
+        persistence.attach(self.store, buckets=buckets, tables=tables)
+
     def _start_device(self) -> str:
         from trashsorter_cli.device.server import LocalDevice
 
-        # The stack's state lives in memory and starts empty, so its registry names no champion: the device
-        # must not serve a model left on disk by an earlier stack (docs/local-mode.md, "State").
-        shutil.rmtree(self.state_dir / "device", ignore_errors=True)
-        self.device = LocalDevice(self.host, 0, self.state_dir / "device", s3=self.client("s3"))
+        # The device serves the champion the (restored) registry names, or nothing: a model left on disk that
+        # is not that champion goes (heal.serve_champion deploys the champion once the device runs).
+        assert self.stack is not None
+        champion = heal.champion_id(self.stack.function_env(PACKAGE_FUNCTION), client=self.client)
+        device_dir = self.state_dir / "device"
+        device = LocalDevice(self.host, 0, device_dir, s3=self.client("s3"))
+        if device.recorded_model_id not in (None, champion):
+            shutil.rmtree(device_dir, ignore_errors=True)
+            device = LocalDevice(self.host, 0, device_dir, s3=self.client("s3"))
+        self.device = device
         self.device.start()
         return str(self.device.url)
 

@@ -21,6 +21,12 @@ which cannot run Lambda code without Docker:
 7. Bucket-policy ``Deny`` statements with a ``Condition`` (the TLS-only rule) are not applied: moto evaluates
    policies without their conditions, so they would deny every request, and the local endpoint is plain
    HTTP on loopback anyway. The statements left out are listed in ``LocalStack.skipped_statements``.
+8. Stable names for the persisted resources (docs/local-mode.md, "State"): every ``!Ref AWS::StackId`` is
+   replaced by a fixed stack id whose last part is a UUID derived from the region and the stack name
+   (:func:`local_stack_id`), so the bucket names the template derives from it are the same at every
+   ``local up``; a DynamoDB table without a ``TableName`` gets ``<stack name>-<logical id>`` (CloudFormation
+   would add a random suffix). The local state, which holds ``s3://`` URIs and is keyed by these names,
+   then fits the next stack of the same name.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,10 +237,40 @@ def _getatt_target(value: Any) -> str | None:
     return None
 
 
+def local_stack_id(stack_name: str, region: str) -> str:
+    """The fixed stack id the local template sees (local rewrite 8): the same for the same name and region."""
+    suffix = uuid.uuid5(uuid.NAMESPACE_URL, f"trashsorter-local:{region}:{stack_name}")
+    return f"arn:aws:cloudformation:{region}:{LOCAL_ACCOUNT}:stack/{stack_name}/{suffix}"
+
+
+def _stable_names(resources: dict[str, Any], stack_name: str, stack_id: str) -> dict[str, Any]:
+    """Local rewrite 8 on the translated resources (see the module docstring)."""
+
+    def replace(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node == {"Ref": "AWS::StackId"}:
+                return stack_id
+            return {key: replace(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [replace(value) for value in node]
+        return node
+
+    replaced: dict[str, Any] = replace(resources)
+    for lid, res in replaced.items():
+        if res["Type"] == "AWS::DynamoDB::Table":
+            res.setdefault("Properties", {}).setdefault("TableName", f"{stack_name}-{lid}")
+    return replaced
+
+
 def build_local_template(
-    template: Mapping[str, Any], parameters: Mapping[str, str], *, region: str = "us-east-1"
+    template: Mapping[str, Any],
+    parameters: Mapping[str, str],
+    *,
+    region: str = "us-east-1",
+    stack_name: str | None = None,
 ) -> LocalTemplate:
-    """Translate the SAM template and apply the local rewrites (module docstring)."""
+    """Translate the SAM template and apply the local rewrites (module docstring); rewrite 8 (stable names)
+    only when ``stack_name`` is given."""
     from samtranslator.translator.transform import transform
 
     sam = copy.deepcopy(dict(template))
@@ -260,6 +297,8 @@ def build_local_template(
         else:
             os.environ["AWS_DEFAULT_REGION"] = previous_region
     cfn = json.loads(json.dumps(cfn, default=str))
+    if stack_name:  # 8. stable names for the persisted resources
+        cfn["Resources"] = _stable_names(cfn["Resources"], stack_name, local_stack_id(stack_name, region))
     out_resources: dict[str, Any] = cfn["Resources"]
 
     functions: dict[str, FunctionSpec] = {}
@@ -446,7 +485,7 @@ def deploy_stack(
     region = region or session.region_name or "us-east-1"
     template = load_template(template_path)
     params = parameter_values(template, overrides)
-    local = build_local_template(template, params, region=region)
+    local = build_local_template(template, params, region=region, stack_name=stack_name)
 
     def client(service: str) -> Any:
         return session.client(service, region_name=region, endpoint_url=endpoint_url)

@@ -114,6 +114,15 @@ def reconcile_training(settings: TrainingSettings, clients: Clients | None = Non
         f"reports {job_status}" if job_status else f"does not know job {job_name}"
     )
     logger.warning("overdue run failed by the reconciler", extra={**extra, "reason": reason})
+    return fail_run(settings, run_id, job_name, reason, clients)
+
+
+def fail_run(
+    settings: TrainingSettings, run_id: str, job_name: str, reason: str, clients: Clients
+) -> ReconcileOutcome:
+    """Fail a run whose job cannot end by itself: releases the lock, re-publishes the pending dataset and
+    sends a notice (idempotent: a run already final is left as it is)."""
+    ddb, table = clients.ddb, settings.table_name
     if runs.finish_run(settings, run_id=run_id, status=RunStatus.FAILED, message=reason, ddb=ddb,
                        events=clients.events, ended_by="reconcile"):  # fmt: skip
         runs.update_run(run_id, {"failure_reason": reason}, table_name=table, ddb=ddb)
