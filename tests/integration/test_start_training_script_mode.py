@@ -21,6 +21,7 @@ from trashsorter import registry
 from trashsorter.runs import get_run
 from trashsorter.schema import ModelStatus
 from trashsorter_cli.local.dispatcher import make_context
+from trashsorter_cli.local.stack import local_stack_id
 from trashsorter_trainer import contract, sourcedir
 
 pytestmark = pytest.mark.integration
@@ -71,8 +72,9 @@ def test_trashsorter_request_as_moto_records_it(world: World, with_champion: boo
     )
     assert result["status"] == "started", result
     job, run_id, dataset_id = result["job_name"], result["run_id"], result["dataset_id"]
-    stack_id = world.stack.client("cloudformation").describe_stacks()["Stacks"][0]["StackId"]
-    stack_part = stack_id.split("/")[2].split("-")[0]
+    # the stack id the template sees: the local stack's fixed one (local rewrite 8), as AWS::StackId is on AWS
+    stack_name = world.stack.client("cloudformation").describe_stacks()["Stacks"][0]["StackName"]
+    stack_part = local_stack_id(stack_name, REGION).split("/")[2].split("-")[0]
     assert job.startswith(f"deeplens-{stack_part}-ts-{dataset_id}-")  # the per-stack part
 
     source = sourcedir.build()
