@@ -18,7 +18,7 @@ from typing import Any
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.commands import data, pipeline, report
 from trashsorter_cli.local.runtime import LocalRuntime
-from trashsorter_cli.local.stack import REPO_ROOT
+from trashsorter_cli.local.template import REPO_ROOT
 from trashsorter_cli.targets import Target, local_target
 from trashsorter_cli.ui import UI, CliError
 

@@ -18,7 +18,7 @@ from tests.support.waiting import wait_for
 from trashsorter import registry, runs
 from trashsorter.catalogue import Catalogue
 from trashsorter_cli.local.runtime import LocalRuntime
-from trashsorter_cli.local.stack import load_template
+from trashsorter_cli.local.template import load_template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.stack import StackHandle
 from trashsorter.errors import ConfigurationError
-from trashsorter_cli.local.stack import (
+from trashsorter_cli.local.template import (
     build_local_template,
     load_template,
     parameter_values,

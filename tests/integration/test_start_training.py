@@ -37,7 +37,7 @@ from trashsorter.runs import (
 from trashsorter.schema import LOCK_KEY, RunStatus, dataset_key, run_key
 from trashsorter.threshold import trigger_manual
 from trashsorter_cli.local.dispatcher import make_context
-from trashsorter_cli.local.stack import load_template
+from trashsorter_cli.local.template import load_template
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from trashsorter import registry
 from trashsorter.runs import get_run
 from trashsorter.schema import ModelStatus
 from trashsorter_cli.local.dispatcher import make_context
-from trashsorter_cli.local.stack import local_stack_id
+from trashsorter_cli.local.template import local_stack_id
 from trashsorter_trainer import contract, sourcedir
 
 pytestmark = pytest.mark.integration

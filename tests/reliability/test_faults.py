@@ -24,7 +24,7 @@ from trashsorter.errors import TransientError
 from trashsorter.ingest import process_s3_record
 from trashsorter.settings import IngestSettings
 from trashsorter_cli.local.dispatcher import make_context
-from trashsorter_cli.local.stack import load_template
+from trashsorter_cli.local.template import load_template
 
 pytestmark = pytest.mark.reliability
 LABELS = ("Compost", "Landfill", "Recycling")

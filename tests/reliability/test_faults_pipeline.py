@@ -36,7 +36,7 @@ from trashsorter.clients import Clients
 from trashsorter.dataset_store import read_manifest
 from trashsorter.deploy.orchestrate import redeploy
 from trashsorter.errors import TransientError
-from trashsorter_cli.local.stack import load_template
+from trashsorter_cli.local.template import load_template
 
 # usefixtures: the shared ``stack`` fixture reads ``stack_overrides`` only when the test requests it
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("stack_overrides")]

@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from trashsorter_cli.local.dispatcher import Dispatcher, LambdaContext, Route, lambda_sqs_record
-from trashsorter_cli.local.stack import EventSource
+from trashsorter_cli.local.template import EventSource
 
 REGION = "us-east-1"
 

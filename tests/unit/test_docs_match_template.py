@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from trashsorter_cli.local.stack import load_template
+from trashsorter_cli.local.template import load_template
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

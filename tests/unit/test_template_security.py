@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from trashsorter_cli.local.stack import load_template, parameter_values
+from trashsorter_cli.local.template import load_template, parameter_values
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,7 +24,7 @@ from trashsorter_cli.local.server import (
     read_state,
     remove_state,
 )
-from trashsorter_cli.local.stack import parse_parameter_overrides
+from trashsorter_cli.local.template import parse_parameter_overrides
 from trashsorter_cli.ui import UI, CliError
 
 

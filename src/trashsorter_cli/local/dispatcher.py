@@ -34,7 +34,8 @@ from types import ModuleType
 from typing import Any
 
 from trashsorter.errors import ConfigurationError
-from trashsorter_cli.local.stack import LOCAL_ACCOUNT, EventSource, FunctionSpec, LocalStack
+from trashsorter_cli.local.stack import LocalStack
+from trashsorter_cli.local.template import LOCAL_ACCOUNT, EventSource, FunctionSpec
 
 LOG = logging.getLogger("trashsorter.local.dispatcher")
 Handler = Callable[[Any, Any], Any]

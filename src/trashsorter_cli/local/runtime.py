@@ -47,7 +47,8 @@ from trashsorter_cli.local.server import (
     remove_state,
     write_state,
 )
-from trashsorter_cli.local.stack import LocalStack, deploy_stack, load_template
+from trashsorter_cli.local.stack import LocalStack, deploy_stack
+from trashsorter_cli.local.template import load_template
 
 DEFAULT_STACK_NAME = "trashsorter"
 DEFAULT_REGION = "us-east-1"
