@@ -142,7 +142,7 @@ def run_demo(
                 for label, c in counts.items()
             ],
         )
-        ui.line("threshold crossed -> Dataset Ready -> training on the CPU (progress per epoch) ...")
+        ui.line("threshold crossed -> Dataset Ready -> training on the CPU (feature pass, then epochs) ...")
         run = pipeline.wait_for_run(
             target, ui, since=since, timeout=max(10.0, deadline - time.monotonic()), ddb=ddb
         )
