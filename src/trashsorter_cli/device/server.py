@@ -320,6 +320,16 @@ class LocalDevice:
         self.deployed_at = record["deployed_at"]
 
 
+def clear_iot_messages() -> None:
+    """Forget what earlier stacks of this process published (a stack's messages start with the stack, as
+    a fresh ``local up`` process starts with none; MQTT keeps nothing either)."""
+    from moto.iotdata.models import iotdata_backends
+
+    for account in list(iotdata_backends):
+        for region in list(iotdata_backends[account]):
+            iotdata_backends[account][region].published_payloads.clear()
+
+
 def iot_messages(after: int = 0, topic_prefix: str = "") -> list[dict[str, Any]]:
     """What the local endpoint's IoT data plane received (moto keeps published payloads in memory, in this
     process): ``[{"index", "topic", "payload"}]`` from index ``after`` on, topics starting with the prefix."""

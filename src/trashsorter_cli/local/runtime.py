@@ -290,7 +290,9 @@ class LocalRuntime:
         persistence.attach(self.store, buckets=buckets, tables=tables)
 
     def _start_device(self) -> str:
-        from trashsorter_cli.device.server import LocalDevice
+        from trashsorter_cli.device.server import LocalDevice, clear_iot_messages
+
+        clear_iot_messages()  # `watch` replays this stack's messages, never an earlier stack's
 
         # The device serves the champion the (restored) registry names, or nothing: a model left on disk that
         # is not that champion goes (heal.serve_champion deploys the champion once the device runs).
