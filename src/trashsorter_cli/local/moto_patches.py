@@ -54,8 +54,8 @@ from typing import Any
 LOG = logging.getLogger(__name__)
 # The moto versions the version-specific patches were tested against (pyproject.toml pins moto to these).
 TESTED_MOTO_VERSIONS = frozenset({"5.2.5"})
-_LOCK = threading.RLock()
-LOCK = _LOCK  # every DynamoDB backend call holds it (fix 1); the local state journal writes under it too
+# Every DynamoDB backend call holds it (fix 1); local.persistence writes its journal records under it too.
+LOCK = threading.RLock()
 _STATE = threading.local()
 
 
@@ -289,7 +289,8 @@ class _CopyProxy:
         return getattr(self._real, name)
 
 
-def _item_slot(table: Any, attrs: dict[str, Any]) -> tuple[Any, Any] | None:
+def item_slot(table: Any, attrs: dict[str, Any]) -> tuple[Any, Any] | None:
+    """The (hash, range) DynamoTypes of an item's key attributes (``None`` when one is missing)."""
     from moto.dynamodb.models.dynamo_type import DynamoType
 
     if table.hash_key_attr not in attrs:
@@ -303,13 +304,15 @@ def _item_slot(table: Any, attrs: dict[str, Any]) -> tuple[Any, Any] | None:
     return hash_value, range_value
 
 
-def _current(table: Any, hash_value: Any, range_value: Any) -> Any:
+def current_item(table: Any, hash_value: Any, range_value: Any) -> Any:
+    """The item stored at a (hash, range) slot, ``None`` if none."""
     if table.range_key_attr is not None:
         return table.items.get(hash_value, {}).get(range_value)
     return table.items.get(hash_value)
 
 
-def _restore(table: Any, hash_value: Any, range_value: Any, item: Any) -> None:
+def put_item_at(table: Any, hash_value: Any, range_value: Any, item: Any) -> None:
+    """Put ``item`` at a (hash, range) slot, or remove the slot's item with ``None``."""
     if table.range_key_attr is not None:
         bucket = table.items[hash_value]
         if item is None:
@@ -322,11 +325,6 @@ def _restore(table: Any, hash_value: Any, range_value: Any, item: Any) -> None:
         table.items.pop(hash_value, None)
     else:
         table.items[hash_value] = item
-
-
-item_slot = _item_slot  # (hash, range) DynamoTypes of an item's key attributes; used by local.persistence
-current_item = _current
-put_item_at = _restore  # put (or, with None, remove) the item at a (hash, range) slot
 
 
 def _moto_version() -> str:
@@ -347,7 +345,7 @@ def _install_lock() -> None:
 
         @functools.wraps(member)
         def locked(self: Any, *args: Any, __original: Any = member, **kwargs: Any) -> Any:
-            with _LOCK:
+            with LOCK:
                 return __original(self, *args, **kwargs)
 
         setattr(DynamoDBBackend, name, locked)
@@ -366,23 +364,23 @@ def _install_speed() -> None:
 
     @functools.wraps(original_transact)
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> Any:
-        with _LOCK:
+        with LOCK:
             saved: list[tuple[Any, Any, Any, Any]] = []
             for entry in transact_items:
                 _, op = next(iter(entry.items()))
                 table = self.tables.get(op.get("TableName"))
                 if table is None:
                     continue
-                slot = _item_slot(table, op.get("Item") or op.get("Key") or {})
+                slot = item_slot(table, op.get("Item") or op.get("Key") or {})
                 if slot is None:
                     continue
-                saved.append((table, *slot, copy.deepcopy(_current(table, *slot))))
+                saved.append((table, *slot, copy.deepcopy(current_item(table, *slot))))
             _STATE.in_transaction = True
             try:
                 return original_transact(self, transact_items)
             except Exception:
                 for table, hash_value, range_value, item in reversed(saved):
-                    _restore(table, hash_value, range_value, item)
+                    put_item_at(table, hash_value, range_value, item)
                 raise
             finally:
                 _STATE.in_transaction = False
@@ -395,7 +393,7 @@ def _install_speed() -> None:
 
         @functools.wraps(member)
         def write(self: Any, *args: Any, __original: Any = member, **kwargs: Any) -> Any:
-            with _LOCK:
+            with LOCK:
                 _CURSORS.bump()
                 try:
                     return __original(self, *args, **kwargs)
