@@ -107,9 +107,16 @@ def after_restore(
     return healed
 
 
-def champion_id(package_env: Mapping[str, str], *, client: ClientFactory) -> str | None:
+def _champion(
+    package_env: Mapping[str, str], client: ClientFactory
+) -> tuple[PackageSettings, dict[str, Any] | None]:
+    """The package function's settings and the champion its registry names (``None``: none yet)."""
     settings = PackageSettings.from_env(dict(package_env))
-    champion = registry.get_champion(table_name=settings.table_name, ddb=client("dynamodb"))
+    return settings, registry.get_champion(table_name=settings.table_name, ddb=client("dynamodb"))
+
+
+def champion_id(package_env: Mapping[str, str], *, client: ClientFactory) -> str | None:
+    _, champion = _champion(package_env, client)
     return str(champion["model_id"]) if champion else None
 
 
@@ -117,8 +124,7 @@ def serve_champion(device: Any, package_env: Mapping[str, str], *, client: Clien
     """Deploy the registry's champion to ``device`` unless it serves it; returns the model deployed."""
     from trashsorter.deploy import local_device
 
-    settings = PackageSettings.from_env(dict(package_env))
-    champion = registry.get_champion(table_name=settings.table_name, ddb=client("dynamodb"))
+    settings, champion = _champion(package_env, client)
     if champion is None or device.model_id == champion["model_id"]:
         return None
     uri = (champion.get("packaged_artifact_uris") or {}).get("onnx")
