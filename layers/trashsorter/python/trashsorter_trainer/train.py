@@ -285,12 +285,12 @@ def _train(
     # so the split run sees exactly the views it would see without the refit)
     val_sources = [resize_short_side(im, round(size * 1.15)) for im in val_images] if config.refit else []
     refit_views = config.views if config.refit else 0
-    tick = feature_progress(
-        progress,
+    feature_images = (  # every image the frozen part runs on below
         len(val_arrays) * (2 if config.flip_tta else 1)
         + config.views * len(sources)
-        + refit_views * len(val_sources),
+        + refit_views * len(val_sources)
     )
+    tick = feature_progress(progress, feature_images)
     batch = config.batch_size
     val_bank = frozen_features(model, val_arrays, batch, config, tick)
     val_flip_bank = (
@@ -309,8 +309,6 @@ def _train(
         for _ in range(refit_views)
     ]
     features_at = time.perf_counter()
-    feature_images = len(bank) + len(val_bank) + (0 if val_flip_bank is None else len(val_flip_bank))
-    feature_images += sum(len(v) for v in val_views)
 
     # 3. train the tail on the cached features
     history: list[dict[str, Any]] = []
