@@ -161,10 +161,7 @@ def reset(
         if answer.strip().lower() not in ("y", "yes"):
             raise CliError("nothing wiped (answer y, or pass --yes)")
     for folder in present:
-        if folder.name == persistence.STATE_FOLDER:
-            persistence.wipe(state_dir)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     return {
         "wiped": True,
         "state_dir": str(state_dir),

@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -145,11 +144,6 @@ class Store:
             for path in self.blobs.iterdir():
                 if path.name not in used:
                     path.unlink(missing_ok=True)
-
-
-def wipe(state_dir: Path) -> None:
-    """Remove the persisted state (``trashsorter local reset``)."""
-    shutil.rmtree(state_root(state_dir), ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------- routing
