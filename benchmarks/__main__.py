@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (of {', '.join(ORDER)})")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes (a smoke run)")
-    parser.add_argument("--no-write", action="store_true", help=f"do not rewrite {RESULTS.name}")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(ORDER))
     if unknown:

@@ -102,31 +102,86 @@ def print_table(results: Sequence[Result], out: Any = None) -> None:
             print("  ".join("-" * w for w in widths), file=out)
 
 
+RESULTS_HEADER = "| benchmark | metric | value | target | status | notes |"
+_FIXED = ("Machine", "Summary")
+
+
+def _blocks(text: str) -> dict[str, list[str]]:
+    """The ``## <title>`` sections of a results file (Machine and Summary left out), in file order."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            title = line[3:].strip()
+            current = None if title in _FIXED else blocks.setdefault(title, [])
+            continue
+        if current is not None:
+            current.append(line)
+    return blocks
+
+
+def _rows(block: Sequence[str]) -> list[str]:
+    """The summary rows of a section: the rows of the first table under the results header."""
+    try:
+        start = list(block).index(RESULTS_HEADER) + 2
+    except ValueError:
+        return []
+    rows = []
+    for line in block[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+def _render(section: Section, info: dict[str, str]) -> list[str]:
+    lines = [*table(section.results), ""]
+    if section.method:
+        lines += [section.method, ""]
+    lines += [*section.details, ""] if section.details else []
+    lines += [
+        f"_measured at commit {info['commit']}, {info['date']}, {info['nproc']} CPUs;"
+        f" took {section.seconds:.1f} s_",
+        "",
+    ]
+    return lines
+
+
 def write_report(sections: Sequence[Section], path: Path = RESULTS) -> None:
+    """Write ``sections`` into the results file, KEEPING the sections of benchmarks that did not run.
+
+    Each section holds its own results table and the commit and date it was measured at; the summary is
+    every section's table, in file order (a section run for the first time is added at the end)."""
     info = machine()
+    blocks = _blocks(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for section in sections:
+        blocks[section.title] = _render(section, info)
+    summary = [RESULTS_HEADER, "|---|---|---|---|---|---|"]
+    for block in blocks.values():
+        summary += _rows(block)
     lines = [
         "# Benchmark results",
         "",
-        "Written by `make bench` (`python -m benchmarks`); see docs/benchmarks.md for targets and method.",
+        "Written by `make bench` (`python -m benchmarks [name ...]`: a run rewrites the sections it ran and",
+        "keeps the others); see docs/benchmarks.md for targets and method.",
         "",
         "## Machine",
         "",
         f"- CPU: {info['cpu']} ({info['nproc']} logical CPUs)",
         f"- RAM: {info['ram']}",
         f"- Python {info['python']} on {info['platform']}",
-        f"- commit {info['commit']}, {info['date']}",
         "",
         "## Summary",
         "",
-        *table([r for s in sections for r in s.results]),
+        *summary,
         "",
     ]
-    for section in sections:
-        lines += [f"## {section.title}", ""]
-        if section.method:
-            lines += [section.method, ""]
-        lines += [*section.details, ""] if section.details else []
-        lines += [f"_took {section.seconds:.1f} s_", ""]
+    for title, block in blocks.items():
+        while block and not block[0].strip():
+            block = block[1:]
+        while block and not block[-1].strip():
+            block = block[:-1]
+        lines += [f"## {title}", "", *block, ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
