@@ -73,7 +73,7 @@ from trashsorter.training_request import (
 
 # The start-training function's Timeout in template.yaml (a test keeps them equal): a lock whose holder has
 # no run record yet is being snapshotted by a live invocation until then, and is stale after it.
-START_TIMEOUT_SECONDS = 300
+START_TIMEOUT_SECONDS = 900
 RESUME_AFTER_SECONDS = 90  # a run "starting" for longer than this was abandoned by a failed invocation
 MAX_LOCK_ROUNDS = 5
 THROTTLING_CODES = frozenset(
