@@ -43,13 +43,18 @@ def tiny_samples(per_class_train: int = 3, per_class_val: int = 2) -> tuple[list
     return samples, ["Compost", "Recycling"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+def train_tiny(out: Path, config: TrainConfig) -> TrainResult:
+    """The tiny training; the progress reports it made are kept in ``metrics["_progress_seen"]``."""
     samples, labels = tiny_samples()
     progress: list[dict[str, object]] = []
-    result = train(samples, labels, tmp_path_factory.mktemp("model"), TINY, progress=progress.append)
+    result = train(samples, labels, out, config, progress=progress.append)
     result.metrics["_progress_seen"] = progress
     return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    return train_tiny(tmp_path_factory.mktemp("model"), TINY)
 
 
 def test_model_loads_the_imagenet_weights_shipped_in_the_wheel() -> None:

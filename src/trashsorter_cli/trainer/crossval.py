@@ -9,7 +9,9 @@ folds, fold 0 is exactly the trainer's 20 % hash validation split. The frozen pa
 ONCE per image and view (centre crop, its flip, ``views`` augmented views) and is shared by every fold and
 every grid entry with the same cut / views / size; each fold then trains a fresh tail with
 :func:`train.fit_tail` and evaluates it with :func:`train.tail_probabilities` (the flip-TTA of the graph),
-exactly as :func:`train.train` does. Prints one JSON document: per setting, the fold accuracies, mean and
+exactly as :func:`train.train` does. Settings with ``local_finetune_epochs`` change the network itself, so
+no cache serves them: each fold runs the whole :func:`train.train` (without the refit), minutes per fold.
+Prints one JSON document: per setting, the fold accuracies, mean and
 standard deviation, the pooled confusion matrix and the errors by source folder.
 """
 
@@ -20,9 +22,11 @@ import hashlib
 import json
 import random
 import statistics
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,7 @@ from trashsorter_trainer.train import (
     flipped,
     frozen_features,
     tail_probabilities,
+    train,
 )
 
 
@@ -98,10 +103,7 @@ def evaluate(
     y = torch.tensor([index[s.label] for s in samples])
     fold_ids = torch.tensor(folds)
     kept = torch.tensor([kept_for_training(s.data, train_fraction) for s in samples])
-    accuracies: list[float] = []
-    truth: list[int] = []
-    predicted: list[int] = []
-    errors: Counter[str] = Counter()
+    answers: list[tuple[list[int], list[int]]] = []
     for k in sorted(set(folds)):
         train_mask, test_mask = (fold_ids != k) & kept, fold_ids == k
         bank = features["views"][: config.views, train_mask].reshape(-1, *features["views"].shape[2:])
@@ -110,12 +112,53 @@ def evaluate(
         fit_tail(model, bank, y_bank, config)
         flip = features["flip"][test_mask] if config.flip_tta else None
         probs = tail_probabilities(model, features["center"][test_mask], flip, config.batch_size)
-        pred = probs.argmax(1)
-        accuracies.append(float((pred == y[test_mask]).float().mean()))
-        truth.extend(y[test_mask].tolist())
-        predicted.extend(pred.tolist())
-        for i, p in zip(test_mask.nonzero().flatten().tolist(), pred.tolist(), strict=True):
-            if p != y[i]:
+        answers.append((test_mask.nonzero().flatten().tolist(), probs.argmax(1).tolist()))
+    return _scores(samples, labels, answers)
+
+
+def evaluate_by_training(
+    samples: Sequence[Sample],
+    labels: Sequence[str],
+    folds: Sequence[int],
+    config: TrainConfig,
+    train_fraction: float = 1.0,
+) -> dict[str, Any]:
+    """For settings no feature cache can serve (``finetune_epochs``: the network itself trains): the
+    trainer's own :func:`train.train` per fold, the fold as its validation split, without the refit,
+    scored on the exported ONNX graph's answers (what the trainer reports)."""
+    answers: list[tuple[list[int], list[int]]] = []
+    with tempfile.TemporaryDirectory(prefix="crossval-") as tmp:
+        for k in sorted(set(folds)):
+            chosen = [
+                i
+                for i, (s, f) in enumerate(zip(samples, folds, strict=True))
+                if f == k or kept_for_training(s.data, train_fraction)
+            ]
+            fold = [replace(samples[i], split="validation" if folds[i] == k else "train") for i in chosen]
+            result = train(fold, labels, Path(tmp) / f"fold-{k}", replace(config, refit=False))
+            assert result.validation_probabilities is not None
+            held_out = [i for i in chosen if folds[i] == k]  # train() keeps the samples' order
+            answers.append((held_out, result.validation_probabilities.argmax(1).tolist()))
+    return _scores(samples, labels, answers)
+
+
+def _scores(
+    samples: Sequence[Sample], labels: Sequence[str], answers: Sequence[tuple[list[int], list[int]]]
+) -> dict[str, Any]:
+    """Fold accuracies, pooled confusion and errors from (held-out sample indices, predictions) per fold."""
+    index = {label: i for i, label in enumerate(labels)}
+    accuracies: list[float] = []
+    truth: list[int] = []
+    predicted: list[int] = []
+    errors: Counter[str] = Counter()
+    for held_out, predictions in answers:
+        fold_truth = [index[samples[i].label] for i in held_out]
+        right = sum(int(p == t) for p, t in zip(predictions, fold_truth, strict=True))
+        accuracies.append(right / len(held_out))
+        truth.extend(fold_truth)
+        predicted.extend(predictions)
+        for i, p, t in zip(held_out, predictions, fold_truth, strict=True):
+            if p != t:
                 errors[f"{samples[i].key.split('/')[0]} -> {labels[p]}"] += 1
     matrix = report.confusion_matrix(truth, predicted, len(labels))
     scores = report.classification_metrics(matrix, labels)
@@ -147,13 +190,16 @@ def crossvalidate(
     results = []
     for override, config in zip(settings, configs, strict=True):
         key = _feature_key(config)
-        needed = max(c.views for c in configs if _feature_key(c) == key)
         started = time.perf_counter()
-        if key not in cache:
+        if key not in cache and not config.finetune_epochs:
+            needed = max(c.views for c in configs if _feature_key(c) == key)
             cache[key] = cached_features(samples, config, needed)
         for fraction in train_fractions:
             featured = time.perf_counter()
-            result = evaluate(samples, labels, fold_ids, config, cache[key], fraction)
+            if config.finetune_epochs:  # the whole trainer per fold
+                result = evaluate_by_training(samples, labels, fold_ids, config, fraction)
+            else:
+                result = evaluate(samples, labels, fold_ids, config, cache[key], fraction)
             result["setting"] = dict(override)
             result["train_fraction"] = fraction
             result["seconds"] = {

@@ -90,6 +90,13 @@ class TrashClassifier(nn.Module):
         out: torch.Tensor = self.net._blocks[idx](x, drop_connect_rate=rate)
         return out
 
+    def unfreeze(self) -> None:
+        """Make every block, the head conv and the classifier trainable (the stem stays frozen): the
+        fine-tuning stage after the head was trained on cached features. The graph does not change."""
+        self.split = 0
+        for param in self.tail_parameters():
+            param.requires_grad_(True)
+
     def frozen_parameters(self) -> list[nn.Parameter]:
         params = list(self.net._conv_stem.parameters()) + list(self.net._bn0.parameters())
         for block in self.net._blocks[: self.split]:

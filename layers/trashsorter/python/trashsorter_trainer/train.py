@@ -12,7 +12,8 @@ Schedule (fast on 2 cores, see docs/local-training.md):
 3. train the tail (dropout + a new linear classifier, plus the fine-tuned blocks if any) with AdamW +
    cosine decay + label smoothing (optionally class-balanced) on those cached features for ``epochs``
    epochs (one epoch = every cached view once), reporting ``progress`` after each epoch (and at every
-   tenth of the feature pass, ``{"phase": "features", "done", "total"}``);
+   tenth of the feature pass, ``{"phase": "features", "done", "total"}``); with ``finetune_epochs`` the
+   whole network then trains on fresh augmented photos (:mod:`finetune`, LP-FT; progress continues);
 4. export normalisation + backbone + head + softmax (+ the flip-TTA average) of this split run, evaluate
    the validation set WITH onnxruntime on that graph: every reported metric;
 5. with ``refit`` (default): train a fresh tail with the same schedule on the train + validation views and
@@ -39,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from trashsorter_trainer import report
 from trashsorter_trainer.config import TrainConfig
@@ -56,6 +56,7 @@ from trashsorter_trainer.data import (
     samples_from_directory,
 )
 from trashsorter_trainer.errors import TrainerError
+from trashsorter_trainer.finetune import finetune, graph_probabilities
 from trashsorter_trainer.model import (
     HEAD_ONLY,
     INPUT_NAME,
@@ -65,6 +66,7 @@ from trashsorter_trainer.model import (
     TrashClassifier,
     export_onnx,
 )
+from trashsorter_trainer.optim import autocast, cosine_decay, grad_scaler, loss_function, step
 
 ARTIFACT_MEMBERS = ("model.onnx", "labels.txt", "metrics.json", "confusion_matrix.png", "model.json")
 # with the refit: the split run's graph (trained without the validation images), beside the shipped one
@@ -124,12 +126,6 @@ def build_model(num_classes: int, config: TrainConfig) -> TrashClassifier:
     return model
 
 
-def _autocast(config: TrainConfig | None) -> Any:
-    """float16 autocast on CUDA when ``config.amp`` (mixed precision); a no-op context elsewhere."""
-    enabled = config is not None and config.device == "cuda" and config.amp
-    return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=enabled)
-
-
 def frozen_features(
     model: TrashClassifier,
     arrays: Sequence[np.ndarray],
@@ -142,7 +138,7 @@ def frozen_features(
     On the model's device (the result stays there, float32); ``tick(n)`` after each batch of n images."""
     device = next(model.parameters()).device
     outputs = []
-    with torch.no_grad(), _autocast(config):
+    with torch.no_grad(), autocast(config):
         for start in range(0, len(arrays), batch_size):
             batch = torch.from_numpy(np.stack(arrays[start : start + batch_size])).to(device)
             outputs.append(model.frozen(batch).float())
@@ -189,18 +185,10 @@ def fit_tail(
     torch.manual_seed(config.seed)
     params = [p for p in model.tail_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(bank) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
-    weight = None
-    if config.class_balanced:
-        counts = torch.bincount(y_bank, minlength=model.num_classes).float().clamp(min=1)
-        weight = counts.sum() / (model.num_classes * counts)
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    scheduler = cosine_decay(optimizer, math.ceil(len(bank) / config.batch_size) * config.epochs)
+    loss_fn = loss_function(config, y_bank, model.num_classes)
     generator = torch.Generator().manual_seed(config.seed)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.device == "cuda" and config.amp)
+    scaler = grad_scaler(config)
     train_loss = train_accuracy = 0.0
     for epoch in range(1, config.epochs + 1):
         model.train_tail()
@@ -208,14 +196,10 @@ def fit_tail(
         loss_sum, correct = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            with _autocast(config):
+            with autocast(config):
                 logits = model.tail(bank[idx])
                 loss = loss_fn(logits.float(), y_bank[idx])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            step(loss, optimizer, scaler, scheduler)
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.detach().argmax(1) == y_bank[idx]).sum())
         train_loss = loss_sum / len(bank)
@@ -310,16 +294,16 @@ def _train(
     ]
     features_at = time.perf_counter()
 
-    # 3. train the tail on the cached features
+    # 3. train the tail on the cached features (then, with finetune_epochs, the whole network on photos)
     history: list[dict[str, Any]] = []
+    total_epochs = config.epochs + config.finetune_epochs
 
-    def after_epoch(epoch: int, train_loss: float, train_accuracy: float) -> None:
-        probs = tail_probabilities(model, val_bank, val_flip_bank, config.batch_size)
+    def record(epoch: int, train_loss: float, train_accuracy: float, probs: torch.Tensor) -> None:
         val_pred = probs.argmax(1).tolist()
         val_accuracy = sum(int(p == t) for p, t in zip(val_pred, y_val, strict=True)) / len(y_val)
         entry = {
             "epoch": epoch,
-            "epochs": config.epochs,
+            "epochs": total_epochs,
             "train_loss": round(train_loss, 5),
             "train_accuracy": round(train_accuracy, 5),
             "val_loss": round(cross_entropy(probs.numpy(), y_val), 5),
@@ -329,17 +313,30 @@ def _train(
         if progress is not None:
             progress(dict(entry))
 
+    def after_epoch(epoch: int, train_loss: float, train_accuracy: float) -> None:
+        probs = tail_probabilities(model, val_bank, val_flip_bank, config.batch_size)
+        record(epoch, train_loss, train_accuracy, probs)
+
+    def after_finetune_epoch(epoch: int, train_loss: float, train_accuracy: float) -> None:
+        probs = graph_probabilities(model, val_arrays, config.batch_size, config)
+        record(config.epochs + epoch, train_loss, train_accuracy, probs)
+
     _, train_accuracy = fit_tail(model, bank, y_bank, config, after_epoch)
+    if config.finetune_epochs:
+        _, train_accuracy = finetune(model, sources, y_train, config, rng, after_finetune_epoch)
     trained_at = time.perf_counter()
 
+    def torch_answers(trained: TrashClassifier) -> torch.Tensor:
+        """The torch model's answers on the validation images, to compare with its ONNX graph's."""
+        if config.finetune_epochs:  # the cached features no longer describe the fine-tuned network
+            return graph_probabilities(trained, val_arrays, config.batch_size, config)
+        flip = None if val_flip_bank is None else val_flip_bank.cpu()
+        return tail_probabilities(trained, val_bank.cpu(), flip, config.batch_size)
+
     # 4. export, evaluate the split run's ONNX graph (every reported metric), write the artifact
-    val_bank = val_bank.cpu()
-    val_flip_bank = None if val_flip_bank is None else val_flip_bank.cpu()
     val_batch = np.stack(val_arrays)
     split_file = SPLIT_MODEL_FILE if config.refit else "model.onnx"
-    onnx_probs, max_diff = _export_and_run(
-        model, out / split_file, val_batch, val_bank, val_flip_bank, config
-    )
+    onnx_probs, max_diff = _export_and_run(model, out / split_file, val_batch, torch_answers, config)
     predicted = onnx_probs.argmax(1).tolist()
     matrix = report.confusion_matrix(y_val, predicted, len(labels))
     scores = report.classification_metrics(matrix, labels)
@@ -351,8 +348,11 @@ def _train(
         shipped = build_model(len(labels), config).to(config.device)
         y_refit = torch.cat([y_bank, torch.tensor(y_val).repeat(config.views).to(bank.device)])
         refit_loss, refit_accuracy = fit_tail(shipped, torch.cat([bank, *val_views]), y_refit, config)
+        if config.finetune_epochs:
+            y_photos = torch.cat([y_train, torch.tensor(y_val)])
+            refit_loss, refit_accuracy = finetune(shipped, sources + val_sources, y_photos, config, rng)
         shipped_probs, refit_diff = _export_and_run(
-            shipped, out / "model.onnx", val_batch, val_bank, val_flip_bank, config
+            shipped, out / "model.onnx", val_batch, torch_answers, config
         )
         max_diff = max(max_diff, refit_diff)
         refit = {
@@ -361,6 +361,7 @@ def _train(
             "reported_metrics_from": "split run",
             "evaluated_graph": SPLIT_MODEL_FILE,
             "epochs": config.epochs,
+            "finetune_epochs": config.finetune_epochs,
             "train_loss": round(refit_loss, 5),
             "train_accuracy": round(refit_accuracy, 5),
             # the shipped graph's answers on the validation images, which it was trained on: what the
@@ -392,6 +393,7 @@ def _train(
         "validation_count": len(val_samples),
         "class_counts": class_counts,
         "epochs": config.epochs,
+        "finetune_epochs": config.finetune_epochs,
         "history": history,
         "refit": refit,
         "wall_time_seconds": round(wall, 3),
@@ -429,15 +431,14 @@ def _export_and_run(
     model: TrashClassifier,
     path: Path,
     batch: np.ndarray,
-    bank: torch.Tensor,
-    flip_bank: torch.Tensor | None,
+    torch_answers: Callable[[TrashClassifier], torch.Tensor],
     config: TrainConfig,
 ) -> tuple[np.ndarray, float]:
     """Export ``model`` to ``path``, run the graph with onnxruntime on ``batch``; returns its probabilities
-    and the largest difference to the torch tail on the cached features of the same images."""
+    and the largest difference to the torch model's answers on the same images (``torch_answers``)."""
     model.cpu().eval()
     export_onnx(model, path, config.image_size)
-    torch_probs = tail_probabilities(model, bank, flip_bank, config.batch_size).numpy()
+    torch_probs = torch_answers(model).numpy()
     onnx_probs = run_onnx(path, batch)
     return onnx_probs, float(np.abs(onnx_probs - torch_probs).max())
 
