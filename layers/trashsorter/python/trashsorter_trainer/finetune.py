@@ -8,15 +8,16 @@ for the classifier, cosine decay, label smoothing. BatchNorm keeps its ImageNet 
 photos are too small to estimate them) while its scale and shift train. Starting from the trained head keeps
 the pretrained features from being torn up by a random classifier's gradients in the first steps.
 
-Cross-validated on the sample (docs/local-training.md) it is the first setting to reach the issue 9 target;
-it costs a full forward and backward pass per photo and epoch (~9 photos/s on 2 CPU cores).
+Cross-validated on the sample (docs/local-training.md): about one point above the head on average, within
+the draw-to-draw noise of 180 photos. It costs a full forward and backward pass per photo and epoch (~9
+photos/s on 2 CPU cores).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,9 +26,14 @@ from PIL import Image
 from trashsorter_trainer.config import TrainConfig
 from trashsorter_trainer.data import augment
 from trashsorter_trainer.model import TrashClassifier
-from trashsorter_trainer.optim import autocast, cosine_decay, grad_scaler, loss_function, step
-
-EpochHook = Callable[[int, float, float], None]
+from trashsorter_trainer.optim import (
+    EpochHook,
+    autocast,
+    cosine_decay,
+    grad_scaler,
+    loss_function,
+    step,
+)
 
 
 def finetune(

@@ -1,16 +1,20 @@
 """The training pieces both stages share (the head on cached features, the fine-tuning on photos): the
-loss, the cosine learning-rate decay and mixed precision."""
+loss, the cosine learning-rate decay, mixed precision, the optimisation step and the per-epoch callback."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from trashsorter_trainer.config import TrainConfig
+
+# called after every epoch with (epoch, train_loss, train_accuracy)
+EpochHook = Callable[[int, float, float], None]
 
 
 def autocast(config: TrainConfig | None) -> Any:

@@ -66,7 +66,14 @@ from trashsorter_trainer.model import (
     TrashClassifier,
     export_onnx,
 )
-from trashsorter_trainer.optim import autocast, cosine_decay, grad_scaler, loss_function, step
+from trashsorter_trainer.optim import (
+    EpochHook,
+    autocast,
+    cosine_decay,
+    grad_scaler,
+    loss_function,
+    step,
+)
 
 ARTIFACT_MEMBERS = ("model.onnx", "labels.txt", "metrics.json", "confusion_matrix.png", "model.json")
 # with the refit: the split run's graph (trained without the validation images), beside the shipped one
@@ -165,9 +172,6 @@ def tail_probabilities(
         ]
         stacked = torch.cat(probs).float().cpu()
         return stacked if flip_bank is None else stacked.reshape(2, len(bank), -1).mean(0)
-
-
-EpochHook = Callable[[int, float, float], None]
 
 
 def fit_tail(
