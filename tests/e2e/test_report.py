@@ -101,7 +101,9 @@ def test_report_downloads_the_champions_report_and_names_the_weakest_class(
     path = tmp_path / "deeplens-ts-champ" / "report.html"
     assert out.splitlines()[-1] == str(path)
     assert path.read_bytes() == models["deeplens-ts-champ"]
-    assert "accuracy 0.875; weakest class Landfill (recall 0.700)" in out
+    assert (
+        "accuracy 0.875; weakest class Landfill (recall 0.700 on 20 photos, 95 % interval 0.48-0.85)" in out
+    )
     assert "recall below 0.80 (MinValidationAccuracy): Landfill" in out
     code, out, err = _cli(capsys, "report", "--json", "--dest", str(tmp_path), "--local-state", state)
     facts = json.loads(out)
@@ -110,7 +112,7 @@ def test_report_downloads_the_champions_report_and_names_the_weakest_class(
         str(path),
         ["Landfill"],
     )
-    assert facts["weakest"] == {"label": "Landfill", "recall": 0.7}
+    assert facts["weakest"] == {"label": "Landfill", "recall": 0.7, "photos": 20, "interval": [0.481, 0.8545]}
 
 
 def test_report_of_a_named_model_on_a_deployed_stack_and_open(
@@ -186,7 +188,7 @@ def test_train_wait_and_the_demo_end_with_accuracy_weakest_class_and_report_path
     report.wait_summary(target, UI(stream=out), "deeplens-ts-champ", tmp_path)
     path = tmp_path / "deeplens-ts-champ" / "report.html"
     assert out.getvalue().splitlines() == [
-        "accuracy 0.875; weakest class Landfill (recall 0.700)",
+        "accuracy 0.875; weakest class Landfill (recall 0.700 on 20 photos, 95 % interval 0.48-0.85)",
         "recall below 0.80 (MinValidationAccuracy): Landfill",
         f"report: {path}",
     ]

@@ -175,6 +175,8 @@ def test_entry_point_runs_as_the_container_runs_it(tmp_path: Path) -> None:
     assert "was refit on train+validation" in page
     assert page.count("<figure>") == wrong and page.count("data:image/jpeg;base64,") == wrong
     assert f"{metrics['validation_accuracy']:.4f}" in page and 'src="http' not in page
+    low, high = report.wilson_interval(len(truth) - wrong, len(truth))
+    assert f"95 % interval {low:.2f}-{high:.2f}" in page
     assert "No champion was evaluated" in page
 
     # the same job with this model as the champion: evaluated on the challenger's validation split

@@ -85,6 +85,14 @@ def test_the_report_summary_names_the_bar_and_the_parameter_it_comes_from() -> N
         "accuracy 0.840; weakest class Landfill (recall 0.450)"
     ]
     assert summary(model, None)["below_bar"] == [] and summary(model, None)["recall_bar_parameter"] is None
+    # with the number of photos each recall was measured on: the weakest one's 95 % interval
+    model["evaluation"]["per_class"]["Landfill"]["support"] = 6
+    model["evaluation"]["per_class"]["Landfill"]["recall"] = 0.3333
+    facts = summary(model, None)
+    assert facts["weakest"] == {"label": "Landfill", "recall": 0.3333, "photos": 6, "interval": [0.0968, 0.7]}
+    assert summary_lines(facts) == [
+        "accuracy 0.840; weakest class Landfill (recall 0.333 on 6 photos, 95 % interval 0.10-0.70)"
+    ]
 
 
 def test_train_wait_shows_the_feature_pass_and_the_epochs() -> None:

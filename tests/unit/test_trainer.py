@@ -234,6 +234,40 @@ def test_classification_metrics_from_a_confusion_matrix() -> None:
     assert scores["per_class"]["c"]["precision"] == pytest.approx(0.5)
 
 
+def test_wilson_interval_of_a_measured_rate() -> None:
+    # no success: the upper bound has the closed form z^2 / (n + z^2)
+    z2 = report.Z95**2
+    assert report.wilson_interval(0, 10) == (0.0, pytest.approx(z2 / (10 + z2), abs=1e-4))
+    assert report.wilson_interval(10, 10) == (pytest.approx(10 / (10 + z2), abs=1e-4), 1.0)
+    low, high = report.wilson_interval(5, 10)  # symmetric around one half
+    assert low == pytest.approx(1 - high, abs=1e-4) and 0.23 < low < 0.24
+    assert report.wilson_interval(24, 30) == pytest.approx((0.6269, 0.9049), abs=1e-4)
+    # more photos, the same rate: a narrower interval that still holds the rate
+    narrow = report.wilson_interval(240, 300)
+    assert 0.6269 < narrow[0] < 0.8 < narrow[1] < 0.9049
+    assert report.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        report.wilson_interval(3, 2)
+
+
+def test_intervals_from_a_confusion_matrix_and_in_the_report() -> None:
+    matrix = [[13, 1, 0], [2, 2, 2], [1, 1, 19]]
+    labels = ["Compost", "Landfill", "Recycling"]
+    spans = report.intervals(matrix, labels)
+    assert spans["accuracy"] == report.wilson_interval(34, 41)
+    assert spans["recall"] == {
+        "Compost": report.wilson_interval(13, 14),
+        "Landfill": report.wilson_interval(2, 6),
+        "Recycling": report.wilson_interval(19, 21),
+    }
+    scores = report.classification_metrics(matrix, labels)
+    metrics = {**scores, "labels": labels, "validation_accuracy": scores["accuracy"], "validation_count": 41,
+               "train_accuracy": 1.0, "train_count": 139, "class_counts": {}}  # fmt: skip
+    page = report.render_html(metrics, [])
+    assert "95 % interval 0.69-0.91" in page  # 34 / 41
+    assert "<td>0.10-0.70</td>" in page  # Landfill, 2 / 6: a recall measured on six photos says little
+
+
 def test_head_only_cut_trains_only_the_classifier() -> None:
     model = TrashClassifier(3, split=HEAD_ONLY, dropout=0.5)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
@@ -318,4 +352,7 @@ def test_crossval_runs_every_fold_on_real_photos() -> None:
             (matrix[0][0] + matrix[1][1]) / len(samples), abs=1e-4
         )
         assert sum(result["errors_by_folder"].values()) == len(samples) - matrix[0][0] - matrix[1][1]
+        assert result["intervals"] == report.intervals(matrix, labels)
+        low, high = result["intervals"]["accuracy"]
+        assert low <= result["pooled_accuracy"] <= high
     assert results[1]["seconds"]["features"] < results[0]["seconds"]["features"]  # features cached once

@@ -25,6 +25,7 @@ from trashsorter.settings import PackageSettings
 from trashsorter_cli.local.server import STATE_DIR_NAME
 from trashsorter_cli.targets import Target
 from trashsorter_cli.ui import UI, CliError
+from trashsorter_trainer.report import wilson_interval
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -85,7 +86,7 @@ def summary(model: dict[str, Any], bar: tuple[float, str] | None) -> dict[str, A
     return {
         "model_id": str(model.get("model_id", "")),
         "accuracy": float(accuracy) if accuracy is not None else None,
-        "weakest": {"label": weakest[0], "recall": weakest[1]} if weakest else None,
+        "weakest": _weakest(weakest, per_class) if weakest else None,
         "recall_bar": bar[0] if bar else None,
         "recall_bar_parameter": bar[1] if bar else None,
         "below_bar": sorted(label for label, recall in recalls.items() if bar and recall < bar[0]),
@@ -93,11 +94,32 @@ def summary(model: dict[str, Any], bar: tuple[float, str] | None) -> dict[str, A
     }
 
 
+def _weakest(weakest: tuple[str, float], per_class: dict[str, Any]) -> dict[str, Any]:
+    """The weakest class's recall, with the number of validation photos it was measured on and its 95 %
+    Wilson interval when the evaluation says how many (``support``): 0.70 of 20 photos is 0.48-0.85."""
+    label, recall = weakest
+    support = per_class[label].get("support")
+    if not support:
+        return {"label": label, "recall": recall}
+    photos = int(support)
+    return {
+        "label": label,
+        "recall": recall,
+        "photos": photos,
+        "interval": list(wilson_interval(round(recall * photos), photos)),
+    }
+
+
 def summary_lines(facts: dict[str, Any]) -> list[str]:
     accuracy = facts["accuracy"]
     lines = [f"accuracy {accuracy:.3f}" if accuracy is not None else "accuracy n/a"]
-    if facts["weakest"]:
-        lines[0] += f"; weakest class {facts['weakest']['label']} (recall {facts['weakest']['recall']:.3f})"
+    weakest = facts["weakest"]
+    if weakest:
+        measured = f"recall {weakest['recall']:.3f}"
+        if "photos" in weakest:
+            low, high = weakest["interval"]
+            measured += f" on {weakest['photos']} photos, 95 % interval {low:.2f}-{high:.2f}"
+        lines[0] += f"; weakest class {weakest['label']} ({measured})"
     if facts["below_bar"]:
         lines.append(
             f"recall below {facts['recall_bar']:.2f} ({facts['recall_bar_parameter']}): "

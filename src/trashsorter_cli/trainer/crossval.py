@@ -12,7 +12,8 @@ every grid entry with the same cut / views / size; each fold then trains a fresh
 exactly as :func:`train.train` does. Settings with ``local_finetune_epochs`` change the network itself, so
 no cache serves them: each fold runs the whole :func:`train.train` (without the refit), minutes per fold.
 Prints one JSON document: per setting, the fold accuracies, mean and
-standard deviation, the pooled confusion matrix and the errors by source folder.
+standard deviation, the pooled confusion matrix, 95 % Wilson intervals of the pooled accuracy and of every
+class's recall, and the errors by source folder.
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ def _scores(
         "std": round(statistics.pstdev(accuracies), 4),
         "pooled_accuracy": round(scores["accuracy"], 4),
         "recall": {label: c["recall"] for label, c in scores["per_class"].items()},
+        # 95 % Wilson intervals over the pooled held-out answers: what the photos can tell apart
+        "intervals": report.intervals(matrix, labels),
         "confusion_matrix": matrix,
         "errors_by_folder": dict(errors.most_common()),
     }
