@@ -337,6 +337,58 @@ def test_crossval_learning_curve_keeps_a_hash_chosen_share_of_the_training_image
     assert kept == [crossval.kept_for_training(content, 0.75) for content in photos]  # deterministic
 
 
+def test_crossval_seeds_expand_settings_and_pool_the_draws() -> None:
+    assert crossval.with_seeds([{"a": "1"}, {}], []) == [{"a": "1"}, {}]
+    assert crossval.with_seeds([{"a": "1"}, {}], [0, 7]) == [
+        {"a": "1", "local_seed": "0"},
+        {"a": "1", "local_seed": "7"},
+        {"local_seed": "0"},
+        {"local_seed": "7"},
+    ]
+
+    def draw(setting: dict[str, str], mean: float, matrix: list[list[int]]) -> dict[str, object]:
+        return {"setting": setting, "train_fraction": 1.0, "mean": mean, "confusion_matrix": matrix}
+
+    results = [
+        draw({"a": "1", "local_seed": "0"}, 0.8, [[4, 1], [1, 4]]),
+        draw({"a": "1", "local_seed": "7"}, 0.9, [[5, 0], [1, 4]]),
+        draw({"local_seed": "0"}, 0.5, [[3, 2], [3, 2]]),
+    ]
+    first, second = crossval.pool_draws(results, ["x", "y"])
+    assert first["setting"] == {"a": "1"} and first["seeds"] == ["0", "7"]
+    assert first["confusion_matrix"] == [[9, 1], [2, 8]]  # summed over the draws
+    assert first["pooled_accuracy"] == pytest.approx(17 / 20) and first["recall"] == {"x": 0.9, "y": 0.8}
+    assert first["mean_of_draws"] == pytest.approx(0.85) and first["range"] == [0.8, 0.9]
+    assert second["setting"] == {} and second["draw_means"] == [0.5]
+
+
+@pytest.mark.slow
+def test_crossval_command_runs_each_setting_once_per_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for folder in ("paper", "metal"):
+        (tmp_path / folder).mkdir()
+        for path in sorted((SAMPLES / folder).glob("*.jpg"))[:4]:
+            (tmp_path / folder / path.name).write_bytes(path.read_bytes())
+    base = {"epochs": "2", "local_views": "1", "image_shape": "3,64,64", "mini_batch_size": "8"}
+    argv = [
+        "--samples",
+        str(tmp_path),
+        "--folds",
+        "2",
+        "--seeds",
+        "0,1",
+        "--hyperparameters",
+        json.dumps(base),
+    ]
+    assert crossval.main(argv) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [r["setting"] for r in document["results"]] == [{"local_seed": "0"}, {"local_seed": "1"}]
+    [pooled] = document["draws"]
+    assert pooled["seeds"] == ["0", "1"] and sum(map(sum, pooled["confusion_matrix"])) == 2 * 8
+    assert pooled["draw_means"] == [r["mean"] for r in document["results"]]
+
+
 @pytest.mark.slow
 def test_crossval_runs_every_fold_on_real_photos() -> None:
     samples, labels = tiny_samples(4, 0)

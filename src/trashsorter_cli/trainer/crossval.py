@@ -2,7 +2,7 @@
 
 ``python -m trashsorter_cli.trainer.crossval --samples samples/trashnet [--folds 5]
 [--hyperparameters '{"epochs": "10"}'] [--grid '[{"local_dropout": "0.2"}, {"local_finetune_blocks": "1"}]']
-[--train-fractions 0.75,1]``
+[--train-fractions 0.75,1] [--seeds 0,1,2]``
 
 Folds come from the content hash (fold = first 8 hex digits of the SHA-256 x folds / 2**32), so with 5
 folds, fold 0 is exactly the trainer's 20 % hash validation split. The frozen part of the network runs
@@ -14,6 +14,11 @@ no cache serves them: each fold runs the whole :func:`train.train` (without the 
 Prints one JSON document: per setting, the fold accuracies, mean and
 standard deviation, the pooled confusion matrix, 95 % Wilson intervals of the pooled accuracy and of every
 class's recall, and the errors by source folder.
+
+One run of a setting is one random draw (augmented views, shuffling, dropout: ``local_seed``), and on a
+few hundred photos draws of the same setting differ by several points. ``--seeds`` runs every setting once
+per seed and adds ``draws``: per setting, each draw's mean, their mean and range, and the confusion matrix
+pooled over the draws, which is how two settings should be compared.
 """
 
 from __future__ import annotations
@@ -214,6 +219,47 @@ def crossvalidate(
     return results
 
 
+def with_seeds(settings: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Every setting once per seed (``local_seed``), seeds innermost; without seeds, ``settings``."""
+    if not seeds:
+        return [dict(setting) for setting in settings]
+    return [{**setting, "local_seed": str(seed)} for setting in settings for seed in seeds]
+
+
+def pool_draws(results: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> list[dict[str, Any]]:
+    """Results of the same setting and training share under different seeds, combined: each draw's mean,
+    the mean and range of those, and the confusion matrix and recalls pooled over every draw's answers
+    (the same photos once per draw, so no binomial interval is given for the pool)."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for result in results:
+        setting = {k: v for k, v in result["setting"].items() if k != "local_seed"}
+        key = json.dumps([setting, result["train_fraction"]], sort_keys=True)
+        groups.setdefault(key, []).append(result)
+    pooled = []
+    for key, draws in groups.items():
+        setting, fraction = json.loads(key)
+        matrix = [
+            [sum(d["confusion_matrix"][i][j] for d in draws) for j in range(len(labels))]
+            for i in range(len(labels))
+        ]
+        scores = report.classification_metrics(matrix, labels)
+        means = [float(d["mean"]) for d in draws]
+        pooled.append(
+            {
+                "setting": setting,
+                "train_fraction": fraction,
+                "seeds": [d["setting"].get("local_seed") for d in draws],
+                "draw_means": means,
+                "mean_of_draws": round(statistics.mean(means), 4),
+                "range": [min(means), max(means)],
+                "pooled_accuracy": round(scores["accuracy"], 4),
+                "recall": {label: c["recall"] for label, c in scores["per_class"].items()},
+                "confusion_matrix": matrix,
+            }
+        )
+    return pooled
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trashsorter_cli.trainer.crossval", description=__doc__)
     parser.add_argument("--samples", default="samples/trashnet", help="root with one folder per class")
@@ -228,7 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         default="1",
         help="comma-separated shares of each fold's training images to train on (learning curve)",
     )
+    parser.add_argument(
+        "--seeds",
+        default="",
+        help="comma-separated seeds: every setting runs once per seed, and the draws are pooled",
+    )
     args = parser.parse_args(argv)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     root = Path(args.samples)
     mapping_path = args.mapping or (root / "mapping.json" if (root / "mapping.json").is_file() else None)
     mapping = load_mapping(mapping_path) if mapping_path else None
@@ -236,16 +288,20 @@ def main(argv: list[str] | None = None) -> int:
     results = crossvalidate(
         samples,
         labels,
-        json.loads(args.grid),
+        with_seeds(json.loads(args.grid), seeds),
         args.folds,
         json.loads(args.hyperparameters),
         [float(x) for x in args.train_fractions.split(",")],
     )
-    print(
-        json.dumps(
-            {"labels": labels, "images": len(samples), "folds": args.folds, "results": results}, indent=2
-        )
-    )
+    document: dict[str, Any] = {
+        "labels": labels,
+        "images": len(samples),
+        "folds": args.folds,
+        "results": results,
+    }
+    if seeds:
+        document["draws"] = pool_draws(results, labels)
+    print(json.dumps(document, indent=2))
     return 0
 
 
