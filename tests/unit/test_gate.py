@@ -78,3 +78,20 @@ def test_the_floor_also_holds_against_a_champion_that_is_worse_on_that_class() -
     # without per-class scores the floor cannot be checked: no deployment rather than a silent pass
     bare = {"validation_accuracy": 0.9}
     assert not evaluate_fair_gate(bare, **{**GATE, "min_class_recall": 0.4}).passed
+
+
+def test_the_reason_counts_photos_when_the_scores_carry_their_support() -> None:
+    # six Landfill validation photos (the demo's split holds three to six): one photo is 0.1667 of recall
+    def counted(accuracy: float, landfill_right: int) -> dict[str, Any]:
+        result = scores(accuracy, (0.9, landfill_right / 6, 0.9))
+        for label, support in zip(LABELS, (14, 6, 21), strict=True):
+            result["per_class"][label]["support"] = support
+        return result
+
+    decision = evaluate_fair_gate(evaluation(counted(0.9, 3), counted(0.9, 4)), **GATE)
+    assert not decision.passed
+    assert "(0.6667 -> 0.5000, 4 of 6 -> 3 of 6 photos: one photo) on the same 40" in decision.reason
+    two = evaluate_fair_gate(evaluation(counted(0.9, 2), counted(0.9, 4)), **GATE)
+    assert "4 of 6 -> 2 of 6 photos)" in two.reason and "one photo" not in two.reason
+    floored = evaluate_fair_gate(evaluation(counted(0.9, 2), None), **{**GATE, "min_class_recall": 0.5})
+    assert floored.reason == "recall of Landfill is 0.3333 (2 of 6 photos), below the per-class floor 0.5000"

@@ -105,7 +105,8 @@ def evaluate_fair_gate(
         if lowest[0] + eps < min_class_recall:
             return GateDecision(
                 False,
-                f"recall of {lowest[1]} is {lowest[0]:.4f}, below the per-class floor {min_class_recall:.4f}",
+                f"recall of {lowest[1]} is {lowest[0]:.4f}{_photos(ours[lowest[1]])}, below the per-class "
+                f"floor {min_class_recall:.4f}",
             )
         base = GateDecision(True, f"{base.reason}; every class's recall >= {min_class_recall:.4f}")
     if not champion:
@@ -118,10 +119,11 @@ def evaluate_fair_gate(
     worst = max(drops.items(), key=lambda item: item[1], default=None)
     if worst is not None and worst[1] > max_recall_drop + eps:
         label, drop = worst
+        lost = _photos_lost(theirs[label], ours[label])
         return GateDecision(
             False,
             f"recall of {label} dropped by {drop:.4f} against champion {champion_id} "
-            f"({float(theirs[label]['recall']):.4f} -> {float(ours[label]['recall']):.4f}) on the same "
+            f"({float(theirs[label]['recall']):.4f} -> {float(ours[label]['recall']):.4f}{lost}) on the same "
             f"{int(champion.get('validation_count', 0))} validation images, more than {max_recall_drop:.4f}",
         )
     return GateDecision(
@@ -129,3 +131,27 @@ def evaluate_fair_gate(
         f"{base.reason}, both on the same {int(champion.get('validation_count', 0))} validation images; "
         f"no class's recall dropped by more than {max_recall_drop:.4f}",
     )
+
+
+def _right(scores: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(photos recognised, photos) of one class's scores, when they carry the ``support``."""
+    support = scores.get("support")
+    if not support:
+        return None
+    photos = int(support)
+    return round(float(scores["recall"]) * photos), photos
+
+
+def _photos(scores: Mapping[str, Any]) -> str:
+    counted = _right(scores)
+    return f" ({counted[0]} of {counted[1]} photos)" if counted else ""
+
+
+def _photos_lost(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """', 3 of 6 -> 2 of 6 photos: one photo' when both sides say how many photos: on a small class one photo
+    is a large share of its recall, and the reason should say when a single photo decided it."""
+    old, new = _right(before), _right(after)
+    if not old or not new or old[1] != new[1]:
+        return ""
+    lost = old[0] - new[0]
+    return f", {old[0]} of {old[1]} -> {new[0]} of {new[1]} photos" + (": one photo" if lost == 1 else "")
