@@ -27,19 +27,24 @@ def run(quick: bool = False) -> Section:
         raise RuntimeError(f"trainer bench failed: {done.stderr.strip()[-2000:]}")
     text = done.stdout
     summary = json.loads(text[text.index("{") :])
+    low, high = summary["intervals"]["accuracy"]
+    before, after = summary["load_average_before_after"]
+    refit = f", with the refit ({summary['refit']['seconds']:.1f} s)" if summary["refit"] else ""
     section.results += [
         Result(
             "local training",
             "wall time (process)",
             f"{wall:.1f} s",
-            notes=f"trainer says {summary['wall_time_seconds']:.1f} s",
+            notes=f"trainer says {summary['wall_time_seconds']:.1f} s{refit}; load average "
+            f"{before:.2f} -> {after:.2f}",
         ),
         Result("local training", "backbone images / s", f"{summary['backbone_images_per_second']:.1f}"),
         Result(
             "local training",
             "validation accuracy",
             f"{summary['validation_accuracy']:.3f}",
-            notes=f"{summary['validation_count']} validation / {summary['train_count']} train images",
+            notes=f"{summary['validation_count']} validation / {summary['train_count']} train images (the "
+            f"split run); 95 % interval {low:.2f}-{high:.2f}",
         ),
     ]
     section.details += ["```json", json.dumps(summary, indent=2), "```"]

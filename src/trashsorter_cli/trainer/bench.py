@@ -13,6 +13,7 @@ import resource
 import tempfile
 from pathlib import Path
 
+from trashsorter_trainer import report
 from trashsorter_trainer.train import TrainConfig, train_from_directory
 
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         m = result.metrics
         summary = {
             "validation_accuracy": m["validation_accuracy"],
+            # 95 % Wilson intervals: how far numbers measured on this few photos can be from the true ones
+            "intervals": report.intervals(m["confusion_matrix"], m["labels"]),
             "train_accuracy": m["train_accuracy"],
             "train_count": m["train_count"],
             "validation_count": m["validation_count"],
