@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trashsorter import registry
 from trashsorter.artifacts import MAX_REPORT_BYTES, REPORT_FILE, parse_s3_uri
 from trashsorter.errors import ConfigurationError
-from trashsorter.gate import ACCURACY_METRIC
+from trashsorter.gate import ACCURACY_METRIC, recognised
 from trashsorter.settings import PackageSettings
 from trashsorter_cli.local.server import STATE_DIR_NAME
 from trashsorter_cli.targets import Target
@@ -98,15 +98,15 @@ def _weakest(weakest: tuple[str, float], per_class: dict[str, Any]) -> dict[str,
     """The weakest class's recall, with the number of validation photos it was measured on and its 95 %
     Wilson interval when the evaluation says how many (``support``): 0.70 of 20 photos is 0.48-0.85."""
     label, recall = weakest
-    support = per_class[label].get("support")
-    if not support:
+    counted = recognised(per_class[label])
+    if counted is None:
         return {"label": label, "recall": recall}
-    photos = int(support)
+    right, photos = counted
     return {
         "label": label,
         "recall": recall,
         "photos": photos,
-        "interval": list(wilson_interval(round(recall * photos), photos)),
+        "interval": list(wilson_interval(right, photos)),
     }
 
 

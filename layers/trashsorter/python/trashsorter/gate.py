@@ -133,8 +133,8 @@ def evaluate_fair_gate(
     )
 
 
-def _right(scores: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(photos recognised, photos) of one class's scores, when they carry the ``support``."""
+def recognised(scores: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(photos recognised, photos) of one class's scores (``recall``, ``support``), None without a support."""
     support = scores.get("support")
     if not support:
         return None
@@ -143,14 +143,14 @@ def _right(scores: Mapping[str, Any]) -> tuple[int, int] | None:
 
 
 def _photos(scores: Mapping[str, Any]) -> str:
-    counted = _right(scores)
+    counted = recognised(scores)
     return f" ({counted[0]} of {counted[1]} photos)" if counted else ""
 
 
 def _photos_lost(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     """', 3 of 6 -> 2 of 6 photos: one photo' when both sides say how many photos: on a small class one photo
     is a large share of its recall, and the reason should say when a single photo decided it."""
-    old, new = _right(before), _right(after)
+    old, new = recognised(before), recognised(after)
     if not old or not new or old[1] != new[1]:
         return ""
     lost = old[0] - new[0]
