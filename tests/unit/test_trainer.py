@@ -387,6 +387,9 @@ def test_crossval_command_runs_each_setting_once_per_seed(
     [pooled] = document["draws"]
     assert pooled["seeds"] == ["0", "1"] and sum(map(sum, pooled["confusion_matrix"])) == 2 * 8
     assert pooled["draw_means"] == [r["mean"] for r in document["results"]]
+    with pytest.raises(SystemExit):
+        crossval.main(["--samples", str(tmp_path), "--seeds", "0,one"])
+    assert "--seeds takes comma-separated whole numbers, got '0,one'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -280,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated seeds: every setting runs once per seed, and the draws are pooled",
     )
     args = parser.parse_args(argv)
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}")
     root = Path(args.samples)
     mapping_path = args.mapping or (root / "mapping.json" if (root / "mapping.json").is_file() else None)
     mapping = load_mapping(mapping_path) if mapping_path else None
