@@ -17,9 +17,9 @@ from trashsorter import registry, runs, threshold
 from trashsorter.catalogue import Catalogue
 from trashsorter.errors import Rejection
 from trashsorter.gate import ACCURACY_METRIC as ACCURACY
+from trashsorter.ingest import check_image
 from trashsorter.schema import FINAL_RUN_STATUSES, ImageStatus, image_gsi
 from trashsorter.settings import CommonSettings, IngestSettings, PackageSettings
-from trashsorter.validation import check_object_size, validate_image
 from trashsorter_cli.targets import Target
 from trashsorter_cli.ui import UI, CliError, UsageError
 
@@ -443,8 +443,7 @@ def _checked_image(image: Path, settings: IngestSettings) -> bytes:
     except OSError as exc:
         raise CliError(f"cannot read it: {exc.strerror or exc}") from exc
     try:
-        check_object_size(len(data), settings.max_image_bytes)
-        validate_image(data, max_pixels=settings.max_image_pixels, min_side=settings.min_image_side)
+        check_image(data, settings)
     except Rejection as exc:
         raise CliError(f"ingest would refuse it: {exc.code}: {exc.message}") from exc
     return data

@@ -30,7 +30,7 @@ from trashsorter.observability import logger
 from trashsorter.schema import ImageStatus
 from trashsorter.settings import IngestSettings
 from trashsorter.threshold import check_and_publish
-from trashsorter.validation import check_object_size, validate_image
+from trashsorter.validation import ImageInfo, check_object_size, validate_image
 
 IGNORED = "ignored"
 STATUS_TAG = "trashsorter-status"
@@ -51,6 +51,21 @@ class IngestOutcome:
 def _is_gone(exc: ClientError) -> bool:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return aws.error_code(exc) in _GONE_CODES or status == 404
+
+
+def check_image(data: bytes, settings: IngestSettings) -> ImageInfo:
+    """Ingest's verdict on one object's bytes under the stack's limits (size, then the image itself).
+
+    The one definition of "ingest would accept this": the ingest step and ``trashsorter predict`` call it.
+    Raises :class:`~trashsorter.errors.Rejection`.
+    """
+    check_object_size(len(data), settings.max_image_bytes)
+    return validate_image(
+        data,
+        max_pixels=settings.max_image_pixels,
+        min_side=settings.min_image_side,
+        max_aspect_ratio=settings.max_aspect_ratio,
+    )
 
 
 class _Gone(Exception):
@@ -179,13 +194,7 @@ class _Ingestor:
                 return IngestOutcome(key, label, IGNORED, "gone")
             base.update(version_id=version_id, etag=read_etag or etag, size=len(data))
             base["sha256"] = hashlib.sha256(data).hexdigest()
-            check_object_size(len(data), self.settings.max_image_bytes)
-            info = validate_image(
-                data,
-                max_pixels=self.settings.max_image_pixels,
-                min_side=self.settings.min_image_side,
-                max_aspect_ratio=self.settings.max_aspect_ratio,
-            )
+            info = check_image(data, self.settings)
         except Rejection as rejection:
             self._tag_rejected(bucket, key, base["version_id"], rejection.code)
             update = ImageUpdate(
