@@ -31,7 +31,7 @@ from trashsorter.clients import Clients
 from trashsorter.ddb import serialize
 from trashsorter.deploy import greengrass_v2
 from trashsorter.deploy.orchestrate import redeploy
-from trashsorter.errors import DeploymentError
+from trashsorter.errors import DeploymentError, TransientError
 from trashsorter.schema import LOCK_KEY, STATE_KEY, job_key, run_key
 from trashsorter_cli.local.dispatcher import make_context
 
@@ -169,17 +169,14 @@ def test_retry_after_a_crash_half_way_finishes_without_a_second_deployment(pack:
     settings = pack.settings()
     event = pack.event("training_completed.json", JOB)
 
-    class Boom(Exception):
-        pass
-
     sns = boto3.client("sns", region_name="us-east-1")
     stub = Stubber(sns)
     stub.add_client_error("publish", service_error_code="InternalError", http_status_code=500)
-    with stub, pytest.raises(Exception, match="could not publish"):
+    with stub, pytest.raises(TransientError, match="could not publish"):
         handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg, sns=sns)
     assert len(pack.deployments()) == 1
     # the lease is held by the crashed attempt: a concurrent delivery is told to retry later
-    with pytest.raises(Exception, match="another delivery"):
+    with pytest.raises(TransientError, match="another delivery"):
         handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
     pack.ddb.update_item(  # the lease runs out (the crashed Lambda is long gone)
         TableName=pack.table,
@@ -539,7 +536,7 @@ def test_greengrass_v2_throttling_is_retried_with_the_same_version_stubber(pack:
     stub.add_client_error(
         "create_component_version", service_error_code="ThrottlingException", http_status_code=429
     )
-    with stub, pytest.raises(Exception, match="will retry"):
+    with stub, pytest.raises(TransientError, match="will retry"):
         handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrassv2=v2)
     pack.ddb.update_item(
         TableName=pack.table,

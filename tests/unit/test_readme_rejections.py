@@ -1,4 +1,9 @@
-"""README's "How rejection reasons read" table shows the messages ingest really writes."""
+"""Every rejection code the product can give is documented, and README's examples are the real messages.
+
+Three lists must agree: the codes the domain package raises (read from its source, so a new code cannot
+slip past), ``validation.REJECTION_CODES`` plus ``unknown_label``, and the table in docs/ingest.md. README's
+"How rejection reasons read" table shows a subset; each of its messages is produced here for real.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,12 @@ from PIL import Image
 
 from trashsorter.errors import Rejection
 from trashsorter.keys import label_for_key
-from trashsorter.validation import check_object_size, validate_image
+from trashsorter.validation import REJECTION_CODES, check_object_size, validate_image
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+INGEST_DOC = ROOT / "docs" / "ingest.md"
+DOMAIN = ROOT / "layers" / "trashsorter" / "python" / "trashsorter"
 LABELS = ("Compost", "Landfill", "Recycling")
 MB = 1024 * 1024
 
@@ -59,8 +67,35 @@ CASES: dict[str, Callable[[], object]] = {
 }
 
 
+def _raised_codes() -> set[str]:
+    """Every code the domain package passes to ``Rejection(...)`` as a literal, over all its modules."""
+    codes: set[str] = set()
+    for module in DOMAIN.rglob("*.py"):
+        codes.update(re.findall(r'\bRejection\(\s*"(\w+)"', module.read_text(encoding="utf-8")))
+    return codes
+
+
+def _documented_codes() -> set[str]:
+    """The codes in docs/ingest.md's table of checks (its third column)."""
+    codes: set[str] = set()
+    for row in re.findall(r"^\| \d+ \|[^|]*\|([^|]*)\|", INGEST_DOC.read_text(encoding="utf-8"), re.M):
+        codes.update(re.findall(r"`(\w+)`", row))
+    return codes
+
+
+def test_every_code_the_product_raises_is_a_known_code() -> None:
+    raised = _raised_codes()
+    assert "too_small" in raised and "unknown_label" in raised  # the scan finds the real raise sites
+    assert raised <= REJECTION_CODES | {"unknown_label"}, raised - REJECTION_CODES
+
+
+def test_docs_list_every_rejection_code_and_no_other() -> None:
+    assert _documented_codes() == REJECTION_CODES | {"unknown_label"}
+
+
 def test_the_readme_lists_every_case() -> None:
     assert set(_readme_messages()) == set(CASES)
+    assert set(CASES) <= REJECTION_CODES | {"unknown_label"}
 
 
 @pytest.mark.parametrize("code", sorted(CASES))
