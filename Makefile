@@ -23,12 +23,17 @@ install: $(STAMP)
 demo: install
 	$(BIN)/trashsorter demo
 
-## Everything offline: unit, integration (moto), e2e (embedded local stack), reliability.
+## Everything offline, the fast tests first (a failure there stops the run), then the slow ones
+## (training, the tiny model, e2e on the embedded local stack); both in TEST_WORKERS processes.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 test: install
-	$(BIN)/python -m pytest
+	$(PYTEST) -m "not slow"
+	$(PYTEST) -m slow
 
+## The edit loop: unit, integration (moto), reliability and the fast edge tests; no training, no e2e.
 test-fast: install
-	$(BIN)/python -m pytest -m "not e2e and not slow"
+	$(PYTEST) -m "not slow"
 
 reliability: install
 	$(BIN)/python -m pytest tests/reliability

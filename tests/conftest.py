@@ -1,4 +1,19 @@
-"""Shared fixtures: fake credentials, and the moto stack built from template.yaml (helpers: tests/support).
+"""Shared fixtures: fake credentials, the moto stack built from template.yaml, the tiny trained model
+(helpers: tests/support); and the markers, which come from the folder a test lives in.
+
+| folder | marker | what it needs |
+|---|---|---|
+| unit | unit | nothing but the code |
+| integration | integration | moto in-process (real boto3 calls) |
+| reliability | reliability | moto, replays, faults, hostile input |
+| device | device | the local device program (a tiny model trained once per process) |
+| edge | edge | the edge app (the same tiny model) |
+| training | training | real trainings on real photos |
+| e2e | e2e | the embedded local stack end to end |
+
+``slow`` is added to every test in training/ and e2e/ and to every test that uses the ``tiny_model``
+fixture; a module may also mark itself slow. ``make test-fast`` runs ``not slow``. A module that marks
+itself with another folder's marker is a collection error (markers cannot drift from folders).
 
 Every integration test gets its AWS resources from template.yaml through the same code the local mode
 uses (:func:`trashsorter_cli.local.stack.deploy_stack`), so tests and the template cannot drift apart.
@@ -7,11 +22,13 @@ uses (:func:`trashsorter_cli.local.stack.deploy_stack`), so tests and the templa
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
 
 from tests.support.stack import REGION, StackHandle
+from tests.support.tiny_model import TinyModel, build_tiny_model
 from trashsorter import aws
 from trashsorter_cli.local import moto_patches
 from trashsorter_cli.local.stack import deploy_stack
@@ -51,3 +68,36 @@ def stack(request: pytest.FixtureRequest) -> Iterator[StackHandle]:
         created = deploy_stack(session, stack_name="ts-test", overrides=overrides, region=REGION)
         yield StackHandle(created, session)
     aws.reset_clients()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Two bins trained for real on TrashNet photos, once per test process (tests/support/tiny_model)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+FOLDER_MARKERS = {
+    "unit": "unit",
+    "integration": "integration",
+    "reliability": "reliability",
+    "device": "device",
+    "edge": "edge",
+    "training": "training",
+    "e2e": "e2e",
+}
+SLOW_FOLDERS = {"training", "e2e"}
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        marker = FOLDER_MARKERS.get(folder)
+        if marker is None:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in one of {sorted(FOLDER_MARKERS)}")
+        foreign = {m.name for m in item.iter_markers()} & (set(FOLDER_MARKERS.values()) - {marker})
+        if foreign and not (folder == "integration" and foreign == {"reliability"}):
+            raise pytest.UsageError(f"{item.nodeid}: in {folder}/ but marked {sorted(foreign)}")
+        item.add_marker(marker)
+        if folder in SLOW_FOLDERS or "tiny_model" in getattr(item, "fixturenames", ()):
+            item.add_marker("slow")

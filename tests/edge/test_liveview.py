@@ -112,7 +112,6 @@ def test_stream_latest_health_and_flag(live: tuple[LiveView, EdgeApp, list[int]]
     assert flags == [1]
 
 
-@pytest.mark.e2e
 def test_a_real_browser_shows_labelled_frames(
     live: tuple[LiveView, EdgeApp, list[int]], tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.support.tiny_model import SAMPLES, TINY, tiny_samples, train_tiny
 from trashsorter_cli.device import predictor
 from trashsorter_cli.trainer import crossval
 from trashsorter_trainer import data, report
@@ -27,29 +28,6 @@ from trashsorter_trainer.train import (
     run_onnx,
     train,
 )
-
-SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
-TINY = TrainConfig(epochs=1, views=1, image_size=128, batch_size=8, threads=2)
-
-
-def tiny_samples(per_class_train: int = 3, per_class_val: int = 2) -> tuple[list[Sample], list[str]]:
-    """Real photos, two bins: Compost (paper) vs Recycling (metal)."""
-    samples = []
-    for label, folder in (("Compost", "paper"), ("Recycling", "metal")):
-        paths = sorted((SAMPLES / folder).glob("*.jpg"))[: per_class_train + per_class_val]
-        for i, path in enumerate(paths):
-            split = "train" if i < per_class_train else "validation"
-            samples.append(Sample(f"{folder}/{path.name}", label, split, path.read_bytes()))
-    return samples, ["Compost", "Recycling"]
-
-
-def train_tiny(out: Path, config: TrainConfig) -> TrainResult:
-    """The tiny training; the progress reports it made are kept in ``metrics["_progress_seen"]``."""
-    samples, labels = tiny_samples()
-    progress: list[dict[str, object]] = []
-    result = train(samples, labels, out, config, progress=progress.append)
-    result.metrics["_progress_seen"] = progress
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -17,27 +17,18 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.support.tiny_model import TinyModel
 from trashsorter import aws
 from trashsorter.deploy import greengrass_v2
 from trashsorter_cli.device.server import LocalDevice
-from trashsorter_trainer.data import Sample
-from trashsorter_trainer.train import TrainConfig, train
-
-pytestmark = pytest.mark.slow  # trains a tiny model (a few seconds)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 BUCKET = "images-bucket"
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    samples = []
-    for label, folder in (("Compost", "paper"), ("Recycling", "glass")):
-        for i, path in enumerate(sorted((SAMPLES / folder).glob("*.jpg"))[:4]):
-            samples.append(Sample(path.name, label, "train" if i < 3 else "validation", path.read_bytes()))
-    out = tmp_path_factory.mktemp("model")
-    result = train(samples, ["Compost", "Recycling"], out, TrainConfig(epochs=1, views=1, image_size=96))
-    return result.archive.read_bytes()
+@pytest.fixture
+def archive(tiny_model: TinyModel) -> bytes:
+    return tiny_model.result.archive.read_bytes()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.unit.test_trainer import TINY, tiny_samples, train_tiny
+from tests.support.tiny_model import TINY, tiny_samples, train_tiny
 from trashsorter_cli.trainer import crossval
 from trashsorter_trainer.config import GPU_SCHEDULE, TrainConfig
 from trashsorter_trainer.data import preprocess

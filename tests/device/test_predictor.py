@@ -7,25 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tiny_model import TinyModel
 from trashsorter.errors import DeploymentError, Rejection
 from trashsorter_cli.device.predictor import Classifier
-from trashsorter_trainer.data import Sample
-from trashsorter_trainer.train import TrainConfig, train
-
-pytestmark = pytest.mark.slow  # trains a tiny model (a few seconds)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    samples = []
-    for label, folder in (("Compost", "cardboard"), ("Recycling", "glass")):
-        for i, path in enumerate(sorted((SAMPLES / folder).glob("*.jpg"))[:4]):
-            samples.append(Sample(path.name, label, "train" if i < 3 else "validation", path.read_bytes()))
-    out = tmp_path_factory.mktemp("model")
-    train(samples, ["Compost", "Recycling"], out, TrainConfig(epochs=1, views=1, image_size=96, threads=2))
-    return out
+@pytest.fixture
+def model_dir(tiny_model: TinyModel) -> Path:
+    return tiny_model.model_dir
 
 
 def test_predict_returns_every_label_sorted_by_confidence(model_dir: Path) -> None:
