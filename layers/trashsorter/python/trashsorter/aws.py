@@ -47,9 +47,37 @@ def reset_clients() -> None:
         _clients.clear()
 
 
+# The one table of AWS error codes worth retrying (throttling and server faults); any HTTP 5xx counts too.
+TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "InternalFailure",
+        "InternalError",
+        "InternalServerError",
+        "InternalServerException",
+        "InternalServerErrorException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+    }
+)
+
+
 def error_code(exc: ClientError) -> str:
     """The AWS error code of a ClientError ("" when absent)."""
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def http_status(exc: ClientError) -> int:
+    """The HTTP status of a ClientError (0 when absent)."""
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def is_transient(exc: ClientError) -> bool:
+    """True when the same call may succeed later: throttling, a server fault, any HTTP 5xx."""
+    return error_code(exc) in TRANSIENT_CODES or http_status(exc) >= 500
 
 
 def conditional_write(write: Callable[[], Any], *, what: str) -> bool:

@@ -49,8 +49,7 @@ class IngestOutcome:
 
 
 def _is_gone(exc: ClientError) -> bool:
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return aws.error_code(exc) in _GONE_CODES or status == 404
+    return aws.error_code(exc) in _GONE_CODES or aws.http_status(exc) == 404
 
 
 def check_image(data: bytes, settings: IngestSettings) -> ImageInfo:

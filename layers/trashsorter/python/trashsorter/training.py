@@ -76,10 +76,6 @@ from trashsorter.training_request import (
 START_TIMEOUT_SECONDS = 900
 RESUME_AFTER_SECONDS = 90  # a run "starting" for longer than this was abandoned by a failed invocation
 MAX_LOCK_ROUNDS = 5
-THROTTLING_CODES = frozenset(
-    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
-)
-SERVER_CODES = frozenset({"InternalFailure", "InternalServerError", "ServiceUnavailable", "InternalError"})
 
 
 # ---------------------------------------------------------------- outcomes and backends
@@ -124,14 +120,13 @@ class SageMakerBackend:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code, message = str(error.get("Code", "")), str(error.get("Message", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             if code == "ResourceLimitExceeded":
                 instance = launch.request["ResourceConfig"]["InstanceType"]
                 spot = bool(launch.request.get("EnableManagedSpotTraining"))
                 raise TrainingQuotaExceeded(quota_message(instance, self.region, message, spot=spot)) from exc
             if code == "ResourceInUse" and self.exists(launch):
                 return  # created by an earlier, interrupted attempt of this very run
-            if code in THROTTLING_CODES or code in SERVER_CODES or status >= 500:
+            if aws.is_transient(exc):
                 raise TransientError(f"CreateTrainingJob {launch.job_name}: {code}: {message}") from exc
             raise TrainingStartError(f"SageMaker refused {launch.job_name}: {code}: {message}") from exc
         except BotoCoreError as exc:

@@ -22,17 +22,6 @@ TARGET_GREENGRASS_V1 = "greengrass-v1"
 TARGET_GREENGRASS_V2 = "greengrass-v2"
 TARGET_LOCAL_DEVICE = "local-device"
 
-_TRANSIENT_CODES = {
-    "ThrottlingException",
-    "Throttling",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "InternalServerException",
-    "InternalServerErrorException",
-    "ServiceUnavailableException",
-}
-
-
 @dataclass(frozen=True)
 class DeploymentResult:
     """What one target did with one model."""
@@ -51,9 +40,8 @@ def aws_failure(action: str, exc: Exception) -> Exception:
     """Classify a boto error: throttling / 5xx -> :class:`TransientError` (retry), else DeploymentError."""
     if isinstance(exc, ClientError):
         code = aws.error_code(exc)
-        http = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in _TRANSIENT_CODES or http >= 500:
-            return TransientError(f"{action}: {code or http} (will retry)")
+        if aws.is_transient(exc):
+            return TransientError(f"{action}: {code or aws.http_status(exc)} (will retry)")
         return DeploymentError(f"{action}: {code}: {exc.response.get('Error', {}).get('Message', exc)}")
     if isinstance(exc, BotoCoreError):
         return TransientError(f"{action}: {exc}")
