@@ -44,6 +44,7 @@ PIXELS_PER_BYTE_FLOOR = 4_000_000
 DECODE_MEMORY_BUDGET = 224 * 1024 * 1024
 DECODE_CPU_SECONDS = 1.5
 BYTES_PER_PIXEL = {"JPEG": 4, "PNG": 4, "WEBP": 17}  # measured peak per declared (decoded) pixel
+MAX_DECODE_ASPECT_RATIO = 100.0  # outside ingest (MaxAspectRatio <= 100): a resize to 224 px stays small
 JPEG_VALIDATION_SCALE = 8  # the validator decodes every JPEG at 1/8 (all entropy-coded data still read)
 SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
@@ -213,7 +214,7 @@ def decode_bounded(data: bytes, *, short_side: int | None = None) -> PILImage.Im
     still at least this (the trainer and the device resize to 224 px anyway); None decodes in full. Accepted
     images always pass: the ingest step applied the same model. The caller closes the returned image.
     """
-    im, fmt = open_bounded(data)
+    im, fmt = open_bounded(data, max_aspect_ratio=MAX_DECODE_ASPECT_RATIO)
     try:
         if fmt == "JPEG" and short_side is not None:
             im.draft(im.mode, scale_for(*im.size, short_side))
