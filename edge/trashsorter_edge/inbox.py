@@ -4,12 +4,19 @@ bucket under ``inbox/<thing>/<time>-<id>.jpg`` with the prediction as object met
 
 ``inbox/`` is never trained on: ingest reacts to ``images/`` only (template.yaml's notification filter). A
 person labels an inbox image with ``trashsorter label KEY LABEL``, which copies it into ``images/<Label>/``.
+
+Bounds the configuration cannot lift: the thing name must be an AWS IoT thing name (so every key stays under
+``inbox/<thing>/``, the only prefix the device policy lets the device write, template.yaml
+``EdgeDevicePolicy``); at most :data:`MAX_PER_MINUTE` uploads a minute and :data:`MAX_PER_DAY` a day
+whatever ``--inbox-per-minute`` says; a frame over :data:`MAX_FRAME_BYTES` is not queued. The bucket's
+``ExpireInbox`` rule deletes frames after ``InboxDays``.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 import uuid
@@ -20,6 +27,11 @@ from typing import Any
 
 from trashsorter_edge.sources import Frame
 
+INBOX_PREFIX = "inbox/"
+THING_NAME = re.compile(r"[A-Za-z0-9:_-]{1,128}")  # AWS IoT CreateThing's thingName pattern
+MAX_PER_MINUTE = 60  # the ceiling of --inbox-per-minute
+MAX_PER_DAY = 1000  # uploads in any 24 hours, whatever the per-minute rate
+MAX_FRAME_BYTES = 20 * 1024 * 1024  # the ingest step's MaxImageBytes default
 META_KEYS = ("model_id", "label", "confidence", "unsure", "source", "image", "timestamp")
 
 
@@ -45,21 +57,25 @@ class Inbox:
         s3: Any = None,
         max_queue: int = 50,
         per_minute: int = 6,
+        per_day: int = MAX_PER_DAY,
         retry_s: float = 10.0,
     ) -> None:
+        if not THING_NAME.fullmatch(thing):
+            raise ValueError(f"thing name {thing!r} is not an AWS IoT thing name ([A-Za-z0-9:_-], 1-128)")
         self.spool = Path(spool)
         self.spool.mkdir(parents=True, exist_ok=True)
         self.bucket = bucket
         self.thing = thing
         self.max_queue = max(1, max_queue)
-        self.per_minute = max(1, per_minute)
+        self.per_minute = min(MAX_PER_MINUTE, max(1, per_minute))
+        self.per_day = min(MAX_PER_DAY, max(1, per_day))
         self.retry_s = retry_s
         self._s3 = s3
         self._flag = threading.Event()
-        self._sent: deque[float] = deque()
+        self._sent: deque[float] = deque()  # upload times within the last 24 hours
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.counts = {"queued": 0, "dropped": 0, "uploaded": 0, "failed_attempts": 0}
+        self.counts = {"queued": 0, "dropped": 0, "uploaded": 0, "failed_attempts": 0, "too_large": 0}
 
     @property
     def s3(self) -> Any:
@@ -91,6 +107,9 @@ class Inbox:
             buffer = io.BytesIO()
             frame.image.save(buffer, format="JPEG", quality=90)
             data = buffer.getvalue()
+        if len(data) > MAX_FRAME_BYTES:
+            self.counts["too_large"] += 1
+            return
         (self.spool / f"{name}.json").write_text(json.dumps(metadata(result, reason)))
         part = self.spool / f"{name}.part"
         part.write_bytes(data)
@@ -107,14 +126,12 @@ class Inbox:
         uploaded = 0
         for path in self.pending():
             now = time.monotonic() if now is None else now
-            while self._sent and now - self._sent[0] >= 60.0:
-                self._sent.popleft()
-            if len(self._sent) >= self.per_minute:
+            if not self._allowed(now):
                 break
             sidecar = path.with_suffix(".json")
             try:
                 meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-                key = f"inbox/{self.thing}/{path.name}"
+                key = f"{INBOX_PREFIX}{self.thing}/{path.name}"
                 self.s3.put_object(
                     Bucket=self.bucket,
                     Key=key,
@@ -131,6 +148,13 @@ class Inbox:
             self.counts["uploaded"] += 1
             uploaded += 1
         return uploaded
+
+    def _allowed(self, now: float) -> bool:
+        """Whether one more upload fits the per-minute and the per-day budget at ``now``."""
+        while self._sent and now - self._sent[0] >= 86_400.0:
+            self._sent.popleft()
+        last_minute = sum(1 for sent in self._sent if now - sent < 60.0)
+        return last_minute < self.per_minute and len(self._sent) < self.per_day
 
     def start(self) -> Inbox:
         def loop() -> None:

@@ -4,6 +4,11 @@ and the edge app (Pillow + numpy only, so it ships to the camera without the CLI
 decode (bytes, a PIL image, or an OpenCV BGR frame) -> apply the EXIF orientation -> RGB -> resize so the
 SHORT side is ``image_size`` (bilinear) -> centre-crop ``image_size`` x ``image_size`` -> float32 0..1, CHW.
 
+Bytes are decoded by THE bounded decode (:func:`trashsorter_edge.decoding.decode_bounded`, the ingest
+step's structure, metadata, memory and CPU bounds; a JPEG through DCT scaling down to a short side of
+:data:`DECODE_SHORT_SIDE`), turned by THE orientation reading and converted by THE 8-bit RGB conversion
+(:func:`to_rgb8`: 16-bit scaled, alpha flattened onto white), exactly as the snapshot's conversion does.
+
 There is deliberately NO ImageNet mean/std normalisation here: the exported ONNX graph normalises inside
 (``trashsorter_trainer.model.TrashClassifier.frozen``). Normalising twice was the old Greengrass
 classifier's bug.
@@ -11,13 +16,18 @@ classifier's bug.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from trashsorter_edge.decoding import decode_bounded, to_rgb8, upright
+from trashsorter_edge.imagefile import ImageRefused
+
+__all__ = ["IMAGE_SIZE", "UndecodableImage", "decode", "from_bgr", "preprocess", "to_array", "to_rgb8"]
 
 IMAGE_SIZE = 224
+DECODE_SHORT_SIDE = 2 * IMAGE_SIZE  # a training crop of 35 % of the area still has >= 224 px of short side
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _RESAMPLE = Image.Resampling.BILINEAR
 
@@ -27,20 +37,16 @@ class UndecodableImage(ValueError):
 
 
 def decode(data: bytes | Image.Image, name: str = "image") -> Image.Image:
-    """Bytes (or a PIL image) -> an upright RGB image; undecodable input raises :class:`UndecodableImage`."""
+    """Bytes (or a PIL image) -> an upright 8-bit RGB image; bytes outside the bounds or not an image raise
+    :class:`UndecodableImage` (its message names the refusal's code)."""
     if isinstance(data, Image.Image):
         image = data
     else:
         try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise UndecodableImage(f"cannot decode {name}: {exc}") from exc
-    try:
-        image = ImageOps.exif_transpose(image) or image
-    except (OSError, ValueError, SyntaxError):  # a broken EXIF block must not lose the picture
-        pass
-    return image.convert("RGB") if image.mode != "RGB" else image
+            image = decode_bounded(data, short_side=DECODE_SHORT_SIDE)
+        except ImageRefused as exc:
+            raise UndecodableImage(f"cannot decode {name}: {exc.code}: {exc.message}") from exc
+    return to_rgb8(upright(image))
 
 
 def from_bgr(frame: Any) -> Image.Image:

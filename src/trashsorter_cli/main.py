@@ -17,7 +17,7 @@ from typing import IO, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter.errors import TrainingRuleNotMet, TrashsorterError
-from trashsorter_cli.ui import UI, CliError
+from trashsorter_cli.ui import UI, CliError, printable
 
 
 def _common() -> argparse.ArgumentParser:
@@ -296,13 +296,13 @@ def _main(argv: Sequence[str] | None, *, stdout: IO[str] | None, stderr: IO[str]
             sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
         return code
     except CliError as exc:
-        print(f"trashsorter: error: {exc}", file=err)
+        print(f"trashsorter: error: {printable(str(exc))}", file=err)
         return exc.exit_code
     except TrashsorterError as exc:
-        print(f"trashsorter: error: {exc}", file=err)
+        print(f"trashsorter: error: {printable(str(exc))}", file=err)
         return 1
     except (ClientError, BotoCoreError) as exc:
-        print(f"trashsorter: AWS error: {exc}", file=err)
+        print(f"trashsorter: AWS error: {printable(str(exc))}", file=err)
         return 1
     except KeyboardInterrupt:
         print("trashsorter: interrupted", file=err)

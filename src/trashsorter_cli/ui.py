@@ -1,12 +1,34 @@
-"""Human output (rich tables and progress bars on a terminal, plain aligned text otherwise) and ``--json``."""
+"""Human output (rich tables and progress bars on a terminal, plain aligned text otherwise) and ``--json``.
+
+Every string shown passes :func:`printable`: keys, metadata and messages come from S3 objects devices and
+users wrote, and a terminal must never act on an escape sequence in them. ``--json`` escapes control
+characters by itself (``json.dumps``).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
+
+# C0 controls (but newline and tab), DEL, C1 controls, and the bidirectional overrides and isolates that
+# reorder what a terminal shows.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_IN_CELL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``) instead of acted on; with
+    ``one_line`` newlines and tabs too (a table cell)."""
+    return (_CONTROL_IN_CELL if one_line else _CONTROL).sub(_escape, text)
 
 
 class CliError(Exception):
@@ -59,6 +81,7 @@ class UI:
     def line(self, text: str = "") -> None:
         if self.json_mode:
             return
+        text = printable(text)
         if self._console is not None:
             self._console.print(text, highlight=False, markup=False)
         else:
@@ -68,11 +91,11 @@ class UI:
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self.json_mode:
             return
-        cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+        cells = [[("" if v is None else printable(str(v), one_line=True)) for v in row] for row in rows]
         if self._console is not None:
             from rich.table import Table
 
-            table = Table(title=title, title_justify="left")
+            table = Table(title=printable(title, one_line=True), title_justify="left")
             for column in columns:
                 table.add_column(column)
             for row in cells:
@@ -90,6 +113,7 @@ class UI:
     @contextmanager
     def progress(self, description: str, total: float | None) -> Iterator[ProgressBar]:
         """A progress bar on a terminal; plain mode prints the description once and the end state."""
+        description = printable(description, one_line=True)
         if self._console is not None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
             from rich.table import Column
@@ -117,7 +141,7 @@ class UI:
                     if new_total is not None:
                         kwargs["total"] = new_total
                     if text:
-                        kwargs["description"] = text
+                        kwargs["description"] = printable(text, one_line=True)
                     progress.update(task, **kwargs)
 
                 yield ProgressBar(lambda n: progress.advance(task, n), _update)

@@ -98,3 +98,26 @@ def test_frames_wait_while_offline_and_go_when_back(s3: Any, tmp_path: Path) -> 
     assert inbox.drain() == 0 and len(inbox.pending()) == 1 and inbox.counts["failed_attempts"] == 1
     link.online = True
     assert inbox.drain() == 1 and inbox.pending() == [] and len(keys(s3)) == 1
+
+
+def test_configuration_cannot_lift_the_upload_rate_past_the_ceilings(s3: Any, tmp_path: Path) -> None:
+    from trashsorter_edge.inbox import MAX_PER_MINUTE
+
+    inbox = Inbox(tmp_path / "spool", BUCKET, "cam-1", s3=s3, max_queue=500, per_minute=100_000, per_day=90)
+    for _ in range(100):
+        inbox.hook(frame(), result())
+    assert inbox.drain(now=0.0) == MAX_PER_MINUTE  # 60, not 100,000
+    assert inbox.drain(now=61.0) == 30  # the day's budget (90) is spent
+    assert inbox.drain(now=3600.0) == 0
+    assert len(keys(s3)) == 90
+    assert inbox.drain(now=86_401.0) == 10  # the first 60 left the 24-hour window: the last 10 frames go
+
+
+def test_uploads_stay_under_the_devices_own_prefix(s3: Any, tmp_path: Path) -> None:
+    for hostile_thing in ("../images/Compost", "cam-1/../../images", "", "cam 1", "x" * 129):
+        with pytest.raises(ValueError, match="not an AWS IoT thing name"):
+            Inbox(tmp_path / "spool", BUCKET, hostile_thing, s3=s3)
+    inbox = Inbox(tmp_path / "spool", BUCKET, "cam-1:line_2", s3=s3)
+    inbox.hook(frame(), result())
+    assert inbox.drain() == 1
+    assert [k.rsplit("/", 1)[0] for k in keys(s3)] == ["inbox/cam-1:line_2"]

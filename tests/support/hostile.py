@@ -79,6 +79,76 @@ def exif_rotated_jpeg(material: str = "cardboard", orientation: int = 6) -> byte
     return out.getvalue()
 
 
+def tiff_block(entries: list[tuple[int, int, int, bytes]], tail: bytes = b"") -> bytes:
+    """An ``Exif``-headed little-endian TIFF block: IFD0 with ``(tag, type, count, 4-byte field)`` entries,
+    then ``tail`` (values the fields point at; IFD0 ends at 14 + 12 * len(entries))."""
+    ifd = struct.pack("<H", len(entries))
+    ifd += b"".join(struct.pack("<HHI", tag, kind, count) + field for tag, kind, count, field in entries)
+    return b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + tail
+
+
+def exif_offset_bomb(entries: int = 5000, values: int = 30_000) -> bytes:
+    """A 60 KB EXIF block whose ``entries`` entries all declare ``values`` SHORTs at the same offset: the
+    block fits one JPEG segment, the declared values add up to entries x values x 2 bytes (300 MB)."""
+    data_at = 8 + 2 + 12 * entries + 4
+    fields = [(0x1000 + i, 3, values, struct.pack("<I", data_at)) for i in range(entries)]
+    return tiff_block(fields, bytes(max(0, min(values * 2, 65_000 - 14 - 12 * entries))))
+
+
+def exif_many_entries(entries: int = 2000) -> bytes:
+    """An EXIF block of ``entries`` inline entries (4 bytes of value each): more than any camera writes."""
+    return tiff_block([(0x1000 + i, 3, 1, b"\x01\x00\x00\x00") for i in range(entries)])
+
+
+def exif_orientation_fraction(value: tuple[int, int] = (6, 1)) -> bytes:
+    """EXIF whose orientation (0x0112) is stored as a RATIONAL ``value`` instead of a SHORT."""
+    return tiff_block([(0x0112, 5, 1, struct.pack("<I", 8 + 2 + 12 + 4))], struct.pack("<II", *value))
+
+
+def with_exif(fmt: str, exif: bytes, image: Image.Image | None = None) -> bytes:
+    """A real photo saved as ``fmt`` carrying ``exif`` (Pillow writes JPEG APP1, PNG eXIf, WebP EXIF)."""
+    return encode(fmt, image, exif=exif, **({"quality": 85} if fmt != "PNG" else {}))
+
+
+def big_exif_bomb(fmt: str = "WEBP", size: int = 20 * 1024 * 1024) -> bytes:
+    """A small WebP or PNG carrying a ``size``-byte EXIF block (the offset bomb's entries, padded out)."""
+    block = exif_offset_bomb(60_000 if size > 1_000_000 else 5000, 65_000)
+    return with_exif(fmt, block + bytes(max(0, size - len(block))), photo().resize((128, 96)))
+
+
+def jpeg_arithmetic() -> bytes:
+    """A JPEG whose frame header says arithmetic coding (SOF9): the marker is what the walk reads."""
+    data = bytearray(real_photo_bytes("glass"))
+    for marker, start, _end in jpeg_segments(bytes(data)):
+        if marker == 0xC0:
+            data[start + 1] = 0xC9
+            break
+    return bytes(data)
+
+
+def phone_photo(width: int, height: int) -> Image.Image:
+    """A camera-sized picture with photo texture at full resolution (real photos tiled, not upscaled)."""
+    tiles = [photo(), photo().transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    canvas = Image.new("RGB", (width, height))
+    tw, th = tiles[0].size
+    for y in range(0, height, th):
+        for x in range(0, width, tw):
+            canvas.paste(tiles[(x // tw + y // th) % 2], (x, y))
+    return canvas
+
+
+def phone_jpeg(width: int, height: int, *, progressive: bool = False, subsampling: int = 2) -> bytes:
+    """A phone-sized JPEG: 48 MP (8000x6000) and 50 MP (8160x6144) sensors, 4:2:0 unless asked."""
+    return encode(
+        "JPEG", phone_photo(width, height), quality=92, progressive=progressive, subsampling=subsampling
+    )
+
+
+def phone_webp(width: int = 4032, height: int = 3024) -> bytes:
+    """A 12 MP WebP as phones and photo apps export it."""
+    return encode("WEBP", phone_photo(width, height), quality=85)
+
+
 def tiny_png(side: int = 16) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (side, side), (200, 30, 30)).save(out, "PNG")
@@ -436,9 +506,9 @@ def webp_lossless_canvas(
     return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
 
 
-def webp_padded_canvas(width: int = 3400, height: int = 3400, padding: int = 16_000) -> bytes:
+def webp_padded_canvas(width: int = 3800, height: int = 3800, padding: int = 16_000) -> bytes:
     """:func:`webp_lossless_canvas` padded with an unknown chunk so its size looks plausible for its pixels:
-    only the decode's memory estimate (20 bytes per pixel in libwebp + Pillow) refuses it."""
+    only the decode's memory estimate (17 bytes per pixel in libwebp + Pillow, measured) refuses it."""
     body = webp_lossless_canvas(width, height)[12:] + b"JUNK" + struct.pack("<I", padding) + bytes(padding)
     return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
 
@@ -453,6 +523,14 @@ def jpeg_extreme_aspect() -> bytes:
     """A real photo squeezed to 64 x 2000 (31:1): real data, only the shape is wrong."""
     return encode("JPEG", photo().resize((64, 2000)), quality=90)
 
+
+# Real photos every default must accept (item: "real photos pass").
+PHONE_PHOTOS: dict[str, Callable[[], bytes]] = {
+    "50 MP phone jpeg": lambda: phone_jpeg(8160, 6144),
+    "48 MP phone jpeg": lambda: phone_jpeg(8000, 6000),
+    "36 MP progressive 4:4:4 jpeg": lambda: phone_jpeg(7360, 4912, progressive=True, subsampling=0),
+    "12 MP phone webp": phone_webp,
+}
 
 CORPUS: tuple[Hostile, ...] = (
     # polyglots
@@ -470,6 +548,15 @@ CORPUS: tuple[Hostile, ...] = (
     Hostile("png 2 MB iTXt", png_huge_itxt, EITHER, ("corrupt",), "PNG"),
     Hostile("png zTXt bomb 200 MB", png_ztxt_bomb, EITHER, ("corrupt",), "PNG"),
     Hostile("png iCCP bomb 100 MB", png_iccp_bomb, EITHER, ("corrupt",), "PNG"),
+    Hostile("webp 20 MB EXIF bomb", big_exif_bomb, REJECT, ("metadata_too_large",)),
+    Hostile("png 20 MB EXIF bomb", lambda: big_exif_bomb("PNG"), REJECT, ("metadata_too_large",)),
+    Hostile(
+        "jpeg EXIF 5,000 entries on one offset",
+        lambda: with_exif("JPEG", exif_offset_bomb()),
+        REJECT,
+        ("metadata_too_large",),
+    ),
+    Hostile("arithmetic-coded jpeg", jpeg_arithmetic, REJECT, ("unsupported_format",)),
     # zero and absurd sizes
     Hostile("png 0x0", zero_size_png, REJECT, ("corrupt", "too_small")),
     Hostile("jpeg 64x0", lambda: jpeg_declaring(64, 0), REJECT, ("corrupt", "too_small", "truncated")),
@@ -508,7 +595,7 @@ CORPUS: tuple[Hostile, ...] = (
         REJECT,
         ("implausible_size",),
     ),
-    Hostile("webp 11.6 MP canvas padded to 16 KB", webp_padded_canvas, REJECT, ("too_costly",)),
+    Hostile("webp 14.4 MP canvas padded to 16 KB", webp_padded_canvas, REJECT, ("too_costly",)),
     Hostile("png 64x600000 aspect", png_extreme_aspect, REJECT, ("extreme_aspect_ratio",)),
     Hostile("jpeg 64x2000 aspect", jpeg_extreme_aspect, REJECT, ("extreme_aspect_ratio",)),
     # truncations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -104,3 +105,53 @@ def test_train_wait_shows_the_feature_pass_and_the_epochs() -> None:
     epoch = {"epoch": 3, "epochs": 10, "train_loss": 0.4}
     assert _epoch_text(epoch) == "epoch 3/10" and _progress_fraction(epoch) == (3.0, 10.0)
     assert _epoch_text({}) == "" and _progress_fraction({"phase": "features"}) is None
+
+
+def test_inbox_listing_shows_escape_codes_devices_wrote_without_acting_on_them() -> None:
+    """Keys and metadata under inbox/ come from devices: a terminal must never receive their control bytes."""
+    import argparse
+    from types import SimpleNamespace
+
+    import boto3
+    from moto import mock_aws
+
+    from trashsorter_cli.commands import inbox
+
+    hostile_key = "inbox/cam-1/\x1b]0;owned\x07\x1b[2J\u202egpj.jpg"
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="images")
+        s3.put_object(
+            Bucket="images",
+            Key=hostile_key,
+            Body=b"\xff\xd8\xff",
+            Metadata={"label": "Compost\x1b[31m", "reason": "unsure\x07\x08", "model_id": "job\x1b[0m"},
+        )
+        target = SimpleNamespace(bucket="images", client=lambda _name: s3, labels=("Compost",))
+        for stream in (io.StringIO(), Terminal()):
+            ui = UI(stream=stream)
+            inbox.handle(argparse.Namespace(command="inbox", thing=None), ui, target)
+            shown = stream.getvalue()
+            if isinstance(stream, Terminal):  # rich styles its own output; strip its CSI sequences only
+                shown = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+            assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]", shown), repr(shown)
+            assert "\\x1b" in shown and "\\x07" in shown  # shown as escapes (rich may wrap long cells)
+            if not isinstance(stream, Terminal):  # plain text: the whole key on its row, readable and inert
+                assert "\\x1b]0;owned\\x07\\x1b[2J\\u202egpj.jpg" in shown
+                assert "Compost\\x1b[31m" in shown and "unsure\\x07\\x08" in shown
+        out = io.StringIO()
+        inbox.handle(argparse.Namespace(command="inbox", thing=None), UI(stream=out, json_mode=True), target)
+        assert "\x1b" not in out.getvalue() and json.loads(out.getvalue())[0]["key"] == hostile_key
+
+
+def test_error_lines_escape_control_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trashsorter_cli.main as cli
+    from trashsorter_cli.ui import UsageError
+
+    def refuse(_args: object, _ui: object) -> int:
+        raise UsageError("'inbox/cam-1/\x1b[2Jx.jpg' is not an inbox key")  # a key, as a user pasted it
+
+    monkeypatch.setattr(cli, "run", refuse)
+    err = io.StringIO()
+    assert cli.main(["status"], stdout=io.StringIO(), stderr=err) == 2
+    assert "\x1b" not in err.getvalue() and "inbox/cam-1/\\x1b[2Jx.jpg" in err.getvalue()

@@ -586,7 +586,8 @@ def test_edge_device_policy_grants_only_artifacts_and_inbox_and_only_with_a_thin
     assert grants["ReadComponentArtifacts"][0] == "s3:GetObject"
     assert "${DeepLensBucket}/models/*" in grants["ReadComponentArtifacts"][1]
     assert grants["UploadUnsureFrames"][0] == "s3:PutObject"
-    assert "${ImagesBucket}/inbox/*" in grants["UploadUnsureFrames"][1]
+    # each device writes under its own thing's prefix only (the key layout of trashsorter_edge.inbox)
+    assert "${ImagesBucket}/inbox/${!credentials-iot:ThingName}/*" in grants["UploadUnsureFrames"][1]
     assert set(grants) == {"ReadComponentArtifacts", "UploadUnsureFrames", "UseStackKey"}
     assert all("*" not in json.dumps(st["Action"]) for st in statements)
 
@@ -596,8 +597,10 @@ def test_snapshot_objects_expire_only_when_tagged_unregistered_and_the_functions
     from trashsorter.dataset_store import RETENTION_REGISTERED, RETENTION_SNAPSHOT, RETENTION_TAG
 
     rules = resources_of("AWS::S3::Bucket")["ImagesBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
-    expiring = [r for r in rules if r["Status"] == "Enabled" and "ExpirationInDays" in r]
-    # exactly one rule expires current objects: the snapshot objects no registered model's dataset lists
+    expiring = [
+        r for r in rules if r["Status"] == "Enabled" and "ExpirationInDays" in r and r["Prefix"] != "inbox/"
+    ]
+    # one rule expires current objects of the data: the snapshot objects no registered model's dataset lists
     assert len(expiring) == 1, expiring
     (rule,) = expiring
     assert rule["Prefix"] == OBJECTS_PREFIX and rule["ExpirationInDays"] == {"Ref": "DatasetObjectDays"}
@@ -622,3 +625,15 @@ def test_snapshot_objects_expire_only_when_tagged_unregistered_and_the_functions
         "StartTrainingFunctionRole": {"s3:PutObjectTagging", "s3:GetObjectTagging"},
         "PackageFunctionRole": {"s3:PutObjectTagging"},
     }
+
+
+def test_inbox_frames_expire_and_nothing_else_shares_the_rule() -> None:
+    from trashsorter_edge.inbox import INBOX_PREFIX
+
+    rules = resources_of("AWS::S3::Bucket")["ImagesBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    (inbox,) = [r for r in rules if r.get("Prefix") == INBOX_PREFIX]
+    assert inbox["Status"] == "Enabled" and inbox["ExpirationInDays"] == {"Ref": "InboxDays"}
+    assert "TagFilters" not in inbox  # every frame expires, whatever it is tagged
+    assert parameter_values(load_template())["InboxDays"] == "30"
+    current = [r for r in rules if "ExpirationInDays" in r]  # current objects: never a photo under images/
+    assert {r["Prefix"] for r in current} == {INBOX_PREFIX, "datasets/objects/"}

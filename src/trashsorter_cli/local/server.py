@@ -92,8 +92,33 @@ def endpoint_alive(endpoint_url: str, timeout: float = 5.0) -> bool:
     return probe_endpoint(endpoint_url, timeout) is None
 
 
+def guarded_moto_server(host: str, port: int) -> Any:
+    """moto's ``ThreadedMotoServer`` whose WSGI app sits behind :class:`~trashsorter_cli.local.guard.
+    LocalRequestGuard` (Host and Origin checks: no web page writes to the local endpoint)."""
+    from moto.server import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        ThreadedMotoServer,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    from trashsorter_cli.local.guard import LocalRequestGuard
+
+    class GuardedMotoServer(ThreadedMotoServer):  # type: ignore[misc]
+        def _server_entry(self) -> None:  # moto's own, with the guard around the app
+            guard = LocalRequestGuard(DomainDispatcherApplication(create_backend_app), host, port)
+            self._server = make_server(host, port, guard, True, request_handler=MotoRequestHandler)
+            guard.port = self._server.server_address[1]
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return GuardedMotoServer(ip_address=host, port=port, verbose=False)
+
+
 class MotoServer:
-    """moto's ``ThreadedMotoServer`` on ``host:port`` with a readiness check and an idempotent stop."""
+    """moto's ``ThreadedMotoServer`` on ``host:port``, behind the request guard, with a readiness check and
+    an idempotent stop."""
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
         self.host = host
@@ -105,15 +130,13 @@ class MotoServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> str:
-        from moto.server import ThreadedMotoServer
-
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
         if port_in_use(self.host, self.port):
             raise ConfigurationError(
                 f"port {self.port} on {self.host} is already in use (another `trashsorter local up`?); "
                 "pick another with --port"
             )
-        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self._server = guarded_moto_server(self.host, self.port)
         self._server.start()
         deadline = time.monotonic() + timeout
         while not endpoint_alive(self.endpoint_url, timeout=1.0):

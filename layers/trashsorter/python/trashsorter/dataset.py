@@ -49,6 +49,7 @@ from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import NotFoundError, TrainingRuleNotMet, TransientError
 from trashsorter.schema import DATASETS_PREFIX, ImageStatus, dataset_key, dataset_prefix
 from trashsorter.validation import decode_bounded
+from trashsorter_edge.decoding import to_rgb8, upright
 
 TRAIN = "train"
 VALIDATION = "validation"
@@ -265,22 +266,14 @@ def render_channel_manifest(plan: DatasetPlan, split: str) -> str:
 
 
 def convert_to_jpeg(data: bytes) -> bytes:
-    """A JPEG the algorithm can decode: EXIF orientation applied, alpha flattened onto white.
+    """A JPEG the algorithm can decode: EXIF orientation applied, pixels as THE 8-bit RGB conversion makes
+    them (:func:`trashsorter_edge.decoding.to_rgb8`: alpha flattened onto white, 16-bit scaled).
 
     The decode is bounded like the ingest step's (:func:`trashsorter.validation.decode_bounded`: structure
-    limits, the memory estimate, a CPU deadline); an image the ingest step accepted always fits.
+    and metadata limits, the memory estimate, a CPU deadline); an image the ingest step accepted always fits.
     """
-    from PIL import Image, ImageOps
-
     with decode_bounded(data) as opened:
-        image = ImageOps.exif_transpose(opened) or opened
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGB", rgba.size, (255, 255, 255))
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            rgb = background
-        else:
-            rgb = image.convert("RGB")
+        rgb = to_rgb8(upright(opened))
         out = io.BytesIO()
         rgb.save(out, format="JPEG", quality=95)
         return out.getvalue()

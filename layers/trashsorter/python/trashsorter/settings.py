@@ -69,7 +69,7 @@ class CommonSettings(_Settings):
 
 class IngestSettings(CommonSettings):
     max_image_bytes: int = Field(default=20 * 1024 * 1024, alias="MAX_IMAGE_BYTES", ge=1)
-    max_image_pixels: int = Field(default=40_000_000, alias="MAX_IMAGE_PIXELS", ge=1)
+    max_image_pixels: int = Field(default=120_000_000, alias="MAX_IMAGE_PIXELS", ge=1)
     min_image_side: int = Field(default=64, alias="MIN_IMAGE_SIDE", ge=1)
     max_aspect_ratio: float = Field(default=10.0, alias="MAX_ASPECT_RATIO", ge=1)
 

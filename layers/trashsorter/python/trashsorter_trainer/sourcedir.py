@@ -1,9 +1,10 @@
 """The trainer's source as a deterministic, content-addressed ``sourcedir.tar.gz`` (stdlib only).
 
 Members: every ``*.py`` of this package under ``trashsorter_trainer/``, THE preprocessing it imports
-(``trashsorter_edge/__init__.py`` and ``trashsorter_edge/preprocessing.py``: one definition shared with the
-device and the edge app, Pillow + numpy only), ``train.py`` (a copy of ``__main__.py``: the
-``sagemaker_program``) and ``requirements.txt`` at the root. Sorted names, zero
+(``trashsorter_edge/__init__.py``, ``preprocessing.py`` and the bounded decode it calls, ``decoding.py``
+and ``imagefile.py``: one definition shared with the device and the edge app, Pillow + numpy only),
+``train.py`` (a copy of ``__main__.py``: the ``sagemaker_program``) and ``requirements.txt`` at the root.
+Sorted names, zero
 timestamps/owners and fixed modes make the bytes depend on the source alone, so the SHA-256 names the code
 a job ran (lineage) and the object is uploaded only when it is not in the bucket yet.
 """
@@ -24,7 +25,7 @@ from trashsorter_trainer.contract import PROGRAM, REQUIREMENTS
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
 SOURCE_PREFIX = "trainer-source/"
-SHARED_MODULES = ("trashsorter_edge", ("__init__.py", "preprocessing.py"))
+SHARED_MODULES = ("trashsorter_edge", ("__init__.py", "decoding.py", "imagefile.py", "preprocessing.py"))
 
 
 class SourceUnavailable(RuntimeError):
