@@ -347,9 +347,18 @@ def is_final(run: Mapping[str, Any]) -> bool:
     return str(run.get("status") or "") in {str(s) for s in FINAL_RUN_STATUSES}
 
 
-def record_ignored_event(run_id: str, event: str, reason: str, *, table_name: str, ddb: Any) -> None:
-    """Record an event that arrived after the run was final and changed nothing (bounded: a set + count)."""
-    logger.warning("event ignored: the run is final", extra={"run_id": run_id, "event": event, "why": reason})
+def record_ignored_event(
+    run_id: str,
+    event: str,
+    reason: str,
+    *,
+    table_name: str,
+    ddb: Any,
+    note: str = "event ignored: the run is final",
+) -> None:
+    """Record an event that changed nothing (it came after the run was final, or SageMaker contradicts it);
+    bounded: a set + count."""
+    logger.warning(note, extra={"run_id": run_id, "event": event, "why": reason})
     try:
         ddb.update_item(
             TableName=table_name,
