@@ -684,3 +684,20 @@ def test_only_the_start_training_role_may_put_training_job_reconciled_on_the_bus
     # and the package function's rule for it listens on that bus only
     rule = resources_of("AWS::Events::Rule")["PackageFunctionTrainingJobReconciled"]
     assert target_of(rule["Properties"]["EventBusName"]) == "EventBus"
+
+
+def test_deeplens_definition_statement_covers_only_function_and_resource_definitions() -> None:
+    """The package step creates and reads only function and resource definitions (trashsorter.deploy)."""
+    role = resources_of("AWS::IAM::Role")["PackageFunctionRole"]
+    statements = [
+        statement
+        for policy in role["Properties"]["Policies"]
+        for wrapped in as_list(policy["PolicyDocument"]["Statement"])
+        for statement in unwrap_conditional(wrapped)
+    ]
+    (definitions,) = [st for st in statements if st.get("Sid") == "DeepLensDefinitions"]
+    resources = [json.dumps(r) for r in as_list(definitions["Resource"])]
+    kinds = ("/greengrass/definition/functions*", "/greengrass/definition/resources*")
+    assert len(resources) == 2 and all(any(kind in r for kind in kinds) for r in resources), resources
+    actions = [a.split(":")[1] for a in definitions["Action"]]
+    assert all(("Function" in a or "Resource" in a) and "Definition" in a for a in actions), actions
