@@ -325,12 +325,7 @@ def _snapshotting(world: World, holder: str, dataset_id: str, acquired_at: str |
     """The lock as an invocation leaves it while it writes its snapshot: no run record yet."""
     assert acquire_lock(world.ddb, world.table, holder, dataset_id)
     if acquired_at is not None:
-        world.ddb.update_item(
-            TableName=world.table,
-            Key=serialize(LOCK_KEY),
-            UpdateExpression="SET acquired_at = :t",
-            ExpressionAttributeValues={":t": {"S": acquired_at}},
-        )
+        _lock_acquired_at(world, acquired_at)
 
 
 def test_a_lock_whose_holder_is_still_writing_its_snapshot_is_not_taken_from_it(world: World) -> None:
@@ -522,3 +517,29 @@ def test_a_run_started_in_the_future_is_treated_as_started_now(world: World) -> 
     assert 0 <= clock.age_seconds(run["started_at"]) < 60  # from now on it ages, so the lock can heal
     left = float(outcome.message.split("(")[1].split(" s left")[0])
     assert left == pytest.approx(max_runtime_seconds(run) + MARGIN_SECONDS, abs=60)
+
+
+def test_a_lock_taken_in_the_future_is_treated_as_taken_now_and_grows_stale(world: World) -> None:
+    """A lock with no run record "taken" in 2099 would block training until then; it counts from now."""
+    from trashsorter import clock
+
+    _snapshotting(world, "run-future-1", "other-dataset", acquired_at="2099-01-01T00:00:00.000000Z")
+
+    queued = world.start()  # treated as taken now: still the other invocation's, so this one waits
+
+    assert queued.status == "pending"
+    lock = world.lock()
+    assert lock["holder"] == "run-future-1" and lock["acquired_at_in_future"] == "2099-01-01T00:00:00.000000Z"
+    assert 0 <= clock.age_seconds(lock["acquired_at"]) < 60
+    _lock_acquired_at(world, "2024-05-14T09:30:12.000000Z")  # START_TIMEOUT_SECONDS later (or more)
+    started = world.start(reason="pending")
+    assert started.status == "started" and world.lock()["holder"] == started.run_id
+
+
+def _lock_acquired_at(world: World, acquired_at: str) -> None:
+    world.ddb.update_item(
+        TableName=world.table,
+        Key=serialize(LOCK_KEY),
+        UpdateExpression="SET acquired_at = :t",
+        ExpressionAttributeValues={":t": {"S": acquired_at}},
+    )
