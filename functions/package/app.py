@@ -1,7 +1,8 @@
 """Package handler: "SageMaker Training Job State Change" (EventBridge) -> gate, package, register, deploy.
 
-Outcomes (``deployed``, ``registered``, ``rejected``, ``failed``, ``stopped``, ``duplicate``, ``ignored``)
-are returned and counted; a gated-out model or a corrupt artifact is an outcome, not an error. Only
+Outcomes (``deployed``, ``registered``, ``rejected``, ``failed``, ``stopped``, ``duplicate``, ``ignored``,
+``refused`` - an event DescribeTrainingJob contradicts) are returned and counted; a gated-out model or a
+corrupt artifact is an outcome, not an error. Only
 transient failures (throttling, 5xx, a concurrent delivery of the same event) raise, so EventBridge retries
 the event and finally dead-letters it to PackageDLQ.
 """

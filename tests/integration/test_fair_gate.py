@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.fixtures.model_artifacts import mxnet_model_tar, tar_bytes
+from tests.support.fixtures.model_artifacts import mxnet_model_tar, tar_bytes, tiny_onnx
 from tests.support.pack import JOB, Pack, handle
 from trashsorter import registry
 
@@ -28,7 +28,7 @@ def onnx_tar(accuracy: float, recalls: tuple[float, ...], champion: dict[str, An
         metrics["champion"] = champion
     return tar_bytes(
         [
-            ("model.onnx", b"\x08\x07\x12\x07pytorch" + bytes(range(256)) * 8),
+            ("model.onnx", tiny_onnx(len(LABELS))),  # a real graph: the package step runs it
             ("labels.txt", "".join(f"{label}\n" for label in LABELS).encode()),
             ("metrics.json", json.dumps(metrics).encode()),
             ("model.json", json.dumps({"image_size": 224, "labels_file": "labels.txt"}).encode()),

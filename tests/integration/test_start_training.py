@@ -325,12 +325,7 @@ def _snapshotting(world: World, holder: str, dataset_id: str, acquired_at: str |
     """The lock as an invocation leaves it while it writes its snapshot: no run record yet."""
     assert acquire_lock(world.ddb, world.table, holder, dataset_id)
     if acquired_at is not None:
-        world.ddb.update_item(
-            TableName=world.table,
-            Key=serialize(LOCK_KEY),
-            UpdateExpression="SET acquired_at = :t",
-            ExpressionAttributeValues={":t": {"S": acquired_at}},
-        )
+        _lock_acquired_at(world, acquired_at)
 
 
 def test_a_lock_whose_holder_is_still_writing_its_snapshot_is_not_taken_from_it(world: World) -> None:
@@ -472,23 +467,79 @@ def test_overdue_run_sagemaker_does_not_know_is_failed_by_the_scheduled_check(wo
     assert world.start(reason="pending").status == "started"
 
 
-def test_overdue_run_stubber_sagemaker_still_in_progress_is_left_alone(world: World) -> None:
-    """moto's jobs complete at once; a job SageMaker still reports InProgress needs a Stubber."""
+def test_overdue_job_sagemaker_still_runs_is_stopped_and_its_run_failed(world: World) -> None:
+    """InProgress past MaxRuntimeInSeconds + the margin: StopTrainingJob, the run fails, the lock goes."""
+    from tests.support.sagemaker import sagemaker_reports
     from trashsorter.reconcile import reconcile_training
 
     first = world.start()
+    sagemaker_reports(first.job_name, {"TrainingJobStatus": "InProgress"})
+    assert reconcile_training(world.settings, Clients(ddb=world.ddb, sagemaker=world.sm)).status == "running"
     _overdue(world, first.run_id)
-    client = world.stack.client("sagemaker")
-    stubber = Stubber(client)
-    stubber.add_response(
-        "describe_training_job",
-        {**world.sm.describe_training_job(TrainingJobName=first.job_name), "TrainingJobStatus": "InProgress"},
-        {"TrainingJobName": first.job_name},
+
+    outcome = reconcile_training(
+        world.settings,
+        Clients(
+            ddb=world.ddb,
+            sagemaker=world.sm,
+            sns=world.stack.client("sns"),
+            events=world.stack.client("events"),
+        ),
     )
-    with stubber:
-        outcome = reconcile_training(world.settings, Clients(ddb=world.ddb, sagemaker=client))
-    stubber.assert_no_pending_responses()
-    assert outcome.status == "running" and "InProgress" in outcome.message
-    assert world.lock()["holder"] == first.run_id
+
+    assert outcome.status == "failed" and "SageMaker still reports InProgress" in outcome.message
+    assert world.sm.describe_training_job(TrainingJobName=first.job_name)["TrainingJobStatus"] == "Stopped"
     run = get_run(world.table, first.run_id, ddb=world.ddb)
-    assert run is not None and run["status"] == RunStatus.IN_PROGRESS
+    assert run is not None and run["status"] == RunStatus.FAILED and run["ended_by"] == "reconcile"
+    assert "holder" not in world.lock()
+
+
+def test_a_run_started_in_the_future_is_treated_as_started_now(world: World) -> None:
+    """A start time in the future would hold the lock until then; the check writes now over it."""
+    from tests.support.sagemaker import sagemaker_reports
+    from trashsorter import clock
+    from trashsorter.reconcile import MARGIN_SECONDS, max_runtime_seconds, reconcile_training
+
+    first = world.start()
+    sagemaker_reports(first.job_name, {"TrainingJobStatus": "InProgress"})
+    world.ddb.update_item(
+        TableName=world.table,
+        Key=serialize(run_key(first.run_id)),
+        UpdateExpression="SET started_at = :future",
+        ExpressionAttributeValues={":future": {"S": "2099-01-01T00:00:00.000000Z"}},
+    )
+
+    outcome = reconcile_training(world.settings, Clients(ddb=world.ddb, sagemaker=world.sm))
+
+    assert outcome.status == "running"
+    run = get_run(world.table, first.run_id, ddb=world.ddb)
+    assert run is not None and run["start_time_in_future"] == "2099-01-01T00:00:00.000000Z"
+    assert 0 <= clock.age_seconds(run["started_at"]) < 60  # from now on it ages, so the lock can heal
+    left = float(outcome.message.split("(")[1].split(" s left")[0])
+    assert left == pytest.approx(max_runtime_seconds(run) + MARGIN_SECONDS, abs=60)
+
+
+def test_a_lock_taken_in_the_future_is_treated_as_taken_now_and_grows_stale(world: World) -> None:
+    """A lock with no run record "taken" in 2099 would block training until then; it counts from now."""
+    from trashsorter import clock
+
+    _snapshotting(world, "run-future-1", "other-dataset", acquired_at="2099-01-01T00:00:00.000000Z")
+
+    queued = world.start()  # treated as taken now: still the other invocation's, so this one waits
+
+    assert queued.status == "pending"
+    lock = world.lock()
+    assert lock["holder"] == "run-future-1" and lock["acquired_at_in_future"] == "2099-01-01T00:00:00.000000Z"
+    assert 0 <= clock.age_seconds(lock["acquired_at"]) < 60
+    _lock_acquired_at(world, "2024-05-14T09:30:12.000000Z")  # START_TIMEOUT_SECONDS later (or more)
+    started = world.start(reason="pending")
+    assert started.status == "started" and world.lock()["holder"] == started.run_id
+
+
+def _lock_acquired_at(world: World, acquired_at: str) -> None:
+    world.ddb.update_item(
+        TableName=world.table,
+        Key=serialize(LOCK_KEY),
+        UpdateExpression="SET acquired_at = :t",
+        ExpressionAttributeValues={":t": {"S": acquired_at}},
+    )

@@ -10,12 +10,13 @@ import tarfile
 from typing import Any
 
 from tests.support.fixtures.greengrass import create_deeplens_group
+from tests.support.sagemaker import sagemaker_reports, seed_run
 from tests.support.stack import REPO_ROOT, SAMPLES_DIR, StackHandle, load_event
 from trashsorter.clients import Clients
 from trashsorter.completion import handle_training_state_change
 from trashsorter.ddb import deserialize, serialize
 from trashsorter.events import parse_training_state_change
-from trashsorter.schema import LOCK_KEY, STATE_KEY, dataset_key, job_key, run_key
+from trashsorter.schema import STATE_KEY, dataset_key
 from trashsorter.settings import PackageSettings
 
 
@@ -140,30 +141,8 @@ class Pack:
     ) -> str:
         """What start_training leaves behind: run + job pointer + lock + the SageMaker job and its output."""
         run_id = f"run-{dataset_id}-{job_name[-2:]}"
-        self.put(
-            {
-                **run_key(run_id),
-                "gsi1pk": "RUNS",
-                "gsi1sk": "2024-05-14T09:30:12.000000Z",
-                "run_id": run_id,
-                "dataset_id": dataset_id,
-                "job_name": job_name,
-                "backend": backend,
-                "attempt": 1,
-                "status": "in_progress",
-                "status_message": "",
-                "accepted_seq": 42,
-                "created_at": "2024-05-14T09:30:12.000000Z",
-            }
-        )
-        self.put({**job_key(job_name), "run_id": run_id, "created_at": "2024-05-14T09:30:12.000000Z"})
-        self.put(
-            {
-                **LOCK_KEY,
-                "holder": run_id,
-                "holder_dataset_id": dataset_id,
-                "acquired_at": "2024-05-14T09:30Z",
-            }
+        seed_run(
+            self.ddb, self.table, run_id=run_id, job_name=job_name, dataset_id=dataset_id, backend=backend
         )
         self.sm.create_training_job(
             TrainingJobName=job_name,
@@ -197,6 +176,7 @@ class Pack:
             for metric in detail["FinalMetricDataList"]:
                 if metric["MetricName"] == "validation:accuracy":
                     metric["Value"] = accuracy
+        sagemaker_reports(job_name, detail)  # a genuine event: SageMaker says the same
         return event
 
     # ---------------------------------------------------------------- reading back

@@ -16,6 +16,7 @@ import boto3
 
 from tests.support.fixtures.greengrass import create_deeplens_group
 from tests.support.fixtures.model_artifacts import mxnet_model_tar
+from tests.support.sagemaker import sagemaker_reports
 from tests.support.stack import REGION, SAMPLES_DIR, StackHandle, load_event
 from trashsorter import aws, runs
 from trashsorter.catalogue import Catalogue
@@ -262,6 +263,7 @@ class Pipeline:
         assert detail["TrainingJobName"] == run["job_name"]
         if "ModelArtifacts" in detail:
             detail["ModelArtifacts"]["S3ModelArtifacts"] = self.artifact_uri(str(run["job_name"]))
+        sagemaker_reports(str(run["job_name"]), detail)  # a genuine event: SageMaker says the same
         return event
 
     def training_finished(self, name: str, run: dict[str, Any]) -> dict[str, Any]:

@@ -588,7 +588,7 @@ def test_edge_device_policy_grants_only_artifacts_and_inbox_and_only_with_a_thin
     assert grants["UploadUnsureFrames"][0] == "s3:PutObject"
     # each device writes under its own thing's prefix only (the key layout of trashsorter_edge.inbox)
     assert "${ImagesBucket}/inbox/${!credentials-iot:ThingName}/*" in grants["UploadUnsureFrames"][1]
-    assert set(grants) == {"ReadComponentArtifacts", "UploadUnsureFrames", "UseStackKey"}
+    assert set(grants) == {"ReadComponentArtifacts", "UploadUnsureFrames"}  # no KMS: devices use no stack key
     assert all("*" not in json.dumps(st["Action"]) for st in statements)
 
 
@@ -637,3 +637,82 @@ def test_inbox_frames_expire_and_nothing_else_shares_the_rule() -> None:
     assert parameter_values(load_template())["InboxDays"] == "30"
     current = [r for r in rules if "ExpirationInDays" in r]  # current objects: never a photo under images/
     assert {r["Prefix"] for r in current} == {INBOX_PREFIX, "datasets/objects/"}
+
+
+# ------------------------------------------------------------------------------ trust boundaries (S3, bus)
+def _s3_reads(role: str) -> set[str]:
+    """The object ARNs (as template text) ``role`` may read (GetObject / GetObjectVersion)."""
+    reads: set[str] = set()
+    for lid, _policy, statement in iam_statements():
+        actions = as_list(statement.get("Action", []))
+        if (
+            lid == role
+            and statement["Effect"] == "Allow"
+            and {"s3:GetObject", "s3:GetObjectVersion"} & set(actions)
+        ):
+            reads.update(json.dumps(resource) for resource in as_list(statement["Resource"]))
+    return reads
+
+
+def test_package_role_reads_only_datasets_and_training_output() -> None:
+    """A "model" under images/ or inbox/ (anyone who uploads may leave one) is never readable by packaging."""
+    images = [r for r in _s3_reads("PackageFunctionRole") if "ImagesBucket" in r]
+    assert images and all("/datasets/*" in r or "/training-output/*" in r for r in images), images
+
+
+def test_training_and_start_roles_read_no_inbox_and_training_reads_no_uploads() -> None:
+    training = [r for r in _s3_reads("TrainingRole") if "ImagesBucket" in r]
+    assert training and not [r for r in training if "/images/" in r or "/inbox/" in r], training
+    start = [r for r in _s3_reads("StartTrainingFunctionRole") if "ImagesBucket" in r]
+    assert start and not [r for r in start if "/inbox/" in r or "training-output" in r or "checkpoints" in r]
+
+
+def test_edge_devices_get_no_kms_permission() -> None:
+    policy = resources_of("AWS::IAM::ManagedPolicy")["EdgeDevicePolicy"]
+    actions = [a for st in policy["Properties"]["PolicyDocument"]["Statement"] for a in as_list(st["Action"])]
+    assert not [a for a in actions if a.startswith("kms:")], actions
+
+
+def test_every_template_service_role_binds_its_service_to_this_account() -> None:
+    """Roles the template writes itself (not SAM's function roles): aws:SourceAccount and aws:SourceArn."""
+    written = {lid for lid, res in load_template(ROOT / "template.yaml")["Resources"].items()
+               if res["Type"] == "AWS::IAM::Role"}  # fmt: skip
+    assert written
+    for lid in written:
+        for statement in resources_of("AWS::IAM::Role")[lid]["Properties"]["AssumeRolePolicyDocument"][
+            "Statement"
+        ]:
+            conditions = json.dumps(statement.get("Condition", {}))
+            assert "aws:SourceAccount" in conditions and "aws:SourceArn" in conditions, lid
+
+
+def test_only_the_start_training_role_may_put_training_job_reconciled_on_the_bus() -> None:
+    policy = resources_of("AWS::Events::EventBusPolicy")["EventBusReconciledOnlyFromStartTraining"]
+    statement = policy["Properties"]["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Principal"] == "*"
+    assert statement["Action"] == "events:PutEvents" and target_of(statement["Resource"]) == "EventBus"
+    assert statement["Condition"]["StringEquals"] == {"events:detail-type": "Training Job Reconciled"}
+    assert (
+        target_of(statement["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]) == "StartTrainingFunctionRole"
+    )
+    assert target_of(policy["Properties"]["EventBusName"]) == "EventBus"
+    # and the package function's rule for it listens on that bus only
+    rule = resources_of("AWS::Events::Rule")["PackageFunctionTrainingJobReconciled"]
+    assert target_of(rule["Properties"]["EventBusName"]) == "EventBus"
+
+
+def test_deeplens_definition_statement_covers_only_function_and_resource_definitions() -> None:
+    """The package step creates and reads only function and resource definitions (trashsorter.deploy)."""
+    role = resources_of("AWS::IAM::Role")["PackageFunctionRole"]
+    statements = [
+        statement
+        for policy in role["Properties"]["Policies"]
+        for wrapped in as_list(policy["PolicyDocument"]["Statement"])
+        for statement in unwrap_conditional(wrapped)
+    ]
+    (definitions,) = [st for st in statements if st.get("Sid") == "DeepLensDefinitions"]
+    resources = [json.dumps(r) for r in as_list(definitions["Resource"])]
+    kinds = ("/greengrass/definition/functions*", "/greengrass/definition/resources*")
+    assert len(resources) == 2 and all(any(kind in r for kind in kinds) for r in resources), resources
+    actions = [a.split(":")[1] for a in definitions["Action"]]
+    assert all(("Function" in a or "Resource" in a) and "Definition" in a for a in actions), actions

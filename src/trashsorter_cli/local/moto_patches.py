@@ -1,6 +1,7 @@
 """Fixes to moto that the local stack and the tests install (idempotent), gated on the moto version.
 
-:func:`install` applies, once per process:
+:func:`install` applies, once per process (and adds SageMaker's StopTrainingJob, which moto lacks:
+:func:`trashsorter_cli.local.sagemaker_jobs.install_stop_training_job`):
 
 * always (every moto version, every run): fix 1, the thread lock, because without it parallel handlers
   corrupt moto's tables; it only wraps public backend methods by name;
@@ -417,9 +418,10 @@ def remove_speed_patches() -> None:
 def install(*, speed: bool = False) -> None:
     """Patch moto once per process: the lock always; S3 events, and with ``speed`` fixes 2-5, only on a
     tested moto version (otherwise a warning names what was skipped)."""
-    from trashsorter_cli.local import moto_s3_events
+    from trashsorter_cli.local import moto_s3_events, sagemaker_jobs
 
     _install_lock()
+    sagemaker_jobs.install_stop_training_job()  # an API moto lacks (not a version-specific fix)
     version = _moto_version()
     if version not in TESTED_MOTO_VERSIONS:
         skipped = "faithful S3 delete events" + (" and the DynamoDB speed patches" if speed else "")

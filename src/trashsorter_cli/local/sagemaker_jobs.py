@@ -20,6 +20,16 @@ i.e. the ``trashsorter`` algorithm) is executed as the SageMaker service and the
 
 A job of another algorithm (the recipe's built-in image-classification, MXNet) cannot run here: it ends
 ``Failed`` at once with a FailureReason that says so (and its state-change event), never a fake success.
+
+Time limits and stopping, as SageMaker documents them (API ``StoppingCondition``, ``StopTrainingJob``,
+``SecondaryStatusTransition``): ``MaxRuntimeInSeconds`` must lie in 1..2,419,200 (28 days) and a
+``MaxWaitTimeInSeconds`` must not be below it, else CreateTrainingJob is refused (ValidationException).
+A job still running when ``MaxRuntimeInSeconds`` has passed, or one asked to stop with ``StopTrainingJob``,
+is ``Stopping``: the algorithm gets SIGTERM and :attr:`JobEmulator.grace_s` (SageMaker's 120 s) to save its
+model, then SIGKILL; it ends ``Stopped`` with SecondaryStatus ``MaxRuntimeExceeded`` or ``Stopped``, a model
+saved in ``model/`` is uploaded, and the state-change event goes out. StopTrainingJob on a job that is not
+``InProgress`` is a ValidationException. (moto has no StopTrainingJob: :func:`install_stop_training_job`
+adds it; a job moto only records, with no process, goes to ``Stopped`` at once.)
 """
 
 from __future__ import annotations
@@ -50,6 +60,8 @@ from trashsorter_trainer.contract import EPOCH_LINE, FEATURES_LINE, parse_metric
 LOG = logging.getLogger("trashsorter.local.sagemaker")
 MAX_FAILURE_REASON = 1024
 STOP_TIMEOUT = 15.0  # seconds stop_all waits for the job threads
+STOP_GRACE_SECONDS = 120.0  # SageMaker: SIGTERM, then 120 s to save the model before the job ends
+MAX_RUNTIME_LIMIT = 28 * 24 * 3600  # StoppingCondition.MaxRuntimeInSeconds: at most 28 days
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -75,6 +87,9 @@ class JobEmulator:
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     threads: dict[str, threading.Thread] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)  # set by stop_all (local down)
+    grace_s: float = STOP_GRACE_SECONDS
+    stop_requests: dict[str, str] = field(default_factory=dict)  # job -> secondary status it ends with
+    backend_jobs: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ layout and inputs
     def job_dir(self, name: str) -> Path:
@@ -158,6 +173,10 @@ class JobEmulator:
                     [self.python, program], log=subprocess.PIPE, env=env, cwd=root / "code"
                 )
                 self.children[name] = child
+                limit = float(request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds") or 86400)
+                timer = threading.Timer(limit, self.stop_job, args=(name, "MaxRuntimeExceeded"))
+                timer.daemon = True
+                timer.start()
                 assert child.stdout is not None
                 for raw in child.stdout:
                     line = raw.decode("utf-8", "replace").rstrip("\n")
@@ -166,10 +185,14 @@ class JobEmulator:
                     log.write(line + "\n")
                     log.flush()
                 code = child.wait()
+                timer.cancel()
             self.children.pop(name, None)
             definitions = request["AlgorithmSpecification"].get("MetricDefinitions", [])
             metrics = parse_metrics(lines, definitions)
-            if code != 0:
+            if name in self.stop_requests:
+                if any((root / "model").iterdir()):  # what the algorithm saved in its window is kept
+                    self.upload_model(request, root / "model")
+            elif code != 0:
                 reason_file = root / "output" / "failure"
                 reason = reason_file.read_text() if reason_file.is_file() else "\n".join(lines[-5:])
                 failure = f"AlgorithmError: {reason} (exit code {code})"
@@ -180,7 +203,10 @@ class JobEmulator:
         if self.stopping.is_set():  # the stack is going down: its bus and functions are gone
             self.finish(backend_job, metrics, "ClientError: stopped with the local stack")
             return {"TrainingJobName": name, "TrainingJobStatus": "Failed"}
-        self.finish(backend_job, metrics, failure)
+        if name in self.stop_requests and failure is None:
+            self.finish_stopped(backend_job, metrics, self.stop_requests[name], root / "model")
+        else:
+            self.finish(backend_job, metrics, failure)
         detail = self.describe(name)
         self.put_event(detail)
         return detail
@@ -250,6 +276,43 @@ class JobEmulator:
             backend_job.failure_reason = failure[:MAX_FAILURE_REASON]
             backend_job.training_job_status = backend_job.secondary_status = "Failed"
 
+    @staticmethod
+    def finish_stopped(
+        backend_job: Any, metrics: Mapping[str, float], secondary: str, model_dir: Path
+    ) -> None:
+        """moto's record as SageMaker shows a stopped job (the model, when one was saved in time)."""
+        now = datetime.now(UTC)
+        backend_job.training_end_time = backend_job.last_modified_time = now
+        backend_job.final_metric_data_list = [
+            {"MetricName": k, "Value": float(v), "Timestamp": now} for k, v in metrics.items()
+        ]
+        backend_job.model_artifacts = None
+        if model_dir.is_dir() and any(model_dir.iterdir()):
+            output = backend_job.output_data_config["S3OutputPath"].rstrip("/")
+            backend_job.model_artifacts = {
+                "S3ModelArtifacts": f"{output}/{backend_job.training_job_name}/output/model.tar.gz"
+            }
+        backend_job.training_job_status = "Stopped"
+        backend_job.secondary_status = secondary
+        if secondary == "MaxRuntimeExceeded":
+            backend_job.failure_reason = (
+                "MaxRuntimeExceeded: the job ran past StoppingCondition.MaxRuntimeInSeconds"
+            )
+
+    def stop_job(self, name: str, secondary: str = "Stopped") -> bool:
+        """SIGTERM the job's process group, SIGKILL after :attr:`grace_s`; False when it is not running."""
+        child = self.children.get(name)
+        if child is None or child.poll() is not None or name in self.stop_requests:
+            return False
+        self.stop_requests[name] = secondary
+        job = self.backend_jobs.get(name)
+        if job is not None:
+            job.training_job_status = job.secondary_status = "Stopping"
+        threading.Thread(
+            target=children.stop, args=([child], self.grace_s), name=f"stop-{name}", daemon=True
+        ).start()
+        return True
+
     def describe(self, name: str) -> dict[str, Any]:
         described: dict[str, Any] = self.client("sagemaker").describe_training_job(TrainingJobName=name)
         described.pop("ResponseMetadata", None)
@@ -290,6 +353,7 @@ class JobEmulator:
     def submit(self, request: dict[str, Any], backend_job: Any) -> None:
         """Start ``request`` in a thread (the CreateTrainingJob call returns at once, as on AWS)."""
         self.start(backend_job, request["AlgorithmSpecification"].get("MetricDefinitions", []))
+        self.backend_jobs[request["TrainingJobName"]] = backend_job
         thread = threading.Thread(
             target=self.run,
             args=(request, backend_job),
@@ -325,6 +389,53 @@ def is_script_mode(hyperparameters: Mapping[str, Any] | None) -> bool:
 _INSTALLED: dict[str, Any] = {}
 
 
+def check_stopping_condition(stopping: Mapping[str, Any] | None) -> None:
+    """CreateTrainingJob's rules for StoppingCondition (ValidationException, as SageMaker answers)."""
+    from moto.sagemaker.exceptions import ValidationError
+
+    stopping = stopping or {}
+    runtime = stopping.get("MaxRuntimeInSeconds")
+    if runtime is not None and not 1 <= int(runtime) <= MAX_RUNTIME_LIMIT:
+        raise ValidationError(f"MaxRuntimeInSeconds must be between 1 and {MAX_RUNTIME_LIMIT}, got {runtime}")
+    wait = stopping.get("MaxWaitTimeInSeconds")
+    if wait is not None and int(wait) < int(runtime or 86400):
+        raise ValidationError(
+            f"MaxWaitTimeInSeconds ({wait}) must be greater than or equal to MaxRuntimeInSeconds ({runtime})"
+        )
+
+
+def install_stop_training_job() -> None:
+    """Give moto the StopTrainingJob API (backend + response), once per process."""
+    from moto.core.responses import EmptyResult
+    from moto.sagemaker.exceptions import ValidationError
+    from moto.sagemaker.models import SageMakerModelBackend
+    from moto.sagemaker.responses import SageMakerResponse
+
+    if getattr(SageMakerModelBackend, "stop_training_job", None) is not None:
+        return
+
+    def stop_training_job(self: Any, training_job_name: str) -> None:
+        job = self.training_jobs.get(training_job_name)
+        if job is None:
+            raise ValidationError(message="Requested resource not found.")
+        if job.training_job_status != "InProgress":
+            raise ValidationError(
+                message=f"training job {training_job_name} is {job.training_job_status}, not InProgress"
+            )
+        emulator = _INSTALLED.get("emulator")
+        if emulator is not None and emulator.stop_job(training_job_name):
+            return  # Stopping; the job thread ends it Stopped
+        job.training_job_status = job.secondary_status = "Stopped"
+        job.training_end_time = job.last_modified_time = datetime.now(UTC)
+
+    def respond(self: Any) -> Any:
+        self.sagemaker_backend.stop_training_job(self._get_param("TrainingJobName"))
+        return EmptyResult()
+
+    SageMakerModelBackend.stop_training_job = stop_training_job  # type: ignore[attr-defined]
+    SageMakerResponse.stop_training_job = respond  # type: ignore[attr-defined]
+
+
 def install(emulator: JobEmulator) -> JobEmulator:
     """Wrap moto's ``SageMakerModelBackend.create_training_job`` (in this process) to run script-mode jobs."""
     from moto.sagemaker.models import SageMakerModelBackend
@@ -336,6 +447,7 @@ def install(emulator: JobEmulator) -> JobEmulator:
     _INSTALLED["original"] = original
 
     def create_training_job(self: Any, **kwargs: Any) -> Any:
+        check_stopping_condition(kwargs.get("stopping_condition"))
         spec = copy.deepcopy(kwargs.get("algorithm_specification") or {})
         job = original(self, **kwargs)
         active = _INSTALLED.get("emulator")
@@ -347,6 +459,7 @@ def install(emulator: JobEmulator) -> JobEmulator:
                 "InputDataConfig": copy.deepcopy(kwargs.get("input_data_config") or []),
                 "OutputDataConfig": dict(kwargs.get("output_data_config") or {}),
                 "Tags": copy.deepcopy(kwargs.get("tags") or []),
+                "StoppingCondition": dict(kwargs.get("stopping_condition") or {}),
             }
             if is_script_mode(request["HyperParameters"]):
                 active.submit(request, job)

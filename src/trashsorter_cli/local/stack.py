@@ -156,6 +156,10 @@ def _apply_resource(client: Any, resource: Mapping[str, Any]) -> tuple[str, list
                 QueueUrl=queue_url, Attributes={"Policy": json.dumps(props["PolicyDocument"])}
             )
         return ",".join(props["Queues"]), []
+    if resource["Type"] == "AWS::Events::EventBusPolicy":  # stored, not evaluated (template.py, rewrite 5)
+        policy = {"Version": "2012-10-17", "Statement": [props["Statement"]]}
+        client("events").put_permission(EventBusName=props["EventBusName"], Policy=json.dumps(policy))
+        return f"{props['EventBusName']}/{props['StatementId']}", []
     if resource["Type"] == "AWS::CloudWatch::Alarm":  # the CloudFormation properties are the API's
         client("cloudwatch").put_metric_alarm(**props)
         return str(props["AlarmName"]), []

@@ -13,9 +13,10 @@ which cannot run Lambda code without Docker:
    ownership controls) are applied after creation through the S3 API.
 4. Function environment variables are added as stack outputs so that moto itself resolves every
    ``!Ref`` / ``!GetAtt`` / ``!Sub`` / ``!If`` in them.
-5. Resource types moto's CloudFormation does not implement (bucket and queue policies, alarms) are taken
-   out and applied through their APIs after creation, their intrinsic functions resolved the same way
-   (outputs).
+5. Resource types moto's CloudFormation does not implement (bucket, queue and event bus policies, alarms)
+   are taken out and applied through their APIs after creation, their intrinsic functions resolved the
+   same way (outputs). The event bus policy is stored (``PutPermission``) but the local bus does not
+   evaluate it: every local caller is the same account with no IAM identity (docs/security.md).
 6. ``!Ref`` to an ``AWS::Events::EventBus`` is replaced by the bus's ``Name`` expression (moto's
    CloudFormation returns an object for that Ref; AWS returns the name).
 7. Bucket-policy ``Deny`` statements with a ``Condition`` (the TLS-only rule) are not applied: moto evaluates
@@ -59,7 +60,12 @@ _DROPPED_TYPES = {
 }
 _ENV_OUTPUT = "LocalEnv{fn}{index}"
 _VALUE_OUTPUT = "LocalValue{index}"
-_APPLIED_AFTER = {"AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::CloudWatch::Alarm"}
+_APPLIED_AFTER = {
+    "AWS::S3::BucketPolicy",
+    "AWS::SQS::QueuePolicy",
+    "AWS::CloudWatch::Alarm",
+    "AWS::Events::EventBusPolicy",
+}
 BUCKET_PROPERTIES_AFTER = (
     "NotificationConfiguration",
     "VersioningConfiguration",

@@ -26,6 +26,8 @@ from trashsorter import aws
 from trashsorter import labels as labels_file
 from trashsorter.deploy import greengrass_v2
 from trashsorter.errors import PackagingError, TransientError
+from trashsorter.job_check import check_artifact_uri
+from trashsorter.model_proof import prove_onnx_package
 from trashsorter.settings import PackageSettings
 
 MXNET_PREFIX = "image-classification"
@@ -51,6 +53,7 @@ class PackagedModel:
     evaluation: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     report_uri: str = ""  # the trainer's report.html beside the model ("" when the job wrote none)
+    proof: dict[str, Any] = field(default_factory=dict)  # trashsorter.model_proof (ONNX only)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -338,6 +341,7 @@ def package_artifact(
     client = s3 or aws.client("s3")
     if not source_uri:
         raise PackagingError("the training job reported no ModelArtifacts.S3ModelArtifacts")
+    check_artifact_uri(source_uri, bucket=settings.images_bucket, job_name=job_name)
     with tempfile.TemporaryDirectory(prefix="trashsorter-package-") as tmp:
         source = Path(tmp) / "source.tar.gz"
         with source.open("wb") as handle:
@@ -360,6 +364,7 @@ def package_artifact(
             return PackagedModel("mxnet", {"deeplens": uri}, names, tuple(labels), sha256=_sha256(out))
         out = Path(tmp) / "model.onnx.tar.gz"
         names, evaluation = repackage_onnx(source, labels, out)
+        proof = prove_onnx_package(out)  # before anything is uploaded: the device's loader, a fixed image
         report = copy_report(source, members, Path(tmp) / REPORT_FILE)
         source.unlink()
         report_uri = ""
@@ -402,4 +407,5 @@ def package_artifact(
             evaluation=evaluation,
             sha256=_sha256(out),
             report_uri=report_uri,
+            proof=proof,
         )

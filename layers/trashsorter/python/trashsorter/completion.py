@@ -46,10 +46,10 @@ from trashsorter.gate import (
     evaluate_gate,
     final_metrics,
 )
+from trashsorter.job_check import verified_job
 from trashsorter.labels import read_dataset_labels
 from trashsorter.notify import notify
 from trashsorter.observability import logger
-from trashsorter.reconcile import describe_job
 from trashsorter.schema import (
     JOB_PREFIX,
     ModelStatus,
@@ -84,6 +84,10 @@ def handle_training_state_change(
     run_id = str(run["run_id"])
     if job_status in (run.get("handled_statuses") or []):
         return _duplicate(job_name, job_status, run)
+    check = verified_job(change, clients.sagemaker)  # from here on: the job as SageMaker describes it
+    if check.refused:
+        return _refused(change, run, check.refused, settings, ddb)
+    change = check.job
     if runs.is_final(run) and str(run.get("ended_by") or "") != job_status:
         return _ignored_final(change, run, settings, ddb)
     if not runs.claim(run_id, job_status, table_name=settings.table_name, ddb=ddb):
@@ -108,6 +112,22 @@ def _duplicate(job_name: str, job_status: str, run: Mapping[str, Any]) -> Packag
     )
 
 
+def _refused(
+    change: TrainingStateChange, run: Mapping[str, Any], reason: str, settings: PackageSettings, ddb: Any
+) -> PackageOutcome:
+    """An event SageMaker contradicts (forged or stale): recorded on the run, nothing else changes."""
+    run_id = str(run["run_id"])
+    runs.record_ignored_event(
+        run_id,
+        f"refused:{change.status}",
+        reason,
+        table_name=settings.table_name,
+        ddb=ddb,
+        note="event refused: it disagrees with DescribeTrainingJob",
+    )
+    return PackageOutcome(change.job_name, change.status, "refused", run_id=run_id, reason=reason)
+
+
 def _ignored_final(
     change: TrainingStateChange, run: Mapping[str, Any], settings: PackageSettings, ddb: Any
 ) -> PackageOutcome:
@@ -124,9 +144,7 @@ def _handle_failed(
     job_name, job_status = change.job_name, change.status
     run_id = str(run["run_id"])
     ddb = clients.ddb
-    reason = change.failure_reason
-    if not reason:
-        reason = str(describe_job(job_name, clients.sagemaker).get("FailureReason") or "")
+    reason = change.failure_reason  # SageMaker's (the change is DescribeTrainingJob's)
     if not reason:
         reason = "stopped on request" if job_status == "Stopped" else "SageMaker reported no failure reason"
     status = FAILED_JOB_STATUSES[job_status]
@@ -167,8 +185,6 @@ def _handle_completed(
     run_id = str(run["run_id"])
     table = settings.table_name
     ddb = clients.ddb
-    if not change.final_metrics or not change.artifact_uri:
-        change = change.completed_with(describe_job(job_name, clients.sagemaker))
     metrics = final_metrics(change.final_metrics)
     source_uri = change.artifact_uri
     dataset_id = str(run.get("dataset_id") or "")
@@ -359,6 +375,8 @@ def _register(
     }
     if packaged.report_uri:
         extra["report_uri"] = packaged.report_uri
+    if packaged.proof:  # what trashsorter.model_proof ran before anything was uploaded
+        extra["proof"] = packaged.proof
     if packaged.evaluation:
         small = {
             k: v for k, v in packaged.evaluation.items() if k not in ("history", "config", "phase_seconds")

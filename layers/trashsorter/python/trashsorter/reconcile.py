@@ -10,12 +10,19 @@ Training" event, both in the start-training function) asks ``DescribeTrainingJob
   handles exactly like the lost event (:func:`trashsorter.completion.handle_training_state_change`: gate,
   package, register, finish the run, release the lock, re-publish the pending dataset; idempotent, so a
   late original event is a ``duplicate``);
-* SageMaker still says ``InProgress`` / ``Stopping`` -> nothing (its final event, or the next check, ends it);
+* SageMaker still says ``InProgress`` / ``Stopping`` past the limit + margin -> the job cannot be doing
+  anything useful: ``StopTrainingJob`` (for ``InProgress``) and the run is failed with the reason
+  (``ended_by=reconcile``); the job's own final "Stopped" event, when it comes, is a late event that
+  changes nothing;
 * SageMaker does not know the job (or says anything else) -> the run is failed with a reason
   (``ended_by=reconcile``), which releases the lock and re-publishes the pending dataset; a notice goes
   out.
 
 A re-publication is not repeated within :data:`REPUBLISH_AFTER_SECONDS` (the package step's lease).
+
+A start time in the future (a writer's wrong clock, or a tampered record) would keep a run "not overdue"
+until that time; the check treats it as now and writes now over it (the original is kept on the run as
+``start_time_in_future``), so the limit counts from the first check that saw it.
 """
 
 from __future__ import annotations
@@ -85,6 +92,33 @@ def describe_job(job_name: str, sagemaker: Any) -> dict[str, Any]:
         raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
 
 
+def start_not_in_future(run: Mapping[str, Any], table: str, ddb: Any) -> Mapping[str, Any]:
+    """The run, its start time (``started_at``, else ``created_at``) no later than now (written back)."""
+    field = "started_at" if run.get("started_at") else "created_at"
+    since = str(run.get(field) or "")
+    if clock.age_seconds(since) >= 0:
+        return run
+    now = clock.now_iso()
+    runs.update_run(
+        str(run["run_id"]), {field: now, "start_time_in_future": since}, table_name=table, ddb=ddb
+    )
+    logger.warning(
+        "run start time in the future treated as now", extra={"run_id": run["run_id"], field: since}
+    )
+    return {**run, field: now}
+
+
+def stop_job(job_name: str, sagemaker: Any) -> None:
+    """StopTrainingJob; a job already stopping or ended (ValidationException) is fine."""
+    try:
+        sagemaker.stop_training_job(TrainingJobName=job_name)
+    except ClientError as exc:
+        if aws.error_code(exc) not in ("ValidationException", "ResourceNotFound"):
+            raise TransientError(f"could not stop training job {job_name}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"could not stop training job {job_name}: {exc}") from exc
+
+
 def reconcile_training(settings: TrainingSettings, clients: Clients | None = None) -> ReconcileOutcome:
     """Heal the training lock if its holder is overdue (see the module docstring); idempotent."""
     clients = clients or Clients()
@@ -94,6 +128,7 @@ def reconcile_training(settings: TrainingSettings, clients: Clients | None = Non
     if run is None or run.get("status") not in ACTIVE_RUN_STATUSES:
         return ReconcileOutcome("free", holder)  # a stale lock of a final run: start_training releases it
     run_id, job_name = str(run["run_id"]), str(run.get("job_name") or "")
+    run = start_not_in_future(run, table, ddb)
     overdue = overdue_seconds(run)
     if overdue <= 0:
         return ReconcileOutcome("running", run_id, job_name, f"within its limit ({-overdue:.0f} s left)")
@@ -101,8 +136,14 @@ def reconcile_training(settings: TrainingSettings, clients: Clients | None = Non
     job_status = str(described.get("TrainingJobStatus") or "")
     extra = {"run_id": run_id, "job_name": job_name, "job_status": job_status, "overdue_s": round(overdue)}
     if job_status in RUNNING_JOB_STATUSES:
-        logger.warning("overdue run: SageMaker still reports the job running", extra=extra)
-        return ReconcileOutcome("running", run_id, job_name, f"SageMaker reports {job_status}")
+        if job_status == "InProgress":
+            stop_job(job_name, clients.sagemaker)
+        reason = (
+            f"SageMaker still reports {job_status} {round(overdue)} s after the job's limit "
+            f"({max_runtime_seconds(run)} s) and the margin ({MARGIN_SECONDS} s); the job was stopped"
+        )
+        logger.warning("overdue run: job stopped and run failed", extra={**extra, "reason": reason})
+        return fail_run(settings, run_id, job_name, reason, clients)
     if job_status in FINAL_JOB_STATUSES:
         if clock.age_seconds(str(run.get("reconcile_published_at") or "")) < REPUBLISH_AFTER_SECONDS:
             return ReconcileOutcome("republished", run_id, job_name, "already re-published; waiting")

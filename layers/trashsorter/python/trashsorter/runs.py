@@ -134,6 +134,27 @@ def acquire_lock(ddb: Any, table: str, run_id: str, dataset_id: str) -> bool:
     )
 
 
+def lock_age_seconds(ddb: Any, table: str, lock: Mapping[str, Any]) -> float:
+    """Seconds since the lock was taken; a time in the future is treated as now and written back (kept as
+    ``acquired_at_in_future``), so a lock "taken" at a future date still grows stale."""
+    acquired, holder = str(lock.get("acquired_at", "")), str(lock.get("holder"))
+    age = clock.age_seconds(acquired)
+    if age >= 0:
+        return age
+    aws.conditional_write(
+        lambda: ddb.update_item(
+            TableName=table,
+            Key=_ser(LOCK_KEY),
+            UpdateExpression="SET acquired_at = :now, acquired_at_in_future = :old",
+            ConditionExpression="holder = :holder AND acquired_at = :old",
+            ExpressionAttributeValues=_vals(now=clock.now_iso(), old=acquired, holder=holder),
+        ),
+        what="treat a lock time in the future as now",
+    )
+    logger.warning("training lock time in the future treated as now", extra={"acquired_at": acquired})
+    return 0.0
+
+
 def mark_pending(ddb: Any, table: str, holder: str, *, reason: str, dataset_id: str) -> bool:
     return aws.conditional_write(
         lambda: ddb.update_item(
@@ -347,9 +368,18 @@ def is_final(run: Mapping[str, Any]) -> bool:
     return str(run.get("status") or "") in {str(s) for s in FINAL_RUN_STATUSES}
 
 
-def record_ignored_event(run_id: str, event: str, reason: str, *, table_name: str, ddb: Any) -> None:
-    """Record an event that arrived after the run was final and changed nothing (bounded: a set + count)."""
-    logger.warning("event ignored: the run is final", extra={"run_id": run_id, "event": event, "why": reason})
+def record_ignored_event(
+    run_id: str,
+    event: str,
+    reason: str,
+    *,
+    table_name: str,
+    ddb: Any,
+    note: str = "event ignored: the run is final",
+) -> None:
+    """Record an event that changed nothing (it came after the run was final, or SageMaker contradicts it);
+    bounded: a set + count."""
+    logger.warning(note, extra={"run_id": run_id, "event": event, "why": reason})
     try:
         ddb.update_item(
             TableName=table_name,

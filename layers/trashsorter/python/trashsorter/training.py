@@ -265,7 +265,7 @@ def start_training(
         holder = str(lock.get("holder") or "")
         if holder:
             holder_run = runs.get_run(table, holder, ddb=ddb)
-            if holder_run is None and age_seconds(str(lock.get("acquired_at", ""))) < START_TIMEOUT_SECONDS:
+            if holder_run is None and runs.lock_age_seconds(ddb, table, lock) < START_TIMEOUT_SECONDS:
                 # taken by an invocation that is still writing its snapshot (the run record comes after)
                 if lock.get("holder_dataset_id") == plan.dataset_id:
                     raise TransientError(f"run {holder} is writing the snapshot of {plan.dataset_id}; retry")

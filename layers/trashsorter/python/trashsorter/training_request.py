@@ -23,6 +23,12 @@ TRAINING_OUTPUT_PREFIX = "training-output/"
 CHECKPOINTS_PREFIX = "checkpoints/"
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
+
+def model_artifact_uri(bucket: str, job_name: str) -> str:
+    """Where SageMaker writes a job of this stack's: ``<S3OutputPath>/<job>/output/model.tar.gz``."""
+    return f"s3://{bucket}/{TRAINING_OUTPUT_PREFIX}{job_name}/output/model.tar.gz"
+
+
 # The recipe's hyperparameters (AWS DeepLens trash sorter: ResNet-18 fine-tuning).
 RECIPE_HYPERPARAMETERS: dict[str, str] = {
     "num_layers": "18",

@@ -36,7 +36,7 @@ class PackageOutcome:
 
     job_name: str
     job_status: str
-    outcome: str  # deployed | registered | rejected | failed | stopped | duplicate | ignored
+    outcome: str  # deployed | registered | rejected | failed | stopped | duplicate | ignored | refused
     run_id: str = ""
     model_id: str = ""
     reason: str = ""
