@@ -177,4 +177,15 @@ def run_demo(
         )
         ui.line(f"{correct}/{len(predictions)} held-back photos classified correctly")
     ui.line(f"demo finished in {time.monotonic() - started:.0f}s; the local stack is stopped")
+    if ui.json_mode:  # one document at the end (the steps above print nothing with --json)
+        ui.emit_json(
+            {
+                "run": {k: run.get(k) for k in ("job_name", "status", "package_outcome", "model_id")},
+                "champion": {k: champion.get(k) for k in ("model_id", "accuracy", "metrics")},
+                "deployments": status["deployments"],
+                "held_back": predictions,
+                "held_back_correct": correct,
+                "seconds": round(time.monotonic() - started, 1),
+            }
+        )
     return 0

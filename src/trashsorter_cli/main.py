@@ -145,6 +145,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             ui.emit_json(result)
         elif args.local_command in ("down", "reset"):
             ui.line(result["message"])
+        elif "pid" not in result:  # no state file: a clean `local down` (or never started)
+            ui.line(f"local stack stopped (no {result['state_file']}; start it with `trashsorter local up`)")
         else:
             state = {
                 "running": "running",
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 f"images bucket {result['outputs'].get('ImagesBucketName', '?')}; "
                 f"device {result['device_url'] or '-'}"
             )
-        return 0 if args.local_command != "status" or result["running"] else 1
+        return 0 if args.local_command != "status" or result["running"] or not result["problem"] else 1
 
     if command in ("edge", "watch", "inbox", "label"):
         from trashsorter_cli.commands import edge

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,16 @@ class UsageError(CliError):
     """The request itself is wrong (unknown label, wrong target for the command): exit 2."""
 
     exit_code = 2
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """A path as the CLI prints it: relative to the working directory when it lies under it."""
+    text = os.fspath(path)
+    try:
+        relative = os.path.relpath(text)
+    except ValueError:  # another drive
+        return text
+    return text if relative.startswith("..") else relative
 
 
 class ProgressBar:
@@ -54,6 +65,11 @@ class UI:
 
     def emit_json(self, data: Any) -> None:
         self.stream.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        self.stream.flush()
+
+    def emit_json_line(self, data: Any) -> None:
+        """One JSON document on one line: the records of a stream (``watch``, ``local up``: JSON lines)."""
+        self.stream.write(json.dumps(data, sort_keys=True, default=str) + "\n")
         self.stream.flush()
 
     def line(self, text: str = "") -> None:

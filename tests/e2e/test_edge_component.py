@@ -114,6 +114,7 @@ def test_edge_run_once_gives_the_labels_of_trashsorter_predict(
         capsys,
         "watch",
         "--json",
+        "--replay",  # the messages of the predictions above
         "--count",
         str(len(predicted)),
         "--timeout",
@@ -128,6 +129,8 @@ def test_edge_run_once_gives_the_labels_of_trashsorter_predict(
     assert len(seen) == len(predicted)
     assert {m["payload"]["label"] for m in seen} <= set(BINS)
     assert all(m["payload"]["model_id"] == model_id for m in seen)
+    code, out, err = cli(capsys, "watch", "--json", "--timeout", "2", "--local-state", state)
+    assert out == "" and code == 1, "without --replay, watch prints only what arrives after it started"
 
 
 def test_unsure_frames_reach_the_inbox_and_label_makes_them_training_images(
