@@ -1,6 +1,8 @@
 """The feedback loop on the device: frames the model is unsure about (``unsure``) or that a person flags
 are saved to a bounded local queue and uploaded - rate-limited, retried while offline - to the images
-bucket under ``inbox/<thing>/<time>-<id>.jpg`` with the prediction as object metadata.
+bucket under ``inbox/<thing>/<time>-<id>.jpg`` with the prediction as object metadata. An unsure frame
+whose bytes equal one of the last :data:`REMEMBERED` frames already queued is counted as a repeat, not queued
+again (the same photo classified twice, a camera on a still scene); a flagged frame always goes.
 
 ``inbox/`` is never trained on: ingest reacts to ``images/`` only (template.yaml's notification filter). A
 person labels an inbox image with ``trashsorter label KEY LABEL``, which copies it into ``images/<Label>/``.
@@ -8,6 +10,7 @@ person labels an inbox image with ``trashsorter label KEY LABEL``, which copies 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -20,6 +23,7 @@ from typing import Any
 
 from trashsorter_edge.sources import Frame
 
+REMEMBERED = 256  # content hashes of the latest queued frames, for the repeat check
 META_KEYS = ("model_id", "label", "confidence", "unsure", "source", "image", "timestamp")
 
 
@@ -59,7 +63,8 @@ class Inbox:
         self._sent: deque[float] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.counts = {"queued": 0, "dropped": 0, "uploaded": 0, "failed_attempts": 0}
+        self.counts = {"queued": 0, "dropped": 0, "uploaded": 0, "failed_attempts": 0, "repeats": 0}
+        self._recent: deque[str] = deque(maxlen=REMEMBERED)
 
     @property
     def s3(self) -> Any:
@@ -91,6 +96,11 @@ class Inbox:
             buffer = io.BytesIO()
             frame.image.save(buffer, format="JPEG", quality=90)
             data = buffer.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        if not flagged and digest in self._recent:
+            self.counts["repeats"] += 1
+            return
+        self._recent.append(digest)
         (self.spool / f"{name}.json").write_text(json.dumps(metadata(result, reason)))
         part = self.spool / f"{name}.part"
         part.write_bytes(data)

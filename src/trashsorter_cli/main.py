@@ -245,10 +245,19 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 [
                     [r["image"], "error", r["error"]]
                     if "error" in r
-                    else [r["image"], r["label"], f"{r['confidence']:.3f}"]
+                    else [
+                        r["image"],
+                        r["label"],
+                        f"{r['confidence']:.3f}" + (" unsure" if r["unsure"] else ""),
+                    ]
                     for r in results
                 ],
             )
+            unsure = sum(1 for r in results if r.get("unsure"))
+            if unsure:
+                ui.line(
+                    f"{unsure} of {len(results)} answers are unsure (confidence under the device's threshold)"
+                )
             if failed:
                 ui.line(f"{len(failed)} of {len(results)} images failed")
         return 1 if failed else 0

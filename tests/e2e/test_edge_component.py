@@ -109,6 +109,7 @@ def test_edge_run_once_gives_the_labels_of_trashsorter_predict(
         assert result["label"] == predicted[name]["label"], name
         assert result["confidence"] == pytest.approx(predicted[name]["confidence"], abs=1e-5)
         assert result["model_id"] == model_id
+        assert result["unsure"] == predicted[name]["unsure"]  # predict marks what the app calls unsure
 
     code, out, err = cli(
         capsys,

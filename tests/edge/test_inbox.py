@@ -32,8 +32,8 @@ def result(label: str = "Compost", confidence: float = 0.41, unsure: bool = True
     }
 
 
-def frame() -> Frame:
-    return Frame(Image.new("RGB", (64, 48), (200, 30, 30)), "0", "frame-000001")
+def frame(shade: int = 30) -> Frame:
+    return Frame(Image.new("RGB", (64, 48), (200, shade, 30)), "0", "frame-000001")
 
 
 @pytest.fixture
@@ -72,8 +72,8 @@ def test_unsure_and_flagged_frames_reach_the_inbox_with_the_prediction(s3: Any, 
 
 def test_queue_is_bounded_and_uploads_are_rate_limited(s3: Any, tmp_path: Path) -> None:
     inbox = Inbox(tmp_path / "spool", BUCKET, "cam-1", s3=s3, max_queue=3, per_minute=2)
-    for _ in range(5):
-        inbox.hook(frame(), result())
+    for n in range(5):
+        inbox.hook(frame(30 + 40 * n), result())
     assert len(inbox.pending()) == 3 and inbox.counts["dropped"] == 2
     assert inbox.drain(now=1000.0) == 2  # the budget of this minute
     assert inbox.drain(now=1030.0) == 0
@@ -98,3 +98,14 @@ def test_frames_wait_while_offline_and_go_when_back(s3: Any, tmp_path: Path) -> 
     assert inbox.drain() == 0 and len(inbox.pending()) == 1 and inbox.counts["failed_attempts"] == 1
     link.online = True
     assert inbox.drain() == 1 and inbox.pending() == [] and len(keys(s3)) == 1
+
+
+def test_the_same_unsure_photo_again_is_a_repeat_not_a_new_inbox_frame(s3: Any, tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path / "spool", BUCKET, "cam-1", s3=s3)
+    for _ in range(4):
+        inbox.hook(frame(), result())  # predict on the same file four times
+    inbox.hook(frame(90), result())  # another photo
+    assert len(inbox.pending()) == 2 and inbox.counts["repeats"] == 3
+    inbox.flag()
+    inbox.hook(frame(), result())  # a person flags it: it goes, repeat or not
+    assert len(inbox.pending()) == 3

@@ -111,6 +111,8 @@ def run_bundle(args: argparse.Namespace, ui: UI, endpoint_url: str | None) -> in
                 raise CliError(f"the component exited with {done.returncode}: {done.stderr[-1000:]}")
             return 0
         process = runner.start(stdout=None, stderr=None)
+        if ui.json_mode:
+            ui.emit_json({"component": runner.name, "version": runner.version, "pid": process.pid})
         ui.line(f"{runner.name} {runner.version} running (pid {process.pid}); Ctrl-C stops it")
         try:
             return process.wait()

@@ -397,8 +397,8 @@ def _device_error(body: bytes) -> str:
 
 
 def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
-    """One entry per image, in order: ``{"image", "label", "confidence", "model_id"}`` or
-    ``{"image", "error"}``.
+    """One entry per image, in order: ``{"image", "label", "confidence", "unsure", "model_id"}`` (``unsure``:
+    the confidence is under the component's threshold) or ``{"image", "error"}``.
 
     Each file is first checked exactly as ingest checks an upload (:mod:`trashsorter.validation`, with the
     ingest function's limits), so a file ingest would refuse gets ingest's reason here; a failure of one
@@ -428,6 +428,7 @@ def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
                 "image": str(image),
                 "label": str(answer["label"]),
                 "confidence": float(answer.get("confidence", 0.0)),
+                "unsure": bool(answer.get("unsure", False)),
                 "model_id": str(answer.get("model_id", "")),
             }
         )
