@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=Path, default=None, help="default samples/trashnet")
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--keep-running", action="store_true", help=argparse.SUPPRESS)
-    from trashsorter_cli.commands import edge  # h10: edge bundle|run, watch, inbox, label
+    from trashsorter_cli.commands import edge  # edge bundle|run, watch, inbox, label
 
     edge.register(sub, common)
     from trashsorter_cli.commands import report
