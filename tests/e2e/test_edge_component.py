@@ -75,7 +75,7 @@ def predict(capsys: pytest.CaptureFixture[str], state: str, unseen: Path) -> lis
     code, out, err = cli(
         capsys, "predict", "--json", "--local-state", state, *map(str, sorted(unseen.iterdir()))
     )
-    assert code == 0, err
+    assert code == 0, err + out
     rows: list[dict[str, Any]] = json.loads(out)
     return rows
 

@@ -68,17 +68,19 @@ def test_the_readme_local_path_works_as_written(tmp_path: Path) -> None:
     env.pop("AWS_ENDPOINT_URL", None)
     up_command, up_shown = steps[0]
     port = free_port()
+    up_log = (tmp_path / "local-up.stderr").open("w")
     up = subprocess.Popen(
         [*argv(up_command), "--port", str(port)],
         cwd=work,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=up_log,
         text=True,
     )
     try:
         assert up.stdout is not None
         ready = up.stdout.readline()
+        assert ready, (tmp_path / "local-up.stderr").read_text()[-3000:]
         check_output(up_command, ready.replace(f":{port},", ":4566,"), up_shown)
         deadline = time.monotonic() + TIMEOUT_S
         for command, shown in steps[1:]:
@@ -108,3 +110,4 @@ def test_the_readme_local_path_works_as_written(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
             up.wait()
+        up_log.close()
