@@ -20,7 +20,7 @@ from trashsorter_cli.commands import data, pipeline, report
 from trashsorter_cli.local.runtime import LocalRuntime
 from trashsorter_cli.local.template import REPO_ROOT
 from trashsorter_cli.targets import Target, local_target
-from trashsorter_cli.ui import UI, CliError
+from trashsorter_cli.ui import UI, CliError, shown
 
 SAMPLES = REPO_ROOT / "samples" / "trashnet"
 ATTRIBUTION = (
@@ -126,7 +126,7 @@ def run_demo(
         ddb = target.client("dynamodb")
         ui.line(
             f"local endpoint {runtime.endpoint_url}, bucket {target.bucket} "
-            f"(function logs: {runtime.log_file})"
+            f"(function logs: {shown(state_dir / 'demo.log')})"
         )
         since = datetime.now(UTC).isoformat()
         result = data.upload(target, plan, ui, s3=target.client("s3"))

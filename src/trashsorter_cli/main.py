@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="upload unknown label folders too (ingest rejects them)"
     )
+    p.add_argument(
+        "--wait", action="store_true", help="wait until ingest has catalogued every uploaded photo"
+    )
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits (default 600)")
 
     sub.add_parser(
         "status", parents=[common], help="catalogue counts, threshold, runs, champion, deployments"
@@ -180,14 +184,20 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         mapping = data.load_mapping(args.mapping) if args.mapping else None
         plan = data.plan_upload(args.directory, target.labels, mapping=mapping, force=args.force)
         result = data.upload(target, plan, ui)
-        if ui.json_mode:
-            ui.emit_json({k: v for k, v in result.items() if k != "keys"})
-        else:
+        if not ui.json_mode:
             ui.line(
                 f"uploaded {result['uploaded']}, unchanged (skipped) {result['skipped']} -> s3://{result['bucket']}/"
             )
             if result["unknown_labels"]:
                 ui.line(f"unknown labels uploaded with --force: {', '.join(result['unknown_labels'])}")
+        if args.wait:
+            result["catalogued"] = data.wait_catalogued(target, result["keys"], ui, timeout=args.timeout)
+            ui.line(
+                f"catalogued {sum(result['catalogued'].values())} of {result['uploaded']}: "
+                + ", ".join(f"{n} {status}" for status, n in result["catalogued"].items())
+            )
+        if ui.json_mode:
+            ui.emit_json({k: v for k, v in result.items() if k != "keys"})
         return 0
     if command == "status":
         status = pipeline.gather_status(target)

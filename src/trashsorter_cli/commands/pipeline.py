@@ -112,7 +112,7 @@ def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
             _count_status(ddb, target.table, ImageStatus.REJECTED)
             - sum(c["rejected"] for c in counts.values()),
         ),
-        "ingest_queued": _queued(target),
+        "ingest_queued": ingest_queued(target),
         "training_queued": (
             {
                 "behind_run": str(lock.get("holder", "")),
@@ -161,7 +161,7 @@ def _count_status(ddb: Any, table: str, status: str) -> int:
             return total
 
 
-def _queued(target: Target) -> int:
+def ingest_queued(target: Target) -> int:
     """Messages waiting for or being processed by ingest (0 when the queue cannot be read)."""
     url = target.outputs.get("IngestQueueUrl")
     if not url:
