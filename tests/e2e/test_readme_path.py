@@ -83,6 +83,9 @@ def test_the_readme_local_path_works_as_written(tmp_path: Path) -> None:
         assert ready, (tmp_path / "local-up.stderr").read_text()[-3000:]
         check_output(up_command, ready.replace(f":{port},", ":4566,"), up_shown)
         deadline = time.monotonic() + TIMEOUT_S
+        # REQUIRES the settle-time trigger and `train --wait` following the active run: without them the
+        # upload's own run starts before ingest is done and `train --wait` queues a second training behind
+        # it (twice the time, and the second model goes through the gate against the first).
         for command, shown in steps[1:]:
             done = subprocess.run(
                 argv(command),
