@@ -1,6 +1,8 @@
 """The feedback loop on the device: frames the model is unsure about (``unsure``) or that a person flags
 are saved to a bounded local queue and uploaded - rate-limited, retried while offline - to the images
-bucket under ``inbox/<thing>/<time>-<id>.jpg`` with the prediction as object metadata.
+bucket under ``inbox/<thing>/<time>-<id>.jpg`` with the prediction as object metadata. An unsure frame
+whose bytes equal one of the last :data:`REMEMBERED` frames already queued is counted as a repeat, not queued
+again (the same photo classified twice, a camera on a still scene); a flagged frame always goes.
 
 ``inbox/`` is never trained on: ingest reacts to ``images/`` only (template.yaml's notification filter). A
 person labels an inbox image with ``trashsorter label KEY LABEL``, which copies it into ``images/<Label>/``.
@@ -14,6 +16,7 @@ whatever ``--inbox-per-minute`` says; a frame over :data:`MAX_FRAME_BYTES` is no
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -32,6 +35,7 @@ THING_NAME = re.compile(r"[A-Za-z0-9:_-]{1,128}")  # AWS IoT CreateThing's thing
 MAX_PER_MINUTE = 60  # the ceiling of --inbox-per-minute
 MAX_PER_DAY = 1000  # uploads in any 24 hours, whatever the per-minute rate
 MAX_FRAME_BYTES = 20 * 1024 * 1024  # the ingest step's MaxImageBytes default
+REMEMBERED = 256  # content hashes of the latest queued frames, for the repeat check
 META_KEYS = ("model_id", "label", "confidence", "unsure", "source", "image", "timestamp")
 
 
@@ -75,7 +79,15 @@ class Inbox:
         self._sent: deque[float] = deque()  # upload times within the last 24 hours
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.counts = {"queued": 0, "dropped": 0, "uploaded": 0, "failed_attempts": 0, "too_large": 0}
+        self.counts = {
+            "queued": 0,
+            "dropped": 0,
+            "uploaded": 0,
+            "failed_attempts": 0,
+            "too_large": 0,
+            "repeats": 0,
+        }
+        self._recent: deque[str] = deque(maxlen=REMEMBERED)
 
     @property
     def s3(self) -> Any:
@@ -110,6 +122,11 @@ class Inbox:
         if len(data) > MAX_FRAME_BYTES:
             self.counts["too_large"] += 1
             return
+        digest = hashlib.sha256(data).hexdigest()
+        if not flagged and digest in self._recent:
+            self.counts["repeats"] += 1
+            return
+        self._recent.append(digest)
         (self.spool / f"{name}.json").write_text(json.dumps(metadata(result, reason)))
         part = self.spool / f"{name}.part"
         part.write_bytes(data)

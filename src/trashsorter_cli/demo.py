@@ -20,7 +20,7 @@ from trashsorter_cli.commands import data, pipeline, report
 from trashsorter_cli.local.runtime import LocalRuntime
 from trashsorter_cli.local.template import REPO_ROOT
 from trashsorter_cli.targets import Target, local_target
-from trashsorter_cli.ui import UI, CliError
+from trashsorter_cli.ui import UI, CliError, shown
 
 SAMPLES = REPO_ROOT / "samples" / "trashnet"
 ATTRIBUTION = (
@@ -126,7 +126,7 @@ def run_demo(
         ddb = target.client("dynamodb")
         ui.line(
             f"local endpoint {runtime.endpoint_url}, bucket {target.bucket} "
-            f"(function logs: {runtime.log_file})"
+            f"(function logs: {shown(state_dir / 'demo.log')})"
         )
         since = datetime.now(UTC).isoformat()
         result = data.upload(target, plan, ui, s3=target.client("s3"))
@@ -177,4 +177,15 @@ def run_demo(
         )
         ui.line(f"{correct}/{len(predictions)} held-back photos classified correctly")
     ui.line(f"demo finished in {time.monotonic() - started:.0f}s; the local stack is stopped")
+    if ui.json_mode:  # one document at the end (the steps above print nothing with --json)
+        ui.emit_json(
+            {
+                "run": {k: run.get(k) for k in ("job_name", "status", "package_outcome", "model_id")},
+                "champion": {k: champion.get(k) for k in ("model_id", "accuracy", "metrics")},
+                "deployments": status["deployments"],
+                "held_back": predictions,
+                "held_back_correct": correct,
+                "seconds": round(time.monotonic() - started, 1),
+            }
+        )
     return 0

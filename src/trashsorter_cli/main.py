@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="upload unknown label folders too (ingest rejects them)"
     )
+    p.add_argument(
+        "--wait", action="store_true", help="wait until ingest has catalogued every uploaded photo"
+    )
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits (default 600)")
 
     sub.add_parser(
         "status", parents=[common], help="catalogue counts, threshold, runs, champion, deployments"
@@ -101,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=Path, default=None, help="default samples/trashnet")
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--keep-running", action="store_true", help=argparse.SUPPRESS)
-    from trashsorter_cli.commands import edge  # h10: edge bundle|run, watch, inbox, label
+    from trashsorter_cli.commands import edge  # edge bundle|run, watch, inbox, label
 
     edge.register(sub, common)
     from trashsorter_cli.commands import report
@@ -145,6 +149,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             ui.emit_json(result)
         elif args.local_command in ("down", "reset"):
             ui.line(result["message"])
+        elif "pid" not in result:  # no state file: a clean `local down` (or never started)
+            ui.line(f"local stack stopped (no {result['state_file']}; start it with `trashsorter local up`)")
         else:
             state = {
                 "running": "running",
@@ -158,7 +164,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 f"images bucket {result['outputs'].get('ImagesBucketName', '?')}; "
                 f"device {result['device_url'] or '-'}"
             )
-        return 0 if args.local_command != "status" or result["running"] else 1
+        return 0 if args.local_command != "status" or result["running"] or not result["problem"] else 1
 
     if command in ("edge", "watch", "inbox", "label"):
         from trashsorter_cli.commands import edge
@@ -178,14 +184,20 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         mapping = data.load_mapping(args.mapping) if args.mapping else None
         plan = data.plan_upload(args.directory, target.labels, mapping=mapping, force=args.force)
         result = data.upload(target, plan, ui)
-        if ui.json_mode:
-            ui.emit_json({k: v for k, v in result.items() if k != "keys"})
-        else:
+        if not ui.json_mode:
             ui.line(
                 f"uploaded {result['uploaded']}, unchanged (skipped) {result['skipped']} -> s3://{result['bucket']}/"
             )
             if result["unknown_labels"]:
                 ui.line(f"unknown labels uploaded with --force: {', '.join(result['unknown_labels'])}")
+        if args.wait:
+            result["catalogued"] = data.wait_catalogued(target, result["keys"], ui, timeout=args.timeout)
+            ui.line(
+                f"catalogued {sum(result['catalogued'].values())} of {result['uploaded']}: "
+                + ", ".join(f"{n} {status}" for status, n in result["catalogued"].items())
+            )
+        if ui.json_mode:
+            ui.emit_json({k: v for k, v in result.items() if k != "keys"})
         return 0
     if command == "status":
         status = pipeline.gather_status(target)
@@ -243,10 +255,19 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 [
                     [r["image"], "error", r["error"]]
                     if "error" in r
-                    else [r["image"], r["label"], f"{r['confidence']:.3f}"]
+                    else [
+                        r["image"],
+                        r["label"],
+                        f"{r['confidence']:.3f}" + (" unsure" if r["unsure"] else ""),
+                    ]
                     for r in results
                 ],
             )
+            unsure = sum(1 for r in results if r.get("unsure"))
+            if unsure:
+                ui.line(
+                    f"{unsure} of {len(results)} answers are unsure (confidence under the device's threshold)"
+                )
             if failed:
                 ui.line(f"{len(failed)} of {len(results)} images failed")
         return 1 if failed else 0

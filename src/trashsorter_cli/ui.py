@@ -8,6 +8,7 @@ characters by itself (``json.dumps``).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,16 @@ class UsageError(CliError):
     exit_code = 2
 
 
+def shown(path: str | os.PathLike[str]) -> str:
+    """A path as the CLI prints it: relative to the working directory when it lies under it."""
+    text = os.fspath(path)
+    try:
+        relative = os.path.relpath(text)
+    except ValueError:  # another drive
+        return text
+    return text if relative.startswith("..") else relative
+
+
 class ProgressBar:
     def __init__(self, advance: Any, update: Any) -> None:
         self._advance = advance
@@ -76,6 +87,11 @@ class UI:
 
     def emit_json(self, data: Any) -> None:
         self.stream.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        self.stream.flush()
+
+    def emit_json_line(self, data: Any) -> None:
+        """One JSON document on one line: the records of a stream (``watch``, ``local up``: JSON lines)."""
+        self.stream.write(json.dumps(data, sort_keys=True, default=str) + "\n")
         self.stream.flush()
 
     def line(self, text: str = "") -> None:

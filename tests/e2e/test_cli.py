@@ -229,7 +229,7 @@ def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
         # S3 sends an s3:TestEvent when the bucket notification is configured; the ingest handler logs
         # that it ignored it. That log line goes to the log file the ready line names, never the console.
         log_file = tmp_path / "logs" / "trashsorter.log"
-        assert f"handler logs: {log_file}" in ready
+        assert "handler logs: logs/trashsorter.log" in ready  # relative to the working directory
         deadline = time.monotonic() + 60
         while not log_file.exists() or "s3:TestEvent ignored" not in log_file.read_text():
             assert time.monotonic() < deadline, stderr_path.read_text()[-2000:]
@@ -246,6 +246,16 @@ def test_local_up_writes_state_and_local_down_stops_it(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0
         assert not state.exists()
         assert proc.stdout.read().splitlines() == ["trashsorter local stack stopped"]
+        for extra in ([], ["--json"]):  # a clean stop is no error
+            after = subprocess.run(
+                [*cmd, "status", "--local-state", str(state), *extra],
+                capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+            )  # fmt: skip
+            assert after.returncode == 0, after.stderr
+            if extra:
+                assert json.loads(after.stdout)["state"] == "stopped"
+            else:
+                assert after.stdout.startswith("local stack stopped (no local.json;"), after.stdout
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -75,7 +75,7 @@ def predict(capsys: pytest.CaptureFixture[str], state: str, unseen: Path) -> lis
     code, out, err = cli(
         capsys, "predict", "--json", "--local-state", state, *map(str, sorted(unseen.iterdir()))
     )
-    assert code == 0, err
+    assert code == 0, err + out
     rows: list[dict[str, Any]] = json.loads(out)
     return rows
 
@@ -109,11 +109,13 @@ def test_edge_run_once_gives_the_labels_of_trashsorter_predict(
         assert result["label"] == predicted[name]["label"], name
         assert result["confidence"] == pytest.approx(predicted[name]["confidence"], abs=1e-5)
         assert result["model_id"] == model_id
+        assert result["unsure"] == predicted[name]["unsure"]  # predict marks what the app calls unsure
 
     code, out, err = cli(
         capsys,
         "watch",
         "--json",
+        "--replay",  # the messages of the predictions above
         "--count",
         str(len(predicted)),
         "--timeout",
@@ -128,6 +130,8 @@ def test_edge_run_once_gives_the_labels_of_trashsorter_predict(
     assert len(seen) == len(predicted)
     assert {m["payload"]["label"] for m in seen} <= set(BINS)
     assert all(m["payload"]["model_id"] == model_id for m in seen)
+    code, out, err = cli(capsys, "watch", "--json", "--timeout", "2", "--local-state", state)
+    assert out == "" and code == 1, "without --replay, watch prints only what arrives after it started"
 
 
 def test_unsure_frames_reach_the_inbox_and_label_makes_them_training_images(
@@ -146,16 +150,18 @@ def test_unsure_frames_reach_the_inbox_and_label_makes_them_training_images(
         rows: list[dict[str, Any]] = json.loads(out)
         return rows
 
-    # the device's own component uploads what it was unsure about (threshold 0.6): exactly those frames
+    # the device's own component uploads what it was unsure about (threshold 0.6): exactly those photos,
+    # each once - predicting the same photos again (this module's first test did) files no repeats
     spool = local_stack.state_dir / "device" / "nucleus" / "work" / "com.trashsorter.local-device" / "inbox"
-    wait(lambda: not list(spool.glob("*.jpg")), 30, "the device's upload queue to empty")
-    before = len(inbox_rows("local-device"))
-    unsure = sum(1 for r in predict(capsys, state, unseen) if r["confidence"] < 0.6)
+    results = predict(capsys, state, unseen)
+    results += predict(capsys, state, unseen)  # the same photos again
+    unsure = len({r["image"] for r in results if r["confidence"] < 0.6})
+    assert all(r["unsure"] == (r["confidence"] < 0.6) for r in results)  # predict marks them
     # the one-epoch model (seed 0, deterministic) is unsure of some frames; without any, nothing is tested
     assert unsure > 0, "the test model was sure of every frame: the inbox path would go untested"
-    wait(lambda: len(inbox_rows("local-device")) - before >= unsure, 30, "the device's unsure frames")
+    wait(lambda: len(inbox_rows("local-device")) >= unsure, 30, "the device's unsure frames")
     wait(lambda: not list(spool.glob("*.jpg")), 30, "the device's upload queue to empty")
-    assert len(inbox_rows("local-device")) - before == unsure
+    assert len(inbox_rows("local-device")) == unsure
 
     # an unsure frame from another camera, through the edge app's uploader
     photo = sorted(unseen.iterdir())[0]

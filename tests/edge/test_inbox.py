@@ -32,8 +32,8 @@ def result(label: str = "Compost", confidence: float = 0.41, unsure: bool = True
     }
 
 
-def frame() -> Frame:
-    return Frame(Image.new("RGB", (64, 48), (200, 30, 30)), "0", "frame-000001")
+def frame(shade: int = 30) -> Frame:
+    return Frame(Image.new("RGB", (64, 48), (200, shade, 30)), "0", "frame-000001")
 
 
 @pytest.fixture
@@ -72,8 +72,8 @@ def test_unsure_and_flagged_frames_reach_the_inbox_with_the_prediction(s3: Any, 
 
 def test_queue_is_bounded_and_uploads_are_rate_limited(s3: Any, tmp_path: Path) -> None:
     inbox = Inbox(tmp_path / "spool", BUCKET, "cam-1", s3=s3, max_queue=3, per_minute=2)
-    for _ in range(5):
-        inbox.hook(frame(), result())
+    for n in range(5):
+        inbox.hook(frame(30 + 40 * n), result())
     assert len(inbox.pending()) == 3 and inbox.counts["dropped"] == 2
     assert inbox.drain(now=1000.0) == 2  # the budget of this minute
     assert inbox.drain(now=1030.0) == 0
@@ -104,8 +104,8 @@ def test_configuration_cannot_lift_the_upload_rate_past_the_ceilings(s3: Any, tm
     from trashsorter_edge.inbox import MAX_PER_MINUTE
 
     inbox = Inbox(tmp_path / "spool", BUCKET, "cam-1", s3=s3, max_queue=500, per_minute=100_000, per_day=90)
-    for _ in range(100):
-        inbox.hook(frame(), result())
+    for shade in range(100):
+        inbox.hook(frame(shade), result())  # 100 different frames (the same one again is a repeat)
     assert inbox.drain(now=0.0) == MAX_PER_MINUTE  # 60, not 100,000
     assert inbox.drain(now=61.0) == 30  # the day's budget (90) is spent
     assert inbox.drain(now=3600.0) == 0
@@ -121,3 +121,14 @@ def test_uploads_stay_under_the_devices_own_prefix(s3: Any, tmp_path: Path) -> N
     inbox.hook(frame(), result())
     assert inbox.drain() == 1
     assert [k.rsplit("/", 1)[0] for k in keys(s3)] == ["inbox/cam-1:line_2"]
+
+
+def test_the_same_unsure_photo_again_is_a_repeat_not_a_new_inbox_frame(s3: Any, tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path / "spool", BUCKET, "cam-1", s3=s3)
+    for _ in range(4):
+        inbox.hook(frame(), result())  # predict on the same file four times
+    inbox.hook(frame(90), result())  # another photo
+    assert len(inbox.pending()) == 2 and inbox.counts["repeats"] == 3
+    inbox.flag()
+    inbox.hook(frame(), result())  # a person flags it: it goes, repeat or not
+    assert len(inbox.pending()) == 3

@@ -1,7 +1,7 @@
 """Hostile input: a crafted corpus and a Hypothesis fuzz of the validator.
 
 For every file: :func:`trashsorter.validation.validate_image` returns an ``ImageInfo`` or raises its own
-``Rejection`` - never anything else -, and is judged within issue 11's bounds, measured per file in a child
+``Rejection`` - never anything else -, and is judged within its bounds, measured per file in a child
 process (CPU time and peak RSS from ``wait4``): at most 2 s of CPU and 256 MB of memory.
 """
 
@@ -43,7 +43,7 @@ MAX_PIXELS = 120_000_000  # template.yaml MaxImagePixels default
 MIN_SIDE = 64  # template.yaml MinImageSide default
 WALL_BOUND_S = 2.0
 PYTHON_PEAK_BOUND = 32 * 1024 * 1024  # bytes; the largest legitimate input here is ~2 MB of text chunk
-CPU_BOUND_S = 2.0  # issue 11: every file judged in at most 2 s of CPU ...
+CPU_BOUND_S = 2.0  # every file judged in at most 2 s of CPU ...
 PEAK_RSS_BOUND_MB = 256  # ... and 256 MB of memory (the whole process, interpreter included)
 
 

@@ -20,14 +20,14 @@ def chromium_or_skip() -> str:
     return chromium
 
 
-def _common(chromium: str) -> list[str]:
-    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=900,700"]
+def _common(chromium: str, size: tuple[int, int] = (900, 700)) -> list[str]:
+    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={size[0]},{size[1]}"]
 
 
-def screenshot(chromium: str, url: str, path: Path) -> None:
-    """Renders ``url`` and writes a PNG screenshot to ``path``."""
+def screenshot(chromium: str, url: str, path: Path, size: tuple[int, int] = (900, 700)) -> None:
+    """Renders ``url`` in a window of ``size`` (width, height) and writes a PNG screenshot to ``path``."""
     subprocess.run(
-        [*_common(chromium), f"--screenshot={path}", "--virtual-time-budget=4000", url],
+        [*_common(chromium, size), f"--screenshot={path}", "--virtual-time-budget=4000", url],
         capture_output=True,
         timeout=90,
         check=False,
@@ -35,10 +35,10 @@ def screenshot(chromium: str, url: str, path: Path) -> None:
     assert path.is_file(), "Chromium wrote no screenshot"
 
 
-def dump_dom(chromium: str, url: str) -> str:
-    """The page's DOM after its scripts ran, as Chromium serialises it."""
+def dump_dom(chromium: str, url: str, size: tuple[int, int] = (900, 700)) -> str:
+    """The page's DOM after its scripts ran (in a window of ``size``), as Chromium serialises it."""
     return subprocess.run(
-        [*_common(chromium), "--dump-dom", "--virtual-time-budget=4000", url],
+        [*_common(chromium, size), "--dump-dom", "--virtual-time-budget=4000", url],
         capture_output=True,
         text=True,
         timeout=90,

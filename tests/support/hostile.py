@@ -440,7 +440,7 @@ def png_no_idat() -> bytes:
 
 
 # Files built to make a decoder loop or allocate: each is small, and each cost the unbounded validator
-# seconds of CPU or hundreds of MB (issue 11); the bounded one refuses them from their structure.
+# seconds of CPU or hundreds of MB; the bounded one refuses them from their structure.
 
 
 @cache
@@ -583,7 +583,7 @@ CORPUS: tuple[Hostile, ...] = (
     Hostile(
         "webp 16k x 16k canvas", lambda: webp_declaring(16383, 16383), REJECT, ("too_many_pixels", "corrupt")
     ),
-    # built to make decoders loop or allocate (issue 11)
+    # built to make decoders loop or allocate
     Hostile("jpeg 10,000 duplicated AC scans", jpeg_duplicated_ac_scans, REJECT, ("too_many_scans",)),
     Hostile("jpeg 5 MB of 0xFF fill bytes", jpeg_fill_bytes, REJECT, ("excessive_padding",)),
     Hostile("jpeg 2,000,000 empty COM segments", jpeg_empty_comments, REJECT, ("too_many_segments",)),

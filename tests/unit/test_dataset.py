@@ -219,7 +219,7 @@ def test_convert_to_jpeg_is_bounded_like_the_ingest_step() -> None:
         convert_to_jpeg(hostile.webp_padded_canvas())
     assert info.value.code == "too_costly"
     with pytest.raises(Rejection) as info:
-        convert_to_jpeg(hostile.webp_lossless_canvas(6300, 6300))  # 34 bytes: ~800 MB before issue 11
+        convert_to_jpeg(hostile.webp_lossless_canvas(6300, 6300))  # 34 bytes, ~800 MB unbounded
     assert info.value.code == "implausible_size"
 
 

@@ -375,7 +375,7 @@ def test_no_aws_keys_or_private_keys_in_the_repository() -> None:
     assert not found, f"possible secrets committed: {found}"
 
 
-# ------------------------------------------------------------------ issue 11 / issue 13 template items
+# ------------------------------------------------------------ bounded validation and hardening items
 
 
 def key_service_statements() -> list[dict[str, Any]]:

@@ -167,7 +167,7 @@ def test_validation_does_not_import_pillow_at_module_import() -> None:
     assert out.strip() == "False"
 
 
-# ------------------------------------------------------------------ bounds before decoding (issue 11)
+# ------------------------------------------------------------------ bounds before decoding
 
 
 def test_heic_is_refused_with_the_hint_how_to_fix_it() -> None:

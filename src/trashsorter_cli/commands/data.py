@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mimetypes
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from trashsorter.schema import ImageStatus
 from trashsorter.settings import IngestSettings
 from trashsorter.validation import HEIC_HINT, sniff_format
 from trashsorter_cli.targets import Target
-from trashsorter_cli.ui import UI, UsageError
+from trashsorter_cli.ui import UI, CliError, UsageError
 
 IMAGES_PREFIX = "images/"
 
@@ -171,6 +172,40 @@ def upload(target: Target, plan: UploadPlan, ui: UI, *, s3: Any = None) -> dict[
         "refused_heic": [str(path) for path, _ in plan.refused],
         "keys": uploaded,
     }
+
+
+def wait_catalogued(
+    target: Target, keys: Sequence[str], ui: UI, *, timeout: float, poll_s: float = 1.0
+) -> dict[str, int]:
+    """``upload --wait``: until every key in ``keys`` has a catalogue record and the ingest queue is empty;
+    the uploaded keys' statuses counted (accepted, rejected, duplicate, conflict)."""
+    from trashsorter_cli.commands.pipeline import ingest_queued
+
+    wanted = set(keys)
+    catalogue = Catalogue(target.table, ddb=target.client("dynamodb"))
+    deadline = time.monotonic() + timeout
+    with ui.progress("ingest: validating and cataloguing", total=len(wanted)) as bar:
+        while True:
+            statuses = {
+                str(rec.get("key", "")): str(rec.get("status", ""))
+                for rec in catalogue.iter_images(None, None)
+                if rec.get("key") in wanted
+            }
+            bar.update(
+                completed=len(statuses), description=f"ingest: {len(statuses)}/{len(wanted)} catalogued"
+            )
+            if len(statuses) >= len(wanted) and not ingest_queued(target):
+                break
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"ingest has catalogued {len(statuses)} of {len(wanted)} uploaded photos "
+                    f"after {timeout:.0f}s"
+                )
+            time.sleep(poll_s)
+    counts = dict.fromkeys(("accepted", "rejected", "duplicate", "conflict"), 0)
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    return counts
 
 
 def list_images(

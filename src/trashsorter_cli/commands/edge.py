@@ -9,8 +9,9 @@ component on this machine.
   component's own venv, then ``Run``. With ``--once`` the app classifies what the source holds and the
   command prints its JSON lines; otherwise it runs until Ctrl-C, publishing to the local stack's IoT data
   plane when one is running (stdout otherwise).
-* ``watch [--topic P] [--count N] [--timeout S]`` prints the messages the local endpoint's IoT data plane
-  receives (the local device reads moto's record of them), as they arrive.
+* ``watch [--topic P] [--count N] [--timeout S] [--replay]`` prints the messages the local endpoint's IoT
+  data plane receives from then on (the local device reads moto's record of them), as they arrive;
+  ``--replay`` starts from the first one kept.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", default="trashsorter/", help="topic prefix (default trashsorter/)")
     p.add_argument("--count", type=int, default=0, help="stop after N messages (0 = never)")
     p.add_argument("--timeout", type=float, default=0.0, help="stop after S seconds (0 = never)")
+    p.add_argument("--replay", action="store_true", help="print the messages received before it started too")
     inbox.register(sub, common)
 
 
@@ -109,6 +111,8 @@ def run_bundle(args: argparse.Namespace, ui: UI, endpoint_url: str | None) -> in
                 raise CliError(f"the component exited with {done.returncode}: {done.stderr[-1000:]}")
             return 0
         process = runner.start(stdout=None, stderr=None)
+        if ui.json_mode:
+            ui.emit_json({"component": runner.name, "version": runner.version, "pid": process.pid})
         ui.line(f"{runner.name} {runner.version} running (pid {process.pid}); Ctrl-C stops it")
         try:
             return process.wait()
@@ -119,26 +123,30 @@ def run_bundle(args: argparse.Namespace, ui: UI, endpoint_url: str | None) -> in
         raise CliError(str(exc)) from exc
 
 
-def watch(target: Any, ui: UI, *, topic: str, count: int, timeout: float, poll_s: float = 0.3) -> int:
-    """Print what the local endpoint's IoT data plane receives (through the local device), as it arrives."""
+def watch(
+    target: Any, ui: UI, *, topic: str, count: int, timeout: float, replay: bool = False, poll_s: float = 0.3
+) -> int:
+    """Print what the local endpoint's IoT data plane receives (through the local device) from now on, as it
+    arrives (``replay``: from the first message the endpoint kept); ``--json``: one JSON line per message."""
     from trashsorter_cli.commands.pipeline import device_request
 
     if not target.is_local or not target.device_url:
         raise UsageError(
             "`trashsorter watch` follows the local stack's device; on AWS use the IoT MQTT client"
         )
+    messages_url = f"{target.device_url.rstrip('/')}/iot/messages"
     seen, after = 0, 0
+    if not replay:  # start after the last message received so far, whatever its topic
+        earlier = device_request(f"{messages_url}?after=0", timeout=10).get("messages", [])
+        after = max((int(m["index"]) for m in earlier), default=0)
     deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
     query = urllib.parse.urlencode({"topic": topic})
     while time.monotonic() < deadline:
-        answer = device_request(
-            f"{target.device_url.rstrip('/')}/iot/messages?after={after}&{query}", timeout=10
-        )
+        answer = device_request(f"{messages_url}?after={after}&{query}", timeout=10)
         for message in answer.get("messages", []):
             after = max(after, int(message["index"]))
             if ui.json_mode:
-                ui.stream.write(json.dumps(message, sort_keys=True) + "\n")  # one JSON line per message
-                ui.stream.flush()
+                ui.emit_json_line(message)
             else:
                 payload = message["payload"]
                 summary = (
@@ -162,7 +170,9 @@ def handle(args: argparse.Namespace, ui: UI, resolve: Callable[[argparse.Namespa
     if args.command in ("inbox", "label"):
         return inbox.handle(args, ui, resolve(args))
     if args.command == "watch":
-        return watch(resolve(args), ui, topic=args.topic, count=args.count, timeout=args.timeout)
+        return watch(
+            resolve(args), ui, topic=args.topic, count=args.count, timeout=args.timeout, replay=args.replay
+        )
     if args.edge_command == "bundle":
         target = resolve(args)
         result = bundle(target, args.model_id, args.out, args.version)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from trashsorter.errors import ConfigurationError
-from trashsorter_cli.local import persistence
+from trashsorter_cli.local import guardian, persistence
 from trashsorter_cli.local.runtime import LocalRuntime
 from trashsorter_cli.local.server import (
     DEFAULT_HOST,
@@ -25,7 +25,7 @@ from trashsorter_cli.local.server import (
     remove_state,
 )
 from trashsorter_cli.local.template import parse_parameter_overrides
-from trashsorter_cli.ui import UI, CliError
+from trashsorter_cli.ui import UI, CliError, shown
 
 
 def ready_line(state: Any) -> str:
@@ -72,10 +72,15 @@ def up(
         log_file=None if verbose else log_file,
         log_stream=sys.stderr if verbose else None,
     )
-    state = runtime.start()
-    logs = "stderr" if verbose else str(log_file)
-    if ui.json_mode:
-        ui.emit_json(
+    watcher = guardian.start()  # stops every descendant if this process dies unseen (kill -9)
+    try:
+        state = runtime.start()
+    except BaseException:
+        guardian.stand_down(watcher)
+        raise
+    logs = "stderr" if verbose else shown(log_file)
+    if ui.json_mode:  # JSON lines: this object when ready, {"stopped": true, ...} when stopped
+        ui.emit_json_line(
             {
                 "ready": True,
                 "logs": logs,
@@ -84,7 +89,12 @@ def up(
         )
     else:
         ui.line(ready_line(state) + f"; handler logs: {logs}")
-    runtime.serve_forever()
+    try:
+        runtime.serve_forever()
+    finally:
+        guardian.stand_down(watcher)
+    if ui.json_mode:
+        ui.emit_json_line({"stopped": True, "pid": state.pid})
     ui.line("trashsorter local stack stopped")
     return 0
 
@@ -110,8 +120,12 @@ def down(ui: UI, *, state_path: Path | None, timeout: float = 60.0) -> dict[str,
 
 def status(*, state_path: Path | None) -> dict[str, Any]:
     """``running``: the stack answers; ``state``: running | busy (its process lives, the endpoint does not
-    answer: never called stale) | stopped (its process is gone: the state file is stale)."""
-    state = read_state(state_path)
+    answer: never called stale) | stopped (no state file: stopped cleanly, or never started; or its process
+    is gone and the state file is stale: ``problem`` says so)."""
+    path = Path(state_path or default_state_path())
+    if not path.exists():
+        return {"running": False, "state": "stopped", "problem": "", "state_file": shown(path)}
+    state = read_state(path)
     alive = pid_alive(state.pid)
     problem = probe_endpoint(state.endpoint_url) if alive else "its process is gone"
     return {
@@ -149,7 +163,11 @@ def reset(
         )
     present = [state_dir / name for name in RESET_FOLDERS if (state_dir / name).exists()]
     if not present:
-        return {"wiped": False, "state_dir": str(state_dir), "message": f"no local state in {state_dir}"}
+        return {
+            "wiped": False,
+            "state_dir": shown(state_dir),
+            "message": f"no local state in {shown(state_dir)}",
+        }
     if not yes:
         try:
             answer = ask(
@@ -164,6 +182,8 @@ def reset(
         shutil.rmtree(folder, ignore_errors=True)
     return {
         "wiped": True,
-        "state_dir": str(state_dir),
-        "message": f"wiped the local state in {state_dir}; the next `trashsorter local up` starts empty",
+        "state_dir": shown(state_dir),
+        "message": (
+            f"wiped the local state in {shown(state_dir)}; the next `trashsorter local up` starts empty"
+        ),
     }

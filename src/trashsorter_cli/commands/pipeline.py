@@ -112,7 +112,7 @@ def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
             _count_status(ddb, target.table, ImageStatus.REJECTED)
             - sum(c["rejected"] for c in counts.values()),
         ),
-        "ingest_queued": _queued(target),
+        "ingest_queued": ingest_queued(target),
         "training_queued": (
             {
                 "behind_run": str(lock.get("holder", "")),
@@ -161,7 +161,7 @@ def _count_status(ddb: Any, table: str, status: str) -> int:
             return total
 
 
-def _queued(target: Target) -> int:
+def ingest_queued(target: Target) -> int:
     """Messages waiting for or being processed by ingest (0 when the queue cannot be read)."""
     url = target.outputs.get("IngestQueueUrl")
     if not url:
@@ -397,8 +397,8 @@ def _device_error(body: bytes) -> str:
 
 
 def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
-    """One entry per image, in order: ``{"image", "label", "confidence", "model_id"}`` or
-    ``{"image", "error"}``.
+    """One entry per image, in order: ``{"image", "label", "confidence", "unsure", "model_id"}`` (``unsure``:
+    the confidence is under the component's threshold) or ``{"image", "error"}``.
 
     Each file is first checked exactly as ingest checks an upload (:mod:`trashsorter.validation`, with the
     ingest function's limits), so a file ingest would refuse gets ingest's reason here; a failure of one
@@ -428,6 +428,7 @@ def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
                 "image": str(image),
                 "label": str(answer["label"]),
                 "confidence": float(answer.get("confidence", 0.0)),
+                "unsure": bool(answer.get("unsure", False)),
                 "model_id": str(answer.get("model_id", "")),
             }
         )

@@ -24,7 +24,7 @@ from trashsorter.gate import ACCURACY_METRIC, recognised
 from trashsorter.settings import PackageSettings
 from trashsorter_cli.local.server import STATE_DIR_NAME
 from trashsorter_cli.targets import Target
-from trashsorter_cli.ui import UI, CliError
+from trashsorter_cli.ui import UI, CliError, shown
 from trashsorter_trainer.report import wilson_interval
 
 
@@ -152,13 +152,13 @@ def handle(args: argparse.Namespace, ui: UI, target: Target) -> int:
     model = _model(target, args.model_id, target.client("dynamodb"))
     dest_root = args.dest or Path.cwd() / STATE_DIR_NAME / "reports"
     path = fetch_report(target, model, dest_root)
-    facts = {**summary(model, recall_bar(target)), "path": str(path)}
+    facts = {**summary(model, recall_bar(target)), "path": shown(path)}
     if ui.json_mode:
         ui.emit_json(facts)
     else:
         for line in summary_lines(facts):
             ui.line(f"model {facts['model_id']}: {line}" if line.startswith("accuracy") else line)
-        ui.line(str(path))
+        ui.line(shown(path))
     if args.open_browser:
         webbrowser.open(path.resolve().as_uri())
     return 0
@@ -177,6 +177,6 @@ def wait_summary(target: Target, ui: UI, model_id: str, dest_root: Path | None =
         ui.line(line)
     if model.get("report_uri"):
         path = fetch_report(target, model, dest_root or Path.cwd() / STATE_DIR_NAME / "reports")
-        ui.line(f"report: {path}")
+        ui.line(f"report: {shown(path)}")
     else:
         ui.line("report: none (the built-in algorithm writes none)")

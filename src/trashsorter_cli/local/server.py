@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trashsorter.errors import ConfigurationError
+from trashsorter_cli.ui import shown
 
 DEFAULT_PORT = 4566
 DEFAULT_HOST = "127.0.0.1"
@@ -205,7 +206,8 @@ def read_state(path: Path | None = None) -> LocalState:
     path = Path(path or default_state_path())
     if not path.is_file():
         raise ConfigurationError(
-            f"no local stack running (no {path}); start one with `trashsorter local up` or pass --stack NAME"
+            f"no local stack running (no {shown(path)}); "
+            "start one with `trashsorter local up` or pass --stack NAME"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -50,6 +50,7 @@ from trashsorter.job_check import verified_job
 from trashsorter.labels import read_dataset_labels
 from trashsorter.notify import notify
 from trashsorter.observability import logger
+from trashsorter.report_decision import write_decision
 from trashsorter.schema import (
     JOB_PREFIX,
     ModelStatus,
@@ -274,6 +275,8 @@ def _handle_completed(
     ):  # another event ended the run between our read and now
         return _ignored_final(change, runs.get_run(settings, run_id, ddb=ddb) or run, settings, ddb)
     if report_uri:  # "deployed", "registered" and "gated out" notices name the report
+        if outcome != "failed":  # the page says first whether the model was deployed, and why
+            write_decision(report_uri, outcome, str(model.get("gate_reason") or ""), reason, s3=clients.s3)
         message = f"{message}\nReport: {report_uri}"
     notify(settings.topic_arn, subject, message, details=details, sns=clients.sns)
     runs.update_run(

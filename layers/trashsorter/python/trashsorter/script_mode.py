@@ -18,6 +18,7 @@ from typing import Any
 from trashsorter import images
 from trashsorter.dataset import TRAIN, VALIDATION, DatasetPlan
 from trashsorter.errors import ConfigurationError
+from trashsorter.schema import dataset_manifest_key
 from trashsorter.settings import TrainingSettings
 from trashsorter.training_request import channel, job_envelope
 from trashsorter_trainer import contract, sourcedir
@@ -87,6 +88,7 @@ def build_request(
         _channel("train_lst", plan.uri("train.lst")),
         _channel("validation_lst", plan.uri("validation.lst")),
         _channel(contract.LABELS_CHANNEL, plan.uri("labels.txt")),
+        _channel(contract.MANIFEST_CHANNEL, f"s3://{plan.bucket}/{dataset_manifest_key(plan.dataset_id)}"),
     ]
     if champion_uri:
         channels.append(_channel(contract.CHAMPION_CHANNEL, champion_uri))

@@ -4,7 +4,9 @@ and the local job emulation (stdlib only: the start-training Lambda imports it).
 Channels (``/opt/ml/input/data/<name>``, ``SM_CHANNEL_<NAME>``): ``train`` / ``validation`` (ManifestFile
 channels of the dataset snapshot: the images at their S3 key under the channel folder), ``train_lst`` /
 ``validation_lst`` (the recipe's ``.lst`` files: ``index<TAB>class_index<TAB>key``), ``labels``
-(``labels.txt``, class index order) and the optional ``champion`` (the champion's ``model.tar.gz``).
+(``labels.txt``, class index order), the optional ``champion`` (the champion's ``model.tar.gz``) and the
+optional ``manifest`` (the snapshot's ``manifest.jsonl``: every image's original key, which the report
+shows under its thumbnail instead of the content-addressed copy's name).
 Metrics are printed as ``name=value`` pairs; :data:`METRIC_DEFINITIONS` are the regexes SageMaker (and the
 local emulation) apply to the log. The LAST match of a metric is its final value.
 """
@@ -21,6 +23,11 @@ IMAGE_CHANNELS = ("train", "validation")
 LST_CHANNELS = ("train_lst", "validation_lst")
 LABELS_CHANNEL = "labels"
 CHAMPION_CHANNEL = "champion"
+MANIFEST_CHANNEL = "manifest"
+# report.html: the package step replaces what lies between these markers with the quality gate's decision
+# (trashsorter.report_decision); the trainer writes the report before the gate has decided.
+REPORT_DECISION_START = "<!--decision-->"
+REPORT_DECISION_END = "<!--/decision-->"
 METRIC_NAMES = (
     "train:loss",
     "train:accuracy",

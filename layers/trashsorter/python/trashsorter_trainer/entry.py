@@ -29,6 +29,7 @@ from trashsorter_trainer.contract import (
     CHAMPION_CHANNEL,
     IMAGE_CHANNELS,
     LABELS_CHANNEL,
+    MANIFEST_CHANNEL,
     features_line,
     metric_line,
 )
@@ -147,8 +148,27 @@ def evaluate_champion(folder: Path, samples: list[Sample], labels: list[str]) ->
     }
 
 
-def misclassified(result: Any, labels: list[str]) -> list[dict[str, Any]]:
-    """Every validation photo the shipped graph got wrong, with a thumbnail (for report.html)."""
+def original_names(env: Mapping[str, str]) -> dict[str, str]:
+    """The ``manifest`` channel's ``manifest.jsonl``: content-addressed copy (``s3_key``) -> the image's
+    original key without ``images/`` (``Compost/paper/paper12.jpg``); empty without the channel."""
+    directory = channel_dir(MANIFEST_CHANNEL, env)
+    names: dict[str, str] = {}
+    for path in sorted(directory.glob("*.jsonl")) if directory is not None else []:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and entry.get("s3_key") and entry.get("key"):
+                names[str(entry["s3_key"])] = str(entry["key"]).removeprefix("images/")
+    return names
+
+
+def misclassified(
+    result: Any, labels: list[str], names: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every validation photo the shipped graph got wrong, with a thumbnail and its original name (from
+    ``names``, else the key it was read under) for report.html."""
     from trashsorter_trainer.data import decode
 
     probs = result.validation_probabilities
@@ -159,6 +179,7 @@ def misclassified(result: Any, labels: list[str]) -> list[dict[str, Any]]:
             wrong.append(
                 {
                     "key": sample.key,
+                    "name": (names or {}).get(sample.key, sample.key),
                     "true": sample.label,
                     "predicted": labels[predicted],
                     "confidence": float(row[predicted]),
@@ -202,7 +223,9 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
         for name in result.members:
             shutil.copy2(work / "out" / name, model_dir / name)
         (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (model_dir / "report.html").write_text(report.render_html(metrics, misclassified(result, labels)))
+        (model_dir / "report.html").write_text(
+            report.render_html(metrics, misclassified(result, labels, original_names(env)))
+        )
     final = {
         "train:loss": metrics["train_loss"],
         "train:accuracy": metrics["train_accuracy"],

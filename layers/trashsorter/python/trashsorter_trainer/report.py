@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
+
+from trashsorter_trainer.contract import REPORT_DECISION_END, REPORT_DECISION_START
 
 
 def confusion_matrix(truth: Sequence[int], predicted: Sequence[int], num_classes: int) -> list[list[int]]:
@@ -133,9 +136,17 @@ def thumbnail_data_uri(image: Image.Image, side: int = THUMBNAIL) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A table in a box that scrolls sideways by itself on a narrow screen (the page never does)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<div class=scroll><table><tr>{head}</tr>{body}</table></div>"
+
+
+UNDECIDED = (
+    "<section id=decision class=undecided><p><b>Not yet decided.</b> The trainer wrote this report before "
+    "the quality gate compared the model with the champion; the copy kept beside the packaged model "
+    "(<code>trashsorter report</code>) says whether it was deployed or rejected, and why.</p></section>"
+)
 
 
 def _span(interval: tuple[float, float]) -> str:
@@ -154,6 +165,46 @@ def _refit_note(refit: Mapping[str, Any] | None) -> str:
     )
 
 
+def _right(values: Mapping[str, Any]) -> str:
+    """``recall (right/photos)`` of one class's scores."""
+    support = int(values.get("support") or 0)
+    recall = float(values["recall"])
+    return f"{recall:.3f} ({round(recall * support)}/{support})" if support else f"{recall:.3f}"
+
+
+def _champion_section(metrics: Mapping[str, Any], labels: Sequence[str]) -> str:
+    """This model beside the champion on the same validation photos; the paired comparison (photo by
+    photo) when the evaluation carries one (``champion["paired"]``: name -> value)."""
+    champion = metrics.get("champion") or None
+    head = "<h2>Against the champion, on the same validation photos</h2>"
+    if not champion:
+        return head + "<p>No champion was evaluated (none yet, or a different label set).</p>"
+    per_class, theirs = metrics["per_class"], champion["per_class"]
+    rows = [
+        [
+            "this model",
+            f"{float(metrics['validation_accuracy']):.3f}",
+            *(_right(per_class[x]) for x in labels),
+        ],
+        [
+            "champion",
+            f"{float(champion['validation_accuracy']):.3f}",
+            *(_right(theirs[x]) if x in theirs else "-" for x in labels),
+        ],
+    ]
+    parts = [head, _table(["", "accuracy", *(f"recall {x}" for x in labels)], rows)]
+    paired = champion.get("paired")
+    if isinstance(paired, Mapping) and paired:
+        parts.append("<h3>Photo by photo</h3>")
+        parts.append(
+            _table(
+                ["", "value"],
+                [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in paired.items()],
+            )
+        )
+    return "".join(parts)
+
+
 def render_html(
     metrics: Mapping[str, Any],
     misclassified: Sequence[Mapping[str, Any]],
@@ -165,10 +216,10 @@ def render_html(
     thumbnail (a data: URI)."""
     labels = list(metrics["labels"])
     per_class = metrics["per_class"]
-    champion = metrics.get("champion") or None
     spans = intervals(metrics["confusion_matrix"], labels)
     parts = [
         f"<h1>{html.escape(title)}</h1>",
+        REPORT_DECISION_START + UNDECIDED + REPORT_DECISION_END,
         f"<p>validation accuracy <b>{float(metrics['validation_accuracy']):.4f}</b> on "
         f"{metrics['validation_count']} images (the exported ONNX graph; 95 % interval "
         f"{_span(spans['accuracy'])}); train accuracy "
@@ -177,6 +228,7 @@ def render_html(
         "<p>A 95 % interval is the range of true rates a rate measured on this many photos is compatible "
         "with (Wilson score interval): where two numbers' intervals overlap widely, the validation split "
         "is too small to tell them apart.</p>",
+        _champion_section(metrics, labels),
         "<h2>Per class</h2>",
         _table(
             ["class", "precision", "recall", "recall 95 % interval", "F1", "support"],
@@ -205,39 +257,32 @@ def render_html(
                 for split, counts in metrics["class_counts"].items()
             ],
         ),
-        "<h2>Champion on the same validation images</h2>",
     ]
-    if champion:
-        parts.append(
-            _table(
-                ["", "accuracy", *(f"recall {label}" for label in labels)],
-                [
-                    ["this model", metrics["validation_accuracy"], *(per_class[x]["recall"] for x in labels)],
-                    [
-                        "champion",
-                        champion["validation_accuracy"],
-                        *(champion["per_class"][x]["recall"] for x in labels),
-                    ],
-                ],
-            )
-        )
-    else:
-        parts.append("<p>No champion was evaluated (none yet, or a different label set).</p>")
     parts.append(f"<h2>Misclassified validation photos ({len(misclassified)})</h2><div class=grid>")
     for item in misclassified:
+        name = html.escape(str(item.get("name") or item["key"]))
         parts.append(
-            f'<figure><img src="{item["thumbnail"]}" alt="{html.escape(str(item["key"]))}">'
-            f"<figcaption>{html.escape(str(item['key']))}<br>true <b>{html.escape(str(item['true']))}</b>, "
+            f'<figure><img src="{item["thumbnail"]}" alt="{name}" title="{html.escape(str(item["key"]))}">'
+            f"<figcaption><span class=name>{name}</span>true <b>{html.escape(str(item['true']))}</b>, "
             f"predicted <b>{html.escape(str(item['predicted']))}</b> ({float(item['confidence']):.2f})"
             "</figcaption></figure>"
         )
     parts.append("</div>")
     style = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0}"
+        "body{font-family:sans-serif;margin:1em auto;padding:0 1em;max-width:1100px;line-height:1.35}"
+        "p{overflow-wrap:anywhere}code{overflow-wrap:anywhere}"
+        ".scroll{max-width:100%;overflow-x:auto}table{border-collapse:collapse;margin:.5em 0}"
         "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}"
-        ".grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;width:170px;font-size:.8em}"
+        "#decision{border-radius:6px;padding:.2em 1em;margin:.5em 0 1em}"
+        ".deployed{background:#e3f4e1;border:2px solid #3a8a32}.rejected{background:#fbe4e1;border:2px solid"
+        " #b3362b}.registered,.undecided{background:#fff4d6;border:2px solid #b8860b}"
+        ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:1em}"
+        "figure{margin:0;min-width:0;font-size:.8em}figure img{display:block;max-width:100%;height:auto}"
+        ".name{display:block;font-weight:bold;overflow-wrap:anywhere;margin:.2em 0}"
     )
     return (
-        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        "<!doctype html><html><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
     )
