@@ -105,7 +105,7 @@ def test_configuration_cannot_lift_the_upload_rate_past_the_ceilings(s3: Any, tm
 
     inbox = Inbox(tmp_path / "spool", BUCKET, "cam-1", s3=s3, max_queue=500, per_minute=100_000, per_day=90)
     for shade in range(100):
-        inbox.hook(frame(shade), result())  # 100 different frames (the same one again is a repeat)
+        inbox.hook(frame(2 * shade), result())  # 100 different JPEGs (the same one again is a repeat)
     assert inbox.drain(now=0.0) == MAX_PER_MINUTE  # 60, not 100,000
     assert inbox.drain(now=61.0) == 30  # the day's budget (90) is spent
     assert inbox.drain(now=3600.0) == 0

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.support import hostile
 from trashsorter.errors import Rejection
 from trashsorter.keys import label_for_key
 from trashsorter.validation import REJECTION_CODES, check_object_size, validate_image
@@ -69,6 +70,7 @@ CASES: dict[str, Callable[[], object]] = {
     "truncated": lambda: _validate(JPEG[: len(JPEG) // 2]),
     "corrupt": lambda: _validate(b"\xff\xd8\xff" + b"\x00" * 100),
     "too_small": lambda: _validate(_image("PNG", (32, 32))),
+    "metadata_too_large": lambda: _validate(hostile.big_exif_bomb("WEBP")),
 }
 
 
