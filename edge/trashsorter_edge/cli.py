@@ -110,8 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if live is not None:
-        live.start()
-        print(f"trashsorter-edge: live view on {live.url}", file=sys.stderr, flush=True)
+        try:
+            live.start()
+            print(f"trashsorter-edge: live view on {live.url}", file=sys.stderr, flush=True)
+        except OSError as exc:  # a busy port: say so and classify without the page
+            error = f"the live view cannot listen on {args.live_host}:{args.live_port}: {exc.strerror or exc}"
+            print(f"trashsorter-edge: {error}; classifying without it", file=sys.stderr, flush=True)
+            app.status({"status": "error", "error": error})
+            app.hooks.remove(live.hook)
+            live = None
     if inbox is not None:
         signal.signal(signal.SIGUSR1, lambda _signum, _frame: inbox.flag())  # `kill -USR1`: flag this frame
         inbox.start()
