@@ -15,6 +15,7 @@ Pillow alone.
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ StatusCallback = Callable[[dict[str, Any]], None]
 ErrorCallback = Callable[[str, str], None]
 STREAM_READ_TIMEOUT_MS = 1000  # a stream that sends nothing for this long has ended
 STREAM_OPEN_TIMEOUT_MS = 5000
+READ_AHEAD = 4  # frames of a video file decoded ahead of the classifier
 
 
 class SourceError(RuntimeError):
@@ -184,6 +186,7 @@ class VideoSource:
         self.is_file = self.kind == "file"
         self.continuous = not self.is_file
         self.on_status: StatusCallback | None = None
+        self.on_error: ErrorCallback | None = None
         self._stopped = threading.Event()
         self.capture: Capture | None = None
         if self.is_file or once:
@@ -259,8 +262,39 @@ class VideoSource:
         return Frame(from_array(raw.array), self.spec, f"frame-{raw.number:06d}", captured_at=raw.captured_at)
 
     def __iter__(self) -> Iterator[Frame]:
-        for raw in self.raw_frames():
-            yield self.to_frame(raw)
+        """Every frame in order; a reader thread decodes up to ``READ_AHEAD`` frames ahead (the decoding of
+        the next frame overlaps the classification of this one; nothing is dropped)."""
+        ahead: queue.Queue[Frame | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
+
+        def read() -> None:
+            try:
+                for raw in self.raw_frames():
+                    try:
+                        ahead.put(self.to_frame(raw))
+                    except UndecodableImage as exc:
+                        ahead.put(exc)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                ahead.put(exc)
+            ahead.put(None)
+
+        reader = threading.Thread(target=read, name=f"read-{self.spec}", daemon=True)
+        reader.start()
+        try:
+            while (item := ahead.get()) is not None:
+                if isinstance(item, UndecodableImage):
+                    if self.on_error is not None:
+                        self.on_error(self.spec, str(item))
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.stop()
+            while reader.is_alive():  # unblock a reader waiting on a full queue
+                try:
+                    ahead.get(timeout=0.1)
+                except queue.Empty:
+                    pass
 
 
 class LatestFrame:

@@ -18,6 +18,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.iotdata.models import iotdata_backends
 from PIL import Image
 
+from tests.support.recorder import Recorder
 from tests.support.tiny_model import TinyModel
 from trashsorter_edge.app import EdgeApp, Settings
 from trashsorter_edge.model import Model
@@ -26,22 +27,6 @@ from trashsorter_edge.preprocessing import from_bgr
 from trashsorter_edge.sources import FolderSource, open_source
 
 pytestmark = pytest.mark.slow  # uses the session's tiny trained model
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-        self.qos: list[int] = []
-
-    def publish(self, topic: str, payload: dict[str, Any], qos: int = 0) -> None:
-        self.messages.append((topic, payload))
-        self.qos.append(qos)
-
-    def close(self) -> None:
-        return None
-
-    def on(self, suffix: str) -> list[dict[str, Any]]:
-        return [payload for topic, payload in self.messages if topic.endswith(suffix)]
 
 
 def write_video(path: Path, photos: list[Path], repeat: int = 3, size: tuple[int, int] = (320, 240)) -> None:

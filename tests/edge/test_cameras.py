@@ -9,7 +9,7 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -30,7 +30,7 @@ def test_a_source_names_its_camera_backend() -> None:
 class FakePicamera2:
     """picamera2.Picamera2's calls the source makes; frames are RGB888 (B, G, R in memory)."""
 
-    opened: list[int] = []
+    opened: ClassVar[list[int]] = []
 
     def __init__(self, number: int) -> None:
         self.opened.append(number)

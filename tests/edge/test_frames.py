@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.recorder import Recorder
 from tests.support.tiny_model import TinyModel
 from trashsorter_edge.app import EdgeApp, Settings
 from trashsorter_edge.frames import from_array
@@ -65,17 +66,6 @@ class OneAtATime:
         return Frame(from_array(raw.array), "camera", f"frame-{raw.number}")
 
     def stop(self) -> None:
-        return None
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    def publish(self, topic: str, payload: dict[str, Any], qos: int = 0) -> None:
-        self.messages.append((topic, payload))
-
-    def close(self) -> None:
         return None
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.recorder import Recorder
 from tests.support.tiny_model import TinyModel
 from trashsorter_edge.app import EdgeApp, Settings
 from trashsorter_edge.sources import Frame, LatestFrame, SourceError, VideoSource, open_source
@@ -22,17 +23,6 @@ pytestmark = pytest.mark.slow  # 20 s of stream, the session's tiny trained mode
 
 FPS = 30.0
 SECONDS = 20.0
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    def publish(self, topic: str, payload: dict[str, Any], qos: int = 0) -> None:
-        self.messages.append((topic, payload))
-
-    def close(self) -> None:
-        return None
 
 
 class Stream:

@@ -269,7 +269,8 @@ def test_the_page_reads_on_a_phone(live: tuple[LiveView, EdgeApp, list[int]], tm
     subprocess.run(
         [
             *(chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=390,844"),
-            *(f"--screenshot={shot_path}", "--virtual-time-budget=4000", f"{view.url}/"),
+            *(f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot_path}"),
+            *("--virtual-time-budget=4000", f"{view.url}/"),
         ],
         capture_output=True,
         timeout=90,
