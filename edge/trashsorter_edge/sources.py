@@ -33,7 +33,7 @@ StatusCallback = Callable[[dict[str, Any]], None]
 ErrorCallback = Callable[[str, str], None]
 STREAM_READ_TIMEOUT_MS = 1000  # a stream that sends nothing for this long has ended
 STREAM_OPEN_TIMEOUT_MS = 5000
-READ_AHEAD = 4  # frames of a video file decoded ahead of the classifier
+READ_AHEAD = 1  # frames of a video file waiting, decoded, for the classifier (one more is being decoded)
 
 
 class SourceError(RuntimeError):
