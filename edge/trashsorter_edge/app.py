@@ -4,25 +4,34 @@ Every result is ``{model_id, label, confidence, top_k, unsure, timestamp, source
 file name or frame number). ``unsure`` means ``confidence < threshold``. Topics (``thing`` substituted):
 
 * ``trashsorter/<thing>/infer`` - every result (from a camera/stream at most ``publish_rate`` per second);
-* ``trashsorter/<thing>/status`` - ``{"status": "loading" | "loaded" | "error", ...}``;
-* the actuator topic (the recipe's Raspberry Pi topic) - ``{"object": <label>}`` when the STABLE label
-  changes: the same confident label ``debounce`` frames in a row; never sent while unsure.
+* ``trashsorter/<thing>/status`` - ``{"status": "loading" | "loaded" | "error" | "source" | "stopped", ...}``;
+* the sort command ``{"object": <label>}``, once per item (:class:`SortRule`), to IoT Core at QoS 1 on the
+  actuator topic (``trashsorter/<thing>/object``) AND to the Greengrass local pub/sub topic
+  ``trashsorter/sort`` (an actuator component on the same core hears it offline).
+
+A live source hands over only its newest frame; ``counts["skipped"]`` says how many frames were never
+classified. A frame that cannot be classified is counted (``errors``) and reported on the status topic; the
+loop goes on.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from trashsorter_edge.frames import normalise
 from trashsorter_edge.model import ModelHandle
 from trashsorter_edge.outputs import Publisher
 from trashsorter_edge.preprocessing import UndecodableImage
-from trashsorter_edge.sources import Frame
+from trashsorter_edge.sources import Frame, SourceError
+
+LOCAL_SORT_TOPIC = "trashsorter/sort"  # Greengrass local pub/sub; fixed (the recipe's accessControl names it)
 
 FrameHook = Callable[[Frame, dict[str, Any]], None]
 
@@ -32,6 +41,7 @@ class Topics:
     infer: str
     status: str
     actuator: str
+    local: str = LOCAL_SORT_TOPIC
 
     @classmethod
     def for_thing(
@@ -40,9 +50,10 @@ class Topics:
         infer: str = "trashsorter/<thing>/infer",
         status: str = "trashsorter/<thing>/status",
         actuator: str = "trashsorter/<thing>/object",
+        local: str = LOCAL_SORT_TOPIC,
     ) -> Topics:
         """``<thing>`` in a topic is replaced by the thing name."""
-        return cls(*(topic.replace("<thing>", thing) for topic in (infer, status, actuator)))
+        return cls(*(topic.replace("<thing>", thing) for topic in (infer, status, actuator, local)))
 
 
 @dataclass
@@ -51,32 +62,53 @@ class Settings:
     threshold: float = 0.6
     top_k: int = 3
     publish_rate: float = 2.0  # infer messages per second from continuous sources; 0 = every frame
-    debounce: int = 5
+    debounce: int = 5  # SortRule.frames
+    sort_ms: float = 500.0  # SortRule.ms
+    sort_gap: int = 2  # SortRule.gap
+    recent_commands: int = 10  # sort commands the live view shows
 
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class Debouncer:
-    """The stable label: the same confident label ``frames`` times in a row; returns it when it changes."""
+class SortRule:
+    """Classifications -> sort commands, one per item in front of the camera.
 
-    def __init__(self, frames: int) -> None:
-        self.frames = max(1, frames)
-        self.stable: str | None = None
-        self._candidate: str | None = None
+    A live stream: an ITEM is a run of confident frames with the same top label. Its command goes out once,
+    when the run has lasted ``frames`` frames or ``ms`` milliseconds (at least two frames), whichever comes
+    first. Unsure frames never make an item; ``gap`` unsure frames in a row end the item (the next confident
+    run is a new item, even with the same label); fewer are a blip inside the item. A change of label starts
+    a new run, but a run of the label already commanded for this item (a flicker A, B, A) sends nothing.
+    Files and folders (``separate=True``): every confident picture is an item of its own.
+    So a run sends at most one command and a flickering label none until it holds: never a flood.
+    """
+
+    def __init__(self, frames: int = 5, ms: float = 500.0, gap: int = 2) -> None:
+        self.frames, self.ms, self.gap = max(1, frames), max(0.0, ms), max(1, gap)
+        self._label: str | None = None
         self._count = 0
+        self._started = 0.0
+        self._sent: str | None = None  # the label commanded for the item in front now
+        self._unsure = 0
 
-    def update(self, label: str, unsure: bool) -> str | None:
+    def update(self, label: str, unsure: bool, at_s: float, *, separate: bool = False) -> str | None:
+        """One classification (``at_s``: its time in seconds) -> the label to command, or None."""
+        if separate:
+            return None if unsure else label
         if unsure:
-            self._candidate, self._count = None, 0
+            self._unsure += 1
+            if self._unsure >= self.gap:
+                self._label, self._count, self._sent = None, 0, None
             return None
-        if label == self._candidate:
-            self._count += 1
-        else:
-            self._candidate, self._count = label, 1
-        if self._count >= self.frames and label != self.stable:
-            self.stable = label
+        self._unsure = 0
+        if label != self._label:
+            self._label, self._count, self._started = label, 0, at_s
+        self._count += 1
+        held_ms = (at_s - self._started) * 1000.0
+        stable = self._count >= self.frames or (self.ms > 0 and self._count >= 2 and held_ms >= self.ms)
+        if stable and self._sent != label:
+            self._sent = label
             return label
         return None
 
@@ -96,29 +128,53 @@ class EdgeApp:
         self.publisher = publisher
         self.settings = settings
         self.topics = topics or Topics.for_thing(settings.thing)
-        self.counts = {"frames": 0, "published": 0, "errors": 0, "publish_errors": 0}
+        self.counts = {
+            "frames": 0,
+            "skipped": 0,
+            "published": 0,
+            "commands": 0,
+            "errors": 0,
+            "publish_errors": 0,
+        }
         self.handle = ModelHandle(
             model_dir, on_status=self.status, model_id=model_id
         )  # publishes loading/loaded/error
         self.hooks = list(hooks)
-        self.debouncer = Debouncer(settings.debounce)
+        self.sorter = SortRule(settings.debounce, settings.sort_ms, settings.sort_gap)
+        self.commands: deque[dict[str, Any]] = deque(maxlen=max(1, settings.recent_commands))
         self.latest: dict[str, Any] | None = None
         self._last_publish = float("-inf")
 
-    def publish(self, topic: str, payload: dict[str, Any]) -> None:
-        """Publish; an output that fails (offline, throttled) is counted and reported, never fatal."""
+    def publish(self, topic: str, payload: dict[str, Any], *, qos: int = 0, local: bool = False) -> None:
+        """Publish (to IoT Core, or the core's local pub/sub with ``local``); an output that fails
+        (offline, throttled) is counted and reported, never fatal."""
         try:
-            self.publisher.publish(topic, payload)
+            if local:
+                self.publisher.publish_local(topic, payload)
+            elif qos:
+                self.publisher.publish(topic, payload, qos=qos)
+            else:
+                self.publisher.publish(topic, payload)
         except Exception as exc:  # noqa: BLE001 - boto/awscrt raise many types; classification goes on
             self.counts["publish_errors"] += 1
             print(f"trashsorter-edge: cannot publish to {topic}: {exc}", file=sys.stderr, flush=True)
+
+    def command(self, label: str, result: dict[str, Any]) -> dict[str, Any]:
+        """A sort command: the core's local topic first (works offline), then IoT Core at QoS 1."""
+        payload = {"object": label}
+        self.counts["commands"] += 1
+        self.commands.append({"object": label, "timestamp": result["timestamp"], "image": result["image"]})
+        if hasattr(self.publisher, "publish_local"):
+            self.publish(self.topics.local, payload, local=True)
+        self.publish(self.topics.actuator, payload, qos=1)
+        return payload
 
     def status(self, message: dict[str, Any]) -> None:
         self.publish(self.topics.status, {**message, "thing": self.settings.thing, "timestamp": utc_now()})
 
     def classify(self, frame: Frame) -> dict[str, Any]:
         model = self.handle.current()
-        prediction = model.predict(frame.image)
+        prediction = model.predict(normalise(frame.image))
         ranked = prediction.ranked
         label, confidence = ranked[0]
         return {
@@ -132,13 +188,17 @@ class EdgeApp:
             "image": frame.name,
         }
 
-    def handle_frame(self, frame: Frame, *, continuous: bool) -> dict[str, Any] | None:
+    def handle_frame(
+        self, frame: Frame, *, continuous: bool, separate: bool = False
+    ) -> dict[str, Any] | None:
+        """Classify one frame, publish, command; ``separate``: every frame is an item (a folder's files)."""
         self.counts["frames"] += 1
         try:
             result = self.classify(frame)
-        except UndecodableImage as exc:
+        except Exception as exc:  # noqa: BLE001 - any frame a device produces: reported, the loop goes on
             self.counts["errors"] += 1
-            self.status({"status": "error", "error": str(exc), "image": frame.name})
+            error = str(exc) if isinstance(exc, UndecodableImage) else f"{type(exc).__name__}: {exc}"
+            self.status({"status": "error", "error": error, "image": frame.name})
             return None
         self.latest = result
         now = time.monotonic()
@@ -147,21 +207,30 @@ class EdgeApp:
             self._last_publish = now
             self.publish(self.topics.infer, result)
             self.counts["published"] += 1
-        changed = self.debouncer.update(result["label"], result["unsure"])
-        if changed is not None:
-            self.publish(self.topics.actuator, {"object": changed})
+        label = self.sorter.update(result["label"], result["unsure"], now, separate=separate)
+        command = self.command(label, result) if label is not None else None
+        seen = {**result, "command": command, "skipped": self.counts["skipped"]}
         for hook in self.hooks:
-            hook(frame, result)
+            hook(frame, seen)
         return result
 
     def run(self, source: Any) -> dict[str, int]:
         """Classify every frame the source yields (until it ends or :meth:`stop`)."""
         self._source = source
         continuous = bool(getattr(source, "continuous", False))
+        separate = bool(getattr(source, "separate_items", False))
         if hasattr(source, "on_error"):
             source.on_error = self._source_error
-        for frame in source:
-            self.handle_frame(frame, continuous=continuous)
+        if hasattr(source, "on_status"):
+            source.on_status = self.status
+        try:
+            for frame in source:
+                self.counts["skipped"] = getattr(source, "skipped", 0)
+                self.handle_frame(frame, continuous=continuous, separate=separate)
+        except SourceError as exc:
+            self.counts["errors"] += 1
+            self.status({"status": "error", "error": str(exc)})
+        self.counts["skipped"] = getattr(source, "skipped", 0)
         return dict(self.counts)
 
     def _source_error(self, name: str, error: str) -> None:

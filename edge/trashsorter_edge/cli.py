@@ -13,17 +13,19 @@ import signal
 import sys
 from types import FrameType
 
-from trashsorter_edge.app import EdgeApp, Settings, Topics
+from trashsorter_edge.app import LOCAL_SORT_TOPIC, EdgeApp, Settings, Topics
 from trashsorter_edge.inbox import Inbox
 from trashsorter_edge.liveview import LiveView
-from trashsorter_edge.model import ModelError
+from trashsorter_edge.model import ModelError, resolve_model
 from trashsorter_edge.outputs import PublishError, make_publisher
 from trashsorter_edge.sources import SourceError, open_source
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trashsorter-edge", description=__doc__)
-    p.add_argument("--model", required=True, help="model directory: model.onnx + labels.txt")
+    p.add_argument(
+        "--model", required=True, help="model folder (model.onnx + labels.txt), model.onnx.tar.gz or bundle"
+    )
     p.add_argument(
         "--source", required=True, help="camera index (0), video file, rtsp://..., http://..., folder"
     )
@@ -39,7 +41,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.6, help="below this confidence a result is unsure")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--publish-rate", type=float, default=2.0, help="infer messages/s from a camera/stream")
-    p.add_argument("--debounce", type=int, default=5, help="frames a label must hold before {object}")
+    p.add_argument("--debounce", type=int, default=5, help="frames a label must hold for a sort command")
+    p.add_argument("--sort-ms", type=float, default=500.0, help="or milliseconds (two frames at least)")
+    p.add_argument("--sort-gap", type=int, default=2, help="unsure frames in a row that end an item")
+    p.add_argument("--local-topic", default=LOCAL_SORT_TOPIC, help="Greengrass local pub/sub sort topic")
     p.add_argument("--model-id", default="", help="model id in results (default: model.json or dir name)")
     p.add_argument("--infer-topic", default="trashsorter/<thing>/infer", help="<thing> = the thing name")
     p.add_argument("--status-topic", default="trashsorter/<thing>/status")
@@ -62,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         top_k=args.top_k,
         publish_rate=args.publish_rate,
         debounce=args.debounce,
+        sort_ms=args.sort_ms,
+        sort_gap=args.sort_gap,
     )
-    topics = Topics.for_thing(args.thing, args.infer_topic, args.status_topic, args.actuator_topic)
+    topics = Topics.for_thing(
+        args.thing, args.infer_topic, args.status_topic, args.actuator_topic, args.local_topic
+    )
     try:
         publisher = make_publisher(args.output or ["jsonl"], endpoint_url=args.endpoint_url)
     except PublishError as exc:
@@ -87,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     hooks = [hook for hook in (inbox.hook if inbox else None, live.hook if live else None) if hook]
     try:
-        app = EdgeApp(args.model, publisher, settings, topics, hooks=hooks, model_id=args.model_id or None)
+        model_dir, model_id = resolve_model(args.model)
+        app = EdgeApp(model_dir, publisher, settings, topics, hooks=hooks, model_id=args.model_id or model_id)
         source = open_source(args.source, once=args.once, poll_s=args.poll)
     except (ModelError, SourceError) as exc:
         print(f"trashsorter-edge: {exc}", file=sys.stderr)
@@ -100,8 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if live is not None:
-        live.start()
-        print(f"trashsorter-edge: live view on {live.url}", file=sys.stderr, flush=True)
+        try:
+            live.start()
+            print(f"trashsorter-edge: live view on {live.url}", file=sys.stderr, flush=True)
+        except OSError as exc:  # a busy port: say so and classify without the page
+            error = f"the live view cannot listen on {args.live_host}:{args.live_port}: {exc.strerror or exc}"
+            print(f"trashsorter-edge: {error}; classifying without it", file=sys.stderr, flush=True)
+            app.status({"status": "error", "error": error})
+            app.hooks.remove(live.hook)
+            live = None
     if inbox is not None:
         signal.signal(signal.SIGUSR1, lambda _signum, _frame: inbox.flag())  # `kill -USR1`: flag this frame
         inbox.start()

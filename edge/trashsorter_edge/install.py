@@ -7,6 +7,10 @@ creates the isolated environment ``WORK_DIR/venv`` and pip-installs the pinned `
 this file into it (nothing system-wide). Running it again is cheap: pinned requirements already satisfied are
 not downloaded again.
 
+It then checks that this user can open the cameras (``/dev/video*``, read and write, as V4L2 needs) and
+says exactly what to add when it cannot: ``sudo usermod -aG video ggc_user`` (the device's group). A missing
+permission is a warning, not a failure: the source may be a folder or a stream.
+
 ``TRASHSORTER_EDGE_SHARED_SITE`` (set only by ``trashsorter edge run`` on a developer machine) adds that
 site-packages directory to the new environment through a ``.pth`` file, so the pins it already satisfies
 are not downloaded again; pip still checks every pin and installs what is missing or different.
@@ -15,13 +19,61 @@ are not downloaded again; pip still checks every pin and installs what is missin
 from __future__ import annotations
 
 import argparse
+import grp
 import os
+import pwd
+import stat
 import subprocess
+import sys
 import venv
+from collections.abc import Iterable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 EXTRAS = {"ggipc": "requirements-greengrass.txt"}
+
+
+def can_open(mode: int, owner: int, group: int, uid: int, gids: Iterable[int]) -> bool:
+    """Read AND write permission for ``uid`` (in groups ``gids``) on a file with ``mode``/owner/group."""
+    if uid == 0:
+        return True
+    if uid == owner:
+        need = stat.S_IRUSR | stat.S_IWUSR
+    elif group in set(gids):
+        need = stat.S_IRGRP | stat.S_IWGRP
+    else:
+        need = stat.S_IROTH | stat.S_IWOTH
+    return mode & need == need
+
+
+def camera_access(
+    devices: Iterable[Path] | None = None, uid: int | None = None, gids: Iterable[int] | None = None
+) -> str | None:
+    """None when this user can open every camera device (or there is none); else what to add."""
+    uid = os.getuid() if uid is None else uid
+    gids = list(os.getgroups() if gids is None else gids)
+    found = sorted(Path("/dev").glob("video*")) if devices is None else list(devices)
+    blocked = []
+    for device in found:
+        info = device.stat()
+        if not can_open(info.st_mode, info.st_uid, info.st_gid, uid, gids):
+            blocked.append((device, info.st_gid))
+    if not blocked:
+        return None
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    try:
+        group = grp.getgrgid(blocked[0][1]).gr_name
+    except KeyError:
+        group = str(blocked[0][1])
+    names = ", ".join(str(device) for device, _ in blocked)
+    return (
+        f"user {user} cannot open the camera ({names}): add it to the '{group}' group - "
+        f"sudo usermod -aG {group} {user} - then restart the Greengrass nucleus (sudo systemctl restart "
+        "greengrass) so the component runs with the new group"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     command = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
     for path in requirements:
         command += ["-r", str(path)]
-    return subprocess.run(command, check=False).returncode
+    code = subprocess.run(command, check=False).returncode
+    advice = camera_access()
+    if advice:
+        print(f"trashsorter-edge install: WARNING: {advice}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

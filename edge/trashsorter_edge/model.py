@@ -1,13 +1,18 @@
 """The ONNX model on the device: one onnxruntime session per model version, reloaded when the files change.
 
 A model directory holds ``model.onnx`` and ``labels.txt`` (and optionally ``model.json``, the trainer's card,
-and ``metrics.json``). Graph contract (the trainer's export): input float32 NCHW RGB 0..1 (normalisation
+and ``metrics.json``). :func:`resolve_model` also takes the package step's ``model.onnx.tar.gz`` or a bundle
+folder (``recipe.json`` + ``artifacts/``, as ``trashsorter edge bundle`` writes it) and finds the model id.
+Graph contract (the trainer's export): input float32 NCHW RGB 0..1 (normalisation
 inside the graph), output ``probabilities`` (a graph that outputs logits is softmaxed here).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -49,6 +54,66 @@ def _model_id(model_dir: Path) -> str:
             if value:
                 return str(value)
     return model_dir.resolve().name
+
+
+MODEL_ARCHIVE = "model.onnx.tar.gz"
+MODEL_MEMBERS = ("model.onnx", "labels.txt", "metrics.json", "model.json")
+
+
+def _recipe_model_id(recipe: Path) -> str | None:
+    try:
+        loaded = json.loads(recipe.read_text())
+        value = loaded["ComponentConfiguration"]["DefaultConfiguration"].get("ModelId")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return str(value) if value else None
+
+
+def _extract(archive: Path) -> Path:
+    """The model files of ``archive`` in a cache folder named after its content (extracted once)."""
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    out = Path(tempfile.gettempdir()) / f"trashsorter-edge-model-{digest}"
+    if (out / "model.onnx").is_file() and (out / "labels.txt").is_file():
+        return out
+    partial = Path(tempfile.mkdtemp(prefix=f"{out.name}-", dir=out.parent))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                name = member.name.removeprefix("./")
+                if name in MODEL_MEMBERS and member.isfile():
+                    tar.extract(member, partial, filter="data")
+                    if name != member.name:
+                        (partial / member.name).rename(partial / name)
+    except (OSError, tarfile.TarError) as exc:
+        raise ModelError(f"cannot read the model archive {archive}: {exc}") from exc
+    try:
+        partial.rename(out)
+    except OSError:  # extracted meanwhile by another process
+        return out if (out / "model.onnx").is_file() else partial
+    return out
+
+
+def resolve_model(path: Path | str) -> tuple[Path, str | None]:
+    """A model folder, a ``model.onnx.tar.gz`` or a bundle folder -> (model folder, model id or None).
+
+    The id of an archive: its ``model.json``/``metrics.json``, else the bundle's recipe (``ModelId``), else
+    the folder it sits in (``models/<job>/model.onnx.tar.gz`` -> ``<job>``)."""
+    path = Path(path).expanduser().resolve()
+    if path.is_dir() and (path / "model.onnx").is_file():
+        return path, None
+    recipe_id: str | None = None
+    if path.is_dir() and (path / "artifacts" / MODEL_ARCHIVE).is_file():
+        recipe_id = _recipe_model_id(path / "recipe.json")
+        path = path / "artifacts" / MODEL_ARCHIVE
+    if not (path.is_file() and path.name.endswith((".tar.gz", ".tgz"))):
+        raise ModelError(f"{path}: not a model folder (model.onnx + labels.txt), {MODEL_ARCHIVE} or bundle")
+    if recipe_id is None and path.parent.name == "artifacts":
+        recipe_id = _recipe_model_id(path.parent.parent / "recipe.json")
+    model_dir = _extract(path)
+    card_id = _model_id(model_dir)
+    if card_id != model_dir.name:
+        return model_dir, card_id
+    return model_dir, recipe_id or path.parent.name
 
 
 class Model:

@@ -1,5 +1,5 @@
-"""The edge app for real: video files through OpenCV, a folder that receives new files, the actuator
-topic's debounce, the publish rate, a new model version picked up live, and the outputs."""
+"""The edge app for real: video files through OpenCV, a folder that receives new files, the sort-command
+rule, the publish rate, a new model version picked up live, and the outputs."""
 
 from __future__ import annotations
 
@@ -18,28 +18,15 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.iotdata.models import iotdata_backends
 from PIL import Image
 
+from tests.support.recorder import Recorder
 from tests.support.tiny_model import TinyModel
-from trashsorter_edge.app import Debouncer, EdgeApp, Settings
+from trashsorter_edge.app import EdgeApp, Settings
 from trashsorter_edge.model import Model
 from trashsorter_edge.outputs import GreengrassIpcPublisher, IotDataPublisher, PublishError
 from trashsorter_edge.preprocessing import from_bgr
 from trashsorter_edge.sources import FolderSource, open_source
 
 pytestmark = pytest.mark.slow  # uses the session's tiny trained model
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    def publish(self, topic: str, payload: dict[str, Any]) -> None:
-        self.messages.append((topic, payload))
-
-    def close(self) -> None:
-        return None
-
-    def on(self, suffix: str) -> list[dict[str, Any]]:
-        return [payload for topic, payload in self.messages if topic.endswith(suffix)]
 
 
 def write_video(path: Path, photos: list[Path], repeat: int = 3, size: tuple[int, int] = (320, 240)) -> None:
@@ -126,7 +113,7 @@ def _frame(image: Image.Image) -> Any:
     return Frame(image.convert("RGB"), "test", "frame")
 
 
-def test_publish_rate_limits_a_continuous_source_and_actuator_is_debounced(tiny_model: TinyModel) -> None:
+def test_publish_rate_limits_a_continuous_source_and_one_command_per_item(tiny_model: TinyModel) -> None:
     recorder = Recorder()
     app = EdgeApp(tiny_model.model_dir, recorder, Settings(publish_rate=1.0, debounce=3, threshold=0.0))
     frame = _frame(Image.open(tiny_model.unseen[0]))
@@ -135,26 +122,7 @@ def test_publish_rate_limits_a_continuous_source_and_actuator_is_debounced(tiny_
     assert app.counts["frames"] == 10 and len(recorder.on("/infer")) == 1  # 10 frames within a second
     objects = recorder.on("/object")
     assert objects == [{"object": app.latest["label"]}]  # type: ignore[index]
-
-
-def test_debouncer_needs_n_confident_frames_and_never_fires_while_unsure() -> None:
-    debouncer = Debouncer(3)
-    fired = [
-        debouncer.update(label, unsure)
-        for label, unsure in [
-            ("Compost", False),
-            ("Compost", False),
-            ("Compost", True),
-            ("Compost", False),
-            ("Compost", False),
-            ("Compost", False),
-            ("Compost", False),
-            ("Landfill", False),
-            ("Landfill", False),
-            ("Landfill", False),
-        ]
-    ]
-    assert fired == [None, None, None, None, None, "Compost", None, None, None, "Landfill"]
+    assert recorder.qos[recorder.messages.index(("trashsorter/local/object", objects[0]))] == 1
 
 
 def test_iot_data_output_publishes_to_the_data_plane() -> None:

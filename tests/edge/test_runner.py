@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import boto3
 import numpy as np
@@ -128,3 +129,27 @@ def test_recipe_variables_resolve_and_a_missing_key_is_named(bundle_dir: Path, t
     )
     with pytest.raises(RecipeError, match="/Nope"):
         runner.resolve("{configuration:/Nope}")
+
+
+def test_the_edge_app_takes_the_bundle_or_its_tarball_and_a_relative_source(
+    bundle_dir: Path, tiny_model: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from trashsorter_edge import cli
+
+    (tmp_path / "photos").mkdir()
+    shutil.copy(tiny_model.unseen[0], tmp_path / "photos" / "one.jpg")
+    elsewhere = tmp_path / "models" / "job-7"
+    elsewhere.mkdir(parents=True)
+    shutil.copy(bundle_dir / "artifacts" / "model.onnx.tar.gz", elsewhere)
+    monkeypatch.chdir(tmp_path)
+    ids = []
+    tarball = bundle_dir / "artifacts" / "model.onnx.tar.gz"
+    for model in (bundle_dir, tarball, "models/job-7/model.onnx.tar.gz"):
+        assert cli.main(["--model", str(model), "--source", "photos", "--once"]) == 0
+        (line,) = capsys.readouterr().out.splitlines()
+        result = json.loads(line)
+        assert result["image"] == "one.jpg" and result["label"] in ("Compost", "Recycling")
+        ids.append(result["model_id"])
+    assert ids == ["job-1", "job-1", "job-7"]
+    assert cli.main(["--model", "photos", "--source", "photos", "--once"]) == 1  # not a model: a clear error
+    assert "not a model folder" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 from trashsorter.deploy import greengrass_v2
+from trashsorter_edge.app import LOCAL_SORT_TOPIC
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "layers/trashsorter/python/trashsorter/data/greengrass_v2_recipe.json"
@@ -43,12 +44,18 @@ def test_the_recipe_is_the_file_in_the_repo_with_the_package_values_filled_in() 
 
 def test_ipc_access_is_publish_only_to_its_own_topics() -> None:
     config = filled()["ComponentConfiguration"]["DefaultConfiguration"]
-    policies = [p for service in config["accessControl"].values() for p in service.values()]
+    policies = list(config["accessControl"]["aws.greengrass.ipc.mqttproxy"].values())
     assert policies and all(p["operations"] == ["aws.greengrass#PublishToIoTCore"] for p in policies)
     resources = [r for p in policies for r in p["resources"]]
     assert not any("*" in r or "#" in r.split("/")[-1] or "+" in r for r in resources)
     own = {t.replace("<thing>", "{iot:thingName}") for t in config["Topics"].values()}
     assert set(resources) == own
+    # local pub/sub: publish the sort command to one fixed topic, nothing else
+    local = list(config["accessControl"]["aws.greengrass.ipc.pubsub"].values())
+    assert [(p["operations"], p["resources"]) for p in local] == [
+        (["aws.greengrass#PublishToTopic"], [LOCAL_SORT_TOPIC])
+    ]
+    assert set(config["accessControl"]) == {"aws.greengrass.ipc.mqttproxy", "aws.greengrass.ipc.pubsub"}
 
 
 def test_install_is_isolated_and_pinned_and_nothing_runs_as_root() -> None:

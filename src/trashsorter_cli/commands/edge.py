@@ -87,8 +87,9 @@ def configuration(args: argparse.Namespace, endpoint_url: str | None) -> dict[st
             update[key] = json.loads(raw)
         except json.JSONDecodeError:
             update[key] = raw
-    if args.source:
-        update["Source"] = args.source
+    if args.source:  # a path is taken from the working directory (the component runs elsewhere)
+        local = Path(args.source).expanduser()
+        update["Source"] = str(local.resolve()) if local.exists() else args.source
     if args.once:
         update.update(Output="jsonl", ExtraArgs="--once", LiveView={"Port": 0})  # no page for one pass
     elif "Output" not in update:
