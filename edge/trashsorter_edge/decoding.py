@@ -257,6 +257,7 @@ def upright(image: PILImage.Image) -> PILImage.Image:
 
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+SIXTEEN_TO_EIGHT = 255 / 65535  # 16-bit samples -> 8 bits: v * SIXTEEN_TO_EIGHT + 0.5, truncated (rounding)
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
@@ -278,7 +279,7 @@ def to_rgb8(image: PILImage.Image) -> PILImage.Image:
         return image
     if mode in _SIXTEEN_BIT or mode == "I":
         wide = image if mode == "I" else image.convert("I")
-        return wide.point(lambda v: v * (255 / 65535) + 0.5).convert("L").convert("RGB")
+        return wide.point(lambda v: v * SIXTEEN_TO_EIGHT + 0.5).convert("L").convert("RGB")
     if mode == "F":
         return image.point(lambda v: v * 255 + 0.5).convert("L").convert("RGB")
     if (mode == "P" and "transparency" in image.info) or mode in _ALPHA:

@@ -5,10 +5,11 @@ Every frame a device produces is accepted or refused with :class:`UndecodableIma
 by the app, never fatal):
 
 * grayscale ``HxW`` or ``HxWx1`` -> the grey value on all three channels;
-* colour ``HxWx3`` (BGR, OpenCV's order, unless ``bgr=False``) and ``HxWx4`` (BGRA/RGBA; alpha dropped, as
-  Pillow's ``convert("RGB")`` drops it for the trainer);
-* 16-bit frames are SCALED to 8 bits over the full 16-bit range (``value >> 8``), never clipped; float frames
-  are taken as 0..1; any odd size (1x1, 7x3001) is classified like any other;
+* colour ``HxWx3`` (BGR, OpenCV's order, unless ``bgr=False``) and ``HxWx4`` (BGRA/RGBA: a camera's fourth
+  byte is padding, not transparency, so it is dropped);
+* 16-bit frames are SCALED to 8 bits over the full 16-bit range with the rule the trainer's decode uses for
+  16-bit files (:data:`trashsorter_edge.decoding.SIXTEEN_TO_EIGHT`), never clipped; float frames are taken
+  as 0..1; any odd size (1x1, 7x3001) is classified like any other;
 * an empty frame (0xN, Nx0), more than 4 channels or another element type is refused.
 """
 
@@ -19,15 +20,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from trashsorter_edge.decoding import SIXTEEN_TO_EIGHT
 from trashsorter_edge.preprocessing import UndecodableImage, to_rgb8
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Any frame's samples -> uint8: 16-bit scaled by ``>> 8`` (not clipped), float 0..1 scaled by 255."""
+    """Any frame's samples -> uint8: 16-bit scaled (not clipped), float 0..1 scaled by 255."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.uint16:
-        return (array >> 8).astype(np.uint8)
+        return (array.astype(np.float64) * SIXTEEN_TO_EIGHT + 0.5).astype(np.uint8)
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):

@@ -76,17 +76,3 @@ def preprocess(image: bytes | Image.Image, image_size: int = IMAGE_SIZE) -> np.n
     width, height = rgb.size
     left, top = (width - image_size) // 2, (height - image_size) // 2
     return to_array(rgb.crop((left, top, left + image_size, top + image_size)))
-
-
-def to_rgb8(image: Image.Image) -> Image.Image:
-    """A PIL image of any mode -> 8-bit RGB. 16-bit and 32-bit integer greys (``I;16*``, ``I``) are SCALED
-    from the 16-bit range (``value >> 8``), never clipped as Pillow's ``convert`` does; palette, CMYK, LA,
-    RGBA (alpha dropped) go through Pillow's conversion."""
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I"):
-        grey = np.clip(np.asarray(image).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert("RGB")

@@ -33,7 +33,9 @@ def test_frame_conversions_scale_and_never_clip() -> None:
     deep = grey.astype(np.uint16) * 257  # the same picture in 16 bits
     assert np.array_equal(np.asarray(from_array(deep)), np.asarray(from_array(grey)))
     dim = np.full((4, 4), 1000, dtype=np.uint16)  # a dark 16-bit frame stays dark (clipping gives 255)
-    assert np.asarray(from_array(dim)).max() == 3
+    assert np.asarray(from_array(dim)).max() == 4  # 1000 * 255 / 65535 = 3.9, rounded
+    ramp = np.arange(0, 65536, 97, dtype=np.uint16).reshape(1, -1)  # a 16-bit frame and a 16-bit file agree
+    assert np.array_equal(np.asarray(from_array(ramp)), np.asarray(to_rgb8(Image.fromarray(ramp))))
     bgr = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     bgra = np.concatenate([bgr, np.zeros((5, 7, 1), np.uint8)], axis=2)
     assert np.array_equal(np.asarray(from_array(bgra)), np.asarray(from_array(bgr)))
