@@ -61,6 +61,8 @@ from trashsorter.settings import PackageSettings
 
 # SageMaker's final job statuses -> the run status they end in ("Completed" -> completed or failed packaging)
 FAILED_JOB_STATUSES = {"Failed": RunStatus.FAILED, "Stopped": RunStatus.STOPPED}
+# metrics.json parts not copied into the registry record: its size grows with the classes, not the photos
+STORED_WITHOUT = ("history", "config", "phase_seconds", "validation_labels", "validation_answers")
 
 
 # ----------------------------------------------------------------------------------------------- handler
@@ -360,9 +362,9 @@ def _register(
     if packaged.report_uri:
         extra["report_uri"] = packaged.report_uri
     if packaged.evaluation:
-        small = {
-            k: v for k, v in packaged.evaluation.items() if k not in ("history", "config", "phase_seconds")
-        }
+        small = {k: v for k, v in packaged.evaluation.items() if k not in STORED_WITHOUT}
+        if isinstance(small.get("champion"), Mapping):  # per-photo answers: the gate's, not the record's
+            small["champion"] = {k: v for k, v in small["champion"].items() if k not in STORED_WITHOUT}
         if len(json.dumps(small, default=str)) <= MAX_METRICS_BYTES:
             extra["evaluation"] = small
     return registry.register_model(
