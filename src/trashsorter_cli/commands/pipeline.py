@@ -268,6 +268,55 @@ def trigger_training(target: Target, *, force: bool = False) -> dict[str, Any]:
     }
 
 
+def run_to_follow(target: Target, *, ddb: Any = None) -> dict[str, Any] | None:
+    """What ``train`` follows instead of asking for another run (None: nothing; ask for one).
+
+    ``{"kind": "active", "run": ...}`` - a run holds the training lock and is not final;
+    ``{"kind": "batch", ...}`` - photos are still being catalogued (the ingest queue holds messages) or the
+    settle timer is armed for a crossing not yet published: the batch's own run starts once ingest is quiet
+    (docs/training.md, "Once per batch").
+    """
+    ddb = ddb or target.client("dynamodb")
+    holder = str(runs.get_lock(target.table, ddb=ddb).get("holder") or "")
+    active = runs.get_run(target.table, holder, ddb=ddb) if holder else None
+    if active is not None and not runs.is_final(active):
+        summary = run_summary(active)
+        return {
+            "kind": "active",
+            "run": summary,
+            "message": f"run {summary['job_name']} is {summary['status']}",
+        }
+    queued = _queued(target)
+    if queued:
+        return {
+            "kind": "batch",
+            "run": None,
+            "message": f"ingest is cataloguing the upload ({queued} queued)",
+        }
+    state = Catalogue(target.table, ddb=ddb).state()
+    published = state["fired"] and state["fired_baseline"] == state["baseline_seq"]
+    if state["settle_due"] and not published:
+        return {
+            "kind": "batch",
+            "run": None,
+            "message": "the batch's training starts once ingest has been quiet for the settle time",
+        }
+    return None
+
+
+def await_batch(target: Target, ui: UI, *, timeout: float, poll: float = 1.0) -> dict[str, Any] | None:
+    """Wait while a batch is being catalogued or settling; then what to follow (None: nothing started)."""
+    deadline = time.monotonic() + timeout
+    with ui.progress("waiting for the upload to settle", total=None) as bar:
+        while time.monotonic() < deadline:
+            follow = run_to_follow(target)
+            if follow is None or follow["kind"] == "active":
+                return follow
+            bar.update(description=str(follow["message"]))
+            time.sleep(poll)
+    raise CliError(f"timed out after {timeout:.0f}s waiting for the upload to settle")
+
+
 def wait_for_run(
     target: Target,
     ui: UI,
