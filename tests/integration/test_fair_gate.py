@@ -37,7 +37,7 @@ def onnx_tar(accuracy: float, recalls: tuple[float, ...], champion: dict[str, An
     )
 
 
-def _champion_then(pack: Pack, artifact: bytes) -> dict[str, Any]:
+def _champion_then(pack: Pack, artifact: bytes, accuracy: float = 0.9125, **settings: str) -> dict[str, Any]:
     pack.start_run(OLD, artifact=mxnet_model_tar())
     first = handle(
         pack.event("training_completed.json", OLD, accuracy=0.97), pack.settings(), ddb=pack.ddb, s3=pack.s3,
@@ -45,8 +45,8 @@ def _champion_then(pack: Pack, artifact: bytes) -> dict[str, Any]:
     )  # fmt: skip
     assert first.outcome == "deployed"
     pack.start_run(JOB, artifact=artifact)
-    event = pack.event("training_completed.json", JOB, accuracy=0.9125)
-    handle(event, pack.settings(), ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+    event = pack.event("training_completed.json", JOB, accuracy=accuracy)
+    handle(event, pack.settings(**settings), ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
     model = registry.get_model(JOB, table_name=pack.table, ddb=pack.ddb)
     assert model is not None
     return model
@@ -103,28 +103,12 @@ def answered_tar(champion_right: dict[str, int], challenger_right: dict[str, int
     return tar, float(metrics["validation_accuracy"])
 
 
-def _gate_through_completion(pack: Pack, artifact: bytes, accuracy: float) -> dict[str, Any]:
-    pack.start_run(OLD, artifact=mxnet_model_tar())
-    first = handle(
-        pack.event("training_completed.json", OLD, accuracy=0.97), pack.settings(), ddb=pack.ddb, s3=pack.s3,
-        greengrass=pack.gg,
-    )  # fmt: skip
-    assert first.outcome == "deployed"
-    pack.start_run(JOB, artifact=artifact)
-    event = pack.event("training_completed.json", JOB, accuracy=accuracy)
-    settings = pack.settings(MIN_VALIDATION_ACCURACY="0.6")
-    handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
-    model = registry.get_model(JOB, table_name=pack.table, ddb=pack.ddb)
-    assert model is not None
-    return model
-
-
 def test_the_readme_case_becomes_champion_through_the_completion_step(pack: Pack) -> None:
     """0.707 -> 0.829 on the same 41 photos, Landfill 3 of 6 -> 2 of 6: one photo is within chance."""
     tar, accuracy = answered_tar(
         {"Compost": 10, "Landfill": 3, "Recycling": 16}, {"Compost": 13, "Landfill": 2, "Recycling": 19}
     )
-    model = _gate_through_completion(pack, tar, accuracy)
+    model = _champion_then(pack, tar, accuracy, MIN_VALIDATION_ACCURACY="0.6")
     assert model["gate_passed"] is True and model["status"] == "champion", model["gate_reason"]
     assert (
         "29 -> 34 right" in model["gate_reason"]
@@ -138,6 +122,6 @@ def test_a_challenger_clearly_worse_on_one_class_is_rejected_through_the_complet
     tar, accuracy = answered_tar(
         {"Compost": 8, "Landfill": 3, "Recycling": 20}, {"Compost": 14, "Landfill": 3, "Recycling": 12}
     )
-    model = _gate_through_completion(pack, tar, accuracy)
+    model = _champion_then(pack, tar, accuracy, MIN_VALIDATION_ACCURACY="0.6")
     assert model["gate_passed"] is False and model["status"] == "rejected"
     assert "on Recycling beyond chance: Recycling: 20 of 21 -> 12 of 21 photos" in model["gate_reason"]

@@ -163,3 +163,16 @@ def test_a_model_that_cannot_sort_is_not_enough_data() -> None:
     assert reason.startswith(
         "not enough data: no validation photos of Recycling (Compost 2, Landfill 3, Recycling 0)"
     )
+
+
+def test_the_built_in_algorithm_is_judged_on_its_snapshots_validation_counts() -> None:
+    from trashsorter.gate import dataset_support, not_enough_data
+
+    counts = {"Compost": {"train": 2, "validation": 0}, "Landfill": {"train": 0, "validation": 0}}
+    record = {"labels": ["Compost", "Landfill"], "counts": counts}
+    assert not_enough_data(dataset_support(record)).startswith(
+        "not enough data: 0 label(s) with validation photos (Compost 0, Landfill 0)"
+    )
+    counts = {"Compost": {"train": 8, "validation": 2}, "Landfill": {"train": 8, "validation": 3}}
+    assert not_enough_data(dataset_support({"labels": ["Compost", "Landfill"], "counts": counts})) == ""
+    assert not_enough_data(dataset_support({"labels": ["Compost"]})) == ""  # no counts recorded: no verdict

@@ -41,10 +41,13 @@ from trashsorter.errors import PackagingError, TransientError
 from trashsorter.events import TrainingStateChange
 from trashsorter.gate import (
     ACCURACY_METRIC,
+    GateDecision,
     champion_accuracy,
+    dataset_support,
     evaluate_fair_gate,
     evaluate_gate,
     final_metrics,
+    not_enough_data,
 )
 from trashsorter.labels import read_dataset_labels
 from trashsorter.notify import notify
@@ -345,6 +348,8 @@ def _register(
             min_class_recall=settings.min_class_recall,
             champion_id=str((champion or {}).get("model_id", "")),
         )
+    elif cannot_sort := not_enough_data(dataset_support(dataset)):  # built-in: the snapshot's own counts
+        decision = GateDecision(False, cannot_sort)
     else:  # the built-in algorithm (or a champion the job could not evaluate): today's gate
         decision = evaluate_gate(
             metrics.get(ACCURACY_METRIC),

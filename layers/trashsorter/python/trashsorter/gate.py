@@ -205,6 +205,20 @@ def not_enough_data(evaluation: Mapping[str, Any]) -> str:
     return ""
 
 
+def dataset_support(dataset: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The validation photos per label of a dataset record (``counts``: label -> {train, validation}) in
+    the shape :func:`not_enough_data` reads, for a job that reports no per-class scores (the built-in
+    algorithm)."""
+    counts = (dataset or {}).get("counts") or {}
+    return {
+        "labels": list((dataset or {}).get("labels") or counts),
+        "per_class": {
+            str(label): {"support": int((split or {}).get("validation", 0))}
+            for label, split in counts.items()
+        },
+    }
+
+
 # ---------------------------------------------------------------- paired comparison (exact McNemar)
 
 
