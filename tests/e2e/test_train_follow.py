@@ -70,3 +70,24 @@ def test_train_follows_the_active_run_and_new_asks_for_another(
     # --new asks for another run: the rule (500 per label) refuses it and says what is missing
     code, _out, err = _cli(capsys, "train", "--new", "--local-state", state)
     assert code == 1 and "nothing to train" in err
+
+
+def test_train_does_not_ask_for_a_run_while_one_is_being_started(
+    local_stack: LocalRuntime, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lock is taken before the run record is written: that window is a run starting, not no run."""
+    assert local_stack.state is not None
+    target = local_target(local_stack.state, check=False)
+    ddb = target.client("dynamodb")
+    holder = "run-follow0000000002-1"
+    assert runs.acquire_lock(ddb, target.table, holder, "follow0000000002")
+    try:
+        code, out, err = _cli(capsys, "train", "--local-state", str(local_stack.state_path), "--json")
+        assert code == 0, err
+        assert json.loads(out) == {
+            "following": "batch",
+            "run": None,
+            "reason": f"training run {holder} is starting",
+        }
+    finally:
+        runs.release_lock(ddb, target.table, holder, keep_pending=False)

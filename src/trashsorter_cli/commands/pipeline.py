@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from trashsorter import registry, runs, threshold
+from trashsorter import clock, registry, runs, threshold
 from trashsorter.catalogue import Catalogue
 from trashsorter.errors import Rejection
 from trashsorter.gate import ACCURACY_METRIC as ACCURACY
@@ -273,8 +273,8 @@ def run_to_follow(target: Target, *, ddb: Any = None) -> dict[str, Any] | None:
 
     ``{"kind": "active", "run": ...}`` - a run holds the training lock and is not final;
     ``{"kind": "batch", ...}`` - photos are still being catalogued (the ingest queue holds messages) or the
-    settle timer is armed for a crossing not yet published: the batch's own run starts once ingest is quiet
-    (docs/training.md, "Once per batch").
+    settle timer is armed for a crossing not yet published, or its "Dataset Ready" is out and the run not
+    recorded yet: the batch's own run starts once ingest is quiet (docs/training.md, "Once per batch").
     """
     ddb = ddb or target.client("dynamodb")
     holder = str(runs.get_lock(target.table, ddb=ddb).get("holder") or "")
@@ -286,6 +286,8 @@ def run_to_follow(target: Target, *, ddb: Any = None) -> dict[str, Any] | None:
             "run": summary,
             "message": f"run {summary['job_name']} is {summary['status']}",
         }
+    if holder and active is None:  # the lock is taken before the run record: a run is being started
+        return {"kind": "batch", "run": None, "message": f"training run {holder} is starting"}
     queued = _queued(target)
     if queued:
         return {
@@ -301,6 +303,11 @@ def run_to_follow(target: Target, *, ddb: Any = None) -> dict[str, Any] | None:
             "run": None,
             "message": "the batch's training starts once ingest has been quiet for the settle time",
         }
+    if published and state["published"] and clock.age_seconds(state["fired_at"]) < threshold.RECLAIM_AFTER_S:
+        newest = runs.list_runs(target.table, limit=1, ddb=ddb)
+        if not newest or str(newest[0].get("created_at", "")) < state["fired_at"]:
+            # the batch's "Dataset Ready" is out and its run is not recorded yet
+            return {"kind": "batch", "run": None, "message": "the batch's training run is starting"}
     return None
 
 
