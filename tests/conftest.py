@@ -59,9 +59,9 @@ def stack(request: pytest.FixtureRequest) -> Iterator[StackHandle]:
     from moto import mock_aws
 
     moto_patches.install()
-    overrides: dict[str, str] = {}
+    overrides: dict[str, str] = {"IngestSettleSeconds": "0"}  # publish at the crossing unless a test asks
     if "stack_overrides" in request.fixturenames:
-        overrides = dict(request.getfixturevalue("stack_overrides"))
+        overrides.update(request.getfixturevalue("stack_overrides"))
     with mock_aws():
         aws.reset_clients()
         session = boto3.session.Session(region_name=REGION)

@@ -1,4 +1,5 @@
-"""Ingest handler: SQS batch of S3 notifications -> validate, hash and catalogue each image.
+"""Ingest handler: SQS batch of S3 notifications -> validate, hash and catalogue each image; a message of
+the settle queue (the once-per-batch timer, trashsorter.threshold) -> "Dataset Ready" once ingest is quiet.
 
 Partial-batch responses (``ReportBatchItemFailures``): a message whose processing raised is reported in
 ``batchItemFailures`` and retried by SQS (then dead-lettered); the other messages of the batch are done.
@@ -13,10 +14,12 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from trashsorter.catalogue import Catalogue
 from trashsorter.events import parse_s3_notification
 from trashsorter.ingest import IGNORED, process_s3_events
 from trashsorter.observability import MetricUnit, logger, metrics, tracer
 from trashsorter.settings import IngestSettings
+from trashsorter.threshold import on_settle_timer, parse_settle_timer
 
 SETTINGS = IngestSettings.from_env()
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -24,6 +27,11 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 def record_handler(record: SQSRecord) -> None:
     logger.set_correlation_id(record.message_id)
+    timer = parse_settle_timer(record.body)
+    if timer is not None:
+        outcome = on_settle_timer(timer, SETTINGS, catalogue=Catalogue(SETTINGS.table_name))
+        metrics.add_metric(name=f"settle_{outcome}", unit=MetricUnit.Count, value=1)
+        return
     for outcome in process_s3_events(parse_s3_notification(record.body), SETTINGS):
         if outcome.status == IGNORED:
             metrics.add_metric(name="ignored", unit=MetricUnit.Count, value=1)

@@ -1,7 +1,8 @@
 """``trashsorter demo`` / ``make demo``: the whole pipeline on the shipped TrashNet sample, offline.
 
 Local stack on a free port (never 4566) -> upload the sample under the recipe's labels (mapping.json),
-holding back a few photos per label (chosen by content hash, deterministic) -> ingest -> threshold ->
+holding back a few photos per label (chosen by content hash, deterministic, all from the training side of
+the hash-stable split, so the validation split is the one a full upload gets) -> ingest -> threshold ->
 CPU training -> package -> deploy to the local device -> classify the held-back photos -> stop.
 """
 
@@ -15,10 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from trashsorter import registry
 from trashsorter.catalogue import Catalogue
+from trashsorter.dataset import TRAIN, split_for, split_score
+from trashsorter.gate import ACCURACY_METRIC, recognised
+from trashsorter.settings import PackageSettings
 from trashsorter_cli.commands import data, pipeline, report
 from trashsorter_cli.local.runtime import LocalRuntime
-from trashsorter_cli.local.template import REPO_ROOT
+from trashsorter_cli.local.template import REPO_ROOT, load_template
 from trashsorter_cli.targets import Target, local_target
 from trashsorter_cli.ui import UI, CliError, shown
 
@@ -41,15 +46,56 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def validation_fraction() -> float:
+    """The stack's ValidationFraction as the demo's stack runs it (template.yaml's default)."""
+    return float(load_template()["Parameters"]["ValidationFraction"]["Default"])
+
+
 def choose_held_back(
-    samples: Path, mapping: Mapping[str, Sequence[str]], per_label: int = HOLD_BACK_PER_LABEL
+    samples: Path,
+    mapping: Mapping[str, Sequence[str]],
+    per_label: int = HOLD_BACK_PER_LABEL,
+    fraction: float | None = None,
 ) -> set[Path]:
-    """The ``per_label`` photos of each label with the smallest SHA-256 (deterministic, content-based)."""
+    """The ``per_label`` photos of each label whose content hash lies deepest in the training side of the
+    hash-stable split (:func:`trashsorter.dataset.split_for`): deterministic, and the validation split is
+    exactly the one the whole sample gets (holding back validation photos would shrink it)."""
+    fraction = validation_fraction() if fraction is None else fraction
     chosen: set[Path] = set()
     for folders in mapping.values():
         files = [p for folder in folders for p in sorted((samples / folder).glob("*")) if p.is_file()]
-        chosen.update(sorted(files, key=sha256_file)[:per_label])
+        hashes = {p: sha256_file(p) for p in files}
+        train_side = [p for p in files if split_for(hashes[p], fraction) == TRAIN]
+        chosen.update(sorted(train_side, key=lambda p: (-split_score(hashes[p]), hashes[p]))[:per_label])
     return chosen
+
+
+def why_deployed(model: Mapping[str, Any], settings: PackageSettings) -> str:
+    """One line when a class the model recognises poorly is below the accuracy bar and it deployed anyway:
+    which bar the gate held it to and which per-class floor (none when MinClassRecall is 0)."""
+    per_class = (model.get("evaluation") or {}).get("per_class") or {}
+    recalls = {
+        str(label): float(c["recall"]) for label, c in per_class.items() if c.get("recall") is not None
+    }
+    if not recalls:
+        return ""
+    label, recall = min(recalls.items(), key=lambda item: item[1])
+    bar = float(settings.min_validation_accuracy)
+    if recall >= bar:
+        return ""
+    counted = recognised(per_class[label])
+    photos = f" ({counted[0]} of {counted[1]} photos)" if counted else ""
+    accuracy = float((model.get("metrics") or {}).get(ACCURACY_METRIC, 0.0))
+    floor = float(settings.min_class_recall)
+    floor_text = (
+        "no per-class floor applies (MinClassRecall is 0, off)"
+        if floor <= 0
+        else f"the per-class floor MinClassRecall is {floor:.2f}"
+    )
+    return (
+        f"deployed although {label} recall is {recall:.3f}{photos}: the gate holds the accuracy to "
+        f"MinValidationAccuracy {bar:.2f} (this model {accuracy:.3f}) and {floor_text}"
+    )
 
 
 def smallest_label_last(plan: data.UploadPlan) -> tuple[data.UploadPlan, int]:
@@ -154,6 +200,10 @@ def run_demo(
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(champion["metrics"].items()))
         ui.line(f"model {champion['model_id']}: {metrics}")
         report.wait_summary(target, ui, str(champion["model_id"]), state_dir / "reports")
+        model = registry.get_model(str(champion["model_id"]), table_name=target.table, ddb=ddb) or {}
+        why = why_deployed(model, target.settings(PackageSettings, "PackageFunction"))
+        if why:
+            ui.line(why)
         pipeline.deployments_table(ui, status["deployments"])
         wait_device_model(target, champion["model_id"], timeout=max(5.0, deadline - time.monotonic()))
         labels_of = {p: label for p, label in plan.held_back}

@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="follow the run to its end")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds --wait waits (default 1800)")
     p.add_argument("--force", action="store_true", help="start even if the rule is not met (logged)")
+    p.add_argument(
+        "--new",
+        action="store_true",
+        help="ask for another run although one is training or a batch is settling (queued behind it; "
+        "the rule is checked again when it may start)",
+    )
 
     p = sub.add_parser("predict", parents=[common], help="classify images with the local device's model")
     p.add_argument("images", nargs="+", type=Path)
@@ -219,6 +225,20 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         return 0
     if command == "train":
         since = datetime.now(UTC).isoformat()
+        follow = None if args.new else pipeline.run_to_follow(target)
+        if follow is not None and args.wait and follow["kind"] == "batch":
+            follow = pipeline.await_batch(target, ui, timeout=args.timeout)
+        if follow is not None and not args.wait:
+            if ui.json_mode:
+                ui.emit_json({"following": follow["kind"], "run": follow["run"], "reason": follow["message"]})
+            else:
+                ui.line(f"no new run requested: {follow['message']} (train --new asks for another)")
+            return 0
+        if follow is not None:  # --wait on the run that is training (or the batch's, once it started)
+            ui.line(f"following: {follow['message']} (train --new asks for another run)")
+            since = str(follow["run"]["created_at"])
+            final = pipeline.wait_for_run(target, ui, since=since, timeout=args.timeout)
+            return _train_result(target, ui, final)
         try:
             triggered = pipeline.trigger_training(target, force=args.force)
         except TrainingRuleNotMet as exc:
@@ -235,14 +255,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 ui.line(f"training requested: {forced}{triggered['reason']}")
             return 0
         final = pipeline.wait_for_run(target, ui, since=since, timeout=args.timeout)
-        if ui.json_mode:
-            ui.emit_json(final)
-        else:
-            ui.line(f"run {final['job_name']}: {final['status']}, model {final['package_outcome'] or '-'}")
-        if not ui.json_mode:  # also for a gated-out model: its report says why
-            report.wait_summary(target, ui, str(final.get("model_id") or ""))
-        pipeline.check_run(final)
-        return 0
+        return _train_result(target, ui, final)
     if command == "predict":
         results = pipeline.predict(target, args.images)
         failed = [r for r in results if "error" in r]
@@ -286,6 +299,21 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             ui.line("reindexed: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.items())))
         return 0
     raise CliError(f"unknown command {command}", exit_code=2)
+
+
+def _train_result(target: Any, ui: UI, final: dict[str, Any]) -> int:
+    """The end of ``train --wait``: the run's outcome, the model's summary; exit 1 when it failed or was
+    gated out."""
+    from trashsorter_cli.commands import pipeline, report
+
+    if ui.json_mode:
+        ui.emit_json(final)
+    else:
+        ui.line(f"run {final['job_name']}: {final['status']}, model {final['package_outcome'] or '-'}")
+    if not ui.json_mode:  # also for a gated-out model: its report says why
+        report.wait_summary(target, ui, str(final.get("model_id") or ""))
+    pipeline.check_run(final)
+    return 0
 
 
 def main(

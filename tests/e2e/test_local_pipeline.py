@@ -34,6 +34,7 @@ def local_stack(local_stack_factory: Any) -> Iterator[LocalRuntime]:
             "MinNewImages": "10",
             "HyperparameterOverrides": json.dumps({"epochs": "2"}),
             "MinValidationAccuracy": "0.5",
+            "IngestSettleSeconds": "2",  # the batch is all uploaded before ingest: a short settle suffices
         },
         device=True,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.answers import answered
 from tests.support.fixtures.model_artifacts import mxnet_model_tar, tar_bytes, tiny_onnx
 from tests.support.pack import JOB, Pack, handle
 from trashsorter import registry
@@ -36,7 +37,7 @@ def onnx_tar(accuracy: float, recalls: tuple[float, ...], champion: dict[str, An
     )
 
 
-def _champion_then(pack: Pack, artifact: bytes) -> dict[str, Any]:
+def _champion_then(pack: Pack, artifact: bytes, accuracy: float = 0.9125, **settings: str) -> dict[str, Any]:
     pack.start_run(OLD, artifact=mxnet_model_tar())
     first = handle(
         pack.event("training_completed.json", OLD, accuracy=0.97), pack.settings(), ddb=pack.ddb, s3=pack.s3,
@@ -44,8 +45,8 @@ def _champion_then(pack: Pack, artifact: bytes) -> dict[str, Any]:
     )  # fmt: skip
     assert first.outcome == "deployed"
     pack.start_run(JOB, artifact=artifact)
-    event = pack.event("training_completed.json", JOB, accuracy=0.9125)
-    handle(event, pack.settings(), ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
+    event = pack.event("training_completed.json", JOB, accuracy=accuracy)
+    handle(event, pack.settings(**settings), ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg)
     model = registry.get_model(JOB, table_name=pack.table, ddb=pack.ddb)
     assert model is not None
     return model
@@ -86,3 +87,41 @@ def test_the_first_model_with_a_collapsed_class_meets_the_per_class_floor(pack: 
     else:
         assert model["gate_passed"] is False and model["status"] != "champion"
         assert model["gate_reason"] == "recall of Landfill is 0.0000, below the per-class floor 0.5000"
+
+
+def answered_tar(champion_right: dict[str, int], challenger_right: dict[str, int]) -> tuple[bytes, float]:
+    """A model.tar.gz whose metrics.json carries every validation photo's answer from both models."""
+    metrics = answered(champion_right, challenger_right)
+    tar = tar_bytes(
+        [
+            ("model.onnx", b"\x08\x07\x12\x07pytorch" + bytes(range(256)) * 8),
+            ("labels.txt", "".join(f"{label}\n" for label in LABELS).encode()),
+            ("metrics.json", json.dumps(metrics).encode()),
+            ("model.json", json.dumps({"image_size": 224, "labels_file": "labels.txt"}).encode()),
+        ]
+    )
+    return tar, float(metrics["validation_accuracy"])
+
+
+def test_the_readme_case_becomes_champion_through_the_completion_step(pack: Pack) -> None:
+    """0.707 -> 0.829 on the same 41 photos, Landfill 3 of 6 -> 2 of 6: one photo is within chance."""
+    tar, accuracy = answered_tar(
+        {"Compost": 10, "Landfill": 3, "Recycling": 16}, {"Compost": 13, "Landfill": 2, "Recycling": 19}
+    )
+    model = _champion_then(pack, tar, accuracy, MIN_VALIDATION_ACCURACY="0.6")
+    assert model["gate_passed"] is True and model["status"] == "champion", model["gate_reason"]
+    assert (
+        "29 -> 34 right" in model["gate_reason"]
+        and "Landfill: 3 of 6 -> 2 of 6 photos" in model["gate_reason"]
+    )
+    stored = model["evaluation"]
+    assert "validation_answers" not in stored and "validation_answers" not in stored["champion"]
+
+
+def test_a_challenger_clearly_worse_on_one_class_is_rejected_through_the_completion_step(pack: Pack) -> None:
+    tar, accuracy = answered_tar(
+        {"Compost": 8, "Landfill": 3, "Recycling": 20}, {"Compost": 14, "Landfill": 3, "Recycling": 12}
+    )
+    model = _champion_then(pack, tar, accuracy, MIN_VALIDATION_ACCURACY="0.6")
+    assert model["gate_passed"] is False and model["status"] == "rejected"
+    assert "on Recycling beyond chance: Recycling: 20 of 21 -> 12 of 21 photos" in model["gate_reason"]

@@ -59,7 +59,10 @@ def fresh_stack(overrides: dict[str, str] | None = None) -> Iterator[StackHandle
         aws.reset_clients()
         session = boto3.session.Session(region_name=REGION)
         created = deploy_stack(
-            session, stack_name="ts-test", overrides=dict(overrides or OVERRIDES), region=REGION
+            session,
+            stack_name="ts-test",
+            overrides={"IngestSettleSeconds": "0", **(overrides or OVERRIDES)},
+            region=REGION,
         )
         try:
             yield StackHandle(created, session)

@@ -86,6 +86,10 @@ def test_metrics_json_fields(trained: TrainResult) -> None:
     assert sum(map(sum, matrix)) == 4
     correct = matrix[0][0] + matrix[1][1]
     assert metrics["validation_accuracy"] == pytest.approx(correct / 4)
+    # every validation photo's label and answer (the paired gate's input) agree with the matrix
+    truth, answers = metrics["validation_labels"], metrics["validation_answers"]
+    assert len(truth) == 4 and set(answers) == set(truth)
+    assert sum(answers[key] == label for key, label in truth.items()) == correct
     assert set(metrics["per_class"]) == {"Compost", "Recycling"}
     assert {"precision", "recall", "f1", "support"} <= set(metrics["per_class"]["Compost"])
     assert metrics["wall_time_seconds"] > 0 and metrics["images_per_second"] > 0

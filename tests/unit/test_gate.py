@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.support.answers import answered
 from trashsorter.gate import evaluate_fair_gate, evaluate_gate
 
 LABELS = ("Compost", "Landfill", "Recycling")
@@ -95,3 +96,83 @@ def test_the_reason_counts_photos_when_the_scores_carry_their_support() -> None:
     assert "4 of 6 -> 2 of 6 photos)" in two.reason and "one photo" not in two.reason
     floored = evaluate_fair_gate(evaluation(counted(0.9, 2), None), **{**GATE, "min_class_recall": 0.5})
     assert floored.reason == "recall of Landfill is 0.3333 (2 of 6 photos), below the per-class floor 0.5000"
+
+
+# ---------------------------------------------------------------- paired: the same photos, photo by photo
+
+README_GATE = {"min_accuracy": 0.6, "tolerance": 0.02, "max_recall_drop": 0.1, "champion_id": "m-first"}
+
+
+def test_the_readme_case_deploys_one_landfill_photo_fewer_is_within_chance() -> None:
+    # 0.707 (29 of 41) -> 0.829 (34 of 41); Landfill 3 of 6 -> 2 of 6
+    metrics = answered(
+        {"Compost": 10, "Landfill": 3, "Recycling": 16}, {"Compost": 13, "Landfill": 2, "Recycling": 19}
+    )
+    assert round(metrics["champion"]["validation_accuracy"], 3) == 0.707
+    assert round(metrics["validation_accuracy"], 3) == 0.829
+    decision = evaluate_fair_gate(metrics, **README_GATE)
+    assert decision.passed, decision.reason
+    assert "(34 of 41 photos)" in decision.reason and "on the same 41 validation photos" in decision.reason
+    assert "29 -> 34 right (lost 1, gained 6); not worse beyond chance" in decision.reason
+    assert (
+        "within chance on Landfill: 3 of 6 -> 2 of 6 photos (lost 1, gained 0, p = 0.500)" in decision.reason
+    )
+    # the rule it replaces rejected this model for that one photo
+    assert not evaluate_fair_gate({**metrics, "validation_answers": {}}, **README_GATE).passed
+
+
+def test_a_challenger_clearly_worse_on_one_class_is_rejected_with_photo_counts() -> None:
+    # better on Compost (+6), worse on Recycling by 8 photos: overall within chance, Recycling is not
+    metrics = answered(
+        {"Compost": 8, "Landfill": 3, "Recycling": 20}, {"Compost": 14, "Landfill": 3, "Recycling": 12}
+    )
+    decision = evaluate_fair_gate(metrics, **README_GATE)
+    assert not decision.passed
+    assert decision.reason.startswith("worse than champion m-first on Recycling beyond chance: ")
+    assert "Recycling: 20 of 21 -> 12 of 21 photos (lost 8, gained 0, p = 0.004)" in decision.reason
+    assert "missed 8 the champion recognised and recognised 0 the champion missed" in decision.reason
+
+
+def test_mcnemar_is_the_exact_binomial_tail() -> None:
+    from trashsorter.gate import mcnemar_worse
+
+    assert mcnemar_worse(0, 5) == 1.0
+    assert mcnemar_worse(1, 0) == 0.5
+    assert mcnemar_worse(5, 0) == 1 / 32  # five photos lost, none gained: below 0.05
+    assert mcnemar_worse(4, 0) == 1 / 16  # four: still within chance
+    assert (
+        abs(mcnemar_worse(8, 6) - sum(__import__("math").comb(14, k) for k in range(8, 15)) / 2**14) < 1e-12
+    )
+
+
+def test_a_model_that_cannot_sort_is_not_enough_data() -> None:
+    one_class = {
+        "labels": list(LABELS),
+        "validation_accuracy": 1.0,
+        "per_class": {"Compost": {"recall": 1.0, "support": 2}, "Landfill": {"recall": 0.0, "support": 0},
+                      "Recycling": {"recall": 0.0, "support": 0}},
+    }  # fmt: skip
+    decision = evaluate_fair_gate(one_class, **README_GATE)
+    assert not decision.passed
+    assert decision.reason.startswith("not enough data: 1 label(s) with validation photos (Compost 2, ")
+    missing = {
+        **one_class,
+        "per_class": {**one_class["per_class"], "Landfill": {"recall": 1.0, "support": 3}},
+    }
+    reason = evaluate_fair_gate(missing, **README_GATE).reason
+    assert reason.startswith(
+        "not enough data: no validation photos of Recycling (Compost 2, Landfill 3, Recycling 0)"
+    )
+
+
+def test_the_built_in_algorithm_is_judged_on_its_snapshots_validation_counts() -> None:
+    from trashsorter.gate import dataset_support, not_enough_data
+
+    counts = {"Compost": {"train": 2, "validation": 0}, "Landfill": {"train": 0, "validation": 0}}
+    record = {"labels": ["Compost", "Landfill"], "counts": counts}
+    assert not_enough_data(dataset_support(record)).startswith(
+        "not enough data: 0 label(s) with validation photos (Compost 0, Landfill 0)"
+    )
+    counts = {"Compost": {"train": 8, "validation": 2}, "Landfill": {"train": 8, "validation": 3}}
+    assert not_enough_data(dataset_support({"labels": ["Compost", "Landfill"], "counts": counts})) == ""
+    assert not_enough_data(dataset_support({"labels": ["Compost"]})) == ""  # no counts recorded: no verdict

@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from trashsorter import registry, runs, threshold
+from trashsorter import clock, registry, runs, threshold
 from trashsorter.catalogue import Catalogue
 from trashsorter.errors import Rejection
 from trashsorter.gate import ACCURACY_METRIC as ACCURACY
@@ -266,6 +266,62 @@ def trigger_training(target: Target, *, force: bool = False) -> dict[str, Any]:
         "reason": result.reason,
         "forced": force and not result.met,
     }
+
+
+def run_to_follow(target: Target, *, ddb: Any = None) -> dict[str, Any] | None:
+    """What ``train`` follows instead of asking for another run (None: nothing; ask for one).
+
+    ``{"kind": "active", "run": ...}`` - a run holds the training lock and is not final;
+    ``{"kind": "batch", ...}`` - photos are still being catalogued (the ingest queue holds messages) or the
+    settle timer is armed for a crossing not yet published, or its "Dataset Ready" is out and the run not
+    recorded yet: the batch's own run starts once ingest is quiet (docs/training.md, "Once per batch").
+    """
+    ddb = ddb or target.client("dynamodb")
+    holder = str(runs.get_lock(target.table, ddb=ddb).get("holder") or "")
+    active = runs.get_run(target.table, holder, ddb=ddb) if holder else None
+    if active is not None and not runs.is_final(active):
+        summary = run_summary(active)
+        return {
+            "kind": "active",
+            "run": summary,
+            "message": f"run {summary['job_name']} is {summary['status']}",
+        }
+    if holder and active is None:  # the lock is taken before the run record: a run is being started
+        return {"kind": "batch", "run": None, "message": f"training run {holder} is starting"}
+    queued = ingest_queued(target)
+    if queued:
+        return {
+            "kind": "batch",
+            "run": None,
+            "message": f"ingest is cataloguing the upload ({queued} queued)",
+        }
+    state = Catalogue(target.table, ddb=ddb).state()
+    published = state["fired"] and state["fired_baseline"] == state["baseline_seq"]
+    if state["settle_due"] and not published:
+        return {
+            "kind": "batch",
+            "run": None,
+            "message": "the batch's training starts once ingest has been quiet for the settle time",
+        }
+    if published and state["published"] and clock.age_seconds(state["fired_at"]) < threshold.RECLAIM_AFTER_S:
+        newest = runs.list_runs(target.table, limit=1, ddb=ddb)
+        if not newest or str(newest[0].get("created_at", "")) < state["fired_at"]:
+            # the batch's "Dataset Ready" is out and its run is not recorded yet
+            return {"kind": "batch", "run": None, "message": "the batch's training run is starting"}
+    return None
+
+
+def await_batch(target: Target, ui: UI, *, timeout: float, poll: float = 1.0) -> dict[str, Any] | None:
+    """Wait while a batch is being catalogued or settling; then what to follow (None: nothing started)."""
+    deadline = time.monotonic() + timeout
+    with ui.progress("waiting for the upload to settle", total=None) as bar:
+        while time.monotonic() < deadline:
+            follow = run_to_follow(target)
+            if follow is None or follow["kind"] == "active":
+                return follow
+            bar.update(description=str(follow["message"]))
+            time.sleep(poll)
+    raise CliError(f"timed out after {timeout:.0f}s waiting for the upload to settle")
 
 
 def wait_for_run(

@@ -53,7 +53,8 @@ from trashsorter_cli.local.template import load_template
 DEFAULT_STACK_NAME = "trashsorter"
 DEFAULT_REGION = "us-east-1"
 # The template's own defaults: training runs as on AWS (CreateTrainingJob), emulated by sagemaker_jobs.
-DEFAULT_LOCAL_OVERRIDES: dict[str, str] = {}
+# Local mode's own defaults (docs/local-mode.md): a local upload is quiet after a few seconds, not a minute.
+DEFAULT_LOCAL_OVERRIDES: dict[str, str] = {"IngestSettleSeconds": "10"}
 PACKAGE_FUNCTION = "PackageFunction"
 
 

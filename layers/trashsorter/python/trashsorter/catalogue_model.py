@@ -148,6 +148,7 @@ class CatalogueReader:
             "fired": "fired_baseline" in item,
             "published": bool(item.get("published", False)),
             "fired_at": str(item.get("fired_at", "")),
+            "settle_due": str(item.get("settle_due", "")),  # the armed settle timer (trashsorter.threshold)
         }
 
     def iter_images(

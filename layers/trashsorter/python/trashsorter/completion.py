@@ -41,10 +41,13 @@ from trashsorter.errors import PackagingError, TransientError
 from trashsorter.events import TrainingStateChange
 from trashsorter.gate import (
     ACCURACY_METRIC,
+    GateDecision,
     champion_accuracy,
+    dataset_support,
     evaluate_fair_gate,
     evaluate_gate,
     final_metrics,
+    not_enough_data,
 )
 from trashsorter.job_check import verified_job
 from trashsorter.labels import read_dataset_labels
@@ -62,6 +65,8 @@ from trashsorter.settings import PackageSettings
 
 # SageMaker's final job statuses -> the run status they end in ("Completed" -> completed or failed packaging)
 FAILED_JOB_STATUSES = {"Failed": RunStatus.FAILED, "Stopped": RunStatus.STOPPED}
+# metrics.json parts not copied into the registry record: its size grows with the classes, not the photos
+STORED_WITHOUT = ("history", "config", "phase_seconds", "validation_labels", "validation_answers")
 
 
 # ----------------------------------------------------------------------------------------------- handler
@@ -362,6 +367,8 @@ def _register(
             min_class_recall=settings.min_class_recall,
             champion_id=str((champion or {}).get("model_id", "")),
         )
+    elif cannot_sort := not_enough_data(dataset_support(dataset)):  # built-in: the snapshot's own counts
+        decision = GateDecision(False, cannot_sort)
     else:  # the built-in algorithm (or a champion the job could not evaluate): today's gate
         decision = evaluate_gate(
             metrics.get(ACCURACY_METRIC),
@@ -381,9 +388,9 @@ def _register(
     if packaged.proof:  # what trashsorter.model_proof ran before anything was uploaded
         extra["proof"] = packaged.proof
     if packaged.evaluation:
-        small = {
-            k: v for k, v in packaged.evaluation.items() if k not in ("history", "config", "phase_seconds")
-        }
+        small = {k: v for k, v in packaged.evaluation.items() if k not in STORED_WITHOUT}
+        if isinstance(small.get("champion"), Mapping):  # per-photo answers: the gate's, not the record's
+            small["champion"] = {k: v for k, v in small["champion"].items() if k not in STORED_WITHOUT}
         if len(json.dumps(small, default=str)) <= MAX_METRICS_BYTES:
             extra["evaluation"] = small
     return registry.register_model(

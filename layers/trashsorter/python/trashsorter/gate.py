@@ -1,12 +1,24 @@
-"""The quality gate: the job's final metrics and the deploy/reject decision against the champion."""
+"""The quality gate: the job's final metrics and the deploy/reject decision against the champion.
+
+With the project's trainer the gate decides on evidence (:func:`evaluate_fair_gate`): metrics.json holds
+every validation photo's true label and the challenger's answer (``validation_labels``,
+``validation_answers``) and the champion's answer on the same photos (``champion.validation_answers``).
+The two are compared photo by photo with an exact one-sided McNemar test, overall and per class: the
+challenger is rejected only when it is worse than the champion beyond chance (p < :data:`SIGNIFICANCE`), or
+below the absolute floors. docs/training.md states the rule and its error rates.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from math import comb
 from typing import Any
 
 ACCURACY_METRIC = "validation:accuracy"  # the one metric the gate reads (both trainers report it)
+# One-sided: the chance that a challenger no worse than the champion loses this many of the photos on
+# which the two disagree. Below it, the challenger is "worse beyond chance" and the champion stays.
+SIGNIFICANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,15 @@ def evaluate_fair_gate(
     eps = 1e-9
     accuracy = evaluation.get("validation_accuracy")
     champion = evaluation.get("champion") or {}
+    cannot_sort = not_enough_data(evaluation)
+    if cannot_sort:
+        return GateDecision(False, cannot_sort)
+    paired = paired_comparison(evaluation)
+    if paired is not None and accuracy is not None:
+        return _paired_gate(
+            evaluation, paired, min_accuracy=min_accuracy, min_class_recall=min_class_recall,
+            champion_id=champion_id,
+        )  # fmt: skip
     base = evaluate_gate(
         None if accuracy is None else float(accuracy),
         None if not champion else float(champion["validation_accuracy"]),
@@ -155,3 +176,159 @@ def _photos_lost(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
         return ""
     lost = old[0] - new[0]
     return f", {old[0]} of {old[1]} -> {new[0]} of {new[1]} photos" + (": one photo" if lost == 1 else "")
+
+
+# ---------------------------------------------------------------- not enough data
+
+
+def not_enough_data(evaluation: Mapping[str, Any]) -> str:
+    """Why a model cannot be shown to sort ("" when it can): fewer than two labels with validation photos,
+    or a label with none. Needs the per-class ``support`` (the project's trainer reports it)."""
+    per_class = evaluation.get("per_class") or {}
+    labels = [str(label) for label in evaluation.get("labels") or per_class]
+    supports = {label: (per_class.get(label) or {}).get("support") for label in labels}
+    if not supports or any(value is None for value in supports.values()):
+        return ""
+    with_photos = [label for label, value in supports.items() if int(value or 0) > 0]
+    counts = ", ".join(f"{label} {int(value or 0)}" for label, value in supports.items())
+    if len(with_photos) < 2:
+        return (
+            f"not enough data: {len(with_photos)} label(s) with validation photos ({counts}); a model is "
+            "only judged when at least two labels have validation photos"
+        )
+    empty = [label for label, value in supports.items() if not int(value or 0)]
+    if empty:
+        return (
+            f"not enough data: no validation photos of {', '.join(empty)} ({counts}); the model cannot be "
+            "shown to recognise a label it is never tested on"
+        )
+    return ""
+
+
+def dataset_support(dataset: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The validation photos per label of a dataset record (``counts``: label -> {train, validation}) in
+    the shape :func:`not_enough_data` reads, for a job that reports no per-class scores (the built-in
+    algorithm)."""
+    counts = (dataset or {}).get("counts") or {}
+    return {
+        "labels": list((dataset or {}).get("labels") or counts),
+        "per_class": {
+            str(label): {"support": int((split or {}).get("validation", 0))}
+            for label, split in counts.items()
+        },
+    }
+
+
+# ---------------------------------------------------------------- paired comparison (exact McNemar)
+
+
+def mcnemar_worse(lost: int, gained: int) -> float:
+    """Exact one-sided McNemar p-value: the chance of ``lost`` or more of the ``lost + gained`` photos on
+    which two equally good models disagree going the champion's way (Binomial(lost + gained, 1/2))."""
+    n = lost + gained
+    if lost <= 0:
+        return 1.0
+    return sum(comb(n, k) for k in range(lost, n + 1)) / 2**n
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Champion and challenger on the same photos (``label`` "" = all of them)."""
+
+    label: str
+    photos: int
+    champion_right: int
+    challenger_right: int
+    lost: int  # the champion recognised them, the challenger did not
+    gained: int  # the challenger recognised them, the champion did not
+
+    @property
+    def p_worse(self) -> float:
+        return mcnemar_worse(self.lost, self.gained)
+
+    @property
+    def worse_beyond_chance(self) -> bool:
+        return self.p_worse < SIGNIFICANCE
+
+    def counts(self) -> str:
+        what, n = self.label or "all classes", self.photos
+        return (
+            f"{what}: {self.champion_right} of {n} -> {self.challenger_right} of {n} photos "
+            f"(lost {self.lost}, gained {self.gained}, p = {self.p_worse:.3f})"
+        )
+
+
+def paired_comparison(evaluation: Mapping[str, Any]) -> list[Paired] | None:
+    """Overall first, then one entry per class; None unless both sides answered the very same photos."""
+    truth = evaluation.get("validation_labels") or {}
+    ours = evaluation.get("validation_answers") or {}
+    theirs = (evaluation.get("champion") or {}).get("validation_answers") or {}
+    keys = sorted(truth)
+    if not keys or set(ours) != set(keys) or set(theirs) != set(keys):
+        return None
+    labels = [str(label) for label in evaluation.get("labels") or sorted(set(truth.values()))]
+    groups: list[tuple[str, Sequence[str]]] = [("", keys)]
+    groups += [(label, [k for k in keys if truth[k] == label]) for label in labels]
+    out = []
+    for label, group in groups:
+        champion_right = {k for k in group if theirs[k] == truth[k]}
+        challenger_right = {k for k in group if ours[k] == truth[k]}
+        out.append(
+            Paired(
+                label=label,
+                photos=len(group),
+                champion_right=len(champion_right),
+                challenger_right=len(challenger_right),
+                lost=len(champion_right - challenger_right),
+                gained=len(challenger_right - champion_right),
+            )
+        )
+    return out
+
+
+def _paired_gate(
+    evaluation: Mapping[str, Any],
+    paired: list[Paired],
+    *,
+    min_accuracy: float,
+    min_class_recall: float,
+    champion_id: str,
+) -> GateDecision:
+    eps = 1e-9
+    overall = paired[0]
+    accuracy = float(evaluation["validation_accuracy"])
+    right = f"{overall.challenger_right} of {overall.photos} photos"
+    if accuracy + eps < min_accuracy:
+        return GateDecision(
+            False, f"{ACCURACY_METRIC} {accuracy:.4f} ({right}) is below the minimum {min_accuracy:.4f}"
+        )
+    for entry in paired[1:]:
+        recall = entry.challenger_right / entry.photos if entry.photos else 0.0
+        if min_class_recall > 0 and recall + eps < min_class_recall:
+            counted = f"{entry.challenger_right} of {entry.photos} photos"
+            return GateDecision(
+                False,
+                f"recall of {entry.label} is {recall:.4f} ({counted}), "
+                f"below the per-class floor {min_class_recall:.4f}",
+            )
+    where = f"against champion {champion_id} on the same {overall.photos} validation photos"
+    worse = [entry for entry in paired if entry.worse_beyond_chance]
+    if worse:
+        first = worse[0]
+        what = "overall" if not first.label else f"on {first.label}"
+        return GateDecision(
+            False,
+            f"worse than champion {champion_id} {what} beyond chance: {first.counts()} on the same "
+            f"{overall.photos} validation photos; the challenger missed {first.lost} the champion recognised "
+            f"and recognised {first.gained} the champion missed (p < {SIGNIFICANCE})",
+        )
+    floor = f"; every class's recall >= {min_class_recall:.4f}" if min_class_recall > 0 else ""
+    fewer = [entry.counts() for entry in paired[1:] if entry.lost > entry.gained]
+    within = f"; fewer photos but within chance on {'; '.join(fewer)}" if fewer else ""
+    verdict = f"not worse beyond chance (p < {SIGNIFICANCE}) overall or on any class"
+    return GateDecision(
+        True,
+        f"{ACCURACY_METRIC} {accuracy:.4f} ({right}) >= {min_accuracy:.4f}{floor}; {where}: "
+        f"{overall.champion_right} -> {overall.challenger_right} right (lost {overall.lost}, gained "
+        f"{overall.gained}); {verdict}{within}",
+    )

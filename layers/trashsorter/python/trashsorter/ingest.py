@@ -29,7 +29,7 @@ from trashsorter.keys import IMAGES_PREFIX, label_for_key, parse_key
 from trashsorter.observability import logger
 from trashsorter.schema import ImageStatus
 from trashsorter.settings import IngestSettings
-from trashsorter.threshold import check_and_publish
+from trashsorter.threshold import after_accept
 from trashsorter.validation import ImageInfo, check_object_size, validate_image
 
 IGNORED = "ignored"
@@ -268,7 +268,7 @@ class _Ingestor:
         return IngestOutcome(key, label, result.status, None, changed=result.changed)
 
     def _threshold(self) -> None:
-        check_and_publish(self.settings, catalogue=self.catalogue, events=self.events)
+        after_accept(self.settings, catalogue=self.catalogue, events=self.events)
 
 
 def _reason_of(catalogue: Catalogue, key: str, status: str) -> str | None:

@@ -37,7 +37,7 @@ from trashsorter.schema import (
     run_key,
 )
 from trashsorter.settings import CommonSettings, TrainingSettings
-from trashsorter.threshold import evaluate_current, publish_dataset_ready
+from trashsorter.threshold import evaluate_current, publish_dataset_ready, publish_follow_up
 from trashsorter.training_request import TrainingLaunch, source_lineage
 
 MAX_ATTEMPTS = 20
@@ -309,8 +309,9 @@ def finish_run(
 
     Updates the run record unless it is already final, releases the lock if this run holds it and, when
     the lock carried a pending trigger, clears it and re-publishes "Dataset Ready" (reason ``pending``) if
-    the training rule is met again. ``keep_pending=True`` (blocked starts) releases the lock but leaves the
-    trigger pending without re-publishing (re-publishing would hit the same quota at once).
+    the training rule is met again; without one, the photos accepted during the run get their one follow-up
+    (:func:`trashsorter.threshold.publish_follow_up`). ``keep_pending=True`` (blocked starts) releases the
+    lock but leaves the trigger pending without re-publishing (re-publishing would hit the same quota).
     """
     status = RunStatus(status)
     if status not in FINAL_RUN_STATUSES:
@@ -354,7 +355,11 @@ def finish_run(
             return False
         logger.info("run already final", extra={"run_id": run_id})
     old = release_lock(ddb, table, run_id, keep_pending=keep_pending, reason=str(status))
-    if keep_pending or not old.get("pending"):
+    if keep_pending or not old:
+        return True
+    if not old.get("pending"):
+        # photos that arrived during the run: one follow-up run when the rule is met for them
+        publish_follow_up(settings, catalogue=Catalogue(table, ddb=ddb), events=events)
         return True
     try:
         republish_pending(settings, ddb=ddb, events=events)

@@ -72,6 +72,9 @@ class IngestSettings(CommonSettings):
     max_image_pixels: int = Field(default=120_000_000, alias="MAX_IMAGE_PIXELS", ge=1)
     min_image_side: int = Field(default=64, alias="MIN_IMAGE_SIDE", ge=1)
     max_aspect_ratio: float = Field(default=10.0, alias="MAX_ASPECT_RATIO", ge=1)
+    # once per batch: publish when ingest was quiet this long (SQS DelaySeconds, 0-900; 0 = at the crossing)
+    settle_seconds: int = Field(default=0, alias="INGEST_SETTLE_SECONDS", ge=0, le=900)
+    settle_queue_url: str = Field(default="", alias="SETTLE_QUEUE_URL")
 
 
 class TrainingSettings(CommonSettings):

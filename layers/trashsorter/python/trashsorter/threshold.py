@@ -8,6 +8,16 @@ for. The first caller that sees the rule met wins a conditional UpdateItem
 (``fired_baseline <> :baseline``, ``published = false``), publishes, then sets ``published = true``. A
 crash between the claim and PutEvents leaves ``published = false``; the next call publishes again
 (a duplicate is harmless: start-training is idempotent per dataset).
+
+Once per batch (``IngestSettleSeconds`` > 0): ingest does not publish at the crossing. It arms ONE settle
+timer, an SQS message with ``DelaySeconds`` (a message timer on the settle queue: invisible until the delay
+has passed, at most 900 s), recorded as ``STATE/DATASET.settle_due`` / ``settle_seq`` by a conditional write
+so that a bulk upload arms one timer, not one per photo. When the timer arrives (:func:`on_settle_timer`) and
+no photo was accepted since it was armed (``accepted_seq`` unchanged), ingest has been quiet for the settle
+time: :func:`check_and_publish` runs (exactly once, as above) and the timer is disarmed; otherwise the timer
+is re-armed for another settle time. A run that ends (:func:`trashsorter.runs.finish_run`) publishes the
+follow-up for photos that arrived during it (:func:`publish_follow_up`) unless a timer is armed, which then
+does it once ingest is quiet. ``IngestSettleSeconds`` = 0 publishes at the crossing.
 """
 
 from __future__ import annotations
@@ -15,21 +25,25 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
-from trashsorter.clock import age_seconds, now_iso
+from trashsorter.clock import age_seconds, iso, now, now_iso
 from trashsorter.ddb import get_item, serialize
 from trashsorter.errors import TrainingRuleNotMet, TransientError
 from trashsorter.observability import logger
 from trashsorter.schema import DATASET_READY, EVENT_SOURCE, STATE_KEY, dataset_key
-from trashsorter.settings import CommonSettings
+from trashsorter.settings import CommonSettings, IngestSettings
 
 # A claim not confirmed as published after this long is presumed crashed (ingest Lambdas time out at 60 s).
 RECLAIM_AFTER_S = 120.0
+# An armed settle timer not handled this long after it was due is presumed lost (its message dead-lettered
+# after the settle queue's five receives of up to a 360 s visibility timeout each): the next accept re-arms.
+SETTLE_LOST_AFTER_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -253,3 +267,119 @@ def advance_baseline(dataset_id: str, *, table_name: str, ddb: Any = None) -> in
         what="advance the dataset baseline",
     )
     return seq
+
+
+# ---------------------------------------------------------------- once per batch: the settle timer
+
+
+@dataclass(frozen=True)
+class SettleTimer:
+    """The settle queue's message: the ``accepted_seq`` it was armed at and its due time (its identity)."""
+
+    accepted_seq: int
+    due: str
+
+
+def parse_settle_timer(body: str) -> SettleTimer | None:
+    """A settle-queue message body as a :class:`SettleTimer`; None when the body is not one."""
+    try:
+        message = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    timer = message.get("settle_timer") if isinstance(message, dict) else None
+    if not isinstance(timer, dict):
+        return None
+    try:
+        return SettleTimer(accepted_seq=int(timer["accepted_seq"]), due=str(timer["due"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def after_accept(
+    settings: IngestSettings, *, catalogue: Catalogue, events: Any = None, sqs: Any = None
+) -> str:
+    """Ingest accepted (or removed) a photo: publish at the crossing (settle 0) or arm the settle timer."""
+    if settings.settle_seconds <= 0 or not settings.settle_queue_url:
+        return "published" if check_and_publish(settings, catalogue=catalogue, events=events) else "nothing"
+    result, state = evaluate_current(settings, catalogue)
+    if not result.met:
+        return "not_met"
+    return "armed" if _arm(settings, catalogue, int(state["accepted_seq"]), sqs=sqs) else "already_armed"
+
+
+def on_settle_timer(
+    timer: SettleTimer, settings: IngestSettings, *, catalogue: Catalogue, events: Any = None, sqs: Any = None
+) -> str:
+    """The settle timer arrived: publish when no photo was accepted since it was armed, else wait again.
+
+    Returns ``superseded`` (not the armed timer), ``waiting`` (re-armed), ``published`` or ``quiet``
+    (quiet, nothing to publish: the rule is not met, or this baseline's event was already published).
+    """
+    state = catalogue.state()
+    if state["settle_due"] != timer.due:
+        return "superseded"
+    seq = int(state["accepted_seq"])
+    if seq != timer.accepted_seq:
+        _arm(settings, catalogue, seq, sqs=sqs, replacing=timer.due)
+        return "waiting"
+    published = check_and_publish(settings, catalogue=catalogue, events=events)
+    _disarm(catalogue, timer.due)  # after publishing: a crash in between retries the same, armed, timer
+    logger.info("ingest quiet for the settle time", extra={"accepted_seq": seq, "published": published})
+    return "published" if published else "quiet"
+
+
+def publish_follow_up(settings: CommonSettings, *, catalogue: Catalogue, events: Any = None) -> bool:
+    """A run ended: publish for the photos that arrived during it (once, by :func:`check_and_publish`),
+    unless a settle timer is armed - ingest is still busy, and the timer publishes once it is quiet."""
+    state = catalogue.state()
+    if state["settle_due"] and age_seconds(state["settle_due"]) < SETTLE_LOST_AFTER_S:
+        return False
+    return check_and_publish(settings, catalogue=catalogue, events=events)
+
+
+def _arm(
+    settings: IngestSettings, catalogue: Catalogue, seq: int, *, sqs: Any = None, replacing: str = ""
+) -> bool:
+    """Record the timer (one at a time) and send its message with ``DelaySeconds`` = the settle time."""
+    due = iso(now() + timedelta(seconds=settings.settle_seconds))
+    values: dict[str, Any] = {":due": {"S": due}, ":seq": {"N": str(seq)}}
+    if replacing:
+        condition = "settle_due = :old"
+        values[":old"] = {"S": replacing}
+    else:
+        condition = "attribute_not_exists(settle_due) OR settle_due < :lost"
+        values[":lost"] = {"S": iso(now() - timedelta(seconds=SETTLE_LOST_AFTER_S))}
+    if not aws.conditional_write(
+        lambda: catalogue.ddb.update_item(
+            TableName=catalogue.table_name,
+            Key=serialize(STATE_KEY),
+            UpdateExpression="SET settle_due = :due, settle_seq = :seq",
+            ConditionExpression=condition,
+            ExpressionAttributeValues=values,
+        ),
+        what="arm the settle timer",
+    ):
+        return False
+    body = json.dumps({"settle_timer": {"accepted_seq": seq, "due": due}}, sort_keys=True)
+    try:
+        (sqs or aws.client("sqs")).send_message(
+            QueueUrl=settings.settle_queue_url, MessageBody=body, DelaySeconds=settings.settle_seconds
+        )
+    except (ClientError, BotoCoreError) as exc:
+        _disarm(catalogue, due)  # nobody else may arm while a timer that was never sent is recorded
+        raise TransientError(f"could not send the settle timer: {exc}") from exc
+    logger.info("settle timer armed", extra={"accepted_seq": seq, "due": due})
+    return True
+
+
+def _disarm(catalogue: Catalogue, due: str) -> None:
+    aws.conditional_write(
+        lambda: catalogue.ddb.update_item(
+            TableName=catalogue.table_name,
+            Key=serialize(STATE_KEY),
+            UpdateExpression="REMOVE settle_due, settle_seq",
+            ConditionExpression="settle_due = :due",
+            ExpressionAttributeValues={":due": {"S": due}},
+        ),
+        what="disarm the settle timer",
+    )

@@ -144,6 +144,7 @@ def evaluate_champion(folder: Path, samples: list[Sample], labels: list[str]) ->
         "per_class": scores["per_class"],
         "confusion_matrix": scores["confusion_matrix"],
         "validation_count": len(samples),
+        "validation_answers": {s.key: labels[int(i)] for s, i in zip(samples, predicted, strict=True)},
         "graph": graph,
     }
 

@@ -395,6 +395,10 @@ def _train(
         "confusion_matrix": matrix,
         "train_count": len(train_samples),
         "validation_count": len(val_samples),
+        # every validation photo's true label and this model's answer: the gate pairs them with the
+        # champion's answers on the same photos (trashsorter.gate, exact McNemar test)
+        "validation_labels": {s.key: s.label for s in val_samples},
+        "validation_answers": {s.key: labels[int(i)] for s, i in zip(val_samples, predicted, strict=True)},
         "class_counts": class_counts,
         "epochs": config.epochs,
         "finetune_epochs": config.finetune_epochs,

@@ -22,6 +22,7 @@ TARGET_GREENGRASS_V1 = "greengrass-v1"
 TARGET_GREENGRASS_V2 = "greengrass-v2"
 TARGET_LOCAL_DEVICE = "local-device"
 
+
 @dataclass(frozen=True)
 class DeploymentResult:
     """What one target did with one model."""
