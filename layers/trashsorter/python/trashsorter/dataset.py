@@ -67,6 +67,9 @@ class SnapshotImage:
     label: str
     format: str = "JPEG"
     version_id: str = ""
+    object_key: str = ""  # its copy stored at ingest ("" = none recorded: the snapshot stores one)
+    object_etag: str = ""  # that copy's ETag when the ingest step stored it
+    phash: str = ""  # difference hash (trashsorter.near_twins), "" when not computed
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,13 @@ def assign_splits(images: Iterable[SnapshotImage], validation_fraction: float) -
     return result
 
 
+def converts(image_format: str) -> bool:
+    """Whether an accepted image of this format is stored as a JPEG conversion (not its own bytes)."""
+    return image_format.upper() not in DIRECT_FORMATS
+
+
 def needs_conversion(image: SnapshotImage) -> bool:
-    return image.format.upper() not in DIRECT_FORMATS
+    return converts(image.format)
 
 
 def object_key(sha256: str, suffix: str) -> str:
@@ -169,8 +177,22 @@ def object_key(sha256: str, suffix: str) -> str:
     return f"{OBJECTS_PREFIX}{sha256}.{suffix}"
 
 
+def stored_suffix(image_format: str) -> str:
+    """The suffix of an image's own bytes in the store (JPEG and MPO are read as JPEG)."""
+    return "png" if image_format.upper() == "PNG" else "jpg"
+
+
+def content_object(data: bytes, sha256: str, image_format: str) -> tuple[str, bytes]:
+    """The content-addressed key and bytes an accepted upload is stored as: its own bytes (``sha256`` is
+    their hash), or for a format the algorithm cannot decode, the JPEG conversion under the JPEG's hash."""
+    if converts(image_format):
+        body = convert_to_jpeg(data)
+        return object_key(hashlib.sha256(body).hexdigest(), "jpg"), body
+    return object_key(sha256, stored_suffix(image_format)), data
+
+
 def _suffix(image: SnapshotImage) -> str:
-    return "png" if image.format.upper() == "PNG" else "jpg"
+    return stored_suffix(image.format)
 
 
 def canonical_manifest(labels: Sequence[str], entries: Iterable[ManifestEntry]) -> bytes:
@@ -205,8 +227,9 @@ def plan_dataset(
 ) -> DatasetPlan:
     """Compute the snapshot (splits, class indices, object keys, id) without touching AWS.
 
-    A conversion's ``s3_key`` is empty here: it is the hash of the converted bytes, set by
-    :func:`trashsorter.dataset_store.write_dataset`.
+    ``s3_key`` is the copy the ingest step stored (``object_key``) when it recorded one; otherwise a
+    conversion's is empty here (the hash of the converted bytes, set by
+    :func:`trashsorter.dataset_store.write_dataset`).
     """
     class_index = {label: index for index, label in enumerate(labels)}
     usable = [img for img in dedupe(images) if img.label in class_index]
@@ -224,7 +247,7 @@ def plan_dataset(
             entry.label,
             entry.class_index,
             entry.split,
-            "" if needs_conversion(img) else object_key(img.sha256, _suffix(img)),
+            img.object_key or ("" if needs_conversion(img) else object_key(img.sha256, _suffix(img))),
         )
         for entry, img in zip(provisional, ordered, strict=True)
     )
@@ -295,7 +318,16 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
     return getattr(record, name, default)
 
 
-SNAPSHOT_ATTRIBUTES = ("key", "sha256", "label", "format", "version_id", "status")
+SNAPSHOT_ATTRIBUTES = (
+    "key",
+    "sha256",
+    "label",
+    "format",
+    "version_id",
+    "status",
+    "object_key",
+    "object_etag",
+)
 """The catalogue attributes :func:`snapshot_images` reads (the snapshot's query projects only these)."""
 
 
@@ -313,6 +345,9 @@ def snapshot_images(records: Iterable[Any]) -> list[SnapshotImage]:
                 label=str(_get(record, "label")),
                 format=str(_get(record, "format") or "JPEG"),
                 version_id=str(_get(record, "version_id") or ""),
+                object_key=str(_get(record, "object_key") or ""),
+                object_etag=str(_get(record, "object_etag") or ""),
+                phash=str(_get(record, "phash") or ""),
             )
         )
     return images
