@@ -8,11 +8,13 @@ snapshot exactly as start-training makes it (``plan_from_catalogue`` + ``write_d
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from tests.support import hostile
 from tests.support.ingest import LABELS, Ingest
@@ -171,3 +173,39 @@ def test_a_webp_is_converted_once_at_ingest_and_never_by_a_snapshot(
         assert rows["images/Compost/phone.webp"]["s3_key"] == rec["object_key"]
         assert rows["images/Compost/phone.webp"]["sha256"] == sha(webp)  # the upload's hash, as before
     assert versions(ingest, rec["object_key"]) == 1
+
+
+def test_near_twins_under_two_labels_are_shown_by_images_and_held_out_of_the_snapshot(ingest: Ingest) -> None:
+    from trashsorter_cli.commands.data import list_images
+    from trashsorter_cli.targets import Target
+
+    shot = photo("plastic", 2)
+    smaller = io.BytesIO()
+    with Image.open(io.BytesIO(shot)) as im:
+        im.resize((im.width // 2, im.height // 2)).save(smaller, "JPEG", quality=90)
+    ingest.put("images/Recycling/bottle.jpg", shot)
+    ingest.put("images/Landfill/bottle small.jpg", smaller.getvalue())  # the same shot, filed twice
+    ingest.put("images/Landfill/bag.jpg", photo("trash", 1))
+    ingest.put("images/Recycling/jar.jpg", photo("glass", 3))
+    ingest.drain()
+    records = {
+        k: ingest.catalogue.get_image(k) for k in ("images/Recycling/bottle.jpg", "images/Landfill/bag.jpg")
+    }
+    assert all(
+        r is not None and r["status"] == "accepted" and len(r["phash"]) == 64 for r in records.values()
+    )
+
+    target = Target("stack", "t", "us-east-1", ingest.stack.outputs)
+    rows = {row["key"]: row for row in list_images(target, ddb=ingest.stack.client("dynamodb"))}
+    flagged = {key for key, row in rows.items() if row["reason_code"] == "near_conflict"}
+    assert flagged == {"images/Recycling/bottle.jpg", "images/Landfill/bottle small.jpg"}
+    assert "images/Landfill/bottle small.jpg (Landfill)" in rows["images/Recycling/bottle.jpg"]["reason"]
+    assert rows["images/Recycling/bottle.jpg"]["near_twins"] == ["images/Landfill/bottle small.jpg"]
+    assert [e.key for e in snapshot(ingest).entries] == [
+        "images/Landfill/bag.jpg",
+        "images/Recycling/jar.jpg",
+    ]
+
+    ingest.delete_permanently("images/Landfill/bottle small.jpg")  # a person decides: it is recycling
+    ingest.drain()
+    assert "images/Recycling/bottle.jpg" in {e.key for e in snapshot(ingest).entries}

@@ -6,6 +6,10 @@ A snapshot is built from the catalogue's *accepted* image records (never ``confl
 * **Split by content hash.** ``int(sha256[:8], 16) / 2**32 < validation_fraction`` puts an image in
   ``validation``, otherwise ``train``. The side depends only on the bytes, so an image never changes side
   when other images are added or removed, and identical bytes can never be on both sides.
+* **Near-twins stay together.** Photos that look the same (:mod:`trashsorter.near_twins`, by the ``phash``
+  the ingest step recorded) form one unit that takes the side of its smallest hash, so a near-copy in
+  validation never measures a photo the model trained on; near-twins under two labels are held out of the
+  snapshot, like exact conflicts, until a person deletes the wrong one.
 * **Every label gets both sides.** A label with at least two images but no validation image moves its
   image with the *smallest* hash score to validation; a label whose images all fell into validation moves
   its image with the *largest* score to train. This is deterministic (hash order) but, unlike the hash
@@ -47,6 +51,7 @@ from trashsorter import aws
 from trashsorter.clock import now_iso
 from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import NotFoundError, TrainingRuleNotMet, TransientError
+from trashsorter.near_twins import Photo, near_conflicts, twin_groups
 from trashsorter.schema import DATASETS_PREFIX, ImageStatus, dataset_key, dataset_prefix
 from trashsorter.validation import decode_bounded
 
@@ -146,21 +151,44 @@ def split_for(sha256: str, validation_fraction: float) -> str:
 
 
 def assign_splits(images: Iterable[SnapshotImage], validation_fraction: float) -> dict[str, str]:
-    """key -> split: the hash rule, then the per-label guarantee described in the module docstring."""
-    by_label: dict[str, list[SnapshotImage]] = {}
+    """key -> split: the hash rule, then the per-label guarantee described in the module docstring.
+
+    Near-twins (:mod:`trashsorter.near_twins`, by ``phash``) move together: a group of twins under one label
+    is one unit whose side is the hash rule's for its smallest hash, and the per-label guarantee moves whole
+    units, so a group never straddles the split.
+    """
+    images = list(images)
+    unit_of = {img.key: img.key for img in images}
+    for group in twin_groups(twin_photos(images)):
+        for photo in group:
+            unit_of[photo.key] = group[0].key
+    by_label: dict[str, dict[str, list[SnapshotImage]]] = {}
     for image in images:
-        by_label.setdefault(image.label, []).append(image)
+        by_label.setdefault(image.label, {}).setdefault(unit_of[image.key], []).append(image)
     result: dict[str, str] = {}
-    for members in by_label.values():
-        ordered = sorted(members, key=lambda img: (split_score(img.sha256), img.sha256, img.key))
-        sides = {img.key: split_for(img.sha256, validation_fraction) for img in ordered}
+    for units in by_label.values():
+        ordered = sorted(
+            (min((split_score(img.sha256), img.sha256, img.key) for img in members), members)
+            for members in units.values()
+        )
+        sides = [split_for(first[1], validation_fraction) for first, _ in ordered]
         if len(ordered) >= 2:
-            if VALIDATION not in sides.values():
-                sides[ordered[0].key] = VALIDATION
-            elif TRAIN not in sides.values():
-                sides[ordered[-1].key] = TRAIN
-        result.update(sides)
+            if VALIDATION not in sides:
+                sides[0] = VALIDATION
+            elif TRAIN not in sides:
+                sides[-1] = TRAIN
+        for side, (_, members) in zip(sides, ordered, strict=True):
+            result.update({img.key: side for img in members})
     return result
+
+
+def twin_photos(images: Iterable[SnapshotImage]) -> list[Photo]:
+    return [Photo(img.key, img.label, img.phash) for img in images if img.phash]
+
+
+def near_conflict_reasons(images: Iterable[SnapshotImage]) -> dict[str, str]:
+    """key -> reason for images whose near-twins carry another label (held out of the snapshot)."""
+    return near_conflicts(twin_groups(twin_photos(images)))
 
 
 def converts(image_format: str) -> bool:
@@ -233,6 +261,8 @@ def plan_dataset(
     """
     class_index = {label: index for index, label in enumerate(labels)}
     usable = [img for img in dedupe(images) if img.label in class_index]
+    held_out = near_conflict_reasons(usable)  # near-twins under two labels wait for a person
+    usable = [img for img in usable if img.key not in held_out]
     splits = assign_splits(usable, validation_fraction)
     ordered = sorted(usable, key=lambda img: img.key)
     provisional = [
@@ -327,6 +357,7 @@ SNAPSHOT_ATTRIBUTES = (
     "status",
     "object_key",
     "object_etag",
+    "phash",
 )
 """The catalogue attributes :func:`snapshot_images` reads (the snapshot's query projects only these)."""
 

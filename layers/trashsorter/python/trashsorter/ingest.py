@@ -229,6 +229,7 @@ class _Ingestor:
                 height=info.height,
                 object_key=copy.key,
                 object_etag=copy.etag,
+                phash=info.phash,
                 **base,
             )
         result = self.catalogue.apply(update)

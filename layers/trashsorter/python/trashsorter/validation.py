@@ -85,6 +85,7 @@ class ImageInfo:
     mode: str  # Pillow mode as stored in the file (RGB, CMYK, P, I;16, RGBA ...)
     width: int  # after EXIF orientation
     height: int  # after EXIF orientation
+    phash: str | None = None  # difference hash of the decoded image (trashsorter.near_twins)
 
 
 @dataclass(frozen=True)
@@ -425,6 +426,7 @@ def validate_image(
                 im.draft(mode, (math.ceil(width / 8), math.ceil(height / 8)))  # DCT scaling, all data read
             im.load()  # the real decode; ImageFile.LOAD_TRUNCATED_IMAGES stays False, so short files raise
             orientation = _orientation(im)
+            phash = _phash(im, orientation, data)
     except Rejection:
         raise
     except Exception as exc:  # Pillow raises many types for hostile input; all are rejections
@@ -435,7 +437,17 @@ def validate_image(
         raise Rejection(
             "too_small", f"image is {width}x{height}; the shortest side must be at least {min_side} px"
         )
-    return ImageInfo(format=fmt, mode=mode, width=width, height=height)
+    return ImageInfo(format=fmt, mode=mode, width=width, height=height, phash=phash)
+
+
+def _phash(im: PILImage.Image, orientation: int, data: bytes) -> str | None:
+    """The near-twin hash of the image just decoded; a photo is never refused for want of one."""
+    from trashsorter.near_twins import hash_decoded
+
+    try:
+        return hash_decoded(im, orientation, data)
+    except Exception:  # noqa: BLE001 - an unusual mode Pillow cannot reduce or convert: no hash
+        return None
 
 
 def decode_bounded(data: bytes) -> PILImage.Image:
