@@ -209,3 +209,27 @@ def test_near_twins_under_two_labels_are_shown_by_images_and_held_out_of_the_sna
     ingest.delete_permanently("images/Landfill/bottle small.jpg")  # a person decides: it is recycling
     ingest.drain()
     assert "images/Recycling/bottle.jpg" in {e.key for e in snapshot(ingest).entries}
+
+
+def test_a_copy_changed_after_ingest_is_stored_again_by_the_next_snapshot(ingest: Ingest) -> None:
+    data = photo("metal", 1)
+    ingest.put("images/Recycling/can.jpg", data)
+    ingest.put("images/Landfill/bag.jpg", photo("trash", 2))
+    ingest.drain()
+    rec = ingest.catalogue.get_image("images/Recycling/can.jpg")
+    assert rec is not None
+    key = rec["object_key"]
+    ingest.s3.put_object(Bucket=ingest.bucket, Key=key, Body=photo("glass", 4))  # tampered with
+
+    calls: Counter[str] = Counter()
+    plan = snapshot(ingest, calls)
+    assert {e.key: e.s3_key for e in plan.entries}["images/Recycling/can.jpg"] == key
+    healed = ingest.s3.get_object(Bucket=ingest.bucket, Key=key)["Body"].read()
+    assert healed == data and key == f"datasets/objects/{sha(healed)}.jpg"
+    assert retention(ingest, key) == RETENTION_CATALOGUED
+    # Only the changed copy cost requests: its catalogued version read, its tags, the write.
+    assert calls == Counter({"ListObjectsV2": 1, "GetObject": 1, "GetObjectTagging": 1, "PutObject": 7})
+
+    calls.clear()
+    snapshot(ingest, calls)
+    assert calls == Counter({"ListObjectsV2": 1, "PutObject": 6})  # healed: reused unchecked again
