@@ -1,4 +1,9 @@
-"""Dataset snapshot time and S3 requests, store step included (10,000 catalogue records on moto).
+"""Dataset snapshot time and S3 requests, store step included (10,000 and 20,000 records on moto).
+
+The catalogue is seeded as the ingest step leaves it: every record names its content-addressed copy, stored
+under ``datasets/objects/`` tagged ``catalogued`` (uploads and copies written into moto's S3 backend
+directly, not timed), so the snapshot should list keys and send no request per image; the first snapshot's
+time is extrapolated linearly to 100,000 (a figure for moto only; docs/benchmarks.md gives real S3's).
 
 Method: moto in-process with the stack from template.yaml; the bucket's notification to the ingest queue is
 switched off (the catalogue is seeded directly, and moto's SQS counts the whole queue on every send, which
@@ -289,9 +294,10 @@ def run(quick: bool = False) -> Section:
                 "snapshot",
                 "100,000 records, first snapshot (moto), extrapolated",
                 f"{at_100k:.0f} s ({slope * 1000:.2f} ms per record from {n1:,} and {n2:,})",
-                f"<= {FIRST_TARGET_S:.0f} s",
-                at_100k <= FIRST_TARGET_S,
-                "linear extrapolation, not run at 100,000 (seeding 100,000 uploads + copies into moto)",
+                "",
+                None,
+                f"moto only (its listing walks the whole bucket per page); the {FIRST_TARGET_S:.0f} s target "
+                "is judged for real S3 by the arithmetic in docs/benchmarks.md",
             )
         )
     section.details += rows
