@@ -111,6 +111,7 @@ def test_trashsorter_request_as_moto_records_it(world: World, with_champion: boo
         channel("train_lst", prefix + "train.lst"),
         channel("validation_lst", prefix + "validation.lst"),
         channel("labels", prefix + "labels.txt"),
+        channel("photos", prefix + "manifest.jsonl"),
     ] + ([channel("champion", champion_uri)] if with_champion else [])
     assert described["InputDataConfig"] == expected_channels
     assert described["OutputDataConfig"]["S3OutputPath"] == f"s3://{bucket}/training-output/"

@@ -87,6 +87,7 @@ def build_request(
         _channel("train_lst", plan.uri("train.lst")),
         _channel("validation_lst", plan.uri("validation.lst")),
         _channel(contract.LABELS_CHANNEL, plan.uri("labels.txt")),
+        _channel(contract.PHOTOS_CHANNEL, plan.uri("manifest.jsonl")),
     ]
     if champion_uri:
         channels.append(_channel(contract.CHAMPION_CHANNEL, champion_uri))

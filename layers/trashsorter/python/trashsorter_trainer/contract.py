@@ -4,7 +4,8 @@ and the local job emulation (stdlib only: the start-training Lambda imports it).
 Channels (``/opt/ml/input/data/<name>``, ``SM_CHANNEL_<NAME>``): ``train`` / ``validation`` (ManifestFile
 channels of the dataset snapshot: the images at their S3 key under the channel folder), ``train_lst`` /
 ``validation_lst`` (the recipe's ``.lst`` files: ``index<TAB>class_index<TAB>key``), ``labels``
-(``labels.txt``, class index order) and the optional ``champion`` (the champion's ``model.tar.gz``).
+(``labels.txt``, class index order), ``photos`` (the snapshot's ``manifest.jsonl``, so an error can name a
+photo by its catalogue key) and the optional ``champion`` (the champion's ``model.tar.gz``).
 Metrics are printed as ``name=value`` pairs; :data:`METRIC_DEFINITIONS` are the regexes SageMaker (and the
 local emulation) apply to the log. The LAST match of a metric is its final value.
 """
@@ -20,6 +21,7 @@ REQUIREMENTS = "requirements.txt"  # installed by the training toolkit before th
 IMAGE_CHANNELS = ("train", "validation")
 LST_CHANNELS = ("train_lst", "validation_lst")
 LABELS_CHANNEL = "labels"
+PHOTOS_CHANNEL = "photos"  # the snapshot's manifest.jsonl: read only to name a photo in an error
 CHAMPION_CHANNEL = "champion"
 METRIC_NAMES = (
     "train:loss",
