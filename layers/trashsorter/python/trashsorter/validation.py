@@ -19,7 +19,7 @@ import io
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from trashsorter.errors import Rejection
@@ -85,7 +85,8 @@ class ImageInfo:
     mode: str  # Pillow mode as stored in the file (RGB, CMYK, P, I;16, RGBA ...)
     width: int  # after EXIF orientation
     height: int  # after EXIF orientation
-    phash: str | None = None  # difference hash of the decoded image (trashsorter.near_twins)
+    # difference hash of the decoded image (trashsorter.near_twins); not part of what the image "is"
+    phash: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
