@@ -226,12 +226,16 @@ def seed_catalogue(
     progress: Callable[[int], None] | None = None,
     s3: Any = None,
     body: Callable[[int], bytes] | None = None,
+    put: Callable[[str, bytes], str] | None = None,
+    copy: Callable[[str, bytes], dict[str, str]] | None = None,
 ) -> None:
     """``count`` accepted image records (+ their hash owners, counters and state) with batch_write_item.
 
     The records have the exact shape the catalogue writes (keys from trashsorter.schema). With ``s3`` the
     objects are put too (bytes ``body(i)``, default ``seed-<i>``, whose SHA-256 the record holds; the real
-    version id), so a snapshot can copy them.
+    version id), so a snapshot can copy them. ``put(key, data)`` puts an object another way and returns its
+    version id (``s3`` then only has to be given); ``copy(sha256, data)`` stores its content-addressed copy as
+    the ingest step does and returns the attributes naming it (record and hash owners).
     """
     import hashlib
 
@@ -255,10 +259,15 @@ def seed_catalogue(
         key = f"images/{label}/seed/{i:07d}.jpg"
         sha = fake_sha(i)
         version_id = f"v{i}"
+        stored: dict[str, str] = {}
         if s3 is not None:
             data = body(i) if body else f"seed-{i}".encode()
             sha = hashlib.sha256(data).hexdigest()
-            version_id = s3.put_object(Bucket=bucket, Key=key, Body=data)["VersionId"]
+            if put is not None:
+                version_id = put(key, data)
+            else:
+                version_id = s3.put_object(Bucket=bucket, Key=key, Body=data)["VersionId"]
+            stored = copy(sha, data) if copy is not None else {}
         record = {
             **image_key(key),
             **image_gsi("accepted", label, key),
@@ -278,8 +287,9 @@ def seed_catalogue(
             "created_at": now,
             "updated_at": now,
             "rev": 1,
+            **stored,
         }
-        owners = {**hash_key(sha), "owners": {label: [key]}, "version": 1}
+        owners = {**hash_key(sha), "owners": {label: [key]}, "version": 1, **stored}
         batch.append({"PutRequest": {"Item": serialize(record)}})
         batch.append({"PutRequest": {"Item": serialize(owners)}})
         if len(batch) >= 24:

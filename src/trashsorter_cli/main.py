@@ -215,7 +215,9 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     if command == "images":
         rows = data.list_images(target, status=args.status, label=args.label)
         if ui.json_mode:
-            ui.emit_json([{k: r[k] for k in ("key", "label", "status", "reason")} for r in rows])
+            ui.emit_json(
+                [{k: r[k] for k in ("key", "label", "status", "reason", "near_twins")} for r in rows]
+            )
         else:
             ui.table(
                 f"{len(rows)} images",

@@ -91,7 +91,7 @@ def test_images_json_lists_records_with_reasons(
     )
     assert code == 0, err
     rows = json.loads(out)
-    assert all(set(r) == {"key", "label", "status", "reason"} for r in rows)
+    assert all(set(r) == {"key", "label", "status", "reason", "near_twins"} for r in rows)
     by_name = {r["key"].rsplit("/", 1)[-1]: r for r in rows}
     assert by_name["notes.jpg"]["status"] == "rejected"
     assert by_name["notes.jpg"]["reason"]

@@ -82,7 +82,7 @@ def fetch(s3: Any, plan: DatasetPlan, root: Path) -> dict[str, str]:
     """The channels as the emulated job downloads them (same specs as the training request's)."""
     emulator = JobEmulator(client=lambda _service: s3, work_root=root)
     env: dict[str, str] = {}
-    specs = {"labels": ("S3Prefix", "labels.txt")}
+    specs = {"labels": ("S3Prefix", "labels.txt"), "manifest": ("S3Prefix", "manifest.jsonl")}
     for split in ("train", "validation"):
         specs[split] = ("ManifestFile", f"{split}.manifest")
         specs[f"{split}_lst"] = ("S3Prefix", f"{split}.lst")
@@ -123,6 +123,8 @@ def test_a_tampered_object_fails_the_trainer_with_the_image_named(s3: Any, tmp_p
     with pytest.raises(TrainerError, match="does not hold the snapshot's bytes") as caught:
         read_split("train", list(LABELS), env)
     assert victim in str(caught.value) and hashlib.sha256(picture(200)).hexdigest() in str(caught.value)
+    photo = next(e.key for e in plan.entries if e.s3_key == victim)
+    assert f"; photo {photo}: delete it if it is wrong" in str(caught.value)  # its catalogue key
 
 
 def test_without_version_ids_the_snapshot_hashes_what_it_copies(s3: Any, tmp_path: Path) -> None:

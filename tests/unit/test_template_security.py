@@ -620,10 +620,12 @@ def test_snapshot_objects_expire_only_when_tagged_unregistered_and_the_functions
         resources = [r.get("Fn::Sub") if isinstance(r, dict) else r for r in as_list(statement["Resource"])]
         if statement["Effect"] == "Allow" and objects_arn in resources:
             granted.setdefault(lid, set()).update(as_list(statement["Action"]))
-    # the snapshot writes tagged copies and reads tags; completion retags a registered model's objects
+    # the snapshot writes tagged copies and reads tags; completion retags a registered model's objects;
+    # the ingest step stores each photo's copy and copies it onto itself when its last key goes
     assert granted == {
         "StartTrainingFunctionRole": {"s3:PutObjectTagging", "s3:GetObjectTagging"},
         "PackageFunctionRole": {"s3:PutObjectTagging"},
+        "IngestFunctionRole": {"s3:GetObject", "s3:PutObject", "s3:GetObjectTagging", "s3:PutObjectTagging"},
     }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trashsorter import ingest
+from trashsorter import ingest, near_twins
 from trashsorter.catalogue import Catalogue
 from trashsorter.schema import ImageStatus
 from trashsorter.settings import IngestSettings
@@ -219,17 +219,32 @@ def list_images(
             raise UsageError(f"unknown label {label!r}; allowed labels: {', '.join(target.labels)}")
         label = canonical
     catalogue = Catalogue(target.table, ddb=ddb or target.client("dynamodb"))
-    rows = [
-        {
-            "key": str(rec.get("key", "")),
+    twins, flagged = _near_twins(catalogue) if status in (None, ImageStatus.ACCEPTED) else ({}, {})
+    rows = []
+    for rec in catalogue.iter_images(status, label):
+        key, accepted = str(rec.get("key", "")), rec.get("status") == ImageStatus.ACCEPTED
+        row = {
+            "key": key,
             "label": str(rec.get("label", "")),
             "status": str(rec.get("status", "")),
             "reason": str(rec.get("reason", "") or ""),
             "reason_code": str(rec.get("reason_code", "") or ""),
+            "near_twins": twins.get(key, []) if accepted else [],
         }
-        for rec in catalogue.iter_images(status, label)
-    ]
+        if accepted and key in flagged:  # held out of training like a conflict, until a person decides
+            row.update(reason=flagged[key], reason_code="near_conflict")
+        elif row["near_twins"] and not row["reason"]:
+            row["reason"] = f"near twin of {', '.join(row['near_twins'])} (kept on one side of the split)"
+        rows.append(row)
     return sorted(rows, key=lambda r: (r["label"], r["key"]))
+
+
+def _near_twins(catalogue: Catalogue) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Near-twins among the accepted images (key -> twin keys) and the near conflicts (key -> reason)."""
+    accepted = near_twins.labelled(catalogue.accepted_images(attributes=("key", "label", "phash")))
+    pairs = near_twins.near_twins(accepted)
+    flagged = near_twins.near_conflicts(near_twins.twin_groups(accepted))
+    return {key: [twin for twin, _ in found] for key, found in pairs.items()}, flagged
 
 
 def reindex(target: Target) -> dict[str, int]:

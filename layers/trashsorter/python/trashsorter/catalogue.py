@@ -21,6 +21,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -62,6 +63,9 @@ _RECORD_FIELDS = (
     "width",
     "height",
     "size",
+    "object_key",
+    "object_etag",
+    "phash",
 )
 
 
@@ -74,6 +78,14 @@ def _reason_for(status: str, key: str, label: str, owners: Mapping[str, Sequence
         f"same bytes are also labelled {', '.join(others)}; not used for training until a person deletes "
         "the wrong copy",
     )
+
+
+def _stored_object(old: Mapping[str, Any] | None, update: ImageUpdate | None) -> dict[str, Any]:
+    """The content's stored copy on its HASH item: the update's when it names one, else the item's own."""
+    source: Mapping[str, Any] = old or {}
+    if update is not None and update.object_key:
+        source = {"object_key": update.object_key, "object_etag": update.object_etag}
+    return {name: source[name] for name in ("object_key", "object_etag") if source.get(name)}
 
 
 _RECONCILE_CHUNK = MAX_TRANSACTION_ITEMS // 2  # status updates per reconcile transaction
@@ -138,13 +150,8 @@ class Catalogue(CatalogueReader):
             return result
         shas, rev = pending
         newly, deltas = self._reconcile(update.key, shas, rev)
-        return ApplyResult(
-            result.key,
-            result.status,
-            changed=result.changed,
-            stale=result.stale,
-            newly_accepted=result.newly_accepted + newly,
-            deltas=_add_deltas(result.deltas, deltas),
+        return replace(
+            result, newly_accepted=result.newly_accepted + newly, deltas=_add_deltas(result.deltas, deltas)
         )
 
     def resume(self, record: Mapping[str, Any]) -> int:
@@ -427,6 +434,7 @@ class Catalogue(CatalogueReader):
                 flip_newly += 1
 
         # --- hash owners (optimistic concurrency on version)
+        released: list[tuple[str, str]] = []
         for sha in shas:
             old = hashes[sha]
             if before[sha] == after[sha] and old is not None:
@@ -449,6 +457,7 @@ class Catalogue(CatalogueReader):
                     "owners": after[sha],
                     "updated_at": now,
                     "version": int(old["version"]) + 1 if old else 1,
+                    **_stored_object(old, update if new_group and new_group[0] == sha else None),
                 }
                 transaction.append(
                     {"Put": {"TableName": self.table_name, "Item": serialize(body), **condition}}
@@ -457,6 +466,8 @@ class Catalogue(CatalogueReader):
                 transaction.append(
                     {"Delete": {"TableName": self.table_name, "Key": serialize(hash_key(sha)), **condition}}
                 )
+                if old.get("object_key"):
+                    released.append((sha, str(old["object_key"])))
 
         # --- the other copies: in this transaction when they fit, else reconciled right after it
         # (counters: one ADD per label, deltas aggregated)
@@ -473,7 +484,13 @@ class Catalogue(CatalogueReader):
             counters = self._counter_updates(final_deltas, newly_accepted)
         transaction.extend(counters)
         result = ApplyResult(
-            key, str(new_status), changed=True, newly_accepted=newly_accepted, deltas=final_deltas
+            key,
+            str(new_status),
+            changed=True,
+            newly_accepted=newly_accepted,
+            deltas=final_deltas,
+            new_content=bool(new_group and hashes[new_group[0]] is None),
+            released=tuple(released),
         )
         return result, transaction, pending
 

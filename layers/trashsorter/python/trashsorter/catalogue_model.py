@@ -20,6 +20,7 @@ from trashsorter.schema import (
     GSI,
     STATE_KEY,
     ImageStatus,
+    hash_key,
     image_gsi_label_prefix,
     image_gsi_status,
     image_key,
@@ -55,6 +56,9 @@ class ImageUpdate:
     height: int | None = None
     reason_code: str | None = None
     reason: str | None = None
+    object_key: str | None = None  # the content-addressed copy under datasets/objects/ (valid images)
+    object_etag: str | None = None  # that copy's ETag when it was stored (a changed copy has another)
+    phash: str | None = None  # 64-bit difference hash, 16 hex digits (trashsorter.near_twins)
 
 
 @dataclass
@@ -65,6 +69,9 @@ class ApplyResult:
     stale: bool = False
     newly_accepted: int = 0
     deltas: dict[str, dict[str, int]] = field(default_factory=dict)
+    new_content: bool = False  # this change created the HASH item of the update's bytes (first owner)
+    # (sha256, stored object) of content no key owns any more: this change deleted its HASH item
+    released: tuple[tuple[str, str], ...] = ()
 
 
 def derive_statuses(owners: Mapping[str, Sequence[str]]) -> dict[str, str]:
@@ -124,6 +131,10 @@ class CatalogueReader:
     def get_image(self, key: str) -> dict[str, Any] | None:
         """The record of one object key (consistent read), or None."""
         return self._get(image_key(key))
+
+    def content(self, sha256: str) -> dict[str, Any] | None:
+        """The ``HASH#<sha256>/OWNERS`` item (owners, and ``object_key`` once the bytes are stored)."""
+        return self._get(hash_key(sha256))
 
     def label_counts(self, labels: Sequence[str]) -> dict[str, dict[str, int]]:
         """Counters per label (consistent); a label never written reads as zeros."""

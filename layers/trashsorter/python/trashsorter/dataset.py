@@ -6,6 +6,10 @@ A snapshot is built from the catalogue's *accepted* image records (never ``confl
 * **Split by content hash.** ``int(sha256[:8], 16) / 2**32 < validation_fraction`` puts an image in
   ``validation``, otherwise ``train``. The side depends only on the bytes, so an image never changes side
   when other images are added or removed, and identical bytes can never be on both sides.
+* **Near-twins stay together.** Photos that look the same (:mod:`trashsorter.near_twins`, by the ``phash``
+  the ingest step recorded) form one unit that takes the side of its smallest hash, so a near-copy in
+  validation never measures a photo the model trained on; near-twins under two labels are held out of the
+  snapshot, like exact conflicts, until a person deletes the wrong one.
 * **Every label gets both sides.** A label with at least two images but no validation image moves its
   image with the *smallest* hash score to validation; a label whose images all fell into validation moves
   its image with the *largest* score to train. This is deterministic (hash order) but, unlike the hash
@@ -47,6 +51,7 @@ from trashsorter import aws
 from trashsorter.clock import now_iso
 from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import NotFoundError, TrainingRuleNotMet, TransientError
+from trashsorter.near_twins import Photo, near_conflicts, twin_groups
 from trashsorter.schema import DATASETS_PREFIX, ImageStatus, dataset_key, dataset_prefix
 from trashsorter.validation import decode_bounded
 from trashsorter_edge.decoding import to_rgb8, upright
@@ -68,6 +73,9 @@ class SnapshotImage:
     label: str
     format: str = "JPEG"
     version_id: str = ""
+    object_key: str = ""  # its copy stored at ingest ("" = none recorded: the snapshot stores one)
+    object_etag: str = ""  # that copy's ETag when the ingest step stored it
+    phash: str = ""  # difference hash (trashsorter.near_twins), "" when not computed
 
 
 @dataclass(frozen=True)
@@ -144,25 +152,53 @@ def split_for(sha256: str, validation_fraction: float) -> str:
 
 
 def assign_splits(images: Iterable[SnapshotImage], validation_fraction: float) -> dict[str, str]:
-    """key -> split: the hash rule, then the per-label guarantee described in the module docstring."""
-    by_label: dict[str, list[SnapshotImage]] = {}
+    """key -> split: the hash rule, then the per-label guarantee described in the module docstring.
+
+    Near-twins (:mod:`trashsorter.near_twins`, by ``phash``) move together: a group of twins under one label
+    is one unit whose side is the hash rule's for its smallest hash, and the per-label guarantee moves whole
+    units, so a group never straddles the split.
+    """
+    images = list(images)
+    unit_of = {img.key: img.key for img in images}
+    for group in twin_groups(twin_photos(images)):
+        for photo in group:
+            unit_of[photo.key] = group[0].key
+    by_label: dict[str, dict[str, list[SnapshotImage]]] = {}
     for image in images:
-        by_label.setdefault(image.label, []).append(image)
+        by_label.setdefault(image.label, {}).setdefault(unit_of[image.key], []).append(image)
     result: dict[str, str] = {}
-    for members in by_label.values():
-        ordered = sorted(members, key=lambda img: (split_score(img.sha256), img.sha256, img.key))
-        sides = {img.key: split_for(img.sha256, validation_fraction) for img in ordered}
+    for units in by_label.values():
+        ordered = sorted(
+            (min((split_score(img.sha256), img.sha256, img.key) for img in members), members)
+            for members in units.values()
+        )
+        sides = [split_for(first[1], validation_fraction) for first, _ in ordered]
         if len(ordered) >= 2:
-            if VALIDATION not in sides.values():
-                sides[ordered[0].key] = VALIDATION
-            elif TRAIN not in sides.values():
-                sides[ordered[-1].key] = TRAIN
-        result.update(sides)
+            if VALIDATION not in sides:
+                sides[0] = VALIDATION
+            elif TRAIN not in sides:
+                sides[-1] = TRAIN
+        for side, (_, members) in zip(sides, ordered, strict=True):
+            result.update({img.key: side for img in members})
     return result
 
 
+def twin_photos(images: Iterable[SnapshotImage]) -> list[Photo]:
+    return [Photo(img.key, img.label, img.phash) for img in images if img.phash]
+
+
+def near_conflict_reasons(images: Iterable[SnapshotImage]) -> dict[str, str]:
+    """key -> reason for images whose near-twins carry another label (held out of the snapshot)."""
+    return near_conflicts(twin_groups(twin_photos(images)))
+
+
+def converts(image_format: str) -> bool:
+    """Whether an accepted image of this format is stored as a JPEG conversion (not its own bytes)."""
+    return image_format.upper() not in DIRECT_FORMATS
+
+
 def needs_conversion(image: SnapshotImage) -> bool:
-    return image.format.upper() not in DIRECT_FORMATS
+    return converts(image.format)
 
 
 def object_key(sha256: str, suffix: str) -> str:
@@ -170,8 +206,22 @@ def object_key(sha256: str, suffix: str) -> str:
     return f"{OBJECTS_PREFIX}{sha256}.{suffix}"
 
 
+def stored_suffix(image_format: str) -> str:
+    """The suffix of an image's own bytes in the store (JPEG and MPO are read as JPEG)."""
+    return "png" if image_format.upper() == "PNG" else "jpg"
+
+
+def content_object(data: bytes, sha256: str, image_format: str) -> tuple[str, bytes]:
+    """The content-addressed key and bytes an accepted upload is stored as: its own bytes (``sha256`` is
+    their hash), or for a format the algorithm cannot decode, the JPEG conversion under the JPEG's hash."""
+    if converts(image_format):
+        body = convert_to_jpeg(data)
+        return object_key(hashlib.sha256(body).hexdigest(), "jpg"), body
+    return object_key(sha256, stored_suffix(image_format)), data
+
+
 def _suffix(image: SnapshotImage) -> str:
-    return "png" if image.format.upper() == "PNG" else "jpg"
+    return stored_suffix(image.format)
 
 
 def canonical_manifest(labels: Sequence[str], entries: Iterable[ManifestEntry]) -> bytes:
@@ -206,11 +256,14 @@ def plan_dataset(
 ) -> DatasetPlan:
     """Compute the snapshot (splits, class indices, object keys, id) without touching AWS.
 
-    A conversion's ``s3_key`` is empty here: it is the hash of the converted bytes, set by
-    :func:`trashsorter.dataset_store.write_dataset`.
+    ``s3_key`` is the copy the ingest step stored (``object_key``) when it recorded one; otherwise a
+    conversion's is empty here (the hash of the converted bytes, set by
+    :func:`trashsorter.dataset_store.write_dataset`).
     """
     class_index = {label: index for index, label in enumerate(labels)}
     usable = [img for img in dedupe(images) if img.label in class_index]
+    held_out = near_conflict_reasons(usable)  # near-twins under two labels wait for a person
+    usable = [img for img in usable if img.key not in held_out]
     splits = assign_splits(usable, validation_fraction)
     ordered = sorted(usable, key=lambda img: img.key)
     provisional = [
@@ -225,7 +278,7 @@ def plan_dataset(
             entry.label,
             entry.class_index,
             entry.split,
-            "" if needs_conversion(img) else object_key(img.sha256, _suffix(img)),
+            img.object_key or ("" if needs_conversion(img) else object_key(img.sha256, _suffix(img))),
         )
         for entry, img in zip(provisional, ordered, strict=True)
     )
@@ -288,7 +341,17 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
     return getattr(record, name, default)
 
 
-SNAPSHOT_ATTRIBUTES = ("key", "sha256", "label", "format", "version_id", "status")
+SNAPSHOT_ATTRIBUTES = (
+    "key",
+    "sha256",
+    "label",
+    "format",
+    "version_id",
+    "status",
+    "object_key",
+    "object_etag",
+    "phash",
+)
 """The catalogue attributes :func:`snapshot_images` reads (the snapshot's query projects only these)."""
 
 
@@ -306,6 +369,9 @@ def snapshot_images(records: Iterable[Any]) -> list[SnapshotImage]:
                 label=str(_get(record, "label")),
                 format=str(_get(record, "format") or "JPEG"),
                 version_id=str(_get(record, "version_id") or ""),
+                object_key=str(_get(record, "object_key") or ""),
+                object_etag=str(_get(record, "object_etag") or ""),
+                phash=str(_get(record, "phash") or ""),
             )
         )
     return images

@@ -8,6 +8,11 @@
   catalogued one. A format the algorithm cannot decode is read, converted to JPEG
   (:func:`trashsorter.dataset.convert_to_jpeg`) and stored by the JPEG's own hash. The trainer re-hashes
   every file against its key.
+* **Stored at ingest.** The ingest step stores an accepted upload's copy (:func:`store_content`, tagged
+  ``catalogued``: kept) and records ``object_key``/``object_etag``; :func:`release_content` lets it expire
+  when no catalogued key holds the bytes any more. A snapshot reuses such a copy with no request when the
+  listing shows it with the recorded ETag, and stores it again (from the catalogued version, hash checked)
+  when it is missing or changed. What follows is the path of records without a stored copy.
 * **Retention.** New copies are tagged ``trashsorter-retention=snapshot``; the bucket's lifecycle rule
   (template.yaml, ``ExpireUnregisteredSnapshotObjects``) expires those ``DatasetObjectDays`` after their
   creation (a copy creates the object anew). :func:`retain_dataset` retags a registered model's objects
@@ -30,9 +35,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,6 +52,7 @@ from trashsorter.dataset import (
     DatasetPlan,
     ManifestEntry,
     SnapshotImage,
+    content_object,
     convert_to_jpeg,
     needs_conversion,
     object_key,
@@ -61,6 +67,8 @@ from trashsorter.schema import dataset_manifest_key
 RETENTION_TAG = "trashsorter-retention"  # the lifecycle rule in template.yaml filters on this tag
 RETENTION_SNAPSHOT = "snapshot"  # expires (DatasetObjectDays) unless a registered model's dataset needs it
 RETENTION_REGISTERED = "registered"  # kept: some registered model's dataset lists it
+RETENTION_CATALOGUED = "catalogued"  # kept: stored at ingest, some catalogued key holds these bytes
+KEPT = frozenset({RETENTION_REGISTERED, RETENTION_CATALOGUED})  # no lifecycle rule expires these
 STORE_WORKERS = 16  # concurrent requests while a snapshot stores its images
 REUSE_MARGIN = timedelta(days=2)  # an object reused unchecked outlives the job by at least this much
 
@@ -83,6 +91,11 @@ class StoredObjects:
 
     modified: Mapping[str, datetime]  # key -> LastModified
     young_after: datetime | None  # objects modified later are reused without a request (None: none is)
+    etags: Mapping[str, str] = field(default_factory=dict)  # key -> ETag (unquoted)
+
+    def unchanged(self, key: str, etag: str) -> bool:
+        """The object is there with the ETag it was stored with (same bytes: SSE-S3 ETags are the MD5)."""
+        return bool(etag) and self.etags.get(key) == etag
 
     def young(self, key: str) -> bool:
         modified = self.modified.get(key)
@@ -92,10 +105,16 @@ class StoredObjects:
 def list_stored_objects(s3: Any, bucket: str, *, reuse_within: timedelta, now: datetime) -> StoredObjects:
     """One ListObjectsV2 pass over ``datasets/objects/`` (a request per 1,000 keys)."""
     modified: dict[str, datetime] = {}
+    etags: dict[str, str] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=OBJECTS_PREFIX):
         for item in page.get("Contents", []):
             modified[str(item["Key"])] = item["LastModified"]
-    return StoredObjects(modified, now - reuse_within if reuse_within > timedelta(0) else None)
+            etags[str(item["Key"])] = _etag(item)
+    return StoredObjects(modified, now - reuse_within if reuse_within > timedelta(0) else None, etags)
+
+
+def _etag(response: Mapping[str, Any]) -> str:
+    return str(response.get("ETag", "")).strip('"')
 
 
 def _put_text(s3: Any, bucket: str, key: str, text: str, content_type: str) -> None:
@@ -119,15 +138,20 @@ def _read_verified(s3: Any, plan: DatasetPlan, image: SnapshotImage) -> bytes:
     return data
 
 
-def _retained(s3: Any, bucket: str, key: str) -> bool:
-    """True when ``key`` exists and is tagged as a registered model's (then it is not copied again)."""
+def _retention(s3: Any, bucket: str, key: str) -> str | None:
+    """The object's retention tag value ("" when untagged), or None when there is no object at ``key``."""
     try:
         tags = s3.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
     except ClientError as exc:
         if aws.error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-            return False
+            return None
         raise
-    return {"Key": RETENTION_TAG, "Value": RETENTION_REGISTERED} in tags
+    return next((str(tag["Value"]) for tag in tags if tag.get("Key") == RETENTION_TAG), "")
+
+
+def _retained(s3: Any, bucket: str, key: str) -> bool:
+    """True when ``key`` exists and is tagged to be kept (registered or catalogued: not copied again)."""
+    return _retention(s3, bucket, key) in KEPT
 
 
 def _keep(s3: Any, bucket: str, key: str, stored: StoredObjects) -> bool:
@@ -141,9 +165,86 @@ def _content_type(key: str) -> str:
     return "image/png" if key.endswith(".png") else "image/jpeg"
 
 
+@dataclass(frozen=True)
+class StoredCopy:
+    """An upload's content-addressed copy: where, the ETag it was stored with, and whether it was written."""
+
+    key: str
+    etag: str
+    written: bool
+
+
+def store_content(s3: Any, bucket: str, key: str, body: bytes, *, overwrite: bool = False) -> StoredCopy:
+    """Store an accepted upload's bytes (or conversion) at ``key``, tagged ``catalogued`` (kept).
+
+    A copy a registered model keeps is left as it is (``overwrite``: written again, still ``registered``,
+    for a copy whose bytes changed); any other copy is written anew (which also restarts an expiring copy).
+    Two requests: GetObjectTagging, then PutObject (or HeadObject for the ETag of a registered copy).
+    """
+    retention = _retention(s3, bucket, key)
+    if retention == RETENTION_REGISTERED and not overwrite:
+        return StoredCopy(key, _etag(s3.head_object(Bucket=bucket, Key=key)), written=False)
+    tag = RETENTION_REGISTERED if retention == RETENTION_REGISTERED else RETENTION_CATALOGUED
+    put = s3.put_object(
+        Bucket=bucket, Key=key, Body=body, ContentType=_content_type(key), Tagging=f"{RETENTION_TAG}={tag}"
+    )
+    return StoredCopy(key, _etag(put), written=True)
+
+
+def release_content(s3: Any, bucket: str, key: str, still_owned: Callable[[], bool]) -> bool:
+    """The last catalogued key holding a copy's content is gone: let the copy expire like a snapshot's.
+
+    The copy is copied onto itself tagged ``snapshot`` (so it expires ``DatasetObjectDays`` from now, which
+    a snapshot taken before the delete still needs); a registered model's copy is left alone. When
+    ``still_owned()`` says the content was catalogued again meanwhile, the tag goes back to ``catalogued``
+    (an ingest that stored nothing because it saw the copy before this release). Returns whether retagged.
+    """
+    if _retention(s3, bucket, key) in (None, RETENTION_REGISTERED):
+        return False
+    try:
+        s3.copy_object(
+            Bucket=bucket,
+            Key=key,
+            CopySource={"Bucket": bucket, "Key": key},
+            MetadataDirective="REPLACE",
+            ContentType=_content_type(key),
+            TaggingDirective="REPLACE",
+            Tagging=f"{RETENTION_TAG}={RETENTION_SNAPSHOT}",
+        )
+    except ClientError as exc:
+        if aws.error_code(exc) in ("NoSuchKey", "404"):
+            return False
+        raise
+    if still_owned():
+        s3.put_object_tagging(
+            Bucket=bucket,
+            Key=key,
+            Tagging={"TagSet": [{"Key": RETENTION_TAG, "Value": RETENTION_CATALOGUED}]},
+        )
+    return True
+
+
+def _store_catalogued(
+    s3: Any, plan: DatasetPlan, image: SnapshotImage, stored: StoredObjects
+) -> tuple[str, bool]:
+    """An image whose copy the ingest step stored: reused when the listing shows it unchanged (no request),
+    else stored again from the catalogued version (missing, or its bytes changed after ingest)."""
+    if stored.unchanged(image.object_key, image.object_etag):
+        return image.object_key, False
+    key, body = content_object(_read_verified(s3, plan, image), image.sha256, image.format)
+    logger.warning(
+        "stored copy missing or changed: stored again",
+        extra={"key": image.key, "object_key": key, "listed": key in stored.modified},
+    )
+    store_content(s3, plan.bucket, key, body, overwrite=True)
+    return key, True
+
+
 def _store(s3: Any, plan: DatasetPlan, entry: ManifestEntry, stored: StoredObjects) -> tuple[str, bool]:
     """Store the entry's bytes content-addressed; returns the object key and whether it was written."""
     image = plan.sources[entry.key]
+    if image.object_key:
+        return _store_catalogued(s3, plan, image, stored)
     tagging = f"{RETENTION_TAG}={RETENTION_SNAPSHOT}"
     if needs_conversion(image):
         body = convert_to_jpeg(_read_verified(s3, plan, image))

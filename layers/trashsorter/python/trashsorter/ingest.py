@@ -23,6 +23,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
 from trashsorter.catalogue_model import ImageUpdate, sequencer_newer
+from trashsorter.dataset import content_object
+from trashsorter.dataset_store import StoredCopy, release_content, store_content
 from trashsorter.errors import Rejection, TransientError
 from trashsorter.events import S3ObjectEvent
 from trashsorter.keys import IMAGES_PREFIX, label_for_key, parse_key
@@ -126,6 +128,32 @@ class _Ingestor:
         except BotoCoreError as exc:
             raise TransientError(f"could not tag rejected s3://{bucket}/{key}: {exc}") from exc
 
+    def _store_copy(
+        self, bucket: str, data: bytes, sha256: str, image_format: str, *, trust_catalogue: bool = True
+    ) -> StoredCopy:
+        """The content-addressed copy a snapshot lists for these bytes: stored once per distinct content
+        (the first key holding them stores it; later keys reuse what the HASH item records)."""
+        content = self.catalogue.content(sha256) if trust_catalogue else None
+        if content and content.get("object_key"):
+            return StoredCopy(
+                str(content["object_key"]), str(content.get("object_etag") or ""), written=False
+            )
+        key, body = content_object(data, sha256, image_format)
+        try:
+            return store_content(self.s3, bucket, key, body)
+        except (ClientError, BotoCoreError) as exc:
+            raise TransientError(f"could not store s3://{bucket}/{key}: {exc}") from exc
+
+    def _release(self, bucket: str, released: Sequence[tuple[str, str]]) -> None:
+        """Copies whose content no catalogued key holds any more expire like a snapshot's."""
+        for sha256, key in released:
+            try:
+                release_content(
+                    self.s3, bucket, key, lambda sha=sha256: self.catalogue.content(sha) is not None
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise TransientError(f"could not release s3://{bucket}/{key}: {exc}") from exc
+
     # ---------------------------------------------------------------- events
     def process(self, event: S3ObjectEvent) -> IngestOutcome:
         event_name, bucket, key = event.event_name, event.bucket, event.key
@@ -194,6 +222,7 @@ class _Ingestor:
             base.update(version_id=version_id, etag=read_etag or etag, size=len(data))
             base["sha256"] = hashlib.sha256(data).hexdigest()
             info = check_image(data, self.settings)
+            copy = self._store_copy(bucket, data, base["sha256"], info.format)
         except Rejection as rejection:
             self._tag_rejected(bucket, key, base["version_id"], rejection.code)
             update = ImageUpdate(
@@ -201,9 +230,22 @@ class _Ingestor:
             )
         else:
             update = ImageUpdate(
-                kind="valid", format=info.format, mode=info.mode, width=info.width, height=info.height, **base
+                kind="valid",
+                format=info.format,
+                mode=info.mode,
+                width=info.width,
+                height=info.height,
+                object_key=copy.key,
+                object_etag=copy.etag,
+                phash=info.phash,
+                **base,
             )
         result = self.catalogue.apply(update)
+        if result.new_content and update.kind == "valid" and not copy.written:
+            # The copy this ingest saw was released (its last key deleted) before this record made the
+            # bytes catalogued again: store it anew so it does not expire.
+            self._store_copy(bucket, data, base["sha256"], str(update.format), trust_catalogue=False)
+        self._release(bucket, result.released)
         logger.info(
             "image catalogued",
             extra={
@@ -263,6 +305,7 @@ class _Ingestor:
             )
         )
         logger.info("image deleted", extra={"key": key, "label": label, "changed": result.changed})
+        self._release(bucket, result.released)
         if result.newly_accepted:
             self._threshold()
         return IngestOutcome(key, label, result.status, None, changed=result.changed)

@@ -19,7 +19,7 @@ that importing this module (and the ingest handler) stays cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from trashsorter.errors import Rejection
@@ -113,6 +113,8 @@ class ImageInfo:
     mode: str  # Pillow mode as stored in the file (RGB, CMYK, P, I;16, RGBA ...)
     width: int  # after EXIF orientation
     height: int  # after EXIF orientation
+    # difference hash of the decoded image (trashsorter.near_twins); not part of what the image "is"
+    phash: str | None = field(default=None, compare=False)
 
 
 def _mb(size: int) -> str:
@@ -154,6 +156,7 @@ def validate_image(
                 im.draft(mode, (-(-width // scale), -(-height // scale)))
             im.load()  # the real decode; ImageFile.LOAD_TRUNCATED_IMAGES stays False, so short files raise
             turn = orientation(im)
+            phash = _phash(im, turn, data)
     except ImageRefused as refused:
         raise _rejection(refused) from refused
     except Exception as exc:  # Pillow raises many types for hostile input; all are rejections
@@ -164,7 +167,17 @@ def validate_image(
         raise Rejection(
             "too_small", f"image is {width}x{height}; the shortest side must be at least {min_side} px"
         )
-    return ImageInfo(format=fmt, mode=mode, width=width, height=height)
+    return ImageInfo(format=fmt, mode=mode, width=width, height=height, phash=phash)
+
+
+def _phash(im: PILImage.Image, turn: int, data: bytes) -> str | None:
+    """The near-twin hash of the image just decoded; a photo is never refused for want of one."""
+    from trashsorter.near_twins import hash_decoded
+
+    try:
+        return hash_decoded(im, turn, data)
+    except Exception:  # noqa: BLE001 - an unusual mode Pillow cannot reduce or convert: no hash
+        return None
 
 
 def decode_bounded(data: bytes) -> PILImage.Image:

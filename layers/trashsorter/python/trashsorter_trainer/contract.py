@@ -6,7 +6,7 @@ channels of the dataset snapshot: the images at their S3 key under the channel f
 ``validation_lst`` (the recipe's ``.lst`` files: ``index<TAB>class_index<TAB>key``), ``labels``
 (``labels.txt``, class index order), the optional ``champion`` (the champion's ``model.tar.gz``) and the
 optional ``manifest`` (the snapshot's ``manifest.jsonl``: every image's original key, which the report
-shows under its thumbnail instead of the content-addressed copy's name).
+shows under its thumbnail instead of the content-addressed copy's name, and an error names a photo by).
 Metrics are printed as ``name=value`` pairs; :data:`METRIC_DEFINITIONS` are the regexes SageMaker (and the
 local emulation) apply to the log. The LAST match of a metric is its final value.
 """

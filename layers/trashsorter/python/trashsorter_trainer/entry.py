@@ -93,11 +93,29 @@ def read_split(split: str, labels: list[str], env: Mapping[str, str]) -> list[Sa
             if not path.is_file():
                 raise TrainerError(f"{lst.name} line {number}: {key} is not in the '{split}' channel")
             data = path.read_bytes()
-            verify_content_address(key, data)
+            try:
+                verify_content_address(key, data)
+            except TrainerError as exc:
+                raise TrainerError(f"{exc}{_photos_named(key, env)}") from exc
             samples.append(Sample(key=key, label=labels[class_index], split=split, data=data))
     if not samples:
         raise TrainerError(f"the '{split}' split is empty")
     return samples
+
+
+def _photos_named(key: str, env: Mapping[str, str]) -> str:
+    """``; photo <catalogue key>, ...`` for a stored object, from the ``manifest`` channel ("" without it)."""
+    directory = channel_dir(MANIFEST_CHANNEL, env)
+    photos: list[str] = []
+    for manifest in sorted(directory.glob("*.jsonl")) if directory is not None else []:
+        with manifest.open(encoding="utf-8") as lines:
+            photos += [row["key"] for row in map(json.loads, lines) if row.get("s3_key") == key]
+    if not photos:
+        return ""
+    return (
+        f"; photo {', '.join(photos)}: delete it if it is wrong, else the next snapshot stores its "
+        "catalogued bytes again"
+    )
 
 
 def champion_model(env: Mapping[str, str], work: Path) -> Path | None:
