@@ -1,6 +1,6 @@
 """The fine-tuning stage (``finetune_epochs`` > 0; the CUDA schedule's default).
 
-LP-FT: the head is first trained on cached pooled features (:func:`train.fit_tail`, the fast schedule),
+LP-FT: the head is first trained on cached pooled features (:func:`head.fit_tail`, the fast schedule),
 then the WHOLE network but the stem (every MBConv block, the head conv and the classifier) trains for
 ``finetune_epochs`` epochs on a fresh augmented view of every photo per epoch (:func:`data.augment`, the
 same augmentation as the cached views): AdamW with a small rate for the pretrained layers and a larger one

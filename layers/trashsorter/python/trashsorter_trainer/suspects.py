@@ -22,7 +22,7 @@ suspects``; a person moves a photo to another label if the label was wrong.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +30,8 @@ import torch
 from trashsorter_trainer.config import TrainConfig
 from trashsorter_trainer.contract import SUSPECTS_FILE
 from trashsorter_trainer.data import Sample
-
-if TYPE_CHECKING:
-    from trashsorter_trainer.model import TrashClassifier
+from trashsorter_trainer.head import fit_tail, tail_probabilities
+from trashsorter_trainer.model import TrashClassifier
 
 FOLDS = 5
 METHOD = "confident learning on out-of-fold probabilities (5 folds of the head on the cached features)"
@@ -49,8 +48,6 @@ def out_of_fold(
     (``bank``: ``views`` blocks of one row per photo, view-major, as the trainer caches them). Folds are
     drawn per class with ``config.seed``. None when the run does not train on pooled features
     (``finetune_blocks`` >= 0: a fold would retrain network blocks, not a linear head)."""
-    from trashsorter_trainer.train import fit_tail, tail_probabilities
-
     if config.finetune_blocks != -1:
         return None
     labels = y_train.numpy()
