@@ -71,7 +71,8 @@ def run(samples: Path, smoke: bool) -> dict[str, Any]:
         "cuda": cuda,
         "smoke": smoke,
         "photos": f"{m['train_count']}/{m['validation_count']}",
-        "schedule": f"head {config.epochs} ep x {config.views} views + fine-tuning {config.finetune_epochs} ep"
+        "schedule": f"head {config.epochs} ep x {config.views} views"
+        + f" + fine-tuning {config.finetune_epochs} ep"
         + (", amp" if cuda and config.amp else "")
         + f", {config.image_size} px",
         "wall_seconds": round(wall, 1),
