@@ -35,22 +35,6 @@ def _samples(from_files: bool) -> tuple[list[Sample], list[str]]:
     return samples, ["Compost", "Recycling"]
 
 
-@pytest.mark.slow
-def test_photos_streamed_from_files_by_workers_train_the_same_model(tmp_path: Path) -> None:
-    on_disk, labels = _samples(from_files=True)
-    in_memory, _ = _samples(from_files=False)
-    streamed = train(on_disk, labels, tmp_path / "a", TrainConfig(**{**TINY.__dict__, "loader_workers": 2}))
-    inline = train(in_memory, labels, tmp_path / "b", TrainConfig(**{**TINY.__dict__, "loader_workers": 0}))
-    assert streamed.validation_probabilities is not None and inline.validation_probabilities is not None
-    np.testing.assert_array_equal(streamed.validation_probabilities, inline.validation_probabilities)
-    np.testing.assert_array_equal(streamed.shipped_probabilities, inline.shipped_probabilities)
-    used = json.loads((tmp_path / "a" / "metrics.json").read_text())["resources"]
-    assert used["photos"] == 10 and used["loader_workers"] == 2
-    assert 100 < used["peak_memory_mb"] < 8000 and used["photos_per_second"] > 0
-    # 2 views x 6 training photos + (with the refit) 2 views x 4 validation photos + 4 + 4 flipped, 1280-d
-    assert used["feature_cache_mb"] == pytest.approx((12 + 8 + 8) * 1280 * 4 / 1024**2, abs=0.05)
-
-
 def test_feature_pass_writes_a_memory_map_in_job_order(tmp_path: Path) -> None:
     samples, _ = _samples(from_files=True)
     jobs = [stream.Job(0), stream.Job(0, flip=True), stream.Job(1), stream.Job(2)]

@@ -61,23 +61,32 @@ def label(target: Any, key: str, label_name: str) -> dict[str, Any]:
         return move(target, key, matches[0])
     if not key.startswith(PREFIX) or ".." in key.split("/"):
         raise UsageError(f"{key!r} is not an inbox key (inbox/<thing>/<file>)")
-    s3 = target.client("s3")
     parts = key.split("/")
     destination = f"images/{matches[0]}/inbox-{'-'.join(parts[1:])}"
+    _copy_then_delete(
+        target,
+        key,
+        destination,
+        f"no inbox object {key}",
+        MetadataDirective="REPLACE",
+        ContentType="image/jpeg",
+    )
+    return {"key": key, "label": matches[0], "image_key": destination}
+
+
+def _copy_then_delete(target: Any, key: str, destination: str, missing: str, **copy: str) -> None:
+    """Copy ``key`` to ``destination`` in the images bucket, then delete ``key`` (``missing``: the usage
+    error when there is no such object)."""
+    s3 = target.client("s3")
     try:
         s3.copy_object(
-            Bucket=target.bucket,
-            Key=destination,
-            CopySource={"Bucket": target.bucket, "Key": key},
-            MetadataDirective="REPLACE",
-            ContentType="image/jpeg",
+            Bucket=target.bucket, Key=destination, CopySource={"Bucket": target.bucket, "Key": key}, **copy
         )
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise UsageError(f"no inbox object {key}") from exc
+            raise UsageError(missing) from exc
         raise
     s3.delete_object(Bucket=target.bucket, Key=key)
-    return {"key": key, "label": matches[0], "image_key": destination}
 
 
 def move(target: Any, key: str, label_name: str) -> dict[str, Any]:
@@ -89,19 +98,7 @@ def move(target: Any, key: str, label_name: str) -> dict[str, Any]:
     if parts[1] == label_name:
         raise UsageError(f"{key} is already labelled {label_name}")
     destination = "/".join([parts[0], label_name, *parts[2:]])
-    s3 = target.client("s3")
-    try:
-        s3.copy_object(
-            Bucket=target.bucket,
-            Key=destination,
-            CopySource={"Bucket": target.bucket, "Key": key},
-            MetadataDirective="COPY",
-        )
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise UsageError(f"no image {key}") from exc
-        raise
-    s3.delete_object(Bucket=target.bucket, Key=key)
+    _copy_then_delete(target, key, destination, f"no image {key}", MetadataDirective="COPY")
     return {"key": key, "label": label_name, "image_key": destination}
 
 

@@ -154,43 +154,26 @@ def train(
     train_samples = [s for s in samples if s.split == "train"]
     val_samples = [s for s in samples if s.split == "validation"]
     try:
-        return _train(
-            train_samples, val_samples, list(labels), index, out, config, progress, rng, started, threads
-        )
+        with tempfile.TemporaryDirectory(prefix="trashsorter-features-") as scratch:
+            return _train(
+                train_samples,
+                val_samples,
+                list(labels),
+                index,
+                out,
+                config,
+                progress,
+                rng,
+                started,
+                threads,
+                Path(scratch),
+            )
     except (MemoryError, torch.OutOfMemoryError) as exc:
         how = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
         raise TrainerError(out_of_memory_reason(len(samples), memory_gb(), how=how)) from exc
 
 
 def _train(
-    train_samples: list[Sample],
-    val_samples: list[Sample],
-    labels: list[str],
-    index: dict[str, int],
-    out: Path,
-    config: TrainConfig,
-    progress: Progress | None,
-    rng: random.Random,
-    started: float,
-    threads: int,
-) -> TrainResult:
-    with tempfile.TemporaryDirectory(prefix="trashsorter-features-") as scratch:
-        return _train_streaming(
-            train_samples,
-            val_samples,
-            labels,
-            index,
-            out,
-            config,
-            progress,
-            rng,
-            started,
-            threads,
-            Path(scratch),
-        )
-
-
-def _train_streaming(
     train_samples: list[Sample],
     val_samples: list[Sample],
     labels: list[str],
