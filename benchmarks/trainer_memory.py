@@ -1,6 +1,7 @@
 """Peak memory of the streaming trainer on a folder of photos, watched from outside, with a memory ceiling.
 
-``python -m benchmarks.trainer_memory --samples DIR [--generate N] [--hyperparameters JSON] [--limit-gb 6]``
+``python -m benchmarks.trainer_memory --samples DIR [--generate N [--generated-width W]]
+[--hyperparameters JSON] [--limit-gb 6]``
 
 Runs ``python -m trashsorter_cli.trainer.bench`` on DIR (one folder per label; ``--generate N`` first
 writes N photos made from DIR's, each a different random crop, flip and tint, so no two are the same bytes)
@@ -31,21 +32,25 @@ from PIL import Image, ImageEnhance
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def generate(source: Path, count: int, dest: Path, seed: int = 0) -> dict[str, int]:
-    """``count`` JPEGs under ``dest/<folder>/``, each a random crop/flip/tint of a photo of ``source``
-    (the folders and their shares as in ``source``)."""
+def generate(source: Path, count: int, dest: Path, width: int = 512, seed: int = 0) -> dict[str, int]:
+    """``count`` JPEGs ``width`` px wide under ``dest/<folder>/``, each a random crop, flip and tint of a
+    photo of ``source`` (the folders and their shares as in ``source``): no two are the same bytes."""
     rng = random.Random(seed)
-    photos = [p for p in sorted(source.glob("*/*.jpg"))]
+    photos = sorted(source.glob("*/*.jpg"))
+    smaller: dict[Path, Image.Image] = {}
     made: dict[str, int] = {}
     for i in range(count):
         path = photos[i % len(photos)]
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-        width, height = image.size
+        if path not in smaller:  # each source decoded once, at the generated size
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+            smaller[path] = image.resize((width, round(image.height * width / image.width)))
+        image = smaller[path]
+        w, h = image.size
         scale = rng.uniform(0.7, 1.0)
-        w, h = int(width * scale), int(height * scale)
-        left, top = rng.randint(0, width - w), rng.randint(0, height - h)
-        out = image.crop((left, top, left + w, top + h)).resize((width, height))
+        cw, ch = int(w * scale), int(h * scale)
+        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        out = image.crop((left, top, left + cw, top + ch)).resize((w, h))
         if rng.random() < 0.5:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         out = ImageEnhance.Color(out).enhance(rng.uniform(0.7, 1.3))
@@ -116,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.trainer_memory", description=__doc__)
     parser.add_argument("--samples", type=Path, required=True, help="one folder of photos per label")
     parser.add_argument("--generate", type=int, default=0, help="train on N photos made from SAMPLES'")
+    parser.add_argument("--generated-width", type=int, default=512, help="width of the generated photos")
     parser.add_argument("--hyperparameters", default="{}", help="JSON, as the run passes them")
     parser.add_argument("--limit-gb", type=float, default=6.0, help="kill the tree above this RSS")
     args = parser.parse_args(argv)
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         root = args.samples
         if args.generate:
             started = time.perf_counter()
-            made = generate(args.samples, args.generate, Path(tmp) / "photos")
+            made = generate(args.samples, args.generate, Path(tmp) / "photos", args.generated_width)
             print(
                 f"generated {sum(made.values())} photos in {time.perf_counter() - started:.0f} s",
                 file=sys.stderr,
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {
         "photos_dir": str(args.samples),
         "generated": args.generate,
+        "generated_width": args.generated_width if args.generate else None,
         "hyperparameters": json.loads(args.hyperparameters),
         "exit_code": done.returncode,
         "wall_seconds": round(wall, 1),

@@ -118,3 +118,13 @@ def test_memory_errors_in_training_become_the_memory_reason(monkeypatch: pytest.
     with pytest.raises(TrainerError, match=r"^ran out of memory at 10 photos on an instance with .* GB: "):
         train(samples, labels, "/nonexistent-never-written", TINY)
     assert "OutOfMemoryError" in out_of_memory_reason(1, 1.0, how="OutOfMemoryError: x")
+
+
+def test_a_pass_over_the_photos_leaves_torchs_random_draws_as_they_were() -> None:
+    # dropout and a new classifier's weights draw from torch's global generator: reading photos must not
+    samples, _ = _samples(from_files=True)
+    photos = stream.Photos(samples, [stream.Job(0), stream.Job(1)], 32)
+    before = torch.random.get_rng_state()
+    for workers in (0, 1):
+        assert len(list(stream.batches(photos, [2], 1, workers))) == 2
+    assert torch.equal(before, torch.random.get_rng_state())

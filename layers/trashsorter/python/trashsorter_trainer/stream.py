@@ -123,6 +123,9 @@ def loader(
         num_workers=workers,
         pin_memory=device == "cuda",
         multiprocessing_context="fork" if workers and sys.platform == "linux" else None,
+        # the workers' seeds come from this generator, not from torch's global one, which the training
+        # draws from (dropout, a new classifier's weights): a pass over the photos leaves the training as is
+        generator=torch.Generator().manual_seed(0),
     )
 
 
