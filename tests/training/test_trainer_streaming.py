@@ -9,28 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trashsorter_trainer.data import Sample
+from tests.support.streaming_photos import two_bins
 from trashsorter_trainer.train import TrainConfig, train
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 TINY = TrainConfig(epochs=2, views=2, image_size=96, batch_size=4, threads=2)
-
-
-def _samples(from_files: bool) -> tuple[list[Sample], list[str]]:
-    samples = []
-    for label, folder in (("Compost", "paper"), ("Recycling", "metal")):
-        for i, path in enumerate(sorted((SAMPLES / folder).glob("*.jpg"))[:5]):
-            content = path if from_files else path.read_bytes()
-            samples.append(
-                Sample(f"{folder}/{path.name}", label, "train" if i < 3 else "validation", content)
-            )
-    return samples, ["Compost", "Recycling"]
 
 
 @pytest.mark.slow
 def test_photos_streamed_from_files_by_workers_train_the_same_model(tmp_path: Path) -> None:
-    on_disk, labels = _samples(from_files=True)
-    in_memory, _ = _samples(from_files=False)
+    on_disk, labels = two_bins(from_files=True)
+    in_memory, _ = two_bins(from_files=False)
     streamed = train(on_disk, labels, tmp_path / "a", TrainConfig(**{**TINY.__dict__, "loader_workers": 2}))
     inline = train(in_memory, labels, tmp_path / "b", TrainConfig(**{**TINY.__dict__, "loader_workers": 0}))
     assert streamed.validation_probabilities is not None and inline.validation_probabilities is not None

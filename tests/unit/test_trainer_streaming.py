@@ -14,29 +14,18 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.support.streaming_photos import two_bins
 from trashsorter_cli.local.sagemaker_jobs import JobEmulator
 from trashsorter_trainer import entry, stream
 from trashsorter_trainer.contract import out_of_memory_reason
 from trashsorter_trainer.data import Sample, decode, upright_size
 from trashsorter_trainer.train import TrainConfig, train
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 TINY = TrainConfig(epochs=2, views=2, image_size=96, batch_size=4, threads=2)
 
 
-def _samples(from_files: bool) -> tuple[list[Sample], list[str]]:
-    samples = []
-    for label, folder in (("Compost", "paper"), ("Recycling", "metal")):
-        for i, path in enumerate(sorted((SAMPLES / folder).glob("*.jpg"))[:5]):
-            content = path if from_files else path.read_bytes()
-            samples.append(
-                Sample(f"{folder}/{path.name}", label, "train" if i < 3 else "validation", content)
-            )
-    return samples, ["Compost", "Recycling"]
-
-
 def test_feature_pass_writes_a_memory_map_in_job_order(tmp_path: Path) -> None:
-    samples, _ = _samples(from_files=True)
+    samples, _ = two_bins(from_files=True)
     jobs = [stream.Job(0), stream.Job(0, flip=True), stream.Job(1), stream.Job(2)]
     photos = stream.Photos(samples, jobs, 32)
     bank = stream.feature_pass(lambda x: x.mean(dim=(2, 3)), photos, [2, 2], 3, 0, tmp_path / "features.npy")
@@ -114,7 +103,7 @@ def test_memory_errors_in_training_become_the_memory_reason(monkeypatch: pytest.
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(train_module, "_train", fail)
-    samples, labels = _samples(from_files=True)
+    samples, labels = two_bins(from_files=True)
     with pytest.raises(TrainerError, match=r"^ran out of memory at 10 photos on an instance with .* GB: "):
         train(samples, labels, "/nonexistent-never-written", TINY)
     assert "OutOfMemoryError" in out_of_memory_reason(1, 1.0, how="OutOfMemoryError: x")
@@ -122,7 +111,7 @@ def test_memory_errors_in_training_become_the_memory_reason(monkeypatch: pytest.
 
 def test_a_pass_over_the_photos_leaves_torchs_random_draws_as_they_were() -> None:
     # dropout and a new classifier's weights draw from torch's global generator: reading photos must not
-    samples, _ = _samples(from_files=True)
+    samples, _ = two_bins(from_files=True)
     photos = stream.Photos(samples, [stream.Job(0), stream.Job(1)], 32)
     before = torch.random.get_rng_state()
     for workers in (0, 1):
