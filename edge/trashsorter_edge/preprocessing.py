@@ -63,10 +63,15 @@ def to_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def resize_short_side(image: Image.Image, side: int) -> Image.Image:
-    width, height = image.size
+def short_side_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """The (width, height) :func:`resize_short_side` gives an image of ``size``."""
+    width, height = size
     scale = side / min(width, height)
-    size = (max(side, round(width * scale)), max(side, round(height * scale)))
+    return max(side, round(width * scale)), max(side, round(height * scale))
+
+
+def resize_short_side(image: Image.Image, side: int) -> Image.Image:
+    size = short_side_size(image.size, side)
     return image if size == image.size else image.resize(size, _RESAMPLE)
 
 

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trashsorter_cli.commands import report
 
     report.register(sub, common)
+    from trashsorter_cli.commands import suspects
+
+    suspects.register(sub, common)
     return parser
 
 
@@ -186,6 +189,10 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     target = _target(args)
     if command == "report":
         return report.handle(args, ui, target)
+    if command == "suspects":
+        from trashsorter_cli.commands import suspects
+
+        return suspects.handle(args, ui, target)
     if command == "upload":
         mapping = data.load_mapping(args.mapping) if args.mapping else None
         plan = data.plan_upload(args.directory, target.labels, mapping=mapping, force=args.force)

@@ -174,7 +174,15 @@ def test_entry_point_runs_as_the_container_runs_it(tmp_path: Path) -> None:
     page = (model_dir / "report.html").read_text()
     wrong = len(truth) - sum(metrics["confusion_matrix"][i][i] for i in range(len(labels)))
     assert "was refit on train+validation" in page
-    assert page.count("<figure>") == wrong and page.count("data:image/jpeg;base64,") == wrong
+    misclassified_part, suspects_part = page.split("<h2>Suspected mislabels")
+    assert misclassified_part.count("<figure>") == wrong
+    assert misclassified_part.count("data:image/jpeg;base64,") == wrong
+    # the photos whose label the model doubts, with thumbnails, and the run's memory and speed
+    listed = json.loads((model_dir / "suspects.json").read_text())
+    assert metrics["suspects"]["count"] == len(listed) and metrics["suspects"]["file"] == "suspects.json"
+    assert suspects_part.count("<figure>") == min(len(listed), 24)
+    assert all(s["key"] in suspects_part for s in listed[:24])
+    assert "<h2>Memory and speed</h2>" in page and metrics["resources"]["peak_memory_mb"] > 0
     assert f"{metrics['validation_accuracy']:.4f}" in page and 'src="http' not in page
     low, high = report.wilson_interval(len(truth) - wrong, len(truth))
     assert f"95 % interval {low:.2f}-{high:.2f}" in page

@@ -14,7 +14,9 @@ i.e. the ``trashsorter`` algorithm) is executed as the SageMaker service and the
    ``PR_SET_PDEATHSIG`` (Linux), so it dies with the stack; :func:`stop_all` ends the running ones;
 4. the request's ``MetricDefinitions`` applied to its log -> ``FinalMetricDataList``;
 5. ``model/`` packed as ``model.tar.gz`` to ``<S3OutputPath>/<job>/output/model.tar.gz``;
-6. DescribeTrainingJob answers the real status (InProgress, then Completed or Failed with the reason), the
+6. DescribeTrainingJob answers the real status (InProgress, then Completed or Failed with the reason: the
+   job's ``output/failure``; for a job the kernel killed (exit code -9, the out-of-memory killer's signal)
+   the photos it was given and this machine's memory), the
    request's MetricDefinitions, the metrics and the artifact; the "SageMaker Training Job State Change"
    event (detail = DescribeTrainingJob) goes to the default bus, as SageMaker puts it.
 
@@ -55,7 +57,16 @@ from urllib.parse import urlparse
 from trashsorter import runs
 from trashsorter.schema import SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE
 from trashsorter_cli.local import children
-from trashsorter_trainer.contract import EPOCH_LINE, FEATURES_LINE, parse_metrics
+from trashsorter_trainer.contract import (
+    EPOCH_LINE,
+    FEATURES_LINE,
+    LST_CHANNELS,
+    OOM_SIGNAL,
+    listed_photos,
+    memory_gb,
+    out_of_memory_reason,
+    parse_metrics,
+)
 
 LOG = logging.getLogger("trashsorter.local.sagemaker")
 MAX_FAILURE_REASON = 1024
@@ -193,9 +204,7 @@ class JobEmulator:
                 if any((root / "model").iterdir()):  # what the algorithm saved in its window is kept
                     self.upload_model(request, root / "model")
             elif code != 0:
-                reason_file = root / "output" / "failure"
-                reason = reason_file.read_text() if reason_file.is_file() else "\n".join(lines[-5:])
-                failure = f"AlgorithmError: {reason} (exit code {code})"
+                failure = f"AlgorithmError: {self.failure_reason(root, code, lines)} (exit code {code})"
             else:
                 self.upload_model(request, root / "model")
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's FailureReason
@@ -210,6 +219,20 @@ class JobEmulator:
         detail = self.describe(name)
         self.put_event(detail)
         return detail
+
+    @staticmethod
+    def failure_reason(root: Path, code: int, lines: list[str]) -> str:
+        """What the job wrote to ``output/failure``; for a job the kernel killed (SIGKILL, as its
+        out-of-memory killer does) that could write nothing, the memory reason; else its last log lines."""
+        reason_file = root / "output" / "failure"
+        if reason_file.is_file():
+            return reason_file.read_text()
+        if code == -OOM_SIGNAL:
+            data = root / "input" / "data"
+            return out_of_memory_reason(
+                listed_photos(data / c for c in LST_CHANNELS), memory_gb(), "this machine"
+            )
+        return "\n".join(lines[-5:])
 
     def progress(self, request: Mapping[str, Any], line: str) -> None:
         """Local convenience (CloudWatch's role on AWS): an epoch line or a feature-pass line becomes the run

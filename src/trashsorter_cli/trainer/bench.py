@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(entry), flush=True)
 
     def cpu_seconds() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
+        # this process and its finished children (the data-loader workers that decode the photos)
+        usages = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        return sum(usage.ru_utime + usage.ru_stime for usage in usages)
 
     load_before = os.getloadavg()[0]
     cpu_before = cpu_seconds()
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             # are the split run's
             "refit": {k: m["refit"][k] for k in ("on", "images", "seconds")} if m["refit"] else None,
             "backbone_images_per_second": m["backbone_images_per_second"],
+            # peak memory (ru_maxrss) of the trainer and its largest loader worker, photos / s
+            "resources": m["resources"],
+            "suspects": m["suspects"],
             "onnx_max_abs_diff": m["onnx_max_abs_diff"],
             "threads": m["threads"],
             "config": m["config"],

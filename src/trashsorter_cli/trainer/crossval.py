@@ -8,7 +8,7 @@ Folds come from the content hash (fold = first 8 hex digits of the SHA-256 x fol
 folds, fold 0 is exactly the trainer's 20 % hash validation split. The frozen part of the network runs
 ONCE per image and view (centre crop, its flip, ``views`` augmented views) and is shared by every fold and
 every grid entry with the same cut / views / size; each fold then trains a fresh tail with
-:func:`train.fit_tail` and evaluates it with :func:`train.tail_probabilities` (the flip-TTA of the graph),
+:func:`head.fit_tail` and evaluates it with :func:`head.tail_probabilities` (the flip-TTA of the graph),
 exactly as :func:`train.train` does. Settings with ``local_finetune_epochs`` change the network itself, so
 no cache serves them: each fold runs the whole :func:`train.train` (without the refit), minutes per fold.
 Prints one JSON document: per setting, the fold accuracies, mean and
@@ -48,16 +48,14 @@ from trashsorter_trainer.data import (
     resize_short_side,
     samples_from_directory,
 )
-from trashsorter_trainer.train import (
-    TrainConfig,
+from trashsorter_trainer.head import (
     build_model,
-    configure_threads,
     fit_tail,
     flipped,
     frozen_features,
     tail_probabilities,
-    train,
 )
+from trashsorter_trainer.train import TrainConfig, configure_threads, train
 
 
 def fold_of(data: bytes, folds: int) -> int:

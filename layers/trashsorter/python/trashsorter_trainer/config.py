@@ -55,6 +55,9 @@ class TrainConfig:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     device: str = "cpu"  # "cpu" or "cuda" (from_hyperparameters picks cuda when torch sees a GPU)
     amp: bool = True  # mixed precision (float16 autocast + grad scaling), on CUDA only
+    # processes that read and decode the photos while the network runs (-1: one per two cores on the CPU,
+    # one per core up to 8 beside a GPU; 0: in the trainer's process); the results do not depend on it
+    loader_workers: int = -1
 
     @classmethod
     def for_device(cls, device: str) -> TrainConfig:
@@ -106,6 +109,7 @@ class TrainConfig:
                 ("local_finetune_learning_rate", "finetune_learning_rate", float),
                 ("local_finetune_head_learning_rate", "finetune_head_learning_rate", float),
                 ("local_finetune_batch_size", "finetune_batch_size", int),
+                ("local_loader_workers", "loader_workers", int),
             ):
                 if key in hp:
                     updates[name] = kind(hp[key])
@@ -149,6 +153,8 @@ class TrainConfig:
             problems.append("dropout must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             problems.append("label smoothing must be in [0, 1)")
+        if self.loader_workers < -1:
+            problems.append("loader_workers must be >= -1 (-1 = automatic)")
         if self.device not in ("cpu", "cuda"):
             problems.append("device must be cpu or cuda")
         if problems:

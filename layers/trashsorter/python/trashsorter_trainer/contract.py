@@ -13,8 +13,10 @@ local emulation) apply to the log. The LAST match of a metric is its final value
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 PROGRAM = "train.py"  # sagemaker_program: the entry script at the root of sourcedir.tar.gz
@@ -28,6 +30,8 @@ MANIFEST_CHANNEL = "manifest"
 # (trashsorter.report_decision); the trainer writes the report before the gate has decided.
 REPORT_DECISION_START = "<!--decision-->"
 REPORT_DECISION_END = "<!--/decision-->"
+# beside model.onnx in the model dir: the photos whose label the model most doubts (see suspects.py)
+SUSPECTS_FILE = "suspects.json"
 METRIC_NAMES = (
     "train:loss",
     "train:accuracy",
@@ -82,3 +86,58 @@ def feature_progress(progress: Callable[[dict[str, Any]], None] | None, total: i
             progress({"phase": "features", "done": min(state["done"], total), "total": total})
 
     return tick
+
+
+# Running out of memory: the kernel's out-of-memory killer ends the trainer with SIGKILL (exit code -9 /
+# 137), which leaves the trainer no chance to explain. The entry point runs the training in a child process
+# and writes this reason to /opt/ml/output/failure when the child is killed; the local emulation writes it
+# when the whole job process is.
+OOM_SIGNAL = 9
+
+
+def out_of_memory_reason(
+    photos: int,
+    memory_gb: float,
+    instance_type: str = "",
+    how: str = "the kernel killed the trainer (SIGKILL)",
+) -> str:
+    """The failure reason of a trainer that ran out of memory, with what to do about it."""
+    instance = f" ({instance_type})" if instance_type else ""
+    return (
+        f"ran out of memory at {photos} photos on an instance with {memory_gb:.1f} GB{instance}: {how}; "
+        "choose a training instance type with more memory (the stack's TrainingInstanceType parameter) or "
+        "train on fewer photos"
+    )
+
+
+def memory_gb() -> float:
+    """The memory this process may use, in GB: its cgroup's limit (a container's) or the machine's."""
+    limits = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    total = _meminfo_bytes()
+    for path in limits:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            return int(text) / 1e9
+    return total / 1e9
+
+
+def _meminfo_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def listed_photos(lst_dirs: Iterable[Path | None]) -> int:
+    """How many photos the ``.lst`` files of a job's ``<split>_lst`` channel folders list."""
+    count = 0
+    for folder in lst_dirs:
+        for lst in sorted(folder.glob("*.lst")) if folder is not None else []:
+            count += sum(1 for line in lst.read_text().splitlines() if line.strip())
+    return count

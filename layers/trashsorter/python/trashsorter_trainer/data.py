@@ -13,6 +13,7 @@ vertical flip (p=0.5), brightness/contrast/saturation jitter of +-20 %, all with
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import random
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, UnidentifiedImageError
 
 import trashsorter_edge.preprocessing as _edge
 from trashsorter_edge.preprocessing import (
@@ -30,11 +31,19 @@ from trashsorter_edge.preprocessing import (
     IMAGE_SIZE,
     preprocess,
     resize_short_side,
+    short_side_size,
     to_array,
 )
 from trashsorter_trainer.errors import TrainerError
 
-__all__ = ["IMAGE_EXTENSIONS", "IMAGE_SIZE", "preprocess", "resize_short_side", "to_array"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "IMAGE_SIZE",
+    "preprocess",
+    "resize_short_side",
+    "short_side_size",
+    "to_array",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,12 +53,24 @@ _RESAMPLE = Image.Resampling.BILINEAR
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image: ``data`` holds the encoded bytes as stored (JPEG/PNG/WebP)."""
+    """One labelled image: ``content`` is the encoded bytes as stored (JPEG/PNG/WebP) or the file holding
+    them, read each time :attr:`data` is asked for (the trainer streams photos from the channel folder and
+    never keeps them all in memory)."""
 
     key: str
     label: str
     split: str
-    data: bytes
+    content: bytes | Path
+
+    @property
+    def data(self) -> bytes:
+        """The encoded bytes (read from the file when ``content`` is a path)."""
+        if isinstance(self.content, Path):
+            try:
+                return self.content.read_bytes()
+            except OSError as exc:
+                raise TrainerError(f"cannot read {self.key}: {exc}") from exc
+        return self.content
 
 
 def decode(data: bytes | Image.Image, name: str = "image") -> Image.Image:
@@ -60,9 +81,25 @@ def decode(data: bytes | Image.Image, name: str = "image") -> Image.Image:
         raise TrainerError(str(exc)) from exc
 
 
+@dataclass(frozen=True)
+class View:
+    """The random choices of one augmented view (:func:`draw_view`), applied by :func:`apply_view`: drawn
+    in order in the trainer's process, applied wherever the photo is decoded (a data-loader worker)."""
+
+    size: tuple[int, int]  # the (width, height) of the image the choices were drawn for
+    box: tuple[int, int, int, int]
+    flip_left_right: bool
+    flip_top_bottom: bool
+    factors: tuple[float, float, float]  # brightness, contrast, saturation
+
+
 def augment(image: Image.Image, rng: random.Random, image_size: int = IMAGE_SIZE) -> np.ndarray:
     """One random training view of an RGB image -> float32 [3, size, size]."""
-    width, height = image.size
+    return apply_view(image, draw_view(rng, *image.size), image_size)
+
+
+def draw_view(rng: random.Random, width: int, height: int) -> View:
+    """The random choices of one view of a ``width`` x ``height`` image (the rng is drawn as always)."""
     area = width * height
     box = None
     for _ in range(10):
@@ -77,17 +114,50 @@ def augment(image: Image.Image, rng: random.Random, image_size: int = IMAGE_SIZE
         side = min(width, height)
         left, top = (width - side) // 2, (height - side) // 2
         box = (left, top, left + side, top + side)
-    view = image.resize((image_size, image_size), _RESAMPLE, box=box)
-    if rng.random() < 0.5:
-        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if rng.random() < 0.5:
-        view = view.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        view = enhancer(view).enhance(rng.uniform(0.8, 1.2))
-    return to_array(view)
+    flip_left_right = rng.random() < 0.5
+    flip_top_bottom = rng.random() < 0.5
+    factors = (rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2))
+    return View((width, height), box, flip_left_right, flip_top_bottom, factors)
+
+
+def apply_view(image: Image.Image, view: View, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """``view``'s crop, flips and colour jitter on ``image`` -> float32 [3, size, size]."""
+    if image.size != view.size:
+        raise TrainerError(f"a view drawn for a {view.size} image applied to a {image.size} image")
+    out = image.resize((image_size, image_size), _RESAMPLE, box=view.box)
+    if view.flip_left_right:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if view.flip_top_bottom:
+        out = out.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    for enhancer, factor in zip(
+        (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color), view.factors, strict=True
+    ):
+        out = enhancer(out).enhance(factor)
+    return to_array(out)
+
+
+def upright_size(data: bytes, name: str = "image") -> tuple[int, int]:
+    """(width, height) of the image :func:`decode` makes of ``data`` (the EXIF orientation applied), read
+    from the header without decoding the pixels; a file that is no image raises TrainerError."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            try:
+                orientation = image.getexif().get(0x0112)
+            except (OSError, ValueError, SyntaxError):  # decode keeps such a picture as it is
+                orientation = None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise TrainerError(f"cannot decode {name}: {exc}") from exc
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 _CONTENT_ADDRESS = re.compile(r"(?:^|/)objects/([0-9a-f]{64})\.[a-z]+$")
+
+
+def content_sha256(key: str) -> str | None:
+    """The SHA-256 a content-addressed snapshot key (``.../objects/<sha256>.<ext>``) names; else None."""
+    match = _CONTENT_ADDRESS.search(key)
+    return match.group(1) if match else None
 
 
 def verify_content_address(key: str, data: bytes) -> None:
@@ -95,14 +165,14 @@ def verify_content_address(key: str, data: bytes) -> None:
 
     Keys of snapshots from before content addressing carry no hash and are read as they are.
     """
-    match = _CONTENT_ADDRESS.search(key)
-    if match is None:
+    expected = content_sha256(key)
+    if expected is None:
         return
     actual = hashlib.sha256(data).hexdigest()
-    if actual != match.group(1):
+    if actual != expected:
         raise TrainerError(
             f"image {key} does not hold the snapshot's bytes: its SHA-256 is {actual}, the manifest lists "
-            f"{match.group(1)} (the object was changed after the snapshot; take a new snapshot)"
+            f"{expected} (the object was changed after the snapshot; take a new snapshot)"
         )
 
 
@@ -136,7 +206,7 @@ def samples_from_directory(
                     continue
                 data = path.read_bytes()
                 split = hash_split(hashlib.sha256(data).hexdigest(), validation_fraction)
-                samples.append(Sample(key=f"{folder}/{path.name}", label=label, split=split, data=data))
+                samples.append(Sample(key=f"{folder}/{path.name}", label=label, split=split, content=path))
     return samples, sorted(groups)
 
 

@@ -13,6 +13,7 @@ FailureReason SageMaker shows) and exits 1.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -29,14 +30,22 @@ from trashsorter_trainer.contract import (
     CHAMPION_CHANNEL,
     IMAGE_CHANNELS,
     LABELS_CHANNEL,
+    LST_CHANNELS,
     MANIFEST_CHANNEL,
+    OOM_SIGNAL,
+    SUSPECTS_FILE,
     features_line,
+    listed_photos,
+    memory_gb,
     metric_line,
+    out_of_memory_reason,
 )
 from trashsorter_trainer.data import Sample, preprocess, verify_content_address
 from trashsorter_trainer.errors import TrainerError
 
 OPT_ML = "/opt/ml"
+CHAMPION_BATCH = 64  # validation photos decoded at a time for the champion's graph
+SUSPECT_THUMBNAILS = 24  # the most doubted photos shown with a thumbnail in report.html
 
 
 def channel_dir(name: str, env: Mapping[str, str]) -> Path | None:
@@ -92,12 +101,11 @@ def read_split(split: str, labels: list[str], env: Mapping[str, str]) -> list[Sa
             path = images / key
             if not path.is_file():
                 raise TrainerError(f"{lst.name} line {number}: {key} is not in the '{split}' channel")
-            data = path.read_bytes()
-            try:
-                verify_content_address(key, data)
+            try:  # read to check, not kept: the trainer streams
+                verify_content_address(key, path.read_bytes())
             except TrainerError as exc:
                 raise TrainerError(f"{exc}{_photos_named(key, env)}") from exc
-            samples.append(Sample(key=key, label=labels[class_index], split=split, data=data))
+            samples.append(Sample(key=key, label=labels[class_index], split=split, content=path))
     if not samples:
         raise TrainerError(f"the '{split}' split is empty")
     return samples
@@ -142,7 +150,7 @@ def evaluate_champion(folder: Path, samples: list[Sample], labels: list[str]) ->
     deployed refit graph was trained on the champion's validation images, which the hash-stable split keeps
     on this job's validation side, so scoring it there would compare a model on images it learnt against
     one that never saw them. Both sides of the gate are then split-run graphs (no validation image seen)."""
-    from trashsorter_trainer.train import SPLIT_MODEL_FILE, run_onnx
+    from trashsorter_trainer.train import SPLIT_MODEL_FILE, run_onnx_batches
 
     champion_labels = [x.strip() for x in (folder / "labels.txt").read_text().splitlines() if x.strip()]
     if champion_labels != labels:
@@ -153,8 +161,11 @@ def evaluate_champion(folder: Path, samples: list[Sample], labels: list[str]) ->
     if card.is_file():
         size = int(json.loads(card.read_text())["input"]["shape"][-1])
     graph = SPLIT_MODEL_FILE if (folder / SPLIT_MODEL_FILE).is_file() else "model.onnx"
-    batch = np.stack([preprocess(s.data, size) for s in samples])
-    predicted = run_onnx(folder / graph, batch).argmax(1).tolist()
+    batches = (
+        np.stack([preprocess(s.data, size) for s in samples[start : start + CHAMPION_BATCH]])
+        for start in range(0, len(samples), CHAMPION_BATCH)
+    )
+    predicted = run_onnx_batches(folder / graph, batches).argmax(1).tolist()
     truth = [labels.index(s.label) for s in samples]
     scores = report.classification_metrics(report.confusion_matrix(truth, predicted, len(labels)), labels)
     return {
@@ -208,6 +219,18 @@ def misclassified(
     return wrong
 
 
+def suspect_thumbnails(result: Any, samples: list[Sample]) -> list[dict[str, Any]]:
+    """The most doubted photos (suspects.json's first) with a thumbnail, for report.html."""
+    from trashsorter_trainer.data import decode
+
+    by_key = {s.key: s for s in samples}
+    shown = []
+    for suspect in list(result.suspects)[:SUSPECT_THUMBNAILS]:
+        sample = by_key[suspect["key"]]
+        shown.append({**suspect, "thumbnail": report.thumbnail_data_uri(decode(sample.data, sample.key))})
+    return shown
+
+
 def run(env: Mapping[str, str]) -> dict[str, Any]:
     """Train from the channels into the model dir; returns metrics.json's content."""
     from trashsorter_trainer.train import TrainConfig, train
@@ -239,12 +262,15 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
         if champion_dir is not None:
             validation = [s for s in samples if s.split == "validation"]
             metrics["champion"] = evaluate_champion(champion_dir, validation, labels)
-        for name in result.members:
+        for name in (*result.members, SUSPECTS_FILE):
             shutil.copy2(work / "out" / name, model_dir / name)
         (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (model_dir / "report.html").write_text(
-            report.render_html(metrics, misclassified(result, labels, original_names(env)))
+        page = report.render_html(
+            metrics,
+            misclassified(result, labels, original_names(env)),
+            suspects=suspect_thumbnails(result, samples),
         )
+        (model_dir / "report.html").write_text(page)
     final = {
         "train:loss": metrics["train_loss"],
         "train:accuracy": metrics["train_accuracy"],
@@ -258,18 +284,58 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the training in a child process and wait for it: a child the kernel kills for memory (SIGKILL)
+    cannot say so itself, so this process writes the failure reason (photos, memory, what to choose)."""
     del argv  # script mode passes hyperparameters as --name value too; the JSON file is the one source
     env = dict(os.environ)
+    if not hasattr(os, "fork"):
+        return train_and_report(env)
+    child = multiprocessing.get_context("fork").Process(target=_child, args=(env,), name="trainer")
+    child.start()
+    child.join()
+    if child.exitcode == -OOM_SIGNAL:
+        write_failure(env, out_of_memory_reason(_photos(env), memory_gb(), _instance_type(env)))
+        return 1
+    return 0 if child.exitcode == 0 else 1
+
+
+def _child(env: dict[str, str]) -> None:
+    sys.exit(train_and_report(env))
+
+
+def train_and_report(env: dict[str, str]) -> int:
+    """Train; a failure prints its reason and writes it as the job's FailureReason (exit code 1)."""
     try:
         run(env)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the job's FailureReason
         reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TrainerError) else str(exc)
         print(f"training failed: {reason}", file=sys.stderr, flush=True)
-        failure = Path(env.get("SM_OUTPUT_DIR", f"{OPT_ML}/output"))
-        try:
-            failure.mkdir(parents=True, exist_ok=True)
-            (failure / "failure").write_text(reason)
-        except OSError:
-            pass
+        write_failure(env, reason)
         return 1
     return 0
+
+
+def write_failure(env: Mapping[str, str], reason: str) -> None:
+    """``<SM_OUTPUT_DIR>/failure``: the FailureReason SageMaker shows for the job."""
+    failure = Path(env.get("SM_OUTPUT_DIR", f"{OPT_ML}/output"))
+    try:
+        failure.mkdir(parents=True, exist_ok=True)
+        (failure / "failure").write_text(reason)
+    except OSError:
+        pass
+
+
+def _photos(env: Mapping[str, str]) -> int:
+    try:
+        return listed_photos(channel_dir(channel, env) for channel in LST_CHANNELS)
+    except OSError:
+        return 0
+
+
+def _instance_type(env: Mapping[str, str]) -> str:
+    """``current_instance_type`` of the job's resourceconfig.json ("" when it does not say)."""
+    path = Path(env.get("SM_INPUT_CONFIG_DIR", f"{OPT_ML}/input/config")) / "resourceconfig.json"
+    try:
+        return str(json.loads(path.read_text()).get("current_instance_type", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""

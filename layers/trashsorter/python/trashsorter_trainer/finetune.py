@@ -1,6 +1,6 @@
 """The fine-tuning stage (``finetune_epochs`` > 0; the CUDA schedule's default).
 
-LP-FT: the head is first trained on cached pooled features (:func:`train.fit_tail`, the fast schedule),
+LP-FT: the head is first trained on cached pooled features (:func:`head.fit_tail`, the fast schedule),
 then the WHOLE network but the stem (every MBConv block, the head conv and the classifier) trains for
 ``finetune_epochs`` epochs on a fresh augmented view of every photo per epoch (:func:`data.augment`, the
 same augmentation as the cached views): AdamW with a small rate for the pretrained layers and a larger one
@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image
 
 from trashsorter_trainer.config import TrainConfig
-from trashsorter_trainer.data import augment
+from trashsorter_trainer.data import Sample, draw_view
 from trashsorter_trainer.model import TrashClassifier
 from trashsorter_trainer.optim import (
     EpochHook,
@@ -34,19 +33,30 @@ from trashsorter_trainer.optim import (
     loss_function,
     step,
 )
+from trashsorter_trainer.stream import Job, Photos, batches
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The photos fine-tuning trains on: read from their files each epoch, never kept decoded."""
+
+    photos: Sequence[Sample]
+    sizes: Sequence[tuple[int, int]]  # each photo's size once resized for augmentation (stream.source_sizes)
+    labels: torch.Tensor  # class indices
+    workers: int  # data-loader workers
 
 
 def finetune(
     model: TrashClassifier,
-    sources: Sequence[Image.Image],
-    labels: torch.Tensor,
+    tuning: Tuning,
     config: TrainConfig,
     rng: random.Random,
     on_epoch: EpochHook | None = None,
 ) -> tuple[float, float]:
-    """Fine-tune ``model`` (its head already trained) on ``sources`` (decoded photos, short side resized as
-    for :func:`data.augment`) with class indices ``labels``; returns the last epoch's (loss, accuracy) on
-    the augmented views. ``on_epoch(epoch, loss, accuracy)`` after every epoch (1-based)."""
+    """Fine-tune ``model`` (its head already trained) on ``tuning``'s photos, a fresh augmented view of each
+    per epoch (its random choices drawn in order here, the photos decoded by the data-loader workers);
+    returns the last epoch's (loss, accuracy) on the augmented views. ``on_epoch(epoch, loss, accuracy)``
+    after every epoch (1-based)."""
     device = next(model.parameters()).device
     model.unfreeze()
     head_ids = {id(p) for p in model.head_parameters()}
@@ -59,27 +69,30 @@ def finetune(
         weight_decay=config.weight_decay,
     )
     batch = config.finetune_batch_size
-    scheduler = cosine_decay(optimizer, math.ceil(len(sources) / batch) * config.finetune_epochs)
-    labels = labels.to(device)
+    count = len(tuning.photos)
+    scheduler = cosine_decay(optimizer, math.ceil(count / batch) * config.finetune_epochs)
+    labels = tuning.labels.to(device)
     loss_fn = loss_function(config, labels, model.num_classes)
     scaler = grad_scaler(config)
     loss_value = accuracy = 0.0
     for epoch in range(1, config.finetune_epochs + 1):
         model.train_tail()
-        order = list(range(len(sources)))
+        order = list(range(count))
         rng.shuffle(order)
+        jobs = [Job(i, draw_view(rng, *tuning.sizes[i])) for i in order]
+        views = batches(
+            Photos(tuning.photos, jobs, config.image_size), [count], batch, tuning.workers, config.device
+        )
         loss_sum, correct = 0.0, 0
-        for start in range(0, len(order), batch):
-            idx = order[start : start + batch]
-            views = np.stack([augment(sources[i], rng, config.image_size) for i in idx])
-            x, y = torch.from_numpy(views).to(device), labels[idx]
+        for start, x in zip(range(0, count, batch), views, strict=True):
+            y = labels[order[start : start + batch]]
             with autocast(config):
-                logits = model.logits(x)
+                logits = model.logits(x.to(device, non_blocking=True))
                 loss = loss_fn(logits.float(), y)
             step(loss, optimizer, scaler, scheduler)
-            loss_sum += float(loss.detach()) * len(idx)
+            loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.detach().argmax(1) == y).sum())
-        loss_value, accuracy = loss_sum / len(sources), correct / len(sources)
+        loss_value, accuracy = loss_sum / count, correct / count
         if on_epoch is not None:
             on_epoch(epoch, loss_value, accuracy)
     model.eval()
@@ -87,15 +100,14 @@ def finetune(
 
 
 def graph_probabilities(
-    model: TrashClassifier, arrays: Sequence[np.ndarray], batch_size: int, config: TrainConfig
+    model: TrashClassifier, images: Iterable[torch.Tensor], config: TrainConfig
 ) -> torch.Tensor:
     """What the exported graph answers, computed by torch: ``model`` (normalisation, the whole network,
-    softmax, the flip average) over preprocessed images; float32 on the CPU."""
+    softmax, the flip average) over batches of preprocessed images; float32 on the CPU."""
     device = next(model.parameters()).device
     model.eval()
     outputs = []
     with torch.inference_mode(), autocast(config):
-        for start in range(0, len(arrays), batch_size):
-            x = torch.from_numpy(np.stack(arrays[start : start + batch_size])).to(device)
-            outputs.append(model(x).float().cpu())
+        for x in images:
+            outputs.append(model(x.to(device)).float().cpu())
     return torch.cat(outputs)

@@ -209,6 +209,7 @@ def render_html(
     metrics: Mapping[str, Any],
     misclassified: Sequence[Mapping[str, Any]],
     title: str = "trashsorter training report",
+    suspects: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """``report.html``: accuracy, per-class precision/recall/F1, the confusion matrix, the class balance of
     the splits, a thumbnail of every misclassified validation photo (true, predicted, confidence) and the
@@ -268,6 +269,7 @@ def render_html(
             "</figcaption></figure>"
         )
     parts.append("</div>")
+    parts.extend([_suspects_section(metrics.get("suspects"), suspects), _resources_section(metrics)])
     style = (
         "body{font-family:sans-serif;margin:1em auto;padding:0 1em;max-width:1100px;line-height:1.35}"
         "p{overflow-wrap:anywhere}code{overflow-wrap:anywhere}"
@@ -286,3 +288,47 @@ def render_html(
         f"<title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
     )
+
+
+def _suspects_section(summary: Mapping[str, Any] | None, shown: Sequence[Mapping[str, Any]]) -> str:
+    """The photos whose label the model most doubts (``shown``: suspects.json's first, with a thumbnail)."""
+    if not summary:
+        return ""
+    parts = [
+        f"<h2>Suspected mislabels ({summary['count']} of {summary['checked']} photos)</h2>",
+        f"<p>Photos whose label the model doubts ({html.escape(str(summary['method']))}), most doubted "
+        f"first; the whole list is {html.escape(str(summary['file']))} and <code>trashsorter suspects"
+        "</code>. Nothing was relabelled: look at each, and move a photo to its right label only if its "
+        "label is wrong.</p><div class=grid>",
+    ]
+    for item in shown:
+        parts.append(
+            f'<figure><img src="{item["thumbnail"]}" alt="{html.escape(str(item["key"]))}">'
+            f"<figcaption>#{item['rank']} {html.escape(str(item['key']))}<br>labelled "
+            f"<b>{html.escape(str(item['label']))}</b> ({float(item['label_probability']):.2f}), looks like "
+            f"<b>{html.escape(str(item['suggested']))}</b> ({float(item['suggested_probability']):.2f})"
+            "</figcaption></figure>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _resources_section(metrics: Mapping[str, Any]) -> str:
+    """Peak memory and speed of the training run."""
+    used = metrics.get("resources")
+    if not used:
+        return ""
+    rows = [
+        ["photos", used["photos"]],
+        ["peak memory of the trainer (MiB, ru_maxrss)", used["peak_memory_mb"]],
+        [
+            "peak memory of its largest data-loader worker (MiB, shares most pages)",
+            used["largest_worker_peak_memory_mb"],
+        ],
+        ["photos per second (wall time)", used["photos_per_second"]],
+        ["backbone images per second (feature pass)", metrics.get("backbone_images_per_second", "")],
+        ["data-loader workers", used["loader_workers"]],
+        [f"cached features (MiB, {used['feature_cache']})", used["feature_cache_mb"]],
+        ["wall time (s)", metrics.get("wall_time_seconds", "")],
+    ]
+    return "<h2>Memory and speed</h2>" + _table(["", "value"], rows)

@@ -2,10 +2,13 @@
 
 Schedule (fast on 2 cores, see docs/local-training.md):
 
-1. decode every image once; validation images and the device use :func:`data.preprocess`;
+1. read every photo's size from its file header and draw the random choices of every augmented view in
+   order (nothing is decoded or kept: the photos stream from their files through data-loader workers,
+   :mod:`stream`); validation images and the device use :func:`data.preprocess`;
 2. run the frozen part of the network ONCE per cached view: ``views`` augmented views of each training
    image, the preprocessed validation images (and their horizontal flips with ``flip_tta``), with
-   ``refit`` also ``views`` augmented views of each validation image (drawn last). By default
+   ``refit`` also ``views`` augmented views of each validation image (drawn last), into a float32 memory
+   map on disk that the epochs read (peak memory grows with the network, not with the photos). By default
    (``finetune_blocks = -1``) the whole backbone + head conv + pooling is frozen and the cache holds the
    pooled 1280-d features; ``finetune_blocks = k >= 0`` caches the activations before the last ``k``
    blocks and fine-tunes those blocks + the head conv;
@@ -15,7 +18,8 @@ Schedule (fast on 2 cores, see docs/local-training.md):
    tenth of the feature pass, ``{"phase": "features", "done", "total"}``); with ``finetune_epochs`` the
    whole network then trains on fresh augmented photos (:mod:`finetune`, LP-FT; progress continues);
 4. export normalisation + backbone + head + softmax (+ the flip-TTA average) of this split run, evaluate
-   the validation set WITH onnxruntime on that graph: every reported metric;
+   the validation set WITH onnxruntime on that graph: every reported metric; then the suspected mislabels
+   (:mod:`suspects`: out-of-fold heads on the cached features, confident learning) -> ``suspects.json``;
 5. with ``refit`` (default): train a fresh tail with the same schedule on the train + validation views and
    export THAT as ``model.onnx`` (the split run's graph stays as ``split_model.onnx``; ``metrics["refit"]``
    records it and the shipped graph's answers on the validation images); without it the split run's graph
@@ -28,12 +32,12 @@ The model of the LAST epoch is exported (no selection on the validation set).
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import tarfile
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,38 +45,36 @@ from typing import Any
 import numpy as np
 import torch
 
-from trashsorter_trainer import report
+from trashsorter_trainer import report, suspects
 from trashsorter_trainer.config import TrainConfig
-from trashsorter_trainer.contract import feature_progress
+from trashsorter_trainer.contract import feature_progress, memory_gb, out_of_memory_reason
 from trashsorter_trainer.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Sample,
-    augment,
-    decode,
+    draw_view,
     load_mapping,
-    preprocess,
-    resize_short_side,
     samples_from_directory,
 )
 from trashsorter_trainer.errors import TrainerError
-from trashsorter_trainer.finetune import finetune, graph_probabilities
+from trashsorter_trainer.finetune import Tuning, finetune, graph_probabilities
+from trashsorter_trainer.head import build_model, fit_tail, tail_probabilities
 from trashsorter_trainer.model import (
-    HEAD_ONLY,
     INPUT_NAME,
     MODEL_NAME,
-    NUM_BLOCKS,
     OUTPUT_NAME,
     TrashClassifier,
     export_onnx,
 )
-from trashsorter_trainer.optim import (
-    EpochHook,
-    autocast,
-    cosine_decay,
-    grad_scaler,
-    loss_function,
-    step,
+from trashsorter_trainer.optim import autocast
+from trashsorter_trainer.stream import (
+    Job,
+    Photos,
+    batches,
+    feature_pass,
+    peak_memory_mb,
+    source_sizes,
+    worker_count,
 )
 
 ARTIFACT_MEMBERS = ("model.onnx", "labels.txt", "metrics.json", "confusion_matrix.png", "model.json")
@@ -95,6 +97,8 @@ class TrainResult:
     # the SHIPPED graph's (model.onnx) probabilities on the same samples (== validation_probabilities
     # without the refit): what the device answers
     shipped_probabilities: np.ndarray | None = None
+    # the photos whose label the model most doubts (suspects.json), most doubted first
+    suspects: tuple[dict[str, Any], ...] = ()
 
 
 def configure_threads(threads: int) -> int:
@@ -125,95 +129,6 @@ def _check(samples: Sequence[Sample], labels: Sequence[str]) -> None:
         raise TrainerError("no validation images")
 
 
-def build_model(num_classes: int, config: TrainConfig) -> TrashClassifier:
-    """The classifier cut where ``config`` says (``finetune_blocks`` -1 -> only the classifier trains)."""
-    split = HEAD_ONLY if config.finetune_blocks < 0 else NUM_BLOCKS - config.finetune_blocks
-    model = TrashClassifier(num_classes, split=split, flip_tta=config.flip_tta, dropout=config.dropout)
-    model.eval()
-    return model
-
-
-def frozen_features(
-    model: TrashClassifier,
-    arrays: Sequence[np.ndarray],
-    batch_size: int,
-    config: TrainConfig | None = None,
-    tick: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """The frozen part of ``model`` over preprocessed images (float32 CHW 0..1), batched, no gradient.
-
-    On the model's device (the result stays there, float32); ``tick(n)`` after each batch of n images."""
-    device = next(model.parameters()).device
-    outputs = []
-    with torch.no_grad(), autocast(config):
-        for start in range(0, len(arrays), batch_size):
-            batch = torch.from_numpy(np.stack(arrays[start : start + batch_size])).to(device)
-            outputs.append(model.frozen(batch).float())
-            if tick is not None:
-                tick(len(batch))
-    return torch.cat(outputs)
-
-
-def flipped(array: np.ndarray) -> np.ndarray:
-    """Left-right flip of a CHW image (what the graph's flip-TTA branch sees)."""
-    return np.ascontiguousarray(array[:, :, ::-1])
-
-
-def tail_probabilities(
-    model: TrashClassifier, bank: torch.Tensor, flip_bank: torch.Tensor | None, batch_size: int
-) -> torch.Tensor:
-    """Softmax of the tail over cached features; the mean with the flipped views' softmax (as the graph)."""
-    model.eval()
-    with torch.inference_mode():
-        probs = [
-            torch.softmax(model.tail(part[i : i + batch_size]), dim=1)
-            for part in ([bank] if flip_bank is None else [bank, flip_bank])
-            for i in range(0, len(part), batch_size)
-        ]
-        stacked = torch.cat(probs).float().cpu()
-        return stacked if flip_bank is None else stacked.reshape(2, len(bank), -1).mean(0)
-
-
-def fit_tail(
-    model: TrashClassifier,
-    bank: torch.Tensor,
-    y_bank: torch.Tensor,
-    config: TrainConfig,
-    on_epoch: EpochHook | None = None,
-) -> tuple[float, float]:
-    """Train the tail of ``model`` on cached features; returns the last epoch's (train_loss, train_accuracy).
-
-    AdamW + cosine decay + label smoothing (+ class-balanced weights inverse to the class frequency when
-    ``config.class_balanced``); ``on_epoch(epoch, train_loss, train_accuracy)`` after every epoch.
-    """
-    torch.manual_seed(config.seed)
-    params = [p for p in model.tail_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = cosine_decay(optimizer, math.ceil(len(bank) / config.batch_size) * config.epochs)
-    loss_fn = loss_function(config, y_bank, model.num_classes)
-    generator = torch.Generator().manual_seed(config.seed)
-    scaler = grad_scaler(config)
-    train_loss = train_accuracy = 0.0
-    for epoch in range(1, config.epochs + 1):
-        model.train_tail()
-        order = torch.randperm(len(bank), generator=generator).to(bank.device)
-        loss_sum, correct = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            with autocast(config):
-                logits = model.tail(bank[idx])
-                loss = loss_fn(logits.float(), y_bank[idx])
-            step(loss, optimizer, scaler, scheduler)
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == y_bank[idx]).sum())
-        train_loss = loss_sum / len(bank)
-        train_accuracy = correct / len(bank)
-        if on_epoch is not None:
-            on_epoch(epoch, train_loss, train_accuracy)
-    model.eval()
-    return train_loss, train_accuracy
-
-
 def train(
     samples: Sequence[Sample],
     labels: Sequence[str],
@@ -239,11 +154,23 @@ def train(
     train_samples = [s for s in samples if s.split == "train"]
     val_samples = [s for s in samples if s.split == "validation"]
     try:
-        return _train(
-            train_samples, val_samples, list(labels), index, out, config, progress, rng, started, threads
-        )
+        with tempfile.TemporaryDirectory(prefix="trashsorter-features-") as scratch:
+            return _train(
+                train_samples,
+                val_samples,
+                list(labels),
+                index,
+                out,
+                config,
+                progress,
+                rng,
+                started,
+                threads,
+                Path(scratch),
+            )
     except (MemoryError, torch.OutOfMemoryError) as exc:
-        raise TrainerError(f"out of memory while training: {exc}") from exc
+        how = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+        raise TrainerError(out_of_memory_reason(len(samples), memory_gb(), how=how)) from exc
 
 
 def _train(
@@ -257,46 +184,57 @@ def _train(
     rng: random.Random,
     started: float,
     threads: int,
+    scratch: Path,
 ) -> TrainResult:
-    size = config.image_size
-    # 1. decode once
-    sources = [resize_short_side(decode(s.data, s.key), round(size * 1.15)) for s in train_samples]
-    val_images = [decode(s.data, s.key) for s in val_samples]
-    val_arrays = [preprocess(image, size) for image in val_images]
+    size, batch = config.image_size, config.batch_size
+    workers = worker_count(config.loader_workers, config.device)
+    photos = [*train_samples, *val_samples]  # job index: training photos first, then validation photos
+    n_train, n_val = len(train_samples), len(val_samples)
+    # 1. the photos' sizes from their file headers (nothing decoded, nothing kept); every augmented view's
+    # random choices drawn in order: the views the frozen part runs on below, then (with the refit) views
+    # of the validation photos, drawn last so the split run sees the views it would see without the refit
+    sizes = source_sizes(train_samples, size) + (source_sizes(val_samples, size) if config.refit else [])
     y_train = torch.tensor([index[s.label] for s in train_samples])
     y_val = [index[s.label] for s in val_samples]
+    refit_views = config.views if config.refit else 0
+    val_jobs = [Job(n_train + j) for j in range(n_val)]
+    segments = [n_val] * (2 if config.flip_tta else 1) + [n_train] * config.views + [n_val] * refit_views
+    jobs = [
+        *val_jobs,
+        *(Job(n_train + j, flip=True) for j in range(n_val) if config.flip_tta),
+        *(Job(i, draw_view(rng, *sizes[i])) for _ in range(config.views) for i in range(n_train)),
+        *(
+            Job(n_train + j, draw_view(rng, *sizes[n_train + j]))
+            for _ in range(refit_views)
+            for j in range(n_val)
+        ),
+    ]
     decoded_at = time.perf_counter()
 
-    # 2. frozen features of the cached views (and of the flipped validation images for the flip-TTA)
+    # 2. frozen features of every job, streamed from the files into a memory map on disk
     model = build_model(len(labels), config).to(config.device)
-    # the refit also trains on augmented views of the validation images (drawn after the training views,
-    # so the split run sees exactly the views it would see without the refit)
-    val_sources = [resize_short_side(im, round(size * 1.15)) for im in val_images] if config.refit else []
-    refit_views = config.views if config.refit else 0
-    feature_images = (  # every image the frozen part runs on below
-        len(val_arrays) * (2 if config.flip_tta else 1)
-        + config.views * len(sources)
-        + refit_views * len(val_sources)
-    )
-    tick = feature_progress(progress, feature_images)
-    batch = config.batch_size
-    val_bank = frozen_features(model, val_arrays, batch, config, tick)
-    val_flip_bank = (
-        frozen_features(model, [flipped(a) for a in val_arrays], batch, config, tick)
-        if config.flip_tta
-        else None
-    )
-    views = [
-        frozen_features(model, [augment(src, rng, size) for src in sources], batch, config, tick)
-        for _ in range(config.views)
-    ]
-    bank = torch.cat(views)
-    y_bank = y_train.repeat(config.views).to(bank.device)
-    val_views = [
-        frozen_features(model, [augment(src, rng, size) for src in val_sources], batch, config, tick)
-        for _ in range(refit_views)
-    ]
+    tick = feature_progress(progress, len(jobs))
+    with autocast(config):
+        bank = feature_pass(
+            model.frozen,
+            Photos(photos, jobs, size),
+            segments,
+            batch,
+            workers,
+            scratch / "features.npy",
+            config.device,
+            tick,
+        )
+    val_bank = bank[:n_val]
+    val_flip_bank = bank[n_val : 2 * n_val] if config.flip_tta else None
+    first_view = n_val * (2 if config.flip_tta else 1)
+    train_bank = bank[first_view : first_view + config.views * n_train]
+    y_bank = y_train.repeat(config.views)
     features_at = time.perf_counter()
+
+    def val_batches() -> Iterator[torch.Tensor]:
+        """The validation photos, THE preprocessing, streamed in batches."""
+        return batches(Photos(photos, val_jobs, size), [n_val], batch, workers, config.device)
 
     # 3. train the tail on the cached features (then, with finetune_epochs, the whole network on photos)
     history: list[dict[str, Any]] = []
@@ -322,46 +260,53 @@ def _train(
         record(epoch, train_loss, train_accuracy, probs)
 
     def after_finetune_epoch(epoch: int, train_loss: float, train_accuracy: float) -> None:
-        probs = graph_probabilities(model, val_arrays, config.batch_size, config)
+        probs = graph_probabilities(model, val_batches(), config)
         record(config.epochs + epoch, train_loss, train_accuracy, probs)
 
-    _, train_accuracy = fit_tail(model, bank, y_bank, config, after_epoch)
+    tuning = Tuning(photos[:n_train], sizes[:n_train], y_train, workers)
+    _, train_accuracy = fit_tail(model, train_bank, y_bank, config, after_epoch)
     if config.finetune_epochs:
-        _, train_accuracy = finetune(model, sources, y_train, config, rng, after_finetune_epoch)
+        _, train_accuracy = finetune(model, tuning, config, rng, after_finetune_epoch)
     trained_at = time.perf_counter()
 
     def torch_answers(trained: TrashClassifier) -> torch.Tensor:
         """The torch model's answers on the validation images, to compare with its ONNX graph's."""
         if config.finetune_epochs:  # the cached features no longer describe the fine-tuned network
-            return graph_probabilities(trained, val_arrays, config.batch_size, config)
-        flip = None if val_flip_bank is None else val_flip_bank.cpu()
-        return tail_probabilities(trained, val_bank.cpu(), flip, config.batch_size)
+            return graph_probabilities(trained, val_batches(), config)
+        return tail_probabilities(trained, val_bank, val_flip_bank, config.batch_size)
 
     # 4. export, evaluate the split run's ONNX graph (every reported metric), write the artifact
-    val_batch = np.stack(val_arrays)
     split_file = SPLIT_MODEL_FILE if config.refit else "model.onnx"
-    onnx_probs, max_diff = _export_and_run(model, out / split_file, val_batch, torch_answers, config)
+    onnx_probs, max_diff = _export_and_run(model, out / split_file, val_batches, torch_answers, config)
     predicted = onnx_probs.argmax(1).tolist()
     matrix = report.confusion_matrix(y_val, predicted, len(labels))
     scores = report.classification_metrics(matrix, labels)
     evaluated_at = time.perf_counter()
 
+    # the photos whose label the model most doubts: out-of-fold answers on the cached features
+    with torch.random.fork_rng(devices=[]):  # the folds' fresh heads leave the refit's draws as they were
+        out_of_fold = suspects.out_of_fold(
+            lambda: build_model(len(labels), config), train_bank, y_train, config
+        )
+    doubts = suspects.find(out_of_fold, onnx_probs, photos, index, labels)
+    suspects_at = time.perf_counter()
+
     # 5. the refit: the same schedule on train + validation images; THAT graph ships as model.onnx
     shipped, shipped_probs, refit = model, onnx_probs, None
     if config.refit:
         shipped = build_model(len(labels), config).to(config.device)
-        y_refit = torch.cat([y_bank, torch.tensor(y_val).repeat(config.views).to(bank.device)])
-        refit_loss, refit_accuracy = fit_tail(shipped, torch.cat([bank, *val_views]), y_refit, config)
+        y_refit = torch.cat([y_bank, torch.tensor(y_val).repeat(config.views)])
+        refit_loss, refit_accuracy = fit_tail(shipped, bank[first_view:], y_refit, config)
         if config.finetune_epochs:
-            y_photos = torch.cat([y_train, torch.tensor(y_val)])
-            refit_loss, refit_accuracy = finetune(shipped, sources + val_sources, y_photos, config, rng)
+            everything = Tuning(photos, sizes, torch.cat([y_train, torch.tensor(y_val)]), workers)
+            refit_loss, refit_accuracy = finetune(shipped, everything, config, rng)
         shipped_probs, refit_diff = _export_and_run(
-            shipped, out / "model.onnx", val_batch, torch_answers, config
+            shipped, out / "model.onnx", val_batches, torch_answers, config
         )
         max_diff = max(max_diff, refit_diff)
         refit = {
             "on": "train+validation",
-            "images": len(train_samples) + len(val_samples),
+            "images": n_train + n_val,
             "reported_metrics_from": "split run",
             "evaluated_graph": SPLIT_MODEL_FILE,
             "epochs": config.epochs,
@@ -373,9 +318,10 @@ def _train(
             "shipped_validation_confusion_matrix": report.confusion_matrix(
                 y_val, shipped_probs.argmax(1).tolist(), len(labels)
             ),
-            "seconds": round(time.perf_counter() - evaluated_at, 3),
+            "seconds": round(time.perf_counter() - suspects_at, 3),
         }
     (out / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
+    (out / suspects.SUSPECTS_FILE).write_text(json.dumps(doubts, indent=2))
     report.draw_confusion_matrix(matrix, labels, out / "confusion_matrix.png")
     finished = time.perf_counter()
     wall = finished - started
@@ -393,8 +339,8 @@ def _train(
         "macro_precision": scores["macro_precision"],
         "macro_recall": scores["macro_recall"],
         "confusion_matrix": matrix,
-        "train_count": len(train_samples),
-        "validation_count": len(val_samples),
+        "train_count": n_train,
+        "validation_count": n_val,
         # every validation photo's true label and this model's answer: the gate pairs them with the
         # champion's answers on the same photos (trashsorter.gate, exact McNemar test)
         "validation_labels": {s.key: s.label for s in val_samples},
@@ -410,10 +356,15 @@ def _train(
             "features": round(features_at - decoded_at, 3),
             "train": round(trained_at - features_at, 3),
             "export_and_evaluate": round(evaluated_at - trained_at, 3),
-            "refit": round(finished - evaluated_at, 3),
+            "suspects": round(suspects_at - evaluated_at, 3),
+            "refit": round(finished - suspects_at, 3),
         },
-        "images_per_second": round(len(train_samples) * config.epochs / wall, 3),
-        "backbone_images_per_second": round(feature_images / max(features_at - decoded_at, 1e-9), 3),
+        "images_per_second": round(n_train * config.epochs / wall, 3),
+        "backbone_images_per_second": round(len(jobs) / max(features_at - decoded_at, 1e-9), 3),
+        "resources": resources(n_train + n_val, wall, bank, workers),
+        "suspects": suspects.summary(
+            doubts, n_val + (n_train if out_of_fold is not None else 0), out_of_fold is not None
+        ),
         "onnx_max_abs_diff": max_diff,
         "threads": threads,
         "config": asdict(config),
@@ -432,22 +383,39 @@ def _train(
         validation_samples=tuple(val_samples),
         members=members,
         shipped_probabilities=shipped_probs,
+        suspects=tuple(doubts),
     )
+
+
+def resources(photos: int, wall: float, bank: np.ndarray, workers: int) -> dict[str, Any]:
+    """What the run took: peak resident memory (``ru_maxrss``, MiB) of the trainer and of its largest
+    data-loader worker (they share most pages: not to be added), photos per second of wall time, the size of
+    the cached features (a memory map on disk, read by the epochs)."""
+    peak = peak_memory_mb()
+    return {
+        "photos": photos,
+        "peak_memory_mb": peak["trainer"],
+        "largest_worker_peak_memory_mb": peak["largest_worker"],
+        "photos_per_second": round(photos / max(wall, 1e-9), 3),
+        "loader_workers": workers,
+        "feature_cache_mb": round(bank.nbytes / 1024**2, 1),
+        "feature_cache": "float32 memory map on disk",
+    }
 
 
 def _export_and_run(
     model: TrashClassifier,
     path: Path,
-    batch: np.ndarray,
+    val_batches: Callable[[], Iterable[torch.Tensor]],
     torch_answers: Callable[[TrashClassifier], torch.Tensor],
     config: TrainConfig,
 ) -> tuple[np.ndarray, float]:
-    """Export ``model`` to ``path``, run the graph with onnxruntime on ``batch``; returns its probabilities
-    and the largest difference to the torch model's answers on the same images (``torch_answers``)."""
+    """Export ``model`` to ``path``, run the graph with onnxruntime on the validation photos; returns its
+    probabilities and the largest difference to the torch model's answers on the same images."""
     model.cpu().eval()
     export_onnx(model, path, config.image_size)
     torch_probs = torch_answers(model).numpy()
-    onnx_probs = run_onnx(path, batch)
+    onnx_probs = run_onnx_batches(path, (b.numpy() for b in val_batches()))
     return onnx_probs, float(np.abs(onnx_probs - torch_probs).max())
 
 
@@ -485,11 +453,16 @@ def model_card(labels: Sequence[str], image_size: int) -> dict[str, Any]:
 
 
 def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
+    return run_onnx_batches(path, [batch])
+
+
+def run_onnx_batches(path: Path, batches: Iterable[np.ndarray]) -> np.ndarray:
+    """The graph at ``path`` (onnxruntime, CPU) over ``batches`` of images; the probabilities in order."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    result = session.run([OUTPUT_NAME], {INPUT_NAME: batch.astype(np.float32)})
-    return np.asarray(result[0])
+    results = [session.run([OUTPUT_NAME], {INPUT_NAME: b.astype(np.float32)})[0] for b in batches]
+    return np.concatenate([np.asarray(r) for r in results])
 
 
 def pack(directory: Path, archive: Path, members: Sequence[str] = ARTIFACT_MEMBERS) -> Path:
