@@ -41,14 +41,31 @@ def test_the_recipe_is_the_file_in_the_repo_with_the_package_values_filled_in() 
     assert not hasattr(greengrass_v2, "CLASSIFIER_SCRIPT")
 
 
-def test_ipc_access_is_publish_only_to_its_own_topics() -> None:
+def test_ipc_access_is_publish_only_to_its_own_topics_without_recipe_variables() -> None:
     config = filled()["ComponentConfiguration"]["DefaultConfiguration"]
     policies = [p for service in config["accessControl"].values() for p in service.values()]
     assert policies and all(p["operations"] == ["aws.greengrass#PublishToIoTCore"] for p in policies)
     resources = [r for p in policies for r in p["resources"]]
-    assert not any("*" in r or "#" in r.split("/")[-1] or "+" in r for r in resources)
-    own = {t.replace("<thing>", "{iot:thingName}") for t in config["Topics"].values()}
+    # a default core does not interpolate recipe variables in the configuration: one level per thing instead
+    assert not any("{" in r or "*" in r or "#" in r for r in resources)
+    own = {t.replace("<thing>", "+") for t in config["Topics"].values()}
     assert set(resources) == own
+    assert list(config["accessControl"]["aws.greengrass.ipc.mqttproxy"]) == ["com.example.edge:mqttproxy:publish"]
+
+
+def test_no_configuration_value_reaches_a_lifecycle_script() -> None:
+    """Scripts run through a shell: only the nucleus's own paths are interpolated into them; configuration
+    values reach the lifecycle as environment variables (``Setenv``), which no shell parses."""
+    lifecycle = filled()["Manifests"][0]["Lifecycle"]
+    for name, step in lifecycle.items():
+        if name == "Setenv":
+            continue
+        variables = set(re.findall(r"\{([a-zA-Z]+:[^}]*)\}", step["Script"]))
+        assert variables <= {"artifacts:decompressedPath", "artifacts:path", "work:path"}, (name, variables)
+    setenv = lifecycle["Setenv"]
+    config = filled()["ComponentConfiguration"]["DefaultConfiguration"]
+    keys = {k for k in config if k != "accessControl"}
+    assert {f"TRASHSORTER_CFG_{k}" for k in keys} <= set(setenv)
 
 
 def test_install_is_isolated_and_pinned_and_nothing_runs_as_root() -> None:
@@ -60,8 +77,10 @@ def test_install_is_isolated_and_pinned_and_nothing_runs_as_root() -> None:
         if isinstance(step, dict) and "Script" in step
     )
     install, run = lifecycle["Install"]["Script"], lifecycle["Run"]["Script"]
-    assert "install.py {work:path}" in install and "--user" not in install and "sudo" not in install
-    assert run.startswith("exec {work:path}/venv/bin/python")
+    assert "launch.py install {work:path}" in install and "--user" not in install and "sudo" not in install
+    assert run == "exec python3 {artifacts:decompressedPath}/trashsorter-edge/launch.py run {work:path}"
+    launcher = (ROOT / "layers/trashsorter/python/trashsorter/data/greengrass_launch.py").read_text()
+    assert 'work / "venv" / "bin" / "python"' in launcher and "shell=True" not in launcher
     for name in ("requirements.txt", "requirements-greengrass.txt"):
         lines = [
             ln
@@ -75,7 +94,7 @@ def test_every_configuration_key_the_lifecycle_reads_has_a_default() -> None:
     recipe = filled()
     config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     used = set(re.findall(r"\{configuration:(/[^}]+)\}", json.dumps(recipe["Manifests"])))
-    assert {"/Source", "/Threshold", "/Topics/Infer", "/Output", "/Inbox/Bucket", "/Inbox/PerMinute"} <= used
+    assert {"/Source", "/Threshold", "/Topics", "/Output", "/Inbox", "/ModelId"} <= used
     for pointer in used:
         node = config
         for part in pointer.strip("/").split("/"):
@@ -89,3 +108,4 @@ def test_app_archive_holds_the_edge_package_and_is_reproducible(tmp_path: Path) 
     names = zipfile.ZipFile(first).namelist()
     shipped = {f"trashsorter_edge/{p.name}" for p in (ROOT / "edge/trashsorter_edge").glob("*.py")}
     assert shipped <= set(names) and "trashsorter_edge/requirements.txt" in names
+    assert "launch.py" in names  # the lifecycle steps, at the archive's root

@@ -6,8 +6,12 @@ It does what a nucleus does with a local deployment, for the parts trashsorter's
   ``{iot:thingName}`` and ``{configuration:/json/pointer}`` (the recipe's ``DefaultConfiguration`` merged
   with the caller's configuration update);
 * unarchives ``Unarchive: ZIP`` artifacts into the decompressed path (regular files only, no escapes);
-* runs ``Install`` (in the component's work directory, ``Setenv`` applied), then ``Run`` as a child
-  process; :meth:`ComponentRunner.stop` sends SIGTERM and runs ``Shutdown``.
+* runs ``Install`` (in the component's work directory, ``Setenv`` applied, the step's ``Timeout``: 120 s
+  unless the recipe says otherwise), then ``Run`` as a child process; :meth:`ComponentRunner.stop` sends
+  SIGTERM and runs ``Shutdown``;
+* applies what a core enforces (:mod:`trashsorter_cli.device.core_rules`): the component's ``accessControl``
+  read with the nucleus's ``interpolateComponentConfiguration`` (false unless the caller says otherwise), and
+  its AWS IoT publishes authorized against it (the component's ``AWS_ENDPOINT_URL`` is the core's gateway).
 
 On a developer machine the runner sets ``TRASHSORTER_EDGE_SHARED_SITE`` to this interpreter's site-packages,
 so the component's own venv (created by its ``Install``) finds pinned packages already installed here instead
@@ -29,8 +33,11 @@ from typing import Any
 
 from trashsorter.deploy.greengrass_v2 import merge
 from trashsorter.errors import DeploymentError
+from trashsorter_cli.device.core_rules import IotGateway, NucleusSettings, effective_access_control
 
 _VARIABLE = "{configuration:"
+DEFAULT_STEP_TIMEOUT = 120.0  # Install / Startup without a Timeout (recipe reference)
+SHUTDOWN_TIMEOUT = 15.0  # Shutdown without a Timeout
 
 
 class RecipeError(DeploymentError):
@@ -91,6 +98,7 @@ class ComponentRunner:
         configuration: Mapping[str, Any] | None = None,
         thing: str = "local",
         env: Mapping[str, str] | None = None,
+        nucleus: NucleusSettings | None = None,
     ) -> None:
         self.bundle = Path(bundle)
         recipe_path = self.bundle / "recipe.json"
@@ -115,6 +123,9 @@ class ComponentRunner:
         self.work_path = root / "work" / self.name
         self.decompressed_path = root / "artifacts-unarchived" / self.name / self.version
         self.extra_env = dict(env or {})
+        self.nucleus = nucleus or NucleusSettings()
+        self.access_control = effective_access_control(self.configuration, thing, self.nucleus)
+        self.gateway: IotGateway | None = None
         self.process: subprocess.Popen[str] | None = None
 
     # -- recipe variables ---------------------------------------------------------------------------------
@@ -140,6 +151,12 @@ class ComponentRunner:
         script = step.get("Script") if isinstance(step, Mapping) else step
         return self.resolve(str(script))
 
+    def _timeout(self, name: str) -> float:
+        step = self.manifest.get("Lifecycle", {}).get(name)
+        if isinstance(step, Mapping) and step.get("Timeout") is not None:
+            return float(step["Timeout"])
+        return SHUTDOWN_TIMEOUT if name == "Shutdown" else DEFAULT_STEP_TIMEOUT
+
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         for key, value in self.manifest.get("Lifecycle", {}).get("Setenv", {}).items():
@@ -147,6 +164,8 @@ class ComponentRunner:
         env["AWS_IOT_THING_NAME"] = self.thing
         env.update(shared_site_env())
         env.update(self.extra_env)
+        if self.gateway is not None:
+            env["AWS_ENDPOINT_URL"] = self.gateway.url
         return env
 
     def _shell(self, script: str) -> dict[str, Any]:
@@ -166,13 +185,17 @@ class ComponentRunner:
                 target.mkdir(parents=True)
                 _unzip(path, target)
 
-    def install(self, timeout: float = 900.0) -> None:
+    def install(self, timeout: float | None = None) -> None:
         self.prepare_artifacts()
         self.work_path.mkdir(parents=True, exist_ok=True)
         script = self._step("Install")
         if script is None:
             return
-        done = subprocess.run(**self._shell(script), capture_output=True, timeout=timeout, check=False)
+        limit = timeout if timeout is not None else self._timeout("Install")
+        try:
+            done = subprocess.run(**self._shell(script), capture_output=True, timeout=limit, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise RecipeError(f"{self.name} Install did not finish within its timeout of {limit:g} s") from exc
         if done.returncode != 0:
             raise RecipeError(f"{self.name} Install failed ({done.returncode}): {done.stderr[-2000:]}")
 
@@ -180,6 +203,9 @@ class ComponentRunner:
         script = self._step("Run")
         if script is None:
             raise RecipeError(f"{self.name}: the recipe has no Run step")
+        upstream = self.extra_env.get("AWS_ENDPOINT_URL")
+        if upstream and self.gateway is None:
+            self.gateway = IotGateway(upstream, self.access_control, self.name).start()
         self.process = subprocess.Popen(
             **self._shell(script), stdout=stdout, stderr=stderr, start_new_session=True
         )
@@ -206,8 +232,16 @@ class ComponentRunner:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=timeout)
         self.shutdown()
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
 
     def shutdown(self) -> None:
         script = self._step("Shutdown")
         if script is not None:
-            subprocess.run(**self._shell(script), capture_output=True, check=False, timeout=60)
+            try:
+                subprocess.run(
+                    **self._shell(script), capture_output=True, check=False, timeout=self._timeout("Shutdown")
+                )
+            except subprocess.TimeoutExpired:
+                return  # the nucleus stops waiting for a Shutdown script after its timeout
