@@ -147,7 +147,8 @@ def test_unsure_frames_reach_the_inbox_and_label_makes_them_training_images(
         return rows
 
     # the device's own component uploads what it was unsure about (threshold 0.6): exactly those frames
-    spool = local_stack.state_dir / "device" / "nucleus" / "work" / "com.trashsorter.local-device" / "inbox"
+    component = local_stack.state.environments["PackageFunction"]["EDGE_COMPONENT_NAME"]
+    spool = local_stack.state_dir / "device" / "nucleus" / "work" / component / "inbox"
     wait(lambda: not list(spool.glob("*.jpg")), 30, "the device's upload queue to empty")
     before = len(inbox_rows("local-device"))
     unsure = sum(1 for r in predict(capsys, state, unseen) if r["confidence"] < 0.6)

@@ -54,7 +54,9 @@ def test_component_versions_are_immutable_and_readable(v2: Any) -> None:
         v2.create_component_version(inlineRecipe=recipe("com.example.A", "1.0.0", ComponentDescription="x"))
     assert conflict.value.response["Error"]["Code"] == "ConflictException"
     again = v2.create_component_version(inlineRecipe=recipe("com.example.A", "1.0.1"), clientToken="t-1")
-    assert v2.create_component_version(inlineRecipe=recipe("com.example.A", "1.0.1"), clientToken="t-1") == again
+    assert (
+        v2.create_component_version(inlineRecipe=recipe("com.example.A", "1.0.1"), clientToken="t-1") == again
+    )
     assert json.loads(v2.get_component(arn=created["arn"])["recipe"])["ComponentVersion"] == "1.0.0"
     listed = v2.list_components()["components"]
     assert [(c["componentName"], c["latestVersion"]["componentVersion"]) for c in listed] == [
@@ -76,7 +78,9 @@ def test_an_artifact_the_service_cannot_read_makes_the_version_undeployable(v2: 
 def test_one_deployment_per_target_and_unknown_versions_or_groups_are_refused(v2: Any, group: str) -> None:
     v2.create_component_version(inlineRecipe=recipe("com.example.A", "1.0.0"))
     first = v2.create_deployment(targetArn=group, components={"com.example.A": {"componentVersion": "1.0.0"}})
-    second = v2.create_deployment(targetArn=group, components={"com.example.A": {"componentVersion": "1.0.0"}})
+    second = v2.create_deployment(
+        targetArn=group, components={"com.example.A": {"componentVersion": "1.0.0"}}
+    )
     latest = v2.list_deployments(targetArn=group)["deployments"]
     assert [d["deploymentId"] for d in latest] == [second["deploymentId"]]
     history = v2.list_deployments(targetArn=group, historyFilter="ALL")["deployments"]
@@ -86,11 +90,14 @@ def test_one_deployment_per_target_and_unknown_versions_or_groups_are_refused(v2
         v2.create_deployment(targetArn=group, components={"com.example.A": {"componentVersion": "9.9.9"}})
     with pytest.raises(ClientError) as missing:
         v2.create_deployment(
-            targetArn=group.replace("cameras", "nobody"), components={"com.example.A": {"componentVersion": "1.0.0"}}
+            targetArn=group.replace("cameras", "nobody"),
+            components={"com.example.A": {"componentVersion": "1.0.0"}},
         )
     assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
     with pytest.raises(ClientError, match="failureHandlingPolicy"):
-        v2.create_deployment(targetArn=group, components={}, deploymentPolicies={"failureHandlingPolicy": "RETRY"})
+        v2.create_deployment(
+            targetArn=group, components={}, deploymentPolicies={"failureHandlingPolicy": "RETRY"}
+        )
 
 
 def _users_component(v2: Any, group: str) -> dict[str, Any]:
@@ -105,7 +112,9 @@ def test_a_deployment_of_only_our_component_removes_the_users_component(v2: Any,
     the group's devices lose every component it does not list."""
     _users_component(v2, group)
     v2.create_component_version(inlineRecipe=recipe("com.trashsorter.s.classifier", "1.0.1"))
-    v2.create_deployment(targetArn=group, components={"com.trashsorter.s.classifier": {"componentVersion": "1.0.1"}})
+    v2.create_deployment(
+        targetArn=group, components={"com.trashsorter.s.classifier": {"componentVersion": "1.0.1"}}
+    )
     current = greengrass_v2.current_deployment(v2, group)
     assert current is not None and list(current["components"]) == ["com.trashsorter.s.classifier"]
 

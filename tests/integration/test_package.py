@@ -13,11 +13,8 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
 
 import boto3
 import pytest
@@ -29,7 +26,6 @@ from tests.support.stack import REGION, SAMPLES_DIR
 from trashsorter import registry
 from trashsorter.clients import Clients
 from trashsorter.ddb import serialize
-from trashsorter.deploy import greengrass_v2
 from trashsorter.deploy.orchestrate import redeploy
 from trashsorter.errors import DeploymentError
 from trashsorter.schema import LOCK_KEY, STATE_KEY, job_key, run_key
@@ -449,7 +445,11 @@ def test_onnx_model_goes_to_greengrass_v2_merged_into_the_groups_deployment_with
     iot = boto3.client("iot", region_name="us-east-1")
     thing_group = iot.create_thing_group(thingGroupName="trashsorter-edge")["thingGroupArn"]
     v2 = boto3.client("greengrassv2", region_name="us-east-1")
-    users = {"RecipeFormatVersion": "2020-01-25", "ComponentName": "com.example.Actuator", "ComponentVersion": "2.1.0"}
+    users = {
+        "RecipeFormatVersion": "2020-01-25",
+        "ComponentName": "com.example.Actuator",
+        "ComponentVersion": "2.1.0",
+    }
     v2.create_component_version(inlineRecipe=json.dumps(users).encode())
     user_spec = {"componentVersion": "2.1.0", "configurationUpdate": {"merge": '{"Pin": 17}'}}
     v2.create_deployment(targetArn=thing_group, components={"com.example.Actuator": user_spec})
@@ -482,9 +482,7 @@ def test_onnx_model_goes_to_greengrass_v2_merged_into_the_groups_deployment_with
         "deployment_id": deployment_id,
         "note": "",
     }
-    assert (
-        outcome.deployments[1]["target"] == "local-device" and outcome.deployments[1]["status"] == "skipped"
-    )
+    assert len(outcome.deployments) == 1  # one target for ONNX models: Greengrass v2
     arn = f"arn:aws:greengrass:us-east-1:123456789012:components:{name}:versions:1.0.1"
     assert json.loads(v2.get_component(arn=arn)["recipe"]) == expected_recipe
     deployment = v2.get_deployment(deploymentId=deployment_id)
@@ -494,7 +492,9 @@ def test_onnx_model_goes_to_greengrass_v2_merged_into_the_groups_deployment_with
         name: {
             "componentVersion": "1.0.1",
             "configurationUpdate": {
-                "merge": json.dumps({"Inbox": {"Bucket": settings.images_bucket}, "ModelId": JOB}, sort_keys=True)
+                "merge": json.dumps(
+                    {"Inbox": {"Bucket": settings.images_bucket}, "ModelId": JOB}, sort_keys=True
+                )
             },
         },
     }
@@ -561,44 +561,3 @@ def test_greengrass_v2_throttling_is_retried_with_the_same_version_stubber(pack:
     assert outcome.outcome == "deployed"
     item = registry.get_deployment(JOB, "greengrass-v2", "initial", table_name=pack.table, ddb=pack.ddb)
     assert item is not None and item["component_version"] == "1.0.1" and item["deployment_id"] == "d-2"
-
-
-class _Device(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).received.append({"path": self.path, **body})
-        payload = json.dumps({"status": "deployed", "model_id": body["model_id"]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_onnx_model_goes_to_the_local_device(pack: Pack) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Device)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _Device.received = []
-    try:
-        pack.start_run(JOB, backend="local", artifact=onnx_model_tar())
-        settings = pack.settings(LOCAL_DEVICE_URL=f"http://127.0.0.1:{server.server_port}")
-        outcome = handle(pack.event("training_completed.json", JOB), settings, ddb=pack.ddb, s3=pack.s3)
-    finally:
-        server.shutdown()
-    assert outcome.outcome == "deployed"
-    assert _Device.received == [
-        {
-            "path": "/deployments",
-            "model_id": JOB,
-            "artifact_uri": f"s3://{pack.deeplens_bucket}/models/{JOB}/model.onnx.tar.gz",
-            "deployment_id": f"{JOB}-initial",
-            "defaults": {"Inbox": {"Bucket": settings.images_bucket}},  # the edge component's inbox
-        }
-    ]
-    assert outcome.deployments[0]["status"] == "skipped"  # no Greengrass v2 thing group configured

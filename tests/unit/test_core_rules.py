@@ -79,7 +79,12 @@ def test_the_component_publishes_its_own_topics_on_a_default_core_and_nothing_el
     access = effective_access_control(configuration, THING, DEFAULT_CORE)
     assert not re.search(r"\{[a-z]+:", json.dumps(access))  # no recipe variable for a core to interpolate
     assert all(publish_allowed(access, t) for t in own_topics(configuration))
-    for topic in ("trashsorter/cam-1/secret", "other/cam-1/infer", "trashsorter/infer", "trashsorter/a/b/infer"):
+    for topic in (
+        "trashsorter/cam-1/secret",
+        "other/cam-1/infer",
+        "trashsorter/infer",
+        "trashsorter/a/b/infer",
+    ):
         assert not publish_allowed(access, topic), topic
     assert not authorized(access, MQTT_PROXY, "aws.greengrass#SubscribeToIoTCore", "trashsorter/cam-1/infer")
     assert not authorized(access, "aws.greengrass.ipc.pubsub", PUBLISH_TO_IOT_CORE, "trashsorter/cam-1/infer")
@@ -95,7 +100,7 @@ def test_mqtt_wildcards_and_star() -> None:
 
 
 def test_policy_ids_are_unique_per_stack_on_one_core() -> None:
-    with pytest.raises(PolicyConflict, match="trashsorter.edge:mqttproxy:publish"):
+    with pytest.raises(PolicyConflict, match=r"trashsorter\.edge:mqttproxy:publish"):
         check_policy_ids({"com.a": POLICY_WITH_RECIPE_VARIABLES, "com.b": POLICY_WITH_RECIPE_VARIABLES})
     a = recipe_configuration("com.trashsorter.stack-a.classifier")["accessControl"]
     b = recipe_configuration("com.trashsorter.stack-b.classifier")["accessControl"]
@@ -131,7 +136,9 @@ def test_a_denied_publish_is_an_error_the_component_sees_and_an_allowed_one_arri
             client = boto3.client("iot-data", region_name="us-east-1", endpoint_url=gateway.url)
             if thing_topic_allowed:
                 client.publish(topic=f"trashsorter/{THING}/infer", qos=0, payload=b'{"label": "Compost"}')
-                published = [t for b in iotdata_backends.values() for r in b.values() for t, _ in r.published_payloads]
+                published = [
+                    t for b in iotdata_backends.values() for r in b.values() for t, _ in r.published_payloads
+                ]
                 assert f"trashsorter/{THING}/infer" in published
             else:
                 with pytest.raises(ClientError) as denied:

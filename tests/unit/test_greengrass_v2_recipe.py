@@ -50,7 +50,9 @@ def test_ipc_access_is_publish_only_to_its_own_topics_without_recipe_variables()
     assert not any("{" in r or "*" in r or "#" in r for r in resources)
     own = {t.replace("<thing>", "+") for t in config["Topics"].values()}
     assert set(resources) == own
-    assert list(config["accessControl"]["aws.greengrass.ipc.mqttproxy"]) == ["com.example.edge:mqttproxy:publish"]
+    assert list(config["accessControl"]["aws.greengrass.ipc.mqttproxy"]) == [
+        "com.example.edge:mqttproxy:publish"
+    ]
 
 
 def test_no_configuration_value_reaches_a_lifecycle_script() -> None:

@@ -462,7 +462,9 @@ def test_greengrass_statements_exist_only_when_configured_and_name_the_configure
         for policy in role["Properties"]["Policies"]
         for st in as_list(policy["PolicyDocument"]["Statement"])
     ]
-    greengrass = [st for st in wrapped if "greengrass" in json.dumps(st) or "EdgeThingGroup" in json.dumps(st)]
+    greengrass = [
+        st for st in wrapped if "greengrass" in json.dumps(st) or "EdgeThingGroup" in json.dumps(st)
+    ]
     assert len(greengrass) == 5
     for statement in greengrass:
         condition, configured, otherwise = statement["Fn::If"]
@@ -654,7 +656,11 @@ _SUBSTITUTIONS = {
 STATEMENTS_WITHOUT_JOB_ACTIONS = [
     {
         "Effect": "Allow",
-        "Action": ["greengrass:CreateComponentVersion", "greengrass:DescribeComponent", "greengrass:CreateDeployment"],
+        "Action": [
+            "greengrass:CreateComponentVersion",
+            "greengrass:DescribeComponent",
+            "greengrass:CreateDeployment",
+        ],
         "Resource": [
             {"Fn::Sub": "arn:${AWS::Partition}:greengrass:${AWS::Region}:${AWS::AccountId}:deployments*"},
             {"Ref": "EdgeThingGroupArn"},
@@ -742,4 +748,6 @@ def test_package_role_allows_every_documented_create_deployment_action_on_the_gr
     # reading each core device's result of the deployment and the deployment it merges with
     core = "arn:aws:greengrass:us-east-1:123456789012:coreDevices:camera-1"
     assert allowed(statements, "greengrass:ListEffectiveDeployments", core)
-    assert allowed(statements, "greengrass:GetDeployment", "arn:aws:greengrass:us-east-1:123456789012:deployments:abc")
+    assert allowed(
+        statements, "greengrass:GetDeployment", "arn:aws:greengrass:us-east-1:123456789012:deployments:abc"
+    )

@@ -132,7 +132,9 @@ def watch(target: Any, ui: UI, *, topic: str, count: int, timeout: float, poll_s
     query = urllib.parse.urlencode({"topic": topic})
     while time.monotonic() < deadline:
         answer = device_request(
-            f"{target.device_url.rstrip('/')}/iot/messages?after={after}&{query}", timeout=10
+            f"{target.device_url.rstrip('/')}/iot/messages?after={after}&{query}",
+            timeout=10,
+            token=target.device_token,
         )
         for message in answer.get("messages", []):
             after = max(after, int(message["index"]))

@@ -134,7 +134,12 @@ class IotGateway:
     def allows(self, method: str, path: str, headers: Mapping[str, str]) -> tuple[bool, str]:
         found = _SIGNING_SERVICE.search(headers.get("Authorization", ""))
         url = urlparse(path)
-        if method != "POST" or not found or found.group(1) != "iotdata" or not url.path.startswith("/topics/"):
+        if (
+            method != "POST"
+            or not found
+            or found.group(1) != "iotdata"
+            or not url.path.startswith("/topics/")
+        ):
             return True, ""
         topic = unquote(url.path[len("/topics/") :])
         return authorized(self.access_control, MQTT_PROXY, PUBLISH_TO_IOT_CORE, topic), topic

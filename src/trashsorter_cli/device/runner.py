@@ -195,7 +195,9 @@ class ComponentRunner:
         try:
             done = subprocess.run(**self._shell(script), capture_output=True, timeout=limit, check=False)
         except subprocess.TimeoutExpired as exc:
-            raise RecipeError(f"{self.name} Install did not finish within its timeout of {limit:g} s") from exc
+            raise RecipeError(
+                f"{self.name} Install did not finish within its timeout of {limit:g} s"
+            ) from exc
         if done.returncode != 0:
             raise RecipeError(f"{self.name} Install failed ({done.returncode}): {done.stderr[-2000:]}")
 

@@ -77,7 +77,7 @@ def parse_recipe(raw: bytes) -> dict[str, Any]:
             import yaml
 
             recipe = yaml.safe_load(raw)
-        except Exception as exc:  # noqa: BLE001 - any YAML error is the same refusal
+        except Exception as exc:  # any YAML error is the same refusal
             raise _validation(f"the recipe is neither JSON nor YAML: {exc}") from exc
     if not isinstance(recipe, dict):
         raise _validation("the recipe must be an object")
@@ -159,7 +159,9 @@ class CoreConnection:
 class ControlPlane:
     """The state behind the routes (one per process, like a moto backend); thread-safe."""
 
-    def __init__(self, group_members: Callable[[str], list[str]] | None = None, s3_exists: Any = None) -> None:
+    def __init__(
+        self, group_members: Callable[[str], list[str]] | None = None, s3_exists: Any = None
+    ) -> None:
         self._lock = threading.RLock()
         self.components: dict[str, dict[str, ComponentVersion]] = {}
         self.deployments: dict[str, Deployment] = {}
@@ -330,7 +332,9 @@ class ControlPlane:
                     old.latest = False
                     if old.status == "ACTIVE":
                         old.status = "INACTIVE"
-                revision = 1 + max((d.revision for d in self.deployments.values() if d.target_arn == target), default=0)
+                revision = 1 + max(
+                    (d.revision for d in self.deployments.values() if d.target_arn == target), default=0
+                )
                 deployment = Deployment(str(uuid.uuid4()), target, revision, dict(body), time.time())
                 self.deployments[deployment.deployment_id] = deployment
                 for thing in things:
@@ -363,7 +367,9 @@ class ControlPlane:
         }
         core.effective[deployment.deployment_id] = record
         document = {**deployment.describe(), "recipes": self._recipes(deployment)}
-        threading.Thread(target=core.deliver, args=(document,), name=f"gg-deliver-{thing}", daemon=True).start()
+        threading.Thread(
+            target=core.deliver, args=(document,), name=f"gg-deliver-{thing}", daemon=True
+        ).start()
 
     def _recipes(self, deployment: Deployment) -> dict[str, dict[str, Any]]:
         return {
@@ -548,7 +554,7 @@ def _body(request: Any) -> dict[str, Any]:
     return body
 
 
-def dispatch(request: Any, full_url: str, headers: Any) -> tuple[int, dict[str, str], str]:
+def greengrass_v2_dispatch(request: Any, full_url: str, headers: Any) -> tuple[int, dict[str, str], str]:
     """One ``/greengrass/v2/...`` request (moto's handler signature)."""
     url = urlparse(full_url)
     path = url.path
@@ -579,7 +585,9 @@ def _route(method: str, path: str, query: dict[str, str], request: Any) -> tuple
         if len(parts) == 1 and method == "POST":
             return _answer(201, PLANE.create_deployment(_body(request)))
         if len(parts) == 1 and method == "GET":
-            return _answer(200, PLANE.list_deployments(query.get("targetArn"), query.get("historyFilter", "LATEST_ONLY")))
+            return _answer(
+                200, PLANE.list_deployments(query.get("targetArn"), query.get("historyFilter", "LATEST_ONLY"))
+            )
         if len(parts) == 2 and method == "GET":
             return _answer(200, PLANE.get_deployment(parts[1]))
         if len(parts) == 3 and parts[2] == "cancel" and method == "POST":
@@ -615,4 +623,4 @@ def install() -> None:
     from moto.greengrass import urls
 
     for route in ROUTES:
-        urls.url_paths.setdefault(route, dispatch)
+        urls.url_paths.setdefault(route, greengrass_v2_dispatch)

@@ -63,7 +63,8 @@ def deploy_stack(
     """Create the stack from template.yaml on the endpoint ``session`` talks to (moto server or mock_aws).
 
     Also installs :mod:`trashsorter_cli.local.moto_patches` (thread-safe DynamoDB, cheap transactions) and
-    the Greengrass v2 control plane (:mod:`trashsorter_cli.local.greengrass_v2`) in this process, which is where an in-process moto server or ``mock_aws`` backend lives.
+    the Greengrass v2 control plane (:mod:`trashsorter_cli.local.greengrass_v2`) in this process, which is
+    where an in-process moto server or ``mock_aws`` backend lives.
     """
     from trashsorter_cli.local import greengrass_v2, moto_patches
 

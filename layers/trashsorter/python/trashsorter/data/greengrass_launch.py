@@ -72,7 +72,7 @@ def install(work: Path, artifacts: Path) -> int:
 
 
 def switch_model(work: Path) -> Path:
-    """``model.next`` (this version's model) becomes ``model``; the one before is kept as ``model.previous``."""
+    """``model.next`` (this version's model) becomes ``model``; the one before stays as ``model.previous``."""
     current, new, previous = work / "model", work / "model.next", work / "model.previous"
     if new.is_dir():
         shutil.rmtree(previous, ignore_errors=True)
@@ -112,7 +112,7 @@ def app_arguments(work: Path, model: Path) -> list[str]:
 def run(work: Path) -> int:
     model = switch_model(work)
     python = str(work / "venv" / "bin" / "python")
-    os.execv(python, [python, "-u", "-m", "trashsorter_edge", *app_arguments(work, model)])
+    os.execv(python, [python, "-u", "-m", "trashsorter_edge", *app_arguments(work, model)])  # noqa: S606
     return 0  # not reached
 
 

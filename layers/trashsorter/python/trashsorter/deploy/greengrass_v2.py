@@ -169,7 +169,6 @@ def write_bundle(
     """The component exactly as the package step publishes it, on disk: ``recipe.json`` (the same
     :func:`component_recipe`) and ``artifacts/<file>`` (the same S3 objects the recipe names), the layout
     of a Greengrass local deployment's recipe and artifact directories. Returns ``out_dir/recipe.json``."""
-    client = s3 or aws.client("s3")
     recipe = component_recipe(
         component_name=component_name,
         version=version,
@@ -178,12 +177,23 @@ def write_bundle(
         app_uri=app_uri,
         defaults=defaults,
     )
+    return write_recipe_bundle(out_dir, recipe, s3=s3)
+
+
+def write_recipe_bundle(out_dir: Path, recipe: Mapping[str, Any], *, s3: Any = None) -> Path:
+    """A published recipe on disk as a core keeps it: ``recipe.json`` and ``artifacts/<file>`` (each
+    ``s3://`` artifact of its first manifest, named after its URI). Returns ``out_dir/recipe.json``."""
+    client = s3 or aws.client("s3")
     artifacts = out_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    for uri in (app_uri, artifact_uri):
+    for artifact in (recipe.get("Manifests") or [{}])[0].get("Artifacts", []):
+        uri = str(artifact.get("URI", ""))
         bucket, _, key = uri.removeprefix("s3://").partition("/")
+        name = key.rsplit("/", 1)[-1]
+        if not uri.startswith("s3://") or not name or name in (".", ".."):
+            raise DeploymentError(f"the component artifact {uri!r} is not an s3://bucket/key URI")
         try:
-            client.download_file(bucket, key, str(artifacts / key.rsplit("/", 1)[-1]))
+            client.download_file(bucket, key, str(artifacts / name))
         except (ClientError, BotoCoreError) as exc:
             raise aws_failure(f"cannot download the component artifact {uri}", exc) from exc
     path = out_dir / "recipe.json"
@@ -213,7 +223,7 @@ def configuration_update(model_id: str, settings: PackageSettings) -> dict[str, 
 
 
 def current_deployment(gg: Any, target_arn: str) -> dict[str, Any] | None:
-    """The target's current deployment (``GetDeployment`` of the latest revision), ``None`` when it has none."""
+    """The target's current deployment (``GetDeployment`` of its latest revision), ``None`` if it has none."""
     listed = gg.list_deployments(targetArn=target_arn, historyFilter="LATEST_ONLY").get("deployments", [])
     latest = [d for d in listed if d.get("isLatestForTarget", True) and d.get("targetArn") == target_arn]
     if not latest:
@@ -305,7 +315,9 @@ def deploy(
         component_arn = ""  # published by an earlier attempt of this same request
     except BotoCoreError as exc:
         raise aws_failure(f"Greengrass v2: could not publish {name} {version}", exc) from exc
-    ours = {name: {"componentVersion": version, "configurationUpdate": configuration_update(model_id, settings)}}
+    ours = {
+        name: {"componentVersion": version, "configurationUpdate": configuration_update(model_id, settings)}
+    }
     try:
         current = current_deployment(gg, settings.edge_thing_group_arn)
         request = deployment_request(
