@@ -8,6 +8,8 @@ import re
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from trashsorter.deploy import greengrass_v2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,3 +113,27 @@ def test_app_archive_holds_the_edge_package_and_is_reproducible(tmp_path: Path) 
     shipped = {f"trashsorter_edge/{p.name}" for p in (ROOT / "edge/trashsorter_edge").glob("*.py")}
     assert shipped <= set(names) and "trashsorter_edge/requirements.txt" in names
     assert "launch.py" in names  # the lifecycle steps, at the archive's root
+
+
+def test_manifests_per_64_bit_platform_and_32_bit_arm_refused_with_the_reason() -> None:
+    import subprocess
+
+    from trashsorter_cli.device.runner import RecipeError, select_manifest
+
+    recipe = filled()
+    platforms = [m["Platform"] for m in recipe["Manifests"]]
+    assert platforms == [
+        {"os": "linux", "architecture": "amd64"},
+        {"os": "linux", "architecture": "aarch64"},
+        {"os": "linux", "architecture": "arm"},
+    ]
+    assert recipe["Manifests"][0]["Lifecycle"] == recipe["Manifests"][1]["Lifecycle"]
+    assert recipe["Manifests"][0]["Artifacts"] == recipe["Manifests"][1]["Artifacts"]
+    assert select_manifest(recipe, "x86_64")["Platform"]["architecture"] == "amd64"
+    assert select_manifest(recipe, "aarch64")["Platform"]["architecture"] == "aarch64"
+    arm = select_manifest(recipe, "armv7l")
+    assert arm["Artifacts"] == [] and set(arm["Lifecycle"]) == {"Install"}
+    done = subprocess.run(["sh", "-c", arm["Lifecycle"]["Install"]["Script"]], capture_output=True, text=True)
+    assert done.returncode == 1 and "64-bit" in done.stderr and "32-bit ARM" in done.stderr
+    with pytest.raises(RecipeError, match="no manifest for linux/x86"):
+        select_manifest(recipe, "i686")

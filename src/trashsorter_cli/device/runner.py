@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -86,6 +87,30 @@ def prepare_environment(work_path: Path, timeout: float = 900.0) -> int:
     return done.returncode
 
 
+# The nucleus's names for a machine's architecture (the recipe's ``Platform.architecture``).
+ARCHITECTURES = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "i686": "x86",
+    "i386": "x86",
+}
+
+
+def select_manifest(recipe: Mapping[str, Any], machine: str) -> dict[str, Any]:
+    """The first manifest whose platform this Linux machine matches, as a core chooses one; none -> the
+    component cannot be installed here (a deployment fails)."""
+    architecture = ARCHITECTURES.get(machine.lower(), machine.lower())
+    for manifest in recipe.get("Manifests", []):
+        wanted = manifest.get("Platform", {}) or {}
+        if wanted.get("os", "*") in ("linux", "*") and wanted.get("architecture", "*") in (architecture, "*"):
+            return dict(manifest)
+    raise RecipeError(f"{recipe.get('ComponentName')}: no manifest for linux/{architecture}")
+
+
 class ComponentRunner:
     """``ComponentRunner(bundle, work_root, configuration=..., thing=...)``: ``install()``, then ``start()``
     (a background process) or ``run()`` (to completion, output captured)."""
@@ -107,14 +132,7 @@ class ComponentRunner:
         self.recipe: dict[str, Any] = json.loads(recipe_path.read_text())
         self.name = str(self.recipe["ComponentName"])
         self.version = str(self.recipe["ComponentVersion"])
-        manifests = [
-            m
-            for m in self.recipe.get("Manifests", [])
-            if m.get("Platform", {}).get("os") in (None, "linux", "*")
-        ]
-        if not manifests:
-            raise RecipeError(f"{self.name}: no manifest for linux")
-        self.manifest = manifests[0]
+        self.manifest = select_manifest(self.recipe, platform.machine())
         defaults = self.recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
         self.configuration = merge(defaults, configuration or {})
         self.thing = thing

@@ -5,7 +5,9 @@ of the component's configuration reaches this program through the environment (`
 ``TRASHSORTER_CFG_<Key>``, JSON for objects) and goes to the app as separate arguments, never through a
 shell::
 
-    python3 launch.py install WORK ARTIFACTS   # venv + pinned requirements; the model into WORK/model.next
+    python3 launch.py install WORK ARTIFACTS   # venv + pinned requirements; the model into WORK/model.next,
+                                               # loaded once with the app's own Model (a model that cannot
+                                               # load fails Install, so the deployment fails and rolls back)
     python3 launch.py run WORK                 # WORK/model.next becomes WORK/model; exec the app
 
 The previous model stays in ``WORK/model`` until the new one is switched in by ``run``.
@@ -67,8 +69,32 @@ def install(work: Path, artifacts: Path) -> int:
     code = subprocess.run(command, check=False).returncode
     if code != 0:
         return code
-    extract_model(artifacts / MODEL_ARCHIVE, work / "model.next")
+    staged = work / "model.next"
+    extract_model(artifacts / MODEL_ARCHIVE, staged)
+    problem = check_model(work, staged)
+    if problem:
+        shutil.rmtree(staged, ignore_errors=True)
+        print(f"launch.py: the new model cannot be used, the previous one stays: {problem}", file=sys.stderr)
+        return 1
     return 0
+
+
+# Loads the model as the app will (its Model class: onnxruntime session, labels, output width) and runs it
+# once on a blank image. A fixed program: the model folder is its only argument.
+_CHECK = (
+    "import sys, numpy as np; from trashsorter_edge.model import Model; m = Model(sys.argv[1]); "
+    "m.run(np.zeros((1, 3, m.image_size, m.image_size), dtype=np.float32))"
+)
+
+
+def check_model(work: Path, model: Path) -> str:
+    """Why the app could not use ``model`` ("" when it can)."""
+    python = str(work / "venv" / "bin" / "python")
+    done = subprocess.run([python, "-c", _CHECK, str(model)], capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return ""
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit code {done.returncode}"
 
 
 def switch_model(work: Path) -> Path:
