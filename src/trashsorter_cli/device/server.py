@@ -61,6 +61,9 @@ THING_NAME = "local-device"
 PUBLISHER = "trashsorter"  # trashsorter's component in a deployment: the recipe's ComponentPublisher
 # What may enter as a model id or deployment id (it names folders and reaches the component's arguments).
 IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# How long a deployment may take on this core: the first Install creates the venv (its own Timeout bounds it),
+# then the app loads its model.
+DEPLOY_TIMEOUT_S = 1800.0
 TOKEN_FILE = "token"  # noqa: S105 - the file's name, not a secret
 
 
@@ -287,7 +290,7 @@ class LocalDevice:
         if previous is not None:
             previous.stop()  # the nucleus stops the old version before the new one runs
         component = self._component(bundle, len(classifier.labels), update or {}).start(after=self._preparing)
-        failure = component.wait_running(READY_TIMEOUT_S)
+        failure = component.wait_running(DEPLOY_TIMEOUT_S)
         if failure is not None:
             component.stop()
             shutil.rmtree(target, ignore_errors=True)
