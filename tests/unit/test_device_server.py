@@ -91,7 +91,7 @@ class Deployer:
         recipe = greengrass_v2.component_recipe(
             component_name=COMPONENT,
             version=f"1.0.{self.version}",
-            model_id=model_id,
+            model_id="m-0",  # the deployment's configuration update names the model (as the package step's)
             artifact_uri=f"s3://{BUCKET}/{model_key}/model.onnx.tar.gz",
             app_uri=f"s3://{BUCKET}/app/{greengrass_v2.APP_ARCHIVE}",
         )

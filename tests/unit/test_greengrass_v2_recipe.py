@@ -137,3 +137,18 @@ def test_manifests_per_64_bit_platform_and_32_bit_arm_refused_with_the_reason() 
     assert done.returncode == 1 and "64-bit" in done.stderr and "32-bit ARM" in done.stderr
     with pytest.raises(RecipeError, match="no manifest for linux/x86"):
         select_manifest(recipe, "i686")
+
+
+def test_a_model_id_that_is_not_an_identifier_never_enters_a_recipe() -> None:
+    from trashsorter.errors import DeploymentError
+
+    for bad in ("x'; id > /tmp/p; '", "a b", "$(id)", "", "-leading", "x" * 200):
+        with pytest.raises(DeploymentError, match="not an identifier"):
+            greengrass_v2.component_recipe(
+                component_name="com.example.edge",
+                version="1.0.7",
+                model_id=bad,
+                artifact_uri="s3://b/models/job-1/model.onnx.tar.gz",
+                app_uri="s3://b/models/job-1/trashsorter-edge.zip",
+            )
+    assert greengrass_v2.checked_identifier("deeplens-3f2a-20261207T0102-ab12", "model id")

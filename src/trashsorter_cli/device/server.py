@@ -28,7 +28,6 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import re
 import secrets
 import shutil
 import tarfile
@@ -59,19 +58,13 @@ REQUIRED_MEMBERS = ("model.onnx", "labels.txt")
 COMPONENT_NAME = "com.trashsorter.classifier"  # trashsorter's component name unless the stack names another
 THING_NAME = "local-device"
 PUBLISHER = "trashsorter"  # trashsorter's component in a deployment: the recipe's ComponentPublisher
-# What may enter as a model id or deployment id (it names folders and reaches the component's arguments).
-IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # How long a deployment may take on this core: the first Install creates the venv (its own Timeout bounds it),
 # then the app loads its model.
 DEPLOY_TIMEOUT_S = 1800.0
 TOKEN_FILE = "token"  # noqa: S105 - the file's name, not a secret
 
 
-def checked_identifier(value: Any, what: str) -> str:
-    """``value`` if it is a plain identifier (letters, digits and ``._:-``), else ArtifactError."""
-    if not isinstance(value, str) or not IDENTIFIER.match(value):
-        raise ArtifactError(f"{what} {str(value)[:80]!r} is not an identifier ({IDENTIFIER.pattern})")
-    return value
+checked_identifier = greengrass_v2.checked_identifier  # one rule for ids, where they enter
 
 
 class ArtifactError(DeploymentError):

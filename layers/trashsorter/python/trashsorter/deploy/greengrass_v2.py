@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import uuid
 import zipfile
 from collections.abc import Mapping
@@ -40,8 +41,17 @@ RECIPE_FILE = "greengrass_v2_recipe.json"
 LAUNCHER = "greengrass_launch.py"  # the lifecycle steps, ``launch.py`` in the app archive
 APP_ARCHIVE = "trashsorter-edge.zip"
 MODEL_ARCHIVE = "model.onnx.tar.gz"
+# What may enter the component as a model id (it reaches the app's arguments and names folders on a core).
+IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 POLICY_ID_PREFIX = "trashsorter.edge:"  # the recipe file's policy ids; renamed per component
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip bytes
+
+
+def checked_identifier(value: Any, what: str) -> str:
+    """``value`` if it is a plain identifier (letters, digits and ``._:-``), else DeploymentError."""
+    if not isinstance(value, str) or not IDENTIFIER.match(value):
+        raise DeploymentError(f"{what} {str(value)[:80]!r} is not an identifier ({IDENTIFIER.pattern})")
+    return value
 
 
 def next_component_version(component_name: str, *, table_name: str, ddb: Any = None) -> str:
@@ -91,6 +101,7 @@ def component_recipe(
     for uri, name in ((artifact_uri, MODEL_ARCHIVE), (app_uri, APP_ARCHIVE)):
         if uri.rsplit("/", 1)[-1] != name:  # a nucleus names a downloaded artifact after its URI
             raise DeploymentError(f"the component artifact must be named {name}, got {uri!r}")
+    checked_identifier(model_id, "model id")
     recipe = recipe_template()
     recipe["ComponentName"] = component_name
     recipe["ComponentVersion"] = version
