@@ -180,7 +180,8 @@ def _gateway_handler(gateway: IotGateway) -> type[BaseHTTPRequestHandler]:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":
+                    self.wfile.write(data)
             finally:
                 upstream.close()
 
