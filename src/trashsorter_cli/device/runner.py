@@ -7,7 +7,8 @@ It does what a nucleus does with a local deployment, for the parts trashsorter's
   with the caller's configuration update);
 * unarchives ``Unarchive: ZIP`` artifacts into the decompressed path (regular files only, no escapes);
 * runs ``Install`` (in the component's work directory, ``Setenv`` applied, the step's ``Timeout``: 120 s
-  unless the recipe says otherwise), then ``Run`` as a child process; :meth:`ComponentRunner.stop` sends
+  unless the recipe says otherwise; a failed or timed-out Install is ERRORED and retried, the third error is
+  BROKEN), then ``Run`` as a child process; :meth:`ComponentRunner.stop` sends
   SIGTERM and runs ``Shutdown``;
 * applies what a core enforces (:mod:`trashsorter_cli.device.core_rules`): the component's ``accessControl``
   read with the nucleus's ``interpolateComponentConfiguration`` (false unless the caller says otherwise), and
@@ -39,6 +40,7 @@ from trashsorter_cli.device.core_rules import IotGateway, NucleusSettings, effec
 _VARIABLE = "{configuration:"
 DEFAULT_STEP_TIMEOUT = 120.0  # Install / Startup without a Timeout (recipe reference)
 SHUTDOWN_TIMEOUT = 15.0  # Shutdown without a Timeout
+ERRORS_BEFORE_BROKEN = 3  # a component that errors this many times goes BROKEN (the nucleus stops retrying)
 
 
 class RecipeError(DeploymentError):
@@ -210,14 +212,17 @@ class ComponentRunner:
         if script is None:
             return
         limit = timeout if timeout is not None else self._timeout("Install")
-        try:
-            done = subprocess.run(**self._shell(script), capture_output=True, timeout=limit, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise RecipeError(
-                f"{self.name} Install did not finish within its timeout of {limit:g} s"
-            ) from exc
-        if done.returncode != 0:
-            raise RecipeError(f"{self.name} Install failed ({done.returncode}): {done.stderr[-2000:]}")
+        why = ""
+        for _attempt in range(ERRORS_BEFORE_BROKEN):  # ERRORED, retried; the third error is BROKEN
+            try:
+                done = subprocess.run(**self._shell(script), capture_output=True, timeout=limit, check=False)
+            except subprocess.TimeoutExpired:
+                why = f"did not finish within its timeout of {limit:g} s"
+                continue
+            if done.returncode == 0:
+                return
+            why = f"failed ({done.returncode}): {done.stderr[-2000:]}"
+        raise RecipeError(f"{self.name} BROKEN after {ERRORS_BEFORE_BROKEN} errors: Install {why}")
 
     def start(self, *, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
         script = self._step("Run")
