@@ -208,6 +208,10 @@ def test_deployments_reach_the_core_and_bad_ones_fail_and_roll_back(
     again = LocalDevice(port=0, state_dir=device.state_dir, component_name=COMPONENT).start()
     try:
         assert call(f"{again.url}/status")[1]["model_id"] == "m-1"
+        deadline = time.monotonic() + 900  # the component starts again (its Install checks the pins)
+        while not (call(f"{again.url}/status")[1]["component"] or {}).get("running"):
+            assert time.monotonic() < deadline, "the restarted component did not run"
+            time.sleep(1)
         assert call(f"{again.url}/predict", photo, again.token)[1]["label"] == prediction["label"]
     finally:
         again.stop()
