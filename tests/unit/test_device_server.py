@@ -55,7 +55,7 @@ def moto_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    reset = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")  # noqa: S310
+    reset = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")
     urllib.request.urlopen(reset, timeout=30).close()  # noqa: S310 - moto keeps state per process
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
     aws.reset_clients()  # the device's default client now reaches the moto server
