@@ -38,6 +38,7 @@ class Target:
     environments: dict[str, dict[str, str]] = field(default_factory=dict)
     endpoint_url: str | None = None
     device_url: str = ""
+    device_token: str = ""
     profile: str | None = None
 
     @property
@@ -145,6 +146,7 @@ def local_target(state: LocalState, *, check: bool = True) -> Target:
         environments={fn: dict(env) for fn, env in state.environments.items()},
         endpoint_url=state.endpoint_url,
         device_url=state.device_url,
+        device_token=state.device_token,
     )
 
 

@@ -1,12 +1,15 @@
-"""The local device against a moto server: deploy from S3 (the model and the edge component's app zip beside
-it), predict a real photo THROUGH the running Greengrass v2 component, refuse bad artifacts while keeping the
-previous model."""
+"""The local device as a Greengrass v2 core device, against a moto server with the local control plane: a
+deployment of the published component (the model and the edge app zip in S3) reaches it through
+CreateDeployment, the component runs and classifies a real photo, each result is reported per device
+(ListEffectiveDeployments); bad artifacts and hostile identifiers fail the deployment and the previous model
+keeps serving; the HTTP endpoints check Host, Origin and the device token."""
 
 from __future__ import annotations
 
 import io
 import json
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +23,8 @@ from moto.server import ThreadedMotoServer
 from tests.support.tiny_model import TinyModel
 from trashsorter import aws
 from trashsorter.deploy import greengrass_v2
-from trashsorter_cli.device.server import LocalDevice
+from trashsorter_cli.device.server import THING_NAME, LocalDevice
+from trashsorter_cli.local import greengrass_v2 as control_plane
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
 BUCKET = "images-bucket"
@@ -31,30 +35,93 @@ def archive(tiny_model: TinyModel) -> bytes:
     return tiny_model.result.archive.read_bytes()
 
 
+GROUP = "cameras"
+COMPONENT = "com.trashsorter.test.classifier"
+
+
 @pytest.fixture
 def moto_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    control_plane.install()
+    control_plane.PLANE.reset()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    reset = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=30).close()  # noqa: S310 - moto keeps state per process
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
     aws.reset_clients()  # the device's default client now reaches the moto server
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)
+    iot = boto3.client("iot", region_name="us-east-1")
+    iot.create_thing_group(thingGroupName=GROUP)
+    iot.create_thing(thingName=THING_NAME)
+    iot.add_thing_to_thing_group(thingGroupName=GROUP, thingName=THING_NAME)
     yield s3
     aws.reset_clients()
     server.stop()
+    control_plane.PLANE.reset()
 
 
 @pytest.fixture
 def device(tmp_path: Path, moto_s3: Any) -> Iterator[LocalDevice]:
-    dev = LocalDevice(port=0, state_dir=tmp_path / "device").start()
+    dev = LocalDevice(port=0, state_dir=tmp_path / "device", component_name=COMPONENT).start().connect(GROUP)
     yield dev
     dev.stop()
 
 
-def call(url: str, body: bytes | dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+class Deployer:
+    """What the package step does, with plain boto3: publish a component version, deploy it to the group."""
+
+    def __init__(self) -> None:
+        self.v2 = boto3.client("greengrassv2", region_name="us-east-1")
+        self.group = boto3.client("iot", region_name="us-east-1").describe_thing_group(thingGroupName=GROUP)[
+            "thingGroupArn"
+        ]
+        self.version = 0
+
+    def deploy(self, model_key: str, model_id: str = "m-1") -> dict[str, Any]:
+        self.version += 1
+        recipe = greengrass_v2.component_recipe(
+            component_name=COMPONENT,
+            version=f"1.0.{self.version}",
+            model_id="m-0",  # the deployment's configuration update names the model (as the package step's)
+            artifact_uri=f"s3://{BUCKET}/{model_key}/model.onnx.tar.gz",
+            app_uri=f"s3://{BUCKET}/app/{greengrass_v2.APP_ARCHIVE}",
+        )
+        self.v2.create_component_version(inlineRecipe=greengrass_v2.recipe_bytes(recipe))
+        update = {"merge": json.dumps({"ModelId": model_id})}
+        ours = {COMPONENT: {"componentVersion": f"1.0.{self.version}", "configurationUpdate": update}}
+        current = greengrass_v2.current_deployment(self.v2, self.group)
+        request = greengrass_v2.deployment_request(current, ours, target_arn=self.group, name=model_id)
+        deployment_id = str(self.v2.create_deployment(**request)["deploymentId"])
+        return self.result(deployment_id)
+
+    def result(self, deployment_id: str, timeout: float = 1800.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for row in self.v2.list_effective_deployments(coreDeviceThingName=THING_NAME)[
+                "effectiveDeployments"
+            ]:
+                if row["deploymentId"] == deployment_id and row["coreDeviceExecutionStatus"] in (
+                    "SUCCEEDED",
+                    "FAILED",
+                ):
+                    return dict(row)
+            time.sleep(0.2)
+        raise AssertionError(f"the core device did not finish deployment {deployment_id}")
+
+
+def call(
+    url: str,
+    body: bytes | dict[str, Any] | None = None,
+    token: str = "",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if isinstance(body, dict) else body
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")  # noqa: S310
+    sent = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
+    request = urllib.request.Request(  # noqa: S310 - the local device
+        url, data=data, method="POST" if data is not None else "GET", headers=sent
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - local device
             return response.status, json.loads(response.read())
@@ -77,70 +144,88 @@ def tar_bytes(members: dict[str, bytes], symlink: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def test_deploy_predict_and_refuse_bad_artifacts(
+def test_deployments_reach_the_core_and_bad_ones_fail_and_roll_back(
     device: LocalDevice, moto_s3: Any, archive: bytes, tmp_path: Path
 ) -> None:
+    token = device.token
     status, body = call(f"{device.url}/status")
-    assert status == 200 and body["model_id"] is None
+    assert status == 200 and body["model_id"] is None and body["thing"] == THING_NAME
     photo = sorted((SAMPLES / "glass").glob("*.jpg"))[-1].read_bytes()
-    assert call(f"{device.url}/predict", photo)[0] == 409  # nothing deployed yet
+    assert call(f"{device.url}/predict", photo, token)[0] == 409  # nothing deployed yet
 
     moto_s3.put_object(Bucket=BUCKET, Key="models/job-1/model.onnx.tar.gz", Body=archive)
     app = greengrass_v2.write_app_archive(tmp_path / greengrass_v2.APP_ARCHIVE)
     assert app is not None
-    moto_s3.upload_file(str(app), BUCKET, f"models/job-1/{greengrass_v2.APP_ARCHIVE}")
-    status, body = call(
-        f"{device.url}/deployments",
-        {
-            "model_id": "m-1",
-            "artifact_uri": f"s3://{BUCKET}/models/job-1/model.onnx.tar.gz",
-            "deployment_id": "d-1",
-        },
-    )
-    assert status == 200, body
-    assert body["status"] == "deployed" and body["model_id"] == "m-1"
+    moto_s3.upload_file(str(app), BUCKET, f"app/{greengrass_v2.APP_ARCHIVE}")
+    deployer = Deployer()
+    result = deployer.deploy("models/job-1")
+    assert result["coreDeviceExecutionStatus"] == "SUCCEEDED", result["reason"]
+    first = call(f"{device.url}/status")[1]
 
-    status, prediction = call(f"{device.url}/predict", photo)
+    status, prediction = call(f"{device.url}/predict", photo, token)
     assert status == 200, prediction
     component = call(f"{device.url}/status")[1]["component"]
-    assert component["name"] == "com.trashsorter.local-device" and component["running"] is True
-    assert (device.state_dir / "nucleus" / "work" / component["name"] / "venv").is_dir()  # its own Install
-    assert prediction["label"] in {"Compost", "Recycling"}
+    assert component["name"] == COMPONENT and component["running"] is True
+    assert (device.state_dir / "nucleus" / "work" / COMPONENT / "venv").is_dir()  # its own Install
+    assert prediction["label"] in {"Compost", "Recycling"} and prediction["model_id"] == "m-1"
     assert prediction["top"][0] == {"label": prediction["label"], "confidence": prediction["confidence"]}
     assert sum(t["confidence"] for t in prediction["top"]) == pytest.approx(1.0, abs=1e-5)
 
     hostile = {
-        "traversal.tar.gz": tar_bytes({"../escape.txt": b"x", "labels.txt": b"A\nB\n"}),
-        "link.tar.gz": tar_bytes({"labels.txt": b"A\nB\n"}, symlink="/etc/passwd"),
-        "no-onnx.tar.gz": tar_bytes({"image-classification-symbol.json": b"{}"}),
-        "garbage.tar.gz": b"this is not gzip",
+        "traversal": tar_bytes({"../escape.txt": b"x", "labels.txt": b"A\nB\n"}),
+        "link": tar_bytes({"labels.txt": b"A\nB\n"}, symlink="/etc/passwd"),
+        "no-onnx": tar_bytes({"image-classification-symbol.json": b"{}"}),
+        "garbage": b"this is not gzip",
     }
     for key, payload in hostile.items():
-        moto_s3.put_object(Bucket=BUCKET, Key=key, Body=payload)
-        status, body = call(
-            f"{device.url}/deployments", {"model_id": f"bad-{key}", "artifact_uri": f"s3://{BUCKET}/{key}"}
-        )
-        assert status == 422, (key, body)
-        assert body["status"] == "failed" and body["error"]
-        assert body["model_id"] == "m-1"  # the previous model stays
-    status, body = call(
-        f"{device.url}/deployments", {"model_id": "gone", "artifact_uri": f"s3://{BUCKET}/missing.tar.gz"}
-    )
-    assert status == 502 and "cannot download" in body["error"]
+        moto_s3.put_object(Bucket=BUCKET, Key=f"{key}/model.onnx.tar.gz", Body=payload)
+        result = deployer.deploy(key, model_id=f"bad-{key}")
+        assert result["coreDeviceExecutionStatus"] == "FAILED", (key, result)
+        assert "rolled back" in result["reason"]
+        assert call(f"{device.url}/status")[1]["model_id"] == "m-1"  # the previous model stays
     assert not (device.state_dir / "escape.txt").exists()
-    assert call(f"{device.url}/deployments", {"artifact_uri": "s3://x/y"})[0] == 400
-    assert call(f"{device.url}/predict", b"not an image")[0] == 400
+    # an identifier that is not one never reaches the component (it would have reached a shell before)
+    marker = tmp_path / "pwned"
+    result = deployer.deploy("models/job-1", model_id=f"x'; touch {marker}; echo '")
+    assert result["coreDeviceExecutionStatus"] == "FAILED" and "not an identifier" in result["reason"]
+    assert not marker.exists()
+    assert call(f"{device.url}/predict", b"not an image", token)[0] == 400
 
     status, body = call(f"{device.url}/status")
-    assert body["model_id"] == "m-1" and body["deployment_id"] == "d-1"
+    assert body["model_id"] == "m-1" and body["deployment_id"] == first["deployment_id"]
     assert body["labels"] == ["Compost", "Recycling"] and body["deployed_at"]
-    assert call(f"{device.url}/predict", photo)[1]["label"] == prediction["label"]
+    assert call(f"{device.url}/predict", photo, token)[1]["label"] == prediction["label"]
 
     # a restarted device comes back with the deployed model
     device.stop()
-    again = LocalDevice(port=0, state_dir=device.state_dir).start()
+    again = LocalDevice(port=0, state_dir=device.state_dir, component_name=COMPONENT).start()
     try:
         assert call(f"{again.url}/status")[1]["model_id"] == "m-1"
-        assert call(f"{again.url}/predict", photo)[1]["label"] == prediction["label"]
+        deadline = time.monotonic() + 900  # the component starts again (its Install checks the pins)
+        while not (call(f"{again.url}/status")[1]["component"] or {}).get("running"):
+            assert time.monotonic() < deadline, "the restarted component did not run"
+            time.sleep(1)
+        assert call(f"{again.url}/predict", photo, again.token)[1]["label"] == prediction["label"]
     finally:
         again.stop()
+
+
+def test_the_http_endpoints_check_host_origin_and_token(device: LocalDevice) -> None:
+    """No deployment endpoint at all (deployments come from the control plane); a web page cannot write to
+    the device (Origin), a rebound DNS name cannot read it (Host), and control routes need the token."""
+    photo = sorted((SAMPLES / "glass").glob("*.jpg"))[-1].read_bytes()
+    assert (
+        call(f"{device.url}/deployments", {"model_id": "m", "artifact_uri": "s3://b/k"}, device.token)[0]
+        == 404
+    )
+    assert call(f"{device.url}/predict", photo)[0] == 401
+    assert call(f"{device.url}/predict", photo, "wrong-token")[0] == 401
+    assert call(f"{device.url}/iot/messages")[0] == 401
+    assert call(f"{device.url}/iot/messages", token=device.token)[0] == 200
+    evil = {"Origin": "http://evil.example"}
+    assert call(f"{device.url}/predict", photo, device.token, evil)[0] == 403
+    assert call(f"{device.url}/status", headers={"Host": "attacker.example:80"})[0] == 403
+    assert call(f"{device.url}/status", headers={"Sec-Fetch-Site": "cross-site"})[0] == 403
+    assert call(f"{device.url}/status", headers={"Origin": device.url})[0] == 200
+    token_file = device.state_dir / "token"
+    assert token_file.read_text().strip() == device.token and token_file.stat().st_mode & 0o077 == 0

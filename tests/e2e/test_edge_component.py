@@ -152,7 +152,8 @@ def test_unsure_frames_reach_the_inbox_and_label_makes_them_training_images(
 
     # the device's own component uploads what it was unsure about (threshold 0.6): exactly those photos,
     # each once - predicting the same photos again (this module's first test did) files no repeats
-    spool = local_stack.state_dir / "device" / "nucleus" / "work" / "com.trashsorter.local-device" / "inbox"
+    component = local_stack.state.environments["PackageFunction"]["EDGE_COMPONENT_NAME"]
+    spool = local_stack.state_dir / "device" / "nucleus" / "work" / component / "inbox"
     results = predict(capsys, state, unseen)
     results += predict(capsys, state, unseen)  # the same photos again
     unsure = len({r["image"] for r in results if r["confidence"] < 0.6})

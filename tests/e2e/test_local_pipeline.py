@@ -55,8 +55,9 @@ def _split() -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
     return upload, held
 
 
-def _post(url: str, data: bytes) -> dict[str, Any]:
-    request = urllib.request.Request(url, data=data, method="POST")  # noqa: S310 - local device
+def _post(url: str, data: bytes, token: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)  # noqa: S310 - local device
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
         result: dict[str, Any] = json.loads(response.read())
     return result
@@ -75,7 +76,9 @@ def test_local_resources_match_the_template(local_stack: LocalRuntime) -> None:
     env = local_stack.stack.function_env("StartTrainingFunction")
     assert "TRAINING_BACKEND" not in env and env["TRAINING_ALGORITHM"] == "trashsorter"  # one switch
     assert local_stack.state is not None
-    assert local_stack.state.environments["PackageFunction"]["LOCAL_DEVICE_URL"] == local_stack.device_url
+    # the package step deploys to the local core device's thing group through Greengrass v2
+    group = local_stack.state.environments["PackageFunction"]["EDGE_THING_GROUP_ARN"]
+    assert group.endswith(":thinggroup/trashsorter-local") and local_stack.state.device_token
 
 
 def test_photos_to_a_deployed_model_that_classifies_a_held_out_photo(local_stack: LocalRuntime) -> None:
@@ -133,10 +136,13 @@ def test_photos_to_a_deployed_model_that_classifies_a_held_out_photo(local_stack
     report = s3.get_object(Bucket=outputs["DeepLensBucketName"], Key=report_key)["Body"].read()
     assert b"Confusion matrix" in report and b"validation accuracy" in report
     deployments = registry.list_deployments(champion["model_id"], table_name=table, ddb=ddb)
-    assert any(d.get("target") == "local-device" for d in deployments), deployments
+    assert any(d.get("target") == "greengrass-v2" for d in deployments), deployments
 
     device = local_stack.device_url
-    predictions = [(label, _post(f"{device}/predict", path.read_bytes())) for path, label in held]
+    predictions = [
+        (label, _post(f"{device}/predict", path.read_bytes(), local_stack.device.token))
+        for path, label in held
+    ]
     for _label, answer in predictions:
         assert answer["label"] in ("Compost", "Landfill", "Recycling")
         assert 0.0 <= float(answer["confidence"]) <= 1.0

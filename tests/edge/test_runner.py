@@ -99,10 +99,13 @@ def test_runner_installs_and_runs_the_bundle_like_a_nucleus(
     )
     runner.install()
     assert (runner.work_path / "venv" / "bin" / "python").exists()  # its own environment
-    assert (runner.work_path / "model" / "model.onnx").is_file()
+    assert (runner.work_path / "model.next" / "model.onnx").is_file()  # switched in by Run
     assert (runner.decompressed_path / "trashsorter-edge" / "trashsorter_edge" / "app.py").is_file()
     done = runner.run(timeout=300)
     assert done.returncode == 0, done.stderr
+    assert (runner.work_path / "model" / "model.onnx").is_file() and not (
+        runner.work_path / "model.next"
+    ).exists()
     results = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["image"] for r in results] == sorted(p.name for p in tiny_model.unseen)
     # it ran the bundle's copy of the app, inside the component's venv

@@ -13,11 +13,8 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
 
 import boto3
 import pytest
@@ -29,7 +26,6 @@ from tests.support.stack import REGION, SAMPLES_DIR
 from trashsorter import registry
 from trashsorter.clients import Clients
 from trashsorter.ddb import serialize
-from trashsorter.deploy import greengrass_v2
 from trashsorter.deploy.orchestrate import redeploy
 from trashsorter.errors import DeploymentError, TransientError
 from trashsorter.schema import LOCK_KEY, STATE_KEY, job_key, run_key
@@ -437,9 +433,23 @@ def test_redeploy_refuses_a_gated_out_model_without_force(pack: Pack) -> None:
     )
 
 
-def test_onnx_model_goes_to_greengrass_v2_with_rollback_stubber(pack: Pack) -> None:
+def test_onnx_model_goes_to_greengrass_v2_merged_into_the_groups_deployment_with_rollback(pack: Pack) -> None:
+    """Against the local endpoint's Greengrass v2 control plane: the recipe file with the package values,
+    published as a component version and deployed as a new revision of the thing group's deployment that
+    keeps the component already deployed there (with its configuration), ROLLBACK, an update policy and a
+    job timeout."""
     run_id = pack.start_run(JOB, backend="local", artifact=onnx_model_tar(accuracy=0.9125))
-    thing_group = "arn:aws:iot:us-east-1:123456789012:thinggroup/trashsorter-edge"
+    iot = boto3.client("iot", region_name="us-east-1")
+    thing_group = iot.create_thing_group(thingGroupName="trashsorter-edge")["thingGroupArn"]
+    v2 = boto3.client("greengrassv2", region_name="us-east-1")
+    users = {
+        "RecipeFormatVersion": "2020-01-25",
+        "ComponentName": "com.example.Actuator",
+        "ComponentVersion": "2.1.0",
+    }
+    v2.create_component_version(inlineRecipe=json.dumps(users).encode())
+    user_spec = {"componentVersion": "2.1.0", "configurationUpdate": {"merge": '{"Pin": 17}'}}
+    v2.create_deployment(targetArn=thing_group, components={"com.example.Actuator": user_spec})
     settings = pack.settings(EDGE_THING_GROUP_ARN=thing_group)
     event = pack.event("training_completed.json", JOB)
     event["detail"]["AlgorithmSpecification"]["TrainingImage"] = "trashsorter/local-efficientnet-lite0"
@@ -451,59 +461,48 @@ def test_onnx_model_goes_to_greengrass_v2_with_rollback_stubber(pack: Pack) -> N
     expected_recipe["ComponentName"] = name
     expected_recipe["ComponentVersion"] = "1.0.1"
     expected_recipe["ComponentDescription"] += f" (model {JOB})"
-    expected_recipe["ComponentConfiguration"]["DefaultConfiguration"]["ModelId"] = JOB
-    expected_recipe["ComponentConfiguration"]["DefaultConfiguration"]["Inbox"]["Bucket"] = (
-        settings.images_bucket
-    )
-    expected_recipe["Manifests"][0]["Artifacts"] = [
-        {"URI": app_uri, "Unarchive": "ZIP"},
-        {"URI": onnx_uri, "Unarchive": "NONE"},
-    ]
-    v2 = boto3.client("greengrassv2", region_name="us-east-1")
-    stub = Stubber(v2)
-    component_arn = f"arn:aws:greengrass:us-east-1:123456789012:components:{name}:versions:1.0.1"
-    stub.add_response(
-        "create_component_version",
-        {
-            "arn": component_arn,
-            "componentName": name,
-            "componentVersion": "1.0.1",
-            "creationTimestamp": 0,
-            "status": {"componentState": "DEPLOYABLE"},
-        },
-        {
-            "inlineRecipe": json.dumps(expected_recipe, sort_keys=True, separators=(",", ":")).encode(),
-            "clientToken": greengrass_v2._token("component", name, "1.0.1"),
-        },
-    )
-    stub.add_response(
-        "create_deployment",
-        {"deploymentId": "a1b2c3d4-5678-90ab-cdef-111122223333", "iotJobId": "job-1"},
-        {
-            "targetArn": thing_group,
-            "deploymentName": f"trashsorter {JOB}",
-            "components": {name: {"componentVersion": "1.0.1"}},
-            "deploymentPolicies": {
-                "failureHandlingPolicy": "ROLLBACK",
-                "componentUpdatePolicy": {"timeoutInSeconds": 60, "action": "NOTIFY_COMPONENTS"},
-                "configurationValidationPolicy": {"timeoutInSeconds": 60},
-            },
-            "clientToken": greengrass_v2._token("deployment", name, "1.0.1", thing_group),
-        },
-    )
-    with stub:
-        outcome = handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg, greengrassv2=v2)
-    stub.assert_no_pending_responses()
-    assert outcome.outcome == "deployed"
+    defaults = expected_recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    defaults["ModelId"] = JOB
+    defaults["Inbox"]["Bucket"] = settings.images_bucket
+    mqtt = defaults["accessControl"]["aws.greengrass.ipc.mqttproxy"]
+    mqtt[f"{name}:mqttproxy:publish"] = mqtt.pop("trashsorter.edge:mqttproxy:publish")
+    for manifest in expected_recipe["Manifests"]:
+        if manifest["Artifacts"]:  # the 64-bit platforms; 32-bit ARM has none (it refuses to install)
+            manifest["Artifacts"] = [
+                {"URI": app_uri, "Unarchive": "ZIP"},
+                {"URI": onnx_uri, "Unarchive": "NONE"},
+            ]
+    outcome = handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg, greengrassv2=v2)
+    assert outcome.outcome == "deployed", outcome
+    deployment_id = outcome.deployments[0]["deployment_id"]
     assert outcome.deployments[0] == {
         "target": "greengrass-v2",
         "status": "deployed",
-        "deployment_id": "a1b2c3d4-5678-90ab-cdef-111122223333",
+        "deployment_id": deployment_id,
         "note": "",
     }
-    assert (
-        outcome.deployments[1]["target"] == "local-device" and outcome.deployments[1]["status"] == "skipped"
-    )
+    assert len(outcome.deployments) == 1  # one target for ONNX models: Greengrass v2
+    arn = f"arn:aws:greengrass:us-east-1:123456789012:components:{name}:versions:1.0.1"
+    assert json.loads(v2.get_component(arn=arn)["recipe"]) == expected_recipe
+    deployment = v2.get_deployment(deploymentId=deployment_id)
+    assert deployment["isLatestForTarget"] and deployment["revisionId"] == "2"
+    assert deployment["components"] == {
+        "com.example.Actuator": user_spec,
+        name: {
+            "componentVersion": "1.0.1",
+            "configurationUpdate": {
+                "merge": json.dumps(
+                    {"Inbox": {"Bucket": settings.images_bucket}, "ModelId": JOB}, sort_keys=True
+                )
+            },
+        },
+    }
+    assert deployment["deploymentPolicies"] == {
+        "failureHandlingPolicy": "ROLLBACK",
+        "componentUpdatePolicy": {"timeoutInSeconds": 60, "action": "NOTIFY_COMPONENTS"},
+        "configurationValidationPolicy": {"timeoutInSeconds": 60},
+    }
+    assert deployment["iotJobConfiguration"]["timeoutConfig"] == {"inProgressTimeoutInMinutes": 30}
     members = pack.tar_members(f"models/{JOB}/model.onnx.tar.gz")
     assert sorted(members) == ["labels.txt", "metrics.json", "model.json", "model.onnx"]
     assert members["labels.txt"] == b"Compost\nLandfill\nRecycling\n"
@@ -554,50 +553,10 @@ def test_greengrass_v2_throttling_is_retried_with_the_same_version_stubber(pack:
             "status": {},
         },
     )
+    stub.add_response("list_deployments", {"deployments": []})
     stub.add_response("create_deployment", {"deploymentId": "d-2"})
     with stub:
         outcome = handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrassv2=v2)
     assert outcome.outcome == "deployed"
     item = registry.get_deployment(JOB, "greengrass-v2", "initial", table_name=pack.table, ddb=pack.ddb)
     assert item is not None and item["component_version"] == "1.0.1" and item["deployment_id"] == "d-2"
-
-
-class _Device(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).received.append({"path": self.path, **body})
-        payload = json.dumps({"status": "deployed", "model_id": body["model_id"]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_onnx_model_goes_to_the_local_device(pack: Pack) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Device)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _Device.received = []
-    try:
-        pack.start_run(JOB, backend="local", artifact=onnx_model_tar())
-        settings = pack.settings(LOCAL_DEVICE_URL=f"http://127.0.0.1:{server.server_port}")
-        outcome = handle(pack.event("training_completed.json", JOB), settings, ddb=pack.ddb, s3=pack.s3)
-    finally:
-        server.shutdown()
-    assert outcome.outcome == "deployed"
-    assert _Device.received == [
-        {
-            "path": "/deployments",
-            "model_id": JOB,
-            "artifact_uri": f"s3://{pack.deeplens_bucket}/models/{JOB}/model.onnx.tar.gz",
-            "deployment_id": f"{JOB}-initial",
-            "defaults": {"Inbox": {"Bucket": settings.images_bucket}},  # the edge component's inbox
-        }
-    ]
-    assert outcome.deployments[0]["status"] == "skipped"  # no Greengrass v2 thing group configured

@@ -8,6 +8,8 @@ import re
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from trashsorter.deploy import greengrass_v2
 from trashsorter_edge.app import LOCAL_SORT_TOPIC
 
@@ -42,13 +44,14 @@ def test_the_recipe_is_the_file_in_the_repo_with_the_package_values_filled_in() 
     assert not hasattr(greengrass_v2, "CLASSIFIER_SCRIPT")
 
 
-def test_ipc_access_is_publish_only_to_its_own_topics() -> None:
+def test_ipc_access_is_publish_only_to_its_own_topics_without_recipe_variables() -> None:
     config = filled()["ComponentConfiguration"]["DefaultConfiguration"]
     policies = list(config["accessControl"]["aws.greengrass.ipc.mqttproxy"].values())
     assert policies and all(p["operations"] == ["aws.greengrass#PublishToIoTCore"] for p in policies)
     resources = [r for p in policies for r in p["resources"]]
-    assert not any("*" in r or "#" in r.split("/")[-1] or "+" in r for r in resources)
-    own = {t.replace("<thing>", "{iot:thingName}") for t in config["Topics"].values()}
+    # a default core does not interpolate recipe variables in the configuration: one level per thing instead
+    assert not any("{" in r or "*" in r or "#" in r for r in resources)
+    own = {t.replace("<thing>", "+") for t in config["Topics"].values()}
     assert set(resources) == own
     # local pub/sub: publish the sort command to one fixed topic, nothing else
     local = list(config["accessControl"]["aws.greengrass.ipc.pubsub"].values())
@@ -56,6 +59,26 @@ def test_ipc_access_is_publish_only_to_its_own_topics() -> None:
         (["aws.greengrass#PublishToTopic"], [LOCAL_SORT_TOPIC])
     ]
     assert set(config["accessControl"]) == {"aws.greengrass.ipc.mqttproxy", "aws.greengrass.ipc.pubsub"}
+    # policy ids are unique per core: each carries the component's own name
+    assert list(config["accessControl"]["aws.greengrass.ipc.mqttproxy"]) == [
+        "com.example.edge:mqttproxy:publish"
+    ]
+    assert list(config["accessControl"]["aws.greengrass.ipc.pubsub"]) == ["com.example.edge:pubsub:sort"]
+
+
+def test_no_configuration_value_reaches_a_lifecycle_script() -> None:
+    """Scripts run through a shell: only the nucleus's own paths are interpolated into them; configuration
+    values reach the lifecycle as environment variables (``Setenv``), which no shell parses."""
+    lifecycle = filled()["Manifests"][0]["Lifecycle"]
+    for name, step in lifecycle.items():
+        if name == "Setenv":
+            continue
+        variables = set(re.findall(r"\{([a-zA-Z]+:[^}]*)\}", step["Script"]))
+        assert variables <= {"artifacts:decompressedPath", "artifacts:path", "work:path"}, (name, variables)
+    setenv = lifecycle["Setenv"]
+    config = filled()["ComponentConfiguration"]["DefaultConfiguration"]
+    keys = {k for k in config if k != "accessControl"}
+    assert {f"TRASHSORTER_CFG_{k}" for k in keys} <= set(setenv)
 
 
 def test_install_is_isolated_and_pinned_and_nothing_runs_as_root() -> None:
@@ -67,8 +90,10 @@ def test_install_is_isolated_and_pinned_and_nothing_runs_as_root() -> None:
         if isinstance(step, dict) and "Script" in step
     )
     install, run = lifecycle["Install"]["Script"], lifecycle["Run"]["Script"]
-    assert "install.py {work:path}" in install and "--user" not in install and "sudo" not in install
-    assert run.startswith("exec {work:path}/venv/bin/python")
+    assert "launch.py install {work:path}" in install and "--user" not in install and "sudo" not in install
+    assert run == "exec python3 {artifacts:decompressedPath}/trashsorter-edge/launch.py run {work:path}"
+    launcher = (ROOT / "layers/trashsorter/python/trashsorter/data/greengrass_launch.py").read_text()
+    assert 'work / "venv" / "bin" / "python"' in launcher and "shell=True" not in launcher
     for name in ("requirements.txt", "requirements-greengrass.txt"):
         lines = [
             ln
@@ -82,7 +107,7 @@ def test_every_configuration_key_the_lifecycle_reads_has_a_default() -> None:
     recipe = filled()
     config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     used = set(re.findall(r"\{configuration:(/[^}]+)\}", json.dumps(recipe["Manifests"])))
-    assert {"/Source", "/Threshold", "/Topics/Infer", "/Output", "/Inbox/Bucket", "/Inbox/PerMinute"} <= used
+    assert {"/Source", "/Threshold", "/Topics", "/Output", "/Inbox", "/ModelId"} <= used
     for pointer in used:
         node = config
         for part in pointer.strip("/").split("/"):
@@ -96,3 +121,43 @@ def test_app_archive_holds_the_edge_package_and_is_reproducible(tmp_path: Path) 
     names = zipfile.ZipFile(first).namelist()
     shipped = {f"trashsorter_edge/{p.name}" for p in (ROOT / "edge/trashsorter_edge").glob("*.py")}
     assert shipped <= set(names) and "trashsorter_edge/requirements.txt" in names
+    assert "launch.py" in names  # the lifecycle steps, at the archive's root
+
+
+def test_manifests_per_64_bit_platform_and_32_bit_arm_refused_with_the_reason() -> None:
+    import subprocess
+
+    from trashsorter_cli.device.runner import RecipeError, select_manifest
+
+    recipe = filled()
+    platforms = [m["Platform"] for m in recipe["Manifests"]]
+    assert platforms == [
+        {"os": "linux", "architecture": "amd64"},
+        {"os": "linux", "architecture": "aarch64"},
+        {"os": "linux", "architecture": "arm"},
+    ]
+    assert recipe["Manifests"][0]["Lifecycle"] == recipe["Manifests"][1]["Lifecycle"]
+    assert recipe["Manifests"][0]["Artifacts"] == recipe["Manifests"][1]["Artifacts"]
+    assert select_manifest(recipe, "x86_64")["Platform"]["architecture"] == "amd64"
+    assert select_manifest(recipe, "aarch64")["Platform"]["architecture"] == "aarch64"
+    arm = select_manifest(recipe, "armv7l")
+    assert arm["Artifacts"] == [] and set(arm["Lifecycle"]) == {"Install"}
+    done = subprocess.run(["sh", "-c", arm["Lifecycle"]["Install"]["Script"]], capture_output=True, text=True)
+    assert done.returncode == 1 and "64-bit" in done.stderr and "32-bit ARM" in done.stderr
+    with pytest.raises(RecipeError, match="no manifest for linux/x86"):
+        select_manifest(recipe, "i686")
+
+
+def test_a_model_id_that_is_not_an_identifier_never_enters_a_recipe() -> None:
+    from trashsorter.errors import DeploymentError
+
+    for bad in ("x'; id > /tmp/p; '", "a b", "$(id)", "", "-leading", "x" * 200):
+        with pytest.raises(DeploymentError, match="not an identifier"):
+            greengrass_v2.component_recipe(
+                component_name="com.example.edge",
+                version="1.0.7",
+                model_id=bad,
+                artifact_uri="s3://b/models/job-1/model.onnx.tar.gz",
+                app_uri="s3://b/models/job-1/trashsorter-edge.zip",
+            )
+    assert greengrass_v2.checked_identifier("deeplens-3f2a-20261207T0102-ab12", "model id")

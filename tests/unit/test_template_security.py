@@ -462,8 +462,10 @@ def test_greengrass_statements_exist_only_when_configured_and_name_the_configure
         for policy in role["Properties"]["Policies"]
         for st in as_list(policy["PolicyDocument"]["Statement"])
     ]
-    greengrass = [st for st in wrapped if "greengrass" in json.dumps(st)]
-    assert len(greengrass) == 3
+    greengrass = [
+        st for st in wrapped if "greengrass" in json.dumps(st) or "EdgeThingGroup" in json.dumps(st)
+    ]
+    assert len(greengrass) == 5
     for statement in greengrass:
         condition, configured, otherwise = statement["Fn::If"]
         assert otherwise == {"Ref": "AWS::NoValue"}
@@ -471,8 +473,10 @@ def test_greengrass_statements_exist_only_when_configured_and_name_the_configure
         assert "greengrass/*" not in resources and "thinggroup/*" not in resources, configured["Sid"]
         if configured["Sid"] == "DeployToDeepLensGroup":
             assert condition == "HasDeepLensGroup" and "${DeepLensGroupId}" in resources
-        elif configured["Sid"] == "PublishEdgeComponent":
+        elif configured["Sid"] in ("PublishEdgeComponent", "DeployEdgeThingGroupJobs"):
             assert condition == "HasEdgeThingGroup" and {"Ref": "EdgeThingGroupArn"} in configured["Resource"]
+        elif configured["Sid"] == "ReadEdgeCoreDeviceResults":
+            assert condition == "HasEdgeThingGroup" and "coreDevices:" in resources
         else:
             assert condition == "HasDeepLensGroup" and configured["Sid"] == "DeepLensDefinitions"
     conditions = load_template(ROOT / "template.yaml")["Conditions"]
@@ -718,3 +722,128 @@ def test_deeplens_definition_statement_covers_only_function_and_resource_definit
     assert len(resources) == 2 and all(any(kind in r for kind in kinds) for r in resources), resources
     actions = [a.split(":")[1] for a in definitions["Action"]]
     assert all(("Function" in a or "Resource" in a) and "Definition" in a for a in actions), actions
+
+
+# ------------------------------------------------------------------------ Greengrass v2 deployment IAM
+# CreateDeployment (Greengrass v2) and the IoT actions it depends on (Service Authorization Reference,
+# "Actions defined by AWS IoT Greengrass V2", CreateDeployment's dependent actions; Greengrass v2 Developer
+# Guide, "Create deployments"): the service creates and manages an AWS IoT job for the thing group as the
+# caller.
+CREATE_DEPLOYMENT_ACTIONS = (
+    "greengrass:CreateDeployment",
+    "iot:CancelJob",
+    "iot:CreateJob",
+    "iot:DeleteThingShadow",
+    "iot:DescribeJob",
+    "iot:DescribeThing",
+    "iot:DescribeThingGroup",
+    "iot:GetThingShadow",
+    "iot:UpdateJob",
+    "iot:UpdateThingShadow",
+)
+_THING_GROUP = "arn:aws:iot:us-east-1:123456789012:thinggroup/trash-cameras"
+_SUBSTITUTIONS = {
+    "AWS::Partition": "aws",
+    "AWS::Region": "us-east-1",
+    "AWS::AccountId": "123456789012",
+    "AWS::StackName": "stack",
+}
+# The package role's Greengrass v2 statement as it was before the IoT job actions were granted.
+STATEMENTS_WITHOUT_JOB_ACTIONS = [
+    {
+        "Effect": "Allow",
+        "Action": [
+            "greengrass:CreateComponentVersion",
+            "greengrass:DescribeComponent",
+            "greengrass:CreateDeployment",
+        ],
+        "Resource": [
+            {"Fn::Sub": "arn:${AWS::Partition}:greengrass:${AWS::Region}:${AWS::AccountId}:deployments*"},
+            {"Ref": "EdgeThingGroupArn"},
+        ],
+    }
+]
+
+
+def _resolve(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value == {"Ref": "EdgeThingGroupArn"}:
+        return _THING_GROUP
+    text = value["Fn::Sub"] if isinstance(value["Fn::Sub"], str) else value["Fn::Sub"][0]
+    for name, replacement in _SUBSTITUTIONS.items():
+        text = text.replace("${" + name + "}", replacement)
+    assert "${" not in text, text
+    return text
+
+
+def allowed(statements: list[dict[str, Any]], action: str, resource: str) -> bool:
+    """IAM's identity-policy evaluation for Allow statements without conditions (wildcards ``*`` ``?``)."""
+    from fnmatch import fnmatchcase
+
+    for statement in statements:
+        if statement["Effect"] != "Allow" or "Condition" in statement:
+            continue
+        actions = [a.lower() for a in as_list(statement["Action"])]
+        if not any(fnmatchcase(action.lower(), pattern) for pattern in actions):
+            continue
+        if any(fnmatchcase(resource, _resolve(r)) for r in as_list(statement["Resource"])):
+            return True
+    return False
+
+
+def edge_statements() -> list[dict[str, Any]]:
+    """The package role's statements as they are with a thing group configured (every ``!If`` true)."""
+    role = resources_of("AWS::IAM::Role")["PackageFunctionRole"]
+    out = []
+    for policy in role["Properties"]["Policies"]:
+        for statement in as_list(policy["PolicyDocument"]["Statement"]):
+            if "Fn::If" in statement:
+                condition, configured, _ = statement["Fn::If"]
+                if condition == "HasEdgeThingGroup":
+                    out.append(configured)
+            elif "Sid" in statement:
+                out.append(statement)
+    return out
+
+
+def _deployment_requests() -> list[tuple[str, str]]:
+    """(action, resource) the service authorizes for one CreateDeployment to the configured thing group."""
+    job = "arn:aws:iot:us-east-1:123456789012:job/8f2b4f7e-0c1d-4e5f-9a6b-7c8d9e0f1a2b"
+    thing = "arn:aws:iot:us-east-1:123456789012:thing/camera-1"
+    return [
+        ("greengrass:CreateDeployment", _THING_GROUP),
+        ("iot:CreateJob", job),
+        ("iot:CreateJob", _THING_GROUP),
+        ("iot:DescribeJob", job),
+        ("iot:UpdateJob", job),
+        ("iot:CancelJob", job),
+        ("iot:DescribeThingGroup", _THING_GROUP),
+        ("iot:DescribeThing", thing),
+        ("iot:GetThingShadow", thing),
+        ("iot:UpdateThingShadow", thing),
+        ("iot:DeleteThingShadow", thing),
+    ]
+
+
+def test_create_deployment_without_the_iot_job_actions_is_denied() -> None:
+    denied = [(a, r) for a, r in _deployment_requests() if not allowed(STATEMENTS_WITHOUT_JOB_ACTIONS, a, r)]
+    assert {a for a, _ in denied} == set(CREATE_DEPLOYMENT_ACTIONS) - {"greengrass:CreateDeployment"}
+
+
+def test_package_role_allows_every_documented_create_deployment_action_on_the_group_and_its_jobs() -> None:
+    statements = edge_statements()
+    assert {a for a, _ in _deployment_requests()} == set(CREATE_DEPLOYMENT_ACTIONS)
+    for action, resource in _deployment_requests():
+        assert allowed(statements, action, resource), (action, resource)
+    # scoped: another account's group, another thing group, and non-job IoT resources stay denied
+    assert not allowed(statements, "iot:DescribeThingGroup", _THING_GROUP.replace("trash-cameras", "other"))
+    assert not allowed(statements, "iot:CreateJob", _THING_GROUP.replace("123456789012", "210987654321"))
+    assert not allowed(statements, "iot:DeleteThingGroup", _THING_GROUP)
+    assert not allowed(statements, "iot:CreateJob", "arn:aws:iot:us-east-1:123456789012:thinggroup/other")
+    # reading each core device's result of the deployment and the deployment it merges with
+    core = "arn:aws:greengrass:us-east-1:123456789012:coreDevices:camera-1"
+    assert allowed(statements, "greengrass:ListEffectiveDeployments", core)
+    assert allowed(
+        statements, "greengrass:GetDeployment", "arn:aws:greengrass:us-east-1:123456789012:deployments:abc"
+    )

@@ -138,12 +138,15 @@ def watch(
     messages_url = f"{target.device_url.rstrip('/')}/iot/messages"
     seen, after = 0, 0
     if not replay:  # start after the last message received so far, whatever its topic
-        earlier = device_request(f"{messages_url}?after=0", timeout=10).get("messages", [])
+        earlier = device_request(f"{messages_url}?after=0", timeout=10, token=target.device_token)
+        earlier = earlier.get("messages", [])
         after = max((int(m["index"]) for m in earlier), default=0)
     deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
     query = urllib.parse.urlencode({"topic": topic})
     while time.monotonic() < deadline:
-        answer = device_request(f"{messages_url}?after={after}&{query}", timeout=10)
+        answer = device_request(
+            f"{messages_url}?after={after}&{query}", timeout=10, token=target.device_token
+        )
         for message in answer.get("messages", []):
             after = max(after, int(message["index"]))
             if ui.json_mode:

@@ -417,12 +417,14 @@ def redeploy(target: Target, model_id: str, *, force: bool = False) -> dict[str,
 # ------------------------------------------------------------------------------------------------ predict
 
 
-def device_request(url: str, *, data: bytes | None = None, timeout: float = 30.0) -> dict[str, Any]:
+def device_request(
+    url: str, *, data: bytes | None = None, timeout: float = 30.0, token: str = ""
+) -> dict[str, Any]:
+    headers = {"Content-Type": "application/octet-stream"} if data is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"  # the device's control token, from the state file
     request = urllib.request.Request(  # noqa: S310 - the local device URL from the state file
-        url,
-        data=data,
-        method="POST" if data is not None else "GET",
-        headers={"Content-Type": "application/octet-stream"} if data is not None else {},
+        url, data=data, method="POST" if data is not None else "GET", headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
@@ -473,7 +475,7 @@ def predict(target: Target, images: Sequence[Path]) -> list[dict[str, Any]]:
     for image in images:
         try:
             data = _checked_image(image, settings)
-            answer = device_request(url, data=data)
+            answer = device_request(url, data=data, token=target.device_token)
             if "label" not in answer:
                 raise CliError(str(answer.get("error") or answer.get("message") or "no model deployed"))
         except CliError as exc:

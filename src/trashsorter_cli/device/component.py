@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from trashsorter.deploy.greengrass_v2 import merge
 from trashsorter.errors import DeploymentError, Rejection
 from trashsorter_cli.device.runner import ComponentRunner
 
@@ -41,11 +42,14 @@ class LocalComponent:
         thing: str,
         endpoint_url: str | None,
         top_k: int,
+        configuration_update: dict[str, Any] | None = None,
     ) -> None:
         self.camera = nucleus_root / "camera"
         self.camera.mkdir(parents=True, exist_ok=True)
         outputs = "--output iot-data " if endpoint_url else ""
-        configuration: dict[str, Any] = {
+        # the deployment's configuration update, then what this local core sets for itself: its camera is a
+        # folder, results come back on stdout, the live view on a free local port
+        local: dict[str, Any] = {
             "Source": str(self.camera),
             "Output": "jsonl",
             "ExtraArgs": f"{outputs}--poll 0.05",
@@ -53,6 +57,7 @@ class LocalComponent:
             "Inbox": {"PerMinute": 60},  # a developer's machine: no uplink to spare
             "LiveView": {"Port": free_port(), "Host": "127.0.0.1"},
         }
+        configuration = merge(configuration_update or {}, local)
         self.live_url = f"http://127.0.0.1:{configuration['LiveView']['Port']}/"
         env = {"AWS_ENDPOINT_URL": endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"} if endpoint_url else {}
         self.runner = ComponentRunner(bundle, nucleus_root, configuration=configuration, thing=thing, env=env)
@@ -68,6 +73,10 @@ class LocalComponent:
     @property
     def version(self) -> str:
         return self.runner.version
+
+    @property
+    def name(self) -> str:
+        return self.runner.name
 
     def start(self, after: threading.Thread | None = None) -> LocalComponent:
         """Install and Run in the background (a deployment is accepted before the component runs), once
@@ -98,15 +107,21 @@ class LocalComponent:
             reader.start()
             self._threads.append(reader)
 
-    @staticmethod
-    def _read(stream: Any, handler: Any) -> None:
+    def _read(self, stream: Any, handler: Any) -> None:
+        last = ""
         for line in stream:
             try:
                 message = json.loads(line)
             except json.JSONDecodeError:
+                last = line.strip() or last
                 continue
             if isinstance(message, dict):
                 handler(message)
+        if handler == self._on_message and not self._ready.is_set():  # it ended before it ran
+            process = self.runner.process
+            code = process.wait() if process is not None else None
+            self._failed = f"the app exited ({code}) before its model loaded: {last[-500:]}"
+            self._ready.set()
 
     def _on_result(self, result: dict[str, Any]) -> None:
         with self._changed:
@@ -124,6 +139,15 @@ class LocalComponent:
         elif payload.get("status") == "error" and not self._ready.is_set():
             self._failed = str(payload.get("error"))
             self._ready.set()
+
+    def wait_running(self, timeout: float) -> str | None:
+        """``None`` once the app has loaded its model and runs, else why not (the Startup check a core makes
+        before it reports the deployment: a model that does not load fails the deployment)."""
+        if not self._ready.wait(timeout):
+            return f"not running after {timeout:g} s"
+        if self._failed is not None:
+            return self._failed
+        return None if self.running() else "the component exited"
 
     def running(self) -> bool:
         process = self.runner.process

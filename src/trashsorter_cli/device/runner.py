@@ -6,8 +6,13 @@ It does what a nucleus does with a local deployment, for the parts trashsorter's
   ``{iot:thingName}`` and ``{configuration:/json/pointer}`` (the recipe's ``DefaultConfiguration`` merged
   with the caller's configuration update);
 * unarchives ``Unarchive: ZIP`` artifacts into the decompressed path (regular files only, no escapes);
-* runs ``Install`` (in the component's work directory, ``Setenv`` applied), then ``Run`` as a child
-  process; :meth:`ComponentRunner.stop` sends SIGTERM and runs ``Shutdown``.
+* runs ``Install`` (in the component's work directory, ``Setenv`` applied, the step's ``Timeout``: 120 s
+  unless the recipe says otherwise; a failed or timed-out Install is ERRORED and retried, the third error is
+  BROKEN), then ``Run`` as a child process; :meth:`ComponentRunner.stop` sends
+  SIGTERM and runs ``Shutdown``;
+* applies what a core enforces (:mod:`trashsorter_cli.device.core_rules`): the component's ``accessControl``
+  read with the nucleus's ``interpolateComponentConfiguration`` (false unless the caller says otherwise), and
+  its AWS IoT publishes authorized against it (the component's ``AWS_ENDPOINT_URL`` is the core's gateway).
 
 On a developer machine the runner sets ``TRASHSORTER_EDGE_SHARED_SITE`` to this interpreter's site-packages,
 so the component's own venv (created by its ``Install``) finds pinned packages already installed here instead
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -29,8 +35,12 @@ from typing import Any
 
 from trashsorter.deploy.greengrass_v2 import merge
 from trashsorter.errors import DeploymentError
+from trashsorter_cli.device.core_rules import IotGateway, NucleusSettings, effective_access_control
 
 _VARIABLE = "{configuration:"
+DEFAULT_STEP_TIMEOUT = 120.0  # Install / Startup without a Timeout (recipe reference)
+SHUTDOWN_TIMEOUT = 15.0  # Shutdown without a Timeout
+ERRORS_BEFORE_BROKEN = 3  # a component that errors this many times goes BROKEN (the nucleus stops retrying)
 
 
 class RecipeError(DeploymentError):
@@ -79,6 +89,30 @@ def prepare_environment(work_path: Path, timeout: float = 900.0) -> int:
     return done.returncode
 
 
+# The nucleus's names for a machine's architecture (the recipe's ``Platform.architecture``).
+ARCHITECTURES = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "i686": "x86",
+    "i386": "x86",
+}
+
+
+def select_manifest(recipe: Mapping[str, Any], machine: str) -> dict[str, Any]:
+    """The first manifest whose platform this Linux machine matches, as a core chooses one; none -> the
+    component cannot be installed here (a deployment fails)."""
+    architecture = ARCHITECTURES.get(machine.lower(), machine.lower())
+    for manifest in recipe.get("Manifests", []):
+        wanted = manifest.get("Platform", {}) or {}
+        if wanted.get("os", "*") in ("linux", "*") and wanted.get("architecture", "*") in (architecture, "*"):
+            return dict(manifest)
+    raise RecipeError(f"{recipe.get('ComponentName')}: no manifest for linux/{architecture}")
+
+
 class ComponentRunner:
     """``ComponentRunner(bundle, work_root, configuration=..., thing=...)``: ``install()``, then ``start()``
     (a background process) or ``run()`` (to completion, output captured)."""
@@ -91,6 +125,7 @@ class ComponentRunner:
         configuration: Mapping[str, Any] | None = None,
         thing: str = "local",
         env: Mapping[str, str] | None = None,
+        nucleus: NucleusSettings | None = None,
     ) -> None:
         self.bundle = Path(bundle)
         recipe_path = self.bundle / "recipe.json"
@@ -99,14 +134,7 @@ class ComponentRunner:
         self.recipe: dict[str, Any] = json.loads(recipe_path.read_text())
         self.name = str(self.recipe["ComponentName"])
         self.version = str(self.recipe["ComponentVersion"])
-        manifests = [
-            m
-            for m in self.recipe.get("Manifests", [])
-            if m.get("Platform", {}).get("os") in (None, "linux", "*")
-        ]
-        if not manifests:
-            raise RecipeError(f"{self.name}: no manifest for linux")
-        self.manifest = manifests[0]
+        self.manifest = select_manifest(self.recipe, platform.machine())
         defaults = self.recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
         self.configuration = merge(defaults, configuration or {})
         self.thing = thing
@@ -115,6 +143,9 @@ class ComponentRunner:
         self.work_path = root / "work" / self.name
         self.decompressed_path = root / "artifacts-unarchived" / self.name / self.version
         self.extra_env = dict(env or {})
+        self.nucleus = nucleus or NucleusSettings()
+        self.access_control = effective_access_control(self.configuration, thing, self.nucleus)
+        self.gateway: IotGateway | None = None
         self.process: subprocess.Popen[str] | None = None
 
     # -- recipe variables ---------------------------------------------------------------------------------
@@ -140,6 +171,12 @@ class ComponentRunner:
         script = step.get("Script") if isinstance(step, Mapping) else step
         return self.resolve(str(script))
 
+    def _timeout(self, name: str) -> float:
+        step = self.manifest.get("Lifecycle", {}).get(name)
+        if isinstance(step, Mapping) and step.get("Timeout") is not None:
+            return float(step["Timeout"])
+        return SHUTDOWN_TIMEOUT if name == "Shutdown" else DEFAULT_STEP_TIMEOUT
+
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         for key, value in self.manifest.get("Lifecycle", {}).get("Setenv", {}).items():
@@ -147,6 +184,8 @@ class ComponentRunner:
         env["AWS_IOT_THING_NAME"] = self.thing
         env.update(shared_site_env())
         env.update(self.extra_env)
+        if self.gateway is not None:
+            env["AWS_ENDPOINT_URL"] = self.gateway.url
         return env
 
     def _shell(self, script: str) -> dict[str, Any]:
@@ -166,20 +205,32 @@ class ComponentRunner:
                 target.mkdir(parents=True)
                 _unzip(path, target)
 
-    def install(self, timeout: float = 900.0) -> None:
+    def install(self, timeout: float | None = None) -> None:
         self.prepare_artifacts()
         self.work_path.mkdir(parents=True, exist_ok=True)
         script = self._step("Install")
         if script is None:
             return
-        done = subprocess.run(**self._shell(script), capture_output=True, timeout=timeout, check=False)
-        if done.returncode != 0:
-            raise RecipeError(f"{self.name} Install failed ({done.returncode}): {done.stderr[-2000:]}")
+        limit = timeout if timeout is not None else self._timeout("Install")
+        why = ""
+        for _attempt in range(ERRORS_BEFORE_BROKEN):  # ERRORED, retried; the third error is BROKEN
+            try:
+                done = subprocess.run(**self._shell(script), capture_output=True, timeout=limit, check=False)
+            except subprocess.TimeoutExpired:
+                why = f"did not finish within its timeout of {limit:g} s"
+                continue
+            if done.returncode == 0:
+                return
+            why = f"failed ({done.returncode}): {done.stderr[-2000:]}"
+        raise RecipeError(f"{self.name} BROKEN after {ERRORS_BEFORE_BROKEN} errors: Install {why}")
 
     def start(self, *, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
         script = self._step("Run")
         if script is None:
             raise RecipeError(f"{self.name}: the recipe has no Run step")
+        upstream = self.extra_env.get("AWS_ENDPOINT_URL")
+        if upstream and self.gateway is None:
+            self.gateway = IotGateway(upstream, self.access_control, self.name).start()
         self.process = subprocess.Popen(
             **self._shell(script), stdout=stdout, stderr=stderr, start_new_session=True
         )
@@ -206,8 +257,16 @@ class ComponentRunner:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=timeout)
         self.shutdown()
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
 
     def shutdown(self) -> None:
         script = self._step("Shutdown")
         if script is not None:
-            subprocess.run(**self._shell(script), capture_output=True, check=False, timeout=60)
+            try:
+                subprocess.run(
+                    **self._shell(script), capture_output=True, check=False, timeout=self._timeout("Shutdown")
+                )
+            except subprocess.TimeoutExpired:
+                return  # the nucleus stops waiting for a Shutdown script after its timeout

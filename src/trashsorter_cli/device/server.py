@@ -1,33 +1,38 @@
-"""The local device: a small local "nucleus" on 127.0.0.1. It receives deployments and runs the Greengrass v2
-edge component the package step published (:mod:`trashsorter_cli.device.component`); it does not classify
-itself - ``/predict`` hands the image to the running component and answers with the component's result.
+"""The local device: a local Greengrass v2 *core device* on 127.0.0.1. It connects to the local endpoint's
+Greengrass v2 control plane (:mod:`trashsorter_cli.local.greengrass_v2`) as the thing ``THING_NAME`` of the
+local thing group, receives that group's deployments, runs trashsorter's component of each deployment (the
+recipe and artifacts the package step published; :mod:`trashsorter_cli.device.component`) and reports its
+result per deployment (``ListEffectiveDeployments``). It does not classify itself: ``/predict`` hands the
+image to the running component and answers with the component's result.
 
-API (JSON answers):
+A deployment whose model cannot be used (not downloadable, unsafe or unreadable archive, a model that does not
+load, a component that does not start) FAILS and is rolled back: the previous component version keeps running
+with the previous model, whose folder stays on disk until a new one runs.
 
-* ``POST /deployments`` ``{"model_id", "artifact_uri": "s3://...", "deployment_id"}`` -> downloads the
-  tarball (boto3; AWS_ENDPOINT_URL from the environment), extracts it safely (regular files only, no
-  absolute paths, no ``..``, size-capped) into ``<state_dir>/models/<deployment>``, checks that ``model.onnx``
-  + ``labels.txt`` load, writes the component bundle (``recipe.json`` + the published artifacts, the app zip
-  being ``trashsorter-edge.zip`` beside the model) and switches to it: the previous component version stops,
-  the new one is installed and started in the background: ``200 {"status": "deployed", "model_id", ...}``.
-  A bad request is 400, an unreadable artifact 502 (S3) or 422 (not a valid model); the previous model stays.
-* ``GET /status`` -> ``{model_id, deployment_id, labels, deployed_at}`` (nulls before the first deployment).
-* ``POST /predict`` (raw image bytes) -> ``{"label", "confidence", "top": [{label, confidence}...],
-  "unsure", "model_id"}`` from the component; 409 when no model is deployed (or the component is down),
-  400 for bytes that are not an image.
+HTTP API (JSON answers), reachable only as ``http://127.0.0.1:<port>`` (the Host header is checked); a request
+that carries an ``Origin`` other than the device's own is refused (no cross-site writes from a web page):
+
+* ``GET /status`` -> ``{model_id, deployment_id, labels, deployed_at, component, thing}`` (no token).
+* ``POST /predict`` (raw image bytes) -> ``{"label", "confidence", "top": [...], "unsure", "model_id"}``;
+  409 when no model is deployed, 400 for bytes that are not an image.
+* ``GET /iot/messages?after=N&topic=PREFIX`` -> what the local endpoint's IoT data plane received.
+
+``/predict`` and ``/iot/messages`` need the device's token (``Authorization: Bearer <token>``), kept in
+``<state_dir>/token`` (mode 0600) and in the local stack's state file; a request without it is 401.
 
 The current deployment is remembered in ``<state_dir>/current.json`` and reloaded on start.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import secrets
 import shutil
 import tarfile
 import tempfile
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -41,7 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trashsorter import aws
 from trashsorter.deploy import greengrass_v2
 from trashsorter.errors import DeploymentError, Rejection, TrashsorterError
-from trashsorter_cli.device.component import LocalComponent
+from trashsorter_cli.device.component import READY_TIMEOUT_S, LocalComponent
 from trashsorter_cli.device.predictor import Classifier
 from trashsorter_cli.device.runner import prepare_environment
 
@@ -50,8 +55,16 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 MAX_EXTRACTED_BYTES = 1024 * 1024 * 1024
 REQUIRED_MEMBERS = ("model.onnx", "labels.txt")
-COMPONENT_NAME = "com.trashsorter.local-device"
+COMPONENT_NAME = "com.trashsorter.classifier"  # trashsorter's component name unless the stack names another
 THING_NAME = "local-device"
+PUBLISHER = "trashsorter"  # trashsorter's component in a deployment: the recipe's ComponentPublisher
+# How long a deployment may take on this core: the first Install creates the venv (its own Timeout bounds it),
+# then the app loads its model.
+DEPLOY_TIMEOUT_S = 1800.0
+TOKEN_FILE = "token"  # noqa: S105 - the file's name, not a secret
+
+
+checked_identifier = greengrass_v2.checked_identifier  # one rule for ids, where they enter
 
 
 class ArtifactError(DeploymentError):
@@ -83,20 +96,32 @@ def safe_extract(archive: Path, destination: Path, max_bytes: int = MAX_EXTRACTE
 
 
 class LocalDevice:
-    """The device, in-process: ``LocalDevice(port=0).start()`` ... ``.stop()``; ``url`` after start."""
+    """The device, in-process: ``LocalDevice(port=0).start()``, ``.connect(group)`` ... ``.stop()``."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, state_dir: Path | str | None = None, s3: Any = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        state_dir: Path | str | None = None,
+        s3: Any = None,
+        thing: str = THING_NAME,
+        component_name: str = COMPONENT_NAME,
     ) -> None:
         self.host = host
         self.port = port
+        self.thing = thing
+        self.component_name = component_name  # its venv is prepared before the first deployment
         self.state_dir = (
             Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="trashsorter-device-"))
         )
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.token = _token(self.state_dir)
         self._s3 = s3
         self._lock = threading.Lock()  # guards the switch, not the (long) download
         self._deploy_lock = threading.Lock()  # one deployment at a time
+        self._idle = threading.Event()  # set while no deployment is being applied
+        self._idle.set()
+        self._plane: Any = None
         self.classifier: Classifier | None = None
         self.component: LocalComponent | None = None
         self._preparing: threading.Thread | None = None
@@ -122,14 +147,27 @@ class LocalDevice:
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, name="local-device", daemon=True)
         self._thread.start()
-        work = self.state_dir / "nucleus" / "work" / COMPONENT_NAME
+        work = self.state_dir / "nucleus" / "work" / self.component_name
         if not (work / "venv").is_dir():  # the first Install would create it; do it before a model arrives
             self._preparing = threading.Thread(target=prepare_environment, args=(work,), daemon=True)
             self._preparing.start()
         record = self._record()
         if record and record.get("bundle_dir") and self.component is None:
             labels = len(self.classifier.labels) if self.classifier else 1
-            self.component = self._component(Path(record["bundle_dir"]), labels).start(after=self._preparing)
+            update = dict(record.get("configuration") or {})
+            self.component = self._component(Path(record["bundle_dir"]), labels, update).start(
+                after=self._preparing
+            )
+        return self
+
+    def connect(self, group: str, plane: Any = None) -> LocalDevice:
+        """Come online as a core device of thing group ``group`` on the local control plane: the group's
+        current deployment (and every later one) is delivered to :meth:`apply_deployment`."""
+        from trashsorter_cli.local import greengrass_v2 as control_plane
+
+        self._plane = plane or control_plane.PLANE
+        core = control_plane.CoreConnection(self.thing, deliver=self.apply_deployment)
+        self._plane.connect(core, groups=[group])
         return self
 
     def stop(self) -> None:
@@ -156,13 +194,14 @@ class LocalDevice:
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {
+                "thing": self.thing,
                 "model_id": self.model_id,
                 "deployment_id": self.deployment_id,
                 "labels": list(self.classifier.labels) if self.classifier else [],
                 "deployed_at": self.deployed_at,
                 "component": (
                     {
-                        "name": COMPONENT_NAME,
+                        "name": self.component.name,
                         "version": self.component.version,
                         "running": self.component.running(),
                         "live_view": self.component.live_url,
@@ -172,54 +211,122 @@ class LocalDevice:
                 ),
             }
 
+    def apply_deployment(self, document: dict[str, Any]) -> None:
+        """One deployment from the control plane, applied and reported (IN_PROGRESS, then SUCCEEDED or
+        FAILED with the reason; a failed one is rolled back: the previous component keeps running)."""
+        deployment_id = str(document.get("deploymentId", ""))
+        report = self._plane.report if self._plane is not None else (lambda *a, **k: None)
+        self._idle.clear()
+        try:
+            with self._deploy_lock:
+                report(self.thing, deployment_id, "IN_PROGRESS")
+                installed = {
+                    n: str(s.get("componentVersion")) for n, s in document.get("components", {}).items()
+                }
+                try:
+                    self._apply(document)
+                except (DeploymentError, OSError, ValueError) as exc:
+                    reason = f"rolled back to the previous deployment: {exc}"
+                    report(self.thing, deployment_id, "FAILED", reason[:1000], [type(exc).__name__])
+                else:
+                    report(self.thing, deployment_id, "SUCCEEDED", installed=installed)
+        finally:
+            self._idle.set()
+
+    def _apply(self, document: dict[str, Any]) -> None:
+        recipes: dict[str, Any] = document.get("recipes", {})
+        ours = sorted(n for n, r in recipes.items() if r.get("ComponentPublisher") == PUBLISHER)
+        if not ours:
+            return  # the group's deployment has no trashsorter component: nothing for this core to run
+        recipe = recipes[ours[0]]
+        spec = document["components"][ours[0]]
+        try:
+            update = json.loads((spec.get("configurationUpdate") or {}).get("merge") or "{}")
+        except ValueError as exc:
+            raise ArtifactError(f"the configuration update is not JSON: {exc}") from exc
+        defaults = recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
+        configuration = greengrass_v2.merge(defaults, update)
+        model_id = checked_identifier(configuration.get("ModelId"), "ModelId")
+        if self.component is not None and self.component.version == recipe.get("ComponentVersion"):
+            if self.model_id == model_id:
+                return  # this version already runs here
+        uris = [str(a.get("URI", "")) for a in recipe.get("Manifests", [{}])[0].get("Artifacts", [])]
+        model_uri = next((u for u in uris if u.endswith("/" + greengrass_v2.MODEL_ARCHIVE)), "")
+        self.deploy(model_id, model_uri, str(document["deploymentId"]), recipe=recipe, update=update)
+
     def deploy(
         self,
         model_id: str,
         artifact_uri: str,
         deployment_id: str | None = None,
-        defaults: dict[str, Any] | None = None,
+        *,
+        recipe: dict[str, Any],
+        update: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Download, verify, switch; a DeploymentError (422/502 subclass) keeps the previous model."""
-        deployment_id = deployment_id or uuid.uuid4().hex
+        """Download, verify, switch, wait until the component runs; a DeploymentError (422/502 subclass)
+        keeps (or restarts) the previous component and model."""
+        deployment_id = checked_identifier(deployment_id or uuid.uuid4().hex, "deployment id")
+        checked_identifier(model_id, "model id")
         parsed = urlparse(artifact_uri)
         if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
             raise ArtifactUnavailable(f"artifact_uri must be s3://bucket/key, got {artifact_uri!r}")
-        with self._deploy_lock:
-            target = self.state_dir / "models" / f"{_safe_name(deployment_id)}-{uuid.uuid4().hex[:8]}"
-            try:
-                model_dir = self._fetch(parsed.netloc, parsed.path.lstrip("/"), target)
-                classifier = Classifier(model_dir)
-                bundle = self._bundle(model_id, artifact_uri, target / "bundle", defaults or {})
-            except DeploymentError:
-                shutil.rmtree(target, ignore_errors=True)
-                raise
-            previous_dir = self._current_dir()
-            if self.component is not None:
-                self.component.stop()  # the nucleus stops the old version before the new one runs
-            component = self._component(bundle, len(classifier.labels)).start(after=self._preparing)
-            with self._lock:
-                self.component = component
-                self.classifier = classifier
-                self.model_id = model_id
-                self.deployment_id = deployment_id
-                self.deployed_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-                record = {
-                    "model_id": model_id,
-                    "deployment_id": deployment_id,
-                    "deployed_at": self.deployed_at,
-                    "artifact_uri": artifact_uri,
-                    "model_dir": str(model_dir),
-                    "bundle_dir": str(bundle),
-                }
-            pending = self.state_dir / "current.json.tmp"
-            pending.write_text(json.dumps(record))
-            pending.replace(self.state_dir / "current.json")
-            if previous_dir is not None and previous_dir != model_dir:
-                shutil.rmtree(_deployment_root(self.state_dir, previous_dir), ignore_errors=True)
+        target = self.state_dir / "models" / f"{_safe_name(deployment_id)}-{uuid.uuid4().hex[:8]}"
+        try:
+            model_dir = self._fetch(parsed.netloc, parsed.path.lstrip("/"), target)
+            classifier = Classifier(model_dir)
+            bundle = self._bundle(recipe, target / "bundle")
+        except DeploymentError:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        previous_record = self._record()
+        previous = self.component
+        if previous is not None:
+            previous.stop()  # the nucleus stops the old version before the new one runs
+        component = self._component(bundle, len(classifier.labels), update or {}).start(after=self._preparing)
+        failure = component.wait_running(DEPLOY_TIMEOUT_S)
+        if failure is not None:
+            component.stop()
+            shutil.rmtree(target, ignore_errors=True)
+            self._roll_back(previous_record)
+            raise DeploymentError(f"the component {component.version} did not start: {failure}")
+        with self._lock:
+            self.component = component
+            self.classifier = classifier
+            self.model_id = model_id
+            self.deployment_id = deployment_id
+            self.deployed_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            record = {
+                "model_id": model_id,
+                "deployment_id": deployment_id,
+                "deployed_at": self.deployed_at,
+                "artifact_uri": artifact_uri,
+                "model_dir": str(model_dir),
+                "bundle_dir": str(bundle),
+                "configuration": dict(update or {}),
+            }
+        pending = self.state_dir / "current.json.tmp"
+        pending.write_text(json.dumps(record))
+        pending.replace(self.state_dir / "current.json")
+        previous_dir = Path(previous_record["model_dir"]) if previous_record else None
+        if previous_dir is not None and previous_dir != model_dir:  # the new one runs: the old one goes
+            shutil.rmtree(_deployment_root(self.state_dir, previous_dir), ignore_errors=True)
         return {"status": "deployed", **{k: v for k, v in record.items() if not k.endswith("_dir")}}
+
+    def _roll_back(self, record: dict[str, Any] | None) -> None:
+        """ROLLBACK: the previous deployment's component runs again with its model and configuration."""
+        with self._lock:
+            self.component = None
+        if not record or not record.get("bundle_dir"):
+            return
+        labels = len(self.classifier.labels) if self.classifier else 1
+        update = dict(record.get("configuration") or {})
+        component = self._component(Path(record["bundle_dir"]), labels, update).start(after=self._preparing)
+        with self._lock:
+            self.component = component
 
     def predict(self, image: bytes) -> dict[str, Any]:
         """The running component's result for ``image`` (it classifies; this process only hands over)."""
+        self._idle.wait(READY_TIMEOUT_S)  # a deployment being applied: answer with its result
         with self._lock:
             component = self.component
         if component is None:
@@ -255,33 +362,23 @@ class LocalDevice:
                 return candidate.parent
         raise ArtifactError(f"artifact has no {' + '.join(REQUIRED_MEMBERS)} (not a local ONNX model)")
 
-    def _bundle(self, model_id: str, artifact_uri: str, out: Path, defaults: dict[str, Any]) -> Path:
-        """The component bundle as the package step published it: the app zip is beside the model."""
-        app_uri = artifact_uri.rsplit("/", 1)[0] + "/" + greengrass_v2.APP_ARCHIVE
-        version = f"1.0.{int(time.time() * 1000)}"
+    def _bundle(self, recipe: dict[str, Any], out: Path) -> Path:
+        """The deployed component version on disk: its recipe and the artifacts it names."""
         try:
-            greengrass_v2.write_bundle(
-                out,
-                component_name=COMPONENT_NAME,
-                version=version,
-                model_id=model_id,
-                artifact_uri=artifact_uri,
-                app_uri=app_uri,
-                defaults=defaults,
-                s3=self._s3 or aws.client("s3"),
-            )
+            greengrass_v2.write_recipe_bundle(out, recipe, s3=self._s3 or aws.client("s3"))
         except TrashsorterError as exc:
-            raise ArtifactUnavailable(f"no edge component beside the model ({app_uri}): {exc}") from exc
+            raise ArtifactUnavailable(f"cannot download the component's artifacts: {exc}") from exc
         return out
 
-    def _component(self, bundle: Path, labels: int) -> LocalComponent:
+    def _component(self, bundle: Path, labels: int, update: dict[str, Any]) -> LocalComponent:
         endpoint = getattr(getattr(self._s3, "meta", None), "endpoint_url", None)
         return LocalComponent(
             bundle,
             self.state_dir / "nucleus",
-            thing=THING_NAME,
+            thing=self.thing,
             endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL"),
             top_k=max(labels, 1),
+            configuration_update=update,
         )
 
     @property
@@ -300,12 +397,6 @@ class LocalDevice:
             return None
         return record
 
-    def _current_dir(self) -> Path | None:
-        current = self.state_dir / "current.json"
-        if not current.is_file():
-            return None
-        return Path(json.loads(current.read_text())["model_dir"])
-
     def _restore(self) -> None:
         current = self.state_dir / "current.json"
         if not current.is_file():
@@ -318,6 +409,20 @@ class LocalDevice:
         self.model_id = record["model_id"]
         self.deployment_id = record["deployment_id"]
         self.deployed_at = record["deployed_at"]
+
+
+def _token(state_dir: Path) -> str:
+    """The device's control token, ``<state_dir>/token`` (created once, mode 0600)."""
+    path = state_dir / TOKEN_FILE
+    if path.is_file():
+        token = path.read_text().strip()
+        if len(token) >= 32:
+            return token
+    token = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(token + "\n")
+    return token
 
 
 def clear_iot_messages() -> None:
@@ -376,6 +481,7 @@ def _handler_for(device: LocalDevice) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Content-Type-Options", "nosniff")
             self.end_headers()
             self.wfile.write(data)
 
@@ -390,52 +496,53 @@ def _handler_for(device: LocalDevice) -> type[BaseHTTPRequestHandler]:
                 return None
             return self.rfile.read(length)
 
+        def _allowed(self, *, control: bool) -> bool:
+            """Host is this device's address (no DNS rebinding), an Origin (a browser's request) is this
+            device's own, and a control request carries the token."""
+            own = {f"127.0.0.1:{device.port}", f"localhost:{device.port}", f"{device.host}:{device.port}"}
+            if self.headers.get("Host", "") not in own:
+                self._send(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
+                return False
+            origin = self.headers.get("Origin")
+            if origin is not None and origin.removeprefix("http://") not in own:
+                self._send(HTTPStatus.FORBIDDEN, {"error": "cross-site requests are refused"})
+                return False
+            if self.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+                self._send(HTTPStatus.FORBIDDEN, {"error": "cross-site requests are refused"})
+                return False
+            if control:
+                offered = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                if not hmac.compare_digest(offered.encode(), device.token.encode()):
+                    self._send(HTTPStatus.UNAUTHORIZED, {"error": f"token required (see {TOKEN_FILE})"})
+                    return False
+            return True
+
         def do_GET(self) -> None:
             url = urlparse(self.path)
-            if url.path.rstrip("/") == "/status":
+            route = url.path.rstrip("/")
+            if not self._allowed(control=route != "/status"):
+                return
+            if route == "/status":
                 self._send(HTTPStatus.OK, device.status())
-            elif url.path.rstrip("/") == "/iot/messages":
+            elif route == "/iot/messages":
                 query = parse_qs(url.query)
-                after = int((query.get("after") or ["0"])[0] or 0)
+                try:
+                    after = int((query.get("after") or ["0"])[0] or 0)
+                except ValueError:
+                    self._send(HTTPStatus.BAD_REQUEST, {"error": "after must be a number"})
+                    return
                 self._send(HTTPStatus.OK, {"messages": iot_messages(after, (query.get("topic") or [""])[0])})
             else:
-                self._send(HTTPStatus.NOT_FOUND, {"error": f"no route GET {self.path}"})
+                self._send(HTTPStatus.NOT_FOUND, {"error": f"no route GET {url.path[:200]}"})
 
         def do_POST(self) -> None:
-            route = self.path.rstrip("/")
-            if route == "/deployments":
-                self._deploy()
-            elif route == "/predict":
+            route = urlparse(self.path).path.rstrip("/")
+            if not self._allowed(control=True):
+                return
+            if route == "/predict":
                 self._predict()
             else:
-                self._send(HTTPStatus.NOT_FOUND, {"error": f"no route POST {self.path}"})
-
-        def _deploy(self) -> None:
-            raw = self._body(MAX_REQUEST_BYTES)
-            if raw is None:
-                return
-            try:
-                request = json.loads(raw or b"{}")
-                model_id, artifact_uri = request["model_id"], request["artifact_uri"]
-                if not isinstance(model_id, str) or not isinstance(artifact_uri, str) or not model_id:
-                    raise TypeError("model_id and artifact_uri must be strings")
-            except (ValueError, KeyError, TypeError) as exc:
-                self._send(
-                    HTTPStatus.BAD_REQUEST, {"error": f"expected JSON with model_id, artifact_uri: {exc}"}
-                )
-                return
-            try:
-                defaults = request.get("defaults") if isinstance(request.get("defaults"), dict) else {}
-                answer = device.deploy(model_id, artifact_uri, request.get("deployment_id"), defaults)
-            except ArtifactUnavailable as exc:
-                self._send(HTTPStatus.BAD_GATEWAY, {"status": "failed", "error": str(exc), **device.status()})
-            except DeploymentError as exc:
-                self._send(
-                    HTTPStatus.UNPROCESSABLE_ENTITY,
-                    {"status": "failed", "error": str(exc), **device.status()},
-                )
-            else:
-                self._send(HTTPStatus.OK, answer)
+                self._send(HTTPStatus.NOT_FOUND, {"error": f"no route POST {route[:200]}"})
 
         def _predict(self) -> None:
             raw = self._body(MAX_IMAGE_BYTES)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from trashsorter import ingest, reconcile, registry, runs
@@ -121,19 +120,30 @@ def champion_id(package_env: Mapping[str, str], *, client: ClientFactory) -> str
 
 
 def serve_champion(device: Any, package_env: Mapping[str, str], *, client: ClientFactory) -> str | None:
-    """Deploy the registry's champion to ``device`` unless it serves it; returns the model deployed."""
-    from trashsorter.deploy import local_device
+    """Deploy the registry's champion to the local core device unless it serves it, through the same
+    Greengrass v2 path as the package step (a new component version of the thing group's deployment: the
+    local control plane starts empty with each ``local up``). Returns the model deployed."""
+    from trashsorter.deploy import greengrass_v2
 
     settings, champion = _champion(package_env, client)
     if champion is None or device.model_id == champion["model_id"]:
         return None
-    uri = (champion.get("packaged_artifact_uris") or {}).get("onnx")
-    if not uri:
-        LOG.warning("champion %s has no ONNX artifact: the device serves nothing", champion["model_id"])
+    uris = champion.get("packaged_artifact_uris") or {}
+    if not uris.get("onnx") or not uris.get("edge_app") or not settings.edge_thing_group_arn:
+        LOG.warning(
+            "champion %s has no Greengrass v2 component: the device serves nothing", champion["model_id"]
+        )
         return None
     model_id = str(champion["model_id"])
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    local_device.deploy(
-        model_id=model_id, artifact_uri=uri, deployment_id=f"{model_id}-restore-{stamp}", settings=settings
+    version = greengrass_v2.next_component_version(
+        settings.edge_component_name, table_name=settings.table_name, ddb=client("dynamodb")
+    )
+    greengrass_v2.deploy(
+        model_id=model_id,
+        artifact_uri=str(uris["onnx"]),
+        app_uri=str(uris["edge_app"]),
+        version=version,
+        settings=settings,
+        greengrassv2=client("greengrassv2"),
     )
     return model_id

@@ -12,8 +12,12 @@ while running (restored by :meth:`LocalRuntime.stop`):
 * ``TRASHSORTER_LOG_DIR`` = ``<state dir>/logs`` (trainer logs), unless already set.
 
 Each function's own environment (template.yaml, resolved by the stack) is applied while its handler module
-is imported (its cold start: ``SETTINGS = XSettings.from_env()``), plus the local-only variable
-``LOCAL_DEVICE_URL`` for the package function.
+is imported (its cold start: ``SETTINGS = XSettings.from_env()``).
+
+With the device, the local endpoint has an IoT thing group ``LOCAL_THING_GROUP`` holding the thing
+``local-device``, the stack's ``EdgeThingGroupArn`` is that group (unless given), and the local device
+connects to the endpoint's Greengrass v2 control plane as that core device: the package step deploys to it
+with the same Greengrass v2 code as on AWS.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ DEFAULT_REGION = "us-east-1"
 # The template's own defaults: training runs as on AWS (CreateTrainingJob), emulated by sagemaker_jobs.
 # Local mode's own defaults (docs/local-mode.md): a local upload is quiet after a few seconds, not a minute.
 DEFAULT_LOCAL_OVERRIDES: dict[str, str] = {"IngestSettleSeconds": "10"}
+LOCAL_THING_GROUP = "trashsorter-local"  # the local core device's thing group (EdgeThingGroupArn by default)
 PACKAGE_FUNCTION = "PackageFunction"
 
 
@@ -135,6 +140,8 @@ class LocalRuntime:
             self._set_environment()
             moto_patches.install(speed=True)  # the local stack holds real data: fast DynamoDB
             self.server.start()
+            if self.with_device:
+                self.overrides.setdefault("EdgeThingGroupArn", self._local_thing_group())
             sagemaker_jobs.install(
                 sagemaker_jobs.JobEmulator(client=self.client, work_root=self.state_dir / "jobs")
             )
@@ -151,7 +158,6 @@ class LocalRuntime:
             env_overrides: dict[str, dict[str, str]] = {}
             if self.with_device:
                 self.device_url = self._start_device()
-                env_overrides[PACKAGE_FUNCTION] = {"LOCAL_DEVICE_URL": self.device_url}
             self._redirect_logs()
             self.dispatcher = Dispatcher.from_stack(
                 self.stack,
@@ -178,6 +184,7 @@ class LocalRuntime:
                 environments=environments,
                 parameters=dict(self.stack.parameters),
                 device_url=self.device_url,
+                device_token=str(self.device.token) if self.device is not None else "",
                 pid=os.getpid(),
                 started_at=time.time(),
             )
@@ -300,13 +307,38 @@ class LocalRuntime:
         assert self.stack is not None
         champion = heal.champion_id(self.stack.function_env(PACKAGE_FUNCTION), client=self.client)
         device_dir = self.state_dir / "device"
-        device = LocalDevice(self.host, 0, device_dir, s3=self.client("s3"))
+        package_env = self.stack.function_env(PACKAGE_FUNCTION)
+        component = package_env.get("EDGE_COMPONENT_NAME") or "com.trashsorter.classifier"
+
+        def make() -> LocalDevice:
+            return LocalDevice(self.host, 0, device_dir, s3=self.client("s3"), component_name=component)
+
+        device = make()
         if device.recorded_model_id not in (None, champion):
             shutil.rmtree(device_dir, ignore_errors=True)
-            device = LocalDevice(self.host, 0, device_dir, s3=self.client("s3"))
+            device = make()
         self.device = device
         self.device.start()
+        group = package_env.get("EDGE_THING_GROUP_ARN", "")
+        if group.endswith(f":thinggroup/{LOCAL_THING_GROUP}"):
+            self.device.connect(LOCAL_THING_GROUP)
         return str(self.device.url)
+
+    def _local_thing_group(self) -> str:
+        """The local endpoint's thing group with the local core device in it; its ARN."""
+        from trashsorter_cli.device.server import THING_NAME
+
+        iot = self.client("iot")
+        try:
+            arn = str(iot.create_thing_group(thingGroupName=LOCAL_THING_GROUP)["thingGroupArn"])
+        except iot.exceptions.ResourceAlreadyExistsException:
+            arn = str(iot.describe_thing_group(thingGroupName=LOCAL_THING_GROUP)["thingGroupArn"])
+        try:
+            iot.create_thing(thingName=THING_NAME)
+        except iot.exceptions.ResourceAlreadyExistsException:
+            pass  # a stack before this one in this process made it
+        iot.add_thing_to_thing_group(thingGroupName=LOCAL_THING_GROUP, thingName=THING_NAME)
+        return arn
 
     def _redirect_logs(self) -> None:
         """Send the handlers' JSON logs and EMF metric lines to ``log_file`` (quiet mode) or ``log_stream``.

@@ -165,6 +165,7 @@ class LocalState:
     environments: dict[str, dict[str, str]] = field(default_factory=dict)
     parameters: dict[str, str] = field(default_factory=dict)
     device_url: str = ""
+    device_token: str = ""  # the local device's control token (also in <state dir>/device/token)
     pid: int = 0
     started_at: float = 0.0
 
@@ -186,6 +187,7 @@ class LocalState:
                 },
                 parameters={str(k): str(v) for k, v in data.get("parameters", {}).items()},
                 device_url=str(data.get("device_url", "")),
+                device_token=str(data.get("device_token", "")),
                 pid=int(data.get("pid", 0)),
                 started_at=float(data.get("started_at", 0.0)),
             )
@@ -198,6 +200,7 @@ def write_state(state: LocalState, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(state.to_json(), encoding="utf-8")
+    tmp.chmod(0o600)  # it holds the local device's token
     tmp.replace(path)
     return path
 

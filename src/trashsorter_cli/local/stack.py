@@ -62,12 +62,15 @@ def deploy_stack(
 ) -> LocalStack:
     """Create the stack from template.yaml on the endpoint ``session`` talks to (moto server or mock_aws).
 
-    Also installs :mod:`trashsorter_cli.local.moto_patches` (thread-safe DynamoDB, cheap transactions) in
-    this process, which is where an in-process moto server or ``mock_aws`` backend lives.
+    Also installs :mod:`trashsorter_cli.local.moto_patches` (thread-safe DynamoDB, cheap transactions) and
+    the Greengrass v2 control plane (:mod:`trashsorter_cli.local.greengrass_v2`) in this process, which is
+    where an in-process moto server or ``mock_aws`` backend lives.
     """
-    from trashsorter_cli.local import moto_patches
+    from trashsorter_cli.local import greengrass_v2, moto_patches
 
     moto_patches.install()
+    greengrass_v2.install()  # the Greengrass v2 control plane moto does not have
+    greengrass_v2.PLANE.reset()  # a new stack starts with no components, deployments or core devices
     region = region or session.region_name or "us-east-1"
     template = load_template(template_path)
     params = parameter_values(template, overrides)

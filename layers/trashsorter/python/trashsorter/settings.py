@@ -151,8 +151,6 @@ class PackageSettings(CommonSettings):
     deeplens_function_arn: str = Field(default="", alias="DEEPLENS_FUNCTION_ARN")
     edge_thing_group_arn: str = Field(default="", alias="EDGE_THING_GROUP_ARN")
     edge_component_name: str = Field(default="com.trashsorter.classifier", alias="EDGE_COMPONENT_NAME")
-    # Local mode only: where the local device listens for deployments (empty on AWS).
-    local_device_url: str = Field(default="", alias="LOCAL_DEVICE_URL")
 
     @field_validator("deeplens_bucket")
     @classmethod

@@ -1,8 +1,8 @@
 """Deployment targets of a packaged model.
 
 * :mod:`~trashsorter.deploy.greengrass_v1` - the DeepLens camera (a Greengrass v1 core): MXNet artifacts.
-* :mod:`~trashsorter.deploy.greengrass_v2` - living edge devices (Greengrass v2 component): ONNX artifacts.
-* :mod:`~trashsorter.deploy.local_device` - the local-mode device (HTTP contract): ONNX artifacts.
+* :mod:`~trashsorter.deploy.greengrass_v2` - living edge devices (Greengrass v2 component): ONNX artifacts;
+  in local mode the same code reaches the local endpoint's control plane and its local core device.
 
 Each target returns a :class:`DeploymentResult`; a target that is not configured returns one with
 ``status="skipped"`` and a note instead of raising, so packaging and the registry still happen.
@@ -20,7 +20,6 @@ from trashsorter.errors import DeploymentError, TransientError
 
 TARGET_GREENGRASS_V1 = "greengrass-v1"
 TARGET_GREENGRASS_V2 = "greengrass-v2"
-TARGET_LOCAL_DEVICE = "local-device"
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,6 @@ def aws_failure(action: str, exc: Exception) -> Exception:
 __all__ = [
     "TARGET_GREENGRASS_V1",
     "TARGET_GREENGRASS_V2",
-    "TARGET_LOCAL_DEVICE",
     "DeploymentResult",
     "aws_failure",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import uuid
 import zipfile
 from collections.abc import Mapping
@@ -37,9 +38,20 @@ from trashsorter.settings import PackageSettings
 
 _TOKEN_NAMESPACE = uuid.UUID("6f1d4bde-5c55-4b8e-9a39-2f6f2b8c7a10")
 RECIPE_FILE = "greengrass_v2_recipe.json"
+LAUNCHER = "greengrass_launch.py"  # the lifecycle steps, ``launch.py`` in the app archive
 APP_ARCHIVE = "trashsorter-edge.zip"
 MODEL_ARCHIVE = "model.onnx.tar.gz"
+# What may enter the component as a model id (it reaches the app's arguments and names folders on a core).
+IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+POLICY_ID_PREFIX = "trashsorter.edge:"  # the recipe file's policy ids; renamed per component
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip bytes
+
+
+def checked_identifier(value: Any, what: str) -> str:
+    """``value`` if it is a plain identifier (letters, digits and ``._:-``), else DeploymentError."""
+    if not isinstance(value, str) or not IDENTIFIER.match(value):
+        raise DeploymentError(f"{what} {str(value)[:80]!r} is not an identifier ({IDENTIFIER.pattern})")
+    return value
 
 
 def next_component_version(component_name: str, *, table_name: str, ddb: Any = None) -> str:
@@ -89,6 +101,7 @@ def component_recipe(
     for uri, name in ((artifact_uri, MODEL_ARCHIVE), (app_uri, APP_ARCHIVE)):
         if uri.rsplit("/", 1)[-1] != name:  # a nucleus names a downloaded artifact after its URI
             raise DeploymentError(f"the component artifact must be named {name}, got {uri!r}")
+    checked_identifier(model_id, "model id")
     recipe = recipe_template()
     recipe["ComponentName"] = component_name
     recipe["ComponentVersion"] = version
@@ -97,12 +110,27 @@ def component_recipe(
     recipe["ComponentConfiguration"]["DefaultConfiguration"] = merge(
         configuration, {"ModelId": model_id, **dict(defaults or {})}
     )
+    configuration = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    configuration["accessControl"] = unique_policy_ids(configuration.get("accessControl", {}), component_name)
     uris = {APP_ARCHIVE: app_uri, MODEL_ARCHIVE: artifact_uri}
     for manifest in recipe["Manifests"]:
         for artifact in manifest["Artifacts"]:
             name = artifact["URI"].rsplit("/", 1)[-1]
             artifact["URI"] = uris[name]
     return recipe
+
+
+def unique_policy_ids(access_control: Mapping[str, Any], component_name: str) -> dict[str, Any]:
+    """IPC authorization policy ids must be unique on a core (Greengrass v2 Developer Guide, "Authorize
+    components to perform IPC operations"): every id of the recipe file (``trashsorter.edge:<what>``) becomes
+    ``<component name>:<what>``, so two stacks' components on one core never share one."""
+    renamed: dict[str, Any] = {}
+    for service, policies in access_control.items():
+        renamed[service] = {
+            (f"{component_name}:{pid.split(':', 1)[1]}" if pid.startswith(POLICY_ID_PREFIX) else pid): policy
+            for pid, policy in policies.items()
+        }
+    return renamed
 
 
 def component_defaults(settings: PackageSettings) -> dict[str, Any]:
@@ -130,6 +158,11 @@ def write_app_archive(destination: Path) -> Path | None:
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
                 archive.writestr(info, path.read_bytes())
+        launcher = resources.files("trashsorter").joinpath("data", LAUNCHER).read_bytes()
+        info = zipfile.ZipInfo("launch.py", _EPOCH)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        archive.writestr(info, launcher)
     return destination
 
 
@@ -147,7 +180,6 @@ def write_bundle(
     """The component exactly as the package step publishes it, on disk: ``recipe.json`` (the same
     :func:`component_recipe`) and ``artifacts/<file>`` (the same S3 objects the recipe names), the layout
     of a Greengrass local deployment's recipe and artifact directories. Returns ``out_dir/recipe.json``."""
-    client = s3 or aws.client("s3")
     recipe = component_recipe(
         component_name=component_name,
         version=version,
@@ -156,17 +188,94 @@ def write_bundle(
         app_uri=app_uri,
         defaults=defaults,
     )
+    return write_recipe_bundle(out_dir, recipe, s3=s3)
+
+
+def write_recipe_bundle(out_dir: Path, recipe: Mapping[str, Any], *, s3: Any = None) -> Path:
+    """A published recipe on disk as a core keeps it: ``recipe.json`` and ``artifacts/<file>`` (each
+    ``s3://`` artifact of its first manifest, named after its URI). Returns ``out_dir/recipe.json``."""
+    client = s3 or aws.client("s3")
     artifacts = out_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    for uri in (app_uri, artifact_uri):
+    for artifact in (recipe.get("Manifests") or [{}])[0].get("Artifacts", []):
+        uri = str(artifact.get("URI", ""))
         bucket, _, key = uri.removeprefix("s3://").partition("/")
+        name = key.rsplit("/", 1)[-1]
+        if not uri.startswith("s3://") or not name or name in (".", ".."):
+            raise DeploymentError(f"the component artifact {uri!r} is not an s3://bucket/key URI")
         try:
-            client.download_file(bucket, key, str(artifacts / key.rsplit("/", 1)[-1]))
+            client.download_file(bucket, key, str(artifacts / name))
         except (ClientError, BotoCoreError) as exc:
             raise aws_failure(f"cannot download the component artifact {uri}", exc) from exc
     path = out_dir / "recipe.json"
     path.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
+
+
+# Deployment policies (Greengrass v2 Developer Guide, "Create deployments"): a device on which the new
+# component fails goes back to the previous deployment's components; running components are told before they
+# are updated (and may defer it up to the timeout); configuration is validated for at most a minute.
+DEPLOYMENT_POLICIES: dict[str, Any] = {
+    "failureHandlingPolicy": "ROLLBACK",
+    "componentUpdatePolicy": {"timeoutInSeconds": 60, "action": "NOTIFY_COMPONENTS"},
+    "configurationValidationPolicy": {"timeoutInSeconds": 60},
+}
+# The AWS IoT job behind the deployment: a device that has not finished within this many minutes is
+# TIMED_OUT (the user's own job settings of the target's deployment are kept; only a missing timeout is set).
+JOB_TIMEOUT_MINUTES = 30
+_SPEC_KEYS = ("componentVersion", "configurationUpdate", "runWith")
+
+
+def configuration_update(model_id: str, settings: PackageSettings) -> dict[str, Any]:
+    """What each deployment merges into the component's configuration on the device: a core keeps the
+    configuration it has when a component is updated (new defaults apply only to keys it does not have), so
+    the model id and inbox bucket are merged explicitly by every deployment."""
+    return {"merge": json.dumps({"ModelId": model_id, **component_defaults(settings)}, sort_keys=True)}
+
+
+def current_deployment(gg: Any, target_arn: str) -> dict[str, Any] | None:
+    """The target's current deployment (``GetDeployment`` of its latest revision), ``None`` if it has none."""
+    listed = gg.list_deployments(targetArn=target_arn, historyFilter="LATEST_ONLY").get("deployments", [])
+    latest = [d for d in listed if d.get("isLatestForTarget", True) and d.get("targetArn") == target_arn]
+    if not latest:
+        return None
+    current: dict[str, Any] = gg.get_deployment(deploymentId=latest[0]["deploymentId"])
+    return current
+
+
+def deployment_request(
+    current: Mapping[str, Any] | None,
+    ours: Mapping[str, Mapping[str, Any]],
+    *,
+    target_arn: str,
+    name: str,
+) -> dict[str, Any]:
+    """A new revision of the target's deployment: a target has ONE deployment and a new one replaces it, so
+    every component of the current one stays with its version, configuration update and user; only ours are
+    replaced. The user's IoT job settings stay; ours are the deployment policies and a job timeout."""
+    components: dict[str, Any] = {}
+    for component, spec in dict((current or {}).get("components") or {}).items():
+        if component not in ours:
+            components[component] = {k: spec[k] for k in _SPEC_KEYS if k in spec}
+    for component, spec in ours.items():
+        previous = dict((current or {}).get("components", {}).get(component) or {})
+        kept = dict(spec)
+        if "configurationUpdate" in previous and "configurationUpdate" in spec:  # the user's settings stay
+            mine = json.loads(spec["configurationUpdate"].get("merge") or "{}")
+            theirs = json.loads(previous["configurationUpdate"].get("merge") or "{}")
+            kept["configurationUpdate"] = {"merge": json.dumps(merge(theirs, mine), sort_keys=True)}
+        if "runWith" in previous:
+            kept["runWith"] = previous["runWith"]
+        components[component] = kept
+    job = dict((current or {}).get("iotJobConfiguration") or {})
+    job.setdefault("timeoutConfig", {"inProgressTimeoutInMinutes": JOB_TIMEOUT_MINUTES})
+    return {
+        "targetArn": target_arn,
+        "deploymentName": name[:256],
+        "components": components,
+        "deploymentPolicies": DEPLOYMENT_POLICIES,
+        "iotJobConfiguration": job,
+    }
 
 
 def recipe_bytes(recipe: dict[str, Any]) -> bytes:
@@ -217,17 +326,16 @@ def deploy(
         component_arn = ""  # published by an earlier attempt of this same request
     except BotoCoreError as exc:
         raise aws_failure(f"Greengrass v2: could not publish {name} {version}", exc) from exc
+    ours = {
+        name: {"componentVersion": version, "configurationUpdate": configuration_update(model_id, settings)}
+    }
     try:
+        current = current_deployment(gg, settings.edge_thing_group_arn)
+        request = deployment_request(
+            current, ours, target_arn=settings.edge_thing_group_arn, name=f"trashsorter {model_id}"
+        )
         deployment = gg.create_deployment(
-            targetArn=settings.edge_thing_group_arn,
-            deploymentName=f"trashsorter {model_id}"[:256],
-            components={name: {"componentVersion": version}},
-            deploymentPolicies={
-                "failureHandlingPolicy": "ROLLBACK",
-                "componentUpdatePolicy": {"timeoutInSeconds": 60, "action": "NOTIFY_COMPONENTS"},
-                "configurationValidationPolicy": {"timeoutInSeconds": 60},
-            },
-            clientToken=_token("deployment", name, version, settings.edge_thing_group_arn),
+            **request, clientToken=_token("deployment", name, version, settings.edge_thing_group_arn)
         )
     except (ClientError, BotoCoreError) as exc:
         raise aws_failure(f"Greengrass v2: could not deploy {name} {version}", exc) from exc

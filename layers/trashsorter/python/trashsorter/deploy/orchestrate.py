@@ -1,25 +1,25 @@
 """Deployment orchestration: push a registered model to every target of its format, record each one.
 
-MXNet -> DeepLens (Greengrass v1); ONNX -> Greengrass v2 and the local device. Used by the completion
-step (request ``initial``) and by :func:`redeploy` (rollback / manual deploy).
+MXNet -> DeepLens (Greengrass v1); ONNX -> Greengrass v2 (on AWS, and in local mode the local endpoint's
+control plane with the local core device in its thing group). Each target is a :class:`DeployTarget`;
+:func:`deploy_model` is a loop over the targets of the model's format. Used by the completion step (request
+``initial``) and by :func:`redeploy` (rollback / manual deploy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from trashsorter import clock, registry
 from trashsorter.clients import Clients
 from trashsorter.deploy import (
     TARGET_GREENGRASS_V1,
     TARGET_GREENGRASS_V2,
-    TARGET_LOCAL_DEVICE,
     DeploymentResult,
     greengrass_v1,
     greengrass_v2,
-    local_device,
 )
 from trashsorter.errors import ConfigurationError, DeploymentError, NotFoundError, PackagingError
 from trashsorter.notify import notify
@@ -49,6 +49,82 @@ class PackageOutcome:
 
 
 # ----------------------------------------------------------------------------------------------- deploy
+RecordPending = Callable[[dict[str, Any]], None]
+
+
+class DeployTarget(Protocol):
+    """One place a model goes: ``deploy`` returns what it did (``skipped`` when not configured)."""
+
+    name: str
+
+    def deploy(
+        self, model_id: str, uris: Mapping[str, str], pending: Mapping[str, Any] | None, record: RecordPending
+    ) -> DeploymentResult: ...
+
+
+@dataclass
+class GreengrassV1Target:
+    """DeepLens: a new Greengrass v1 group version (recorded before CreateDeployment: a retry of the same
+    request deploys, or adopts, that version)."""
+
+    settings: PackageSettings
+    clients: Clients
+    name: str = TARGET_GREENGRASS_V1
+
+    def deploy(
+        self, model_id: str, uris: Mapping[str, str], pending: Mapping[str, Any] | None, record: RecordPending
+    ) -> DeploymentResult:
+        return greengrass_v1.deploy(
+            model_id=model_id,
+            artifact_uri=uris["deeplens"],
+            settings=self.settings,
+            greengrass=self.clients.greengrass,
+            prepared=dict(pending.get("details") or {}) if pending else None,
+            on_group_version=lambda details: record({"details": details}),
+        )
+
+
+@dataclass
+class GreengrassV2Target:
+    """Greengrass v2 core devices of the configured thing group: a component version (allocated once per
+    request, recorded before it is published) and a new revision of the group's deployment."""
+
+    settings: PackageSettings
+    clients: Clients
+    name: str = TARGET_GREENGRASS_V2
+
+    def deploy(
+        self, model_id: str, uris: Mapping[str, str], pending: Mapping[str, Any] | None, record: RecordPending
+    ) -> DeploymentResult:
+        settings = self.settings
+        if not settings.edge_thing_group_arn:
+            return greengrass_v2.deploy(
+                model_id=model_id, artifact_uri="", app_uri="", version="", settings=settings
+            )
+        version = str((pending or {}).get("component_version") or "")
+        if not version:
+            version = greengrass_v2.next_component_version(
+                settings.edge_component_name, table_name=settings.table_name, ddb=self.clients.ddb
+            )
+            record({"component_version": version})
+        return greengrass_v2.deploy(
+            model_id=model_id,
+            artifact_uri=uris["onnx"],
+            app_uri=uris["edge_app"],
+            version=version,
+            settings=settings,
+            greengrassv2=self.clients.greengrassv2,
+        )
+
+
+def targets_for(model_format: Any, settings: PackageSettings, clients: Clients) -> list[DeployTarget]:
+    if model_format == "mxnet":
+        return [GreengrassV1Target(settings, clients)]
+    if model_format == "onnx":
+        return [GreengrassV2Target(settings, clients)]
+    return []
+
+
 def deploy_model(
     model: Mapping[str, Any],
     settings: PackageSettings,
@@ -56,37 +132,27 @@ def deploy_model(
     request_id: str,
     clients: Clients | None = None,
 ) -> list[DeploymentResult]:
-    """Push a registered model to every configured target and record each deployment.
+    """Push a registered model to every target of its format and record each deployment.
 
-    MXNet -> DeepLens (Greengrass v1); ONNX -> Greengrass v2 and the local device. A target already
-    recorded for ``request_id`` is not called again. Configuration errors and refusals become a
-    ``failed`` result (recorded, noticed); throttling / 5xx raise TransientError (retry).
+    A target already recorded as deployed/skipped for ``request_id`` is not called again. Configuration
+    errors and refusals become a ``failed`` result (recorded, noticed); throttling / 5xx raise
+    TransientError (retry).
     """
     clients = clients or Clients()
     client = clients.ddb
     model_id = str(model["model_id"])
     uris = dict(model.get("packaged_artifact_uris") or {})
     table = settings.table_name
-    results: list[DeploymentResult] = []
-    if model.get("format") == "mxnet":
-        targets = [TARGET_GREENGRASS_V1]
-    elif model.get("format") == "onnx":
-        targets = [TARGET_GREENGRASS_V2, TARGET_LOCAL_DEVICE]
-    else:
+    targets = targets_for(model.get("format"), settings, clients)
+    if not targets:
         raise PackagingError(f"model {model_id} has no deployable artifact (format {model.get('format')!r})")
-
-    def record_pending(target: str, fields: dict[str, Any]) -> None:
-        """What a retry of this request must reuse, recorded before the target is called."""
-        registry.record_deployment(
-            model_id, target, request_id, {"status": "pending", **fields}, table_name=table, ddb=client
-        )
-
+    results: list[DeploymentResult] = []
     for target in targets:
-        existing = registry.get_deployment(model_id, target, request_id, table_name=table, ddb=client)
+        existing = registry.get_deployment(model_id, target.name, request_id, table_name=table, ddb=client)
         if existing and existing.get("status") in ("deployed", "skipped"):
             results.append(
                 DeploymentResult(
-                    target,
+                    target.name,
                     str(existing["status"]),
                     deployment_id=str(existing.get("deployment_id", "")),
                     note=str(existing.get("note", "")),
@@ -94,60 +160,33 @@ def deploy_model(
                 )
             )
             continue
+
+        def record_pending(fields: dict[str, Any], name: str = target.name) -> None:
+            """What a retry of this request must reuse, recorded before the target is called."""
+            registry.record_deployment(
+                model_id, name, request_id, {"status": "pending", **fields}, table_name=table, ddb=client
+            )
+
+        pending = existing if existing and existing.get("status") == "pending" else None
         try:
-            if target == TARGET_GREENGRASS_V1:
-                pending = existing if existing and existing.get("status") == "pending" else None
-                # recorded before CreateDeployment: a retry of this request deploys (or adopts) that version
-                result = greengrass_v1.deploy(
-                    model_id=model_id,
-                    artifact_uri=uris["deeplens"],
-                    settings=settings,
-                    greengrass=clients.greengrass,
-                    prepared=dict(pending.get("details") or {}) if pending else None,
-                    on_group_version=lambda details: record_pending(
-                        TARGET_GREENGRASS_V1, {"details": details}
-                    ),
-                )
-            elif target == TARGET_GREENGRASS_V2:
-                if not settings.edge_thing_group_arn:
-                    result = greengrass_v2.deploy(
-                        model_id=model_id, artifact_uri="", app_uri="", version="", settings=settings
-                    )
-                else:
-                    version = str((existing or {}).get("component_version") or "")
-                    if not version:
-                        version = greengrass_v2.next_component_version(
-                            settings.edge_component_name, table_name=table, ddb=client
-                        )
-                        record_pending(target, {"component_version": version})
-                    result = greengrass_v2.deploy(
-                        model_id=model_id,
-                        artifact_uri=uris["onnx"],
-                        app_uri=uris["edge_app"],
-                        version=version,
-                        settings=settings,
-                        greengrassv2=clients.greengrassv2,
-                    )
-            else:
-                result = local_device.deploy(
-                    model_id=model_id,
-                    artifact_uri=uris["onnx"],
-                    deployment_id=f"{model_id}-{request_id}",
-                    settings=settings,
-                )
+            result = target.deploy(model_id, uris, pending, record_pending)
         except (ConfigurationError, DeploymentError, KeyError) as exc:
-            note = str(exc) if not isinstance(exc, KeyError) else f"no packaged artifact {exc} for {target}"
-            logger.warning("deployment failed", extra={"model_id": model_id, "target": target, "error": note})
-            result = DeploymentResult(target, "failed", note=note)
+            note = (
+                str(exc) if not isinstance(exc, KeyError) else f"no packaged artifact {exc} for {target.name}"
+            )
+            logger.warning(
+                "deployment failed", extra={"model_id": model_id, "target": target.name, "error": note}
+            )
+            result = DeploymentResult(target.name, "failed", note=note)
         details: dict[str, Any] = {
             "status": result.status,
             "deployment_id": result.deployment_id,
             "note": result.note,
             "details": result.details,
         }
-        if target == TARGET_GREENGRASS_V2 and result.details.get("component_version"):
+        if result.details.get("component_version"):
             details["component_version"] = result.details["component_version"]
-        registry.record_deployment(model_id, target, request_id, details, table_name=table, ddb=client)
+        registry.record_deployment(model_id, target.name, request_id, details, table_name=table, ddb=client)
         results.append(result)
     return results
 
