@@ -13,7 +13,7 @@
 
 ``slow`` is added to every test in training/ and e2e/ and to every test that uses the ``tiny_model``
 fixture; a module may also mark itself slow. ``make test-fast`` runs ``not slow``. A module that marks
-itself with another folder's marker is a collection error (markers cannot drift from folders).
+itself with another folder's marker fails (markers cannot drift from folders).
 
 Every integration test gets its AWS resources from template.yaml through the same code the local mode
 uses (:func:`trashsorter_cli.local.stack.deploy_stack`), so tests and the template cannot drift apart.
@@ -89,6 +89,16 @@ SLOW_FOLDERS = {"training", "e2e"}
 TESTS = Path(__file__).resolve().parent
 
 
+def _fails_as_misplaced(item: pytest.Item, problem: str) -> None:
+    """The test fails with ``problem`` instead of running (a usage error would end pytest-xdist's workers
+    without a word)."""
+
+    def misplaced() -> None:
+        pytest.fail(f"{item.nodeid}: {problem}", pytrace=False)
+
+    item.runtest = misplaced  # type: ignore[method-assign]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
@@ -97,7 +107,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{item.nodeid}: tests live in one of {sorted(FOLDER_MARKERS)}")
         foreign = {m.name for m in item.iter_markers()} & (set(FOLDER_MARKERS.values()) - {marker})
         if foreign and not (folder == "integration" and foreign == {"reliability"}):
-            raise pytest.UsageError(f"{item.nodeid}: in {folder}/ but marked {sorted(foreign)}")
+            _fails_as_misplaced(item, f"in {folder}/ but marked {sorted(foreign)} (the folder sets it)")
         item.add_marker(marker)
         if folder in SLOW_FOLDERS or "tiny_model" in getattr(item, "fixturenames", ()):
             item.add_marker("slow")

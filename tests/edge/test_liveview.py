@@ -260,7 +260,6 @@ def test_a_busy_port_is_a_clear_error_and_classifying_goes_on(
     assert f"the live view cannot listen on 127.0.0.1:{port}" in err and "in use" in err
 
 
-@pytest.mark.e2e
 def test_the_page_reads_on_a_phone(live: tuple[LiveView, EdgeApp, list[int]], tmp_path: Path) -> None:
     chromium = chromium_or_skip()
     view, _, _ = live
