@@ -466,6 +466,8 @@ def test_onnx_model_goes_to_greengrass_v2_merged_into_the_groups_deployment_with
     defaults["Inbox"]["Bucket"] = settings.images_bucket
     mqtt = defaults["accessControl"]["aws.greengrass.ipc.mqttproxy"]
     mqtt[f"{name}:mqttproxy:publish"] = mqtt.pop("trashsorter.edge:mqttproxy:publish")
+    pubsub = defaults["accessControl"]["aws.greengrass.ipc.pubsub"]
+    pubsub[f"{name}:pubsub:sort"] = pubsub.pop("trashsorter.edge:pubsub:sort")
     for manifest in expected_recipe["Manifests"]:
         if manifest["Artifacts"]:  # the 64-bit platforms; 32-bit ARM has none (it refuses to install)
             manifest["Artifacts"] = [
