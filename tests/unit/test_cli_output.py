@@ -59,18 +59,10 @@ def test_a_skipped_deployment_says_why() -> None:
 
 def test_each_core_devices_result_is_shown_with_its_reason() -> None:
     out = io.StringIO()
+    devices = {"cam-garage": "SUCCEEDED", "cam-kitchen": "FAILED model cannot load"}
+    row = dict.fromkeys(("deployment_id", "recorded_at", "note"), "")
     deployments_table(
-        UI(stream=out),
-        [
-            {
-                "target": "greengrass-v2",
-                "status": "deployed",
-                "deployment_id": "d2",
-                "recorded_at": "t",
-                "note": "",
-                "devices": {"cam-garage": "SUCCEEDED", "cam-kitchen": "FAILED model cannot load"},
-            }
-        ],
+        UI(stream=out), [{**row, "target": "greengrass-v2", "status": "deployed", "devices": devices}]
     )
     text = " ".join(out.getvalue().split())
     assert "cam-garage: SUCCEEDED" in text
