@@ -1,4 +1,5 @@
-"""Package handler: "SageMaker Training Job State Change" (EventBridge) -> gate, package, register, deploy.
+"""Package handler: "SageMaker Training Job State Change" (EventBridge) -> gate, package, register, deploy;
+"Greengrass V2 Effective Deployment Status Change" -> the core device's result on the deployment record.
 
 Outcomes (``deployed``, ``registered``, ``rejected``, ``failed``, ``stopped``, ``duplicate``, ``ignored``,
 ``refused`` - an event DescribeTrainingJob contradicts) are returned and counted; a gated-out model or a
@@ -14,6 +15,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from trashsorter.completion import handle_training_state_change
+from trashsorter.deploy.device_results import parse_status_change, record_device_result
 from trashsorter.deploy.orchestrate import PackageOutcome
 from trashsorter.events import parse_training_state_change
 from trashsorter.observability import MetricUnit, logger, metrics, tracer
@@ -26,6 +28,12 @@ SETTINGS = PackageSettings.from_env()
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    device_change = parse_status_change(event)
+    if device_change is not None:  # a core device's result of a Greengrass v2 deployment
+        result = record_device_result(device_change, SETTINGS)
+        metrics.add_metric(name=f"device_result_{result.outcome}", unit=MetricUnit.Count, value=1)
+        logger.info("core device result", extra=result.as_dict())
+        return result.as_dict()
     change = parse_training_state_change(event)
     if change is None:
         logger.warning("not a training job state change", extra={"source": event.get("source")})

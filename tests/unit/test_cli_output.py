@@ -57,6 +57,18 @@ def test_a_skipped_deployment_says_why() -> None:
     assert "deployed (" not in text
 
 
+def test_each_core_devices_result_is_shown_with_its_reason() -> None:
+    out = io.StringIO()
+    devices = {"cam-garage": "SUCCEEDED", "cam-kitchen": "FAILED model cannot load"}
+    row = dict.fromkeys(("deployment_id", "recorded_at", "note"), "")
+    deployments_table(
+        UI(stream=out), [{**row, "target": "greengrass-v2", "status": "deployed", "devices": devices}]
+    )
+    text = " ".join(out.getvalue().split())
+    assert "cam-garage: SUCCEEDED" in text
+    assert "cam-kitchen: FAILED model cannot load" in text
+
+
 def test_ctrl_c_stops_the_progress_bar_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
     """The bar's last state is printed, the cursor shown again and the line ended; the interrupt goes on."""
     monkeypatch.setenv("COLUMNS", "80")

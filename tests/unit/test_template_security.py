@@ -420,6 +420,7 @@ def test_eventbridge_dead_letter_policy_names_exactly_the_rules_that_dead_letter
             "StartTrainingFunctionReconcileSchedule",
             "PackageFunctionTrainingJobStateChange",
             "PackageFunctionTrainingJobReconciled",
+            "PackageFunctionCoreDeviceDeploymentStatusChange",
         }
     )
     for rule_id in dead_lettering:

@@ -100,6 +100,10 @@ def gather_status(target: Target, *, ddb: Any = None) -> dict[str, Any]:
                 "deployment_id": str(d.get("deployment_id", "") or ""),
                 "recorded_at": str(d.get("recorded_at", "")),
                 "note": str(d.get("note", "") or ""),
+                "devices": {  # each core device's result (trashsorter.deploy.device_results)
+                    thing: " ".join(filter(None, [str(r.get("status", "")), str(r.get("reason", "") or "")]))
+                    for thing, r in sorted(dict(d.get("device_results") or {}).items())
+                },
             }
             for d in registry.list_deployments(str(champion["model_id"]), table_name=target.table, ddb=ddb)
         ]
@@ -231,16 +235,18 @@ def render_status(ui: UI, status: dict[str, Any]) -> None:
 
 
 def deployments_table(ui: UI, deployments: Sequence[dict[str, Any]]) -> None:
-    """One row per deployment; a skipped or failed one says why (its note)."""
+    """One row per deployment; a skipped or failed one says why (its note), and each core device that
+    reported its result says how it ended (and why, when it failed)."""
     ui.table(
         "Deployments",
-        ["target", "status", "deployment", "recorded"],
+        ["target", "status", "deployment", "recorded", "devices"],
         [
             [
                 d["target"],
                 f"{d['status']} ({d['note']})" if d.get("note") else d["status"],
                 d["deployment_id"],
                 d["recorded_at"],
+                "; ".join(f"{thing}: {result}" for thing, result in dict(d.get("devices") or {}).items()),
             ]
             for d in deployments
         ],

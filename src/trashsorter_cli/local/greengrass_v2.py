@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import threading
 import time
@@ -34,6 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+LOG = logging.getLogger(__name__)
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 # A component name and version as the recipe reference allows them (semantic version, no build metadata).
@@ -45,6 +47,9 @@ FAILURE_POLICIES = ("ROLLBACK", "DO_NOTHING")
 UPDATE_ACTIONS = ("NOTIFY_COMPONENTS", "SKIP_NOTIFY_COMPONENTS")
 # How a core device's result of a deployment is reported (EffectiveDeploymentExecutionStatus).
 FINAL_STATUSES = ("SUCCEEDED", "FAILED", "COMPLETED", "TIMED_OUT", "CANCELED", "REJECTED")
+# The results that send a "Greengrass V2 Effective Deployment Status Change" event (Developer Guide, "Get
+# deployment and component health status notifications").
+EVENT_STATUSES = ("FAILED", "SUCCEEDED", "COMPLETED", "REJECTED", "CANCELED")
 
 
 class ServiceError(Exception):
@@ -160,7 +165,10 @@ class ControlPlane:
     """The state behind the routes (one per process, like a moto backend); thread-safe."""
 
     def __init__(
-        self, group_members: Callable[[str], list[str]] | None = None, s3_exists: Any = None
+        self,
+        group_members: Callable[[str], list[str]] | None = None,
+        s3_exists: Any = None,
+        emit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self.components: dict[str, dict[str, ComponentVersion]] = {}
@@ -169,6 +177,7 @@ class ControlPlane:
         self._tokens: dict[str, tuple[str, Any]] = {}
         self.group_members = group_members or _moto_group_members
         self.s3_exists = s3_exists or _moto_s3_exists
+        self.emit = emit or _moto_put_event
 
     def reset(self) -> None:
         with self._lock:
@@ -447,6 +456,12 @@ class ControlPlane:
             core.status = "UNHEALTHY" if status == "FAILED" else "HEALTHY"
             if installed is not None:
                 core.installed = dict(installed)
+            event = dict(record) if status in EVENT_STATUSES else None
+        if event is not None:
+            try:  # Greengrass sends these events best-effort: a lost one does not fail the report
+                self.emit(status_change_event(thing, event))
+            except Exception:  # the bus of a stopping endpoint
+                LOG.warning("could not send the deployment status change of %s", thing, exc_info=True)
 
     def effective_deployments(self, thing: str) -> dict[str, Any]:
         with self._lock:
@@ -516,6 +531,30 @@ def _moto_group_members(group: str) -> list[str]:
         if thing_group.thing_group_name == group:
             return [arn.rsplit("/", 1)[-1] for arn in thing_group.things]
     raise _not_found(f"thing group {group} does not exist")
+
+
+def status_change_event(thing: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The EventBridge entry Greengrass sends when a core device's deployment ends (the guide's format)."""
+    detail = {
+        "deploymentId": record["deploymentId"],
+        "coreDeviceExecutionStatus": record["coreDeviceExecutionStatus"],
+        "statusDetails": record.get("statusDetails") or {"errorStack": [], "errorTypes": []},
+    }
+    return {
+        "Source": "aws.greengrass",
+        "DetailType": "Greengrass V2 Effective Deployment Status Change",
+        "Detail": json.dumps(detail),
+        "Resources": [f"arn:aws:greengrass:{REGION}:{ACCOUNT}:coreDevices:{thing}"],
+        "EventBusName": "default",
+    }
+
+
+def _moto_put_event(entry: dict[str, Any]) -> None:
+    """Put the event on the local endpoint's default bus (moto's EventBridge backend), where the stack's
+    rules route it as on AWS."""
+    from moto.events.models import events_backends
+
+    events_backends[ACCOUNT][REGION].put_events([entry])
 
 
 def _moto_s3_exists(uri: str) -> bool:
