@@ -34,8 +34,8 @@ def bundle_dir(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) 
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
-        s3.create_bucket(Bucket="training")
-        s3.upload_file(str(tiny_model.result.archive), "training", "job-1/output/model.tar.gz")
+        s3.create_bucket(Bucket="images")  # the job's output: this stack's prefix for job-1 only
+        s3.upload_file(str(tiny_model.result.archive), "images", "training-output/job-1/output/model.tar.gz")
         settings = PackageSettings.from_env(
             {
                 "TABLE_NAME": "t",
@@ -47,7 +47,7 @@ def bundle_dir(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) 
         )
         packaged = artifacts.package_artifact(
             job_name="job-1",
-            source_uri="s3://training/job-1/output/model.tar.gz",
+            source_uri="s3://images/training-output/job-1/output/model.tar.gz",
             labels=["Compost", "Recycling"],
             settings=settings,
             s3=s3,
