@@ -1,6 +1,6 @@
 """A cheap scene-change test: has a new object come in front of the camera since the last frame?
 
-Each frame is shrunk to a ``16x16`` grey thumbnail (64x64 samples, averaged 4x4, less its mean grey so that
+Each frame is shrunk to an ``8x8`` grey thumbnail (128x128 samples, averaged 16x16, less its mean grey so that
 a change of light is no change: tens of microseconds for 640x480); the frame is a CHANGE when the mean
 absolute difference of its thumbnail against the previous frame's is at least ``threshold`` grey levels
 (0..255). Camera noise, JPEG noise, a few pixels of jitter and small changes of light stay below the default;
@@ -12,13 +12,14 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-SIZE = 16
-DEFAULT_THRESHOLD = 10.0  # grey levels, mean over the 16x16 thumbnail
+SIZE = 8
+SAMPLES = 128  # SAMPLES x SAMPLES pixels sampled, averaged into SIZE x SIZE
+DEFAULT_THRESHOLD = 10.0  # grey levels, mean over the 8x8 thumbnail
 
 
 def thumbnail(image: Image.Image) -> np.ndarray:
-    """The ``16x16`` grey thumbnail (float32) of a picture of any size."""
-    sampled = image.resize((SIZE * 4, SIZE * 4), Image.Resampling.NEAREST)  # 4096 pixels, not all of them
+    """The ``8x8`` grey thumbnail (float32) of a picture of any size."""
+    sampled = image.resize((SAMPLES, SAMPLES), Image.Resampling.NEAREST)  # 16384 pixels, not all of them
     grey = np.asarray(sampled.convert("L").resize((SIZE, SIZE), Image.Resampling.BOX), dtype=np.float32)
     return grey - grey.mean()  # a change of light (brightness) is not a new object
 
