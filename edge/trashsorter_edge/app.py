@@ -29,6 +29,7 @@ from trashsorter_edge.frames import normalise
 from trashsorter_edge.model import ModelHandle
 from trashsorter_edge.outputs import Publisher
 from trashsorter_edge.preprocessing import UndecodableImage
+from trashsorter_edge.scene import DEFAULT_THRESHOLD, SceneChange
 from trashsorter_edge.sources import Frame, SourceError
 
 LOCAL_SORT_TOPIC = "trashsorter/sort"  # Greengrass local pub/sub; fixed (the recipe's accessControl names it)
@@ -65,6 +66,7 @@ class Settings:
     debounce: int = 5  # SortRule.frames
     sort_ms: float = 500.0  # SortRule.ms
     sort_gap: int = 2  # SortRule.gap
+    scene_change: float = DEFAULT_THRESHOLD  # SceneChange.threshold (grey levels); 0 = off
     recent_commands: int = 10  # sort commands the live view shows
 
 
@@ -80,6 +82,8 @@ class SortRule:
     first. Unsure frames never make an item; ``gap`` unsure frames in a row end the item (the next confident
     run is a new item, even with the same label); fewer are a blip inside the item. A change of label starts
     a new run, but a run of the label already commanded for this item (a flicker A, B, A) sends nothing.
+    A scene change (``changed``: :class:`~trashsorter_edge.scene.SceneChange`) also ends the item: a new
+    object with the same label, back to back, gets its own command once it has held ``frames``/``ms``.
     Files and folders (``separate=True``): every confident picture is an item of its own.
     So a run sends at most one command and a flickering label none until it holds: never a flood.
     """
@@ -92,10 +96,15 @@ class SortRule:
         self._sent: str | None = None  # the label commanded for the item in front now
         self._unsure = 0
 
-    def update(self, label: str, unsure: bool, at_s: float, *, separate: bool = False) -> str | None:
-        """One classification (``at_s``: its time in seconds) -> the label to command, or None."""
+    def update(
+        self, label: str, unsure: bool, at_s: float, *, separate: bool = False, changed: bool = False
+    ) -> str | None:
+        """One classification (``at_s``: its time in seconds; ``changed``: the scene changed with this
+        frame) -> the label to command, or None."""
         if separate:
             return None if unsure else label
+        if changed:
+            self._label, self._count, self._sent = None, 0, None
         if unsure:
             self._unsure += 1
             if self._unsure >= self.gap:
@@ -141,6 +150,7 @@ class EdgeApp:
         )  # publishes loading/loaded/error
         self.hooks = list(hooks)
         self.sorter = SortRule(settings.debounce, settings.sort_ms, settings.sort_gap)
+        self.scene = SceneChange(settings.scene_change)
         self.commands: deque[dict[str, Any]] = deque(maxlen=max(1, settings.recent_commands))
         self.latest: dict[str, Any] | None = None
         self._last_publish = float("-inf")
@@ -207,7 +217,8 @@ class EdgeApp:
             self._last_publish = now
             self.publish(self.topics.infer, result)
             self.counts["published"] += 1
-        label = self.sorter.update(result["label"], result["unsure"], now, separate=separate)
+        changed = not separate and self.scene.changed(frame.image)
+        label = self.sorter.update(result["label"], result["unsure"], now, separate=separate, changed=changed)
         command = self.command(label, result) if label is not None else None
         seen = {**result, "command": command, "skipped": self.counts["skipped"]}
         for hook in self.hooks:

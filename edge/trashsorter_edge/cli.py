@@ -18,6 +18,7 @@ from trashsorter_edge.inbox import Inbox
 from trashsorter_edge.liveview import LiveView
 from trashsorter_edge.model import ModelError, resolve_model
 from trashsorter_edge.outputs import PublishError, make_publisher
+from trashsorter_edge.scene import DEFAULT_THRESHOLD as SCENE_CHANGE
 from trashsorter_edge.sources import SourceError, open_source
 
 
@@ -44,6 +45,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debounce", type=int, default=5, help="frames a label must hold for a sort command")
     p.add_argument("--sort-ms", type=float, default=500.0, help="or milliseconds (two frames at least)")
     p.add_argument("--sort-gap", type=int, default=2, help="unsure frames in a row that end an item")
+    p.add_argument(
+        "--scene-change",
+        type=float,
+        default=SCENE_CHANGE,
+        help="grey levels (16x16 thumbnail, mean) of frame difference that start a new item (0: off)",
+    )
     p.add_argument("--local-topic", default=LOCAL_SORT_TOPIC, help="Greengrass local pub/sub sort topic")
     p.add_argument("--model-id", default="", help="model id in results (default: model.json or dir name)")
     p.add_argument("--infer-topic", default="trashsorter/<thing>/infer", help="<thing> = the thing name")
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         debounce=args.debounce,
         sort_ms=args.sort_ms,
         sort_gap=args.sort_gap,
+        scene_change=args.scene_change,
     )
     topics = Topics.for_thing(
         args.thing, args.infer_topic, args.status_topic, args.actuator_topic, args.local_topic

@@ -1,9 +1,17 @@
 """The sort-command rule on scripted sequences of classifications: one command per item, none for unsure
-frames, a flicker or a held label, and files as items of their own."""
+frames, a flicker or a held label, files as items of their own, and a new object (a scene change) as a
+new item even with the same label."""
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
 from trashsorter_edge.app import SortRule
+from trashsorter_edge.scene import SceneChange
 
 C, L, R, U = "Compost", "Landfill", "Recycling", None  # U: an unsure frame
 
@@ -56,3 +64,44 @@ def test_a_flicker_is_not_a_flood_and_a_change_of_label_is_a_new_item() -> None:
 def test_files_are_items_of_their_own() -> None:
     rule = SortRule(frames=5, ms=500, gap=2)
     assert play(rule, [C, C, U, R, L], separate=True) == [C, C, R, L]
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "trashnet"
+
+
+def camera(path: Path, frames: int, rng: random.Random) -> list[Image.Image]:
+    """A photo as a camera shows it ``frames`` times: a few pixels of jitter, +-4 % light, sensor noise."""
+    photo = Image.open(path).convert("RGB").resize((320, 240))
+    shots = []
+    for _ in range(frames):
+        dx, dy = rng.randint(-3, 3), rng.randint(-3, 3)
+        shot = photo.transform(photo.size, Image.Transform.AFFINE, (1, 0, dx, 0, 1, dy), fillcolor=(128,) * 3)
+        shot = ImageEnhance.Brightness(shot).enhance(1 + rng.uniform(-0.04, 0.04))
+        noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, 3, (240, 320, 3))
+        shots.append(Image.fromarray(np.clip(np.asarray(shot) + noise, 0, 255).astype(np.uint8)))
+    return shots
+
+
+def play_scene(rule: SortRule, scene: SceneChange, shots: list[Image.Image], label: str) -> list[str]:
+    fired = [rule.update(label, False, i / 30, changed=scene.changed(shot)) for i, shot in enumerate(shots)]
+    return [f for f in fired if f is not None]
+
+
+def test_a_new_object_with_the_same_label_is_a_new_item_and_a_held_one_is_not() -> None:
+    rng = random.Random(7)
+    first, second = sorted((SAMPLES / "glass").glob("*.jpg"))[:2]
+    k = 5
+    # two bottles back to back, every frame confident Recycling, no unsure frame between them: two commands
+    shots = camera(first, k, rng) + camera(second, k, rng)
+    assert play_scene(SortRule(frames=k, ms=0, gap=2), SceneChange(), shots, R) == [R, R]
+    # without the scene-change test they merge into one item
+    assert play_scene(SortRule(frames=k, ms=0, gap=2), SceneChange(0), shots, R) == [R]
+    # one bottle held still for 3k noisy frames: one command
+    assert play_scene(SortRule(frames=k, ms=0, gap=2), SceneChange(), camera(first, 3 * k, rng), R) == [R]
+
+
+def test_a_scene_change_ends_the_item_even_mid_flicker() -> None:
+    rule = SortRule(frames=3, ms=0, gap=2)
+    fired = [rule.update(C, False, i / 30, changed=(i == 4)) for i in range(8)]
+    # frames 0-2 make the first item; the change at frame 4 starts a second one, held 3 frames at frame 6
+    assert [f for f in fired if f] == [C, C] and fired[2] == C and fired[6] == C
