@@ -21,12 +21,15 @@ CARD_FILE = "model.json"
 METRICS_FILE = "metrics.json"
 DEFAULT_INPUT_SIZE = 224  # side of the square RGB input when neither the graph nor model.json names it
 
+TRAIN_LOSS = "train:loss"
+TRAIN_ACCURACY = "train:accuracy"
+VALIDATION_LOSS = "validation:loss"
 VALIDATION_ACCURACY = "validation:accuracy"  # the one metric the gate reads
 CHAMPION_VALIDATION_ACCURACY = "champion:validation:accuracy"
-METRIC_NAMES = (
-    "train:loss",
-    "train:accuracy",
-    "validation:loss",
+METRIC_NAMES = (  # printed as name=value by the trainer; SageMaker's metric definitions match them
+    TRAIN_LOSS,
+    TRAIN_ACCURACY,
+    VALIDATION_LOSS,
     VALIDATION_ACCURACY,
     CHAMPION_VALIDATION_ACCURACY,
 )

@@ -22,8 +22,7 @@ OWNED_NAMES = {
     contract.MODEL_FILE,
     contract.CARD_FILE,
     contract.METRICS_FILE,
-    contract.VALIDATION_ACCURACY,
-    contract.CHAMPION_VALIDATION_ACCURACY,
+    *contract.METRIC_NAMES,
 }
 # a labels parser splits text into lines next to a name that says labels
 LABELS_PARSER = re.compile(r"label\w*\b.*\.splitlines\(\)|\.splitlines\(\).*\blabel", re.IGNORECASE)

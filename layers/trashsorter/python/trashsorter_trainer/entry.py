@@ -30,7 +30,10 @@ from trashsorter_edge.contract import (
     LABELS_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
     VALIDATION_ACCURACY,
+    VALIDATION_LOSS,
     card_input_size,
 )
 from trashsorter_edge.contract import (
@@ -255,9 +258,9 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
             print(features_line(int(entry["done"]), int(entry["total"])), flush=True)
             return
         values = {
-            "train:loss": entry["train_loss"],
-            "train:accuracy": entry["train_accuracy"],
-            "validation:loss": entry["val_loss"],
+            TRAIN_LOSS: entry["train_loss"],
+            TRAIN_ACCURACY: entry["train_accuracy"],
+            VALIDATION_LOSS: entry["val_loss"],
             VALIDATION_ACCURACY: entry["val_accuracy"],
         }
         print(metric_line(f"epoch {entry['epoch']}/{entry['epochs']}", values), flush=True)
@@ -280,9 +283,9 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
         )
         (model_dir / "report.html").write_text(page)
     final = {
-        "train:loss": metrics["train_loss"],
-        "train:accuracy": metrics["train_accuracy"],
-        "validation:loss": metrics["validation_loss"],
+        TRAIN_LOSS: metrics["train_loss"],
+        TRAIN_ACCURACY: metrics["train_accuracy"],
+        VALIDATION_LOSS: metrics["validation_loss"],
         VALIDATION_ACCURACY: metrics["validation_accuracy"],
     }
     if metrics.get("champion"):
