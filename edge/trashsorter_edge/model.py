@@ -23,6 +23,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from trashsorter_edge.contract import (
+    CARD_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    card_input_size,
+    read_labels,
+)
 from trashsorter_edge.preprocessing import IMAGE_SIZE, preprocess
 
 
@@ -44,7 +52,7 @@ class Prediction:
 
 
 def _model_id(model_dir: Path) -> str:
-    for name in ("model.json", "metrics.json"):
+    for name in (CARD_FILE, METRICS_FILE):
         card = model_dir / name
         if card.is_file():
             try:
@@ -57,7 +65,7 @@ def _model_id(model_dir: Path) -> str:
 
 
 MODEL_ARCHIVE = "model.onnx.tar.gz"
-MODEL_MEMBERS = ("model.onnx", "labels.txt", "metrics.json", "model.json")
+MODEL_MEMBERS = (MODEL_FILE, LABELS_FILE, METRICS_FILE, CARD_FILE)
 
 
 def _recipe_model_id(recipe: Path) -> str | None:
@@ -73,7 +81,7 @@ def _extract(archive: Path) -> Path:
     """The model files of ``archive`` in a cache folder named after its content (extracted once)."""
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
     out = Path(tempfile.gettempdir()) / f"trashsorter-edge-model-{digest}"
-    if (out / "model.onnx").is_file() and (out / "labels.txt").is_file():
+    if (out / MODEL_FILE).is_file() and (out / LABELS_FILE).is_file():
         return out
     partial = Path(tempfile.mkdtemp(prefix=f"{out.name}-", dir=out.parent))
     try:
@@ -89,7 +97,7 @@ def _extract(archive: Path) -> Path:
     try:
         partial.rename(out)
     except OSError:  # extracted meanwhile by another process
-        return out if (out / "model.onnx").is_file() else partial
+        return out if (out / MODEL_FILE).is_file() else partial
     return out
 
 
@@ -99,7 +107,7 @@ def resolve_model(path: Path | str) -> tuple[Path, str | None]:
     The id of an archive: its ``model.json``/``metrics.json``, else the bundle's recipe (``ModelId``), else
     the folder it sits in (``models/<job>/model.onnx.tar.gz`` -> ``<job>``)."""
     path = Path(path).expanduser().resolve()
-    if path.is_dir() and (path / "model.onnx").is_file():
+    if path.is_dir() and (path / MODEL_FILE).is_file():
         return path, None
     recipe_id: str | None = None
     if path.is_dir() and (path / "artifacts" / MODEL_ARCHIVE).is_file():
@@ -123,12 +131,12 @@ class Model:
         import onnxruntime as ort  # imported here so `--help` works without it
 
         self.model_dir = Path(model_dir)
-        onnx_path = self.model_dir / "model.onnx"
-        labels_path = self.model_dir / "labels.txt"
+        onnx_path = self.model_dir / MODEL_FILE
+        labels_path = self.model_dir / LABELS_FILE
         for path in (onnx_path, labels_path):
             if not path.is_file():
                 raise ModelError(f"{path} not found")
-        self.labels = tuple(line.strip() for line in labels_path.read_text().splitlines() if line.strip())
+        self.labels = tuple(read_labels(labels_path))
         self.model_id = model_id or _model_id(self.model_dir)
         try:
             self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -147,10 +155,7 @@ class Model:
             raise ModelError(f"model has {width} outputs but labels.txt lists {len(self.labels)} labels")
 
     def _card_size(self) -> int:
-        card = self.model_dir / "model.json"
-        if card.is_file():
-            return int(json.loads(card.read_text())["input"]["shape"][-1])
-        return IMAGE_SIZE
+        return card_input_size(self.model_dir, IMAGE_SIZE)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """[N, 3, S, S] float32 (already preprocessed) -> [N, classes] probabilities (float64)."""
@@ -171,7 +176,7 @@ class Model:
 
 def _fingerprint(model_dir: Path) -> tuple[Any, ...]:
     stats = []
-    for name in ("model.onnx", "labels.txt"):
+    for name in (MODEL_FILE, LABELS_FILE):
         try:
             st = (model_dir / name).stat()
         except OSError:

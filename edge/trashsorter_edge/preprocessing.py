@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from trashsorter_edge.contract import DEFAULT_INPUT_SIZE
 from trashsorter_edge.decoding import decode_bounded, to_rgb8, upright
 from trashsorter_edge.imagefile import ImageRefused
 
 __all__ = ["IMAGE_SIZE", "UndecodableImage", "decode", "from_bgr", "preprocess", "to_array", "to_rgb8"]
 
-IMAGE_SIZE = 224
+IMAGE_SIZE = DEFAULT_INPUT_SIZE  # model.json names the size of a trained model (contract.card_input_size)
 DECODE_SHORT_SIDE = 2 * IMAGE_SIZE  # a training crop of 35 % of the area still has >= 224 px of short side
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _RESAMPLE = Image.Resampling.BILINEAR

@@ -49,12 +49,13 @@ from trashsorter.errors import DeploymentError, Rejection, TrashsorterError
 from trashsorter_cli.device.component import READY_TIMEOUT_S, LocalComponent
 from trashsorter_cli.device.predictor import Classifier
 from trashsorter_cli.device.runner import prepare_environment
+from trashsorter_edge.contract import LABELS_FILE, MODEL_FILE
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 MAX_EXTRACTED_BYTES = 1024 * 1024 * 1024
-REQUIRED_MEMBERS = ("model.onnx", "labels.txt")
+REQUIRED_MEMBERS = (MODEL_FILE, LABELS_FILE)
 COMPONENT_NAME = "com.trashsorter.classifier"  # trashsorter's component name unless the stack names another
 THING_NAME = "local-device"
 PUBLISHER = "trashsorter"  # trashsorter's component in a deployment: the recipe's ComponentPublisher
@@ -357,8 +358,8 @@ class LocalDevice:
         extracted.mkdir()
         safe_extract(archive, extracted)
         archive.unlink()
-        for candidate in sorted(extracted.rglob("model.onnx"), key=lambda p: len(p.parts)):
-            if (candidate.parent / "labels.txt").is_file():
+        for candidate in sorted(extracted.rglob(MODEL_FILE), key=lambda p: len(p.parts)):
+            if (candidate.parent / LABELS_FILE).is_file():
                 return candidate.parent
         raise ArtifactError(f"artifact has no {' + '.join(REQUIRED_MEMBERS)} (not a local ONNX model)")
 

@@ -57,6 +57,7 @@ from urllib.parse import urlparse
 from trashsorter import runs
 from trashsorter.schema import SAGEMAKER_SOURCE, TRAINING_STATE_CHANGE
 from trashsorter_cli.local import children
+from trashsorter_edge.contract import TRAIN_LOSS, VALIDATION_ACCURACY
 from trashsorter_trainer.contract import (
     EPOCH_LINE,
     FEATURES_LINE,
@@ -250,8 +251,8 @@ class JobEmulator:
             progress = {
                 "epoch": int(epoch.group(1)),
                 "epochs": int(epoch.group(2)),
-                "train_loss": values.get("train:loss", 0.0),
-                "val_accuracy": values.get("validation:accuracy", 0.0),
+                "train_loss": values.get(TRAIN_LOSS, 0.0),
+                "val_accuracy": values.get(VALIDATION_ACCURACY, 0.0),
             }
         try:
             runs.record_progress(

@@ -29,6 +29,7 @@ from trashsorter.errors import PackagingError, TransientError
 from trashsorter.job_check import check_artifact_uri
 from trashsorter.model_proof import prove_onnx_package
 from trashsorter.settings import PackageSettings
+from trashsorter_edge.contract import CARD_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE
 
 MXNET_PREFIX = "image-classification"
 MAX_ARTIFACT_BYTES = 2 * 1024**3  # compressed model.tar.gz we are willing to download
@@ -182,7 +183,7 @@ def _read_member(path: Path, member: tarfile.TarInfo, limit: int) -> bytes:
 
 def artifact_format(members: Mapping[str, tarfile.TarInfo]) -> str:
     """``onnx`` (local trainer: model.onnx) or ``mxnet`` (SageMaker image-classification)."""
-    if "model.onnx" in members:
+    if MODEL_FILE in members:
         return "onnx"
     if any(name.endswith("-symbol.json") for name in members) or any(_PARAMS_RE.match(n) for n in members):
         return "mxnet"
@@ -263,11 +264,11 @@ def repackage_mxnet(source: Path, labels: Sequence[str], dest: Path) -> tuple[st
 def repackage_onnx(source: Path, labels: Sequence[str], dest: Path) -> tuple[tuple[str, ...], dict[str, Any]]:
     """model.onnx + labels.txt + metrics.json (+ model.json when present); returns names and metrics.json."""
     members = read_members(source)
-    if "model.onnx" not in members or members["model.onnx"].size == 0:
+    if MODEL_FILE not in members or members[MODEL_FILE].size == 0:
         raise PackagingError("the training artifact has no (non-empty) model.onnx")
     evaluation: dict[str, Any] = {}
-    if "metrics.json" in members:
-        raw = _read_member(source, members["metrics.json"], MAX_METRICS_BYTES * 16)
+    if METRICS_FILE in members:
+        raw = _read_member(source, members[METRICS_FILE], MAX_METRICS_BYTES * 16)
         try:
             loaded = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -275,9 +276,9 @@ def repackage_onnx(source: Path, labels: Sequence[str], dest: Path) -> tuple[tup
         evaluation = loaded if isinstance(loaded, dict) else {}
     else:
         raw = b"{}"
-    if "labels.txt" in members:
+    if LABELS_FILE in members:
         own = labels_file.parse(
-            _read_member(source, members["labels.txt"], labels_file.MAX_LABELS_BYTES).decode(
+            _read_member(source, members[LABELS_FILE], labels_file.MAX_LABELS_BYTES).decode(
                 "utf-8", "replace"
             )
         )
@@ -286,12 +287,12 @@ def repackage_onnx(source: Path, labels: Sequence[str], dest: Path) -> tuple[tup
         raise PackagingError("neither the artifact nor the dataset has labels")
     writer = _Writer(dest)
     try:
-        with _open_member(source, members["model.onnx"]) as handle:
-            writer.add_stream("model.onnx", handle, members["model.onnx"].size)
+        with _open_member(source, members[MODEL_FILE]) as handle:
+            writer.add_stream(MODEL_FILE, handle, members[MODEL_FILE].size)
         writer.add_bytes(labels_file.FILE_NAME, labels_file.render(labels).encode())
-        writer.add_bytes("metrics.json", raw)
-        if "model.json" in members:
-            writer.add_bytes("model.json", _read_member(source, members["model.json"], MAX_METRICS_BYTES))
+        writer.add_bytes(METRICS_FILE, raw)
+        if CARD_FILE in members:
+            writer.add_bytes(CARD_FILE, _read_member(source, members[CARD_FILE], MAX_METRICS_BYTES))
     finally:
         writer.close()
     return tuple(writer.names), evaluation

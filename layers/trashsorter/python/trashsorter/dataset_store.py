@@ -298,7 +298,8 @@ def write_dataset(
             results = list(pool.map(lambda entry: _store(s3, plan, entry, stored), plan.entries))
         keys = {entry.key: key for entry, (key, _) in zip(plan.entries, results, strict=True)}
         plan = replace(plan, entries=tuple(replace(e, s3_key=keys[e.key]) for e in plan.entries))
-        _put_text(s3, plan.bucket, plan.prefix + "labels.txt", labels_file.render(plan.labels), "text/plain")
+        labels_text = labels_file.render(plan.labels)
+        _put_text(s3, plan.bucket, plan.prefix + labels_file.FILE_NAME, labels_text, "text/plain")
         for split in SPLITS:
             _put_text(s3, plan.bucket, f"{plan.prefix}{split}.lst", render_lst(plan, split), "text/plain")
             _put_text(

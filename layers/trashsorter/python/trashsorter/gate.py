@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from math import comb
 from typing import Any
 
-ACCURACY_METRIC = "validation:accuracy"  # the one metric the gate reads (both trainers report it)
+from trashsorter_edge.contract import VALIDATION_ACCURACY
+
+ACCURACY_METRIC = VALIDATION_ACCURACY  # the one metric the gate reads (both trainers report it)
 # One-sided: the chance that a challenger no worse than the champion loses this many of the photos on
 # which the two disagree. Below it, the challenger is "worse beyond chance" and the champion stays.
 SIGNIFICANCE = 0.05

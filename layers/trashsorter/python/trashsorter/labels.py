@@ -1,13 +1,12 @@
 """``labels.txt``: one label per line in class-index order, the one format every step reads and writes.
 
 Written by the dataset snapshot (``datasets/<id>/labels.txt``), the trainer and the repackaged model;
-read by the package step, the trainer and the device programs.
+read by the package step, the trainer and the device programs. The format itself is defined once in
+``trashsorter_edge.contract``; this module adds the S3 side (the dataset snapshot's key and its bounded read).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -15,40 +14,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trashsorter import aws
 from trashsorter.errors import PackagingError, TransientError
 from trashsorter.schema import dataset_prefix
+from trashsorter_edge import contract
 
-FILE_NAME = "labels.txt"
+FILE_NAME = contract.LABELS_FILE
 MAX_LABELS_BYTES = 1024 * 1024
 
 
-def parse(text: str) -> list[str]:
-    """Labels one per line (``<index><TAB><label>`` lines accepted), stripped, blank lines dropped."""
-    labels: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        parts = line.split("\t") if "\t" in line else line.split(None, 1)
-        if len(parts) == 2 and parts[0].isdigit():
-            line = parts[1].strip()
-        labels.append(line)
-    return labels
-
-
-def render(labels: Sequence[str]) -> str:
-    """One label per line in class-index order, no surrounding whitespace (the camera strips nothing)."""
-    return "".join(f"{label.strip()}\n" for label in labels if label.strip())
-
-
-def read_file(path: Path | str) -> list[str]:
-    """The labels of a ``labels.txt`` file."""
-    return parse(Path(path).read_text(encoding="utf-8"))
-
-
-def write_file(path: Path | str, labels: Sequence[str]) -> Path:
-    """Write ``labels`` as ``labels.txt`` at ``path``; returns the path."""
-    target = Path(path)
-    target.write_text(render(labels), encoding="utf-8")
-    return target
+parse = contract.parse_labels
+render = contract.render_labels
+read_file = contract.read_labels
+write_file = contract.write_labels
 
 
 def dataset_key(dataset_id: str) -> str:

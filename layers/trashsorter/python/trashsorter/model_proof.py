@@ -29,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 from trashsorter.errors import PackagingError, TransientError
+from trashsorter_edge.contract import LABELS_FILE, MODEL_FILE
 
 PROOF_SECONDS = 60.0  # one CPU inference of a 224 px classifier takes well under a second
 MAX_PROOF_MEMBER_BYTES = 512 * 1024**2  # model.onnx the package function (2 GiB) may load to prove it
@@ -44,7 +45,7 @@ def fixed_image() -> Image.Image:
 
 def _unpack(package: Path, into: Path) -> None:
     with tarfile.open(package, "r:gz") as tar:
-        for name in ("model.onnx", "labels.txt"):
+        for name in (MODEL_FILE, LABELS_FILE):
             member = tar.getmember(name)
             if not member.isfile() or member.size > MAX_PROOF_MEMBER_BYTES:
                 raise PackagingError(f"{name} in the package is not a regular file of at most 512 MiB")

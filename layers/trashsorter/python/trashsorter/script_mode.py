@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trashsorter import images
+from trashsorter import images, labels
 from trashsorter.dataset import TRAIN, VALIDATION, DatasetPlan
 from trashsorter.errors import ConfigurationError
 from trashsorter.schema import dataset_manifest_key
@@ -87,7 +87,7 @@ def build_request(
         _channel(VALIDATION, plan.uri("validation.manifest"), "ManifestFile"),
         _channel("train_lst", plan.uri("train.lst")),
         _channel("validation_lst", plan.uri("validation.lst")),
-        _channel(contract.LABELS_CHANNEL, plan.uri("labels.txt")),
+        _channel(contract.LABELS_CHANNEL, plan.uri(labels.FILE_NAME)),
         _channel(contract.MANIFEST_CHANNEL, f"s3://{plan.bucket}/{dataset_manifest_key(plan.dataset_id)}"),
     ]
     if champion_uri:

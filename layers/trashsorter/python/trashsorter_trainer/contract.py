@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from trashsorter_edge.contract import METRIC_NAMES
+
 PROGRAM = "train.py"  # sagemaker_program: the entry script at the root of sourcedir.tar.gz
 REQUIREMENTS = "requirements.txt"  # installed by the training toolkit before the program runs
 IMAGE_CHANNELS = ("train", "validation")
@@ -32,13 +34,6 @@ REPORT_DECISION_START = "<!--decision-->"
 REPORT_DECISION_END = "<!--/decision-->"
 # beside model.onnx in the model dir: the photos whose label the model most doubts (see suspects.py)
 SUSPECTS_FILE = "suspects.json"
-METRIC_NAMES = (
-    "train:loss",
-    "train:accuracy",
-    "validation:loss",
-    "validation:accuracy",
-    "champion:validation:accuracy",
-)
 METRIC_DEFINITIONS: list[dict[str, str]] = [
     {"Name": name, "Regex": f"(?:^| ){re.escape(name)}=([0-9.]+)"} for name in METRIC_NAMES
 ]

@@ -25,6 +25,20 @@ from typing import Any
 
 import numpy as np
 
+from trashsorter_edge.contract import (
+    CHAMPION_VALIDATION_ACCURACY,
+    LABELS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    VALIDATION_ACCURACY,
+    VALIDATION_LOSS,
+    card_input_size,
+)
+from trashsorter_edge.contract import (
+    read_labels as read_labels_file,
+)
 from trashsorter_trainer import report
 from trashsorter_trainer.contract import (
     CHAMPION_CHANNEL,
@@ -76,9 +90,9 @@ def _decoded(value: object) -> str:
 
 def read_labels(env: Mapping[str, str]) -> list[str]:
     directory = channel_dir(LABELS_CHANNEL, env)
-    if directory is None or not (directory / "labels.txt").is_file():
-        raise TrainerError("the 'labels' channel with labels.txt is missing")
-    return [line.strip() for line in (directory / "labels.txt").read_text().splitlines() if line.strip()]
+    if directory is None or not (directory / LABELS_FILE).is_file():
+        raise TrainerError(f"the 'labels' channel with {LABELS_FILE} is missing")
+    return read_labels_file(directory / LABELS_FILE)
 
 
 def read_split(split: str, labels: list[str], env: Mapping[str, str]) -> list[Sample]:
@@ -131,13 +145,13 @@ def champion_model(env: Mapping[str, str], work: Path) -> Path | None:
     directory = channel_dir(CHAMPION_CHANNEL, env)
     if directory is None:
         return None
-    if (directory / "model.onnx").is_file():
+    if (directory / MODEL_FILE).is_file():
         return directory
     for archive in sorted(directory.rglob("*.tar.gz")):
         target = work / "champion"
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
-        if (target / "model.onnx").is_file():
+        if (target / MODEL_FILE).is_file():
             return target
     print(f"champion channel holds no model.onnx: {sorted(p.name for p in directory.iterdir())}", flush=True)
     return None
@@ -152,15 +166,12 @@ def evaluate_champion(folder: Path, samples: list[Sample], labels: list[str]) ->
     one that never saw them. Both sides of the gate are then split-run graphs (no validation image seen)."""
     from trashsorter_trainer.train import SPLIT_MODEL_FILE, run_onnx_batches
 
-    champion_labels = [x.strip() for x in (folder / "labels.txt").read_text().splitlines() if x.strip()]
+    champion_labels = read_labels_file(folder / LABELS_FILE)
     if champion_labels != labels:
         print(f"champion labels {champion_labels} differ from {labels}: no comparison", flush=True)
         return None
-    size = 224
-    card = folder / "model.json"
-    if card.is_file():
-        size = int(json.loads(card.read_text())["input"]["shape"][-1])
-    graph = SPLIT_MODEL_FILE if (folder / SPLIT_MODEL_FILE).is_file() else "model.onnx"
+    size = card_input_size(folder)
+    graph = SPLIT_MODEL_FILE if (folder / SPLIT_MODEL_FILE).is_file() else MODEL_FILE
     batches = (
         np.stack([preprocess(s.data, size) for s in samples[start : start + CHAMPION_BATCH]])
         for start in range(0, len(samples), CHAMPION_BATCH)
@@ -247,10 +258,10 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
             print(features_line(int(entry["done"]), int(entry["total"])), flush=True)
             return
         values = {
-            "train:loss": entry["train_loss"],
-            "train:accuracy": entry["train_accuracy"],
-            "validation:loss": entry["val_loss"],
-            "validation:accuracy": entry["val_accuracy"],
+            TRAIN_LOSS: entry["train_loss"],
+            TRAIN_ACCURACY: entry["train_accuracy"],
+            VALIDATION_LOSS: entry["val_loss"],
+            VALIDATION_ACCURACY: entry["val_accuracy"],
         }
         print(metric_line(f"epoch {entry['epoch']}/{entry['epochs']}", values), flush=True)
 
@@ -264,7 +275,7 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
             metrics["champion"] = evaluate_champion(champion_dir, validation, labels)
         for name in (*result.members, SUSPECTS_FILE):
             shutil.copy2(work / "out" / name, model_dir / name)
-        (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (model_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         page = report.render_html(
             metrics,
             misclassified(result, labels, original_names(env)),
@@ -272,13 +283,13 @@ def run(env: Mapping[str, str]) -> dict[str, Any]:
         )
         (model_dir / "report.html").write_text(page)
     final = {
-        "train:loss": metrics["train_loss"],
-        "train:accuracy": metrics["train_accuracy"],
-        "validation:loss": metrics["validation_loss"],
-        "validation:accuracy": metrics["validation_accuracy"],
+        TRAIN_LOSS: metrics["train_loss"],
+        TRAIN_ACCURACY: metrics["train_accuracy"],
+        VALIDATION_LOSS: metrics["validation_loss"],
+        VALIDATION_ACCURACY: metrics["validation_accuracy"],
     }
     if metrics.get("champion"):
-        final["champion:validation:accuracy"] = metrics["champion"]["validation_accuracy"]
+        final[CHAMPION_VALIDATION_ACCURACY] = metrics["champion"]["validation_accuracy"]
     print(metric_line("final", final), flush=True)
     return metrics
 

@@ -1,7 +1,8 @@
 """The trainer's source as a deterministic, content-addressed ``sourcedir.tar.gz`` (stdlib only).
 
 Members: every ``*.py`` of this package under ``trashsorter_trainer/``, THE preprocessing it imports
-(``trashsorter_edge/__init__.py``, ``preprocessing.py`` and the bounded decode it calls, ``decoding.py``
+(``trashsorter_edge/__init__.py``, ``contract.py`` (the exchanged formats), ``preprocessing.py`` and
+the bounded decode it calls, ``decoding.py``
 and ``imagefile.py``: one definition shared with the device and the edge app, Pillow + numpy only),
 ``train.py`` (a copy of ``__main__.py``: the ``sagemaker_program``) and ``requirements.txt`` at the root.
 Sorted names, zero
@@ -25,7 +26,10 @@ from trashsorter_trainer.contract import PROGRAM, REQUIREMENTS
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
 SOURCE_PREFIX = "trainer-source/"
-SHARED_MODULES = ("trashsorter_edge", ("__init__.py", "decoding.py", "imagefile.py", "preprocessing.py"))
+SHARED_MODULES = (
+    "trashsorter_edge",
+    ("__init__.py", "contract.py", "decoding.py", "imagefile.py", "preprocessing.py"),
+)
 
 
 class SourceUnavailable(RuntimeError):

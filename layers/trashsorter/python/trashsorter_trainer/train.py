@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trashsorter_edge.contract import CARD_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, write_labels
 from trashsorter_trainer import report, suspects
 from trashsorter_trainer.config import TrainConfig
 from trashsorter_trainer.contract import feature_progress, memory_gb, out_of_memory_reason
@@ -77,7 +78,7 @@ from trashsorter_trainer.stream import (
     worker_count,
 )
 
-ARTIFACT_MEMBERS = ("model.onnx", "labels.txt", "metrics.json", "confusion_matrix.png", "model.json")
+ARTIFACT_MEMBERS = (MODEL_FILE, LABELS_FILE, METRICS_FILE, "confusion_matrix.png", CARD_FILE)
 # with the refit: the split run's graph (trained without the validation images), beside the shipped one
 SPLIT_MODEL_FILE = "split_model.onnx"
 Progress = Callable[[dict[str, Any]], None]
@@ -276,7 +277,7 @@ def _train(
         return tail_probabilities(trained, val_bank, val_flip_bank, config.batch_size)
 
     # 4. export, evaluate the split run's ONNX graph (every reported metric), write the artifact
-    split_file = SPLIT_MODEL_FILE if config.refit else "model.onnx"
+    split_file = SPLIT_MODEL_FILE if config.refit else MODEL_FILE
     onnx_probs, max_diff = _export_and_run(model, out / split_file, val_batches, torch_answers, config)
     predicted = onnx_probs.argmax(1).tolist()
     matrix = report.confusion_matrix(y_val, predicted, len(labels))
@@ -301,7 +302,7 @@ def _train(
             everything = Tuning(photos, sizes, torch.cat([y_train, torch.tensor(y_val)]), workers)
             refit_loss, refit_accuracy = finetune(shipped, everything, config, rng)
         shipped_probs, refit_diff = _export_and_run(
-            shipped, out / "model.onnx", val_batches, torch_answers, config
+            shipped, out / MODEL_FILE, val_batches, torch_answers, config
         )
         max_diff = max(max_diff, refit_diff)
         refit = {
@@ -320,7 +321,7 @@ def _train(
             ),
             "seconds": round(time.perf_counter() - suspects_at, 3),
         }
-    (out / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
+    write_labels(out / LABELS_FILE, labels)
     (out / suspects.SUSPECTS_FILE).write_text(json.dumps(doubts, indent=2))
     report.draw_confusion_matrix(matrix, labels, out / "confusion_matrix.png")
     finished = time.perf_counter()
@@ -370,8 +371,8 @@ def _train(
         "config": asdict(config),
         "model": MODEL_NAME,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "model.json").write_text(json.dumps(model_card(labels, size), indent=2))
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    (out / CARD_FILE).write_text(json.dumps(model_card(labels, size), indent=2))
     members = ARTIFACT_MEMBERS + ((SPLIT_MODEL_FILE,) if config.refit else ())
     archive = pack(out, out / "model.tar.gz", members)
     return TrainResult(
@@ -430,8 +431,8 @@ def model_card(labels: Sequence[str], image_size: int) -> dict[str, Any]:
     return {
         "format": "onnx",
         "model": MODEL_NAME,
-        "file": "model.onnx",
-        "labels_file": "labels.txt",
+        "file": MODEL_FILE,
+        "labels_file": LABELS_FILE,
         "labels": list(labels),
         "input": {
             "name": INPUT_NAME,
