@@ -88,7 +88,11 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalEndpoint]:
         stack = deploy_stack(
             session,
             stack_name=f"conc-{uuid.uuid4().hex[:6]}",
-            overrides={"MinImagesPerLabel": "250", "MinNewImages": "0"},
+            overrides={
+                "MinImagesPerLabel": "250",
+                "MinNewImages": "0",
+                "IngestSettleSeconds": "0",
+            },  # no settle timer: the rule publishes at once
             endpoint_url=url,
         )
         handle = LocalEndpoint(url, session, stack)
