@@ -21,10 +21,12 @@ uses (:func:`trashsorter_cli.local.stack.deploy_stack`), so tests and the templa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import botocore.session
 import pytest
 
 from tests.support.stack import REGION, StackHandle
@@ -32,6 +34,11 @@ from tests.support.tiny_model import TinyModel, build_tiny_model
 from trashsorter import aws
 from trashsorter_cli.local import moto_patches
 from trashsorter_cli.local.stack import deploy_stack
+
+# Test speed only: one botocore data loader per test process, so that the service models (JSON files of
+# up to a few MB) are parsed once rather than once per boto3 session; the tests make a session per stack.
+# botocore already shares one loader between all clients of a session; this shares it between sessions.
+botocore.session.create_loader = functools.lru_cache(maxsize=None)(botocore.session.create_loader)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,28 @@ def test_persisted_resources_get_the_same_names_for_the_same_stack_name(stack: S
     assert names("other") != first and names("trashsorter", "eu-west-1") != first
     # the stack the tests create (with its stack name) really has those physical names
     assert stack.stack.resources["CatalogueTable"] == f"{stack.stack.stack_name}-CatalogueTable"
+
+
+def test_template_is_parsed_again_when_the_file_changes_and_callers_get_their_own_copy(
+    tmp_path: Path,
+) -> None:
+    """load_template remembers a parse per (path, mtime, size); an edited file is parsed again, and a
+    caller that changes what it got does not change what the next caller gets."""
+    path = tmp_path / "template.yaml"
+    path.write_text("Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n", encoding="utf-8")
+    first = load_template(path)
+    first["Resources"]["Topic"]["Type"] = "changed by a caller"
+    assert load_template(path)["Resources"]["Topic"]["Type"] == "AWS::SNS::Topic"
+    path.write_text("Resources:\n  Queue:\n    Type: AWS::SQS::Queue\n  Extra:\n    Type: AWS::SNS::Topic\n")
+    assert sorted(load_template(path)["Resources"]) == ["Extra", "Queue"]
+
+
+def test_local_template_translation_is_remembered_per_input_and_copied() -> None:
+    template = load_template()
+    params = parameter_values(template)
+    first = build_local_template(template, params, stack_name="copy-check")
+    first.cloudformation["Resources"].clear()
+    again = build_local_template(template, params, stack_name="copy-check")
+    assert again.cloudformation["Resources"], "a caller's change leaked into the remembered translation"
+    other = build_local_template(template, parameter_values(template, {"MinImagesPerLabel": "31"}))
+    assert other.parameters["MinImagesPerLabel"] == "31" != again.parameters["MinImagesPerLabel"]

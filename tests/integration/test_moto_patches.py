@@ -155,3 +155,34 @@ def test_query_responses_encode_every_attribute_type_like_moto_s_serializer(tabl
         ExpressionAttributeNames={f"#a{i}": n for i, n in enumerate(names)},
     )["Items"]
     assert projected == [{n: via_get[n] for n in names if n in via_get}]
+
+
+def test_cloudformation_parses_json_bodies_with_json_and_yaml_bodies_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CloudFormation parse patch: a JSON object body gives the same dict without PyYAML; a YAML body
+    (and anything that is not a JSON object) still takes moto's own YAML path."""
+    import json
+
+    import yaml
+    from moto.cloudformation import models
+
+    moto_patches.install()
+    body = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "t: x"}}}}
+    assert isinstance(models.yaml, moto_patches._JsonFirstYaml)
+    calls: list[object] = []
+    real_load = yaml.load
+
+    def counting_load(stream: object, Loader: object = None) -> object:
+        calls.append(stream)
+        return real_load(stream, Loader=Loader)
+
+    monkeypatch.setattr(yaml, "load", counting_load)
+    assert models.Stack.parse_template(json.dumps(body)) == body
+    assert calls == []
+    assert models.Stack.parse_template("Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n") == {
+        "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}
+    }
+    assert len(calls) == 1
+    assert models.Stack.parse_template("{not: json}") == {"not": "json"}  # a YAML flow mapping
+    assert len(calls) == 2

@@ -119,6 +119,10 @@ class LocalTemplate:
     value_outputs: dict[str, str] = field(default_factory=dict)  # placeholder -> output key
 
 
+# Parsed templates by (path, modification time, size): a stack per test or per ``local up`` parses once.
+_PARSED: dict[tuple[str, int, int], str] = {}
+
+
 def load_template(path: Path | str | None = None) -> dict[str, Any]:
     """Parse template.yaml (CloudFormation short-form tags included) into plain dicts."""
     from cfnlint.decode import decode_str
@@ -128,11 +132,16 @@ def load_template(path: Path | str | None = None) -> dict[str, Any]:
         raise ConfigurationError(
             f"template.yaml not found at {template_path} (set TRASHSORTER_TEMPLATE or run from a checkout)"
         )
-    parsed, matches = decode_str(template_path.read_text(encoding="utf-8"))
-    if matches or parsed is None:
-        raise ConfigurationError(f"cannot parse {template_path}: {matches}")
-    # Round-trip through JSON: plain dict/list/str, no cfn-lint node classes.
-    return json.loads(json.dumps(parsed))
+    stat = template_path.stat()
+    key = (str(template_path.resolve()), stat.st_mtime_ns, stat.st_size)
+    text = _PARSED.get(key)
+    if text is None:
+        parsed, matches = decode_str(template_path.read_text(encoding="utf-8"))
+        if matches or parsed is None:
+            raise ConfigurationError(f"cannot parse {template_path}: {matches}")
+        # Kept as JSON text: plain dict/list/str, no cfn-lint node classes, and a fresh copy per caller.
+        text = _PARSED[key] = json.dumps(parsed)
+    return json.loads(text)
 
 
 def parse_parameter_overrides(items: Iterable[str]) -> dict[str, str]:
@@ -249,7 +258,21 @@ def build_local_template(
     stack_name: str | None = None,
 ) -> LocalTemplate:
     """Translate the SAM template and apply the local rewrites (module docstring); rewrite 8 (stable names)
-    only when ``stack_name`` is given."""
+    only when ``stack_name`` is given. The translation is a pure function of its inputs, so a result is
+    remembered per input (a stack per test translates once) and every caller gets its own copy."""
+    key = json.dumps([template, dict(parameters), region, stack_name], sort_keys=True)
+    built = _BUILT.get(key)
+    if built is None:
+        built = _BUILT[key] = _translate(template, parameters, region=region, stack_name=stack_name)
+    return copy.deepcopy(built)
+
+
+_BUILT: dict[str, LocalTemplate] = {}
+
+
+def _translate(
+    template: Mapping[str, Any], parameters: Mapping[str, str], *, region: str, stack_name: str | None
+) -> LocalTemplate:
     from samtranslator.translator.transform import transform
 
     sam = copy.deepcopy(dict(template))
