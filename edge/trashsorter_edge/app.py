@@ -77,47 +77,85 @@ def utc_now() -> str:
 class SortRule:
     """Classifications -> sort commands, one per item in front of the camera.
 
-    A live stream: an ITEM is a run of confident frames with the same top label. Its command goes out once,
-    when the run has lasted ``frames`` frames or ``ms`` milliseconds (at least two frames), whichever comes
-    first. Unsure frames never make an item; ``gap`` unsure frames in a row end the item (the next confident
-    run is a new item, even with the same label); fewer are a blip inside the item. A change of label starts
-    a new run, but a run of the label already commanded for this item (a flicker A, B, A) sends nothing.
-    A scene change (``changed``: :class:`~trashsorter_edge.scene.SceneChange`) also ends the item: a new
-    object with the same label, back to back, gets its own command once it has held ``frames``/``ms``.
-    Files and folders (``separate=True``): every confident picture is an item of its own.
-    So a run sends at most one command and a flickering label none until it holds: never a flood.
+    A live stream: an ITEM is what is in front of the camera between two boundaries: a scene change
+    (``changed``: :class:`~trashsorter_edge.scene.SceneChange`), ``gap`` unsure frames in a row, or the
+    start. Unsure frames never make an item and count for nothing; fewer than ``gap`` are a blip inside it.
+    The item's command goes out once, when the item has lasted ``frames`` confident frames or ``ms``
+    milliseconds (at least two frames), whichever comes first, with the item's MAJORITY label over its
+    confident frames so far (a tie: the label with the higher mean confidence, then the one seen first). A
+    label that held through the whole item is its majority; a label that flickers (A, B, A, B) still gets its
+    one command. After that, the item gets another command only when a different label holds ``frames``
+    frames or ``ms`` milliseconds in a row (a real change of object with no scene change); a run of a label
+    already commanded for the item sends nothing. An item shorter than ``frames`` frames and ``ms`` (a
+    glimpse) gets none. Files and folders (``separate=True``): every confident picture is an item of its own.
+    So an item that lasts gets one command (a flickering one too: its majority label, never more than one),
+    and another only for a different label that then holds a full run: never a flood.
     """
 
     def __init__(self, frames: int = 5, ms: float = 500.0, gap: int = 2) -> None:
         self.frames, self.ms, self.gap = max(1, frames), max(0.0, ms), max(1, gap)
-        self._label: str | None = None
+        self._label: str | None = None  # the current run of one label
         self._count = 0
         self._started = 0.0
+        self._tally: dict[str, tuple[int, float]] = {}  # the item's confident frames: label -> (n, sum conf)
+        self._frames = 0  # the item's confident frames
+        self._item_started = 0.0
         self._sent: str | None = None  # the label commanded for the item in front now
         self._unsure = 0
 
+    def _end_item(self) -> None:
+        self._label, self._count, self._sent, self._tally, self._frames = None, 0, None, {}, 0
+
+    def _held(self, count: int, started: float, at_s: float) -> bool:
+        held_ms = (at_s - started) * 1000.0
+        return count >= self.frames or (self.ms > 0 and count >= 2 and held_ms >= self.ms)
+
+    def majority(self) -> str | None:
+        """The item's most frequent confident label (a tie: the higher mean confidence), None before any."""
+        if not self._tally:
+            return None
+        return max(
+            self._tally,
+            key=lambda label: (self._tally[label][0], self._tally[label][1] / self._tally[label][0]),
+        )
+
     def update(
-        self, label: str, unsure: bool, at_s: float, *, separate: bool = False, changed: bool = False
+        self,
+        label: str,
+        unsure: bool,
+        at_s: float,
+        *,
+        confidence: float = 1.0,
+        separate: bool = False,
+        changed: bool = False,
     ) -> str | None:
-        """One classification (``at_s``: its time in seconds; ``changed``: the scene changed with this
-        frame) -> the label to command, or None."""
+        """One classification (``at_s``: its time in seconds; ``confidence``: of ``label``; ``changed``: the
+        scene changed with this frame) -> the label to command, or None."""
         if separate:
             return None if unsure else label
         if changed:
-            self._label, self._count, self._sent = None, 0, None
+            self._end_item()
         if unsure:
             self._unsure += 1
             if self._unsure >= self.gap:
-                self._label, self._count, self._sent = None, 0, None
+                self._end_item()
             return None
         self._unsure = 0
+        if not self._frames:
+            self._item_started = at_s
+        self._frames += 1
+        count, total = self._tally.get(label, (0, 0.0))
+        self._tally[label] = (count + 1, total + confidence)
         if label != self._label:
             self._label, self._count, self._started = label, 0, at_s
         self._count += 1
-        held_ms = (at_s - self._started) * 1000.0
-        stable = self._count >= self.frames or (self.ms > 0 and self._count >= 2 and held_ms >= self.ms)
-        if stable and self._sent != label:
-            self._sent = label
+        if self._sent is None:  # the item's first command: its majority once the item has lasted
+            if self._held(self._frames, self._item_started, at_s):
+                self._sent = self.majority()
+                return self._sent
+            return None
+        if self._sent != label and self._held(self._count, self._started, at_s):
+            self._sent = label  # a different label held a full run: a real change of object
             return label
         return None
 
@@ -218,7 +256,14 @@ class EdgeApp:
             self.publish(self.topics.infer, result)
             self.counts["published"] += 1
         changed = not separate and self.scene.changed(frame.image)
-        label = self.sorter.update(result["label"], result["unsure"], now, separate=separate, changed=changed)
+        label = self.sorter.update(
+            result["label"],
+            result["unsure"],
+            now,
+            confidence=result["confidence"],
+            separate=separate,
+            changed=changed,
+        )
         command = self.command(label, result) if label is not None else None
         seen = {**result, "command": command, "skipped": self.counts["skipped"]}
         for hook in self.hooks:

@@ -42,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.6, help="below this confidence a result is unsure")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--publish-rate", type=float, default=2.0, help="infer messages/s from a camera/stream")
-    p.add_argument("--debounce", type=int, default=5, help="frames a label must hold for a sort command")
+    p.add_argument("--debounce", type=int, default=5, help="sure frames an item lasts before its command")
     p.add_argument("--sort-ms", type=float, default=500.0, help="or milliseconds (two frames at least)")
     p.add_argument("--sort-gap", type=int, default=2, help="unsure frames in a row that end an item")
     p.add_argument(

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from trashsorter_edge.frames import from_array
+from trashsorter_edge.install import camera_kind
 from trashsorter_edge.preprocessing import IMAGE_EXTENSIONS, UndecodableImage, decode
 
 StatusCallback = Callable[[dict[str, Any]], None]
@@ -112,18 +113,6 @@ class Capture(Protocol):
     def read(self) -> tuple[bool, Any]: ...
 
     def release(self) -> None: ...
-
-
-def camera_kind(spec: str) -> str:
-    """``v4l2`` (``0``, ``/dev/video0``), ``picamera2`` (``picamera2``, ``picamera2:1``), ``gstreamer`` (a
-    pipeline: ``gst:...`` or anything with `` ! ``), ``stream`` (``rtsp://``, ``http://``...) or ``file``."""
-    if spec.isdigit() or spec.startswith("/dev/video"):
-        return "v4l2"
-    if spec == "picamera2" or spec.startswith("picamera2:"):
-        return "picamera2"
-    if spec.startswith("gst:") or " ! " in spec:
-        return "gstreamer"
-    return "stream" if "://" in spec else "file"
 
 
 class PiCamera:

@@ -1,6 +1,7 @@
 """Cameras: which backend a source names, a Raspberry Pi camera through picamera2 (a stand-in module: no Pi
 camera here), a GStreamer pipeline on an OpenCV without GStreamer, and the Install step's advice when the
-component's user cannot open /dev/video*."""
+component's user cannot open /dev/video* (only the devices the configured source opens, and one that is not
+there named)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from trashsorter_edge.install import camera_access
+from trashsorter_edge.install import camera_access, camera_devices
 from trashsorter_edge.sources import LatestFrame, SourceError, VideoSource, camera_kind, open_source
 
 
@@ -101,3 +102,23 @@ def test_install_says_which_group_the_user_needs(tmp_path: Path) -> None:
     assert str(device) in advice
     assert camera_access([device], uid=4242, gids=[4242, video]) is None  # in the group: fine
     assert camera_access([], uid=4242, gids=[]) is None  # no camera: nothing to say
+
+
+def test_install_checks_the_devices_the_configured_source_opens(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for name in ("video0", "video1", "media0"):
+        (dev / name).write_bytes(b"")
+    every = [dev / "video0", dev / "video1"]
+    assert camera_devices("1", dev) == [dev / "video1"]
+    assert camera_devices("7", dev) == [dev / "video7"]  # not there: the check names it
+    assert camera_devices("/dev/video2", dev) == [Path("/dev/video2")]
+    assert camera_devices("picamera2", dev) == [*every, dev / "media0"]  # libcamera opens both kinds
+    pipeline = "v4l2src device=/dev/video3 ! videoconvert ! appsink"
+    assert camera_devices(pipeline, dev) == [Path("/dev/video3")]
+    assert camera_devices("gst:nvarguscamerasrc ! nvvidconv ! appsink", dev) == every
+    for no_camera in ("rtsp://cam/1", "http://cam/mjpg", "photos", "bins.avi"):
+        assert camera_devices(no_camera, dev) == []
+    assert camera_devices("", dev) == every  # the source is not known: every camera
+    advice = camera_access([dev / "video0", dev / "video7"], uid=0, gids=[0])
+    assert advice is not None and f"no camera at {dev / 'video7'}" in advice and "video0" not in advice

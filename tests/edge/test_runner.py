@@ -156,3 +156,19 @@ def test_the_edge_app_takes_the_bundle_or_its_tarball_and_a_relative_source(
     assert ids == ["job-1", "job-1", "job-7"]
     assert cli.main(["--model", "photos", "--source", "photos", "--once"]) == 1  # not a model: a clear error
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_install_checks_the_camera_the_configuration_names(bundle_dir: Path, tmp_path: Path) -> None:
+    """The configured ``Source`` reaches the Install step's camera check through the environment (the
+    recipe's ``Setenv``, then the launcher), never as shell text: the check names that device and only it."""
+    marker = tmp_path / "pwned"
+    hostile = f"/dev/video9'; touch {marker}; echo '"
+    seen = []
+    for source in ("7", hostile, str(tmp_path)):  # a camera that is not there, shell text, a folder
+        runner = ComponentRunner(bundle_dir, tmp_path / "nucleus", configuration={"Source": source})
+        runner.log_path.unlink(missing_ok=True)
+        runner.install()  # a missing camera is a warning: the Install step succeeds
+        seen.append(runner.log_path.read_text())
+    assert "WARNING: no camera at /dev/video7 " in seen[0]
+    assert f"WARNING: no camera at {hostile} " in seen[1] and not marker.exists()
+    assert "camera" not in seen[2]  # a folder needs no camera device

@@ -1,6 +1,7 @@
-"""The sort-command rule on scripted sequences of classifications: one command per item, none for unsure
-frames, a flicker or a held label, files as items of their own, and a new object (a scene change) as a
-new item even with the same label."""
+"""The sort-command rule on scripted sequences of classifications: one command per item (a flickering item:
+one, with its majority label), none for unsure frames, a glimpse, a flicker inside a commanded item or a held
+label, files as items of their own, and a new object (a scene change) as a new item even with the same
+label."""
 
 from __future__ import annotations
 
@@ -55,10 +56,54 @@ def test_a_flicker_is_not_a_flood_and_a_change_of_label_is_a_new_item() -> None:
     rule = SortRule(frames=3, ms=0, gap=2)
     # A A A (command) B (flicker) A A A: the same item, nothing more
     assert play(rule, [C, C, C, R, C, C, C, C]) == [C]
-    # a label that flips every frame never holds: nothing
-    assert play(SortRule(frames=3, ms=0, gap=2), [C, R] * 30) == []
     # a real change of label (held) is a new item
     assert play(SortRule(frames=3, ms=0, gap=2), [C] * 4 + [L] * 4 + [C] * 4) == [C, L, C]
+
+
+def test_an_item_whose_label_flips_every_frame_gets_one_command_with_its_majority_label() -> None:
+    # 60 frames, never two of a label in a row: one command, at the item's 3rd frame (C, R, C: C twice)
+    rule = SortRule(frames=3, ms=0, gap=2)
+    fired = [rule.update(label, False, i / 30) for i, label in enumerate([C, R] * 30)]
+    assert [f for f in fired if f] == [C] and fired[2] == C
+    # the majority wins even when the item starts with the minority label: R, C, C, R, C, C, ...
+    assert play(SortRule(frames=5, ms=0, gap=2), [R, C, C] * 20) == [C]
+    # the 500 ms rule takes the majority too: 2 frames a second, R C C R C C ... fires at the 2nd frame
+    # (R and C tie 1:1 at 500 ms; C comes with the higher mean confidence)
+    rule = SortRule(frames=5, ms=500, gap=2)
+    confidence = {C: 0.9, R: 0.7}
+    fired = [rule.update(x, False, i / 2, confidence=confidence[x]) for i, x in enumerate([R, C, C] * 4)]
+    assert [f for f in fired if f] == [C] and fired[1] == C
+
+
+def test_a_tie_goes_to_the_label_with_the_higher_mean_confidence() -> None:
+    for r_conf, c_conf, winner in ((0.9, 0.7, R), (0.7, 0.9, C)):
+        rule = SortRule(frames=4, ms=0, gap=2)
+        confidence = {C: c_conf, R: r_conf}
+        fired = [rule.update(x, False, i / 30, confidence=confidence[x]) for i, x in enumerate([C, R] * 10)]
+        assert [f for f in fired if f] == [winner] and fired[3] == winner
+
+
+def test_a_flickering_item_then_a_scene_change_is_two_items_one_command_each() -> None:
+    rule = SortRule(frames=3, ms=0, gap=2)
+    first = [(C, False), (R, False)] * 5  # majority C (C first: 2 of 3 at frame 3)
+    second = [(R, True)] + [(C, False), (R, False)] * 5  # a new object: R, C, R, ...: majority R
+    fired = [rule.update(x, False, i / 30, changed=changed) for i, (x, changed) in enumerate(first + second)]
+    assert [f for f in fired if f] == [C, R] and fired[2] == C and fired[12] == R
+    # a flicker, then a scene change, then nothing: only the first item's command
+    rule = SortRule(frames=3, ms=0, gap=2)
+    fired = [rule.update(x, False, i / 30) for i, x in enumerate([C, R] * 5)]
+    fired.append(rule.update(C, True, 10 / 30, changed=True))  # the scene changed to the background
+    fired += [rule.update(C, True, (11 + i) / 30) for i in range(20)]  # unsure frames only
+    assert [f for f in fired if f] == [C]
+
+
+def test_an_unsure_only_item_and_a_glimpse_get_no_command() -> None:
+    rule = SortRule(frames=5, ms=500, gap=2)
+    # an item seen only with unsure frames (with scene changes between): nothing, whatever its labels say
+    fired = [rule.update([C, R][i % 2], True, i / 30, changed=i % 7 == 0) for i in range(70)]
+    assert [f for f in fired if f] == []
+    # a glimpse: two confident frames between unsure gaps, shorter than 5 frames and 500 ms: nothing
+    assert play(SortRule(frames=5, ms=500, gap=2), [U, U, C, R, U, U, R, U, U] * 5) == []
 
 
 def test_files_are_items_of_their_own() -> None:

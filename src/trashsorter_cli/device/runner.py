@@ -8,7 +8,8 @@ It does what a nucleus does with a local deployment, for the parts trashsorter's
 * unarchives ``Unarchive: ZIP`` artifacts into the decompressed path (regular files only, no escapes);
 * runs ``Install`` (in the component's work directory, ``Setenv`` applied, the step's ``Timeout``: 120 s
   unless the recipe says otherwise; a failed or timed-out Install is ERRORED and retried, the third error is
-  BROKEN), then ``Run`` as a child process; :meth:`ComponentRunner.stop` sends
+  BROKEN; its stdout and stderr go to ``<root>/logs/<ComponentName>.log``, as a nucleus writes them), then
+  ``Run`` as a child process; :meth:`ComponentRunner.stop` sends
   SIGTERM and runs ``Shutdown``;
 * applies what a core enforces (:mod:`trashsorter_cli.device.core_rules`): the component's ``accessControl``
   read with the nucleus's ``interpolateComponentConfiguration`` (false unless the caller says otherwise), and
@@ -142,6 +143,7 @@ class ComponentRunner:
         root = Path(work_root).resolve()
         self.work_path = root / "work" / self.name
         self.decompressed_path = root / "artifacts-unarchived" / self.name / self.version
+        self.log_path = root / "logs" / f"{self.name}.log"  # a nucleus's <root>/logs/<ComponentName>.log
         self.extra_env = dict(env or {})
         self.nucleus = nucleus or NucleusSettings()
         self.access_control = effective_access_control(self.configuration, thing, self.nucleus)
@@ -219,6 +221,9 @@ class ComponentRunner:
             except subprocess.TimeoutExpired:
                 why = f"did not finish within its timeout of {limit:g} s"
                 continue
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a", encoding="utf-8") as log:  # the step's stdout and stderr
+                log.write(done.stdout + done.stderr)
             if done.returncode == 0:
                 return
             why = f"failed ({done.returncode}): {done.stderr[-2000:]}"

@@ -66,7 +66,8 @@ def extract_model(archive: Path, target: Path) -> None:
 def install(work: Path, artifacts: Path) -> int:
     outputs = str(config("Output", "jsonl"))
     command = [sys.executable, str(HERE / "trashsorter_edge" / "install.py"), str(work), "--outputs", outputs]
-    code = subprocess.run(command, check=False).returncode
+    camera = {"TRASHSORTER_EDGE_SOURCE": str(config("Source", "0"))}  # which device install.py checks
+    code = subprocess.run(command, check=False, env={**os.environ, **camera}).returncode
     if code != 0:
         return code
     staged = work / "model.next"
