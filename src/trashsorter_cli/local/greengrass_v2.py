@@ -35,6 +35,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trashsorter_cli.local import greengrass_v2_state
+from trashsorter_cli.local.greengrass_v2_state import PlaneStore
+
 LOG = logging.getLogger(__name__)
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -50,6 +53,7 @@ FINAL_STATUSES = ("SUCCEEDED", "FAILED", "COMPLETED", "TIMED_OUT", "CANCELED", "
 # The results that send a "Greengrass V2 Effective Deployment Status Change" event (Developer Guide, "Get
 # deployment and component health status notifications").
 EVENT_STATUSES = ("FAILED", "SUCCEEDED", "COMPLETED", "REJECTED", "CANCELED")
+UNFINISHED = ("QUEUED", "IN_PROGRESS")  # a deployment a core device has received and not finished
 
 
 class ServiceError(Exception):
@@ -151,7 +155,7 @@ class CoreConnection:
     """A core device connected to the control plane: its thing, and how a deployment reaches it."""
 
     thing: str
-    deliver: Callable[[dict[str, Any]], None]
+    deliver: Callable[[dict[str, Any]], None] | None  # None: known (restored state), not connected now
     platform: str = "linux"
     architecture: str = "amd64"
     core_version: str = "2.12.0"
@@ -174,29 +178,50 @@ class ControlPlane:
         self.components: dict[str, dict[str, ComponentVersion]] = {}
         self.deployments: dict[str, Deployment] = {}
         self.cores: dict[str, CoreConnection] = {}
-        self._tokens: dict[str, tuple[str, Any]] = {}
+        self.tokens: dict[str, tuple[str, Any]] = {}
         self.group_members = group_members or _moto_group_members
         self.s3_exists = s3_exists or _moto_s3_exists
         self.emit = emit or _moto_put_event
+        self.store: PlaneStore | None = None
 
     def reset(self) -> None:
         with self._lock:
+            self.store = None
             self.components.clear()
             self.deployments.clear()
             self.cores.clear()
-            self._tokens.clear()
+            self.tokens.clear()
+
+    def attach(self, store: PlaneStore) -> bool:
+        """Restore the state ``store`` holds (the plane must be empty) and write every later change to it;
+        False when it held none."""
+        with self._lock:
+            if self.components or self.deployments or self.cores:
+                raise RuntimeError("the Greengrass v2 control plane already holds state")
+            found = store.read(self)
+            self.store = store
+            return found
+
+    def detach(self) -> None:
+        with self._lock:
+            self.store = None
+
+    def _changed(self) -> None:
+        """After a change (lock held): the whole state to the attached store."""
+        if self.store is not None:
+            self.store.write(greengrass_v2_state.dump(self))
 
     # -------------------------------------------------------------------------------------- components
     def _idempotent(self, token: str | None, fingerprint: str, make: Callable[[], Any]) -> Any:
         if not token:
             return make()
-        seen = self._tokens.get(token)
+        seen = self.tokens.get(token)
         if seen is not None:
             if seen[0] != fingerprint:
                 raise ServiceError(409, "ConflictException", "the client token was used with another request")
             return seen[1]
         result = make()
-        self._tokens[token] = (fingerprint, result)
+        self.tokens[token] = (fingerprint, result)
         return result
 
     def create_component_version(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -225,6 +250,7 @@ class ControlPlane:
                 return self._version_answer(item)
 
             result: dict[str, Any] = self._idempotent(body.get("clientToken"), raw.hex(), make)
+            self._changed()
             return result
 
     @staticmethod
@@ -356,6 +382,7 @@ class ControlPlane:
 
             fingerprint = json.dumps({k: v for k, v in body.items() if k != "clientToken"}, sort_keys=True)
             result: dict[str, Any] = self._idempotent(body.get("clientToken"), fingerprint, make)
+            self._changed()
             return result
 
     def _queue(self, thing: str, deployment: Deployment) -> None:
@@ -375,6 +402,12 @@ class ControlPlane:
             "statusDetails": {"errorStack": [], "errorTypes": []},
         }
         core.effective[deployment.deployment_id] = record
+        self._deliver(core, deployment)
+
+    def _deliver(self, core: CoreConnection, deployment: Deployment) -> None:
+        if core.deliver is None:
+            return  # known from the restored state, not connected: it gets the deployment when it connects
+        thing = core.thing
         document = {**deployment.describe(), "recipes": self._recipes(deployment)}
         threading.Thread(
             target=core.deliver, args=(document,), name=f"gg-deliver-{thing}", daemon=True
@@ -412,6 +445,7 @@ class ControlPlane:
             if deployment.status != "ACTIVE":
                 raise ServiceError(409, "ConflictException", f"deployment {deployment_id} is not active")
             deployment.status = "CANCELED"
+            self._changed()
         return {"message": "CANCELED"}
 
     # ------------------------------------------------------------------------------------ core devices
@@ -428,8 +462,14 @@ class ControlPlane:
             for deployment in self.deployments.values():
                 kind, name = _TARGET.match(deployment.target_arn).groups()  # type: ignore[union-attr]
                 member = name in groups if kind == "thinggroup" else name == core.thing
-                if member and deployment.latest and deployment.deployment_id not in core.effective:
+                if not member or not deployment.latest:
+                    continue
+                record = core.effective.get(deployment.deployment_id)
+                if record is None:
                     self._queue(core.thing, deployment)
+                elif record["coreDeviceExecutionStatus"] in UNFINISHED:  # a restarted core resumes it
+                    self._deliver(core, deployment)
+            self._changed()
 
     def report(
         self,
@@ -457,6 +497,7 @@ class ControlPlane:
             if installed is not None:
                 core.installed = dict(installed)
             event = dict(record) if status in EVENT_STATUSES else None
+            self._changed()
         if event is not None:
             try:  # Greengrass sends these events best-effort: a lost one does not fail the report
                 self.emit(status_change_event(thing, event))

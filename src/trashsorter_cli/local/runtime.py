@@ -38,7 +38,15 @@ from typing import IO, Any
 import boto3
 
 from trashsorter import aws
-from trashsorter_cli.local import children, heal, moto_patches, persistence, sagemaker_jobs
+from trashsorter_cli.local import (
+    children,
+    greengrass_v2,
+    greengrass_v2_state,
+    heal,
+    moto_patches,
+    persistence,
+    sagemaker_jobs,
+)
 from trashsorter_cli.local.dispatcher import Dispatcher
 from trashsorter_cli.local.server import (
     DEFAULT_HOST,
@@ -208,6 +216,7 @@ class LocalRuntime:
                 self.device = None
         sagemaker_jobs.uninstall()  # kills running training children
         self.server.stop()
+        greengrass_v2.PLANE.detach()  # what it holds stays on disk; a later stack starts from the file
         if self.store is not None:
             persistence.detach(self.store)
             self.store.close()
@@ -289,13 +298,16 @@ class LocalRuntime:
         )
 
     def _restore_state(self) -> None:
-        """Load the state of ``<state dir>/state`` into moto (no notifications), then journal every change."""
+        """Load the state of ``<state dir>/state`` into moto (no notifications), then journal every change;
+        the Greengrass v2 control plane's state likewise (``greengrass_v2_state``)."""
         buckets, tables = self._persisted()
         self.store = persistence.Store(persistence.state_root(self.state_dir))
         restored = persistence.restore(self.store, region=self.region, buckets=buckets, tables=tables)
         self.restored, self._live = restored.counts, restored.live
         self.store.open()
         persistence.attach(self.store, buckets=buckets, tables=tables)
+        plane_file = greengrass_v2_state.state_file(persistence.state_root(self.state_dir), self.stack_name)
+        greengrass_v2.PLANE.attach(greengrass_v2_state.PlaneStore(plane_file))
 
     def _start_device(self) -> str:
         from trashsorter_cli.device.server import LocalDevice, clear_iot_messages
