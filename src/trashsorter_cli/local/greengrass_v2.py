@@ -183,6 +183,7 @@ class ControlPlane:
         self.s3_exists = s3_exists or _moto_s3_exists
         self.emit = emit or _moto_put_event
         self.store: PlaneStore | None = None
+        self.clock: Callable[[], float] = time.time
 
     def reset(self) -> None:
         with self._lock:
@@ -242,7 +243,7 @@ class ControlPlane:
                         f"component {recipe['ComponentName']} version {recipe['ComponentVersion']} already "
                         "exists; component versions are immutable",
                     )
-                item = ComponentVersion(recipe, raw, time.time())
+                item = ComponentVersion(recipe, raw, self.clock())
                 missing = [uri for uri in _artifact_uris(recipe) if not self.s3_exists(uri)]
                 if missing:
                     item.state, item.message = "FAILED", f"cannot read the artifacts {', '.join(missing)}"
@@ -341,6 +342,9 @@ class ControlPlane:
         policies = body.get("deploymentPolicies") or {}
         if policies.get("failureHandlingPolicy", "ROLLBACK") not in FAILURE_POLICIES:
             raise _validation(f"failureHandlingPolicy must be one of {FAILURE_POLICIES}")
+        timeout = in_progress_timeout_s(body)
+        if timeout is not None and not 60 <= timeout <= 10080 * 60:
+            raise _validation("timeoutConfig.inProgressTimeoutInMinutes must lie in 1..10080 (7 days)")
         update = policies.get("componentUpdatePolicy") or {}
         if update and update.get("action", "NOTIFY_COMPONENTS") not in UPDATE_ACTIONS:
             raise _validation(f"componentUpdatePolicy.action must be one of {UPDATE_ACTIONS}")
@@ -370,7 +374,7 @@ class ControlPlane:
                 revision = 1 + max(
                     (d.revision for d in self.deployments.values() if d.target_arn == target), default=0
                 )
-                deployment = Deployment(str(uuid.uuid4()), target, revision, dict(body), time.time())
+                deployment = Deployment(str(uuid.uuid4()), target, revision, dict(body), self.clock())
                 self.deployments[deployment.deployment_id] = deployment
                 for thing in things:
                     self._queue(thing, deployment)
@@ -397,8 +401,8 @@ class ControlPlane:
             "targetArn": deployment.target_arn,
             "coreDeviceExecutionStatus": "QUEUED",
             "reason": "",
-            "creationTimestamp": time.time(),
-            "modifiedTimestamp": time.time(),
+            "creationTimestamp": self.clock(),
+            "modifiedTimestamp": self.clock(),
             "statusDetails": {"errorStack": [], "errorTypes": []},
         }
         core.effective[deployment.deployment_id] = record
@@ -486,13 +490,17 @@ class ControlPlane:
             record = core.effective.get(deployment_id)
             if record is None:
                 raise KeyError(deployment_id)
+            self._time_out(core)
+            if record["coreDeviceExecutionStatus"] == "TIMED_OUT":  # a terminal job execution: IoT refuses
+                LOG.warning("%s reported %s on %s after it timed out: ignored", thing, status, deployment_id)
+                return
             record.update(
                 coreDeviceExecutionStatus=status,
                 reason=reason,
-                modifiedTimestamp=time.time(),
+                modifiedTimestamp=self.clock(),
                 statusDetails={"errorStack": list(error_stack or []), "errorTypes": []},
             )
-            core.updated = time.time()
+            core.updated = self.clock()
             core.status = "UNHEALTHY" if status == "FAILED" else "HEALTHY"
             if installed is not None:
                 core.installed = dict(installed)
@@ -509,6 +517,7 @@ class ControlPlane:
             core = self.cores.get(thing)
             if core is None:
                 raise _not_found(f"core device {thing} does not exist")
+            self._time_out(core)
             records = sorted(core.effective.values(), key=lambda r: r["creationTimestamp"], reverse=True)
             return {"effectiveDeployments": [dict(r) for r in records]}
 
@@ -528,13 +537,39 @@ class ControlPlane:
                 "tags": {},
             }
 
+    def _time_out(self, core: CoreConnection) -> None:
+        """A deployment ``IN_PROGRESS`` on the core for longer than its IoT job's
+        ``timeoutConfig.inProgressTimeoutInMinutes`` is ``TIMED_OUT`` (the timer starts at ``IN_PROGRESS``;
+        a ``QUEUED`` one, on a core that never took it, never times out). No status change event is sent."""
+        for deployment_id, record in core.effective.items():
+            deployment = self.deployments.get(deployment_id)
+            if record["coreDeviceExecutionStatus"] != "IN_PROGRESS" or deployment is None:
+                continue
+            timeout = in_progress_timeout_s(deployment.request)
+            started = float(record["modifiedTimestamp"])
+            if timeout is not None and self.clock() >= started + timeout:
+                record.update(
+                    coreDeviceExecutionStatus="TIMED_OUT",
+                    reason=f"the deployment did not complete within {timeout / 60:g} minutes",
+                    modifiedTimestamp=started + timeout,
+                )
+                self._changed()
+
     def list_core_devices(self, group_arn: str | None) -> dict[str, Any]:
+        """Every core device; with ``group_arn`` only those that have *successfully* deployed a deployment
+        targeting that group (API Reference ``ListCoreDevices``: one removed from the group stays listed; one
+        that never completed a deployment of the group is not)."""
         with self._lock:
-            things = sorted(self.cores)
-        if group_arn:
-            match = _TARGET.match(group_arn)
-            members = set(self.group_members(match.group(2)) or []) if match else set()
-            things = [t for t in things if t in members]
+            things = sorted(
+                thing
+                for thing, core in self.cores.items()
+                if not group_arn
+                or any(
+                    r["targetArn"] == group_arn
+                    and r["coreDeviceExecutionStatus"] in ("SUCCEEDED", "COMPLETED")
+                    for r in core.effective.values()
+                )
+            )
         return {"coreDevices": [self.get_core_device(t) for t in things]}
 
     def installed_components(self, thing: str) -> dict[str, Any]:
@@ -548,6 +583,14 @@ class ControlPlane:
                     for n, v in sorted(core.installed.items())
                 ]
             }
+
+
+def in_progress_timeout_s(request: Mapping[str, Any]) -> float | None:
+    """The deployment's IoT job ``timeoutConfig.inProgressTimeoutInMinutes`` in seconds (``None``: none)."""
+    minutes = ((request.get("iotJobConfiguration") or {}).get("timeoutConfig") or {}).get(
+        "inProgressTimeoutInMinutes"
+    )
+    return float(minutes) * 60 if minutes else None
 
 
 def _semver_key(version: str) -> tuple[int, ...]:
