@@ -1,7 +1,7 @@
 """Package handler: "SageMaker Training Job State Change" (EventBridge) -> gate, package, register, deploy;
 "Greengrass V2 Effective Deployment Status Change" -> the core device's result on the deployment record;
-"Check Core Device Results" (its schedule) -> the core devices that did not report once the deployment's timeout
-has passed.
+"Check Core Device Results" (its schedule) -> the core devices that did not report once the deployment's
+timeout has passed.
 
 Outcomes (``deployed``, ``registered``, ``rejected``, ``failed``, ``stopped``, ``duplicate``, ``ignored``,
 ``refused`` - an event DescribeTrainingJob contradicts) are returned and counted; a gated-out model or a

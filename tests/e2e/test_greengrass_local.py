@@ -20,6 +20,7 @@ import pytest
 from tests.support.cli import run_cli
 from tests.support.fixtures.model_artifacts import tar_bytes
 from tests.support.stack import SAMPLES_DIR as SAMPLES
+from tests.support.stack import tiny_training
 from tests.support.waiting import wait_for
 from trashsorter import registry, runs
 from trashsorter_cli.commands.pipeline import device_request
@@ -36,17 +37,7 @@ USERS_SPEC = {"componentVersion": "1.2.0", "configurationUpdate": {"merge": '{"P
 
 @pytest.fixture(scope="module")
 def local_stack(local_stack_factory: Any) -> Iterator[LocalRuntime]:
-    yield local_stack_factory(
-        {
-            "MinImagesPerLabel": str(PER_LABEL),
-            "MinNewImages": "1",
-            "HyperparameterOverrides": json.dumps(
-                {"epochs": "1", "image_shape": "3,96,96", "local_views": "1"}
-            ),
-            "MinValidationAccuracy": "0.0",
-        },
-        device=True,
-    )
+    yield local_stack_factory(tiny_training(PER_LABEL), device=True)
 
 
 def aws_cli(runtime: LocalRuntime, *args: str) -> dict[str, Any]:

@@ -38,8 +38,8 @@ WILDCARD_ALLOWLIST: dict[tuple[str, str], str] = {
         "condition to /aws/sagemaker/TrainingJobs"
     ),
     ("PackageFunctionRole", "ListEdgeCoreDevices"): (
-        "greengrass:ListCoreDevices has no resource-level permissions (IAM: resource type '*' only); only with "
-        "EdgeThingGroupArn, and the function lists only that group's core devices"
+        "greengrass:ListCoreDevices has no resource-level permissions (IAM: resource type '*' only); only "
+        "with EdgeThingGroupArn, and the function lists only that group's core devices"
     ),
     ("EncryptionKey", "AccountAdmin"): (
         "KMS key policy: Resource '*' means 'this key'; the account root delegates to IAM "

@@ -85,6 +85,7 @@ def dump(plane: ControlPlane) -> dict[str, Any]:
 def load(plane: ControlPlane, data: Any, path: Path) -> None:
     """Put a :func:`dump` back into ``plane`` (which is empty); a malformed one is a ConfigurationError."""
     from trashsorter_cli.local import greengrass_v2 as gg
+    from trashsorter_cli.local import greengrass_v2_components as components
 
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
@@ -92,7 +93,7 @@ def load(plane: ControlPlane, data: Any, path: Path) -> None:
     try:
         for entry in data["components"]:
             raw = base64.b64decode(entry["recipe"])
-            item = gg.ComponentVersion(gg.parse_recipe(raw), raw, float(entry["created"]))
+            item = components.ComponentVersion(components.parse_recipe(raw), raw, float(entry["created"]))
             item.state, item.message = str(entry["state"]), str(entry["message"])
             plane.components.setdefault(item.name, {})[item.version] = item
         for entry in data["deployments"]:
@@ -111,7 +112,7 @@ def load(plane: ControlPlane, data: Any, path: Path) -> None:
             plane.cores[core.thing] = core
         for token, (fingerprint, answer) in dict(data["tokens"]).items():
             plane.tokens[str(token)] = (str(fingerprint), answer)
-    except (KeyError, TypeError, ValueError, gg.ServiceError) as exc:
+    except (KeyError, TypeError, ValueError, components.ServiceError) as exc:
         raise _unreadable(path, f"{type(exc).__name__}: {exc}") from exc
 
 

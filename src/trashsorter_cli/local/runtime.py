@@ -46,6 +46,7 @@ from trashsorter_cli.local import (
     moto_patches,
     persistence,
     sagemaker_jobs,
+    schedules,
 )
 from trashsorter_cli.local.dispatcher import Dispatcher
 from trashsorter_cli.local.server import (
@@ -121,6 +122,7 @@ class LocalRuntime:
         self.server = MotoServer(host, self.port)
         self.stack: LocalStack | None = None
         self.dispatcher: Dispatcher | None = None
+        self.scheduler: schedules.Scheduler | None = None
         self.device: Any = None
         self.device_url = ""
         self.state: LocalState | None = None
@@ -176,6 +178,7 @@ class LocalRuntime:
                 wait_time=self.wait_time,
             )
             self.dispatcher.start()
+            self.scheduler = self._start_schedules()
             environments = {fn: self.stack.function_env(fn) for fn in self.stack.functions}
             for fn, extra in env_overrides.items():
                 environments[fn].update(extra)
@@ -203,8 +206,11 @@ class LocalRuntime:
             raise
 
     def stop(self) -> None:
-        """Dispatcher (lets a running handler finish) -> child processes (trainer) -> device -> server ->
-        state file -> environment."""
+        """Schedules -> dispatcher (lets a running handler finish) -> child processes (trainer) -> device ->
+        server -> state file -> environment."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
         if self.dispatcher is not None:
             self.dispatcher.stop(timeout=30)
             self.dispatcher = None
@@ -335,6 +341,18 @@ class LocalRuntime:
         if group.endswith(f":thinggroup/{LOCAL_THING_GROUP}"):
             self.device.connect(LOCAL_THING_GROUP)
         return str(self.device.url)
+
+    def _start_schedules(self) -> schedules.Scheduler:
+        """The template's Schedule rules, fired as EventBridge fires them (moto does not)."""
+        stack, sqs = self.stack, self.client("sqs")
+        assert stack is not None
+
+        def send(schedule: schedules.Schedule) -> None:
+            sqs.send_message(
+                QueueUrl=stack.queue_url(schedule.queue_logical_id), MessageBody=schedule.payload
+            )
+
+        return schedules.Scheduler(schedules.from_template(load_template()), send).start()
 
     def _local_thing_group(self) -> str:
         """The local endpoint's thing group with the local core device in it; its ARN."""
