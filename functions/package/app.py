@@ -1,5 +1,7 @@
 """Package handler: "SageMaker Training Job State Change" (EventBridge) -> gate, package, register, deploy;
-"Greengrass V2 Effective Deployment Status Change" -> the core device's result on the deployment record.
+"Greengrass V2 Effective Deployment Status Change" -> the core device's result on the deployment record;
+"Check Core Device Results" (its schedule) -> the core devices that did not report once the deployment's
+timeout has passed.
 
 Outcomes (``deployed``, ``registered``, ``rejected``, ``failed``, ``stopped``, ``duplicate``, ``ignored``,
 ``refused`` - an event DescribeTrainingJob contradicts) are returned and counted; a gated-out model or a
@@ -15,7 +17,12 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from trashsorter.completion import handle_training_state_change
-from trashsorter.deploy.device_results import parse_status_change, record_device_result
+from trashsorter.deploy.device_results import (
+    check_unreported,
+    is_check,
+    parse_status_change,
+    record_device_result,
+)
 from trashsorter.deploy.orchestrate import PackageOutcome
 from trashsorter.events import parse_training_state_change
 from trashsorter.observability import MetricUnit, logger, metrics, tracer
@@ -34,6 +41,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name=f"device_result_{result.outcome}", unit=MetricUnit.Count, value=1)
         logger.info("core device result", extra=result.as_dict())
         return result.as_dict()
+    if is_check(event):  # the schedule: core devices that never reported on the current deployment
+        checked = check_unreported(SETTINGS)
+        metrics.add_metric(name=f"device_check_{checked.outcome}", unit=MetricUnit.Count, value=1)
+        logger.info("core devices checked", extra=checked.as_dict())
+        return checked.as_dict()
     change = parse_training_state_change(event)
     if change is None:
         logger.warning("not a training job state change", extra={"source": event.get("source")})

@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.support.cli import run_cli as cli
 from tests.support.stack import SAMPLES_DIR as SAMPLES
+from tests.support.stack import tiny_training
 from tests.support.waiting import wait_for as wait
 from trashsorter import registry, runs
 from trashsorter.catalogue import Catalogue
@@ -32,17 +33,7 @@ UNSEEN = 2
 
 @pytest.fixture(scope="module")
 def local_stack(local_stack_factory: Any) -> Iterator[LocalRuntime]:
-    yield local_stack_factory(
-        {
-            "MinImagesPerLabel": str(PER_LABEL),
-            "MinNewImages": "1",
-            "HyperparameterOverrides": json.dumps(
-                {"epochs": "1", "image_shape": "3,96,96", "local_views": "1"}
-            ),
-            "MinValidationAccuracy": "0.0",
-        },
-        device=True,
-    )
+    yield local_stack_factory(tiny_training(PER_LABEL), device=True)
 
 
 @pytest.fixture(scope="module")

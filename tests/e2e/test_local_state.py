@@ -308,3 +308,60 @@ def test_the_device_serves_the_champion_the_restored_registry_names(
         lambda: device_status(third).get("model_id") == model_id and device_status(third), 600, "redeployed"
     )
     assert status["deployment_id"] != served["deployment_id"], status
+
+
+@pytest.mark.slow
+def test_the_greengrass_v2_control_plane_survives_a_restart_and_the_next_deployment_merges(
+    tmp_path: Path, started: list[LocalRuntime]
+) -> None:
+    from trashsorter.deploy import greengrass_v2
+    from trashsorter_cli.device.server import THING_NAME
+    from trashsorter_cli.local.runtime import LOCAL_THING_GROUP
+
+    def start() -> LocalRuntime:
+        runtime = LocalRuntime(port=None, stack_name="ts-e2e-gg", state_path=tmp_path / "local.json",
+                               device=True, retry_delay=1)  # fmt: skip
+        started.append(runtime)
+        runtime.start()
+        return runtime
+
+    def result(runtime: LocalRuntime, deployment_id: str) -> str:
+        rows = runtime.client("greengrassv2").list_effective_deployments(coreDeviceThingName=THING_NAME)
+        row = next((r for r in rows["effectiveDeployments"] if r["deploymentId"] == deployment_id), {})
+        return str(row.get("coreDeviceExecutionStatus", ""))
+
+    def answer(response: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in response.items() if k != "ResponseMetadata"}
+
+    def recipe(name: str) -> bytes:
+        body = {"RecipeFormatVersion": "2020-01-25", "ComponentName": name, "ComponentVersion": "1.0.0"}
+        return json.dumps(body).encode()
+
+    first = start()
+    v2 = first.client("greengrassv2")
+    group = first.client("iot").describe_thing_group(thingGroupName=LOCAL_THING_GROUP)["thingGroupArn"]
+    v2.create_component_version(inlineRecipe=recipe("com.example.Actuator"))
+    spec = {"componentVersion": "1.0.0", "configurationUpdate": {"merge": '{"Pin": 17}'}}
+    deployed = v2.create_deployment(targetArn=group, components={"com.example.Actuator": spec})
+    wait_for(lambda: result(first, deployed["deploymentId"]) == "SUCCEEDED", 120, "the local core's result")
+    before = (
+        v2.list_components()["components"],
+        answer(v2.get_deployment(deploymentId=deployed["deploymentId"])),
+    )
+    first.stop()
+
+    second = start()
+    v2 = second.client("greengrassv2")
+    assert v2.list_components()["components"] == before[0]
+    assert answer(v2.get_deployment(deploymentId=deployed["deploymentId"])) == before[1]
+    assert result(second, deployed["deploymentId"]) == "SUCCEEDED"
+    v2.create_component_version(inlineRecipe=recipe("com.example.Other"))
+    current = greengrass_v2.current_deployment(v2, group)
+    ours = {"com.example.Other": {"componentVersion": "1.0.0"}}
+    merged = v2.create_deployment(
+        **greengrass_v2.deployment_request(current, ours, target_arn=group, name="n")
+    )
+    revision = v2.get_deployment(deploymentId=merged["deploymentId"])
+    assert revision["revisionId"] == "2" and revision["components"]["com.example.Actuator"] == spec
+    assert set(revision["components"]) == {"com.example.Actuator", "com.example.Other"}
+    wait_for(lambda: result(second, merged["deploymentId"]) == "SUCCEEDED", 120, "the merged deployment")

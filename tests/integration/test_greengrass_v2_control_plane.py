@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.support.waiting import wait_for
 from trashsorter.deploy import greengrass_v2
+from trashsorter.errors import ConfigurationError
 from trashsorter.settings import PackageSettings
 from trashsorter_cli.local import greengrass_v2 as control_plane
+from trashsorter_cli.local import greengrass_v2_state
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +157,71 @@ def test_the_package_steps_deployment_keeps_the_users_component_and_its_configur
     merged = json.loads(current["components"]["com.trashsorter.s.classifier"]["configurationUpdate"]["merge"])
     assert merged == {"Inbox": {"Bucket": "images"}, "ModelId": "job-2"}
     assert current["deploymentPolicies"]["failureHandlingPolicy"] == "ROLLBACK"
+
+
+def test_the_state_written_to_its_file_comes_back_in_a_new_plane(v2: Any, group: str, tmp_path: Path) -> None:
+    """What ``local up`` restores after a restart: versions, deployments, core results, client tokens; a core
+    device that reconnects gets the deployment it had not finished."""
+    store = greengrass_v2_state.PlaneStore(tmp_path / "state" / "greengrass_v2-s.json")
+    assert control_plane.PLANE.attach(store) is False  # no file yet: a first start
+    iot = boto3.client("iot", region_name="us-east-1")
+    iot.create_thing(thingName="cam-1")
+    iot.add_thing_to_thing_group(thingGroupName="cameras", thingName="cam-1")
+    control_plane.PLANE.connect(control_plane.CoreConnection("cam-1", deliver=lambda d: None), ["cameras"])
+    spec = _users_component(v2, group)
+    first = greengrass_v2.current_deployment(v2, group)
+    assert first is not None
+    control_plane.PLANE.report(
+        "cam-1", first["deploymentId"], "SUCCEEDED", installed={"com.example.Actuator": "2.1.0"}
+    )
+    v2.create_component_version(inlineRecipe=recipe("com.example.B", "1.0.0"), clientToken="tok-b")
+    queued = v2.create_deployment(
+        targetArn=group, components={**first["components"], "com.example.B": {"componentVersion": "1.0.0"}}
+    )  # cam-1 gets it, does not finish: the process stops
+    before = {
+        "components": v2.list_components()["components"],
+        "deployment": v2.get_deployment(deploymentId=first["deploymentId"]),
+        "effective": v2.list_effective_deployments(coreDeviceThingName="cam-1")["effectiveDeployments"],
+    }
+
+    control_plane.PLANE.reset()  # a new process: an empty plane, then the file
+    assert control_plane.PLANE.attach(greengrass_v2_state.PlaneStore(store.path)) is True
+    assert v2.list_components()["components"] == before["components"]
+    assert v2.get_deployment(deploymentId=first["deploymentId"]) == before["deployment"]
+    effective = v2.list_effective_deployments(coreDeviceThingName="cam-1")["effectiveDeployments"]
+    assert effective == before["effective"]
+    assert [r["coreDeviceExecutionStatus"] for r in effective] == ["QUEUED", "SUCCEEDED"]
+    again = v2.create_component_version(inlineRecipe=recipe("com.example.B", "1.0.0"), clientToken="tok-b")
+    assert again["componentVersion"] == "1.0.0"  # a retry after the restart answers the first result
+    delivered: list[str] = []
+    control_plane.PLANE.connect(
+        control_plane.CoreConnection("cam-1", deliver=lambda d: delivered.append(d["deploymentId"])),
+        ["cameras"],
+    )
+    wait_for(lambda: delivered, 10, "the unfinished deployment delivered again")
+    assert delivered == [queued["deploymentId"]]
+    # a new deployment still merges with the restored one: the user's components stay
+    v2.create_component_version(inlineRecipe=recipe("com.trashsorter.s.classifier", "1.0.1"))
+    current = greengrass_v2.current_deployment(v2, group)
+    ours = {"com.trashsorter.s.classifier": {"componentVersion": "1.0.1"}}
+    v2.create_deployment(**greengrass_v2.deployment_request(current, ours, target_arn=group, name="job-1"))
+    merged = greengrass_v2.current_deployment(v2, group)
+    assert merged is not None and merged["revisionId"] == "3"
+    assert merged["components"]["com.example.Actuator"] == spec
+    assert set(merged["components"]) == {
+        "com.example.Actuator",
+        "com.example.B",
+        "com.trashsorter.s.classifier",
+    }
+
+
+@pytest.mark.parametrize("content", [b'{"components": [', b'{"format": 99}', b"\xff\xfe"])
+def test_an_unreadable_state_file_is_a_clear_error_naming_it(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "greengrass_v2-s.json"
+    path.write_bytes(content)
+    plane = control_plane.ControlPlane()
+    with pytest.raises(
+        ConfigurationError, match=r"cannot read the local Greengrass v2 state .*greengrass_v2-s"
+    ):
+        plane.attach(greengrass_v2_state.PlaneStore(path))
+    assert plane.store is None and not plane.components

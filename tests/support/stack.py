@@ -71,3 +71,14 @@ def mapping() -> dict[str, list[str]]:
     """The demo label -> TrashNet materials mapping (samples/trashnet/mapping.json)."""
     data: dict[str, Any] = json.loads((SAMPLES_DIR / "mapping.json").read_text(encoding="utf-8"))
     return {k: list(v) for k, v in data.items() if not k.startswith("_")}
+
+
+def tiny_training(per_label: int) -> dict[str, str]:
+    """Stack parameters for one quick real training (1 epoch, 96 px) as soon as ``per_label`` photos of each
+    label are in, whatever its accuracy: the e2e tests that need a deployed champion, not a good one."""
+    return {
+        "MinImagesPerLabel": str(per_label),
+        "MinNewImages": "1",
+        "HyperparameterOverrides": json.dumps({"epochs": "1", "image_shape": "3,96,96", "local_views": "1"}),
+        "MinValidationAccuracy": "0.0",
+    }

@@ -37,6 +37,10 @@ WILDCARD_ALLOWLIST: dict[tuple[str, str], str] = {
         "cloudwatch:PutMetricData has no resource-level permissions; limited by the cloudwatch:namespace "
         "condition to /aws/sagemaker/TrainingJobs"
     ),
+    ("PackageFunctionRole", "ListEdgeCoreDevices"): (
+        "greengrass:ListCoreDevices has no resource-level permissions (IAM: resource type '*' only); only "
+        "with EdgeThingGroupArn, and the function lists only that group's core devices"
+    ),
     ("EncryptionKey", "AccountAdmin"): (
         "KMS key policy: Resource '*' means 'this key'; the account root delegates to IAM "
         "(AWS default policy)"
@@ -56,7 +60,11 @@ WILDCARD_ALLOWLIST: dict[tuple[str, str], str] = {
     },
 }
 # Actions that IAM documents without any resource type: only these may sit on a "*" role statement.
-ACTIONS_WITHOUT_RESOURCES = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
+ACTIONS_WITHOUT_RESOURCES = {
+    "ecr:GetAuthorizationToken",
+    "cloudwatch:PutMetricData",
+    "greengrass:ListCoreDevices",
+}
 # AWS managed policies SAM attaches (logging, X-Ray, the SQS poller); they are reviewed by AWS.
 ALLOWED_MANAGED_POLICIES = {
     "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
@@ -421,6 +429,7 @@ def test_eventbridge_dead_letter_policy_names_exactly_the_rules_that_dead_letter
             "PackageFunctionTrainingJobStateChange",
             "PackageFunctionTrainingJobReconciled",
             "PackageFunctionCoreDeviceDeploymentStatusChange",
+            "PackageFunctionCoreDeviceResultsCheck",
         }
     )
     for rule_id in dead_lettering:
@@ -466,7 +475,7 @@ def test_greengrass_statements_exist_only_when_configured_and_name_the_configure
     greengrass = [
         st for st in wrapped if "greengrass" in json.dumps(st) or "EdgeThingGroup" in json.dumps(st)
     ]
-    assert len(greengrass) == 5
+    assert len(greengrass) == 6
     for statement in greengrass:
         condition, configured, otherwise = statement["Fn::If"]
         assert otherwise == {"Ref": "AWS::NoValue"}
@@ -478,6 +487,8 @@ def test_greengrass_statements_exist_only_when_configured_and_name_the_configure
             assert condition == "HasEdgeThingGroup" and {"Ref": "EdgeThingGroupArn"} in configured["Resource"]
         elif configured["Sid"] == "ReadEdgeCoreDeviceResults":
             assert condition == "HasEdgeThingGroup" and "coreDevices:" in resources
+        elif configured["Sid"] == "ListEdgeCoreDevices":
+            assert condition == "HasEdgeThingGroup" and configured["Action"] == ["greengrass:ListCoreDevices"]
         else:
             assert condition == "HasDeepLensGroup" and configured["Sid"] == "DeepLensDefinitions"
     conditions = load_template(ROOT / "template.yaml")["Conditions"]

@@ -2,13 +2,7 @@
 ``aws greengrassv2 ...`` CLI and boto3 call, answered with the documented semantics (docs/deploy.md,
 "The local Greengrass v2 control plane", names the guide page of each rule):
 
-* ``CreateComponentVersion`` (inline recipe, JSON or YAML): the recipe must name ``RecipeFormatVersion``,
-  ``ComponentName`` and ``ComponentVersion`` (semantic version); a component version is immutable (a second
-  one with the same name and version is a ``ConflictException``); a retried request with the same
-  ``clientToken`` answers the first result. Its state is ``DEPLOYABLE`` when every ``s3://`` artifact exists
-  in the local S3, else ``FAILED`` with the reason (the service checks that it can read each artifact).
-* ``GetComponent`` (the recipe, JSON or YAML), ``DescribeComponent``, ``ListComponents``,
-  ``ListComponentVersions``.
+* The component versions: :mod:`trashsorter_cli.local.greengrass_v2_components`.
 * ``CreateDeployment``: one deployment per target; a new one replaces the previous one (a new revision, the
   previous deployment becomes ``INACTIVE`` and not ``isLatestForTarget``). Every component version must exist
   and be deployable. The target must be an existing thing group or thing. Each core device in the target
@@ -24,7 +18,6 @@ endpoint (server mode) and ``mock_aws`` answer them.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
@@ -35,12 +28,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trashsorter_cli.local import greengrass_v2_state
+from trashsorter_cli.local.greengrass_v2_components import (
+    ACCOUNT,
+    REGION,
+    ComponentStore,
+    ServiceError,
+    not_found_error,
+    validation_error,
+)
+from trashsorter_cli.local.greengrass_v2_state import PlaneStore
+
 LOG = logging.getLogger(__name__)
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
-# A component name and version as the recipe reference allows them (semantic version, no build metadata).
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?$")
-_COMPONENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _THING_NAME = re.compile(r"^[A-Za-z0-9:_-]{1,128}$")
 _TARGET = re.compile(r"^arn:aws[a-z-]*:iot:[a-z0-9-]+:\d{12}:(thinggroup|thing)/([A-Za-z0-9:_-]{1,128})$")
 FAILURE_POLICIES = ("ROLLBACK", "DO_NOTHING")
@@ -50,67 +49,7 @@ FINAL_STATUSES = ("SUCCEEDED", "FAILED", "COMPLETED", "TIMED_OUT", "CANCELED", "
 # The results that send a "Greengrass V2 Effective Deployment Status Change" event (Developer Guide, "Get
 # deployment and component health status notifications").
 EVENT_STATUSES = ("FAILED", "SUCCEEDED", "COMPLETED", "REJECTED", "CANCELED")
-
-
-class ServiceError(Exception):
-    """An error answer: HTTP status, error code (``x-amzn-ErrorType``) and message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _validation(message: str) -> ServiceError:
-    return ServiceError(400, "ValidationException", message)
-
-
-def _not_found(message: str) -> ServiceError:
-    return ServiceError(404, "ResourceNotFoundException", message)
-
-
-def component_arn(name: str, version: str | None = None) -> str:
-    base = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{name}"
-    return f"{base}:versions:{version}" if version else base
-
-
-def parse_recipe(raw: bytes) -> dict[str, Any]:
-    """A recipe (JSON or YAML) as the service validates it when a component version is created."""
-    try:
-        recipe: Any = json.loads(raw)
-    except ValueError:
-        try:
-            import yaml
-
-            recipe = yaml.safe_load(raw)
-        except Exception as exc:  # any YAML error is the same refusal
-            raise _validation(f"the recipe is neither JSON nor YAML: {exc}") from exc
-    if not isinstance(recipe, dict):
-        raise _validation("the recipe must be an object")
-    for key in ("RecipeFormatVersion", "ComponentName", "ComponentVersion"):
-        if not isinstance(recipe.get(key), str) or not recipe[key]:
-            raise _validation(f"the recipe has no {key}")
-    if not _COMPONENT_NAME.match(recipe["ComponentName"]):
-        raise _validation(f"invalid component name {recipe['ComponentName']!r}")
-    if not _SEMVER.match(recipe["ComponentVersion"]):
-        raise _validation(f"component version {recipe['ComponentVersion']!r} is not a semantic version")
-    return recipe
-
-
-@dataclass
-class ComponentVersion:
-    recipe: dict[str, Any]
-    raw: bytes
-    created: float
-    state: str = "DEPLOYABLE"
-    message: str = ""
-
-    @property
-    def name(self) -> str:
-        return str(self.recipe["ComponentName"])
-
-    @property
-    def version(self) -> str:
-        return str(self.recipe["ComponentVersion"])
+UNFINISHED = ("QUEUED", "IN_PROGRESS")  # a deployment a core device has received and not finished
 
 
 @dataclass
@@ -151,7 +90,7 @@ class CoreConnection:
     """A core device connected to the control plane: its thing, and how a deployment reaches it."""
 
     thing: str
-    deliver: Callable[[dict[str, Any]], None]
+    deliver: Callable[[dict[str, Any]], None] | None  # None: known (restored state), not connected now
     platform: str = "linux"
     architecture: str = "amd64"
     core_version: str = "2.12.0"
@@ -161,7 +100,7 @@ class CoreConnection:
     installed: dict[str, str] = field(default_factory=dict)  # component -> version
 
 
-class ControlPlane:
+class ControlPlane(ComponentStore):
     """The state behind the routes (one per process, like a moto backend); thread-safe."""
 
     def __init__(
@@ -170,168 +109,74 @@ class ControlPlane:
         s3_exists: Any = None,
         emit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self._lock = threading.RLock()
-        self.components: dict[str, dict[str, ComponentVersion]] = {}
+        super().__init__(s3_exists)
         self.deployments: dict[str, Deployment] = {}
         self.cores: dict[str, CoreConnection] = {}
-        self._tokens: dict[str, tuple[str, Any]] = {}
         self.group_members = group_members or _moto_group_members
-        self.s3_exists = s3_exists or _moto_s3_exists
         self.emit = emit or _moto_put_event
+        self.store: PlaneStore | None = None
 
     def reset(self) -> None:
         with self._lock:
+            self.store = None
             self.components.clear()
             self.deployments.clear()
             self.cores.clear()
-            self._tokens.clear()
+            self.tokens.clear()
 
-    # -------------------------------------------------------------------------------------- components
-    def _idempotent(self, token: str | None, fingerprint: str, make: Callable[[], Any]) -> Any:
-        if not token:
-            return make()
-        seen = self._tokens.get(token)
-        if seen is not None:
-            if seen[0] != fingerprint:
-                raise ServiceError(409, "ConflictException", "the client token was used with another request")
-            return seen[1]
-        result = make()
-        self._tokens[token] = (fingerprint, result)
-        return result
-
-    def create_component_version(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        if "lambdaFunction" in body:
-            raise _validation("Lambda function components cannot be created on the local endpoint")
-        raw = base64.b64decode(str(body.get("inlineRecipe") or ""))
-        if not raw:
-            raise _validation("inlineRecipe is required")
-        recipe = parse_recipe(raw)
+    def attach(self, store: PlaneStore) -> bool:
+        """Restore the state ``store`` holds (the plane must be empty) and write every later change to it;
+        False when it held none."""
         with self._lock:
+            if self.components or self.deployments or self.cores:
+                raise RuntimeError("the Greengrass v2 control plane already holds state")
+            found = store.read(self)
+            self.store = store
+            return found
 
-            def make() -> dict[str, Any]:
-                versions = self.components.setdefault(recipe["ComponentName"], {})
-                if recipe["ComponentVersion"] in versions:
-                    raise ServiceError(
-                        409,
-                        "ConflictException",
-                        f"component {recipe['ComponentName']} version {recipe['ComponentVersion']} already "
-                        "exists; component versions are immutable",
-                    )
-                item = ComponentVersion(recipe, raw, time.time())
-                missing = [uri for uri in _artifact_uris(recipe) if not self.s3_exists(uri)]
-                if missing:
-                    item.state, item.message = "FAILED", f"cannot read the artifacts {', '.join(missing)}"
-                versions[item.version] = item
-                return self._version_answer(item)
-
-            result: dict[str, Any] = self._idempotent(body.get("clientToken"), raw.hex(), make)
-            return result
-
-    @staticmethod
-    def _version_answer(item: ComponentVersion) -> dict[str, Any]:
-        return {
-            "arn": component_arn(item.name, item.version),
-            "componentName": item.name,
-            "componentVersion": item.version,
-            "creationTimestamp": item.created,
-            "status": {"componentState": item.state, "message": item.message or "NONE", "errors": {}},
-        }
-
-    def version_by_arn(self, arn: str) -> ComponentVersion:
-        match = re.match(r"^arn:aws[a-z-]*:greengrass:[^:]+:\d{12}:components:([^:]+):versions:(.+)$", arn)
-        if not match:
-            raise _validation(f"{arn!r} is not a component version ARN")
+    def detach(self) -> None:
         with self._lock:
-            item = self.components.get(match.group(1), {}).get(match.group(2))
-        if item is None:
-            raise _not_found(f"component version {arn} does not exist")
-        return item
+            self.store = None
 
-    def get_component(self, arn: str, output_format: str) -> dict[str, Any]:
-        item = self.version_by_arn(arn)
-        if output_format == "YAML":
-            import yaml
-
-            raw = yaml.safe_dump(item.recipe, sort_keys=False).encode()
-        else:
-            raw = json.dumps(item.recipe).encode()
-        return {"recipeOutputFormat": output_format, "recipe": base64.b64encode(raw).decode(), "tags": {}}
-
-    def describe_component(self, arn: str) -> dict[str, Any]:
-        item = self.version_by_arn(arn)
-        answer = self._version_answer(item)
-        answer["publisher"] = item.recipe.get("ComponentPublisher", "")
-        answer["description"] = item.recipe.get("ComponentDescription", "")
-        answer["platforms"] = [
-            {"name": "", "attributes": m.get("Platform", {})} for m in item.recipe.get("Manifests", [])
-        ]
-        return answer
-
-    def list_components(self) -> dict[str, Any]:
-        with self._lock:
-            out = []
-            for name, versions in sorted(self.components.items()):
-                if not versions:
-                    continue
-                latest = max(versions.values(), key=lambda v: _semver_key(v.version))
-                out.append(
-                    {
-                        "componentName": name,
-                        "arn": component_arn(name),
-                        "latestVersion": {
-                            "arn": component_arn(name, latest.version),
-                            "componentVersion": latest.version,
-                            "creationTimestamp": latest.created,
-                            "description": latest.recipe.get("ComponentDescription", ""),
-                            "publisher": latest.recipe.get("ComponentPublisher", ""),
-                            "platforms": [],
-                        },
-                    }
-                )
-        return {"components": out}
-
-    def list_component_versions(self, arn: str) -> dict[str, Any]:
-        name = arn.rsplit("components:", 1)[-1].split(":")[0]
-        with self._lock:
-            versions = sorted(self.components.get(name, {}).values(), key=lambda v: _semver_key(v.version))
-        if not versions:
-            raise _not_found(f"component {arn} does not exist")
-        return {
-            "componentVersions": [
-                {"componentName": name, "componentVersion": v.version, "arn": component_arn(name, v.version)}
-                for v in reversed(versions)
-            ]
-        }
+    def _changed(self) -> None:
+        """After a change (lock held): the whole state to the attached store."""
+        if self.store is not None:
+            self.store.write(greengrass_v2_state.dump(self))
 
     # ------------------------------------------------------------------------------------- deployments
     def create_deployment(self, body: Mapping[str, Any]) -> dict[str, Any]:
         target = str(body.get("targetArn") or "")
         match = _TARGET.match(target)
         if not match:
-            raise _validation(f"targetArn {target!r} is not a thing or thing group ARN")
+            raise validation_error(f"targetArn {target!r} is not a thing or thing group ARN")
         components = body.get("components") or {}
         if not isinstance(components, dict):
-            raise _validation("components must be a map")
+            raise validation_error("components must be a map")
         policies = body.get("deploymentPolicies") or {}
         if policies.get("failureHandlingPolicy", "ROLLBACK") not in FAILURE_POLICIES:
-            raise _validation(f"failureHandlingPolicy must be one of {FAILURE_POLICIES}")
+            raise validation_error(f"failureHandlingPolicy must be one of {FAILURE_POLICIES}")
+        timeout = in_progress_timeout_s(body)
+        if timeout is not None and not 60 <= timeout <= 10080 * 60:
+            raise validation_error("timeoutConfig.inProgressTimeoutInMinutes must lie in 1..10080 (7 days)")
         update = policies.get("componentUpdatePolicy") or {}
         if update and update.get("action", "NOTIFY_COMPONENTS") not in UPDATE_ACTIONS:
-            raise _validation(f"componentUpdatePolicy.action must be one of {UPDATE_ACTIONS}")
+            raise validation_error(f"componentUpdatePolicy.action must be one of {UPDATE_ACTIONS}")
         with self._lock:
             for name, spec in components.items():
                 version = str((spec or {}).get("componentVersion") or "")
                 item = self.components.get(name, {}).get(version)
                 if item is None:
-                    raise _validation(f"component {name} version {version!r} does not exist")
+                    raise validation_error(f"component {name} version {version!r} does not exist")
                 if item.state != "DEPLOYABLE":
-                    raise _validation(f"component {name} {version} is not deployable: {item.message}")
+                    raise validation_error(f"component {name} {version} is not deployable: {item.message}")
                 merge = ((spec or {}).get("configurationUpdate") or {}).get("merge")
                 if merge is not None:
                     try:
                         json.loads(merge)
                     except ValueError as exc:
-                        raise _validation(f"{name}: configurationUpdate.merge is not JSON: {exc}") from exc
+                        raise validation_error(
+                            f"{name}: configurationUpdate.merge is not JSON: {exc}"
+                        ) from exc
             kind, name = match.groups()
             things = self.group_members(name) if kind == "thinggroup" else [name]
 
@@ -344,7 +189,7 @@ class ControlPlane:
                 revision = 1 + max(
                     (d.revision for d in self.deployments.values() if d.target_arn == target), default=0
                 )
-                deployment = Deployment(str(uuid.uuid4()), target, revision, dict(body), time.time())
+                deployment = Deployment(str(uuid.uuid4()), target, revision, dict(body), self.clock())
                 self.deployments[deployment.deployment_id] = deployment
                 for thing in things:
                     self._queue(thing, deployment)
@@ -356,6 +201,7 @@ class ControlPlane:
 
             fingerprint = json.dumps({k: v for k, v in body.items() if k != "clientToken"}, sort_keys=True)
             result: dict[str, Any] = self._idempotent(body.get("clientToken"), fingerprint, make)
+            self._changed()
             return result
 
     def _queue(self, thing: str, deployment: Deployment) -> None:
@@ -370,11 +216,17 @@ class ControlPlane:
             "targetArn": deployment.target_arn,
             "coreDeviceExecutionStatus": "QUEUED",
             "reason": "",
-            "creationTimestamp": time.time(),
-            "modifiedTimestamp": time.time(),
+            "creationTimestamp": self.clock(),
+            "modifiedTimestamp": self.clock(),
             "statusDetails": {"errorStack": [], "errorTypes": []},
         }
         core.effective[deployment.deployment_id] = record
+        self._deliver(core, deployment)
+
+    def _deliver(self, core: CoreConnection, deployment: Deployment) -> None:
+        if core.deliver is None:
+            return  # known from the restored state, not connected: it gets the deployment when it connects
+        thing = core.thing
         document = {**deployment.describe(), "recipes": self._recipes(deployment)}
         threading.Thread(
             target=core.deliver, args=(document,), name=f"gg-deliver-{thing}", daemon=True
@@ -390,12 +242,12 @@ class ControlPlane:
         with self._lock:
             deployment = self.deployments.get(deployment_id)
             if deployment is None:
-                raise _not_found(f"deployment {deployment_id} does not exist")
+                raise not_found_error(f"deployment {deployment_id} does not exist")
             return deployment.describe()
 
     def list_deployments(self, target: str | None, history: str) -> dict[str, Any]:
         if history not in ("ALL", "LATEST_ONLY"):
-            raise _validation("historyFilter must be ALL or LATEST_ONLY")
+            raise validation_error("historyFilter must be ALL or LATEST_ONLY")
         with self._lock:
             found = [
                 d.summary()
@@ -408,10 +260,11 @@ class ControlPlane:
         with self._lock:
             deployment = self.deployments.get(deployment_id)
             if deployment is None:
-                raise _not_found(f"deployment {deployment_id} does not exist")
+                raise not_found_error(f"deployment {deployment_id} does not exist")
             if deployment.status != "ACTIVE":
                 raise ServiceError(409, "ConflictException", f"deployment {deployment_id} is not active")
             deployment.status = "CANCELED"
+            self._changed()
         return {"message": "CANCELED"}
 
     # ------------------------------------------------------------------------------------ core devices
@@ -428,8 +281,14 @@ class ControlPlane:
             for deployment in self.deployments.values():
                 kind, name = _TARGET.match(deployment.target_arn).groups()  # type: ignore[union-attr]
                 member = name in groups if kind == "thinggroup" else name == core.thing
-                if member and deployment.latest and deployment.deployment_id not in core.effective:
+                if not member or not deployment.latest:
+                    continue
+                record = core.effective.get(deployment.deployment_id)
+                if record is None:
                     self._queue(core.thing, deployment)
+                elif record["coreDeviceExecutionStatus"] in UNFINISHED:  # a restarted core resumes it
+                    self._deliver(core, deployment)
+            self._changed()
 
     def report(
         self,
@@ -446,17 +305,22 @@ class ControlPlane:
             record = core.effective.get(deployment_id)
             if record is None:
                 raise KeyError(deployment_id)
+            self._time_out(core)
+            if record["coreDeviceExecutionStatus"] == "TIMED_OUT":  # a terminal job execution: IoT refuses
+                LOG.warning("%s reported %s on %s after it timed out: ignored", thing, status, deployment_id)
+                return
             record.update(
                 coreDeviceExecutionStatus=status,
                 reason=reason,
-                modifiedTimestamp=time.time(),
+                modifiedTimestamp=self.clock(),
                 statusDetails={"errorStack": list(error_stack or []), "errorTypes": []},
             )
-            core.updated = time.time()
+            core.updated = self.clock()
             core.status = "UNHEALTHY" if status == "FAILED" else "HEALTHY"
             if installed is not None:
                 core.installed = dict(installed)
             event = dict(record) if status in EVENT_STATUSES else None
+            self._changed()
         if event is not None:
             try:  # Greengrass sends these events best-effort: a lost one does not fail the report
                 self.emit(status_change_event(thing, event))
@@ -467,7 +331,8 @@ class ControlPlane:
         with self._lock:
             core = self.cores.get(thing)
             if core is None:
-                raise _not_found(f"core device {thing} does not exist")
+                raise not_found_error(f"core device {thing} does not exist")
+            self._time_out(core)
             records = sorted(core.effective.values(), key=lambda r: r["creationTimestamp"], reverse=True)
             return {"effectiveDeployments": [dict(r) for r in records]}
 
@@ -475,7 +340,7 @@ class ControlPlane:
         with self._lock:
             core = self.cores.get(thing)
             if core is None:
-                raise _not_found(f"core device {thing} does not exist")
+                raise not_found_error(f"core device {thing} does not exist")
             return {
                 "coreDeviceThingName": core.thing,
                 "coreVersion": core.core_version,
@@ -487,20 +352,46 @@ class ControlPlane:
                 "tags": {},
             }
 
+    def _time_out(self, core: CoreConnection) -> None:
+        """A deployment ``IN_PROGRESS`` on the core for longer than its IoT job's
+        ``timeoutConfig.inProgressTimeoutInMinutes`` is ``TIMED_OUT`` (the timer starts at ``IN_PROGRESS``;
+        a ``QUEUED`` one, on a core that never took it, never times out). No status change event is sent."""
+        for deployment_id, record in core.effective.items():
+            deployment = self.deployments.get(deployment_id)
+            if record["coreDeviceExecutionStatus"] != "IN_PROGRESS" or deployment is None:
+                continue
+            timeout = in_progress_timeout_s(deployment.request)
+            started = float(record["modifiedTimestamp"])
+            if timeout is not None and self.clock() >= started + timeout:
+                record.update(
+                    coreDeviceExecutionStatus="TIMED_OUT",
+                    reason=f"the deployment did not complete within {timeout / 60:g} minutes",
+                    modifiedTimestamp=started + timeout,
+                )
+                self._changed()
+
     def list_core_devices(self, group_arn: str | None) -> dict[str, Any]:
+        """Every core device; with ``group_arn`` only those that have *successfully* deployed a deployment
+        targeting that group (API Reference ``ListCoreDevices``: one removed from the group stays listed; one
+        that never completed a deployment of the group is not)."""
         with self._lock:
-            things = sorted(self.cores)
-        if group_arn:
-            match = _TARGET.match(group_arn)
-            members = set(self.group_members(match.group(2)) or []) if match else set()
-            things = [t for t in things if t in members]
+            things = sorted(
+                thing
+                for thing, core in self.cores.items()
+                if not group_arn
+                or any(
+                    r["targetArn"] == group_arn
+                    and r["coreDeviceExecutionStatus"] in ("SUCCEEDED", "COMPLETED")
+                    for r in core.effective.values()
+                )
+            )
         return {"coreDevices": [self.get_core_device(t) for t in things]}
 
     def installed_components(self, thing: str) -> dict[str, Any]:
         with self._lock:
             core = self.cores.get(thing)
             if core is None:
-                raise _not_found(f"core device {thing} does not exist")
+                raise not_found_error(f"core device {thing} does not exist")
             return {
                 "installedComponents": [
                     {"componentName": n, "componentVersion": v, "lifecycleState": "RUNNING", "isRoot": True}
@@ -509,17 +400,12 @@ class ControlPlane:
             }
 
 
-def _semver_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("-")[0].split("."))
-
-
-def _artifact_uris(recipe: Mapping[str, Any]) -> list[str]:
-    return [
-        str(a.get("URI") or a.get("Uri") or "")
-        for m in recipe.get("Manifests", []) or []
-        for a in m.get("Artifacts", []) or []
-        if str(a.get("URI") or a.get("Uri") or "").startswith("s3://")
-    ]
+def in_progress_timeout_s(request: Mapping[str, Any]) -> float | None:
+    """The deployment's IoT job ``timeoutConfig.inProgressTimeoutInMinutes`` in seconds (``None``: none)."""
+    minutes = ((request.get("iotJobConfiguration") or {}).get("timeoutConfig") or {}).get(
+        "inProgressTimeoutInMinutes"
+    )
+    return float(minutes) * 60 if minutes else None
 
 
 def _moto_group_members(group: str) -> list[str]:
@@ -530,7 +416,7 @@ def _moto_group_members(group: str) -> list[str]:
     for thing_group in backend.thing_groups.values():
         if thing_group.thing_group_name == group:
             return [arn.rsplit("/", 1)[-1] for arn in thing_group.things]
-    raise _not_found(f"thing group {group} does not exist")
+    raise not_found_error(f"thing group {group} does not exist")
 
 
 def status_change_event(thing: str, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -555,16 +441,6 @@ def _moto_put_event(entry: dict[str, Any]) -> None:
     from moto.events.models import events_backends
 
     events_backends[ACCOUNT][REGION].put_events([entry])
-
-
-def _moto_s3_exists(uri: str) -> bool:
-    from moto.s3.models import s3_backends
-
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    try:
-        return s3_backends[ACCOUNT]["aws"].get_object(bucket, key) is not None
-    except Exception:  # noqa: BLE001 - no such bucket or key
-        return False
 
 
 PLANE = ControlPlane()

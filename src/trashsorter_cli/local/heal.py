@@ -121,8 +121,8 @@ def champion_id(package_env: Mapping[str, str], *, client: ClientFactory) -> str
 
 def serve_champion(device: Any, package_env: Mapping[str, str], *, client: ClientFactory) -> str | None:
     """Deploy the registry's champion to the local core device unless it serves it, through the same
-    Greengrass v2 path as the package step (a new component version of the thing group's deployment: the
-    local control plane starts empty with each ``local up``). Returns the model deployed."""
+    Greengrass v2 path as the package step (a new component version, a new revision of the thing group's
+    restored deployment). Returns the model deployed."""
     from trashsorter.deploy import greengrass_v2
 
     settings, champion = _champion(package_env, client)

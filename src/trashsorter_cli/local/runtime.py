@@ -38,7 +38,16 @@ from typing import IO, Any
 import boto3
 
 from trashsorter import aws
-from trashsorter_cli.local import children, heal, moto_patches, persistence, sagemaker_jobs
+from trashsorter_cli.local import (
+    children,
+    greengrass_v2,
+    greengrass_v2_state,
+    heal,
+    moto_patches,
+    persistence,
+    sagemaker_jobs,
+    schedules,
+)
 from trashsorter_cli.local.dispatcher import Dispatcher
 from trashsorter_cli.local.server import (
     DEFAULT_HOST,
@@ -113,6 +122,7 @@ class LocalRuntime:
         self.server = MotoServer(host, self.port)
         self.stack: LocalStack | None = None
         self.dispatcher: Dispatcher | None = None
+        self.scheduler: schedules.Scheduler | None = None
         self.device: Any = None
         self.device_url = ""
         self.state: LocalState | None = None
@@ -168,6 +178,7 @@ class LocalRuntime:
                 wait_time=self.wait_time,
             )
             self.dispatcher.start()
+            self.scheduler = self._start_schedules()
             environments = {fn: self.stack.function_env(fn) for fn in self.stack.functions}
             for fn, extra in env_overrides.items():
                 environments[fn].update(extra)
@@ -195,8 +206,11 @@ class LocalRuntime:
             raise
 
     def stop(self) -> None:
-        """Dispatcher (lets a running handler finish) -> child processes (trainer) -> device -> server ->
-        state file -> environment."""
+        """Schedules -> dispatcher (lets a running handler finish) -> child processes (trainer) -> device ->
+        server -> state file -> environment."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
         if self.dispatcher is not None:
             self.dispatcher.stop(timeout=30)
             self.dispatcher = None
@@ -208,6 +222,7 @@ class LocalRuntime:
                 self.device = None
         sagemaker_jobs.uninstall()  # kills running training children
         self.server.stop()
+        greengrass_v2.PLANE.detach()  # what it holds stays on disk; a later stack starts from the file
         if self.store is not None:
             persistence.detach(self.store)
             self.store.close()
@@ -289,13 +304,16 @@ class LocalRuntime:
         )
 
     def _restore_state(self) -> None:
-        """Load the state of ``<state dir>/state`` into moto (no notifications), then journal every change."""
+        """Load the state of ``<state dir>/state`` into moto (no notifications), then journal every change;
+        the Greengrass v2 control plane's state likewise (``greengrass_v2_state``)."""
         buckets, tables = self._persisted()
         self.store = persistence.Store(persistence.state_root(self.state_dir))
         restored = persistence.restore(self.store, region=self.region, buckets=buckets, tables=tables)
         self.restored, self._live = restored.counts, restored.live
         self.store.open()
         persistence.attach(self.store, buckets=buckets, tables=tables)
+        plane_file = greengrass_v2_state.state_file(persistence.state_root(self.state_dir), self.stack_name)
+        greengrass_v2.PLANE.attach(greengrass_v2_state.PlaneStore(plane_file))
 
     def _start_device(self) -> str:
         from trashsorter_cli.device.server import LocalDevice, clear_iot_messages
@@ -323,6 +341,18 @@ class LocalRuntime:
         if group.endswith(f":thinggroup/{LOCAL_THING_GROUP}"):
             self.device.connect(LOCAL_THING_GROUP)
         return str(self.device.url)
+
+    def _start_schedules(self) -> schedules.Scheduler:
+        """The template's Schedule rules, fired as EventBridge fires them (moto does not)."""
+        stack, sqs = self.stack, self.client("sqs")
+        assert stack is not None
+
+        def send(schedule: schedules.Schedule) -> None:
+            sqs.send_message(
+                QueueUrl=stack.queue_url(schedule.queue_logical_id), MessageBody=schedule.payload
+            )
+
+        return schedules.Scheduler(schedules.from_template(load_template()), send).start()
 
     def _local_thing_group(self) -> str:
         """The local endpoint's thing group with the local core device in it; its ARN."""

@@ -50,7 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
 LOCAL_ACCOUNT = "123456789012"
 _CODE_BUCKET = "trashsorter-local-code"  # placeholder S3 location for CodeUri/ContentUri (never read)
-# events that become an EventBridge rule; a Schedule rule is created locally but moto never fires it
+# events that become an EventBridge rule (moto never fires a Schedule rule: trashsorter_cli.local.schedules)
 _RULE_EVENT_TYPES = ("EventBridgeRule", "CloudWatchEvent", "Schedule")
 _DROPPED_TYPES = {
     "AWS::Lambda::Function",
