@@ -133,8 +133,8 @@ def _moto_seeders(bucket: str) -> tuple[Any, Any]:
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
 
-    from trashsorter.dataset import object_key
     from trashsorter.dataset_store import RETENTION_CATALOGUED, RETENTION_TAG
+    from trashsorter_edge.contract import object_key
 
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
 

@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from trashsorter_edge.contract import INBOX_PREFIX
 from trashsorter_edge.sources import Frame
 
-INBOX_PREFIX = "inbox/"
 THING_NAME = re.compile(r"[A-Za-z0-9:_-]{1,128}")  # AWS IoT CreateThing's thingName pattern
 MAX_PER_MINUTE = 60  # the ceiling of --inbox-per-minute
 MAX_PER_DAY = 1000  # uploads in any 24 hours, whatever the per-minute rate

@@ -21,7 +21,7 @@ import pytest
 from moto import mock_aws
 from PIL import Image
 
-from trashsorter.dataset import OBJECTS_PREFIX, DatasetPlan, SnapshotImage, plan_dataset
+from trashsorter.dataset import DatasetPlan, SnapshotImage, plan_dataset
 from trashsorter.dataset_store import (
     RETENTION_REGISTERED,
     RETENTION_SNAPSHOT,
@@ -33,6 +33,7 @@ from trashsorter.dataset_store import (
 )
 from trashsorter.errors import NotFoundError
 from trashsorter_cli.local.sagemaker_jobs import JobEmulator
+from trashsorter_edge.contract import OBJECTS_PREFIX
 from trashsorter_trainer.entry import read_split
 from trashsorter_trainer.errors import TrainerError
 

@@ -24,6 +24,8 @@ OWNED_NAMES = {
     contract.METRICS_FILE,
     *contract.METRIC_NAMES,
 }
+# a string constant that starts with an S3 prefix spells a key of the layout (f-string parts included)
+OWNED_PREFIXES = contract.S3_PREFIXES
 # a labels parser splits text into lines next to a name that says labels
 LABELS_PARSER = re.compile(r"label\w*\b.*\.splitlines\(\)|\.splitlines\(\).*\blabel", re.IGNORECASE)
 
@@ -49,6 +51,44 @@ def test_the_model_folder_names_and_metric_names_are_spelled_only_by_the_contrac
         f"{path.relative_to(ROOT)}:{line}: {name!r}" for path in _sources() for line, name in _literals(path)
     ]
     assert found == [], "use trashsorter_edge.contract instead of:\n" + "\n".join(found)
+
+
+def _prefix_literals(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of each string constant (or f-string part) that starts with an S3 prefix."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and "\n" not in node.value  # docstrings and messages may describe the layout
+        and node.value.startswith(OWNED_PREFIXES)
+    ]
+
+
+def test_the_s3_layout_is_spelled_only_by_the_contract() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {text!r}"
+        for path in _sources()
+        for line, text in _prefix_literals(path)
+    ]
+    assert found == [], "use the prefixes of trashsorter_edge.contract instead of:\n" + "\n".join(found)
+
+
+def test_the_prefix_guard_notices_a_second_spelling(tmp_path: Path) -> None:
+    stray = tmp_path / "stray.py"
+    stray.write_text('KEY = f"models/{job}/model.tar.gz"\nPREFIX = "inbox/"\nNOTE = "an images/ folder"\n')
+    assert sorted(_prefix_literals(stray)) == [(1, "models/"), (2, "inbox/")]
+
+
+def test_content_addressed_keys_round_trip() -> None:
+    sha = "ab" * 32
+    key = contract.object_key(sha, "jpg")
+    assert key == f"datasets/objects/{sha}.jpg" and key.startswith(contract.OBJECTS_PREFIX)
+    assert contract.content_sha256(key) == sha
+    assert contract.content_sha256(f"/opt/ml/input/data/train/{key}") == sha  # under a channel folder
+    assert contract.content_sha256("images/Compost/a.jpg") is None
+    assert contract.content_sha256(f"datasets/objects/{sha[:-1]}.jpg") is None
 
 
 def test_the_literal_guard_notices_a_second_spelling(tmp_path: Path) -> None:

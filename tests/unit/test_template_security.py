@@ -609,8 +609,8 @@ def test_edge_device_policy_grants_only_artifacts_and_inbox_and_only_with_a_thin
 
 
 def test_snapshot_objects_expire_only_when_tagged_unregistered_and_the_functions_can_tag_them() -> None:
-    from trashsorter.dataset import OBJECTS_PREFIX
     from trashsorter.dataset_store import RETENTION_REGISTERED, RETENTION_SNAPSHOT, RETENTION_TAG
+    from trashsorter_edge.contract import OBJECTS_PREFIX
 
     rules = resources_of("AWS::S3::Bucket")["ImagesBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
     expiring = [
@@ -646,7 +646,7 @@ def test_snapshot_objects_expire_only_when_tagged_unregistered_and_the_functions
 
 
 def test_inbox_frames_expire_and_nothing_else_shares_the_rule() -> None:
-    from trashsorter_edge.inbox import INBOX_PREFIX
+    from trashsorter_edge.contract import INBOX_PREFIX
 
     rules = resources_of("AWS::S3::Bucket")["ImagesBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
     (inbox,) = [r for r in rules if r.get("Prefix") == INBOX_PREFIX]

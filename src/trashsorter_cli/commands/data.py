@@ -18,8 +18,7 @@ from trashsorter.settings import IngestSettings
 from trashsorter.validation import HEIC_HINT, sniff_format
 from trashsorter_cli.targets import Target
 from trashsorter_cli.ui import UI, CliError, UsageError
-
-IMAGES_PREFIX = "images/"
+from trashsorter_edge.contract import IMAGES_PREFIX
 
 
 @dataclass

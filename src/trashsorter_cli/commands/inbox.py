@@ -15,9 +15,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from trashsorter_cli.ui import UI, UsageError
-
-PREFIX = "inbox/"
-IMAGES_PREFIX = "images/"
+from trashsorter_edge.contract import IMAGES_PREFIX, INBOX_PREFIX
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -34,7 +32,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def list_inbox(target: Any, thing: str | None = None) -> list[dict[str, Any]]:
     s3 = target.client("s3")
-    prefix = f"{PREFIX}{thing}/" if thing else PREFIX
+    prefix = f"{INBOX_PREFIX}{thing}/" if thing else INBOX_PREFIX
     rows: list[dict[str, Any]] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=prefix):
         for item in page.get("Contents", []):
@@ -59,10 +57,10 @@ def label(target: Any, key: str, label_name: str) -> dict[str, Any]:
         raise UsageError(f"unknown label {label_name!r}; labels: {', '.join(target.labels)}")
     if key.startswith(IMAGES_PREFIX) and ".." not in key.split("/"):
         return move(target, key, matches[0])
-    if not key.startswith(PREFIX) or ".." in key.split("/"):
+    if not key.startswith(INBOX_PREFIX) or ".." in key.split("/"):
         raise UsageError(f"{key!r} is not an inbox key (inbox/<thing>/<file>)")
     parts = key.split("/")
-    destination = f"images/{matches[0]}/inbox-{'-'.join(parts[1:])}"
+    destination = f"{IMAGES_PREFIX}{matches[0]}/inbox-{'-'.join(parts[1:])}"
     _copy_then_delete(
         target,
         key,

@@ -21,8 +21,8 @@ from trashsorter.catalogue import Catalogue
 from trashsorter_cli.commands.report import _model
 from trashsorter_cli.targets import Target
 from trashsorter_cli.ui import UI, CliError
+from trashsorter_edge.contract import content_sha256
 from trashsorter_trainer.contract import SUSPECTS_FILE
-from trashsorter_trainer.data import content_sha256
 
 MAX_SUSPECTS_BYTES = 16 * 1024**2
 

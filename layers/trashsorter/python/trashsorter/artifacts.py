@@ -29,7 +29,7 @@ from trashsorter.errors import PackagingError, TransientError
 from trashsorter.job_check import check_artifact_uri
 from trashsorter.model_proof import prove_onnx_package
 from trashsorter.settings import PackageSettings
-from trashsorter_edge.contract import CARD_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE
+from trashsorter_edge.contract import CARD_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, MODELS_PREFIX
 
 MXNET_PREFIX = "image-classification"
 MAX_ARTIFACT_BYTES = 2 * 1024**3  # compressed model.tar.gz we are willing to download
@@ -349,7 +349,7 @@ def package_artifact(
             download_artifact(source_uri, handle, s3=client)
         members = read_members(source)
         model_format = artifact_format(members)
-        prefix = f"models/{job_name}/"
+        prefix = f"{MODELS_PREFIX}{job_name}/"
         if model_format == "mxnet":
             out = Path(tmp) / "model.tar.gz"
             names = repackage_mxnet(source, labels, out)

@@ -52,8 +52,9 @@ from trashsorter.clock import now_iso
 from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import NotFoundError, TrainingRuleNotMet, TransientError
 from trashsorter.near_twins import Photo, near_conflicts, twin_groups
-from trashsorter.schema import DATASETS_PREFIX, ImageStatus, dataset_key, dataset_prefix
+from trashsorter.schema import ImageStatus, dataset_key, dataset_prefix
 from trashsorter.validation import decode_bounded
+from trashsorter_edge.contract import object_key
 from trashsorter_edge.decoding import to_rgb8, upright
 
 TRAIN = "train"
@@ -61,7 +62,6 @@ VALIDATION = "validation"
 SPLITS = (TRAIN, VALIDATION)
 # What the built-in image-classification algorithm decodes directly (MPO = multi-picture JPEG).
 DIRECT_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
-OBJECTS_PREFIX = f"{DATASETS_PREFIX}objects/"  # content-addressed image bytes shared by all snapshots
 
 
 @dataclass(frozen=True)
@@ -199,11 +199,6 @@ def converts(image_format: str) -> bool:
 
 def needs_conversion(image: SnapshotImage) -> bool:
     return converts(image.format)
-
-
-def object_key(sha256: str, suffix: str) -> str:
-    """The content-addressed key of stored bytes whose SHA-256 is ``sha256``."""
-    return f"{OBJECTS_PREFIX}{sha256}.{suffix}"
 
 
 def stored_suffix(image_format: str) -> str:

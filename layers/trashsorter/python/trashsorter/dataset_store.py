@@ -47,7 +47,6 @@ from trashsorter import aws
 from trashsorter import labels as labels_file
 from trashsorter.clock import now as clock_now
 from trashsorter.dataset import (
-    OBJECTS_PREFIX,
     SPLITS,
     DatasetPlan,
     ManifestEntry,
@@ -55,7 +54,6 @@ from trashsorter.dataset import (
     content_object,
     convert_to_jpeg,
     needs_conversion,
-    object_key,
     render_channel_manifest,
     render_lst,
     render_manifest_jsonl,
@@ -63,6 +61,7 @@ from trashsorter.dataset import (
 from trashsorter.errors import NotFoundError, TransientError
 from trashsorter.observability import logger
 from trashsorter.schema import dataset_manifest_key
+from trashsorter_edge.contract import OBJECTS_PREFIX, object_key
 
 RETENTION_TAG = "trashsorter-retention"  # the lifecycle rule in template.yaml filters on this tag
 RETENTION_SNAPSHOT = "snapshot"  # expires (DatasetObjectDays) unless a registered model's dataset needs it

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from trashsorter.errors import Rejection
-
-IMAGES_PREFIX = "images/"
+from trashsorter_edge.contract import IMAGES_PREFIX
 
 
 def decode_event_key(raw: str) -> str:

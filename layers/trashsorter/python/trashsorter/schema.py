@@ -29,6 +29,8 @@ import hashlib
 from collections.abc import Mapping
 from enum import StrEnum
 
+from trashsorter_edge.contract import DATASETS_PREFIX
+
 EVENT_SOURCE = "trashsorter"
 DATASET_READY = "Dataset Ready"
 SAGEMAKER_SOURCE = "aws.sagemaker"
@@ -36,7 +38,6 @@ TRAINING_STATE_CHANGE = "SageMaker Training Job State Change"
 TRAINING_RECONCILED = "Training Job Reconciled"  # a lost state change, re-published (trashsorter.reconcile)
 RECONCILE_TRAINING = "Reconcile Training"  # the scheduled check's event (start-training function)
 JOB_PREFIX = "deeplens-"  # DeepLens model import requires it
-DATASETS_PREFIX = "datasets/"  # S3 (images bucket): datasets/<dataset_id>/{manifest.jsonl,labels.txt,...}
 
 
 class ImageStatus(StrEnum):

@@ -18,9 +18,8 @@ from trashsorter.dataset import TRAIN, VALIDATION, DatasetPlan
 from trashsorter.errors import ConfigurationError
 from trashsorter.schema import JOB_PREFIX, dataset_manifest_key
 from trashsorter.settings import TrainingSettings
+from trashsorter_edge.contract import CHECKPOINTS_PREFIX, TRAINING_OUTPUT_PREFIX
 
-TRAINING_OUTPUT_PREFIX = "training-output/"
-CHECKPOINTS_PREFIX = "checkpoints/"
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
 

@@ -17,7 +17,6 @@ import io
 import json
 import math
 import random
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, UnidentifiedImageError
 
 import trashsorter_edge.preprocessing as _edge
+from trashsorter_edge.contract import content_sha256
 from trashsorter_edge.preprocessing import (
     IMAGE_EXTENSIONS,
     IMAGE_SIZE,
@@ -149,15 +149,6 @@ def upright_size(data: bytes, name: str = "image") -> tuple[int, int]:
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise TrainerError(f"cannot decode {name}: {exc}") from exc
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
-_CONTENT_ADDRESS = re.compile(r"(?:^|/)objects/([0-9a-f]{64})\.[a-z]+$")
-
-
-def content_sha256(key: str) -> str | None:
-    """The SHA-256 a content-addressed snapshot key (``.../objects/<sha256>.<ext>``) names; else None."""
-    match = _CONTENT_ADDRESS.search(key)
-    return match.group(1) if match else None
 
 
 def verify_content_address(key: str, data: bytes) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from trashsorter_edge.contract import (
     CHAMPION_VALIDATION_ACCURACY,
+    IMAGES_PREFIX,
     LABELS_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -201,7 +202,7 @@ def original_names(env: Mapping[str, str]) -> dict[str, str]:
             except json.JSONDecodeError:
                 continue
             if isinstance(entry, dict) and entry.get("s3_key") and entry.get("key"):
-                names[str(entry["s3_key"])] = str(entry["key"]).removeprefix("images/")
+                names[str(entry["s3_key"])] = str(entry["key"]).removeprefix(IMAGES_PREFIX)
     return names
 
 
