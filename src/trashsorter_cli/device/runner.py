@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from trashsorter.deploy.greengrass_v2 import merge
+from trashsorter.deploy.greengrass_v2 import DEPENDENCIES, merge
 from trashsorter.errors import DeploymentError
 from trashsorter_cli.device.core_rules import (
     IotGateway,
@@ -126,6 +126,19 @@ def select_manifest(recipe: Mapping[str, Any], machine: str) -> dict[str, Any]:
                 raise RecipeError(f"{recipe.get('ComponentName')}: a lifecycle has either Startup or Run")
             return dict(manifest)
     raise RecipeError(f"{recipe.get('ComponentName')}: no manifest for linux/{architecture}")
+
+
+def dependency_runners(bundle: Path | str, work_root: Path | str, *, thing: str = "local") -> dict[str, Any]:
+    """The bundle's dependencies (``<bundle>/dependencies/<component>/``, as ``trashsorter edge bundle``
+    writes them), each installed and started (Install, Startup) before the component that depends on them."""
+    folder = Path(bundle) / DEPENDENCIES
+    found: dict[str, ComponentRunner] = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        runner = ComponentRunner(path, work_root, thing=thing)
+        runner.install()
+        runner.startup()
+        found[runner.name] = runner
+    return found
 
 
 class ComponentRunner:

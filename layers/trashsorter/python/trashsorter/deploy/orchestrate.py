@@ -99,22 +99,35 @@ class GreengrassV2Target:
         settings = self.settings
         if not settings.edge_thing_group_arn:
             return greengrass_v2.deploy(
-                model_id=model_id, artifact_uri="", app_uri="", version="", settings=settings
+                model_id=model_id, artifact_uri="", app_uri="", version="", app_version="", settings=settings
             )
-        version = str((pending or {}).get("component_version") or "")
-        if not version:
-            version = greengrass_v2.next_component_version(
-                settings.edge_component_name, table_name=settings.table_name, ddb=self.clients.ddb
-            )
-            record({"component_version": version})
+        pending = pending or {}
+        model_version = str(pending.get("model_component_version") or "")
+        app_version = str(pending.get("component_version") or "")
+        if not model_version or not app_version:
+            model_version, app_version = component_versions(settings, self.clients, uris["edge_app"])
+            record({"model_component_version": model_version, "component_version": app_version})
         return greengrass_v2.deploy(
             model_id=model_id,
             artifact_uri=uris["onnx"],
             app_uri=uris["edge_app"],
-            version=version,
+            version=model_version,
+            app_version=app_version,
             settings=settings,
             greengrassv2=self.clients.greengrassv2,
         )
+
+
+def component_versions(settings: PackageSettings, clients: Clients, app_uri: str) -> tuple[str, str]:
+    """The next model component version and the app component version of ``app_uri``'s content."""
+    name = settings.edge_component_name
+    model_version = greengrass_v2.next_component_version(
+        greengrass_v2.model_component_name(name), table_name=settings.table_name, ddb=clients.ddb
+    )
+    app_version = greengrass_v2.app_component_version(
+        name, app_uri, table_name=settings.table_name, ddb=clients.ddb, s3=clients.s3
+    )
+    return model_version, app_version
 
 
 def targets_for(model_format: Any, settings: PackageSettings, clients: Clients) -> list[DeployTarget]:
@@ -189,8 +202,9 @@ def _deploy_to(
         "note": result.note,
         "details": result.details,
     }
-    if result.details.get("component_version"):
-        details["component_version"] = result.details["component_version"]
+    for key in ("component_version", "model_component_version"):  # lineage: both components' versions
+        if result.details.get(key):
+            details[key] = result.details[key]
     registry.record_deployment(model_id, target.name, request_id, details, table_name=table, ddb=client)
     return result
 
