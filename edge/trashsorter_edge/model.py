@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tarfile
 import tempfile
 import threading
@@ -88,10 +89,10 @@ def _extract(archive: Path) -> Path:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar.getmembers():
                 name = member.name.removeprefix("./")
-                if name in MODEL_MEMBERS and member.isfile():
-                    tar.extract(member, partial, filter="data")
-                    if name != member.name:
-                        (partial / member.name).rename(partial / name)
+                source = tar.extractfile(member) if name in MODEL_MEMBERS and member.isfile() else None
+                if source is not None:  # a known regular file, written under its own name only
+                    with source, open(partial / name, "wb") as out_file:
+                        shutil.copyfileobj(source, out_file)
     except (OSError, tarfile.TarError) as exc:
         raise ModelError(f"cannot read the model archive {archive}: {exc}") from exc
     try:

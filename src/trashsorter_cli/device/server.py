@@ -1,9 +1,11 @@
 """The local device: a local Greengrass v2 *core device* on 127.0.0.1. It connects to the local endpoint's
 Greengrass v2 control plane (:mod:`trashsorter_cli.local.greengrass_v2`) as the thing ``THING_NAME`` of the
-local thing group, receives that group's deployments, runs trashsorter's component of each deployment (the
-recipe and artifacts the package step published; :mod:`trashsorter_cli.device.component`) and reports its
-result per deployment (``ListEffectiveDeployments``). It does not classify itself: ``/predict`` hands the
-image to the running component and answers with the component's result.
+local thing group, receives that group's deployments, runs trashsorter's components of each deployment in
+dependency order (:func:`~trashsorter_cli.device.core_rules.dependency_order`): the model component's
+``Startup`` check, then the app (the recipes and artifacts the package step published;
+:mod:`trashsorter_cli.device.component`), restarted without its Install when only the model component changed,
+and reports its result per deployment (``ListEffectiveDeployments``). It does not classify itself:
+``/predict`` hands the image to the running component and answers with the component's result.
 
 A deployment whose model cannot be used (not downloadable, unsafe or unreadable archive, a model that does not
 load, a component that does not start) FAILS and is rolled back: the previous component version keeps running
