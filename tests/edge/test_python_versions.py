@@ -25,10 +25,16 @@ OLDEST = "3.9"
 
 
 def interpreter(version: str) -> Path | None:
+    """A Python ``version`` that runs (a pyenv shim on the PATH may name a version it does not select)."""
+    candidates = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
     found = shutil.which(f"python{version}")
-    candidates = [Path(found)] if found else []
-    candidates += sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
-    return next((c for c in candidates if c.is_file()), None)
+    candidates += [Path(found)] if found else []
+    for candidate in candidates:
+        probe = [str(candidate), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]
+        done = subprocess.run(probe, capture_output=True, text=True, check=False)
+        if done.returncode == 0 and done.stdout.strip() == version:
+            return candidate
+    return None
 
 
 def test_the_edge_app_installs_and_classifies_on_the_oldest_python(
