@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ class Inbox:
             return
         self._flag.clear()
         reason = "flagged" if flagged else "unsure"
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         name = f"{stamp}-{uuid.uuid4().hex[:8]}"
         data = (
             frame.data if frame.data is not None and frame.name.lower().endswith((".jpg", ".jpeg")) else None

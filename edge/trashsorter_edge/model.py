@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tarfile
 import tempfile
 import threading
@@ -88,10 +89,10 @@ def _extract(archive: Path) -> Path:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar.getmembers():
                 name = member.name.removeprefix("./")
-                if name in MODEL_MEMBERS and member.isfile():
-                    tar.extract(member, partial, filter="data")
-                    if name != member.name:
-                        (partial / member.name).rename(partial / name)
+                source = tar.extractfile(member) if name in MODEL_MEMBERS and member.isfile() else None
+                if source is not None:  # a known regular file, written under its own name only
+                    with source, open(partial / name, "wb") as out_file:
+                        shutil.copyfileobj(source, out_file)
     except (OSError, tarfile.TarError) as exc:
         raise ModelError(f"cannot read the model archive {archive}: {exc}") from exc
     try:
@@ -102,7 +103,8 @@ def _extract(archive: Path) -> Path:
 
 
 def resolve_model(path: Path | str) -> tuple[Path, str | None]:
-    """A model folder, a ``model.onnx.tar.gz`` or a bundle folder -> (model folder, model id or None).
+    """A model folder, a ``model.onnx.tar.gz`` or a bundle folder (the model component's, or the app's with
+    the model component in ``dependencies/``) -> (model folder, model id or None).
 
     The id of an archive: its ``model.json``/``metrics.json``, else the bundle's recipe (``ModelId``), else
     the folder it sits in (``models/<job>/model.onnx.tar.gz`` -> ``<job>``)."""
@@ -110,6 +112,9 @@ def resolve_model(path: Path | str) -> tuple[Path, str | None]:
     if path.is_dir() and (path / MODEL_FILE).is_file():
         return path, None
     recipe_id: str | None = None
+    if path.is_dir() and not (path / "artifacts" / MODEL_ARCHIVE).is_file():  # the app's bundle: its model
+        path = next(iter(sorted((path / "dependencies").glob(f"*/artifacts/{MODEL_ARCHIVE}"))), path)
+        path = path.parent.parent if path.name == MODEL_ARCHIVE else path  # component is a dependency
     if path.is_dir() and (path / "artifacts" / MODEL_ARCHIVE).is_file():
         recipe_id = _recipe_model_id(path / "recipe.json")
         path = path / "artifacts" / MODEL_ARCHIVE

@@ -37,6 +37,7 @@ def archive(tiny_model: TinyModel) -> bytes:
 
 GROUP = "cameras"
 COMPONENT = "com.trashsorter.test.classifier"
+MODEL = greengrass_v2.model_component_name(COMPONENT)
 
 
 @pytest.fixture
@@ -70,7 +71,8 @@ def device(tmp_path: Path, moto_s3: Any) -> Iterator[LocalDevice]:
 
 
 class Deployer:
-    """What the package step does, with plain boto3: publish a component version, deploy it to the group."""
+    """What the package step does, with plain boto3: publish a model component version (and the app's once:
+    the app does not change), deploy both to the group."""
 
     def __init__(self) -> None:
         self.v2 = boto3.client("greengrassv2", region_name="us-east-1")
@@ -78,19 +80,28 @@ class Deployer:
             "thingGroupArn"
         ]
         self.version = 0
-
-    def deploy(self, model_key: str, model_id: str = "m-1") -> dict[str, Any]:
-        self.version += 1
-        recipe = greengrass_v2.component_recipe(
+        app = greengrass_v2.component_recipe(
             component_name=COMPONENT,
-            version=f"1.0.{self.version}",
+            version="1.0.1",
+            app_uri=f"s3://{BUCKET}/app/{greengrass_v2.APP_ARCHIVE}",
+        )
+        self.v2.create_component_version(inlineRecipe=greengrass_v2.recipe_bytes(app))
+
+    def deploy(self, model_key: str, model_id: str = "m-1", model_version: str = "") -> dict[str, Any]:
+        self.version += 1
+        version = model_version or f"1.0.{self.version}"
+        recipe = greengrass_v2.model_component_recipe(
+            app_component_name=COMPONENT,
+            version=version,
             model_id="m-0",  # the deployment's configuration update names the model (as the package step's)
             artifact_uri=f"s3://{BUCKET}/{model_key}/model.onnx.tar.gz",
-            app_uri=f"s3://{BUCKET}/app/{greengrass_v2.APP_ARCHIVE}",
         )
         self.v2.create_component_version(inlineRecipe=greengrass_v2.recipe_bytes(recipe))
         update = {"merge": json.dumps({"ModelId": model_id})}
-        ours = {COMPONENT: {"componentVersion": f"1.0.{self.version}", "configurationUpdate": update}}
+        ours = {
+            COMPONENT: {"componentVersion": "1.0.1"},
+            MODEL: {"componentVersion": version, "configurationUpdate": update},
+        }
         current = greengrass_v2.current_deployment(self.v2, self.group)
         request = greengrass_v2.deployment_request(current, ours, target_arn=self.group, name=model_id)
         deployment_id = str(self.v2.create_deployment(**request)["deploymentId"])
@@ -171,6 +182,26 @@ def test_deployments_reach_the_core_and_bad_ones_fail_and_roll_back(
     assert prediction["top"][0] == {"label": prediction["label"], "confidence": prediction["confidence"]}
     assert sum(t["confidence"] for t in prediction["top"]) == pytest.approx(1.0, abs=1e-5)
 
+    # a new model: a new model component version, the same app version: the app restarts, not reinstalled
+    assert deployer.deploy("models/job-1", model_id="m-2")["coreDeviceExecutionStatus"] == "SUCCEEDED"
+    assert call(f"{device.url}/predict", photo, token)[1]["model_id"] == "m-2"
+    log = (device.state_dir / "nucleus" / "lifecycle.log").read_text().splitlines()
+    assert [line for line in log if line.startswith(COMPONENT + " ")] == [
+        f"{COMPONENT} 1.0.1 Install",
+        f"{COMPONENT} 1.0.1 Run",
+        f"{COMPONENT} 1.0.1 Run",
+    ]
+    assert [line for line in log if line.startswith(MODEL)] == [
+        f"{MODEL} 1.0.1 Startup",
+        f"{MODEL} 1.0.2 Startup",
+    ]
+    # a model component the app's requirement (>=1.0.0 <2.0.0) does not accept fails the deployment
+    result = deployer.deploy("models/job-1", model_id="m-3", model_version="2.0.0")
+    assert result["coreDeviceExecutionStatus"] == "FAILED", result
+    assert f"requires {MODEL} >=1.0.0 <2.0.0, the deployment has {MODEL} 2.0.0" in result["reason"]
+    assert call(f"{device.url}/status")[1]["model_id"] == "m-2"
+    first = call(f"{device.url}/status")[1]
+
     hostile = {
         "traversal": tar_bytes({"../escape.txt": b"x", "labels.txt": b"A\nB\n"}),
         "link": tar_bytes({"labels.txt": b"A\nB\n"}, symlink="/etc/passwd"),
@@ -182,7 +213,7 @@ def test_deployments_reach_the_core_and_bad_ones_fail_and_roll_back(
         result = deployer.deploy(key, model_id=f"bad-{key}")
         assert result["coreDeviceExecutionStatus"] == "FAILED", (key, result)
         assert "rolled back" in result["reason"]
-        assert call(f"{device.url}/status")[1]["model_id"] == "m-1"  # the previous model stays
+        assert call(f"{device.url}/status")[1]["model_id"] == "m-2"  # the previous model stays
     assert not (device.state_dir / "escape.txt").exists()
     # an identifier that is not one never reaches the component (it would have reached a shell before)
     marker = tmp_path / "pwned"
@@ -192,7 +223,7 @@ def test_deployments_reach_the_core_and_bad_ones_fail_and_roll_back(
     assert call(f"{device.url}/predict", b"not an image", token)[0] == 400
 
     status, body = call(f"{device.url}/status")
-    assert body["model_id"] == "m-1" and body["deployment_id"] == first["deployment_id"]
+    assert body["model_id"] == "m-2" and body["deployment_id"] == first["deployment_id"]
     assert body["labels"] == ["Compost", "Recycling"] and body["deployed_at"]
     assert call(f"{device.url}/predict", photo, token)[1]["label"] == prediction["label"]
 
@@ -200,7 +231,7 @@ def test_deployments_reach_the_core_and_bad_ones_fail_and_roll_back(
     device.stop()
     again = LocalDevice(port=0, state_dir=device.state_dir, component_name=COMPONENT).start()
     try:
-        assert call(f"{again.url}/status")[1]["model_id"] == "m-1"
+        assert call(f"{again.url}/status")[1]["model_id"] == "m-2"
         deadline = time.monotonic() + 900  # the component starts again (its Install checks the pins)
         while not (call(f"{again.url}/status")[1]["component"] or {}).get("running"):
             assert time.monotonic() < deadline, "the restarted component did not run"

@@ -84,9 +84,10 @@ def test_edge_run_once_gives_the_labels_of_trashsorter_predict(
         capsys, "edge", "bundle", "--model", model_id, "--out", str(bundle), "--local-state", state
     )
     assert code == 0, err
-    assert sorted(p.name for p in (bundle / "artifacts").iterdir()) == [
-        "model.onnx.tar.gz",
-        "trashsorter-edge.zip",
+    assert sorted(p.name for p in (bundle / "artifacts").iterdir()) == ["trashsorter-edge.zip"]
+    (model,) = (bundle / "dependencies").iterdir()  # the app's model component
+    assert model.name.endswith("Model") and [p.name for p in (model / "artifacts").iterdir()] == [
+        "model.onnx.tar.gz"
     ]
 
     work = tmp_path / "nucleus"

@@ -1,7 +1,9 @@
-"""The component as the package step publishes it, run the way a Greengrass nucleus would: the real package
-step (``artifacts.package_artifact``) writes the artifacts to S3 (moto), ``write_bundle`` fetches them with
-the recipe, and :class:`ComponentRunner` resolves the recipe variables, runs ``Install`` (its own venv under
-the work path) and ``Run --once``; the results equal the trainer's evaluation of the same photos."""
+"""The components as the package step publishes them, run the way a Greengrass nucleus would: the real
+package step (``artifacts.package_artifact``) writes the artifacts to S3 (moto), ``write_bundle`` fetches
+them with the recipes (the app, and its model component in ``dependencies/``), and :class:`ComponentRunner`
+runs the model component's ``Startup`` check, then resolves the app's recipe variables (its model
+component's artifacts path included), runs ``Install`` (its own venv under the work path) and
+``Run --once``; the results equal the trainer's evaluation of the same photos."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from tests.support.tiny_model import IMAGE_SIZE, TinyModel
 from trashsorter import artifacts
 from trashsorter.deploy import greengrass_v2
 from trashsorter.settings import PackageSettings
-from trashsorter_cli.device.runner import ComponentRunner, RecipeError
+from trashsorter_cli.device.runner import ComponentRunner, RecipeError, dependency_runners
 from trashsorter_trainer import data
 from trashsorter_trainer.train import run_onnx
 
@@ -69,14 +71,17 @@ def test_bundle_is_the_published_recipe_and_artifacts(bundle_dir: Path) -> None:
     assert recipe == greengrass_v2.component_recipe(
         component_name="com.trashsorter.test",
         version="1.0.3",
-        model_id="job-1",
-        artifact_uri=f"s3://{BUCKET}/models/job-1/model.onnx.tar.gz",
         app_uri=f"s3://{BUCKET}/models/job-1/trashsorter-edge.zip",
     )
-    assert sorted(p.name for p in (bundle_dir / "artifacts").iterdir()) == [
-        "model.onnx.tar.gz",
-        "trashsorter-edge.zip",
-    ]
+    assert sorted(p.name for p in (bundle_dir / "artifacts").iterdir()) == ["trashsorter-edge.zip"]
+    model = bundle_dir / "dependencies" / "com.trashsorter.testModel"
+    assert json.loads((model / "recipe.json").read_text()) == greengrass_v2.model_component_recipe(
+        app_component_name="com.trashsorter.test",
+        version="1.0.3",
+        model_id="job-1",
+        artifact_uri=f"s3://{BUCKET}/models/job-1/model.onnx.tar.gz",
+    )
+    assert sorted(p.name for p in (model / "artifacts").iterdir()) == ["model.onnx.tar.gz"]
 
 
 def test_runner_installs_and_runs_the_bundle_like_a_nucleus(
@@ -86,6 +91,7 @@ def test_runner_installs_and_runs_the_bundle_like_a_nucleus(
     photos.mkdir()
     for path in tiny_model.unseen:
         shutil.copy(path, photos / path.name)
+    dependencies = dependency_runners(bundle_dir, tmp_path / "nucleus", thing="cam-7")  # Startup: checked
     runner = ComponentRunner(
         bundle_dir,
         tmp_path / "nucleus",
@@ -96,8 +102,11 @@ def test_runner_installs_and_runs_the_bundle_like_a_nucleus(
             "LiveView": {"Port": 0},
         },
         thing="cam-7",
+        dependencies=dependencies,
     )
     runner.install()
+    log = (tmp_path / "nucleus" / "lifecycle.log").read_text().splitlines()
+    assert log == ["com.trashsorter.testModel 1.0.3 Startup", "com.trashsorter.test 1.0.3 Install"]
     assert (runner.work_path / "venv" / "bin" / "python").exists()  # its own environment
     assert (runner.work_path / "model.next" / "model.onnx").is_file()  # switched in by Run
     assert (runner.decompressed_path / "trashsorter-edge" / "trashsorter_edge" / "app.py").is_file()
@@ -143,10 +152,10 @@ def test_the_edge_app_takes_the_bundle_or_its_tarball_and_a_relative_source(
     shutil.copy(tiny_model.unseen[0], tmp_path / "photos" / "one.jpg")
     elsewhere = tmp_path / "models" / "job-7"
     elsewhere.mkdir(parents=True)
-    shutil.copy(bundle_dir / "artifacts" / "model.onnx.tar.gz", elsewhere)
+    tarball = bundle_dir / "dependencies" / "com.trashsorter.testModel" / "artifacts" / "model.onnx.tar.gz"
+    shutil.copy(tarball, elsewhere)
     monkeypatch.chdir(tmp_path)
     ids = []
-    tarball = bundle_dir / "artifacts" / "model.onnx.tar.gz"
     for model in (bundle_dir, tarball, "models/job-7/model.onnx.tar.gz"):
         assert cli.main(["--model", str(model), "--source", "photos", "--once"]) == 0
         (line,) = capsys.readouterr().out.splitlines()

@@ -138,13 +138,14 @@ def test_the_package_steps_deployment_keeps_the_users_component_and_its_configur
             "ALLOWED_LABELS": "Compost,Recycling",
         }
     )
+    app, model_component = "com.trashsorter.s.classifier", "com.trashsorter.s.classifierModel"
+    v2.create_component_version(inlineRecipe=recipe(app, "1.0.1"))
     for version, model in (("1.0.1", "job-1"), ("1.0.2", "job-2")):
-        v2.create_component_version(inlineRecipe=recipe("com.trashsorter.s.classifier", version))
+        v2.create_component_version(inlineRecipe=recipe(model_component, version))
+        updates = greengrass_v2.configuration_update(model, settings)
         ours = {
-            "com.trashsorter.s.classifier": {
-                "componentVersion": version,
-                "configurationUpdate": greengrass_v2.configuration_update(model, settings),
-            }
+            app: {"componentVersion": "1.0.1", "configurationUpdate": updates[app]},
+            model_component: {"componentVersion": version, "configurationUpdate": updates[model_component]},
         }
         request = greengrass_v2.deployment_request(
             greengrass_v2.current_deployment(v2, group), ours, target_arn=group, name=model
@@ -153,9 +154,12 @@ def test_the_package_steps_deployment_keeps_the_users_component_and_its_configur
     current = greengrass_v2.current_deployment(v2, group)
     assert current is not None
     assert current["components"]["com.example.Actuator"] == spec
-    assert current["components"]["com.trashsorter.s.classifier"]["componentVersion"] == "1.0.2"
-    merged = json.loads(current["components"]["com.trashsorter.s.classifier"]["configurationUpdate"]["merge"])
-    assert merged == {"Inbox": {"Bucket": "images"}, "ModelId": "job-2"}
+    assert current["components"][app]["componentVersion"] == "1.0.1"  # the app did not change
+    assert current["components"][model_component]["componentVersion"] == "1.0.2"
+    merged = json.loads(current["components"][app]["configurationUpdate"]["merge"])
+    assert merged == {"Inbox": {"Bucket": "images"}}
+    merged = json.loads(current["components"][model_component]["configurationUpdate"]["merge"])
+    assert merged == {"ModelId": "job-2"}
     assert current["deploymentPolicies"]["failureHandlingPolicy"] == "ROLLBACK"
 
 

@@ -457,12 +457,11 @@ def test_onnx_model_goes_to_greengrass_v2_merged_into_the_groups_deployment_with
     app_uri = f"s3://{pack.deeplens_bucket}/models/{JOB}/trashsorter-edge.zip"
     name = settings.edge_component_name
     # the recipe file in the repo, with what the package step fills in
-    expected_recipe = json.loads(RECIPE_FILE.read_text())
+    model_name = f"{name}Model"
+    expected_recipe = json.loads(RECIPE_FILE.read_text().replace("MODEL_COMPONENT", model_name))
     expected_recipe["ComponentName"] = name
     expected_recipe["ComponentVersion"] = "1.0.1"
-    expected_recipe["ComponentDescription"] += f" (model {JOB})"
     defaults = expected_recipe["ComponentConfiguration"]["DefaultConfiguration"]
-    defaults["ModelId"] = JOB
     defaults["Inbox"]["Bucket"] = settings.images_bucket
     mqtt = defaults["accessControl"]["aws.greengrass.ipc.mqttproxy"]
     mqtt[f"{name}:mqttproxy:publish"] = mqtt.pop("trashsorter.edge:mqttproxy:publish")
@@ -470,10 +469,7 @@ def test_onnx_model_goes_to_greengrass_v2_merged_into_the_groups_deployment_with
     pubsub[f"{name}:pubsub:sort"] = pubsub.pop("trashsorter.edge:pubsub:sort")
     for manifest in expected_recipe["Manifests"]:
         if manifest["Artifacts"]:  # the 64-bit platforms; 32-bit ARM has none (it refuses to install)
-            manifest["Artifacts"] = [
-                {"URI": app_uri, "Unarchive": "ZIP"},
-                {"URI": onnx_uri, "Unarchive": "NONE"},
-            ]
+            manifest["Artifacts"] = [{"URI": app_uri, "Unarchive": "ZIP"}]
     outcome = handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrass=pack.gg, greengrassv2=v2)
     assert outcome.outcome == "deployed", outcome
     deployment_id = outcome.deployments[0]["deployment_id"]
@@ -486,6 +482,13 @@ def test_onnx_model_goes_to_greengrass_v2_merged_into_the_groups_deployment_with
     assert len(outcome.deployments) == 1  # one target for ONNX models: Greengrass v2
     arn = f"arn:aws:greengrass:us-east-1:123456789012:components:{name}:versions:1.0.1"
     assert json.loads(v2.get_component(arn=arn)["recipe"]) == expected_recipe
+    # the model as its own component (1.0.1: its own version counter), readable by the app
+    arn = f"arn:aws:greengrass:us-east-1:123456789012:components:{model_name}:versions:1.0.1"
+    model_recipe = json.loads(v2.get_component(arn=arn)["recipe"])
+    assert model_recipe["ComponentConfiguration"]["DefaultConfiguration"] == {"ModelId": JOB}
+    assert model_recipe["Manifests"][0]["Artifacts"] == [
+        {"URI": onnx_uri, "Unarchive": "NONE", "Permission": {"Read": "ALL", "Execute": "NONE"}}
+    ]
     deployment = v2.get_deployment(deploymentId=deployment_id)
     assert deployment["isLatestForTarget"] and deployment["revisionId"] == "2"
     assert deployment["components"] == {
@@ -493,10 +496,12 @@ def test_onnx_model_goes_to_greengrass_v2_merged_into_the_groups_deployment_with
         name: {
             "componentVersion": "1.0.1",
             "configurationUpdate": {
-                "merge": json.dumps(
-                    {"Inbox": {"Bucket": settings.images_bucket}, "ModelId": JOB}, sort_keys=True
-                )
+                "merge": json.dumps({"Inbox": {"Bucket": settings.images_bucket}}, sort_keys=True)
             },
+        },
+        model_name: {
+            "componentVersion": "1.0.1",
+            "configurationUpdate": {"merge": json.dumps({"ModelId": JOB})},
         },
     }
     assert deployment["deploymentPolicies"] == {
@@ -523,7 +528,9 @@ def test_onnx_model_goes_to_greengrass_v2_merged_into_the_groups_deployment_with
     } <= set(app.namelist())
     assert pack.deployments() == []  # ONNX never goes to the DeepLens group
     item = registry.get_deployment(JOB, "greengrass-v2", "initial", table_name=pack.table, ddb=pack.ddb)
-    assert item is not None and item["component_version"] == "1.0.1"
+    assert item is not None and item["component_version"] == "1.0.1"  # lineage: both components' versions
+    assert item["model_component_version"] == "1.0.1"
+    assert item["details"]["model_component_name"] == model_name
     assert pack.get(run_key(run_id))["status"] == "completed"
 
 
@@ -545,16 +552,17 @@ def test_greengrass_v2_throttling_is_retried_with_the_same_version_stubber(pack:
         UpdateExpression="REMOVE package_claim_completed",
     )
     stub = Stubber(v2)
-    stub.add_response(
-        "create_component_version",
-        {
-            "arn": "arn:x",
-            "componentName": "c",
-            "componentVersion": "1.0.1",
-            "creationTimestamp": 0,
-            "status": {},
-        },
-    )
+    for _component in ("model", "app"):
+        stub.add_response(
+            "create_component_version",
+            {
+                "arn": "arn:x",
+                "componentName": "c",
+                "componentVersion": "1.0.1",
+                "creationTimestamp": 0,
+                "status": {},
+            },
+        )
     stub.add_response("list_deployments", {"deployments": []})
     stub.add_response("create_deployment", {"deploymentId": "d-2"})
     with stub:

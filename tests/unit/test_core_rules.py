@@ -50,8 +50,6 @@ def recipe_configuration(name: str = "com.trashsorter.stack-a.classifier") -> di
     recipe = greengrass_v2.component_recipe(
         component_name=name,
         version="1.0.1",
-        model_id="job-1",
-        artifact_uri="s3://b/models/job-1/model.onnx.tar.gz",
         app_uri="s3://b/models/job-1/trashsorter-edge.zip",
     )
     configuration: dict[str, Any] = recipe["ComponentConfiguration"]["DefaultConfiguration"]

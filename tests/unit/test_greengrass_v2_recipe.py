@@ -1,5 +1,6 @@
-"""The Greengrass v2 recipe file: least privilege, an isolated pinned install, every configuration key used
-by the lifecycle defined, and the package step's values filled in (no Greengrass API involved)."""
+"""The Greengrass v2 recipe files: least privilege, an isolated pinned install, every configuration key used
+by the lifecycle defined, the package step's values filled in, and the model as its own component the app
+depends on (no Greengrass API involved)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,17 @@ def filled() -> dict:  # type: ignore[type-arg]
     return greengrass_v2.component_recipe(
         component_name="com.example.edge",
         version="1.0.7",
-        model_id="job-1",
-        artifact_uri="s3://b/models/job-1/model.onnx.tar.gz",
         app_uri="s3://b/models/job-1/trashsorter-edge.zip",
         defaults={"Threshold": 0.8, "Inbox": {"Bucket": "images-b"}},
+    )
+
+
+def model_recipe(model_id: str = "job-1") -> dict:  # type: ignore[type-arg]
+    return greengrass_v2.model_component_recipe(
+        app_component_name="com.example.edge",
+        version="1.0.12",
+        model_id=model_id,
+        artifact_uri="s3://b/models/job-1/model.onnx.tar.gz",
     )
 
 
@@ -33,14 +41,52 @@ def test_the_recipe_is_the_file_in_the_repo_with_the_package_values_filled_in() 
     recipe = filled()
     assert recipe["ComponentName"] == "com.example.edge" and recipe["ComponentVersion"] == "1.0.7"
     config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
-    assert config["ModelId"] == "job-1" and config["Threshold"] == 0.8
+    assert "ModelId" not in config and config["Threshold"] == 0.8  # the model's id is the model component's
     assert config["Inbox"] == {"Bucket": "images-b", "MaxQueue": 50, "PerMinute": 6}  # merged, not replaced
     assert recipe["ComponentDependencies"]["aws.greengrass.TokenExchangeService"]["DependencyType"] == "HARD"
-    assert recipe["Manifests"][0]["Lifecycle"] == on_disk["Manifests"][0]["Lifecycle"]
+    lifecycle = json.dumps(on_disk["Manifests"][0]["Lifecycle"]).replace(
+        "MODEL_COMPONENT", "com.example.edgeModel"
+    )
+    assert recipe["Manifests"][0]["Lifecycle"] == json.loads(lifecycle)
     assert recipe["Manifests"][0]["Artifacts"] == [
         {"URI": "s3://b/models/job-1/trashsorter-edge.zip", "Unarchive": "ZIP"},
-        {"URI": "s3://b/models/job-1/model.onnx.tar.gz", "Unarchive": "NONE"},
     ]
+
+
+def test_the_model_is_its_own_component_the_app_depends_on_and_reads() -> None:
+    app, model = filled(), model_recipe()
+    assert model["ComponentName"] == greengrass_v2.model_component_name("com.example.edge")
+    assert model["ComponentName"] == "com.example.edgeModel" and model["ComponentVersion"] == "1.0.12"
+    assert model["ComponentConfiguration"]["DefaultConfiguration"] == {"ModelId": "job-1"}
+    # the app's HARD dependency: any 1.x model component (a new model restarts the app, no reinstall)
+    assert app["ComponentDependencies"]["com.example.edgeModel"] == {
+        "VersionRequirement": ">=1.0.0 <2.0.0",
+        "DependencyType": "HARD",
+    }
+    lifecycle = app["Manifests"][0]["Lifecycle"]
+    assert lifecycle["Install"]["Script"].endswith(
+        "launch.py install {work:path} {com.example.edgeModel:artifacts:path}"
+    )
+    assert lifecycle["Run"]["Script"].endswith(
+        "launch.py run {work:path} {com.example.edgeModel:artifacts:path}"
+    )
+    assert lifecycle["Setenv"]["TRASHSORTER_CFG_ModelId"] == "{com.example.edgeModel:configuration:/ModelId}"
+    # the model's artifact is readable by the app (a dependency's artifacts need Read ALL), never unpacked
+    (manifest,) = model["Manifests"]
+    assert manifest["Platform"] == {"os": "linux"}
+    assert manifest["Artifacts"] == [
+        {
+            "URI": "s3://b/models/job-1/model.onnx.tar.gz",
+            "Unarchive": "NONE",
+            "Permission": {"Read": "ALL", "Execute": "NONE"},
+        }
+    ]
+    # Startup (dependents start only once it exits 0), not Run: a model that fails it fails the deployment
+    assert set(manifest["Lifecycle"]) == {"Startup"}
+    script = manifest["Lifecycle"]["Startup"]["Script"]
+    assert script.startswith("python3 -c '") and script.endswith("' {artifacts:path}/model.onnx.tar.gz")
+    assert set(re.findall(r"\{([^}]*)\}", script)) == {"artifacts:path"}  # no other recipe variable
+    assert manifest["Lifecycle"]["Startup"]["RequiresPrivilege"] is False
     assert not hasattr(greengrass_v2, "CLASSIFIER_SCRIPT")
 
 
@@ -73,8 +119,9 @@ def test_no_configuration_value_reaches_a_lifecycle_script() -> None:
     for name, step in lifecycle.items():
         if name == "Setenv":
             continue
-        variables = set(re.findall(r"\{([a-zA-Z]+:[^}]*)\}", step["Script"]))
-        assert variables <= {"artifacts:decompressedPath", "artifacts:path", "work:path"}, (name, variables)
+        variables = set(re.findall(r"\{([a-zA-Z.]+:[^}]*)\}", step["Script"]))
+        paths = {"artifacts:decompressedPath", "work:path", "com.example.edgeModel:artifacts:path"}
+        assert variables <= paths, (name, variables)
     setenv = lifecycle["Setenv"]
     config = filled()["ComponentConfiguration"]["DefaultConfiguration"]
     keys = {k for k in config if k != "accessControl"}
@@ -91,7 +138,10 @@ def test_install_is_isolated_and_pinned_and_nothing_runs_as_root() -> None:
     )
     install, run = lifecycle["Install"]["Script"], lifecycle["Run"]["Script"]
     assert "launch.py install {work:path}" in install and "--user" not in install and "sudo" not in install
-    assert run == "exec python3 {artifacts:decompressedPath}/trashsorter-edge/launch.py run {work:path}"
+    assert run == (
+        "exec python3 {artifacts:decompressedPath}/trashsorter-edge/launch.py run {work:path} "
+        "{com.example.edgeModel:artifacts:path}"
+    )
     launcher = (ROOT / "layers/trashsorter/python/trashsorter/data/greengrass_launch.py").read_text()
     assert 'work / "venv" / "bin" / "python"' in launcher and "shell=True" not in launcher
     for name in ("requirements.txt", "requirements-greengrass.txt"):
@@ -100,14 +150,16 @@ def test_install_is_isolated_and_pinned_and_nothing_runs_as_root() -> None:
             for ln in (ROOT / "edge/trashsorter_edge" / name).read_text().splitlines()
             if ln and not ln.startswith("#")
         ]
-        assert lines and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", ln) for ln in lines), lines
+        pin = r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*"
+        marker = r'; python_version (<|==|>=) "3\.[0-9]+"'  # one pin per Python version where needed
+        assert lines and all(re.fullmatch(f"{pin}({marker})?", ln) for ln in lines), lines
 
 
 def test_every_configuration_key_the_lifecycle_reads_has_a_default() -> None:
     recipe = filled()
     config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     used = set(re.findall(r"\{configuration:(/[^}]+)\}", json.dumps(recipe["Manifests"])))
-    assert {"/Source", "/Threshold", "/Topics", "/Output", "/Inbox", "/ModelId"} <= used
+    assert {"/Source", "/Threshold", "/Topics", "/Output", "/Inbox"} <= used
     for pointer in used:
         node = config
         for part in pointer.strip("/").split("/"):
@@ -153,11 +205,29 @@ def test_a_model_id_that_is_not_an_identifier_never_enters_a_recipe() -> None:
 
     for bad in ("x'; id > /tmp/p; '", "a b", "$(id)", "", "-leading", "x" * 200):
         with pytest.raises(DeploymentError, match="not an identifier"):
-            greengrass_v2.component_recipe(
-                component_name="com.example.edge",
-                version="1.0.7",
-                model_id=bad,
-                artifact_uri="s3://b/models/job-1/model.onnx.tar.gz",
-                app_uri="s3://b/models/job-1/trashsorter-edge.zip",
-            )
+            model_recipe(bad)
     assert greengrass_v2.checked_identifier("deeplens-3f2a-20261207T0102-ab12", "model id")
+
+
+def test_the_model_components_startup_check_refuses_what_the_app_could_not_use(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.support.fixtures.model_artifacts import CORRUPT_ONNX, tar_bytes, tiny_onnx
+
+    def check(members: dict[str, bytes]) -> subprocess.CompletedProcess[str]:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        (folder / greengrass_v2.MODEL_ARCHIVE).write_bytes(tar_bytes(members.items()))
+        script = greengrass_v2.model_check_script().replace("{artifacts:path}", str(folder))
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False)
+
+    good = check({"model.onnx": tiny_onnx(2), "labels.txt": b"Compost\nRecycling\n"})
+    assert good.returncode == 0 and good.stdout.startswith("model checked: 2 labels"), good.stderr
+    refused = {
+        "model.onnx is not an ONNX model": {"model.onnx": CORRUPT_ONNX, "labels.txt": b"A\n"},
+        "labels.txt names no label": {"model.onnx": tiny_onnx(2), "labels.txt": b"\n"},
+        "no model.onnx and labels.txt": {"image-classification-symbol.json": b"{}"},
+    }
+    for why, members in refused.items():
+        done = check(members)
+        assert done.returncode == 1 and why in done.stderr, (why, done.stderr)

@@ -26,11 +26,14 @@ def test_the_layer_has_no_heavy_libraries_the_lambdas_must_not_carry() -> None:
 
 
 def test_the_model_proof_layer_pins_the_devices_runtime_and_only_the_package_function_gets_it() -> None:
-    """OnnxRuntimeLayer (trashsorter.model_proof) runs the device's loader: the device's exact versions."""
+    """OnnxRuntimeLayer (trashsorter.model_proof) runs the device's loader: the device's exact versions (the
+    pins a device with the Lambda runtime's Python, 3.11 or newer, installs)."""
     from trashsorter_cli.local.template import load_template
 
     def pins(path: Path) -> dict[str, str]:
-        found = re.findall(r"^([a-z0-9_-]+)==(\S+)$", path.read_text(), flags=re.MULTILINE)
+        found = re.findall(
+            r'^([a-z0-9_-]+)==([^\s;]+)(?:; python_version >= "3.11")?$', path.read_text(), flags=re.MULTILINE
+        )
         return {name: version for name, version in found}
 
     root = Path(__file__).resolve().parents[2]

@@ -1,14 +1,15 @@
 """``trashsorter edge bundle``, ``trashsorter edge run`` and ``trashsorter watch``: the Greengrass v2
 component on this machine.
 
-* ``edge bundle --model ID --out DIR`` writes the component exactly as the package step publishes it:
+* ``edge bundle --model ID --out DIR`` writes the components exactly as the package step publishes them:
   ``DIR/recipe.json`` (:func:`trashsorter.deploy.greengrass_v2.component_recipe`) and ``DIR/artifacts/``
-  (the very S3 objects the recipe names: ``trashsorter-edge.zip`` and ``model.onnx.tar.gz``).
+  (``trashsorter-edge.zip``), and the model component in ``DIR/dependencies/<name>/``
+  (``model.onnx.tar.gz``).
 * ``edge run DIR [--source S] [--once]`` runs such a bundle the way a nucleus would
-  (:class:`trashsorter_cli.device.runner.ComponentRunner`): recipe variables, ``Install`` into the
-  component's own venv, then ``Run``. With ``--once`` the app classifies what the source holds and the
-  command prints its JSON lines; otherwise it runs until Ctrl-C, publishing to the local stack's IoT data
-  plane when one is running (stdout otherwise).
+  (:class:`trashsorter_cli.device.runner.ComponentRunner`): the model component first (its ``Startup``
+  check), then the app: recipe variables, ``Install`` into the component's own venv, then ``Run``. With
+  ``--once`` the app classifies what the source holds and the command prints its JSON lines; otherwise it
+  runs until Ctrl-C, publishing to the local stack's IoT data plane when one is running (stdout otherwise).
 * ``watch [--topic P] [--count N] [--timeout S] [--replay]`` prints the messages the local endpoint's IoT
   data plane receives from then on (the local device reads moto's record of them), as they arrive;
   ``--replay`` starts from the first one kept.
@@ -30,7 +31,7 @@ from trashsorter.deploy import greengrass_v2
 from trashsorter.errors import TrashsorterError
 from trashsorter.settings import PackageSettings
 from trashsorter_cli.commands import inbox
-from trashsorter_cli.device.runner import ComponentRunner, RecipeError
+from trashsorter_cli.device.runner import ComponentRunner, RecipeError, dependency_runners
 from trashsorter_cli.ui import UI, CliError, UsageError
 
 DEFAULT_WORK = Path(".trashsorter") / "greengrass"
@@ -76,7 +77,7 @@ def bundle(target: Any, model_id: str, out: Path, version: str) -> dict[str, Any
         app_uri=uris["edge_app"],
         s3=target.client("s3"),
     )
-    return {"recipe": str(recipe), "artifacts": sorted(p.name for p in (out / "artifacts").iterdir())}
+    return {"recipe": str(recipe), "artifacts": sorted(p.name for p in out.glob("**/artifacts/*"))}
 
 
 def configuration(args: argparse.Namespace, endpoint_url: str | None) -> dict[str, Any]:
@@ -100,8 +101,14 @@ def configuration(args: argparse.Namespace, endpoint_url: str | None) -> dict[st
 def run_bundle(args: argparse.Namespace, ui: UI, endpoint_url: str | None) -> int:
     env = {"AWS_ENDPOINT_URL": endpoint_url} if endpoint_url else {}
     try:
+        dependencies = dependency_runners(args.bundle, args.work, thing=args.thing)  # the model component
         runner = ComponentRunner(
-            args.bundle, args.work, configuration=configuration(args, endpoint_url), thing=args.thing, env=env
+            args.bundle,
+            args.work,
+            configuration=configuration(args, endpoint_url),
+            thing=args.thing,
+            env=env,
+            dependencies=dependencies,
         )
         runner.install()
         if args.once:

@@ -43,6 +43,8 @@ class LocalComponent:
         endpoint_url: str | None,
         top_k: int,
         configuration_update: dict[str, Any] | None = None,
+        dependencies: dict[str, ComponentRunner] | None = None,
+        install: bool = True,
     ) -> None:
         self.camera = nucleus_root / "camera"
         self.camera.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,12 @@ class LocalComponent:
         configuration = merge(configuration_update or {}, local)
         self.live_url = f"http://127.0.0.1:{configuration['LiveView']['Port']}/"
         env = {"AWS_ENDPOINT_URL": endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"} if endpoint_url else {}
-        self.runner = ComponentRunner(bundle, nucleus_root, configuration=configuration, thing=thing, env=env)
+        self.runner = ComponentRunner(
+            bundle, nucleus_root, configuration=configuration, thing=thing, env=env, dependencies=dependencies
+        )
+        # Install runs when the component version is installed (and when the core starts); a restart for a
+        # new version of a dependency (HARD) runs only Run
+        self.install = install
         self._results: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
         self._ready = threading.Event()
@@ -93,7 +100,10 @@ class LocalComponent:
         try:
             if self._cancelled.is_set():
                 return
-            self.runner.install()
+            if self.install:
+                self.runner.install()
+            else:
+                self.runner.prepare_artifacts()
             with self._starting:
                 if self._cancelled.is_set():
                     return

@@ -188,3 +188,111 @@ def _gateway_handler(gateway: IotGateway) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _relay
 
     return Handler
+
+
+# ------------------------------------------------------------------------------------------- dependencies
+class DependencyError(ValueError):
+    """A deployment whose components' dependencies a core cannot resolve (the deployment fails)."""
+
+
+AWS_PROVIDED = "aws.greengrass."  # public components AWS provides (resolved from the cloud, not run here)
+_COMPARATOR = re.compile(r"^(>=|<=|>|<|=|\^|~)?\s*v?(\d+)(?:\.(\d+|x|\*))?(?:\.(\d+|x|\*))?$")
+
+
+def _version(text: str) -> tuple[int, int, int]:
+    parts = [*text.split("-", 1)[0].split("+", 1)[0].split("."), "0", "0"][:3]
+    try:
+        major, minor, patch = (int(p) for p in parts)
+    except ValueError as exc:
+        raise DependencyError(f"{text!r} is not a semantic version") from exc
+    return major, minor, patch
+
+
+def _comparator_holds(comparator: str, version: tuple[int, int, int]) -> bool:
+    found = _COMPARATOR.match(comparator.strip())
+    if comparator.strip() in ("*", "x", ""):
+        return True
+    if not found:
+        raise DependencyError(f"{comparator!r} is not a version requirement")
+    op, major, minor, patch = found.groups()
+    wild = [p in (None, "x", "*") for p in (minor, patch)]
+    bound = (int(major), 0 if wild[0] else int(minor), 0 if wild[1] else int(patch))
+    if op == "^":  # compatible: same leftmost non-zero part
+        if bound[0] > 0:
+            upper = (bound[0] + 1, 0, 0)
+        elif bound[1] > 0:
+            upper = (0, bound[1] + 1, 0)
+        else:
+            upper = (0, 0, bound[2] + 1)
+        return bound <= version < upper
+    if op == "~" or (op in (None, "=") and any(wild)):  # the patch (or minor) level may move
+        upper = (bound[0] + 1, 0, 0) if wild[0] else (bound[0], bound[1] + 1, 0)
+        return bound <= version < upper
+    checks = {
+        ">=": version >= bound,
+        "<=": version <= bound,
+        ">": version > bound,
+        "<": version < bound,
+    }
+    return checks.get(op or "=", version == bound)
+
+
+def version_satisfies(requirement: str, version: str) -> bool:
+    """A component version against a dependency's ``VersionRequirement`` (semantic version ranges: comparators
+    ``>= <= > < =``, ``^``, ``~``, ``x``/``*`` wildcards, separated by spaces (all must hold) or ``||``)."""
+    parsed = _version(version)
+    for alternative in (requirement or "*").split("||"):
+        tokens = re.sub(r"(>=|<=|>|<|=|\^|~)\s+", r"\1", alternative.strip()).split()
+        if all(_comparator_holds(token, parsed) for token in tokens or ["*"]):
+            return True
+    return False
+
+
+def dependencies_of(recipe: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """``ComponentDependencies`` with the defaults filled in (``VersionRequirement`` ``*``, ``HARD``)."""
+    found: dict[str, dict[str, str]] = {}
+    for name, spec in dict(recipe.get("ComponentDependencies") or {}).items():
+        spec = dict(spec or {})
+        found[str(name)] = {
+            "VersionRequirement": str(spec.get("VersionRequirement") or "*"),
+            "DependencyType": str(spec.get("DependencyType") or "HARD").upper(),
+        }
+    return found
+
+
+def dependency_order(recipes: Mapping[str, Mapping[str, Any]], run_here: list[str]) -> list[str]:
+    """The order in which a core installs and starts ``run_here`` (names of ``recipes``, the deployment's
+    components; the ones this core runs): every dependency before the components that depend on it
+    (Developer Guide, "Component recipe reference": ``ComponentDependencies``). A dependency that the
+    deployment has must satisfy the dependent's ``VersionRequirement``; one the deployment lacks must be a
+    public AWS component (``aws.greengrass.*``, which a core resolves from the cloud); a cycle cannot be
+    installed. Any of these -> :class:`DependencyError` (the deployment fails)."""
+    for name in run_here:
+        for dependency, spec in dependencies_of(recipes[name]).items():
+            if dependency in recipes:
+                version = str(recipes[dependency].get("ComponentVersion", ""))
+                if not version_satisfies(spec["VersionRequirement"], version):
+                    raise DependencyError(
+                        f"{name} requires {dependency} {spec['VersionRequirement']}, "
+                        f"the deployment has {dependency} {version}"
+                    )
+            elif not dependency.startswith(AWS_PROVIDED):
+                raise DependencyError(f"{name} depends on {dependency}, which the deployment does not have")
+    ordered: list[str] = []
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        if name in visiting:
+            raise DependencyError(f"circular dependency: {' -> '.join([*visiting, name])}")
+        visiting.append(name)
+        for dependency in dependencies_of(recipes[name]):
+            if dependency in recipes:
+                visit(dependency)
+        visiting.pop()
+        ordered.append(name)
+
+    for name in run_here:
+        visit(name)
+    return [name for name in ordered if name in run_here]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -34,14 +35,25 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from trashsorter.deploy.greengrass_v2 import merge
+from trashsorter.deploy.greengrass_v2 import DEPENDENCIES, merge
 from trashsorter.errors import DeploymentError
-from trashsorter_cli.device.core_rules import IotGateway, NucleusSettings, effective_access_control
+from trashsorter_cli.device.core_rules import (
+    IotGateway,
+    NucleusSettings,
+    dependencies_of,
+    effective_access_control,
+)
 
 _VARIABLE = "{configuration:"
 DEFAULT_STEP_TIMEOUT = 120.0  # Install / Startup without a Timeout (recipe reference)
 SHUTDOWN_TIMEOUT = 15.0  # Shutdown without a Timeout
 ERRORS_BEFORE_BROKEN = 3  # a component that errors this many times goes BROKEN (the nucleus stops retrying)
+LIFECYCLE_LOG = "lifecycle.log"  # under the nucleus root: one line per lifecycle step run (name version step)
+# ``{<dependency>:artifacts:path}``, ``{<dependency>:artifacts:decompressedPath}``,
+# ``{<dependency>:configuration:/pointer}``: a direct dependency's paths and configuration (recipe reference)
+_DEPENDENCY_VARIABLE = re.compile(
+    r"\{([A-Za-z0-9][A-Za-z0-9._-]*):(artifacts:path|artifacts:decompressedPath|configuration:(/[^}]*))\}"
+)
 
 
 class RecipeError(DeploymentError):
@@ -110,8 +122,24 @@ def select_manifest(recipe: Mapping[str, Any], machine: str) -> dict[str, Any]:
     for manifest in recipe.get("Manifests", []):
         wanted = manifest.get("Platform", {}) or {}
         if wanted.get("os", "*") in ("linux", "*") and wanted.get("architecture", "*") in (architecture, "*"):
+            lifecycle = manifest.get("Lifecycle") or {}
+            if "Startup" in lifecycle and "Run" in lifecycle:  # "You can define only one Startup or Run"
+                raise RecipeError(f"{recipe.get('ComponentName')}: a lifecycle has either Startup or Run")
             return dict(manifest)
     raise RecipeError(f"{recipe.get('ComponentName')}: no manifest for linux/{architecture}")
+
+
+def dependency_runners(bundle: Path | str, work_root: Path | str, *, thing: str = "local") -> dict[str, Any]:
+    """The bundle's dependencies (``<bundle>/dependencies/<component>/``, as ``trashsorter edge bundle``
+    writes them), each installed and started (Install, Startup) before the component that depends on them."""
+    folder = Path(bundle) / DEPENDENCIES
+    found: dict[str, ComponentRunner] = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        runner = ComponentRunner(path, work_root, thing=thing)
+        runner.install()
+        runner.startup()
+        found[runner.name] = runner
+    return found
 
 
 class ComponentRunner:
@@ -127,6 +155,7 @@ class ComponentRunner:
         thing: str = "local",
         env: Mapping[str, str] | None = None,
         nucleus: NucleusSettings | None = None,
+        dependencies: Mapping[str, ComponentRunner] | None = None,
     ) -> None:
         self.bundle = Path(bundle)
         recipe_path = self.bundle / "recipe.json"
@@ -141,6 +170,11 @@ class ComponentRunner:
         self.thing = thing
         self.artifacts_path = (self.bundle / "artifacts").resolve()
         root = Path(work_root).resolve()
+        self.root = root
+        # the direct dependencies this core runs (their paths and configuration interpolate into this recipe)
+        self.dependencies = {
+            n: r for n, r in (dependencies or {}).items() if n in dependencies_of(self.recipe)
+        }
         self.work_path = root / "work" / self.name
         self.decompressed_path = root / "artifacts-unarchived" / self.name / self.version
         self.log_path = root / "logs" / f"{self.name}.log"  # a nucleus's <root>/logs/<ComponentName>.log
@@ -151,7 +185,29 @@ class ComponentRunner:
         self.process: subprocess.Popen[str] | None = None
 
     # -- recipe variables ---------------------------------------------------------------------------------
+    def _dependency_value(self, found: re.Match[str]) -> str:
+        dependency = self.dependencies.get(found.group(1))
+        if dependency is None:
+            return found.group(0)  # only direct dependencies: anything else stays as written
+        if found.group(3) is not None:
+            return _pointer(dependency.configuration, found.group(3))
+        if found.group(2) == "artifacts:decompressedPath":
+            return str(dependency.decompressed_path)
+        unreadable = [
+            str(a.get("URI", "")).rsplit("/", 1)[-1]
+            for a in dependency.manifest.get("Artifacts", [])
+            if "ALL"
+            not in ((a.get("Permission") or {}).get("Read"), (a.get("Permission") or {}).get("Execute"))
+        ]
+        if unreadable:  # OWNER (the default) lets only the dependency's own user read its artifacts
+            raise RecipeError(
+                f"{self.name} reads the artifacts of {dependency.name}, whose {', '.join(unreadable)} "
+                "other components cannot read (Permission Read is not ALL)"
+            )
+        return str(dependency.artifacts_path)
+
     def resolve(self, text: str) -> str:
+        text = _DEPENDENCY_VARIABLE.sub(self._dependency_value, text)
         out = (
             text.replace("{artifacts:path}", str(self.artifacts_path))
             .replace("{artifacts:decompressedPath}", str(self.decompressed_path))
@@ -210,12 +266,28 @@ class ComponentRunner:
     def install(self, timeout: float | None = None) -> None:
         self.prepare_artifacts()
         self.work_path.mkdir(parents=True, exist_ok=True)
-        script = self._step("Install")
+        self._to_completion("Install", timeout)
+
+    def startup(self, timeout: float | None = None) -> None:
+        """The ``Startup`` step (a component RUNNING once it exits 0; components that depend on it start
+        only then). A component without one has nothing to do here."""
+        self._to_completion("Startup", timeout)
+
+    def _log(self, step: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LIFECYCLE_LOG, "a", encoding="utf-8") as log:
+            log.write(f"{self.name} {self.version} {step}\n")
+
+    def _to_completion(self, step: str, timeout: float | None) -> None:
+        """Install / Startup: a step that fails or passes its timeout is ERRORED and retried; the third
+        error is BROKEN (RecipeError)."""
+        script = self._step(step)
         if script is None:
             return
-        limit = timeout if timeout is not None else self._timeout("Install")
+        limit = timeout if timeout is not None else self._timeout(step)
         why = ""
         for _attempt in range(ERRORS_BEFORE_BROKEN):  # ERRORED, retried; the third error is BROKEN
+            self._log(step)
             try:
                 done = subprocess.run(**self._shell(script), capture_output=True, timeout=limit, check=False)
             except subprocess.TimeoutExpired:
@@ -227,12 +299,13 @@ class ComponentRunner:
             if done.returncode == 0:
                 return
             why = f"failed ({done.returncode}): {done.stderr[-2000:]}"
-        raise RecipeError(f"{self.name} BROKEN after {ERRORS_BEFORE_BROKEN} errors: Install {why}")
+        raise RecipeError(f"{self.name} BROKEN after {ERRORS_BEFORE_BROKEN} errors: {step} {why}")
 
     def start(self, *, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
         script = self._step("Run")
         if script is None:
             raise RecipeError(f"{self.name}: the recipe has no Run step")
+        self._log("Run")
         upstream = self.extra_env.get("AWS_ENDPOINT_URL")
         if upstream and self.gateway is None:
             self.gateway = IotGateway(upstream, self.access_control, self.name).start()

@@ -1,9 +1,11 @@
 """The local device: a local Greengrass v2 *core device* on 127.0.0.1. It connects to the local endpoint's
 Greengrass v2 control plane (:mod:`trashsorter_cli.local.greengrass_v2`) as the thing ``THING_NAME`` of the
-local thing group, receives that group's deployments, runs trashsorter's component of each deployment (the
-recipe and artifacts the package step published; :mod:`trashsorter_cli.device.component`) and reports its
-result per deployment (``ListEffectiveDeployments``). It does not classify itself: ``/predict`` hands the
-image to the running component and answers with the component's result.
+local thing group, receives that group's deployments, runs trashsorter's components of each deployment in
+dependency order (:func:`~trashsorter_cli.device.core_rules.dependency_order`): the model component's
+``Startup`` check, then the app (the recipes and artifacts the package step published;
+:mod:`trashsorter_cli.device.component`), restarted without its Install when only the model component changed,
+and reports its result per deployment (``ListEffectiveDeployments``). It does not classify itself:
+``/predict`` hands the image to the running component and answers with the component's result.
 
 A deployment whose model cannot be used (not downloadable, unsafe or unreadable archive, a model that does not
 load, a component that does not start) FAILS and is rolled back: the previous component version keeps running
@@ -47,8 +49,9 @@ from trashsorter import aws
 from trashsorter.deploy import greengrass_v2
 from trashsorter.errors import DeploymentError, Rejection, TrashsorterError
 from trashsorter_cli.device.component import READY_TIMEOUT_S, LocalComponent
+from trashsorter_cli.device.core_rules import dependency_order
 from trashsorter_cli.device.predictor import Classifier
-from trashsorter_cli.device.runner import prepare_environment
+from trashsorter_cli.device.runner import ComponentRunner, prepare_environment
 from trashsorter_edge.contract import LABELS_FILE, MODEL_FILE
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -127,6 +130,7 @@ class LocalDevice:
         self.component: LocalComponent | None = None
         self._preparing: threading.Thread | None = None
         self.model_id: str | None = None
+        self.model_version: str | None = None  # the model component's version that runs
         self.deployment_id: str | None = None
         self.deployed_at: str | None = None
         self._server: ThreadingHTTPServer | None = None
@@ -154,11 +158,7 @@ class LocalDevice:
             self._preparing.start()
         record = self._record()
         if record and record.get("bundle_dir") and self.component is None:
-            labels = len(self.classifier.labels) if self.classifier else 1
-            update = dict(record.get("configuration") or {})
-            self.component = self._component(Path(record["bundle_dir"]), labels, update).start(
-                after=self._preparing
-            )
+            self.component = self._component_of(record)
         return self
 
     def connect(self, group: str, plane: Any = None) -> LocalDevice:
@@ -239,21 +239,33 @@ class LocalDevice:
         ours = sorted(n for n, r in recipes.items() if r.get("ComponentPublisher") == PUBLISHER)
         if not ours:
             return  # the group's deployment has no trashsorter component: nothing for this core to run
-        recipe = recipes[ours[0]]
-        spec = document["components"][ours[0]]
-        try:
-            update = json.loads((spec.get("configurationUpdate") or {}).get("merge") or "{}")
-        except ValueError as exc:
-            raise ArtifactError(f"the configuration update is not JSON: {exc}") from exc
-        defaults = recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
-        configuration = greengrass_v2.merge(defaults, update)
-        model_id = checked_identifier(configuration.get("ModelId"), "ModelId")
-        if self.component is not None and self.component.version == recipe.get("ComponentVersion"):
-            if self.model_id == model_id:
-                return  # this version already runs here
-        uris = [str(a.get("URI", "")) for a in recipe.get("Manifests", [{}])[0].get("Artifacts", [])]
+        order = dependency_order(recipes, ours)  # dependencies first; an unsatisfiable one fails it
+        apps = [n for n in order if greengrass_v2.model_component_name(n) in recipes]
+        if not apps:
+            raise ArtifactError(f"the deployment's trashsorter components {ours} have no app and its model")
+        app, model = apps[-1], greengrass_v2.model_component_name(apps[-1])
+        update = _merge_update(document["components"][app])
+        model_update = _merge_update(document["components"][model])
+        defaults = recipes[model].get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
+        model_id = checked_identifier(greengrass_v2.merge(defaults, model_update).get("ModelId"), "ModelId")
+        running = self.component
+        if (
+            running is not None
+            and running.version == recipes[app].get("ComponentVersion")
+            and self.model_version == recipes[model].get("ComponentVersion")
+            and self.model_id == model_id
+        ):
+            return  # these versions already run here
+        uris = [str(a.get("URI", "")) for a in recipes[model].get("Manifests", [{}])[0].get("Artifacts", [])]
         model_uri = next((u for u in uris if u.endswith("/" + greengrass_v2.MODEL_ARCHIVE)), "")
-        self.deploy(model_id, model_uri, str(document["deploymentId"]), recipe=recipe, update=update)
+        self.deploy(
+            model_id,
+            model_uri,
+            str(document["deploymentId"]),
+            recipe=recipes[app],
+            update=update,
+            model=(recipes[model], model_update),
+        )
 
     def deploy(
         self,
@@ -263,9 +275,10 @@ class LocalDevice:
         *,
         recipe: dict[str, Any],
         update: dict[str, Any] | None = None,
+        model: tuple[dict[str, Any], dict[str, Any]],
     ) -> dict[str, Any]:
-        """Download, verify, switch, wait until the component runs; a DeploymentError (422/502 subclass)
-        keeps (or restarts) the previous component and model."""
+        """Download, verify, run the model component (its Startup check), switch, wait until the app runs; a
+        DeploymentError (422/502 subclass) keeps (or restarts) the previous components and model."""
         deployment_id = checked_identifier(deployment_id or uuid.uuid4().hex, "deployment id")
         checked_identifier(model_id, "model id")
         parsed = urlparse(artifact_uri)
@@ -276,6 +289,10 @@ class LocalDevice:
             model_dir = self._fetch(parsed.netloc, parsed.path.lstrip("/"), target)
             classifier = Classifier(model_dir)
             bundle = self._bundle(recipe, target / "bundle")
+            model_bundle = self._bundle(model[0], target / "model")
+            model_runner = self._model_runner(model_bundle, model[1])
+            model_runner.install()
+            model_runner.startup()  # a model that fails its check fails the deployment here
         except DeploymentError:
             shutil.rmtree(target, ignore_errors=True)
             raise
@@ -283,7 +300,13 @@ class LocalDevice:
         previous = self.component
         if previous is not None:
             previous.stop()  # the nucleus stops the old version before the new one runs
-        component = self._component(bundle, len(classifier.labels), update or {}).start(after=self._preparing)
+        component = self._component(
+            bundle,
+            len(classifier.labels),
+            update or {},
+            dependencies={model_runner.name: model_runner},
+            install=previous is None or previous.version != recipe.get("ComponentVersion"),
+        ).start(after=self._preparing)
         failure = component.wait_running(DEPLOY_TIMEOUT_S)
         if failure is not None:
             component.stop()
@@ -294,6 +317,7 @@ class LocalDevice:
             self.component = component
             self.classifier = classifier
             self.model_id = model_id
+            self.model_version = model_runner.version
             self.deployment_id = deployment_id
             self.deployed_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
             record = {
@@ -304,6 +328,8 @@ class LocalDevice:
                 "model_dir": str(model_dir),
                 "bundle_dir": str(bundle),
                 "configuration": dict(update or {}),
+                "model_bundle_dir": str(model_bundle),
+                "model_configuration": dict(model[1]),
             }
         pending = self.state_dir / "current.json.tmp"
         pending.write_text(json.dumps(record))
@@ -314,16 +340,33 @@ class LocalDevice:
         return {"status": "deployed", **{k: v for k, v in record.items() if not k.endswith("_dir")}}
 
     def _roll_back(self, record: dict[str, Any] | None) -> None:
-        """ROLLBACK: the previous deployment's component runs again with its model and configuration."""
+        """ROLLBACK: the previous deployment's components run again with its model and configuration."""
         with self._lock:
             self.component = None
         if not record or not record.get("bundle_dir"):
             return
-        labels = len(self.classifier.labels) if self.classifier else 1
-        update = dict(record.get("configuration") or {})
-        component = self._component(Path(record["bundle_dir"]), labels, update).start(after=self._preparing)
+        component = self._component_of(record)
         with self._lock:
             self.component = component
+
+    def _component_of(self, record: dict[str, Any]) -> LocalComponent | None:
+        """The recorded deployment's components started again (the model component's Startup check, then
+        the app: Install and Run, as a core starting up)."""
+        labels = len(self.classifier.labels) if self.classifier else 1
+        dependencies: dict[str, ComponentRunner] = {}
+        if record.get("model_bundle_dir"):
+            try:
+                runner = self._model_runner(
+                    Path(record["model_bundle_dir"]), record.get("model_configuration")
+                )
+                runner.install()
+                runner.startup()
+            except (DeploymentError, OSError, ValueError):
+                return None  # a record this core can no longer run: nothing deployed
+            dependencies[runner.name] = runner
+        update = dict(record.get("configuration") or {})
+        bundle = Path(record["bundle_dir"])
+        return self._component(bundle, labels, update, dependencies=dependencies).start(after=self._preparing)
 
     def predict(self, image: bytes) -> dict[str, Any]:
         """The running component's result for ``image`` (it classifies; this process only hands over)."""
@@ -371,7 +414,15 @@ class LocalDevice:
             raise ArtifactUnavailable(f"cannot download the component's artifacts: {exc}") from exc
         return out
 
-    def _component(self, bundle: Path, labels: int, update: dict[str, Any]) -> LocalComponent:
+    def _component(
+        self,
+        bundle: Path,
+        labels: int,
+        update: dict[str, Any],
+        *,
+        dependencies: dict[str, ComponentRunner],
+        install: bool = True,
+    ) -> LocalComponent:
         endpoint = getattr(getattr(self._s3, "meta", None), "endpoint_url", None)
         return LocalComponent(
             bundle,
@@ -380,6 +431,13 @@ class LocalDevice:
             endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL"),
             top_k=max(labels, 1),
             configuration_update=update,
+            dependencies=dependencies,
+            install=install,
+        )
+
+    def _model_runner(self, bundle: Path, update: dict[str, Any] | None) -> ComponentRunner:
+        return ComponentRunner(
+            bundle, self.state_dir / "nucleus", configuration=update or {}, thing=self.thing
         )
 
     @property
@@ -410,6 +468,17 @@ class LocalDevice:
         self.model_id = record["model_id"]
         self.deployment_id = record["deployment_id"]
         self.deployed_at = record["deployed_at"]
+
+
+def _merge_update(spec: dict[str, Any]) -> dict[str, Any]:
+    """A component's ``configurationUpdate.merge`` of the deployment (JSON)."""
+    try:
+        update = json.loads((spec.get("configurationUpdate") or {}).get("merge") or "{}")
+    except ValueError as exc:
+        raise ArtifactError(f"the configuration update is not JSON: {exc}") from exc
+    if not isinstance(update, dict):
+        raise ArtifactError("the configuration update is not a JSON object")
+    return update
 
 
 def _token(state_dir: Path) -> str:

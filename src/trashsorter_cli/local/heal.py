@@ -124,6 +124,7 @@ def serve_champion(device: Any, package_env: Mapping[str, str], *, client: Clien
     Greengrass v2 path as the package step (a new component version, a new revision of the thing group's
     restored deployment). Returns the model deployed."""
     from trashsorter.deploy import greengrass_v2
+    from trashsorter.deploy.orchestrate import component_versions
 
     settings, champion = _champion(package_env, client)
     if champion is None or device.model_id == champion["model_id"]:
@@ -135,14 +136,14 @@ def serve_champion(device: Any, package_env: Mapping[str, str], *, client: Clien
         )
         return None
     model_id = str(champion["model_id"])
-    version = greengrass_v2.next_component_version(
-        settings.edge_component_name, table_name=settings.table_name, ddb=client("dynamodb")
-    )
+    clients = Clients(ddb=client("dynamodb"), s3=client("s3"))
+    version, app_version = component_versions(settings, clients, str(uris["edge_app"]))
     greengrass_v2.deploy(
         model_id=model_id,
         artifact_uri=str(uris["onnx"]),
         app_uri=str(uris["edge_app"]),
         version=version,
+        app_version=app_version,
         settings=settings,
         greengrassv2=client("greengrassv2"),
     )

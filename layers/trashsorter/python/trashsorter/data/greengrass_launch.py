@@ -5,12 +5,15 @@ of the component's configuration reaches this program through the environment (`
 ``TRASHSORTER_CFG_<Key>``, JSON for objects) and goes to the app as separate arguments, never through a
 shell::
 
-    python3 launch.py install WORK ARTIFACTS   # venv + pinned requirements; the model into WORK/model.next,
-                                               # loaded once with the app's own Model (a model that cannot
-                                               # load fails Install, so the deployment fails and rolls back)
-    python3 launch.py run WORK                 # WORK/model.next becomes WORK/model; exec the app
+    python3 launch.py install WORK MODEL   # venv + pinned requirements; the model (MODEL: the model
+                                           # component's artifacts, model.onnx.tar.gz) loaded once with the
+                                           # app's own Model (a model that cannot load fails Install)
+    python3 launch.py run WORK MODEL       # the model into WORK/model.next, which becomes WORK/model; exec
 
-The previous model stays in ``WORK/model`` until the new one is switched in by ``run``.
+The model comes from the model component the app depends on; Install runs when the app is installed (a new
+app version), Run each time the app starts, also when the core restarts it for a new model component version.
+The previous model stays in ``WORK/model.previous`` and in the previous model component's artifacts until
+the core removes that version.
 """
 
 from __future__ import annotations
@@ -136,7 +139,8 @@ def app_arguments(work: Path, model: Path) -> list[str]:
     return args + shlex.split(str(config("ExtraArgs", "")))
 
 
-def run(work: Path) -> int:
+def run(work: Path, artifacts: Path) -> int:
+    extract_model(artifacts / MODEL_ARCHIVE, work / "model.next")
     model = switch_model(work)
     python = str(work / "venv" / "bin" / "python")
     os.execv(python, [python, "-u", "-m", "trashsorter_edge", *app_arguments(work, model)])  # noqa: S606
@@ -146,9 +150,9 @@ def run(work: Path) -> int:
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "install":
         return install(Path(argv[1]), Path(argv[2]))
-    if len(argv) == 2 and argv[0] == "run":
-        return run(Path(argv[1]))
-    print("usage: launch.py install WORK ARTIFACTS | run WORK", file=sys.stderr)
+    if len(argv) == 3 and argv[0] == "run":
+        return run(Path(argv[1]), Path(argv[2]))
+    print("usage: launch.py install WORK MODEL | run WORK MODEL", file=sys.stderr)
     return 2
 
 

@@ -39,7 +39,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trashsorter import aws, clock, registry
 from trashsorter.clients import Clients
 from trashsorter.ddb import serialize
-from trashsorter.deploy import TARGET_GREENGRASS_V2, aws_failure
+from trashsorter.deploy import TARGET_GREENGRASS_V2, aws_failure, greengrass_v2
 from trashsorter.deploy.greengrass_v2 import JOB_TIMEOUT_MINUTES, current_deployment
 from trashsorter.errors import TransientError
 from trashsorter.notify import notify
@@ -97,7 +97,8 @@ def parse_status_change(event: Mapping[str, Any]) -> CoreDeviceStatusChange | No
 
 
 def model_of_deployment(deployment: Mapping[str, Any], component_name: str) -> str:
-    """The ``ModelId`` the deployment merges into our component's configuration; ``""`` when it has none."""
+    """The ``ModelId`` the deployment merges into ``component_name``'s configuration (our model component's,
+    :func:`greengrass_v2.model_component_name`); ``""`` when it has none."""
     spec = dict((deployment.get("components") or {}).get(component_name) or {})
     try:
         merged = json.loads((spec.get("configurationUpdate") or {}).get("merge") or "{}")
@@ -130,7 +131,9 @@ def record_device_result(
         row = effective_result(clients.greengrassv2, thing, deployment_id)
     except (ClientError, BotoCoreError) as exc:
         raise aws_failure(f"Greengrass v2: cannot read {thing}'s result of {deployment_id}", exc) from exc
-    model_id = model_of_deployment(deployment, settings.edge_component_name)
+    model_id = model_of_deployment(
+        deployment, greengrass_v2.model_component_name(settings.edge_component_name)
+    )
     if not model_id or row is None:
         return DeviceResultOutcome("ignored", thing, deployment_id, model_id=model_id)
     records = registry.list_deployments(model_id, table_name=settings.table_name, ddb=clients.ddb)

@@ -165,100 +165,145 @@ def deploy(
         and prepared.get("artifact_uri") == artifact_uri
         and prepared.get("group_version_id")
     ):
-        version_id = str(prepared["group_version_id"])
-        step = "look for the deployment of the recorded group version"
-        try:
-            found = _deployment_of(gg, group_id, version_id)
-            if found is not None:
-                note = "adopted the deployment an earlier attempt created"
-                return _deployed(group_id, model_id, found, prepared, note=note)
-            step = "create the group deployment"
-            deployment = gg.create_deployment(
-                GroupId=group_id, GroupVersionId=version_id, DeploymentType="NewDeployment"
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_failure(f"DeepLens group {group_id}: could not {step}", exc) from exc
-        return _deployed(group_id, model_id, deployment, prepared)
-    step = "read the DeepLens group"
+        return _deploy_prepared(gg, group_id, model_id, prepared)
+    details = _new_group_version(gg, group_id, model_id, artifact_uri, settings.deeplens_function_arn)
+    if on_group_version is not None:
+        on_group_version(details)
+    deployment = _step(
+        group_id,
+        "create the group deployment",
+        lambda: gg.create_deployment(
+            GroupId=group_id, GroupVersionId=details["group_version_id"], DeploymentType="NewDeployment"
+        ),
+    )
+    return _deployed(group_id, model_id, deployment, details)
+
+
+def _step(group_id: str, step: str, call: Callable[[], Any]) -> Any:
+    """One Greengrass call of the deployment; a boto error says which step failed (:func:`aws_failure`)."""
     try:
-        group = gg.get_group(GroupId=group_id)
-        latest = group.get("LatestVersion")
-        definition: dict[str, Any] = {}
-        if latest:
-            definition = gg.get_group_version(GroupId=group_id, GroupVersionId=latest).get("Definition", {})
+        return call()
+    except (ClientError, BotoCoreError) as exc:
+        raise aws_failure(f"DeepLens group {group_id}: could not {step}", exc) from exc
 
-        step = "create the model resource definition"
-        resource = model_resource(artifact_uri)
-        if definition.get("ResourceDefinitionVersionArn"):
-            res_id, res_version = _ids(definition["ResourceDefinitionVersionArn"])
-            existing = gg.get_resource_definition_version(
-                ResourceDefinitionId=res_id, ResourceDefinitionVersionId=res_version
-            )
-            resources = [
-                r
-                for r in existing.get("Definition", {}).get("Resources", [])
-                if r.get("Id") != MODEL_RESOURCE_ID
-            ]
-            created = gg.create_resource_definition_version(
-                ResourceDefinitionId=res_id, Resources=[*resources, resource]
-            )
-            resource_version_arn = created["Arn"]
-        else:
-            created = gg.create_resource_definition(
-                Name=f"trashsorter-{group_id}"[:128], InitialVersion={"Resources": [resource]}
-            )
-            resource_version_arn = created["LatestVersionArn"]
 
-        step = "create the inference function definition"
-        wanted = _unqualified(settings.deeplens_function_arn)
-        functions: list[dict[str, Any]] = []
-        previous: dict[str, Any] | None = None
-        default_config: dict[str, Any] | None = None
-        function_def_id = ""
-        if definition.get("FunctionDefinitionVersionArn"):
-            function_def_id, fn_version = _ids(definition["FunctionDefinitionVersionArn"])
-            existing_fn = gg.get_function_definition_version(
-                FunctionDefinitionId=function_def_id, FunctionDefinitionVersionId=fn_version
-            ).get("Definition", {})
-            default_config = existing_fn.get("DefaultConfig") or None
-            for fn in existing_fn.get("Functions", []):
-                if fn.get("Id") == FUNCTION_ID or _unqualified(str(fn.get("FunctionArn", ""))) == wanted:
-                    previous = fn
-                else:
-                    functions.append(fn)
-        functions.append(inference_function(settings.deeplens_function_arn, model_id, previous))
-        if function_def_id:
-            kwargs: dict[str, Any] = {"FunctionDefinitionId": function_def_id, "Functions": functions}
-            if default_config:
-                kwargs["DefaultConfig"] = default_config
-            function_version_arn = gg.create_function_definition_version(**kwargs)["Arn"]
-        else:
-            function_version_arn = gg.create_function_definition(
-                Name=f"trashsorter-{group_id}"[:128], InitialVersion={"Functions": functions}
-            )["LatestVersionArn"]
+def _deploy_prepared(gg: Any, group_id: str, model_id: str, prepared: Mapping[str, Any]) -> DeploymentResult:
+    """A retry of a request whose group version is recorded: adopt its deployment, or deploy it."""
+    version_id = str(prepared["group_version_id"])
+    found = _step(
+        group_id,
+        "look for the deployment of the recorded group version",
+        lambda: _deployment_of(gg, group_id, version_id),
+    )
+    if found is not None:
+        note = "adopted the deployment an earlier attempt created"
+        return _deployed(group_id, model_id, found, prepared, note=note)
+    deployment = _step(
+        group_id,
+        "create the group deployment",
+        lambda: gg.create_deployment(
+            GroupId=group_id, GroupVersionId=version_id, DeploymentType="NewDeployment"
+        ),
+    )
+    return _deployed(group_id, model_id, deployment, prepared)
 
-        step = "create the group version"
-        group_version_args = {key: definition[key] for key in _KEPT_DEFINITIONS if definition.get(key)}
-        group_version = gg.create_group_version(
+
+def _new_group_version(
+    gg: Any, group_id: str, model_id: str, artifact_uri: str, function_arn: str
+) -> dict[str, Any]:
+    """A new group version: the latest one's definitions plus the model resource and inference function."""
+
+    def latest_definition() -> dict[str, Any]:
+        latest = gg.get_group(GroupId=group_id).get("LatestVersion")
+        if not latest:
+            return {}
+        found: dict[str, Any] = gg.get_group_version(GroupId=group_id, GroupVersionId=latest).get(
+            "Definition", {}
+        )
+        return found
+
+    definition = _step(group_id, "read the DeepLens group", latest_definition)
+    resource_version_arn = _step(
+        group_id,
+        "create the model resource definition",
+        lambda: _resource_definition_version(gg, group_id, definition, artifact_uri),
+    )
+    function_version_arn = _step(
+        group_id,
+        "create the inference function definition",
+        lambda: _function_definition_version(gg, group_id, definition, function_arn, model_id),
+    )
+    group_version_args = {key: definition[key] for key in _KEPT_DEFINITIONS if definition.get(key)}
+    group_version = _step(
+        group_id,
+        "create the group version",
+        lambda: gg.create_group_version(
             GroupId=group_id,
             FunctionDefinitionVersionArn=function_version_arn,
             ResourceDefinitionVersionArn=resource_version_arn,
             **group_version_args,
-        )
-        details: dict[str, Any] = {
-            "group_id": group_id,
-            "group_version_id": group_version["Version"],
-            "resource_definition_version_arn": resource_version_arn,
-            "function_definition_version_arn": function_version_arn,
-            "artifact_uri": artifact_uri,
-        }
-        if on_group_version is not None:
-            on_group_version(details)
+        ),
+    )
+    return {
+        "group_id": group_id,
+        "group_version_id": group_version["Version"],
+        "resource_definition_version_arn": resource_version_arn,
+        "function_definition_version_arn": function_version_arn,
+        "artifact_uri": artifact_uri,
+    }
 
-        step = "create the group deployment"
-        deployment = gg.create_deployment(
-            GroupId=group_id, GroupVersionId=group_version["Version"], DeploymentType="NewDeployment"
+
+def _resource_definition_version(
+    gg: Any, group_id: str, definition: Mapping[str, Any], artifact_uri: str
+) -> str:
+    """A new resource definition version: the group's resources with ``trashsorter-model`` replaced."""
+    resource = model_resource(artifact_uri)
+    if not definition.get("ResourceDefinitionVersionArn"):
+        created = gg.create_resource_definition(
+            Name=f"trashsorter-{group_id}"[:128], InitialVersion={"Resources": [resource]}
         )
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_failure(f"DeepLens group {group_id}: could not {step}", exc) from exc
-    return _deployed(group_id, model_id, deployment, details)
+        return str(created["LatestVersionArn"])
+    res_id, res_version = _ids(definition["ResourceDefinitionVersionArn"])
+    existing = gg.get_resource_definition_version(
+        ResourceDefinitionId=res_id, ResourceDefinitionVersionId=res_version
+    )
+    resources = [
+        r for r in existing.get("Definition", {}).get("Resources", []) if r.get("Id") != MODEL_RESOURCE_ID
+    ]
+    created = gg.create_resource_definition_version(
+        ResourceDefinitionId=res_id, Resources=[*resources, resource]
+    )
+    return str(created["Arn"])
+
+
+def _function_definition_version(
+    gg: Any, group_id: str, definition: Mapping[str, Any], function_arn: str, model_id: str
+) -> str:
+    """A new function definition version: the group's other functions unchanged, plus the inference
+    function (its earlier settings, such as resource access policies, carried over)."""
+    wanted = _unqualified(function_arn)
+    functions: list[dict[str, Any]] = []
+    previous: dict[str, Any] | None = None
+    default_config: dict[str, Any] | None = None
+    if not definition.get("FunctionDefinitionVersionArn"):
+        functions.append(inference_function(function_arn, model_id, previous))
+        return str(
+            gg.create_function_definition(
+                Name=f"trashsorter-{group_id}"[:128], InitialVersion={"Functions": functions}
+            )["LatestVersionArn"]
+        )
+    function_def_id, fn_version = _ids(definition["FunctionDefinitionVersionArn"])
+    existing_fn = gg.get_function_definition_version(
+        FunctionDefinitionId=function_def_id, FunctionDefinitionVersionId=fn_version
+    ).get("Definition", {})
+    default_config = existing_fn.get("DefaultConfig") or None
+    for fn in existing_fn.get("Functions", []):
+        if fn.get("Id") == FUNCTION_ID or _unqualified(str(fn.get("FunctionArn", ""))) == wanted:
+            previous = fn
+        else:
+            functions.append(fn)
+    functions.append(inference_function(function_arn, model_id, previous))
+    kwargs: dict[str, Any] = {"FunctionDefinitionId": function_def_id, "Functions": functions}
+    if default_config:
+        kwargs["DefaultConfig"] = default_config
+    return str(gg.create_function_definition_version(**kwargs)["Arn"])

@@ -1,21 +1,27 @@
-"""Publish an ONNX model to living edge devices as a Greengrass v2 component and deploy it.
+"""Publish an ONNX model to living edge devices as Greengrass v2 components and deploy them.
 
-* Component ``EDGE_COMPONENT_NAME``, version ``1.0.<n>`` with ``n`` from an atomic counter in the table
-  (``EDGE/COMPONENT#<name>``), so versions only grow, whatever order models finish in.
-* The recipe is a file, ``trashsorter/data/greengrass_v2_recipe.json``: the edge app (``trashsorter_edge``)
-  installed by ``Install`` into an isolated venv under ``{work:path}`` with pinned requirements (no
-  system-wide pip, no root), run by ``Run``, publishing only to its own topics (IPC access control).
-  :func:`component_recipe` fills in the name, version, ``ModelId``, defaults and the two artifacts in the
-  DeepLens bucket: ``models/<job>/trashsorter-edge.zip`` (``Unarchive: ZIP``, :func:`write_app_archive`)
-  and ``models/<job>/model.onnx.tar.gz`` (model.onnx, labels.txt, metrics.json; extracted by ``Install``).
-* ``create_deployment`` to ``EDGE_THING_GROUP_ARN`` with ``failureHandlingPolicy = ROLLBACK``: a device
-  on which the new version fails to start goes back to the previous one.
-* Idempotency tokens (``clientToken``) are derived from the model id and version, so a retried call does
-  not create a second component version or deployment.
+* Two components: the model component :func:`model_component_name` (``<app>Model``: ``model.onnx.tar.gz``,
+  readable by its dependents, and ``ModelId``; its ``Startup`` checks the model) with version ``1.0.<n>``
+  from an atomic counter in the table (``EDGE/COMPONENT#<name>``), and the app component
+  ``EDGE_COMPONENT_NAME`` (the edge app ``trashsorter_edge``, installed by ``Install`` into an isolated venv
+  under ``{work:path}`` with pinned requirements, run by ``Run``, publishing only to its own topics) whose
+  version follows the app archive's content (:func:`app_component_version`), so a new model does not
+  reinstall the app. The app depends (HARD) on its model component and reads the model through the
+  dependency's recipe variables.
+* The recipes are files, ``trashsorter/data/greengrass_v2_recipe.json`` and
+  ``greengrass_v2_model_recipe.json``: :func:`component_recipe` and :func:`model_component_recipe` fill in
+  names, versions, ``ModelId``, defaults and the artifacts in the DeepLens bucket
+  (``models/<job>/trashsorter-edge.zip``, :func:`write_app_archive`; ``models/<job>/model.onnx.tar.gz``).
+* ``create_deployment`` to ``EDGE_THING_GROUP_ARN`` with both components merged into the group's deployment
+  and ``failureHandlingPolicy = ROLLBACK``: a device on which the new model (or app) fails goes back to the
+  previous versions.
+* Idempotency tokens (``clientToken``) are derived from the component names and versions, so a retried call
+  does not create a second component version or deployment.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -38,6 +44,11 @@ from trashsorter.settings import PackageSettings
 
 _TOKEN_NAMESPACE = uuid.UUID("6f1d4bde-5c55-4b8e-9a39-2f6f2b8c7a10")
 RECIPE_FILE = "greengrass_v2_recipe.json"
+MODEL_RECIPE_FILE = "greengrass_v2_model_recipe.json"
+MODEL_CHECK = "greengrass_model_check.py"  # the model component's Startup program (``python3 -c``)
+MODEL_PLACEHOLDER = "MODEL_COMPONENT"  # the app recipe file's name for its model component
+MODEL_SUFFIX = "Model"
+DEPENDENCIES = "dependencies"  # a bundle's folder of its dependencies' bundles
 LAUNCHER = "greengrass_launch.py"  # the lifecycle steps, ``launch.py`` in the app archive
 APP_ARCHIVE = "trashsorter-edge.zip"
 MODEL_ARCHIVE = "model.onnx.tar.gz"
@@ -69,6 +80,32 @@ def next_component_version(component_name: str, *, table_name: str, ddb: Any = N
     return f"1.0.{int(response['Attributes']['seq']['N'])}"
 
 
+def app_component_version(component_name: str, app_uri: str, *, table_name: str, ddb: Any, s3: Any) -> str:
+    """The app component's version follows the app's content: the version last published for these bytes
+    (sha-256 of ``trashsorter-edge.zip``, kept on the counter item), else a new ``1.0.<n>``. So a new model
+    with the same app deploys the same app version and the core does not install the app again."""
+    bucket, _, key = app_uri.removeprefix("s3://").partition("/")
+    item_key = serialize(edge_component_key(component_name))
+    try:
+        digest = hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+        item = ddb.get_item(TableName=table_name, Key=item_key, ConsistentRead=True).get("Item") or {}
+    except (ClientError, BotoCoreError) as exc:
+        raise aws_failure(f"could not read the app component {app_uri}", exc) from exc
+    if item.get("app_sha256", {}).get("S") == digest and item.get("app_version", {}).get("S"):
+        return str(item["app_version"]["S"])
+    version = next_component_version(component_name, table_name=table_name, ddb=ddb)
+    try:
+        ddb.update_item(
+            TableName=table_name,
+            Key=item_key,
+            UpdateExpression="SET app_sha256 = :sha, app_version = :version",
+            ExpressionAttributeValues={":sha": {"S": digest}, ":version": {"S": version}},
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise TransientError(f"could not record the app component version {version}: {exc}") from exc
+    return version
+
+
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     """Greengrass's configuration ``MERGE``: nested objects merge key by key, everything else replaces."""
     out = dict(base)
@@ -80,43 +117,76 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def recipe_template() -> dict[str, Any]:
-    """The component recipe as kept in the repo (``trashsorter/data/greengrass_v2_recipe.json``)."""
-    text = resources.files("trashsorter").joinpath("data", RECIPE_FILE).read_text(encoding="utf-8")
+def model_component_name(app_component_name: str) -> str:
+    """The model component of an app component (``<app>Model``): the one place the name is derived."""
+    return f"{app_component_name}{MODEL_SUFFIX}"
+
+
+def recipe_template(file: str = RECIPE_FILE) -> dict[str, Any]:
+    """A component recipe as kept in the repo (``trashsorter/data/<file>``)."""
+    text = resources.files("trashsorter").joinpath("data", file).read_text(encoding="utf-8")
     recipe: dict[str, Any] = json.loads(text)
     return recipe
+
+
+def _named_artifact(uri: str, name: str) -> str:
+    if uri.rsplit("/", 1)[-1] != name:  # a nucleus names a downloaded artifact after its URI
+        raise DeploymentError(f"the component artifact must be named {name}, got {uri!r}")
+    return uri
 
 
 def component_recipe(
     *,
     component_name: str,
     version: str,
-    model_id: str,
-    artifact_uri: str,
     app_uri: str,
     defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The recipe file with the package step's values filled in: name, version, the two artifacts (the
-    edge app zip, unarchived; the model tarball), ``ModelId`` and any ``defaults`` over the configuration."""
-    for uri, name in ((artifact_uri, MODEL_ARCHIVE), (app_uri, APP_ARCHIVE)):
-        if uri.rsplit("/", 1)[-1] != name:  # a nucleus names a downloaded artifact after its URI
-            raise DeploymentError(f"the component artifact must be named {name}, got {uri!r}")
-    checked_identifier(model_id, "model id")
-    recipe = recipe_template()
+    """The app component: the recipe file with the package step's values filled in: name, version, the edge
+    app zip (unarchived), any ``defaults`` over the configuration, and its model component
+    (:func:`model_component_name`) as a HARD dependency whose artifacts and ``ModelId`` the lifecycle reads
+    (``{<model>:artifacts:path}``, ``{<model>:configuration:/ModelId}``)."""
+    _named_artifact(app_uri, APP_ARCHIVE)
+    model = model_component_name(component_name)
+    text = json.dumps(recipe_template()).replace(MODEL_PLACEHOLDER, model)
+    recipe: dict[str, Any] = json.loads(text)
     recipe["ComponentName"] = component_name
     recipe["ComponentVersion"] = version
-    recipe["ComponentDescription"] = f"{recipe['ComponentDescription']} (model {model_id})"
-    configuration = recipe["ComponentConfiguration"]["DefaultConfiguration"]
-    recipe["ComponentConfiguration"]["DefaultConfiguration"] = merge(
-        configuration, {"ModelId": model_id, **dict(defaults or {})}
-    )
-    configuration = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    configuration = merge(recipe["ComponentConfiguration"]["DefaultConfiguration"], dict(defaults or {}))
     configuration["accessControl"] = unique_policy_ids(configuration.get("accessControl", {}), component_name)
-    uris = {APP_ARCHIVE: app_uri, MODEL_ARCHIVE: artifact_uri}
+    recipe["ComponentConfiguration"]["DefaultConfiguration"] = configuration
     for manifest in recipe["Manifests"]:
         for artifact in manifest["Artifacts"]:
-            name = artifact["URI"].rsplit("/", 1)[-1]
-            artifact["URI"] = uris[name]
+            artifact["URI"] = app_uri
+    return recipe
+
+
+def model_check_script() -> str:
+    """The model component's Startup: :data:`MODEL_CHECK` (comments dropped) as ``python3 -c '...'``."""
+    program = resources.files("trashsorter").joinpath("data", MODEL_CHECK).read_text(encoding="utf-8")
+    lines = [line for line in program.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    body = "\n".join(lines)
+    if any(c in body for c in "{}'"):  # a nucleus would read braces as recipe variables
+        raise DeploymentError(f"{MODEL_CHECK} must hold no braces or single quotes")
+    return f"python3 -c '{body}' {{artifacts:path}}/{MODEL_ARCHIVE}"
+
+
+def model_component_recipe(
+    *, app_component_name: str, version: str, model_id: str, artifact_uri: str
+) -> dict[str, Any]:
+    """The model component (``model.onnx.tar.gz``, readable by the app that depends on it; ``ModelId``): its
+    ``Startup`` checks the model, so a model that cannot be used fails the deployment (ROLLBACK)."""
+    _named_artifact(artifact_uri, MODEL_ARCHIVE)
+    checked_identifier(model_id, "model id")
+    recipe = recipe_template(MODEL_RECIPE_FILE)
+    recipe["ComponentName"] = model_component_name(app_component_name)
+    recipe["ComponentVersion"] = version
+    recipe["ComponentDescription"] = f"{recipe['ComponentDescription']} (model {model_id})"
+    recipe["ComponentConfiguration"]["DefaultConfiguration"]["ModelId"] = model_id
+    for manifest in recipe["Manifests"]:
+        manifest["Lifecycle"]["Startup"]["Script"] = model_check_script()
+        for artifact in manifest["Artifacts"]:
+            artifact["URI"] = artifact_uri
     return recipe
 
 
@@ -177,16 +247,16 @@ def write_bundle(
     defaults: Mapping[str, Any] | None = None,
     s3: Any = None,
 ) -> Path:
-    """The component exactly as the package step publishes it, on disk: ``recipe.json`` (the same
-    :func:`component_recipe`) and ``artifacts/<file>`` (the same S3 objects the recipe names), the layout
-    of a Greengrass local deployment's recipe and artifact directories. Returns ``out_dir/recipe.json``."""
+    """The components exactly as the package step publishes them, on disk: the app's ``recipe.json`` and
+    ``artifacts/<file>`` (the same :func:`component_recipe` and S3 objects), and its model component in
+    ``dependencies/<model component>/`` (:func:`model_component_recipe`), the layout of a Greengrass local
+    deployment's recipe and artifact directories. Returns ``out_dir/recipe.json``."""
+    model = model_component_recipe(
+        app_component_name=component_name, version=version, model_id=model_id, artifact_uri=artifact_uri
+    )
+    write_recipe_bundle(out_dir / DEPENDENCIES / model["ComponentName"], model, s3=s3)
     recipe = component_recipe(
-        component_name=component_name,
-        version=version,
-        model_id=model_id,
-        artifact_uri=artifact_uri,
-        app_uri=app_uri,
-        defaults=defaults,
+        component_name=component_name, version=version, app_uri=app_uri, defaults=defaults
     )
     return write_recipe_bundle(out_dir, recipe, s3=s3)
 
@@ -226,11 +296,15 @@ JOB_TIMEOUT_MINUTES = 30
 _SPEC_KEYS = ("componentVersion", "configurationUpdate", "runWith")
 
 
-def configuration_update(model_id: str, settings: PackageSettings) -> dict[str, Any]:
-    """What each deployment merges into the component's configuration on the device: a core keeps the
-    configuration it has when a component is updated (new defaults apply only to keys it does not have), so
-    the model id and inbox bucket are merged explicitly by every deployment."""
-    return {"merge": json.dumps({"ModelId": model_id, **component_defaults(settings)}, sort_keys=True)}
+def configuration_update(model_id: str, settings: PackageSettings) -> dict[str, dict[str, Any]]:
+    """What each deployment merges into the two components' configuration on the device, by component name:
+    a core keeps the configuration it has when a component is updated (new defaults apply only to keys it
+    does not have), so the model id (model component) and inbox bucket (app) are merged explicitly."""
+    app = settings.edge_component_name
+    return {
+        app: {"merge": json.dumps(component_defaults(settings), sort_keys=True)},
+        model_component_name(app): {"merge": json.dumps({"ModelId": model_id}, sort_keys=True)},
+    }
 
 
 def current_deployment(gg: Any, target_arn: str) -> dict[str, Any] | None:
@@ -286,16 +360,35 @@ def _token(*parts: str) -> str:
     return str(uuid.uuid5(_TOKEN_NAMESPACE, "/".join(parts)))
 
 
+def _publish(gg: Any, recipe: dict[str, Any]) -> str:
+    """``CreateComponentVersion`` (idempotent); a version that exists already is this same recipe published
+    before (the app: same content, same version; the model: an earlier attempt of this request)."""
+    name, version = recipe["ComponentName"], recipe["ComponentVersion"]
+    try:
+        component = gg.create_component_version(
+            inlineRecipe=recipe_bytes(recipe), clientToken=_token("component", name, version)
+        )
+    except ClientError as exc:
+        if aws.error_code(exc) != "ConflictException":
+            raise aws_failure(f"Greengrass v2: could not publish {name} {version}", exc) from exc
+        return ""
+    except BotoCoreError as exc:
+        raise aws_failure(f"Greengrass v2: could not publish {name} {version}", exc) from exc
+    return str(component.get("arn", ""))
+
+
 def deploy(
     *,
     model_id: str,
     artifact_uri: str,
     app_uri: str,
     version: str,
+    app_version: str,
     settings: PackageSettings,
     greengrassv2: Any = None,
 ) -> DeploymentResult:
-    """Publish component ``version`` and deploy it to the thing group (ROLLBACK on failure).
+    """Publish the model component ``version`` and the app component ``app_version`` and deploy both to the
+    thing group (a new revision of its deployment, ROLLBACK on failure).
 
     Not configured (no ``EDGE_THING_GROUP_ARN``) -> ``skipped`` with a note.
     """
@@ -307,41 +400,41 @@ def deploy(
         )
     gg = greengrassv2 or aws.client("greengrassv2")
     name = settings.edge_component_name
-    recipe = component_recipe(
-        component_name=name,
-        version=version,
-        model_id=model_id,
-        artifact_uri=artifact_uri,
-        app_uri=app_uri,
-        defaults=component_defaults(settings),
+    model = model_component_name(name)
+    model_arn = _publish(
+        gg,
+        model_component_recipe(
+            app_component_name=name, version=version, model_id=model_id, artifact_uri=artifact_uri
+        ),
     )
-    try:
-        component = gg.create_component_version(
-            inlineRecipe=recipe_bytes(recipe), clientToken=_token("component", name, version)
-        )
-        component_arn = str(component.get("arn", ""))
-    except ClientError as exc:
-        if aws.error_code(exc) != "ConflictException":
-            raise aws_failure(f"Greengrass v2: could not publish {name} {version}", exc) from exc
-        component_arn = ""  # published by an earlier attempt of this same request
-    except BotoCoreError as exc:
-        raise aws_failure(f"Greengrass v2: could not publish {name} {version}", exc) from exc
+    app_recipe = component_recipe(
+        component_name=name, version=app_version, app_uri=app_uri, defaults=component_defaults(settings)
+    )
+    app_arn = _publish(gg, app_recipe)
+    updates = configuration_update(model_id, settings)
     ours = {
-        name: {"componentVersion": version, "configurationUpdate": configuration_update(model_id, settings)}
+        name: {"componentVersion": app_version, "configurationUpdate": updates[name]},
+        model: {"componentVersion": version, "configurationUpdate": updates[model]},
     }
+    target = settings.edge_thing_group_arn
     try:
-        current = current_deployment(gg, settings.edge_thing_group_arn)
-        request = deployment_request(
-            current, ours, target_arn=settings.edge_thing_group_arn, name=f"trashsorter {model_id}"
-        )
+        current = current_deployment(gg, target)
+        request = deployment_request(current, ours, target_arn=target, name=f"trashsorter {model_id}")
         deployment = gg.create_deployment(
-            **request, clientToken=_token("deployment", name, version, settings.edge_thing_group_arn)
+            **request, clientToken=_token("deployment", name, app_version, model, version, target)
         )
     except (ClientError, BotoCoreError) as exc:
-        raise aws_failure(f"Greengrass v2: could not deploy {name} {version}", exc) from exc
+        raise aws_failure(
+            f"Greengrass v2: could not deploy {model} {version} with {name} {app_version}", exc
+        ) from exc
     logger.info(
         "Greengrass v2 deployment requested",
-        extra={"component": name, "version": version, "deployment_id": deployment.get("deploymentId")},
+        extra={
+            "component": name,
+            "version": app_version,
+            "model_version": version,
+            "deployment_id": deployment.get("deploymentId"),
+        },
     )
     return DeploymentResult(
         TARGET_GREENGRASS_V2,
@@ -349,9 +442,12 @@ def deploy(
         deployment_id=str(deployment.get("deploymentId", "")),
         details={
             "component_name": name,
-            "component_version": version,
-            "component_arn": component_arn,
-            "target_arn": settings.edge_thing_group_arn,
+            "component_version": app_version,
+            "component_arn": app_arn,
+            "model_component_name": model,
+            "model_component_version": version,
+            "model_component_arn": model_arn,
+            "target_arn": target,
             "artifact_uri": artifact_uri,
         },
     )

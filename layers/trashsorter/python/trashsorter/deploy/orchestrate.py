@@ -99,22 +99,35 @@ class GreengrassV2Target:
         settings = self.settings
         if not settings.edge_thing_group_arn:
             return greengrass_v2.deploy(
-                model_id=model_id, artifact_uri="", app_uri="", version="", settings=settings
+                model_id=model_id, artifact_uri="", app_uri="", version="", app_version="", settings=settings
             )
-        version = str((pending or {}).get("component_version") or "")
-        if not version:
-            version = greengrass_v2.next_component_version(
-                settings.edge_component_name, table_name=settings.table_name, ddb=self.clients.ddb
-            )
-            record({"component_version": version})
+        pending = pending or {}
+        model_version = str(pending.get("model_component_version") or "")
+        app_version = str(pending.get("component_version") or "")
+        if not model_version or not app_version:
+            model_version, app_version = component_versions(settings, self.clients, uris["edge_app"])
+            record({"model_component_version": model_version, "component_version": app_version})
         return greengrass_v2.deploy(
             model_id=model_id,
             artifact_uri=uris["onnx"],
             app_uri=uris["edge_app"],
-            version=version,
+            version=model_version,
+            app_version=app_version,
             settings=settings,
             greengrassv2=self.clients.greengrassv2,
         )
+
+
+def component_versions(settings: PackageSettings, clients: Clients, app_uri: str) -> tuple[str, str]:
+    """The next model component version and the app component version of ``app_uri``'s content."""
+    name = settings.edge_component_name
+    model_version = greengrass_v2.next_component_version(
+        greengrass_v2.model_component_name(name), table_name=settings.table_name, ddb=clients.ddb
+    )
+    app_version = greengrass_v2.app_component_version(
+        name, app_uri, table_name=settings.table_name, ddb=clients.ddb, s3=clients.s3
+    )
+    return model_version, app_version
 
 
 def targets_for(model_format: Any, settings: PackageSettings, clients: Clients) -> list[DeployTarget]:
@@ -139,56 +152,61 @@ def deploy_model(
     TransientError (retry).
     """
     clients = clients or Clients()
-    client = clients.ddb
     model_id = str(model["model_id"])
-    uris = dict(model.get("packaged_artifact_uris") or {})
-    table = settings.table_name
     targets = targets_for(model.get("format"), settings, clients)
     if not targets:
         raise PackagingError(f"model {model_id} has no deployable artifact (format {model.get('format')!r})")
-    results: list[DeploymentResult] = []
-    for target in targets:
-        existing = registry.get_deployment(model_id, target.name, request_id, table_name=table, ddb=client)
-        if existing and existing.get("status") in ("deployed", "skipped"):
-            results.append(
-                DeploymentResult(
-                    target.name,
-                    str(existing["status"]),
-                    deployment_id=str(existing.get("deployment_id", "")),
-                    note=str(existing.get("note", "")),
-                    details=dict(existing.get("details") or {}),
-                )
-            )
-            continue
+    uris = dict(model.get("packaged_artifact_uris") or {})
+    return [_deploy_to(target, model_id, uris, settings, request_id, clients) for target in targets]
 
-        def record_pending(fields: dict[str, Any], name: str = target.name) -> None:
-            """What a retry of this request must reuse, recorded before the target is called."""
-            registry.record_deployment(
-                model_id, name, request_id, {"status": "pending", **fields}, table_name=table, ddb=client
-            )
 
-        pending = existing if existing and existing.get("status") == "pending" else None
-        try:
-            result = target.deploy(model_id, uris, pending, record_pending)
-        except (ConfigurationError, DeploymentError, KeyError) as exc:
-            note = (
-                str(exc) if not isinstance(exc, KeyError) else f"no packaged artifact {exc} for {target.name}"
-            )
-            logger.warning(
-                "deployment failed", extra={"model_id": model_id, "target": target.name, "error": note}
-            )
-            result = DeploymentResult(target.name, "failed", note=note)
-        details: dict[str, Any] = {
-            "status": result.status,
-            "deployment_id": result.deployment_id,
-            "note": result.note,
-            "details": result.details,
-        }
-        if result.details.get("component_version"):
-            details["component_version"] = result.details["component_version"]
-        registry.record_deployment(model_id, target.name, request_id, details, table_name=table, ddb=client)
-        results.append(result)
-    return results
+def _deploy_to(
+    target: DeployTarget,
+    model_id: str,
+    uris: Mapping[str, str],
+    settings: PackageSettings,
+    request_id: str,
+    clients: Clients,
+) -> DeploymentResult:
+    """One target of :func:`deploy_model`: reuse what this request already recorded, call the target, record
+    what it did."""
+    table, client = settings.table_name, clients.ddb
+    existing = registry.get_deployment(model_id, target.name, request_id, table_name=table, ddb=client)
+    if existing and existing.get("status") in ("deployed", "skipped"):
+        return DeploymentResult(
+            target.name,
+            str(existing["status"]),
+            deployment_id=str(existing.get("deployment_id", "")),
+            note=str(existing.get("note", "")),
+            details=dict(existing.get("details") or {}),
+        )
+
+    def record_pending(fields: dict[str, Any]) -> None:
+        """What a retry of this request must reuse, recorded before the target is called."""
+        registry.record_deployment(
+            model_id, target.name, request_id, {"status": "pending", **fields}, table_name=table, ddb=client
+        )
+
+    pending = existing if existing and existing.get("status") == "pending" else None
+    try:
+        result = target.deploy(model_id, uris, pending, record_pending)
+    except (ConfigurationError, DeploymentError, KeyError) as exc:
+        note = str(exc) if not isinstance(exc, KeyError) else f"no packaged artifact {exc} for {target.name}"
+        logger.warning(
+            "deployment failed", extra={"model_id": model_id, "target": target.name, "error": note}
+        )
+        result = DeploymentResult(target.name, "failed", note=note)
+    details: dict[str, Any] = {
+        "status": result.status,
+        "deployment_id": result.deployment_id,
+        "note": result.note,
+        "details": result.details,
+    }
+    for key in ("component_version", "model_component_version"):  # lineage: both components' versions
+        if result.details.get(key):
+            details[key] = result.details[key]
+    registry.record_deployment(model_id, target.name, request_id, details, table_name=table, ddb=client)
+    return result
 
 
 def summary(results: Sequence[DeploymentResult]) -> list[dict[str, Any]]:
