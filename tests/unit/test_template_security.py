@@ -37,9 +37,10 @@ WILDCARD_ALLOWLIST: dict[tuple[str, str], str] = {
         "cloudwatch:PutMetricData has no resource-level permissions; limited by the cloudwatch:namespace "
         "condition to /aws/sagemaker/TrainingJobs"
     ),
-    ("PackageFunctionRole", "ListEdgeCoreDevices"): (
-        "greengrass:ListCoreDevices has no resource-level permissions (IAM: resource type '*' only); only "
-        "with EdgeThingGroupArn, and the function lists only that group's core devices"
+    ("PackageFunctionRole", "ListEdgeDeploymentsAndCoreDevices"): (
+        "greengrass:ListDeployments and greengrass:ListCoreDevices have no resource-level permissions (IAM: "
+        "resource type '*' only); only with EdgeThingGroupArn, and the function lists only that group's "
+        "deployments (targetArn) and core devices (thingGroupArn)"
     ),
     ("EncryptionKey", "AccountAdmin"): (
         "KMS key policy: Resource '*' means 'this key'; the account root delegates to IAM "
@@ -64,6 +65,7 @@ ACTIONS_WITHOUT_RESOURCES = {
     "ecr:GetAuthorizationToken",
     "cloudwatch:PutMetricData",
     "greengrass:ListCoreDevices",
+    "greengrass:ListDeployments",
 }
 # AWS managed policies SAM attaches (logging, X-Ray, the SQS poller); they are reviewed by AWS.
 ALLOWED_MANAGED_POLICIES = {
@@ -487,8 +489,11 @@ def test_greengrass_statements_exist_only_when_configured_and_name_the_configure
             assert condition == "HasEdgeThingGroup" and {"Ref": "EdgeThingGroupArn"} in configured["Resource"]
         elif configured["Sid"] == "ReadEdgeCoreDeviceResults":
             assert condition == "HasEdgeThingGroup" and "coreDevices:" in resources
-        elif configured["Sid"] == "ListEdgeCoreDevices":
-            assert condition == "HasEdgeThingGroup" and configured["Action"] == ["greengrass:ListCoreDevices"]
+        elif configured["Sid"] == "ListEdgeDeploymentsAndCoreDevices":
+            assert condition == "HasEdgeThingGroup" and configured["Action"] == [
+                "greengrass:ListDeployments",
+                "greengrass:ListCoreDevices",
+            ]
         else:
             assert condition == "HasDeepLensGroup" and configured["Sid"] == "DeepLensDefinitions"
     conditions = load_template(ROOT / "template.yaml")["Conditions"]
@@ -859,3 +864,19 @@ def test_package_role_allows_every_documented_create_deployment_action_on_the_gr
     assert allowed(
         statements, "greengrass:GetDeployment", "arn:aws:greengrass:us-east-1:123456789012:deployments:abc"
     )
+
+
+def test_list_actions_without_a_resource_type_are_allowed_only_by_a_star_statement() -> None:
+    """IAM authorizes an action that has no resource type against "*" (Service Authorization Reference:
+    "you must specify all resources ('*')"): ListDeployments, which the merge with the group's current
+    deployment needs, is denied by a statement scoped to ``deployments*`` and allowed by the role's."""
+    scoped = {
+        "Effect": "Allow",
+        "Action": ["greengrass:ListDeployments"],
+        "Resource": ["arn:aws:greengrass:us-east-1:123456789012:deployments*"],
+    }
+    assert not allowed([scoped], "greengrass:ListDeployments", "*")
+    statements = edge_statements()
+    for action in ("greengrass:ListDeployments", "greengrass:ListCoreDevices"):
+        assert allowed(statements, action, "*"), action
+    assert not allowed(statements, "greengrass:ListComponents", "*")
