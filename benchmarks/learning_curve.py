@@ -205,7 +205,7 @@ def run(data: Path, sizes: Sequence[int | None], folds: int, draws: int, cache: 
     configure_threads(config.threads)
     samples, materials = samples_from_directory(data)
     started = time.perf_counter()
-    shas, phashes = describe([s.content for s in samples])  # type: ignore[misc]
+    shas, phashes = describe([data / s.key for s in samples])
     log(f"{len(samples)} photos hashed in {time.perf_counter() - started:.0f} s")
     digest = hashlib.sha256(
         json.dumps([shas, config.image_size, config.views, config.seed]).encode()
