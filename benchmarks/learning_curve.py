@@ -39,7 +39,8 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,50 +74,89 @@ def describe(paths: Sequence[Path]) -> tuple[list[str], list[str]]:
     return shas, phashes
 
 
-def features(samples: Sequence[Any], config: Any, cache: Path, key: str) -> np.ndarray:
-    """The frozen features of every photo's jobs (centre N, flip N, views x N) as a memory map on disk."""
+class OutOfTime(Exception):
+    """The feature pass reached its deadline (``--until``)."""
+
+
+def _leading_rows(bank: np.ndarray) -> int:
+    """Rows written from the start of an unfinished map (a pooled feature row is never all zero)."""
+    written = np.abs(np.asarray(bank)).sum(axis=1) > 0
+    return len(written) if written.all() else int(np.argmin(written))
+
+
+def features(
+    samples: Sequence[Any], config: Any, cache: Path, key: str, until: float | None = None
+) -> tuple[dict[str, np.ndarray], int]:
+    """The frozen features of every photo, one segment at a time, in this order: ``centre`` (THE
+    preprocessing), ``flip`` and ``view0`` .. ``view<views-1>`` (augmented views, drawn in that order with
+    ``draw_view``), each a float32 ``.npy`` file in ``cache`` once complete (a later run reuses it). A
+    segment left unfinished (``partial-<key>.npy``, rows in the same order) resumes at its first missing
+    row. At ``until`` (``time.time()``) the pass stops: the segments completed so far are returned, with
+    the number of images this call ran through the backbone."""
     from trashsorter_trainer.data import draw_view
     from trashsorter_trainer.head import build_model
     from trashsorter_trainer.stream import Job, Photos, feature_pass, source_sizes, worker_count
 
-    path = cache / f"features-{key}.npy"
-    if path.is_file():
-        log(f"features from {path}")
-        return np.load(path, mmap_mode="r")
     cache.mkdir(parents=True, exist_ok=True)
     n = len(samples)
     rng = random.Random(config.seed)
     sizes = source_sizes(samples, config.image_size)
-    jobs = [
-        *(Job(i) for i in range(n)),
-        *(Job(i, flip=True) for i in range(n)),
-        *(Job(i, draw_view(rng, *sizes[i])) for _ in range(config.views) for i in range(n)),
-    ]
-    done = [0, time.perf_counter()]
-
-    def tick(count: int) -> None:
-        done[0] += count
-        if done[0] % 640 < count:
-            rate = done[0] / (time.perf_counter() - done[1])
-            log(f"features {done[0]} / {len(jobs)} ({rate:.1f} images/s)")
-
-    model = build_model(2, config)
+    segments: dict[str, list[Any]] = {"centre": [Job(i) for i in range(n)]}
+    segments["flip"] = [Job(i, flip=True) for i in range(n)]
+    for v in range(config.views):
+        segments[f"view{v}"] = [Job(i, draw_view(rng, *sizes[i])) for i in range(n)]
     partial = cache / f"partial-{key}.npy"
-    bank = feature_pass(
-        model.frozen,
-        Photos(samples, jobs, config.image_size),
-        [n, n] + [n] * config.views,
-        config.batch_size,
-        worker_count(config.loader_workers, "cpu"),
-        partial,
-        tick=tick,
-    )
-    bank.flush()
-    del bank
-    partial.rename(path)
-    seconds = time.perf_counter() - done[1]
-    log(f"features of {len(jobs)} jobs in {seconds:.0f} s ({len(jobs) / seconds:.1f} images/s)")
-    return np.load(path, mmap_mode="r")
+    earlier = np.load(partial, mmap_mode="r") if partial.is_file() else None
+    model = build_model(2, config)
+    done: dict[str, np.ndarray] = {}
+    started, computed = time.perf_counter(), 0
+    for offset, (name, jobs) in enumerate(segments.items()):
+        path = cache / f"features-{key}-{name}.npy"
+        if not path.is_file():
+            kept = np.zeros((0, 1280), np.float32)
+            if earlier is not None and len(earlier) >= (offset + 1) * n:
+                kept = np.array(
+                    earlier[offset * n : offset * n + _leading_rows(earlier[offset * n : (offset + 1) * n])]
+                )
+                log(f"{name}: {len(kept)} rows from an earlier run")
+            if len(kept) < n:
+                if until is not None and time.time() > until:
+                    log(f"out of time before {name}")
+                    break
+
+                def tick(count: int, name: str = name) -> None:
+                    nonlocal computed
+                    computed += count
+                    if computed % 320 < count:
+                        rate = computed / (time.perf_counter() - started)
+                        log(f"{name}: {computed} images computed ({rate:.2f} images/s)")
+                    if until is not None and time.time() > until:
+                        raise OutOfTime(name)
+
+                rest = jobs[len(kept) :]
+                try:
+                    bank = feature_pass(
+                        model.frozen,
+                        Photos(samples, rest, config.image_size),
+                        [len(rest)],
+                        config.batch_size,
+                        worker_count(config.loader_workers, "cpu"),
+                        cache / f"rest-{key}-{name}.npy",
+                        tick=tick,
+                    )
+                except OutOfTime:
+                    log(f"out of time in {name}")
+                    break
+                kept = np.concatenate([kept, np.asarray(bank)])
+                del bank
+                (cache / f"rest-{key}-{name}.npy").unlink()
+            np.save(cache / f"tmp-{key}.npy", kept)
+            (cache / f"tmp-{key}.npy").rename(path)
+        done[name] = np.load(path, mmap_mode="r")
+        log(f"{name} ready")
+    seconds = time.perf_counter() - started
+    log(f"{computed} images computed in {seconds:.0f} s ({computed / max(seconds, 1e-9):.2f} images/s)")
+    return done, computed
 
 
 def units(keys: Sequence[str], labels: Sequence[str], shas: Sequence[str], phashes: Sequence[str]) -> Any:
@@ -137,8 +177,15 @@ def units(keys: Sequence[str], labels: Sequence[str], shas: Sequence[str], phash
     return score, left_out
 
 
+def training_segments(feats: Mapping[str, np.ndarray]) -> list[str]:
+    """What the heads train on: the augmented views computed (the default: all ``views`` of them), else the
+    centre (and flip) features alone."""
+    views = [name for name in feats if name.startswith("view")]
+    return views or [name for name in ("centre", "flip") if name in feats]
+
+
 def curve(
-    bank: np.ndarray,
+    feats: Mapping[str, np.ndarray],
     labels: Sequence[str],
     y: Sequence[int],
     fold: Sequence[int],
@@ -153,9 +200,11 @@ def curve(
     from trashsorter_trainer.head import build_model, fit_tail, tail_probabilities
 
     n = len(y)
-    centre, flip = np.asarray(bank[:n]), np.asarray(bank[n : 2 * n])
-    views = bank[2 * n :]
-    y_bank = torch.tensor(list(y)).repeat(config.views)
+    centre = np.asarray(feats["centre"])
+    flip = np.asarray(feats["flip"]) if "flip" in feats else None
+    train_on = training_segments(feats)
+    views = np.concatenate([np.asarray(feats[name]) for name in train_on])
+    y_bank = torch.tensor(list(y)).repeat(len(train_on))
     rows_out = []
     for size in sizes:
         for draw in range(draws if size is not None else 1):
@@ -170,11 +219,13 @@ def curve(
                     if fold[i] != k and used[i] and (size is None or taken.get(y[i], 0) < size):
                         taken[y[i]] = taken.get(y[i], 0) + 1
                         chosen.append(i)
-                rows = torch.tensor([v * n + i for v in range(config.views) for i in chosen])
+                rows = torch.tensor([v * n + i for v in range(len(train_on)) for i in chosen])
                 model = build_model(len(labels), config)
                 fit_tail(model, views, y_bank, config, rows=rows)
                 test = [i for i in range(n) if fold[i] == k and used[i]]
-                probs = tail_probabilities(model, centre[test], flip[test], config.batch_size)
+                probs = tail_probabilities(
+                    model, centre[test], None if flip is None else flip[test], config.batch_size
+                )
                 truth += [y[i] for i in test]
                 answers += probs.argmax(1).tolist()
                 trained.append(len(chosen))
@@ -196,7 +247,9 @@ def curve(
     return rows_out
 
 
-def run(data: Path, sizes: Sequence[int | None], folds: int, draws: int, cache: Path) -> dict[str, Any]:
+def run(
+    data: Path, sizes: Sequence[int | None], folds: int, draws: int, cache: Path, until: float | None
+) -> dict[str, Any]:
     from trashsorter_trainer.config import TrainConfig
     from trashsorter_trainer.data import samples_from_directory
     from trashsorter_trainer.train import configure_threads
@@ -211,8 +264,10 @@ def run(data: Path, sizes: Sequence[int | None], folds: int, draws: int, cache: 
         json.dumps([shas, config.image_size, config.views, config.seed]).encode()
     ).hexdigest()[:16]
     featured = time.perf_counter()
-    bank = features(samples, config, cache, digest)
+    feats, computed = features(samples, config, cache, digest, until)
     feature_seconds = time.perf_counter() - featured
+    if "centre" not in feats:
+        raise SystemExit("out of time before the centre features were complete: no curve")
     bins = {k: v for k, v in json.loads((SAMPLES / "mapping.json").read_text()).items() if not k[0] == "_"}
     bin_of = {folder: label for label, folders in bins.items() for folder in folders}
     keys = [s.key for s in samples]
@@ -222,8 +277,11 @@ def run(data: Path, sizes: Sequence[int | None], folds: int, draws: int, cache: 
         "folds": folds,
         "draws": draws,
         "config": {"image_size": config.image_size, "views": config.views, "epochs": config.epochs},
-        "feature_jobs": int(bank.shape[0]),
+        "feature_segments": list(feats),
+        "trained_on": training_segments(feats),
+        "test_time_flip": "flip" in feats,
         "feature_seconds": round(feature_seconds, 1),
+        "images_computed": computed,
         "schemes": {},
     }
     for scheme, names in (("materials", materials), ("bins", sorted(bins))):
@@ -233,7 +291,7 @@ def run(data: Path, sizes: Sequence[int | None], folds: int, draws: int, cache: 
         used = [k not in left_out for k in keys]
         y = [names.index(lab) for lab in label_of]
         trained = time.perf_counter()
-        rows = curve(bank, names, y, fold, shas, used, sizes, draws, config)
+        rows = curve(feats, names, y, fold, shas, used, sizes, draws, config)
         out["schemes"][scheme] = {
             "labels": list(names),
             "photos_per_label": {lab: label_of.count(lab) for lab in names},
@@ -297,8 +355,9 @@ def section(result: dict[str, Any], load: tuple[float, float]) -> Section:
                 )
             )
     details.append(
-        f"Features: {result['feature_jobs']} backbone passes in {result['feature_seconds']} s "
-        f"({result['photos']} photos x (centre + flip + {result['config']['views']} views)); "
+        f"Features: segments {', '.join(result['feature_segments'])} of {result['photos']} photos "
+        f"(heads trained on {', '.join(result['trained_on'])}; test-time flip {result['test_time_flip']}); "
+        f"{result['images_computed']} backbone passes in this run, {result['feature_seconds']} s; "
         f"load average {load[0]:.2f} -> {load[1]:.2f} on {os.cpu_count()} CPUs"
         + (" (timings are upper bounds: the machine was shared)" if max(load) > 2 else "")
         + "; heads: "
@@ -317,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=3, help="subsets drawn per size (all: one)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="folder for the feature map")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    parser.add_argument(
+        "--until", help="HH:MM (UTC, today): stop the feature pass then, use the segments completed"
+    )
     parser.add_argument("--write", action="store_true", help="write the section into benchmarks/results.md")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -325,7 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [None if s.strip() == "all" else int(s) for s in args.sizes.split(",")]
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     load_before, started = os.getloadavg()[0], time.perf_counter()
-    result = run(args.data, sizes, args.folds, args.draws, args.cache)
+    until = None
+    if args.until:
+        hour, minute = (int(x) for x in args.until.split(":"))
+        today = datetime.now(UTC).replace(hour=hour, minute=minute, second=0, microsecond=0)
+        until = today.timestamp()
+    result = run(args.data, sizes, args.folds, args.draws, args.cache, until)
     result["load_average_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     text = json.dumps(result, indent=1)
     if args.out:
