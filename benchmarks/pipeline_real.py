@@ -35,10 +35,10 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_end_to_end import _wait
 from benchmarks.common import SAMPLES, Result, Section, write_report
 from benchmarks.trainer_memory import _rollup, _tree
 
@@ -89,16 +89,6 @@ class TreeWatch:
     def trainer(self) -> dict[str, float]:
         found = [p for name, p in self.peaks.items() if "entry" in name or "train" in name]
         return max(found, key=lambda p: p["rss_mib"]) if found else {}
-
-
-def _wait(what: str, probe: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(POLL_S)
-    raise TimeoutError(f"{what} not seen within {timeout:.0f} s")
 
 
 def photos(data: Path, mapping: dict[str, list[str]]) -> list[tuple[str, Path]]:
