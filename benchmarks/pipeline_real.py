@@ -146,7 +146,7 @@ def run_pipeline(data: Path, mapping: dict[str, list[str]], timeout: float) -> d
                 out["catalogued"] = total
                 return total >= len(todo)
 
-            _wait("every photo catalogued", catalogued, timeout)
+            _wait("every photo catalogued", catalogued, timeout, POLL_S)
             mark("catalogued")
             listed = _wait("a training run", lambda: runs.list_runs(table, ddb=ddb), timeout)
             mark("training start")
@@ -159,7 +159,7 @@ def run_pipeline(data: Path, mapping: dict[str, list[str]], timeout: float) -> d
                     raise RuntimeError(f"run ended {record['status']}: {record.get('status_message')}")
                 return s3.list_objects_v2(Bucket=bucket, Prefix=artifact).get("KeyCount", 0) > 0
 
-            _wait("the training artifact", artifact_written, timeout)
+            _wait("the training artifact", artifact_written, timeout, POLL_S)
             mark("artifact")
             body = s3.get_object(Bucket=bucket, Key=artifact)["Body"].read()
             with tarfile.open(fileobj=io.BytesIO(body)) as tar:
@@ -172,7 +172,7 @@ def run_pipeline(data: Path, mapping: dict[str, list[str]], timeout: float) -> d
                     raise RuntimeError(f"run ended {record['status']}: {record.get('status_message')}")
                 return registry.get_champion(table_name=table, ddb=ddb)
 
-            model = _wait("a champion", champion, timeout)
+            model = _wait("a champion", champion, timeout, POLL_S)
             mark("champion")
             model_id = str(model["model_id"])
             _wait("a deployment", lambda: registry.list_deployments(model_id, table_name=table, ddb=ddb), 600)
