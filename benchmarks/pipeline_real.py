@@ -148,7 +148,7 @@ def run_pipeline(data: Path, mapping: dict[str, list[str]], timeout: float) -> d
 
             _wait("every photo catalogued", catalogued, timeout, POLL_S)
             mark("catalogued")
-            listed = _wait("a training run", lambda: runs.list_runs(table, ddb=ddb), timeout)
+            listed = _wait("a training run", lambda: runs.list_runs(table, ddb=ddb), timeout, POLL_S)
             mark("training start")
             run_id, job = str(listed[0]["run_id"]), str(listed[0]["job_name"])
             artifact = f"training-output/{job}/output/model.tar.gz"
@@ -175,7 +175,8 @@ def run_pipeline(data: Path, mapping: dict[str, list[str]], timeout: float) -> d
             model = _wait("a champion", champion, timeout, POLL_S)
             mark("champion")
             model_id = str(model["model_id"])
-            _wait("a deployment", lambda: registry.list_deployments(model_id, table_name=table, ddb=ddb), 600)
+            deployments = lambda: registry.list_deployments(model_id, table_name=table, ddb=ddb)  # noqa: E731
+            _wait("a deployment", deployments, 600, POLL_S)
             mark("device")
             out["run"] = {k: str(v) for k, v in (runs.get_run(table, run_id, ddb=ddb) or {}).items()}
         except Exception as exc:  # noqa: BLE001 - record what was reached, and why it stopped
