@@ -33,6 +33,7 @@ metrics of a run are those of the split run too). Fine-tuning (the GPU schedule)
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -205,6 +206,9 @@ def curve(
     train_on = training_segments(feats)
     views = np.concatenate([np.asarray(feats[name]) for name in train_on])
     y_bank = torch.tensor(list(y)).repeat(len(train_on))
+    fresh = build_model(
+        len(labels), config
+    )  # built once (the pretrained backbone loads slowly); a copy per head
     rows_out = []
     for size in sizes:
         for draw in range(draws if size is not None else 1):
@@ -220,7 +224,7 @@ def curve(
                         taken[y[i]] = taken.get(y[i], 0) + 1
                         chosen.append(i)
                 rows = torch.tensor([v * n + i for v in range(len(train_on)) for i in chosen])
-                model = build_model(len(labels), config)
+                model = copy.deepcopy(fresh)
                 fit_tail(model, views, y_bank, config, rows=rows)
                 test = [i for i in range(n) if fold[i] == k and used[i]]
                 probs = tail_probabilities(
