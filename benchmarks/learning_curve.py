@@ -206,6 +206,7 @@ def curve(
     train_on = training_segments(feats)
     views = np.concatenate([np.asarray(feats[name]) for name in train_on])
     y_bank = torch.tensor(list(y)).repeat(len(train_on))
+    torch.set_num_threads(1)  # the heads are tiny: one thread beats two on a shared machine
     fresh = build_model(
         len(labels), config
     )  # built once (the pretrained backbone loads slowly); a copy per head
