@@ -41,6 +41,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -253,7 +254,13 @@ def curve(
 
 
 def run(
-    data: Path, sizes: Sequence[int | None], folds: int, draws: int, cache: Path, until: float | None
+    data: Path,
+    sizes: Sequence[int | None],
+    folds: int,
+    draws: int,
+    cache: Path,
+    until: float | None,
+    class_balanced: bool = False,
 ) -> dict[str, Any]:
     from trashsorter_trainer.config import TrainConfig
     from trashsorter_trainer.data import samples_from_directory
@@ -295,15 +302,17 @@ def run(
         fold = [s * folds // 0x1_0000_0000 for s in score]
         used = [k not in left_out for k in keys]
         y = [names.index(lab) for lab in label_of]
-        trained = time.perf_counter()
-        rows = curve(feats, names, y, fold, shas, used, sizes, draws, config)
-        out["schemes"][scheme] = {
-            "labels": list(names),
-            "photos_per_label": {lab: label_of.count(lab) for lab in names},
-            "left_out_near_conflicts": sorted(left_out),
-            "heads_seconds": round(time.perf_counter() - trained, 1),
-            "rows": rows,
-        }
+        for balanced in (False, True) if class_balanced else (False,):
+            trained = time.perf_counter()
+            setting = replace(config, class_balanced=balanced)
+            rows = curve(feats, names, y, fold, shas, used, sizes, draws, setting)
+            out["schemes"][scheme + (", class-balanced loss" if balanced else "")] = {
+                "labels": list(names),
+                "photos_per_label": {lab: label_of.count(lab) for lab in names},
+                "left_out_near_conflicts": sorted(left_out),
+                "heads_seconds": round(time.perf_counter() - trained, 1),
+                "rows": rows,
+            }
     return out
 
 
@@ -384,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--until", help="HH:MM (UTC, today): stop the feature pass then, use the segments completed"
     )
+    parser.add_argument(
+        "--class-balanced",
+        action="store_true",
+        help="also every curve with local_class_balanced (loss weights inverse to class frequency)",
+    )
     parser.add_argument("--write", action="store_true", help="write the section into benchmarks/results.md")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -397,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         hour, minute = (int(x) for x in args.until.split(":"))
         today = datetime.now(UTC).replace(hour=hour, minute=minute, second=0, microsecond=0)
         until = today.timestamp()
-    result = run(args.data, sizes, args.folds, args.draws, args.cache, until)
+    result = run(args.data, sizes, args.folds, args.draws, args.cache, until, args.class_balanced)
     result["load_average_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     text = json.dumps(result, indent=1)
     if args.out:
