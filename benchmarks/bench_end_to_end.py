@@ -27,13 +27,13 @@ from benchmarks.common import SAMPLES, Result, Section
 POLL_S = 0.05
 
 
-def _wait(what: str, probe: Callable[[], Any], timeout: float) -> Any:
+def _wait(what: str, probe: Callable[[], Any], timeout: float, poll: float = POLL_S) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = probe()
         if found:
             return found
-        time.sleep(POLL_S)
+        time.sleep(poll)
     raise TimeoutError(f"{what} not seen within {timeout:.0f} s")
 
 
