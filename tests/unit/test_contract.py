@@ -30,10 +30,27 @@ OWNED_PREFIXES = contract.S3_PREFIXES
 LABELS_PARSER = re.compile(r"label\w*\b.*\.splitlines\(\)|\.splitlines\(\).*\blabel", re.IGNORECASE)
 
 
+# Programs that run on a core before any of our packages exist there, so they cannot import the contract:
+# each spells the names itself, and a test below holds those spellings to the contract's.
+STANDALONE = {
+    ROOT / "layers/trashsorter/python/trashsorter/data/greengrass_model_check.py": (
+        "the model component's Startup check, inlined into the recipe as python3 -c (standard library only)"
+    ),
+}
+
+
 def _sources() -> list[Path]:
     files = [p for tree in SOURCE_TREES for p in sorted((ROOT / tree).rglob("*.py"))]
     assert len(files) > 50, files  # the trees were found
-    return [p for p in files if p != OWNER]
+    return [p for p in files if p != OWNER and p not in STANDALONE]
+
+
+def test_standalone_programs_spell_the_model_folder_as_the_contract_does() -> None:
+    for path in STANDALONE:
+        spelled = {name for _, name in _literals(path)}
+        assert spelled == {contract.MODEL_FILE, contract.LABELS_FILE}, (path, spelled)
+    check = next(iter(STANDALONE)).read_text(encoding="utf-8")
+    assert f'"{contract.MODEL_FILE}"' in check and f'"{contract.LABELS_FILE}"' in check
 
 
 def _literals(path: Path) -> list[tuple[int, str]]:

@@ -269,7 +269,9 @@ def check_unreported(settings: PackageSettings, clients: Clients | None = None) 
         if deployment is None:
             return UnreportedOutcome("ignored")
         deployment_id = str(deployment["deploymentId"])
-        model_id = model_of_deployment(deployment, settings.edge_component_name)
+        model_id = model_of_deployment(
+            deployment, greengrass_v2.model_component_name(settings.edge_component_name)
+        )
         if not model_id:
             return UnreportedOutcome("ignored", deployment_id)
         if clock.now().timestamp() < _deadline(deployment):
