@@ -566,8 +566,8 @@ def test_greengrass_v2_throttling_is_retried_with_the_same_version_stubber(pack:
 
 
 def test_a_completion_writes_its_run_final_state_once(pack: Pack) -> None:
-    """The run's final state (status, outcome, metrics, deployments) is one write; besides it the run gets
-    only the completion lease and, after the notice, the handled mark (the notice receipt)."""
+    """The run's final state (status, metrics, model, deployments) is one write; besides it the run gets
+    only the completion lease and, after the notice, the receipt (the outcome followers wait for, handled)."""
     run_id = pack.start_run(JOB, artifact=mxnet_model_tar())
     run_writes: list[str] = []
 
@@ -583,7 +583,8 @@ def test_a_completion_writes_its_run_final_state_once(pack: Pack) -> None:
     assert outcome.outcome == "deployed"
     [lease, final, handled] = run_writes
     assert lease.startswith("SET #c = :now")
-    assert final.startswith("SET #s = :status") and handled == "ADD handled_statuses :handled"
+    assert final.startswith("SET #s = :status") and "#x1 = :x1" in final  # metrics, model, deployments
+    assert handled == "SET #a0 = :v0 ADD handled_statuses :handled"  # package_outcome + handled
     run = pack.get(run_key(run_id))
     assert run["status"] == "completed" and run["package_outcome"] == "deployed"
     assert run["model_id"] == JOB and run["handled_statuses"] == ["Completed"]

@@ -15,9 +15,10 @@ Idempotency (a replayed event changes nothing; a crash half-way is safe to retry
   champion; each deployment target writes ``MODEL#<id>/DEPLOY#<target>#initial`` and a target already
   recorded as requested is not called again (the Greengrass v2 component version is recorded *before*
   publishing and calls carry idempotency tokens); ``finish_run`` is idempotent; the baseline only grows.
-* the run's final state (status, outcome, metrics, deployments) is ONE write (:func:`trashsorter.run_end.
-  finish_run`); the status is marked handled after the notice (:func:`trashsorter.runs.mark_handled`), so
-  a crash after the final write and before the mark sends the notice again (at-least-once notices).
+* the run's final state (status, message, metrics, model, deployments, failure reason) is ONE write
+  (:func:`trashsorter.run_end.finish_run`); after the notice, the receipt (:func:`trashsorter.runs.
+  mark_handled`) sets ``package_outcome`` (what followers wait for, so a follower that sees it also has the
+  notice) and marks the status handled; a crash between the two re-sends the notice (at-least-once).
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def _handle_failed(
         status=status,
         message=reason,
         metrics=metrics,
-        attributes={"failure_reason": reason, "package_outcome": outcome},
+        attributes={"failure_reason": reason},
     )
     if ended is not None:
         return ended
@@ -168,7 +169,7 @@ def _handle_failed(
         details={"job_name": job_name, "run_id": run_id, "status": job_status, "reason": reason},
         sns=clients.sns,
     )
-    runs.mark_handled(run_id, job_status, table_name=settings.table_name, ddb=clients.ddb)
+    runs.mark_handled(run_id, job_status, outcome=outcome, table_name=settings.table_name, ddb=clients.ddb)
     return PackageOutcome(job_name, job_status, outcome, run_id=run_id, reason=reason, metrics=metrics)
 
 
@@ -258,8 +259,7 @@ def _handle_completed(
         retain_dataset(settings.images_bucket, dataset_id, s3=clients.s3)
     model, results = _deploy(model, settings, clients)
     done = summarize(job_name, model, results)
-    metrics = {k: float(v) for k, v in (model.get("metrics") or {}).items()}
-    artifacts = {str(k): str(v) for k, v in (model.get("packaged_artifact_uris") or {}).items()}
+    metrics, artifacts = _metrics(model), _artifacts(model)
     deployments = summary(results)
     if dataset_id:  # before the run ends: a pending trigger is re-evaluated against the new baseline
         threshold.advance_baseline(dataset_id, table_name=table, ddb=clients.ddb)
@@ -273,7 +273,6 @@ def _handle_completed(
         metrics=metrics,
         attributes={
             "model_id": job_name,
-            "package_outcome": done.outcome,
             "package_reason": done.reason,
             "deployments": deployments,
             "deployment_ids": [r.deployment_id for r in results if r.deployment_id],
@@ -281,28 +280,13 @@ def _handle_completed(
     )
     if ended is not None:
         return ended
-    details: dict[str, Any] = {
-        "job_name": job_name,
-        "run_id": run_id,
-        "model_id": job_name,
-        "dataset_id": dataset_id,
-        "metrics": metrics,
-        "artifacts": artifacts,
-    }
     report_uri = str(model.get("report_uri") or "")
-    if report_uri:
-        details["report"] = report_uri
-    if done.outcome in ("deployed", "registered"):
-        details["gate"] = model.get("gate_reason", "")
-    details["deployments"] = deployments
-    message = done.message
-    if report_uri:  # "deployed", "registered" and "gated out" notices name the report
-        if done.outcome != "failed":  # the page says first whether the model was deployed, and why
-            gate_reason = str(model.get("gate_reason") or "")
-            write_decision(report_uri, done.outcome, gate_reason, done.reason, s3=clients.s3)
-        message = f"{message}\nReport: {report_uri}"
-    notify(settings.topic_arn, done.subject, message, details=details, sns=clients.sns)
-    runs.mark_handled(run_id, "Completed", table_name=table, ddb=clients.ddb)
+    if report_uri and done.outcome != "failed":  # the page says first whether the model was deployed, and why
+        gate_reason = str(model.get("gate_reason") or "")
+        write_decision(report_uri, done.outcome, gate_reason, done.reason, s3=clients.s3)
+    details = notice_details(run, model, done, deployments)
+    notify(settings.topic_arn, done.subject, notice_text(done, report_uri), details=details, sns=clients.sns)
+    runs.mark_handled(run_id, "Completed", outcome=done.outcome, table_name=table, ddb=clients.ddb)
     logger.info("training completion handled", extra={"job_name": job_name, "outcome": done.outcome})
     return PackageOutcome(
         job_name,
@@ -315,6 +299,40 @@ def _handle_completed(
         artifacts=artifacts,
         deployments=deployments,
     )
+
+
+def _metrics(model: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in (model.get("metrics") or {}).items()}
+
+
+def _artifacts(model: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (model.get("packaged_artifact_uris") or {}).items()}
+
+
+def notice_details(
+    run: Mapping[str, Any], model: Mapping[str, Any], done: Completion, deployments: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The structured part of a completion notice (pure)."""
+    job_name = str(model.get("model_id") or model.get("job_name") or "")
+    details: dict[str, Any] = {
+        "job_name": job_name,
+        "run_id": str(run["run_id"]),
+        "model_id": job_name,
+        "dataset_id": str(run.get("dataset_id") or ""),
+        "metrics": _metrics(model),
+        "artifacts": _artifacts(model),
+    }
+    if model.get("report_uri"):
+        details["report"] = str(model["report_uri"])
+    if done.outcome in ("deployed", "registered"):
+        details["gate"] = model.get("gate_reason", "")
+    details["deployments"] = deployments
+    return details
+
+
+def notice_text(done: Completion, report_uri: str) -> str:
+    """The notice's text: "deployed", "registered", "gated out" and "failed" notices name the report."""
+    return f"{done.message}\nReport: {report_uri}" if report_uri else done.message
 
 
 def _deploy(

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from trashsorter import aws, clock, lifecycle, runs
 from trashsorter.clients import Clients
@@ -80,16 +80,17 @@ def overdue_seconds(run: Mapping[str, Any]) -> float:
     return clock.age_seconds(since) - max_runtime_seconds(run) - MARGIN_SECONDS
 
 
+def _unknown(_: ClientError) -> dict[str, Any]:
+    return {}
+
+
 def describe_job(job_name: str, sagemaker: Any) -> dict[str, Any]:
     """DescribeTrainingJob; ``{}`` when SageMaker does not know the job; TransientError otherwise."""
-    try:
-        return dict(sagemaker.describe_training_job(TrainingJobName=job_name))
-    except ClientError as exc:
-        if aws.error_code(exc) in ("ValidationException", "ResourceNotFound"):
-            return {}
-        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
+    return aws.call(
+        lambda: dict(sagemaker.describe_training_job(TrainingJobName=job_name)),
+        what=f"describe training job {job_name}",
+        codes={"ValidationException": _unknown, "ResourceNotFound": _unknown},
+    )
 
 
 def start_not_in_future(run: Mapping[str, Any], table: str, ddb: Any) -> Mapping[str, Any]:
@@ -110,13 +111,11 @@ def start_not_in_future(run: Mapping[str, Any], table: str, ddb: Any) -> Mapping
 
 def stop_job(job_name: str, sagemaker: Any) -> None:
     """StopTrainingJob; a job already stopping or ended (ValidationException) is fine."""
-    try:
-        sagemaker.stop_training_job(TrainingJobName=job_name)
-    except ClientError as exc:
-        if aws.error_code(exc) not in ("ValidationException", "ResourceNotFound"):
-            raise TransientError(f"could not stop training job {job_name}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not stop training job {job_name}: {exc}") from exc
+    aws.call(
+        lambda: sagemaker.stop_training_job(TrainingJobName=job_name),
+        what=f"stop training job {job_name}",
+        codes={"ValidationException": _unknown, "ResourceNotFound": _unknown},
+    )
 
 
 def reconcile_training(settings: TrainingSettings, clients: Clients | None = None) -> ReconcileOutcome:
@@ -191,9 +190,8 @@ def _publish(change: TrainingStateChange, settings: TrainingSettings, clients: C
         "Detail": json.dumps(change.as_detail(), sort_keys=True, default=str),
         "EventBusName": settings.event_bus_name,
     }
-    try:
-        response = clients.events.put_events(Entries=[entry])
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not publish {TRAINING_RECONCILED}: {exc}") from exc
+    response = aws.call(
+        lambda: clients.events.put_events(Entries=[entry]), what=f"publish {TRAINING_RECONCILED}"
+    )
     if response.get("FailedEntryCount", 0):
         raise TransientError(f"{TRAINING_RECONCILED} refused by EventBridge: {response.get('Entries')}")

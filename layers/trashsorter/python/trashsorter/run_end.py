@@ -51,26 +51,11 @@ def finish_run(
     ddb = ddb or aws.client("dynamodb")
     table = settings.table_name
     written = runs.write_final(
-        ddb,
-        table,
-        run_id,
-        status=status,
-        message=message,
-        ended_by=ended_by,
-        metrics=metrics,
+        ddb, table, run_id, status=status, message=message, ended_by=ended_by, metrics=metrics,
         attributes=attributes,
-    )
-    if not written:
-        current = runs.get_run(table, run_id, ddb=ddb)
-        if current is None:
-            raise NotFoundError(f"run {run_id} is not recorded")
-        if not lifecycle.may_end(current, ended_by):
-            logger.warning(
-                "run already final: not rewritten",
-                extra={"run_id": run_id, "status": current.get("status"), "asked": str(status)},
-            )
-            return False
-        logger.info("run already final", extra={"run_id": run_id})
+    )  # fmt: skip
+    if not written and not _ended_by(ddb, table, run_id, ended_by, asked=status):
+        return False
     old = runs.release_lock(ddb, table, run_id, keep_pending=keep_pending, reason=str(status))
     after = lifecycle.after_release(old, keep_pending=keep_pending)
     if after == AfterFinish.FOLLOW_UP:  # photos that arrived during the run
@@ -81,6 +66,21 @@ def finish_run(
         except Exception:
             runs.restore_pending(ddb, table, old)
             raise
+    return True
+
+
+def _ended_by(ddb: Any, table: str, run_id: str, ended_by: str, *, asked: RunStatus) -> bool:
+    """The run is already final: whether ``ended_by`` ended it (a retry finishes the rest)."""
+    current = runs.get_run(table, run_id, ddb=ddb)
+    if current is None:
+        raise NotFoundError(f"run {run_id} is not recorded")
+    if not lifecycle.may_end(current, ended_by):
+        logger.warning(
+            "run already final: not rewritten",
+            extra={"run_id": run_id, "status": current.get("status"), "asked": str(asked)},
+        )
+        return False
+    logger.info("run already final", extra={"run_id": run_id})
     return True
 
 

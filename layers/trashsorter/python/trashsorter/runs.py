@@ -21,8 +21,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from trashsorter import aws, clock
 from trashsorter.ddb import deserialize
 from trashsorter.ddb import serialize as _ser
@@ -194,31 +192,35 @@ def release_lock(
             "pending_dataset_id"
         )
         values = _vals(now=now, run=run_id)
-    try:
-        response = ddb.update_item(
+    response = aws.call(
+        lambda: ddb.update_item(
             TableName=table,
             Key=_ser(LOCK_KEY),
             UpdateExpression=update,
             ConditionExpression="holder = :run",
             ExpressionAttributeValues=values,
             ReturnValues="ALL_OLD",
-        )
-    except ClientError as exc:
-        if aws.error_code(exc) == "ConditionalCheckFailedException":
-            return {}
-        raise TransientError(f"could not release the training lock: {exc}") from exc
+        ),
+        what="release the training lock",
+        codes={"ConditionalCheckFailedException": lambda _: {}},  # not held by this run
+    )
     return _deser(response.get("Attributes")) or {}
 
 
 def restore_pending(ddb: Any, table: str, old: Mapping[str, Any]) -> None:
     try:
-        ddb.update_item(
-            TableName=table,
-            Key=_ser(LOCK_KEY),
-            UpdateExpression="SET pending = :t, pending_since = if_not_exists(pending_since, :since)",
-            ExpressionAttributeValues=_vals(t=True, since=str(old.get("pending_since") or clock.now_iso())),
+        aws.call(
+            lambda: ddb.update_item(
+                TableName=table,
+                Key=_ser(LOCK_KEY),
+                UpdateExpression="SET pending = :t, pending_since = if_not_exists(pending_since, :since)",
+                ExpressionAttributeValues=_vals(
+                    t=True, since=str(old.get("pending_since") or clock.now_iso())
+                ),
+            ),
+            what="restore the pending trigger",
         )
-    except (ClientError, BotoCoreError):
+    except TransientError:
         logger.exception("could not restore the pending trigger")
 
 
@@ -248,8 +250,8 @@ def create_run(ddb: Any, settings: TrainingSettings, launch: TrainingLaunch, *, 
         "created_at": now,
     }
     pointer = {**job_key(launch.job_name), "run_id": launch.run_id, "created_at": now}
-    try:
-        ddb.transact_write_items(
+    aws.call(
+        lambda: ddb.transact_write_items(
             TransactItems=[
                 {
                     "Put": {
@@ -266,15 +268,15 @@ def create_run(ddb: Any, settings: TrainingSettings, launch: TrainingLaunch, *, 
                     }
                 },
             ]
-        )
-    except ClientError as exc:
-        raise TransientError(f"could not record run {launch.run_id}: {exc}") from exc
+        ),
+        what=f"record run {launch.run_id}",
+    )
     return record
 
 
 def mark_started(ddb: Any, table: str, run_id: str) -> None:
-    try:
-        ddb.update_item(
+    aws.conditional_write(  # False: the local trainer may already report progress
+        lambda: ddb.update_item(
             TableName=table,
             Key=_ser(run_key(run_id)),
             UpdateExpression="SET #s = :ip, started_at = if_not_exists(started_at, :now)",
@@ -283,11 +285,9 @@ def mark_started(ddb: Any, table: str, run_id: str) -> None:
             ExpressionAttributeValues=_vals(
                 ip=str(RunStatus.IN_PROGRESS), now=clock.now_iso(), starting=str(RunStatus.STARTING)
             ),
-        )
-    except ClientError as exc:
-        # the local trainer may already report progress
-        if aws.error_code(exc) != "ConditionalCheckFailedException":
-            raise TransientError(f"could not mark run {run_id} started: {exc}") from exc
+        ),
+        what=f"mark run {run_id} started",
+    )
 
 
 def write_final(
@@ -343,8 +343,8 @@ def record_ignored_event(
     """Record an event that changed nothing (it came after the run was final, or SageMaker contradicts it);
     bounded: a set + count."""
     logger.warning(note, extra={"run_id": run_id, "event": event, "why": reason})
-    try:
-        ddb.update_item(
+    aws.call(
+        lambda: ddb.update_item(
             TableName=table_name,
             Key=_ser(run_key(run_id)),
             UpdateExpression="ADD ignored_events :ev, ignored_count :one SET last_ignored = :last",
@@ -354,9 +354,9 @@ def record_ignored_event(
                 ":one": {"N": "1"},
                 ":last": _value({"event": event, "reason": reason, "at": clock.now_iso()}),
             },
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not record the ignored event on run {run_id}: {exc}") from exc
+        ),
+        what=f"record the ignored event on run {run_id}",
+    )
 
 
 # ---------------------------------------------------------------- completion lease and outcome
@@ -406,15 +406,13 @@ def update_run(
     }
     if names:
         kwargs["ExpressionAttributeNames"] = names
-    try:
-        ddb.update_item(**kwargs)
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not update run {run_id}: {exc}") from exc
+    aws.call(lambda: ddb.update_item(**kwargs), what=f"update run {run_id}")
 
 
-def mark_handled(run_id: str, job_status: str, *, table_name: str, ddb: Any) -> None:
-    """The notice receipt: ``job_status`` joins ``handled_statuses`` (a later delivery is a duplicate)."""
-    update_run(run_id, {}, table_name=table_name, ddb=ddb, handled=job_status)
+def mark_handled(run_id: str, job_status: str, *, outcome: str, table_name: str, ddb: Any) -> None:
+    """The notice receipt, written after the notice: ``package_outcome`` (what followers wait for) and
+    ``job_status`` joins ``handled_statuses`` (a later delivery is a duplicate)."""
+    update_run(run_id, {"package_outcome": outcome}, table_name=table_name, ddb=ddb, handled=job_status)
 
 
 def record_progress(table: str, run_id: str, progress: Mapping[str, Any], *, ddb: Any = None) -> bool:

@@ -37,11 +37,11 @@ job, see ``trashsorter_cli.local.sagemaker_jobs``); tests may pass another ``bac
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from trashsorter import aws, lifecycle, runs, script_mode
 from trashsorter.catalogue import Catalogue
@@ -117,38 +117,45 @@ class SageMakerBackend:
         self.region = region or getattr(getattr(self.sagemaker, "meta", None), "region_name", "") or "?"
 
     def start(self, launch: TrainingLaunch) -> None:
-        try:
-            self.sagemaker.create_training_job(**launch.request)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code, message = str(error.get("Code", "")), str(error.get("Message", ""))
-            if code == "ResourceLimitExceeded":
-                instance = launch.request["ResourceConfig"]["InstanceType"]
-                spot = bool(launch.request.get("EnableManagedSpotTraining"))
-                raise TrainingQuotaExceeded(quota_message(instance, self.region, message, spot=spot)) from exc
-            if code == "ResourceInUse" and self.exists(launch):
-                return  # created by an earlier, interrupted attempt of this very run
-            if aws.is_transient(exc):
-                raise TransientError(f"CreateTrainingJob {launch.job_name}: {code}: {message}") from exc
-            raise TrainingStartError(f"SageMaker refused {launch.job_name}: {code}: {message}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"CreateTrainingJob {launch.job_name}: {exc}") from exc
+        aws.call(
+            lambda: self.sagemaker.create_training_job(**launch.request),
+            what=f"create training job {launch.job_name}",
+            codes={"ResourceLimitExceeded": lambda exc: self._quota(launch, exc),
+                   "ResourceInUse": lambda exc: self._in_use(launch, exc)},
+            refused=lambda message: TrainingStartError(f"SageMaker refused {launch.job_name}: {message}"),
+        )  # fmt: skip
+
+    def _quota(self, launch: TrainingLaunch, exc: ClientError) -> None:
+        instance = launch.request["ResourceConfig"]["InstanceType"]
+        spot = bool(launch.request.get("EnableManagedSpotTraining"))
+        message = str(exc.response.get("Error", {}).get("Message", ""))
+        raise TrainingQuotaExceeded(quota_message(instance, self.region, message, spot=spot)) from exc
+
+    def _in_use(self, launch: TrainingLaunch, exc: ClientError) -> None:
+        if not self.exists(launch):  # else: created by an earlier, interrupted attempt of this very run
+            message = str(exc.response.get("Error", {}).get("Message", ""))
+            raise TrainingStartError(
+                f"SageMaker refused {launch.job_name}: ResourceInUse: {message}"
+            ) from exc
 
     def exists(self, launch: TrainingLaunch) -> bool:
-        try:
-            self.sagemaker.describe_training_job(TrainingJobName=launch.job_name)
-            return True
-        except ClientError as exc:
-            message = str(exc.response.get("Error", {}).get("Message", "")).lower()
-            missing = ("not found", "could not find", "does not exist")
-            if aws.error_code(exc) in (
-                "ValidationException",
-                "ResourceNotFound",
-            ) and any(m in message for m in missing):
-                return False
-            raise TransientError(f"DescribeTrainingJob {launch.job_name}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"DescribeTrainingJob {launch.job_name}: {exc}") from exc
+        return aws.call(
+            lambda: self.sagemaker.describe_training_job(TrainingJobName=launch.job_name) is not None,
+            what=f"describe training job {launch.job_name}",
+            codes={"ValidationException": _missing(launch), "ResourceNotFound": _missing(launch)},
+        )
+
+
+def _missing(launch: TrainingLaunch) -> Callable[[ClientError], bool]:
+    """DescribeTrainingJob's "no such job" answer is False; any other refusal is transient."""
+
+    def answer(exc: ClientError) -> bool:
+        message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+        if any(m in message for m in ("not found", "could not find", "does not exist")):
+            return False
+        raise TransientError(f"DescribeTrainingJob {launch.job_name}: {exc}") from exc
+
+    return answer
 
 
 def make_backend(settings: TrainingSettings, clients: Clients | None = None) -> TrainingBackend:
