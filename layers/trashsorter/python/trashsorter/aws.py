@@ -7,6 +7,7 @@ point the same code at the moto server.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -17,7 +18,6 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter.errors import TransientError
-from trashsorter.observability import tracer
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ def call(
     raises :class:`TransientError` ("could not <what>: ...", chained) so the event is retried; any other
     ClientError raises ``refused("<code>: <message>")`` when given, else TransientError too.
     """
-    with nullcontext() if tracer.disabled else tracer.provider.in_subsegment(f"## {what}"):
+    with _subsegment(what):
         try:
             return action()
         except ClientError as exc:
@@ -112,6 +112,17 @@ def call(
             raise TransientError(f"could not {what}: {exc}") from exc
         except BotoCoreError as exc:
             raise TransientError(f"could not {what}: {exc}") from exc
+
+
+def _subsegment(what: str) -> Any:
+    """A Tracer subsegment when tracing can be on (in Lambda, or POWERTOOLS_TRACE_DISABLED set: the rule of
+    :mod:`trashsorter.observability`); elsewhere nothing, and Powertools is not even imported (the CLI and
+    the image workers stay small)."""
+    if "AWS_LAMBDA_FUNCTION_NAME" not in os.environ and "POWERTOOLS_TRACE_DISABLED" not in os.environ:
+        return nullcontext()
+    from trashsorter.observability import tracer
+
+    return nullcontext() if tracer.disabled else tracer.provider.in_subsegment(f"## {what}")
 
 
 def _false(_: ClientError) -> bool:
