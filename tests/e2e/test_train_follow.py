@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import run_cli as _cli
-from trashsorter import runs
+from trashsorter import run_end, runs
 from trashsorter.schema import RunStatus
 from trashsorter.settings import TrainingSettings
 from trashsorter.training_request import TrainingLaunch
@@ -59,7 +59,9 @@ def test_train_follows_the_active_run_and_new_asks_for_another(
 
     def finish_later() -> None:
         time.sleep(2)
-        runs.finish_run(settings, run_id=RUN, status=RunStatus.FAILED, message="stopped by the test", ddb=ddb)
+        run_end.finish_run(
+            settings, run_id=RUN, status=RunStatus.FAILED, message="stopped by the test", ddb=ddb
+        )
 
     threading.Thread(target=finish_later, daemon=True).start()
     code, out, err = _cli(capsys, "train", "--wait", "--timeout", "60", "--local-state", state, "--json")

@@ -15,6 +15,7 @@ import json
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -570,3 +571,29 @@ def test_greengrass_v2_throttling_is_retried_with_the_same_version_stubber(pack:
     assert outcome.outcome == "deployed"
     item = registry.get_deployment(JOB, "greengrass-v2", "initial", table_name=pack.table, ddb=pack.ddb)
     assert item is not None and item["component_version"] == "1.0.1" and item["deployment_id"] == "d-2"
+
+
+def test_a_completion_writes_its_run_final_state_once(pack: Pack) -> None:
+    """The run's final state (status, metrics, model, deployments) is one write; besides it the run gets
+    only the completion lease and, after the notice, the receipt (the outcome followers wait for, handled)."""
+    run_id = pack.start_run(JOB, artifact=mxnet_model_tar())
+    run_writes: list[str] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        if params.get("Key") == serialize(run_key(run_id)):
+            run_writes.append(str(params["UpdateExpression"]))
+
+    pack.ddb.meta.events.register("before-parameter-build.dynamodb.UpdateItem", record)
+    outcome = handle(pack.event("training_completed.json", JOB), pack.settings(), ddb=pack.ddb, s3=pack.s3,
+                     greengrass=pack.gg)  # fmt: skip
+    pack.ddb.meta.events.unregister("before-parameter-build.dynamodb.UpdateItem", record)
+
+    assert outcome.outcome == "deployed"
+    [lease, final, handled] = run_writes
+    assert lease.startswith("SET #c = :now")
+    assert final.startswith("SET #s = :status") and "#x1 = :x1" in final  # metrics, model, deployments
+    assert handled == "SET #a0 = :v0 ADD handled_statuses :handled"  # package_outcome + handled
+    run = pack.get(run_key(run_id))
+    assert run["status"] == "completed" and run["package_outcome"] == "deployed"
+    assert run["model_id"] == JOB and run["handled_statuses"] == ["Completed"]
+    assert run["metrics"]["validation:accuracy"] == pytest.approx(0.9125)

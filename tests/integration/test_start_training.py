@@ -26,10 +26,10 @@ from trashsorter.clients import Clients
 from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import TrainingRuleNotMet, TransientError
 from trashsorter.events import DatasetReady
+from trashsorter.run_end import finish_run
 from trashsorter.runs import (
     acquire_lock,
     find_run_by_job,
-    finish_run,
     get_run,
     list_runs,
     release_lock,

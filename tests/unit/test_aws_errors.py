@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from trashsorter import aws
 from trashsorter.deploy import aws_failure
@@ -33,3 +33,40 @@ def test_transient_errors_and_what_deployment_makes_of_them(code: str, status: i
     exc = _error(code, status)
     assert aws.is_transient(exc) is transient
     assert isinstance(aws_failure("CreateDeployment", exc), TransientError if transient else DeploymentError)
+
+
+def _raise(exc: Exception) -> None:
+    raise exc
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "transient"),
+    [("ThrottlingException", 400, True), ("SomethingNew", 502, True), ("AccessDeniedException", 403, False)],
+)
+def test_one_call_wrapper_turns_client_errors_into_domain_errors(
+    code: str, status: int, transient: bool
+) -> None:
+    exc = _error(code, status)
+    with pytest.raises(TransientError, match="could not update run r") as caught:
+        aws.call(lambda: _raise(exc), what="update run r")  # no refusal given: retried, then dead-lettered
+    assert caught.value.__cause__ is exc
+    expected = TransientError if transient else DeploymentError
+    with pytest.raises(expected) as refused:
+        aws.call(lambda: _raise(exc), what="deploy", refused=DeploymentError)
+    assert refused.value.__cause__ is exc
+    if not transient:
+        assert str(refused.value) == f"{code}: m"
+
+
+def test_expected_codes_are_answers_and_network_faults_are_transient() -> None:
+    missing = _error("ResourceNotFound", 400)
+    assert (
+        aws.call(lambda: _raise(missing), what="describe job j", codes={"ResourceNotFound": lambda _: {}})
+        == {}
+    )
+    assert aws.call(lambda: 7, what="anything") == 7
+    condition = _error("ConditionalCheckFailedException", 400)
+    assert aws.conditional_write(lambda: _raise(condition), what="take the lock") is False
+    assert aws.conditional_write(lambda: None, what="take the lock") is True
+    with pytest.raises(TransientError, match="could not publish x: Could not connect"):
+        aws.call(lambda: _raise(EndpointConnectionError(endpoint_url="http://x")), what="publish x")

@@ -13,12 +13,12 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from trashsorter import clock, registry, runs, threshold
+from trashsorter import clock, lifecycle, registry, runs, threshold
 from trashsorter.catalogue import Catalogue
 from trashsorter.errors import Rejection
 from trashsorter.gate import ACCURACY_METRIC as ACCURACY
 from trashsorter.ingest import check_image
-from trashsorter.schema import FINAL_RUN_STATUSES, ImageStatus, image_gsi
+from trashsorter.schema import ImageStatus, image_gsi
 from trashsorter.settings import CommonSettings, IngestSettings, PackageSettings
 from trashsorter_cli.targets import Target
 from trashsorter_cli.ui import UI, CliError, UsageError
@@ -285,7 +285,7 @@ def run_to_follow(target: Target, *, ddb: Any = None) -> dict[str, Any] | None:
     ddb = ddb or target.client("dynamodb")
     holder = str(runs.get_lock(target.table, ddb=ddb).get("holder") or "")
     active = runs.get_run(target.table, holder, ddb=ddb) if holder else None
-    if active is not None and not runs.is_final(active):
+    if active is not None and not lifecycle.is_final(active):
         summary = run_summary(active)
         return {
             "kind": "active",
@@ -363,9 +363,7 @@ def wait_for_run(
                     bar.update(description=text)
                 if on_update is not None:
                     on_update(run)
-                if run["status"] in FINAL_RUN_STATUSES and (
-                    run["package_outcome"] or run["status"] != "completed"
-                ):
+                if lifecycle.is_done(run):
                     return run
             else:
                 bar.update(description=_waiting_text(target, ddb, since))

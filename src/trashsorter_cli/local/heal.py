@@ -20,12 +20,13 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from trashsorter import ingest, reconcile, registry, runs
+from trashsorter import ingest, lifecycle, reconcile, registry, runs
 from trashsorter.catalogue import Catalogue
 from trashsorter.clients import Clients
 from trashsorter.events import S3ObjectEvent
 from trashsorter.keys import is_images_key
-from trashsorter.schema import ACTIVE_RUN_STATUSES, ImageStatus
+from trashsorter.lifecycle import HealAction
+from trashsorter.schema import ImageStatus
 from trashsorter.settings import IngestSettings, PackageSettings, TrainingSettings
 
 LOG = logging.getLogger("trashsorter.local.heal")
@@ -73,10 +74,11 @@ def fail_lost_run(settings: TrainingSettings, clients: Clients) -> reconcile.Rec
     """Fail the active run whose job SageMaker (the stack's emulator, in memory) no longer knows."""
     holder = str(runs.get_lock(settings, ddb=clients.ddb).get("holder") or "")
     run = runs.get_run(settings, holder, ddb=clients.ddb) if holder else None
-    if run is None or run.get("status") not in ACTIVE_RUN_STATUSES:
+    if run is None or not lifecycle.is_active(run):
         return None
     job_name = str(run.get("job_name") or "")
-    if job_name and reconcile.describe_job(job_name, clients.sagemaker):
+    known = bool(job_name) and bool(reconcile.describe_job(job_name, clients.sagemaker))
+    if lifecycle.heal_action(run, job_known=known) != HealAction.FAIL:
         return None  # SageMaker knows it: its own state change ends it
     reason = (
         f"the local stack stopped while this run was {run.get('status')}; its training job "

@@ -7,15 +7,19 @@ point the same code at the moto server.
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter.errors import TransientError
+
+T = TypeVar("T")
 
 # Connections per client: at least the threads that share one (dataset_store.STORE_WORKERS, tested), so no
 # connection is opened and thrown away ("Connection pool is full").
@@ -80,17 +84,59 @@ def is_transient(exc: ClientError) -> bool:
     return error_code(exc) in TRANSIENT_CODES or http_status(exc) >= 500
 
 
+def call(
+    action: Callable[[], T],
+    *,
+    what: str,
+    codes: Mapping[str, Callable[[ClientError], T]] | None = None,
+    refused: Callable[[str], Exception] | None = None,
+) -> T:
+    """Run one AWS call of the domain (``what``: "<verb> <object>") inside a Tracer subsegment ``## <what>``
+    (when tracing is on: in Lambda, unless POWERTOOLS_TRACE_DISABLED).
+
+    A ClientError whose code is in ``codes`` returns what its handler returns (the caller's expected
+    answers, e.g. a failed condition). Otherwise a transient one (:func:`is_transient`) or any BotoCoreError
+    raises :class:`TransientError` ("could not <what>: ...", chained) so the event is retried; any other
+    ClientError raises ``refused("<code>: <message>")`` when given, else TransientError too.
+    """
+    with _subsegment(what):
+        try:
+            return action()
+        except ClientError as exc:
+            handler = (codes or {}).get(error_code(exc))
+            if handler is not None:
+                return handler(exc)
+            if refused is not None and not is_transient(exc):
+                message = str(exc.response.get("Error", {}).get("Message", ""))
+                raise refused(f"{error_code(exc)}: {message}") from exc
+            raise TransientError(f"could not {what}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"could not {what}: {exc}") from exc
+
+
+def _subsegment(what: str) -> Any:
+    """A Tracer subsegment when tracing can be on (in Lambda, or POWERTOOLS_TRACE_DISABLED set: the rule of
+    :mod:`trashsorter.observability`); elsewhere nothing, and Powertools is not even imported (the CLI and
+    the image workers stay small)."""
+    if "AWS_LAMBDA_FUNCTION_NAME" not in os.environ and "POWERTOOLS_TRACE_DISABLED" not in os.environ:
+        return nullcontext()
+    from trashsorter.observability import tracer
+
+    return nullcontext() if tracer.disabled else tracer.provider.in_subsegment(f"## {what}")
+
+
+def _false(_: ClientError) -> bool:
+    return False
+
+
 def conditional_write(write: Callable[[], Any], *, what: str) -> bool:
     """Run one conditional DynamoDB write: True if it was applied, False if its condition failed.
 
     Any other AWS failure is a :class:`TransientError` ("could not <what>: ...") so the event is retried.
     """
-    try:
+
+    def applied() -> bool:
         write()
-    except ClientError as exc:
-        if error_code(exc) == "ConditionalCheckFailedException":
-            return False
-        raise TransientError(f"could not {what}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not {what}: {exc}") from exc
-    return True
+        return True
+
+    return call(applied, what=what, codes={"ConditionalCheckFailedException": _false})

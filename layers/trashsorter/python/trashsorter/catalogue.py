@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from trashsorter import aws
 from trashsorter.catalogue_model import (
@@ -34,6 +34,20 @@ from trashsorter.catalogue_model import (
     derive_statuses,
     sequencer_newer,
 )
+from trashsorter.catalogue_plan import (
+    GROUP_STATUSES,
+    Deltas,
+    OwnerChange,
+    groups,
+    key_deltas,
+    key_status,
+    owner_change,
+    owners_write,
+    reason_for,
+    record_item,
+    record_put,
+    stored_object,
+)
 from trashsorter.clock import now_iso
 from trashsorter.ddb import serialize
 from trashsorter.errors import ConcurrencyConflict, TransientError
@@ -41,53 +55,13 @@ from trashsorter.schema import (
     STATE_KEY,
     ImageStatus,
     hash_key,
-    image_gsi,
     image_gsi_status,
     image_key,
     label_counts_key,
 )
 
 MAX_TRANSACTION_ITEMS = 100
-GROUP_STATUSES = (ImageStatus.ACCEPTED, ImageStatus.DUPLICATE, ImageStatus.CONFLICT)
 _RETRYABLE_CANCEL = {"ConditionalCheckFailed", "TransactionConflict"}
-_RECORD_FIELDS = (
-    "bucket",
-    "key",
-    "version_id",
-    "etag",
-    "sequencer",
-    "label",
-    "sha256",
-    "format",
-    "mode",
-    "width",
-    "height",
-    "size",
-    "object_key",
-    "object_etag",
-    "phash",
-)
-
-
-def _reason_for(status: str, key: str, label: str, owners: Mapping[str, Sequence[str]]) -> tuple[str, str]:
-    if status == ImageStatus.DUPLICATE:
-        return "duplicate", f"same bytes as {owners[label][0]} (counted once)"
-    others = [f"{other} ({keys[0]})" for other, keys in sorted(owners.items()) if keys and other != label]
-    return (
-        "conflict",
-        f"same bytes are also labelled {', '.join(others)}; not used for training until a person deletes "
-        "the wrong copy",
-    )
-
-
-def _stored_object(old: Mapping[str, Any] | None, update: ImageUpdate | None) -> dict[str, Any]:
-    """The content's stored copy on its HASH item: the update's when it names one, else the item's own."""
-    source: Mapping[str, Any] = old or {}
-    if update is not None and update.object_key:
-        source = {"object_key": update.object_key, "object_etag": update.object_etag}
-    return {name: source[name] for name in ("object_key", "object_etag") if source.get(name)}
-
-
 _RECONCILE_CHUNK = MAX_TRANSACTION_ITEMS // 2  # status updates per reconcile transaction
 
 
@@ -131,19 +105,13 @@ class Catalogue(CatalogueReader):
                     f"{update.key}: the change touches {len(transaction)} catalogue items, more than one "
                     f"transaction holds ({MAX_TRANSACTION_ITEMS})"
                 )
-            try:
-                self.ddb.transact_write_items(TransactItems=transaction)
+            if self._transact(transaction, what=f"write the catalogue record of {update.key}"):
                 break
-            except ClientError as exc:
-                if not _retryable(exc):
-                    raise TransientError(f"catalogue write for {update.key} failed: {exc}") from exc
-                if attempt == self.max_attempts:
-                    raise ConcurrencyConflict(
-                        f"catalogue write for {update.key} lost {attempt} races in a row; retry later"
-                    ) from exc
-                time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
-            except BotoCoreError as exc:
-                raise TransientError(f"catalogue write for {update.key} failed: {exc}") from exc
+            if attempt == self.max_attempts:
+                raise ConcurrencyConflict(
+                    f"catalogue write for {update.key} lost {attempt} races in a row; retry later"
+                )
+            time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
         else:  # pragma: no cover
             raise ConcurrencyConflict(f"catalogue write for {update.key} did not complete")
         if pending is None:
@@ -201,35 +169,41 @@ class Catalogue(CatalogueReader):
                     newly += target == ImageStatus.ACCEPTED
                 items.append(self._owners_check(sha, int(group["version"])))
                 items.extend(self._counter_updates(deltas, newly))
-                try:
-                    self.ddb.transact_write_items(TransactItems=items)
-                except ClientError as exc:
+                if not self._transact(items, what=f"reconcile the copies of {sha}"):
                     races += 1
-                    if not _retryable(exc):
-                        raise TransientError(f"catalogue reconcile of {sha} failed: {exc}") from exc
                     if races >= self.max_attempts:
-                        raise ConcurrencyConflict(f"catalogue reconcile of {sha} lost {races} races") from exc
+                        raise ConcurrencyConflict(f"catalogue reconcile of {sha} lost {races} races")
                     time.sleep(random.uniform(0, min(0.5, 0.005 * 2**races)))
                     continue
-                except BotoCoreError as exc:
-                    raise TransientError(f"catalogue reconcile of {sha} failed: {exc}") from exc
                 newly_total += newly
                 totals = _add_deltas(totals, deltas)
-        try:
-            self.ddb.update_item(
+        aws.conditional_write(  # False: rewritten since, the marker is not ours
+            lambda: self.ddb.update_item(
                 TableName=self.table_name,
                 Key=serialize(image_key(key)),
                 UpdateExpression="REMOVE reconcile",
                 ConditionExpression="#rev = :rev",
                 ExpressionAttributeNames={"#rev": "rev"},
                 ExpressionAttributeValues={":rev": {"N": str(rev)}},
-            )
-        except ClientError as exc:
-            if aws.error_code(exc) != "ConditionalCheckFailedException":  # rewritten since: not ours
-                raise TransientError(f"catalogue write for {key} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"catalogue write for {key} failed: {exc}") from exc
+            ),
+            what=f"unmark the reconcile of {key}",
+        )
         return newly_total, totals
+
+    def _transact(self, items: list[dict[str, Any]], *, what: str) -> bool:
+        """One TransactWriteItems: True when it committed, False when it lost a race (plan again)."""
+
+        def lost(exc: ClientError) -> bool:
+            if _retryable(exc):
+                return False
+            raise TransientError(f"could not {what}: {exc}") from exc
+
+        def committed() -> bool:
+            self.ddb.transact_write_items(TransactItems=items)
+            return True
+
+        races = {"TransactionConflictException": lost, "TransactionCanceledException": lost}
+        return aws.call(committed, what=what, codes=races)
 
     def _status_update(
         self, k: str, record: Mapping[str, Any], target: str, owners: Mapping[str, Sequence[str]], now: str
@@ -246,7 +220,7 @@ class Catalogue(CatalogueReader):
         if target == ImageStatus.ACCEPTED:
             expression += " REMOVE reason_code, reason"
         else:
-            code, reason = _reason_for(target, k, str(record["label"]), owners)
+            code, reason = reason_for(target, k, str(record["label"]), owners)
             expression += ", reason_code = :rc, reason = :r"
             values[":rc"], values[":r"] = {"S": code}, {"S": reason}
         return {
@@ -328,171 +302,74 @@ class Catalogue(CatalogueReader):
                 return ApplyResult(key, str(rec["status"]), changed=False, stale=True), [], resume
             if self._same(rec, update):
                 return ApplyResult(key, str(rec["status"]), changed=False), [], resume
-
-        old_status = str(rec["status"]) if rec else None
-        old_group = (str(rec["sha256"]), str(rec["label"])) if rec and old_status in GROUP_STATUSES else None
-        new_group = (str(update.sha256), update.label) if update.kind == "valid" else None
-
+        old_group, new_group = groups(rec, update)
         shas = list(dict.fromkeys(g[0] for g in (old_group, new_group) if g))
         hashes = {sha: self._get(hash_key(sha)) for sha in shas}
-        before: dict[str, dict[str, list[str]]] = {
-            sha: {lbl: list(keys) for lbl, keys in (item or {}).get("owners", {}).items()}
-            for sha, item in hashes.items()
-        }
-        after = {sha: {lbl: list(keys) for lbl, keys in owners.items()} for sha, owners in before.items()}
-        if old_group != new_group:
-            if old_group:
-                sha, lbl = old_group
-                if key in after[sha].get(lbl, []):
-                    after[sha][lbl].remove(key)
-                after[sha] = {k: v for k, v in after[sha].items() if v}
-        if new_group:
-            sha, lbl = new_group
-            if key not in after[sha].setdefault(lbl, []):
-                after[sha][lbl].append(key)
-
-        derived: dict[str, str] = {}
-        owners_of: dict[str, dict[str, list[str]]] = {}
-        for owners in after.values():
-            for k, status in derive_statuses(owners).items():
-                derived[k] = status
-                owners_of[k] = owners
-
-        # The status of every other key of the touched groups may change with the owners map.
-        others = sorted(
-            {k for owners in (*before.values(), *after.values()) for keys in owners.values() for k in keys}
-            - {key}
-        )
-        other_records = {str(r["key"]): r for r in self._batch_get([image_key(k) for k in others])}
-
+        owners = {sha: dict((item or {}).get("owners", {})) for sha, item in hashes.items()}
+        change = owner_change(key, old_group, new_group, owners)
         now = now_iso()
-        deltas: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        newly_accepted = 0
-        transaction: list[dict[str, Any]] = []
-
-        # --- the key itself
-        if update.kind == "valid":
-            new_status = derived[key]
-        elif update.kind == "rejected":
-            new_status = ImageStatus.REJECTED
-        else:
-            new_status = ImageStatus.DELETED
-        item: dict[str, Any] = {}
-        if update.kind == "deleted" and rec:
-            item.update({f: rec.get(f) for f in _RECORD_FIELDS})
-        item.update({f: getattr(update, f) for f in _RECORD_FIELDS if getattr(update, f, None) is not None})
-        if not update.sequencer and rec:
-            item["sequencer"] = rec.get("sequencer") or ""
-        item.update(
-            {
-                "key": key,
-                "bucket": update.bucket,
-                "label": update.label,
-                "status": str(new_status),
-                "created_at": rec.get("created_at", now) if rec else now,
-                "updated_at": now,
-                "rev": int(rec.get("rev", 0)) + 1 if rec else 1,
-                **image_key(key),
-                **image_gsi(str(new_status), update.label, key),
-            }
-        )
-        if new_status == ImageStatus.REJECTED:
-            item["reason_code"], item["reason"] = update.reason_code, update.reason
-        elif new_status in (ImageStatus.DUPLICATE, ImageStatus.CONFLICT):
-            item["reason_code"], item["reason"] = _reason_for(new_status, key, update.label, owners_of[key])
-        put: dict[str, Any] = {"TableName": self.table_name, "Item": serialize(item)}
-        if rec:
-            put["ConditionExpression"] = "#rev = :rev"
-            put["ExpressionAttributeNames"] = {"#rev": "rev"}
-            put["ExpressionAttributeValues"] = {":rev": {"N": str(int(rec.get("rev", 0)))}}
-        else:
-            put["ConditionExpression"] = "attribute_not_exists(pk)"
-        transaction.append({"Put": put})
-        if rec and old_status and rec.get("label"):
-            deltas[str(rec["label"])][old_status] -= 1
-        if update.label:
-            deltas[update.label][str(new_status)] += 1
-        if new_status == ImageStatus.ACCEPTED and old_status != ImageStatus.ACCEPTED:
-            newly_accepted += 1
-
-        # --- other keys whose status follows the owners maps
-        flips: list[dict[str, Any]] = []
-        flip_deltas: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        flip_newly = 0
-        for k in others:
-            other = other_records.get(k)
-            if other is None:
-                continue  # owners entry without a record (should not happen); the record write fixes it
-            cur = str(other["status"])
-            target = derived.get(k)
-            if target is None or cur == target or cur not in GROUP_STATUSES:
-                continue
-            flips.append(self._status_update(k, other, target, owners_of[k], now))
-            flip_deltas[str(other["label"])][cur] -= 1
-            flip_deltas[str(other["label"])][target] += 1
-            if target == ImageStatus.ACCEPTED:
-                flip_newly += 1
-
-        # --- hash owners (optimistic concurrency on version)
+        status = key_status(update, change)
+        item = record_item(update, rec, status, change, now)
+        transaction = [record_put(self.table_name, item, rec)]
+        deltas, newly_accepted = key_deltas(rec, update, status)
+        flips, flip_deltas, flip_newly = self._flips(change, now)
         released: list[tuple[str, str]] = []
         for sha in shas:
             old = hashes[sha]
-            if before[sha] == after[sha] and old is not None:
+            if change.before[sha] == change.after[sha] and old is not None:
                 # Membership unchanged: still pin the version so a concurrent change re-plans us.
                 transaction.append(self._owners_check(sha, int(old["version"])))
                 continue
-            condition: dict[str, Any] = (
-                {
-                    "ConditionExpression": "#v = :v",
-                    "ExpressionAttributeNames": {"#v": "version"},
-                    "ExpressionAttributeValues": {":v": {"N": str(int(old["version"]))}},
-                }
-                if old
-                else {"ConditionExpression": "attribute_not_exists(pk)"}
-            )
-            if after[sha]:
-                body = {
-                    **hash_key(sha),
-                    "sha256": sha,
-                    "owners": after[sha],
-                    "updated_at": now,
-                    "version": int(old["version"]) + 1 if old else 1,
-                    **_stored_object(old, update if new_group and new_group[0] == sha else None),
-                }
-                transaction.append(
-                    {"Put": {"TableName": self.table_name, "Item": serialize(body), **condition}}
-                )
-            elif old:
-                transaction.append(
-                    {"Delete": {"TableName": self.table_name, "Key": serialize(hash_key(sha)), **condition}}
-                )
-                if old.get("object_key"):
-                    released.append((sha, str(old["object_key"])))
-
-        # --- the other copies: in this transaction when they fit, else reconciled right after it
+            if not change.after[sha] and old is None:
+                continue  # no owner left and no item stored: nothing to write
+            stored = stored_object(old, update if new_group and new_group[0] == sha else None)
+            transaction.append(owners_write(self.table_name, sha, old, change.after[sha], stored, now))
+            if not change.after[sha] and old and old.get("object_key"):
+                released.append((sha, str(old["object_key"])))
+        # the other copies: in this transaction when they fit, else reconciled right after it
         # (counters: one ADD per label, deltas aggregated)
         pending: tuple[list[str], int] | None = None
-        with_flips = _add_deltas(deltas, flip_deltas)
-        counters = self._counter_updates(with_flips, newly_accepted + flip_newly)
+        final_deltas = _add_deltas(deltas, flip_deltas)
+        counters = self._counter_updates(final_deltas, newly_accepted + flip_newly)
         if not flips or len(transaction) + len(flips) + len(counters) <= MAX_TRANSACTION_ITEMS:
             transaction[1:1] = flips
-            final_deltas, newly_accepted = with_flips, newly_accepted + flip_newly
+            newly_accepted += flip_newly
         else:
             pending = (list(shas), int(item["rev"]))
             transaction[0]["Put"]["Item"]["reconcile"] = {"L": [{"S": sha} for sha in shas]}
             final_deltas = _add_deltas(deltas)
             counters = self._counter_updates(final_deltas, newly_accepted)
         transaction.extend(counters)
+        new_content = bool(new_group and hashes[new_group[0]] is None)
         result = ApplyResult(
             key,
-            str(new_status),
+            str(status),
             changed=True,
             newly_accepted=newly_accepted,
             deltas=final_deltas,
-            new_content=bool(new_group and hashes[new_group[0]] is None),
+            new_content=new_content,
             released=tuple(released),
         )
         return result, transaction, pending
+
+    def _flips(self, change: OwnerChange, now: str) -> tuple[list[dict[str, Any]], Deltas, int]:
+        """The other keys whose status follows the owners maps: their updates, deltas, newly accepted."""
+        records = {str(r["key"]): r for r in self._batch_get([image_key(k) for k in change.others])}
+        flips: list[dict[str, Any]] = []
+        deltas: Deltas = defaultdict(lambda: defaultdict(int))
+        newly = 0
+        for k in change.others:
+            other = records.get(k)
+            if other is None:
+                continue  # owners entry without a record (should not happen); the record write fixes it
+            cur, target = str(other["status"]), change.derived.get(k)
+            if target is None or cur == target or cur not in GROUP_STATUSES:
+                continue
+            flips.append(self._status_update(k, other, target, change.owners_of[k], now))
+            deltas[str(other["label"])][cur] -= 1
+            deltas[str(other["label"])][target] += 1
+            newly += int(target == ImageStatus.ACCEPTED)
+        return flips, deltas, newly
 
     @staticmethod
     def _same(rec: Mapping[str, Any], update: ImageUpdate) -> bool:

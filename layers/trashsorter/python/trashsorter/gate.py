@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from math import comb
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trashsorter_edge.contract import VALIDATION_ACCURACY
+
+if TYPE_CHECKING:
+    from trashsorter.settings import PackageSettings
 
 ACCURACY_METRIC = VALIDATION_ACCURACY  # the one metric the gate reads (both trainers report it)
 # One-sided: the chance that a challenger no worse than the champion loses this many of the photos on
@@ -333,4 +336,37 @@ def _paired_gate(
         f"{ACCURACY_METRIC} {accuracy:.4f} ({right}) >= {min_accuracy:.4f}{floor}; {where}: "
         f"{overall.champion_right} -> {overall.challenger_right} right (lost {overall.lost}, gained "
         f"{overall.gained}); {verdict}{within}",
+    )
+
+
+def decide(
+    *,
+    model_id: str,
+    metrics: Mapping[str, float],
+    evaluation: Mapping[str, Any] | None,
+    champion: Mapping[str, Any] | None,
+    dataset: Mapping[str, Any] | None,
+    settings: PackageSettings,
+) -> GateDecision:
+    """The gate for a packaged model (pure): the fair gate when the project's trainer evaluated the champion
+    on the challenger's own split (or there is no champion), else "not enough data" from the snapshot's own
+    counts, else the accuracy gate (the built-in algorithm, or a champion the job could not evaluate)."""
+    champion_id = str((champion or {}).get("model_id", ""))
+    if evaluation and (evaluation.get("champion") or not champion):
+        return evaluate_fair_gate(
+            evaluation,
+            min_accuracy=settings.min_validation_accuracy,
+            tolerance=settings.champion_tolerance,
+            max_recall_drop=settings.max_recall_drop,
+            min_class_recall=settings.min_class_recall,
+            champion_id=champion_id,
+        )
+    if cannot_sort := not_enough_data(dataset_support(dataset)):
+        return GateDecision(False, cannot_sort)
+    return evaluate_gate(
+        metrics.get(ACCURACY_METRIC),
+        champion_accuracy(champion, model_id),
+        min_accuracy=settings.min_validation_accuracy,
+        tolerance=settings.champion_tolerance,
+        champion_id=champion_id,
     )

@@ -32,22 +32,22 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from trashsorter import aws, clock, runs
+from trashsorter import aws, clock, lifecycle, runs
 from trashsorter.clients import Clients
 from trashsorter.errors import TransientError
 from trashsorter.events import TrainingStateChange
+from trashsorter.lifecycle import RUNNING_JOB_STATUSES, HealAction
 from trashsorter.notify import notify
 from trashsorter.observability import logger
-from trashsorter.schema import ACTIVE_RUN_STATUSES, EVENT_SOURCE, TRAINING_RECONCILED, RunStatus
+from trashsorter.run_end import finish_run
+from trashsorter.schema import EVENT_SOURCE, TRAINING_RECONCILED, RunStatus
 from trashsorter.settings import TrainingSettings
 
 MARGIN_SECONDS = 1800  # beyond the job's own limit: SageMaker's final event comes within minutes
 REPUBLISH_AFTER_SECONDS = runs.CLAIM_LEASE_SECONDS
 DEFAULT_MAX_RUNTIME_SECONDS = 24 * 3600  # SageMaker's default MaxRuntimeInSeconds
-FINAL_JOB_STATUSES = ("Completed", "Failed", "Stopped")
-RUNNING_JOB_STATUSES = ("InProgress", "Stopping")
 
 
 @dataclass(frozen=True)
@@ -80,16 +80,17 @@ def overdue_seconds(run: Mapping[str, Any]) -> float:
     return clock.age_seconds(since) - max_runtime_seconds(run) - MARGIN_SECONDS
 
 
+def _unknown(_: ClientError) -> dict[str, Any]:
+    return {}
+
+
 def describe_job(job_name: str, sagemaker: Any) -> dict[str, Any]:
     """DescribeTrainingJob; ``{}`` when SageMaker does not know the job; TransientError otherwise."""
-    try:
-        return dict(sagemaker.describe_training_job(TrainingJobName=job_name))
-    except ClientError as exc:
-        if aws.error_code(exc) in ("ValidationException", "ResourceNotFound"):
-            return {}
-        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not describe training job {job_name}: {exc}") from exc
+    return aws.call(
+        lambda: dict(sagemaker.describe_training_job(TrainingJobName=job_name)),
+        what=f"describe training job {job_name}",
+        codes={"ValidationException": _unknown, "ResourceNotFound": _unknown},
+    )
 
 
 def start_not_in_future(run: Mapping[str, Any], table: str, ddb: Any) -> Mapping[str, Any]:
@@ -110,13 +111,11 @@ def start_not_in_future(run: Mapping[str, Any], table: str, ddb: Any) -> Mapping
 
 def stop_job(job_name: str, sagemaker: Any) -> None:
     """StopTrainingJob; a job already stopping or ended (ValidationException) is fine."""
-    try:
-        sagemaker.stop_training_job(TrainingJobName=job_name)
-    except ClientError as exc:
-        if aws.error_code(exc) not in ("ValidationException", "ResourceNotFound"):
-            raise TransientError(f"could not stop training job {job_name}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not stop training job {job_name}: {exc}") from exc
+    aws.call(
+        lambda: sagemaker.stop_training_job(TrainingJobName=job_name),
+        what=f"stop training job {job_name}",
+        codes={"ValidationException": _unknown, "ResourceNotFound": _unknown},
+    )
 
 
 def reconcile_training(settings: TrainingSettings, clients: Clients | None = None) -> ReconcileOutcome:
@@ -125,7 +124,7 @@ def reconcile_training(settings: TrainingSettings, clients: Clients | None = Non
     ddb, table = clients.ddb, settings.table_name
     holder = str(runs.get_lock(table, ddb=ddb).get("holder") or "")
     run = runs.get_run(table, holder, ddb=ddb) if holder else None
-    if run is None or run.get("status") not in ACTIVE_RUN_STATUSES:
+    if run is None or not lifecycle.is_active(run):
         return ReconcileOutcome("free", holder)  # a stale lock of a final run: start_training releases it
     run_id, job_name = str(run["run_id"]), str(run.get("job_name") or "")
     run = start_not_in_future(run, table, ddb)
@@ -135,22 +134,23 @@ def reconcile_training(settings: TrainingSettings, clients: Clients | None = Non
     described = describe_job(job_name, clients.sagemaker)
     job_status = str(described.get("TrainingJobStatus") or "")
     extra = {"run_id": run_id, "job_name": job_name, "job_status": job_status, "overdue_s": round(overdue)}
-    if job_status in RUNNING_JOB_STATUSES:
-        if job_status == "InProgress":
-            stop_job(job_name, clients.sagemaker)
-        reason = (
-            f"SageMaker still reports {job_status} {round(overdue)} s after the job's limit "
-            f"({max_runtime_seconds(run)} s) and the margin ({MARGIN_SECONDS} s); the job was stopped"
-        )
-        logger.warning("overdue run: job stopped and run failed", extra={**extra, "reason": reason})
-        return fail_run(settings, run_id, job_name, reason, clients)
-    if job_status in FINAL_JOB_STATUSES:
+    action = lifecycle.reconcile_action(overdue, job_status)
+    if action == HealAction.REPUBLISH:
         if clock.age_seconds(str(run.get("reconcile_published_at") or "")) < REPUBLISH_AFTER_SECONDS:
             return ReconcileOutcome("republished", run_id, job_name, "already re-published; waiting")
         _publish(TrainingStateChange.from_detail(described), settings, clients)
         runs.update_run(run_id, {"reconcile_published_at": clock.now_iso()}, table_name=table, ddb=ddb)
         logger.warning("lost training state change re-published", extra=extra)
         return ReconcileOutcome("republished", run_id, job_name, f"SageMaker reports {job_status}")
+    if action == HealAction.STOP_AND_FAIL:
+        stop_job(job_name, clients.sagemaker)
+    if job_status in RUNNING_JOB_STATUSES:
+        reason = (
+            f"SageMaker still reports {job_status} {round(overdue)} s after the job's limit "
+            f"({max_runtime_seconds(run)} s) and the margin ({MARGIN_SECONDS} s); the job was stopped"
+        )
+        logger.warning("overdue run: job stopped and run failed", extra={**extra, "reason": reason})
+        return fail_run(settings, run_id, job_name, reason, clients)
     reason = f"no final state change arrived {round(overdue)} s after the job's limit and SageMaker " + (
         f"reports {job_status}" if job_status else f"does not know job {job_name}"
     )
@@ -163,10 +163,16 @@ def fail_run(
 ) -> ReconcileOutcome:
     """Fail a run whose job cannot end by itself: releases the lock, re-publishes the pending dataset and
     sends a notice (idempotent: a run already final is left as it is)."""
-    ddb, table = clients.ddb, settings.table_name
-    if runs.finish_run(settings, run_id=run_id, status=RunStatus.FAILED, message=reason, ddb=ddb,
-                       events=clients.events, ended_by="reconcile"):  # fmt: skip
-        runs.update_run(run_id, {"failure_reason": reason}, table_name=table, ddb=ddb)
+    if finish_run(
+        settings,
+        run_id=run_id,
+        status=RunStatus.FAILED,
+        message=reason,
+        ddb=clients.ddb,
+        events=clients.events,
+        ended_by=lifecycle.RECONCILE,
+        attributes={"failure_reason": reason},
+    ):
         notify(
             settings.topic_arn,
             f"Training failed: {job_name}",
@@ -184,9 +190,8 @@ def _publish(change: TrainingStateChange, settings: TrainingSettings, clients: C
         "Detail": json.dumps(change.as_detail(), sort_keys=True, default=str),
         "EventBusName": settings.event_bus_name,
     }
-    try:
-        response = clients.events.put_events(Entries=[entry])
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not publish {TRAINING_RECONCILED}: {exc}") from exc
+    response = aws.call(
+        lambda: clients.events.put_events(Entries=[entry]), what=f"publish {TRAINING_RECONCILED}"
+    )
     if response.get("FailedEntryCount", 0):
         raise TransientError(f"{TRAINING_RECONCILED} refused by EventBridge: {response.get('Entries')}")

@@ -1,11 +1,15 @@
-"""Training runs and the training lock: the only writer of ``RUN#``, ``JOB#`` and ``LOCK`` items.
+"""Training runs and the training lock, stored: the only writer of ``RUN#``, ``JOB#`` and ``LOCK`` items.
+
+Plain storage: reads and conditional writes. What a run's status becomes is decided by
+:mod:`trashsorter.lifecycle`; the end of a run (final state -> lock release -> re-publish) is carried out by
+:mod:`trashsorter.run_end`.
 
 * ``RUN#<run_id>/RUN`` - one training run: created ``starting`` by :func:`create_run` (with its
   ``JOB#<job>/RUN`` pointer, one transaction), ``in_progress`` (:func:`mark_started`), per-epoch
-  ``progress`` (:func:`record_progress`, the trainer), final (:func:`finish_run`), per-status completion
-  lease and outcome (:func:`claim`, :func:`update_run`, the completion step).
+  ``progress`` (:func:`record_progress`, the trainer), final (:func:`write_final`: one write of the whole
+  final state), per-status completion lease and notice receipt (:func:`claim`, :func:`mark_handled`).
 * ``LOCK/TRAINING`` - single flight: ``holder`` = the run id; ``pending`` = a trigger that arrived while
-  the lock was held (re-published by :func:`finish_run` when the training rule is still met).
+  the lock was held (re-published when the run ends and the training rule is still met).
 
 Run ids are ``run-<dataset_id>-<attempt>``.
 """
@@ -17,15 +21,12 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from trashsorter import aws, clock
-from trashsorter.catalogue import Catalogue
 from trashsorter.ddb import deserialize
 from trashsorter.ddb import serialize as _ser
 from trashsorter.ddb import value as _value
 from trashsorter.ddb import values as _vals
-from trashsorter.errors import NotFoundError, TransientError
+from trashsorter.errors import TransientError
 from trashsorter.observability import logger
 from trashsorter.schema import (
     FINAL_RUN_STATUSES,
@@ -37,7 +38,6 @@ from trashsorter.schema import (
     run_key,
 )
 from trashsorter.settings import CommonSettings, TrainingSettings
-from trashsorter.threshold import evaluate_current, publish_dataset_ready, publish_follow_up
 from trashsorter.training_request import TrainingLaunch, source_lineage
 
 MAX_ATTEMPTS = 20
@@ -192,31 +192,35 @@ def release_lock(
             "pending_dataset_id"
         )
         values = _vals(now=now, run=run_id)
-    try:
-        response = ddb.update_item(
+    response = aws.call(
+        lambda: ddb.update_item(
             TableName=table,
             Key=_ser(LOCK_KEY),
             UpdateExpression=update,
             ConditionExpression="holder = :run",
             ExpressionAttributeValues=values,
             ReturnValues="ALL_OLD",
-        )
-    except ClientError as exc:
-        if aws.error_code(exc) == "ConditionalCheckFailedException":
-            return {}
-        raise TransientError(f"could not release the training lock: {exc}") from exc
+        ),
+        what="release the training lock",
+        codes={"ConditionalCheckFailedException": lambda _: {}},  # not held by this run
+    )
     return _deser(response.get("Attributes")) or {}
 
 
 def restore_pending(ddb: Any, table: str, old: Mapping[str, Any]) -> None:
     try:
-        ddb.update_item(
-            TableName=table,
-            Key=_ser(LOCK_KEY),
-            UpdateExpression="SET pending = :t, pending_since = if_not_exists(pending_since, :since)",
-            ExpressionAttributeValues=_vals(t=True, since=str(old.get("pending_since") or clock.now_iso())),
+        aws.call(
+            lambda: ddb.update_item(
+                TableName=table,
+                Key=_ser(LOCK_KEY),
+                UpdateExpression="SET pending = :t, pending_since = if_not_exists(pending_since, :since)",
+                ExpressionAttributeValues=_vals(
+                    t=True, since=str(old.get("pending_since") or clock.now_iso())
+                ),
+            ),
+            what="restore the pending trigger",
         )
-    except (ClientError, BotoCoreError):
+    except TransientError:
         logger.exception("could not restore the pending trigger")
 
 
@@ -246,8 +250,8 @@ def create_run(ddb: Any, settings: TrainingSettings, launch: TrainingLaunch, *, 
         "created_at": now,
     }
     pointer = {**job_key(launch.job_name), "run_id": launch.run_id, "created_at": now}
-    try:
-        ddb.transact_write_items(
+    aws.call(
+        lambda: ddb.transact_write_items(
             TransactItems=[
                 {
                     "Put": {
@@ -264,15 +268,15 @@ def create_run(ddb: Any, settings: TrainingSettings, launch: TrainingLaunch, *, 
                     }
                 },
             ]
-        )
-    except ClientError as exc:
-        raise TransientError(f"could not record run {launch.run_id}: {exc}") from exc
+        ),
+        what=f"record run {launch.run_id}",
+    )
     return record
 
 
 def mark_started(ddb: Any, table: str, run_id: str) -> None:
-    try:
-        ddb.update_item(
+    aws.conditional_write(  # False: the local trainer may already report progress
+        lambda: ddb.update_item(
             TableName=table,
             Key=_ser(run_key(run_id)),
             UpdateExpression="SET #s = :ip, started_at = if_not_exists(started_at, :now)",
@@ -281,96 +285,50 @@ def mark_started(ddb: Any, table: str, run_id: str) -> None:
             ExpressionAttributeValues=_vals(
                 ip=str(RunStatus.IN_PROGRESS), now=clock.now_iso(), starting=str(RunStatus.STARTING)
             ),
-        )
-    except ClientError as exc:
-        # the local trainer may already report progress
-        if aws.error_code(exc) != "ConditionalCheckFailedException":
-            raise TransientError(f"could not mark run {run_id} started: {exc}") from exc
+        ),
+        what=f"mark run {run_id} started",
+    )
 
 
-def finish_run(
-    settings: CommonSettings,
-    *,
+def write_final(
+    ddb: Any,
+    table: str,
     run_id: str,
+    *,
     status: RunStatus,
-    message: str = "",
-    metrics: dict[str, Any] | None = None,
-    ddb: Any = None,
-    events: Any = None,
-    keep_pending: bool = False,
-    ended_by: str = "",
+    message: str,
+    ended_by: str,
+    metrics: Mapping[str, Any] | None = None,
+    attributes: Mapping[str, Any] | None = None,
 ) -> bool:
-    """End a run (completed / failed / stopped / blocked). Idempotent; final states are final.
-
-    ``ended_by`` names what ends the run (the training job status of a state-change event, ``reconcile``
-    ...); it is stored with the final status. Returns True when this call ended the run, or when the run
-    was already ended by the same ``ended_by`` (a retried delivery); False when something else ended it
-    first - the run, the lock and the pending trigger are then left untouched.
-
-    Updates the run record unless it is already final, releases the lock if this run holds it and, when
-    the lock carried a pending trigger, clears it and re-publishes "Dataset Ready" (reason ``pending``) if
-    the training rule is met again; without one, the photos accepted during the run get their one follow-up
-    (:func:`trashsorter.threshold.publish_follow_up`). ``keep_pending=True`` (blocked starts) releases the
-    lock but leaves the trigger pending without re-publishing (re-publishing would hit the same quota).
-    """
-    status = RunStatus(status)
-    if status not in FINAL_RUN_STATUSES:
-        raise ValueError(f"finish_run needs a final status, got {status}")
-    ddb = ddb or aws.client("dynamodb")
-    table = settings.table_name
-    names = {"#s": "status"}
+    """Write a run's final state in one conditional update (status, message, ``ended_at`` / ``ended_by``,
+    ``metrics`` and ``attributes``); False when the run is already final (or not recorded)."""
     values: dict[str, Any] = {
         "status": str(status),
         "msg": message,
         "now": clock.now_iso(),
+        "by": ended_by,
         **{f"f{i}": str(final) for i, final in enumerate(FINAL_RUN_STATUSES)},
     }
-    update = "SET #s = :status, status_message = :msg, ended_at = :now, ended_by = :by"
-    values["by"] = ended_by
-    if metrics:
-        update += ", #m = :metrics"
-        names["#m"] = "metrics"
-        values["metrics"] = metrics
+    names = {"#s": "status"}
+    sets = ["#s = :status", "status_message = :msg", "ended_at = :now", "ended_by = :by"]
+    extra = {**({"metrics": metrics} if metrics else {}), **dict(attributes or {})}
+    for i, (name, value) in enumerate(extra.items()):
+        names[f"#x{i}"] = name
+        values[f"x{i}"] = value
+        sets.append(f"#x{i} = :x{i}")
     final_list = ", ".join(f":f{i}" for i in range(len(FINAL_RUN_STATUSES)))
-    try:
-        ddb.update_item(
+    return aws.conditional_write(
+        lambda: ddb.update_item(
             TableName=table,
             Key=_ser(run_key(run_id)),
-            UpdateExpression=update,
+            UpdateExpression="SET " + ", ".join(sets),
             ConditionExpression=f"attribute_exists(pk) AND NOT #s IN ({final_list})",
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=_vals(**values),
-        )
-    except ClientError as exc:
-        if aws.error_code(exc) != "ConditionalCheckFailedException":
-            raise TransientError(f"could not finish run {run_id}: {exc}") from exc
-        current = get_run(table, run_id, ddb=ddb)
-        if current is None:
-            raise NotFoundError(f"run {run_id} is not recorded") from exc
-        if str(current.get("ended_by") or "") != ended_by:
-            logger.warning(
-                "run already final: not rewritten",
-                extra={"run_id": run_id, "status": current.get("status"), "asked": str(status)},
-            )
-            return False
-        logger.info("run already final", extra={"run_id": run_id})
-    old = release_lock(ddb, table, run_id, keep_pending=keep_pending, reason=str(status))
-    if keep_pending or not old:
-        return True
-    if not old.get("pending"):
-        # photos that arrived during the run: one follow-up run when the rule is met for them
-        publish_follow_up(settings, catalogue=Catalogue(table, ddb=ddb), events=events)
-        return True
-    try:
-        republish_pending(settings, ddb=ddb, events=events)
-    except Exception:
-        restore_pending(ddb, table, old)
-        raise
-    return True
-
-
-def is_final(run: Mapping[str, Any]) -> bool:
-    return str(run.get("status") or "") in {str(s) for s in FINAL_RUN_STATUSES}
+        ),
+        what=f"finish run {run_id}",
+    )
 
 
 def record_ignored_event(
@@ -385,8 +343,8 @@ def record_ignored_event(
     """Record an event that changed nothing (it came after the run was final, or SageMaker contradicts it);
     bounded: a set + count."""
     logger.warning(note, extra={"run_id": run_id, "event": event, "why": reason})
-    try:
-        ddb.update_item(
+    aws.call(
+        lambda: ddb.update_item(
             TableName=table_name,
             Key=_ser(run_key(run_id)),
             UpdateExpression="ADD ignored_events :ev, ignored_count :one SET last_ignored = :last",
@@ -396,21 +354,9 @@ def record_ignored_event(
                 ":one": {"N": "1"},
                 ":last": _value({"event": event, "reason": reason, "at": clock.now_iso()}),
             },
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not record the ignored event on run {run_id}: {exc}") from exc
-
-
-def republish_pending(settings: CommonSettings, *, ddb: Any, events: Any) -> bool:
-    result, state = evaluate_current(settings, Catalogue(settings.table_name, ddb=ddb))
-    accepted_seq = int(state["accepted_seq"])
-    if not result.met:
-        logger.info(
-            "pending trigger dropped: the training rule is no longer met", extra={"why": result.reason}
-        )
-        return False
-    publish_dataset_ready(settings, reason="pending", result=result, accepted_seq=accepted_seq, events=events)
-    return True
+        ),
+        what=f"record the ignored event on run {run_id}",
+    )
 
 
 # ---------------------------------------------------------------- completion lease and outcome
@@ -460,10 +406,13 @@ def update_run(
     }
     if names:
         kwargs["ExpressionAttributeNames"] = names
-    try:
-        ddb.update_item(**kwargs)
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not update run {run_id}: {exc}") from exc
+    aws.call(lambda: ddb.update_item(**kwargs), what=f"update run {run_id}")
+
+
+def mark_handled(run_id: str, job_status: str, *, outcome: str, table_name: str, ddb: Any) -> None:
+    """The notice receipt, written after the notice: ``package_outcome`` (what followers wait for) and
+    ``job_status`` joins ``handled_statuses`` (a later delivery is a duplicate)."""
+    update_run(run_id, {"package_outcome": outcome}, table_name=table_name, ddb=ddb, handled=job_status)
 
 
 def record_progress(table: str, run_id: str, progress: Mapping[str, Any], *, ddb: Any = None) -> bool:

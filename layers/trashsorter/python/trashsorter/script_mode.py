@@ -18,9 +18,9 @@ from typing import Any
 from trashsorter import images, labels
 from trashsorter.dataset import TRAIN, VALIDATION, DatasetPlan
 from trashsorter.errors import ConfigurationError
+from trashsorter.job_envelope import channel, job_envelope
 from trashsorter.schema import dataset_manifest_key
 from trashsorter.settings import TrainingSettings
-from trashsorter.training_request import channel, job_envelope
 from trashsorter_trainer import contract, sourcedir
 
 ALGORITHM = "trashsorter"

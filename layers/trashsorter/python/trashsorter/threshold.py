@@ -15,7 +15,7 @@ has passed, at most 900 s), recorded as ``STATE/DATASET.settle_due`` / ``settle_
 so that a bulk upload arms one timer, not one per photo. When the timer arrives (:func:`on_settle_timer`) and
 no photo was accepted since it was armed (``accepted_seq`` unchanged), ingest has been quiet for the settle
 time: :func:`check_and_publish` runs (exactly once, as above) and the timer is disarmed; otherwise the timer
-is re-armed for another settle time. A run that ends (:func:`trashsorter.runs.finish_run`) publishes the
+is re-armed for another settle time. A run that ends (:func:`trashsorter.run_end.finish_run`) publishes the
 follow-up for photos that arrived during it (:func:`publish_follow_up`) unless a timer is armed, which then
 does it once ingest is quiet. ``IngestSettleSeconds`` = 0 publishes at the crossing.
 """

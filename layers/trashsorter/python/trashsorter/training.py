@@ -37,17 +37,17 @@ job, see ``trashsorter_cli.local.sagemaker_jobs``); tests may pass another ``bac
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from trashsorter import aws, runs
+from trashsorter import aws, lifecycle, runs, script_mode
 from trashsorter.catalogue import Catalogue
 from trashsorter.clients import Clients
 from trashsorter.clock import age_seconds
-from trashsorter.dataset import check_trainable, plan_from_catalogue, save_dataset_record
+from trashsorter.dataset import DatasetPlan, check_trainable, plan_from_catalogue, save_dataset_record
 from trashsorter.dataset_store import reuse_window, write_dataset
 from trashsorter.errors import (
     ConcurrencyConflict,
@@ -58,10 +58,12 @@ from trashsorter.errors import (
     TransientError,
 )
 from trashsorter.events import DatasetReady
+from trashsorter.lifecycle import LockAction
 from trashsorter.notify import notify
 from trashsorter.observability import logger
 from trashsorter.reconcile import reconcile_training
-from trashsorter.schema import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
+from trashsorter.run_end import finish_run
+from trashsorter.schema import RunStatus
 from trashsorter.settings import TrainingSettings
 from trashsorter.threshold import evaluate_current
 from trashsorter.training_request import (
@@ -115,38 +117,45 @@ class SageMakerBackend:
         self.region = region or getattr(getattr(self.sagemaker, "meta", None), "region_name", "") or "?"
 
     def start(self, launch: TrainingLaunch) -> None:
-        try:
-            self.sagemaker.create_training_job(**launch.request)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code, message = str(error.get("Code", "")), str(error.get("Message", ""))
-            if code == "ResourceLimitExceeded":
-                instance = launch.request["ResourceConfig"]["InstanceType"]
-                spot = bool(launch.request.get("EnableManagedSpotTraining"))
-                raise TrainingQuotaExceeded(quota_message(instance, self.region, message, spot=spot)) from exc
-            if code == "ResourceInUse" and self.exists(launch):
-                return  # created by an earlier, interrupted attempt of this very run
-            if aws.is_transient(exc):
-                raise TransientError(f"CreateTrainingJob {launch.job_name}: {code}: {message}") from exc
-            raise TrainingStartError(f"SageMaker refused {launch.job_name}: {code}: {message}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"CreateTrainingJob {launch.job_name}: {exc}") from exc
+        aws.call(
+            lambda: self.sagemaker.create_training_job(**launch.request),
+            what=f"create training job {launch.job_name}",
+            codes={"ResourceLimitExceeded": lambda exc: self._quota(launch, exc),
+                   "ResourceInUse": lambda exc: self._in_use(launch, exc)},
+            refused=lambda message: TrainingStartError(f"SageMaker refused {launch.job_name}: {message}"),
+        )  # fmt: skip
+
+    def _quota(self, launch: TrainingLaunch, exc: ClientError) -> None:
+        instance = launch.request["ResourceConfig"]["InstanceType"]
+        spot = bool(launch.request.get("EnableManagedSpotTraining"))
+        message = str(exc.response.get("Error", {}).get("Message", ""))
+        raise TrainingQuotaExceeded(quota_message(instance, self.region, message, spot=spot)) from exc
+
+    def _in_use(self, launch: TrainingLaunch, exc: ClientError) -> None:
+        if not self.exists(launch):  # else: created by an earlier, interrupted attempt of this very run
+            message = str(exc.response.get("Error", {}).get("Message", ""))
+            raise TrainingStartError(
+                f"SageMaker refused {launch.job_name}: ResourceInUse: {message}"
+            ) from exc
 
     def exists(self, launch: TrainingLaunch) -> bool:
-        try:
-            self.sagemaker.describe_training_job(TrainingJobName=launch.job_name)
-            return True
-        except ClientError as exc:
-            message = str(exc.response.get("Error", {}).get("Message", "")).lower()
-            missing = ("not found", "could not find", "does not exist")
-            if aws.error_code(exc) in (
-                "ValidationException",
-                "ResourceNotFound",
-            ) and any(m in message for m in missing):
-                return False
-            raise TransientError(f"DescribeTrainingJob {launch.job_name}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"DescribeTrainingJob {launch.job_name}: {exc}") from exc
+        return aws.call(
+            lambda: self.sagemaker.describe_training_job(TrainingJobName=launch.job_name) is not None,
+            what=f"describe training job {launch.job_name}",
+            codes={"ValidationException": _missing(launch), "ResourceNotFound": _missing(launch)},
+        )
+
+
+def _missing(launch: TrainingLaunch) -> Callable[[ClientError], bool]:
+    """DescribeTrainingJob's "no such job" answer is False; any other refusal is transient."""
+
+    def answer(exc: ClientError) -> bool:
+        message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+        if any(m in message for m in ("not found", "could not find", "does not exist")):
+            return False
+        raise TransientError(f"DescribeTrainingJob {launch.job_name}: {exc}") from exc
+
+    return answer
 
 
 def make_backend(settings: TrainingSettings, clients: Clients | None = None) -> TrainingBackend:
@@ -186,14 +195,14 @@ def _run_backend(
         backend.start(launch)
     except TrainingQuotaExceeded as exc:
         message = str(exc)
-        runs.finish_run(settings, run_id=launch.run_id, status=RunStatus.BLOCKED, message=message, ddb=ddb,
+        finish_run(settings, run_id=launch.run_id, status=RunStatus.BLOCKED, message=message, ddb=ddb,
                    events=events, keep_pending=True)  # fmt: skip
         _notify(settings, sns, f"Training blocked: {settings.instance_type} quota", message, details)
         logger.warning("training blocked", extra={**details, "reason": message})
         return StartOutcome("blocked", launch.run_id, launch.job_name, launch.dataset_id, message)
     except TrainingStartError as exc:
         message = str(exc)
-        runs.finish_run(settings, run_id=launch.run_id, status=RunStatus.FAILED, message=message, ddb=ddb,
+        finish_run(settings, run_id=launch.run_id, status=RunStatus.FAILED, message=message, ddb=ddb,
                    events=events)  # fmt: skip
         _notify(settings, sns, f"Training failed to start: {launch.job_name}", message, details)
         logger.error("training refused", extra={**details, "reason": message})
@@ -231,18 +240,14 @@ def start_training(
     ``backend`` defaults to :func:`make_backend` of the settings.
     """
     clients = clients or Clients()
-    ddb, s3, sns = clients.ddb, clients.s3, clients.sns
-    table = settings.table_name
-    reason = ready.reason
-    catalogue = catalogue or Catalogue(table, ddb=ddb)
+    catalogue = catalogue or Catalogue(settings.table_name, ddb=clients.ddb)
     healed = reconcile_training(settings, clients)  # an overdue holder whose final event was lost
     if healed.status in ("failed", "republished"):
         logger.warning("training lock reconciled", extra={"reconcile": healed.as_dict()})
     result, state = evaluate_current(settings, catalogue)  # every event, manual ones too
-    accepted_seq = int(state["accepted_seq"])
     if not result.met:
-        if not (reason == "manual" and ready.force):
-            logger.info("training rule not met", extra={"reason": reason, "why": result.reason})
+        if not (ready.reason == "manual" and ready.force):
+            logger.info("training rule not met", extra={"reason": ready.reason, "why": result.reason})
             return StartOutcome("not_ready", message=result.reason)
         logger.warning(
             "forced manual run: starting although the training rule is not met",
@@ -258,57 +263,83 @@ def start_training(
         check_trainable(plan)
     except TrainingRuleNotMet as exc:
         return StartOutcome("not_ready", dataset_id=plan.dataset_id, message=str(exc))
-    backend = backend or make_backend(settings, clients)
-
+    start = _Start(
+        settings,
+        clients,
+        backend or make_backend(settings, clients),
+        plan,
+        ready.reason,
+        int(state["accepted_seq"]),
+    )
     for _ in range(MAX_LOCK_ROUNDS):
+        outcome = start.round()
+        if outcome is not None:
+            return outcome
+    raise ConcurrencyConflict(f"the training lock changed hands {MAX_LOCK_ROUNDS} times; retry")
+
+
+@dataclass(frozen=True)
+class _Start:
+    """One start of ``plan``: each :meth:`round` reads the lock and acts on :func:`lifecycle.decide_lock`."""
+
+    settings: TrainingSettings
+    clients: Clients
+    backend: TrainingBackend
+    plan: DatasetPlan
+    reason: str
+    accepted_seq: int
+
+    def round(self) -> StartOutcome | None:
+        """An outcome, or None when the lock changed hands (read it again)."""
+        ddb, table, dataset_id = self.clients.ddb, self.settings.table_name, self.plan.dataset_id
         lock = runs.get_lock(table, ddb=ddb)
         holder = str(lock.get("holder") or "")
-        if holder:
-            holder_run = runs.get_run(table, holder, ddb=ddb)
-            if holder_run is None and runs.lock_age_seconds(ddb, table, lock) < START_TIMEOUT_SECONDS:
-                # taken by an invocation that is still writing its snapshot (the run record comes after)
-                if lock.get("holder_dataset_id") == plan.dataset_id:
-                    raise TransientError(f"run {holder} is writing the snapshot of {plan.dataset_id}; retry")
-                if runs.mark_pending(ddb, table, holder, reason=reason, dataset_id=plan.dataset_id):
-                    return StartOutcome(
-                        "pending",
-                        holder,
-                        "",
-                        plan.dataset_id,
-                        f"run {holder} is writing its snapshot; dataset {plan.dataset_id} will be "
-                        "re-checked when it ends",
-                    )
-                continue
-            if holder_run is None or holder_run.get("status") in FINAL_RUN_STATUSES:
-                logger.warning("releasing a stale training lock", extra={"holder": holder})
-                runs.release_lock(ddb, table, holder, keep_pending=bool(lock.get("pending")), reason="stale")
-                continue
-            starting = holder_run.get("status") == RunStatus.STARTING
-            same = holder_run.get("dataset_id") == plan.dataset_id
-            if starting and same:
-                if age_seconds(str(holder_run.get("created_at", ""))) < RESUME_AFTER_SECONDS:
-                    raise TransientError(f"run {holder} of dataset {plan.dataset_id} is being started; retry")
-                return _resume(holder_run, settings, backend, clients)
-            if same:
-                return StartOutcome(
-                    "duplicate",
-                    str(holder_run["run_id"]),
-                    str(holder_run["job_name"]),
-                    plan.dataset_id,
-                    f"run {holder} is already training dataset {plan.dataset_id}",
-                )
-            if runs.mark_pending(ddb, table, holder, reason=reason, dataset_id=plan.dataset_id):
-                return StartOutcome(
-                    "pending",
-                    holder,
-                    str(holder_run.get("job_name", "")),
-                    plan.dataset_id,
-                    f"run {holder} is active; dataset {plan.dataset_id} will be re-checked when it ends",
-                )
-            continue
+        if not holder:
+            return self.take()
+        run = runs.get_run(table, holder, ddb=ddb)
+        view = lifecycle.LockView(
+            lock,
+            run,
+            lock_age=runs.lock_age_seconds(ddb, table, lock) if run is None else 0.0,
+            run_age=age_seconds(str((run or {}).get("created_at", ""))),
+        )
+        action = lifecycle.decide_lock(
+            view, dataset_id, start_timeout=START_TIMEOUT_SECONDS, resume_after=RESUME_AFTER_SECONDS
+        )
+        if action == LockAction.RETRY:
+            if run is None:
+                raise TransientError(f"run {holder} is writing the snapshot of {dataset_id}; retry")
+            raise TransientError(f"run {holder} of dataset {dataset_id} is being started; retry")
+        if action == LockAction.RELEASE_STALE:
+            logger.warning("releasing a stale training lock", extra={"holder": holder})
+            runs.release_lock(ddb, table, holder, keep_pending=bool(lock.get("pending")), reason="stale")
+            return None
+        if action == LockAction.RESUME:
+            return _resume(dict(run or {}), self.settings, self.backend, self.clients)
+        if action == LockAction.DUPLICATE:
+            return StartOutcome(
+                "duplicate",
+                holder,
+                str((run or {})["job_name"]),
+                dataset_id,
+                f"run {holder} is already training dataset {dataset_id}",
+            )
+        if not runs.mark_pending(ddb, table, holder, reason=self.reason, dataset_id=dataset_id):
+            return None
+        what = "is writing its snapshot" if run is None else "is active"
+        return StartOutcome(
+            "pending",
+            holder,
+            str((run or {}).get("job_name", "")),
+            dataset_id,
+            f"run {holder} {what}; dataset {dataset_id} will be re-checked when it ends",
+        )
 
+    def take(self) -> StartOutcome | None:
+        """The lock is free: the dataset's earlier runs decide; then take it, write the snapshot and run."""
+        settings, ddb, table, plan = self.settings, self.clients.ddb, self.settings.table_name, self.plan
         earlier = runs.runs_for_dataset(table, plan.dataset_id, ddb=ddb)
-        done = [r for r in earlier if r.get("status") in (RunStatus.COMPLETED, *ACTIVE_RUN_STATUSES)]
+        done = [r for r in earlier if lifecycle.blocks_new_attempt(r)]
         if done:
             run = done[-1]
             return StartOutcome(
@@ -323,31 +354,38 @@ def start_training(
             return StartOutcome("failed", dataset_id=plan.dataset_id, message="too many failed attempts")
         run_id = runs.make_run_id(plan.dataset_id, attempt)
         job_name = make_job_name(plan.dataset_id, attempt, prefix=settings.job_name_prefix)
-        source: dict[str, str] = {}
-        if settings.training_algorithm == "trashsorter":
-            from trashsorter import script_mode
-
-            uri, sha256 = script_mode.upload_source(s3, settings.images_bucket)
-            champion = script_mode.champion_artifact_uri(table, ddb=ddb)
-            source = {"source_uri": uri, "source_sha256": sha256, "champion_uri": champion}
         try:
-            request = build_training_request(settings, plan, job_name=job_name, run_id=run_id, **source)
+            request = build_training_request(
+                settings, plan, job_name=job_name, run_id=run_id, **self.source()
+            )
         except ConfigurationError as exc:
             details = {"dataset_id": plan.dataset_id, "job_name": job_name}
-            _notify(settings, sns, "Training not started: configuration", str(exc), details)
+            _notify(settings, self.clients.sns, "Training not started: configuration", str(exc), details)
             return StartOutcome("failed", run_id, job_name, plan.dataset_id, str(exc))
         launch = TrainingLaunch(run_id, job_name, plan.dataset_id, settings.images_bucket, table, request)
         if not runs.acquire_lock(ddb, table, run_id, plan.dataset_id):
-            continue
+            return None
         try:
             reuse = reuse_window(settings.dataset_object_days, settings.longest_job_seconds)
-            write_dataset(plan, s3=s3, reuse_within=reuse)
-            save_dataset_record(plan, accepted_seq=accepted_seq, table_name=table, ddb=ddb)
+            write_dataset(plan, s3=self.clients.s3, reuse_within=reuse)
+            save_dataset_record(plan, accepted_seq=self.accepted_seq, table_name=table, ddb=ddb)
             runs.create_run(
-                ddb, settings, launch, backend=backend.name, attempt=attempt, accepted_seq=accepted_seq
+                ddb,
+                settings,
+                launch,
+                backend=self.backend.name,
+                attempt=attempt,
+                accepted_seq=self.accepted_seq,
             )
         except Exception:
             runs.release_lock(ddb, table, run_id, keep_pending=False)
             raise
-        return _run_backend(launch, settings, backend, clients)
-    raise ConcurrencyConflict(f"the training lock changed hands {MAX_LOCK_ROUNDS} times; retry")
+        return _run_backend(launch, settings, self.backend, self.clients)
+
+    def source(self) -> dict[str, str]:
+        """The project's trainer (script mode): its uploaded sourcedir and the champion's artifact."""
+        if self.settings.training_algorithm != script_mode.ALGORITHM:
+            return {}
+        uri, sha256 = script_mode.upload_source(self.clients.s3, self.settings.images_bucket)
+        champion = script_mode.champion_artifact_uri(self.settings.table_name, ddb=self.clients.ddb)
+        return {"source_uri": uri, "source_sha256": sha256, "champion_uri": champion}

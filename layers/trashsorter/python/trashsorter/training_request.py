@@ -13,12 +13,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from trashsorter import clock, images
+from trashsorter import clock, images, script_mode
 from trashsorter.dataset import TRAIN, VALIDATION, DatasetPlan
 from trashsorter.errors import ConfigurationError
+from trashsorter.job_envelope import (
+    CHECKPOINTS_PREFIX,
+    IMAGE_CONTENT_TYPE,
+    TRAINING_OUTPUT_PREFIX,
+    channel,
+    job_envelope,
+)
 from trashsorter.schema import JOB_PREFIX, dataset_manifest_key
 from trashsorter.settings import TrainingSettings
-from trashsorter_edge.contract import CHECKPOINTS_PREFIX, TRAINING_OUTPUT_PREFIX
+
+__all__ = ["CHECKPOINTS_PREFIX", "IMAGE_CONTENT_TYPE", "TRAINING_OUTPUT_PREFIX", "channel", "job_envelope"]
 
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
@@ -41,7 +49,6 @@ RECIPE_HYPERPARAMETERS: dict[str, str] = {
     "mini_batch_size": "32",
 }
 PROTECTED_HYPERPARAMETERS = ("num_classes", "num_training_samples")
-IMAGE_CONTENT_TYPE = "application/x-image"
 
 
 @dataclass(frozen=True)
@@ -117,27 +124,6 @@ def make_job_name(
     return name
 
 
-def channel(
-    name: str, s3_uri: str, data_type: str, content_type: str | None = IMAGE_CONTENT_TYPE
-) -> dict[str, Any]:
-    """One InputDataConfig channel (``content_type`` None: none, as script mode takes it)."""
-    spec: dict[str, Any] = {
-        "ChannelName": name,
-        "DataSource": {
-            "S3DataSource": {
-                "S3DataType": data_type,
-                "S3Uri": s3_uri,
-                "S3DataDistributionType": "FullyReplicated",
-            }
-        },
-        "ContentType": content_type,
-        "CompressionType": "None",
-    }
-    if content_type is None:
-        del spec["ContentType"]
-    return spec
-
-
 def build_training_request(
     settings: TrainingSettings,
     plan: DatasetPlan,
@@ -150,9 +136,7 @@ def build_training_request(
 ) -> dict[str, Any]:
     """The CreateTrainingJob request for ``plan``: the project's trainer in script mode (TRAINING_ALGORITHM
     ``trashsorter``, see :mod:`trashsorter.script_mode`) or the recipe's built-in image-classification."""
-    if settings.training_algorithm == "trashsorter":
-        from trashsorter import script_mode
-
+    if settings.training_algorithm == script_mode.ALGORITHM:
         return script_mode.build_request(
             settings,
             plan,
@@ -179,38 +163,6 @@ def build_training_request(
             channel("validation_lst", plan.uri("validation.lst"), "S3Prefix"),
         ],
     }
-
-
-def job_envelope(
-    settings: TrainingSettings, plan: DatasetPlan, *, job_name: str, run_id: str
-) -> dict[str, Any]:
-    """What every algorithm's request shares: name, role, output, instance, stopping, spot, tags."""
-    bucket = settings.images_bucket
-    stopping: dict[str, int] = {"MaxRuntimeInSeconds": settings.max_runtime_seconds}
-    request: dict[str, Any] = {
-        "TrainingJobName": job_name,
-        "RoleArn": settings.training_role_arn,
-        "OutputDataConfig": {"S3OutputPath": f"s3://{bucket}/{TRAINING_OUTPUT_PREFIX}"},
-        "ResourceConfig": {
-            "InstanceType": settings.instance_type,
-            "InstanceCount": settings.instance_count,
-            "VolumeSizeInGB": settings.volume_gb,
-        },
-        "StoppingCondition": stopping,
-        "EnableManagedSpotTraining": settings.use_spot,
-        "Tags": [
-            {"Key": "trashsorter:dataset-id", "Value": plan.dataset_id},
-            {"Key": "trashsorter:run-id", "Value": run_id},
-            {"Key": "trashsorter:table", "Value": settings.table_name},
-        ],
-    }
-    if settings.kms_key_arn:  # the TrainingKmsKeyArn parameter: model artifacts and the volume
-        request["OutputDataConfig"]["KmsKeyId"] = settings.kms_key_arn
-        request["ResourceConfig"]["VolumeKmsKeyId"] = settings.kms_key_arn
-    if settings.use_spot:
-        stopping["MaxWaitTimeInSeconds"] = settings.max_wait_seconds
-        request["CheckpointConfig"] = {"S3Uri": f"s3://{bucket}/{CHECKPOINTS_PREFIX}{job_name}/"}
-    return request
 
 
 def source_lineage(request: Mapping[str, Any]) -> dict[str, str]:
