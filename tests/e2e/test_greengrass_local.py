@@ -23,6 +23,7 @@ from tests.support.stack import SAMPLES_DIR as SAMPLES
 from tests.support.stack import tiny_training
 from tests.support.waiting import wait_for
 from trashsorter import registry, runs
+from trashsorter.deploy import greengrass_v2
 from trashsorter_cli.commands.pipeline import device_request
 from trashsorter_cli.device.server import THING_NAME
 from trashsorter_cli.local.runtime import LOCAL_THING_GROUP, LocalRuntime
@@ -148,9 +149,10 @@ def test_the_aws_cli_shows_the_champions_deployment_completed_on_the_local_core(
     assert deployment["targetArn"].endswith(f":thinggroup/{LOCAL_THING_GROUP}")
     assert deployment["deploymentStatus"] == "ACTIVE" and deployment["isLatestForTarget"] is True
     assert deployment["deploymentPolicies"]["failureHandlingPolicy"] == "ROLLBACK"
-    ours = [n for n in deployment["components"] if n != USERS]
-    assert len(ours) == 1
-    merge = json.loads(deployment["components"][ours[0]]["configurationUpdate"]["merge"])
+    ours = sorted(n for n in deployment["components"] if n != USERS)
+    app, model = ours  # the app and the model component it depends on
+    assert model == greengrass_v2.model_component_name(app)
+    merge = json.loads(deployment["components"][model]["configurationUpdate"]["merge"])
     assert merge["ModelId"] == champion["model_id"]
 
     rows = aws_cli(
