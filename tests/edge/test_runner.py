@@ -174,7 +174,13 @@ def test_install_checks_the_camera_the_configuration_names(bundle_dir: Path, tmp
     hostile = f"/dev/video9'; touch {marker}; echo '"
     seen = []
     for source in ("7", hostile, str(tmp_path)):  # a camera that is not there, shell text, a folder
-        runner = ComponentRunner(bundle_dir, tmp_path / "nucleus", configuration={"Source": source})
+        nucleus = tmp_path / "nucleus"
+        runner = ComponentRunner(
+            bundle_dir,
+            nucleus,
+            configuration={"Source": source},
+            dependencies=dependency_runners(bundle_dir, nucleus),
+        )
         runner.log_path.unlink(missing_ok=True)
         runner.install()  # a missing camera is a warning: the Install step succeeds
         seen.append(runner.log_path.read_text())
