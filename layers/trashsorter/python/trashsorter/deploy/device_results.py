@@ -96,10 +96,11 @@ def parse_status_change(event: Mapping[str, Any]) -> CoreDeviceStatusChange | No
     return CoreDeviceStatusChange(things[0], deployment_id)
 
 
-def model_of_deployment(deployment: Mapping[str, Any], component_name: str) -> str:
-    """The ``ModelId`` the deployment merges into ``component_name``'s configuration (our model component's,
-    :func:`greengrass_v2.model_component_name`); ``""`` when it has none."""
-    spec = dict((deployment.get("components") or {}).get(component_name) or {})
+def model_of_deployment(deployment: Mapping[str, Any], app_component_name: str) -> str:
+    """The ``ModelId`` the deployment merges into the configuration of the app's model component
+    (:func:`greengrass_v2.model_component_name`); ``""`` when it has none."""
+    model_component = greengrass_v2.model_component_name(app_component_name)
+    spec = dict((deployment.get("components") or {}).get(model_component) or {})
     try:
         merged = json.loads((spec.get("configurationUpdate") or {}).get("merge") or "{}")
     except json.JSONDecodeError:
@@ -131,9 +132,7 @@ def record_device_result(
         row = effective_result(clients.greengrassv2, thing, deployment_id)
     except (ClientError, BotoCoreError) as exc:
         raise aws_failure(f"Greengrass v2: cannot read {thing}'s result of {deployment_id}", exc) from exc
-    model_id = model_of_deployment(
-        deployment, greengrass_v2.model_component_name(settings.edge_component_name)
-    )
+    model_id = model_of_deployment(deployment, settings.edge_component_name)
     if not model_id or row is None:
         return DeviceResultOutcome("ignored", thing, deployment_id, model_id=model_id)
     records = registry.list_deployments(model_id, table_name=settings.table_name, ddb=clients.ddb)
@@ -269,9 +268,7 @@ def check_unreported(settings: PackageSettings, clients: Clients | None = None) 
         if deployment is None:
             return UnreportedOutcome("ignored")
         deployment_id = str(deployment["deploymentId"])
-        model_id = model_of_deployment(
-            deployment, greengrass_v2.model_component_name(settings.edge_component_name)
-        )
+        model_id = model_of_deployment(deployment, settings.edge_component_name)
         if not model_id:
             return UnreportedOutcome("ignored", deployment_id)
         if clock.now().timestamp() < _deadline(deployment):
