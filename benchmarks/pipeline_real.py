@@ -8,7 +8,9 @@ Development data (the shared TrashNet set, 2,467 photos): nothing in the product
 (``trashsorter_cli.local.runtime.LocalRuntime``: moto server on a free port, the stack from template.yaml,
 the in-process dispatcher calling the real handlers, the CPU trainer as a child process, the local device),
 in a temporary state folder, with the local stack's own defaults (``trashsorter local up``: the template's
-training rule and quality gate, IngestSettleSeconds 10) and nothing lowered. Every photo is uploaded with
+training rule and quality gate, IngestSettleSeconds 10) and nothing lowered; ``--parameter
+IngestSettleSeconds=60`` gives the template's AWS default instead, so that on a busy machine the settle timer
+cannot find ingest quiet while photos are still queued. Every photo is uploaded with
 ``put_object`` under ``images/<Label>/<folder>/<file>`` per the mapping (default: the demo mapping of
 samples/trashnet/mapping.json, the six materials onto the recipe's three bins). Then, polling every 0.5 s:
 
@@ -100,7 +102,9 @@ def photos(data: Path, mapping: dict[str, list[str]]) -> list[tuple[str, Path]]:
     ]
 
 
-def run_pipeline(data: Path, mapping: dict[str, list[str]], timeout: float) -> dict[str, Any]:
+def run_pipeline(
+    data: Path, mapping: dict[str, list[str]], timeout: float, parameters: dict[str, str] | None = None
+) -> dict[str, Any]:
     from trashsorter import registry, runs
     from trashsorter.schema import label_counts_key
     from trashsorter_cli.local.runtime import LocalRuntime
@@ -108,7 +112,8 @@ def run_pipeline(data: Path, mapping: dict[str, list[str]], timeout: float) -> d
     todo = photos(data, mapping)
     marks: dict[str, float] = {}
     loads: dict[str, float] = {}
-    out: dict[str, Any] = {"photos": len(todo), "mapping": mapping, "reached": "start"}
+    out: dict[str, Any] = {"photos": len(todo), "mapping": mapping, "parameters": parameters or {}}
+    out["reached"] = "start"
 
     def mark(name: str) -> None:
         marks[name] = time.perf_counter()
@@ -118,7 +123,10 @@ def run_pipeline(data: Path, mapping: dict[str, list[str]], timeout: float) -> d
 
     with tempfile.TemporaryDirectory(prefix="pipeline-real-") as tmp, TreeWatch() as watch:
         runtime = LocalRuntime(
-            port=None, state_path=Path(tmp) / "state.json", log_file=Path(tmp) / "local.log"
+            port=None,
+            state_path=Path(tmp) / "state.json",
+            log_file=Path(tmp) / "local.log",
+            overrides=parameters,
         )
         runtime.start()
         try:
@@ -262,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="one folder of photos per material")
     parser.add_argument("--mapping", type=Path, default=SAMPLES / "mapping.json", help="label -> folders")
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds each step may take")
+    parser.add_argument(
+        "--parameter", action="append", default=[], metavar="KEY=VALUE", help="a template parameter override"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     parser.add_argument("--write", action="store_true", help="write the section into benchmarks/results.md")
     parser.add_argument("--from-json", type=Path, help="write the section of an earlier run's --out file")
@@ -276,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     mapping = {k: v for k, v in json.loads(args.mapping.read_text()).items() if not k.startswith("_")}
     started = time.perf_counter()
-    result = run_pipeline(args.data, mapping, args.timeout)
+    parameters = dict(item.split("=", 1) for item in args.parameter)
+    result = run_pipeline(args.data, mapping, args.timeout, parameters)
     text = json.dumps(result, indent=1, default=str)
     if args.out:
         args.out.write_text(text)
