@@ -74,6 +74,10 @@ def _retryable(exc: ClientError) -> bool:
     )
 
 
+# A planned change: its result, its transaction, and (hashes, rev) of the copies reconciled after it.
+Plan = tuple[ApplyResult, list[dict[str, Any]], tuple[list[str], int] | None]
+
+
 def _add_deltas(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
     """Per-label counter deltas summed; labels and statuses that net to zero left out."""
     total: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -282,9 +286,7 @@ class Catalogue(CatalogueReader):
             )
         return items
 
-    def _plan(
-        self, update: ImageUpdate
-    ) -> tuple[ApplyResult, list[dict[str, Any]], tuple[list[str], int] | None]:
+    def _plan(self, update: ImageUpdate) -> Plan:
         """Read what the update depends on and build the transaction (empty when nothing changes).
 
         The third value, when not None, is (hashes, rev): the other copies of those hashes are brought to
@@ -292,16 +294,8 @@ class Catalogue(CatalogueReader):
         """
         key = update.key
         rec = self.get_image(key)
-        if rec is not None:
-            # A marker left by a change whose other copies were not all reconciled (a crash between the
-            # chunks): the redelivery - same sequencer, so "stale", or a replay - finishes that work.
-            unfinished = [str(sha) for sha in rec.get("reconcile") or []]
-            resume = (unfinished, int(rec.get("rev", 0))) if unfinished else None
-            old_seq = str(rec.get("sequencer") or "")
-            if update.sequencer and old_seq and not sequencer_newer(update.sequencer, old_seq):
-                return ApplyResult(key, str(rec["status"]), changed=False, stale=True), [], resume
-            if self._same(rec, update):
-                return ApplyResult(key, str(rec["status"]), changed=False), [], resume
+        if rec is not None and (unchanged := self._unchanged(rec, update)) is not None:
+            return unchanged
         old_group, new_group = groups(rec, update)
         shas = list(dict.fromkeys(g[0] for g in (old_group, new_group) if g))
         hashes = {sha: self._get(hash_key(sha)) for sha in shas}
@@ -310,47 +304,92 @@ class Catalogue(CatalogueReader):
         now = now_iso()
         status = key_status(update, change)
         item = record_item(update, rec, status, change, now)
-        transaction = [record_put(self.table_name, item, rec)]
+        stores = new_group[0] if new_group else None
+        writes, released = self._owner_writes(shas, hashes, change, update if stores else None, stores, now)
+        transaction = [record_put(self.table_name, item, rec), *writes]
         deltas, newly_accepted = key_deltas(rec, update, status)
-        flips, flip_deltas, flip_newly = self._flips(change, now)
-        released: list[tuple[str, str]] = []
-        for sha in shas:
-            old = hashes[sha]
-            if change.before[sha] == change.after[sha] and old is not None:
-                # Membership unchanged: still pin the version so a concurrent change re-plans us.
-                transaction.append(self._owners_check(sha, int(old["version"])))
-                continue
-            if not change.after[sha] and old is None:
-                continue  # no owner left and no item stored: nothing to write
-            stored = stored_object(old, update if new_group and new_group[0] == sha else None)
-            transaction.append(owners_write(self.table_name, sha, old, change.after[sha], stored, now))
-            if not change.after[sha] and old and old.get("object_key"):
-                released.append((sha, str(old["object_key"])))
-        # the other copies: in this transaction when they fit, else reconciled right after it
-        # (counters: one ADD per label, deltas aggregated)
-        pending: tuple[list[str], int] | None = None
-        final_deltas = _add_deltas(deltas, flip_deltas)
-        counters = self._counter_updates(final_deltas, newly_accepted + flip_newly)
-        if not flips or len(transaction) + len(flips) + len(counters) <= MAX_TRANSACTION_ITEMS:
-            transaction[1:1] = flips
-            newly_accepted += flip_newly
-        else:
-            pending = (list(shas), int(item["rev"]))
-            transaction[0]["Put"]["Item"]["reconcile"] = {"L": [{"S": sha} for sha in shas]}
-            final_deltas = _add_deltas(deltas)
-            counters = self._counter_updates(final_deltas, newly_accepted)
-        transaction.extend(counters)
-        new_content = bool(new_group and hashes[new_group[0]] is None)
+        final_deltas, newly_accepted, pending = self._other_copies(
+            transaction, change, now, (deltas, newly_accepted), shas, int(item["rev"])
+        )
         result = ApplyResult(
             key,
             str(status),
             changed=True,
             newly_accepted=newly_accepted,
             deltas=final_deltas,
-            new_content=new_content,
+            new_content=bool(stores and hashes[stores] is None),
             released=tuple(released),
         )
         return result, transaction, pending
+
+    @classmethod
+    def _unchanged(cls, rec: Mapping[str, Any], update: ImageUpdate) -> Plan | None:
+        """The plan of an update that changes nothing (stale, or a replay), else None."""
+        # A marker left by a change whose other copies were not all reconciled (a crash between the
+        # chunks): the redelivery - same sequencer, so "stale", or a replay - finishes that work.
+        unfinished = [str(sha) for sha in rec.get("reconcile") or []]
+        resume = (unfinished, int(rec.get("rev", 0))) if unfinished else None
+        old_seq = str(rec.get("sequencer") or "")
+        if update.sequencer and old_seq and not sequencer_newer(update.sequencer, old_seq):
+            return ApplyResult(update.key, str(rec["status"]), changed=False, stale=True), [], resume
+        if cls._same(rec, update):
+            return ApplyResult(update.key, str(rec["status"]), changed=False), [], resume
+        return None
+
+    def _owner_writes(
+        self,
+        shas: list[str],
+        hashes: Mapping[str, dict[str, Any] | None],
+        change: OwnerChange,
+        update: ImageUpdate | None,
+        stores: str | None,
+        now: str,
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Each touched hash's owners item: written when its owners change (with the stored copy of the
+        update's content under ``stores``), else version-pinned; the copies no owner keeps are released."""
+        writes: list[dict[str, Any]] = []
+        released: list[tuple[str, str]] = []
+        for sha in shas:
+            old = hashes[sha]
+            if change.before[sha] == change.after[sha] and old is not None:
+                # Membership unchanged: still pin the version so a concurrent change re-plans us.
+                writes.append(self._owners_check(sha, int(old["version"])))
+                continue
+            if not change.after[sha] and old is None:
+                continue  # no owner left and no item stored: nothing to write
+            stored = stored_object(old, update if sha == stores else None)
+            writes.append(owners_write(self.table_name, sha, old, change.after[sha], stored, now))
+            if not change.after[sha] and old and old.get("object_key"):
+                released.append((sha, str(old["object_key"])))
+        return writes, released
+
+    def _other_copies(
+        self,
+        transaction: list[dict[str, Any]],
+        change: OwnerChange,
+        now: str,
+        key_change: tuple[Deltas, int],
+        shas: list[str],
+        rev: int,
+    ) -> tuple[Deltas, int, tuple[list[str], int] | None]:
+        """The other copies' status changes go into ``transaction`` when they fit, else the key's record
+        carries a reconcile marker and they follow right after it; then the counters (one ADD per label,
+        deltas aggregated). Returns the deltas, the newly accepted count and what is left to reconcile."""
+        deltas, newly_accepted = key_change
+        flips, flip_deltas, flip_newly = self._flips(change, now)
+        final_deltas = _add_deltas(deltas, flip_deltas)
+        counters = self._counter_updates(final_deltas, newly_accepted + flip_newly)
+        pending: tuple[list[str], int] | None = None
+        if not flips or len(transaction) + len(flips) + len(counters) <= MAX_TRANSACTION_ITEMS:
+            transaction[1:1] = flips
+            newly_accepted += flip_newly
+        else:
+            pending = (list(shas), rev)
+            transaction[0]["Put"]["Item"]["reconcile"] = {"L": [{"S": sha} for sha in shas]}
+            final_deltas = _add_deltas(deltas)
+            counters = self._counter_updates(final_deltas, newly_accepted)
+        transaction.extend(counters)
+        return final_deltas, newly_accepted, pending
 
     def _flips(self, change: OwnerChange, now: str) -> tuple[list[dict[str, Any]], Deltas, int]:
         """The other keys whose status follows the owners maps: their updates, deltas, newly accepted."""
