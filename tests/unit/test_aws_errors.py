@@ -70,3 +70,19 @@ def test_expected_codes_are_answers_and_network_faults_are_transient() -> None:
     assert aws.conditional_write(lambda: None, what="take the lock") is True
     with pytest.raises(TransientError, match="could not publish x: Could not connect"):
         aws.call(lambda: _raise(EndpointConnectionError(endpoint_url="http://x")), what="publish x")
+
+
+def test_an_http_status_answers_when_the_code_does_not() -> None:
+    gone = {404: lambda _: "gone"}
+    bucket_gone = _error("NoSuchBucket", 404)
+    assert aws.call(lambda: _raise(bucket_gone), what="read s3://b/k", statuses=gone) == "gone"
+    named = aws.call(
+        lambda: _raise(bucket_gone),
+        what="read s3://b/k",
+        codes={"NoSuchBucket": lambda _: "named"},
+        statuses=gone,
+    )
+    assert named == "named"  # the code's own answer comes first
+    denied = _error("AccessDenied", 403)
+    with pytest.raises(TransientError, match=r"could not read s3://b/k: .*AccessDenied"):
+        aws.call(lambda: _raise(denied), what="read s3://b/k", statuses=gone)
