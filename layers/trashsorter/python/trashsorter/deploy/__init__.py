@@ -10,6 +10,7 @@ Each target returns a :class:`DeploymentResult`; a target that is not configured
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,9 +49,16 @@ def aws_failure(action: str, exc: Exception) -> Exception:
     return DeploymentError(f"{action}: {exc}")
 
 
+def refused(action: str) -> Callable[[str], Exception]:
+    """The ``refused`` of :func:`trashsorter.aws.call` for a deployment step: a refusal is a DeploymentError
+    ``"<action>: <code>: <message>"`` (the target records it and the model stays registered)."""
+    return lambda reason: DeploymentError(f"{action}: {reason}")
+
+
 __all__ = [
     "TARGET_GREENGRASS_V1",
     "TARGET_GREENGRASS_V2",
     "DeploymentResult",
     "aws_failure",
+    "refused",
 ]
