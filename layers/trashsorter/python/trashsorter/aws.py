@@ -128,7 +128,8 @@ def _subsegment(what: str) -> Any:
     return nullcontext() if tracer.disabled else tracer.provider.in_subsegment(f"## {what}")
 
 
-def _false(_: ClientError) -> bool:
+def false(_: ClientError) -> bool:
+    """A ``codes`` handler: the call's answer is False (e.g. a write whose condition failed)."""
     return False
 
 
@@ -142,4 +143,4 @@ def conditional_write(write: Callable[[], Any], *, what: str) -> bool:
         write()
         return True
 
-    return call(applied, what=what, codes={"ConditionalCheckFailedException": _false})
+    return call(applied, what=what, codes={"ConditionalCheckFailedException": false})
