@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from trashsorter import aws
-from trashsorter.deploy import aws_failure
+from trashsorter.deploy import refused
 from trashsorter.errors import DeploymentError, TransientError
 
 
@@ -32,7 +32,12 @@ def _error(code: str, status: int) -> ClientError:
 def test_transient_errors_and_what_deployment_makes_of_them(code: str, status: int, transient: bool) -> None:
     exc = _error(code, status)
     assert aws.is_transient(exc) is transient
-    assert isinstance(aws_failure("CreateDeployment", exc), TransientError if transient else DeploymentError)
+    with pytest.raises(TransientError if transient else DeploymentError) as caught:
+        aws.call(lambda: _raise(exc), what="create the deployment", refused=refused("could not deploy"))
+    expected = (
+        "could not create the deployment: An error occurred" if transient else f"could not deploy: {code}: m"
+    )
+    assert str(caught.value).startswith(expected)
 
 
 def _raise(exc: Exception) -> None:
