@@ -545,7 +545,7 @@ def test_greengrass_v2_throttling_is_retried_with_the_same_version_stubber(pack:
     stub.add_client_error(
         "create_component_version", service_error_code="ThrottlingException", http_status_code=429
     )
-    with stub, pytest.raises(TransientError, match="will retry"):
+    with stub, pytest.raises(TransientError, match=r"could not publish .*\(ThrottlingException\)"):
         handle(event, settings, ddb=pack.ddb, s3=pack.s3, greengrassv2=v2)
     pack.ddb.update_item(
         TableName=pack.table,

@@ -109,7 +109,8 @@ def test_greengrass_throttled_at_deployment_raises_for_retry_then_deploys_once(
     p.notices()  # the "training started" notice
     hook = fail_deployments("ThrottlingException", 429)
 
-    with pytest.raises(TransientError, match="could not create the group deployment: ThrottlingException"):
+    throttled = r"could not create the group deployment of DeepLens group \S+: .*\(ThrottlingException\)"
+    with pytest.raises(TransientError, match=throttled):
         p.invoke_package(event)
 
     assert hook.raised == 1
@@ -175,7 +176,8 @@ def test_greengrass_deployment_whose_answer_was_lost_is_adopted_not_repeated(
     hook = LoseCreateDeploymentAnswer()
     aws.client("greengrass").meta.events.register("after-call.greengrass.CreateDeployment", hook)
 
-    with pytest.raises(TransientError, match="could not create the group deployment: Read timeout"):
+    timed_out = r"could not create the group deployment of DeepLens group \S+: Read timeout"
+    with pytest.raises(TransientError, match=timed_out):
         p.invoke_package(event)
     [created] = p.gg.list_deployments(GroupId=p.group_id)["Deployments"]  # Greengrass did deploy
     versions = p.gg.list_group_versions(GroupId=p.group_id)["Versions"]

@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from trashsorter import aws
-from trashsorter.deploy import aws_failure
+from trashsorter.deploy import refused
 from trashsorter.errors import DeploymentError, TransientError
 
 
@@ -32,7 +32,12 @@ def _error(code: str, status: int) -> ClientError:
 def test_transient_errors_and_what_deployment_makes_of_them(code: str, status: int, transient: bool) -> None:
     exc = _error(code, status)
     assert aws.is_transient(exc) is transient
-    assert isinstance(aws_failure("CreateDeployment", exc), TransientError if transient else DeploymentError)
+    with pytest.raises(TransientError if transient else DeploymentError) as caught:
+        aws.call(lambda: _raise(exc), what="create the deployment", refused=refused("could not deploy"))
+    expected = (
+        "could not create the deployment: An error occurred" if transient else f"could not deploy: {code}: m"
+    )
+    assert str(caught.value).startswith(expected)
 
 
 def _raise(exc: Exception) -> None:
@@ -70,3 +75,19 @@ def test_expected_codes_are_answers_and_network_faults_are_transient() -> None:
     assert aws.conditional_write(lambda: None, what="take the lock") is True
     with pytest.raises(TransientError, match="could not publish x: Could not connect"):
         aws.call(lambda: _raise(EndpointConnectionError(endpoint_url="http://x")), what="publish x")
+
+
+def test_an_http_status_answers_when_the_code_does_not() -> None:
+    gone = {404: lambda _: "gone"}
+    bucket_gone = _error("NoSuchBucket", 404)
+    assert aws.call(lambda: _raise(bucket_gone), what="read s3://b/k", statuses=gone) == "gone"
+    named = aws.call(
+        lambda: _raise(bucket_gone),
+        what="read s3://b/k",
+        codes={"NoSuchBucket": lambda _: "named"},
+        statuses=gone,
+    )
+    assert named == "named"  # the code's own answer comes first
+    denied = _error("AccessDenied", 403)
+    with pytest.raises(TransientError, match=r"could not read s3://b/k: .*AccessDenied"):
+        aws.call(lambda: _raise(denied), what="read s3://b/k", statuses=gone)

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from trashsorter import aws
 from trashsorter import labels as labels_file
 from trashsorter.deploy import greengrass_v2
-from trashsorter.errors import PackagingError, TransientError
+from trashsorter.errors import PackagingError
 from trashsorter.job_check import check_artifact_uri
 from trashsorter.model_proof import prove_onnx_package
 from trashsorter.settings import PackageSettings
@@ -66,35 +66,44 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+# A training artifact that is not there or may not be read: packaging fails, a retry would too.
+_UNREADABLE_CODES = ("NoSuchKey", "404", "NotFound", "NoSuchBucket", "AccessDenied", "403")
+
+
 def download_artifact(
     uri: str, dest: IO[bytes], *, s3: Any = None, max_bytes: int = MAX_ARTIFACT_BYTES
 ) -> int:
     """Stream ``uri`` into ``dest`` (<= ``max_bytes``). Missing -> PackagingError; 5xx -> TransientError."""
     bucket, key = parse_s3_uri(uri)
     client = s3 or aws.client("s3")
-    try:
-        response = client.get_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        code = aws.error_code(exc)
-        if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket", "AccessDenied", "403"):
-            raise PackagingError(f"training artifact {uri} is missing or unreadable ({code})") from exc
-        raise TransientError(f"could not download {uri}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not download {uri}: {exc}") from exc
+
+    def unreadable(exc: ClientError) -> dict[str, Any]:
+        raise PackagingError(
+            f"training artifact {uri} is missing or unreadable ({aws.error_code(exc)})"
+        ) from exc
+
+    response = aws.call(
+        lambda: client.get_object(Bucket=bucket, Key=key),
+        what=f"download {uri}",
+        codes=dict.fromkeys(_UNREADABLE_CODES, unreadable),
+    )
     length = int(response.get("ContentLength") or 0)
     if length > max_bytes:
         response["Body"].close()
         raise PackagingError(f"training artifact {uri} is {length} bytes, more than the limit {max_bytes}")
-    total = 0
     body = response["Body"]
-    try:
+
+    def stream() -> int:
+        total = 0
         for chunk in iter(lambda: body.read(_CHUNK), b""):
             total += len(chunk)
             if total > max_bytes:
                 raise PackagingError(f"training artifact {uri} is larger than the limit {max_bytes}")
             dest.write(chunk)
-    except BotoCoreError as exc:
-        raise TransientError(f"download of {uri} broke off: {exc}") from exc
+        return total
+
+    try:
+        total = aws.call(stream, what=f"finish the download of {uri}")
     finally:
         body.close()
     dest.flush()
@@ -316,7 +325,8 @@ def _sha256(path: Path) -> str:
 
 
 def _upload(s3: Any, path: Path, bucket: str, key: str, *, content_type: str, model_id: str) -> str:
-    try:
+
+    def put() -> None:
         with path.open("rb") as handle:
             s3.put_object(
                 Bucket=bucket,
@@ -325,8 +335,8 @@ def _upload(s3: Any, path: Path, bucket: str, key: str, *, content_type: str, mo
                 ContentType=content_type,
                 Metadata={"model-id": model_id, "sha256": _sha256(path)},
             )
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not upload s3://{bucket}/{key}: {exc}") from exc
+
+    aws.call(put, what=f"upload s3://{bucket}/{key}")
     return f"s3://{bucket}/{key}"
 
 

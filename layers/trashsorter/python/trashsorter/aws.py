@@ -89,21 +89,24 @@ def call(
     *,
     what: str,
     codes: Mapping[str, Callable[[ClientError], T]] | None = None,
+    statuses: Mapping[int, Callable[[ClientError], T]] | None = None,
     refused: Callable[[str], Exception] | None = None,
 ) -> T:
     """Run one AWS call of the domain (``what``: "<verb> <object>") inside a Tracer subsegment ``## <what>``
     (when tracing is on: in Lambda, unless POWERTOOLS_TRACE_DISABLED).
 
     A ClientError whose code is in ``codes`` returns what its handler returns (the caller's expected
-    answers, e.g. a failed condition). Otherwise a transient one (:func:`is_transient`) or any BotoCoreError
-    raises :class:`TransientError` ("could not <what>: ...", chained) so the event is retried; any other
-    ClientError raises ``refused("<code>: <message>")`` when given, else TransientError too.
+    answers, e.g. a failed condition); one whose code is not, but whose HTTP status is in ``statuses``
+    (e.g. any S3 404: the object or its bucket is gone), returns what that handler returns. Otherwise a
+    transient one (:func:`is_transient`) or any BotoCoreError raises :class:`TransientError` ("could not
+    <what>: ...", chained) so the event is retried; any other ClientError raises
+    ``refused("<code>: <message>")`` when given, else TransientError too.
     """
     with _subsegment(what):
         try:
             return action()
         except ClientError as exc:
-            handler = (codes or {}).get(error_code(exc))
+            handler = (codes or {}).get(error_code(exc)) or (statuses or {}).get(http_status(exc))
             if handler is not None:
                 return handler(exc)
             if refused is not None and not is_transient(exc):
@@ -125,7 +128,8 @@ def _subsegment(what: str) -> Any:
     return nullcontext() if tracer.disabled else tracer.provider.in_subsegment(f"## {what}")
 
 
-def _false(_: ClientError) -> bool:
+def false(_: ClientError) -> bool:
+    """A ``codes`` handler: the call's answer is False (e.g. a write whose condition failed)."""
     return False
 
 
@@ -139,4 +143,4 @@ def conditional_write(write: Callable[[], Any], *, what: str) -> bool:
         write()
         return True
 
-    return call(applied, what=what, codes={"ConditionalCheckFailedException": _false})
+    return call(applied, what=what, codes={"ConditionalCheckFailedException": false})

@@ -11,8 +11,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from trashsorter import aws
 from trashsorter.ddb import deserialize, serialize
 from trashsorter.errors import TransientError
@@ -100,10 +98,10 @@ class CatalogueReader:
 
     # ------------------------------------------------------------------ reads
     def _get(self, key: Mapping[str, str]) -> dict[str, Any] | None:
-        try:
-            response = self.ddb.get_item(TableName=self.table_name, Key=serialize(key), ConsistentRead=True)
-        except (ClientError, BotoCoreError) as exc:
-            raise TransientError(f"catalogue read failed: {exc}") from exc
+        response = aws.call(
+            lambda: self.ddb.get_item(TableName=self.table_name, Key=serialize(key), ConsistentRead=True),
+            what="read the catalogue",
+        )
         item = response.get("Item")
         return deserialize(item) if item else None
 
@@ -115,10 +113,10 @@ class CatalogueReader:
             chunk, pending = pending[:100], pending[100:]
             request: dict[str, Any] = {self.table_name: {"Keys": chunk, "ConsistentRead": True}}
             while request:
-                try:
-                    response = self.ddb.batch_get_item(RequestItems=request)
-                except (ClientError, BotoCoreError) as exc:
-                    raise TransientError(f"catalogue batch read failed: {exc}") from exc
+                response = aws.call(
+                    lambda request=request: self.ddb.batch_get_item(RequestItems=request),
+                    what="batch read the catalogue",
+                )
                 found.extend(deserialize(i) for i in response.get("Responses", {}).get(self.table_name, []))
                 request = response.get("UnprocessedKeys") or {}
                 if request:
@@ -191,12 +189,13 @@ class CatalogueReader:
                 names = {f"#p{i}": name for i, name in enumerate(attributes)}
                 kwargs["ProjectionExpression"] = ", ".join(names)
                 kwargs["ExpressionAttributeNames"] = names
-            try:
-                for page in paginator.paginate(**kwargs):
-                    for item in page.get("Items", []):
-                        yield deserialize(item)
-            except (ClientError, BotoCoreError) as exc:
-                raise TransientError(f"catalogue query failed: {exc}") from exc
+            pages = iter(paginator.paginate(**kwargs))
+            # One call per page: a generator cannot run inside aws.call, each page request can.
+            while (
+                page := aws.call(lambda pages=pages: next(pages, None), what="query the catalogue")
+            ) is not None:
+                for item in page.get("Items", []):
+                    yield deserialize(item)
 
     def accepted_images(self, *, attributes: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every record usable for training (status accepted: duplicates and conflicts excluded)."""

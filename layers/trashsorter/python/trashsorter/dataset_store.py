@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from trashsorter import aws
 from trashsorter import labels as labels_file
@@ -58,7 +58,7 @@ from trashsorter.dataset import (
     render_lst,
     render_manifest_jsonl,
 )
-from trashsorter.errors import NotFoundError, TransientError
+from trashsorter.errors import NotFoundError
 from trashsorter.observability import logger
 from trashsorter.schema import dataset_manifest_key
 from trashsorter_edge.contract import OBJECTS_PREFIX, object_key
@@ -120,16 +120,22 @@ def _put_text(s3: Any, bucket: str, key: str, text: str, content_type: str) -> N
     s3.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
 
 
+def _catalogued_but_missing(plan: DatasetPlan, image: SnapshotImage) -> Callable[[ClientError], Any]:
+    def missing(exc: ClientError) -> Any:
+        raise NotFoundError(f"s3://{plan.bucket}/{image.key} is catalogued but missing") from exc
+
+    return missing
+
+
 def _read_verified(s3: Any, plan: DatasetPlan, image: SnapshotImage) -> bytes:
     get_args: dict[str, Any] = {"Bucket": plan.bucket, "Key": image.key}
     if image.version_id and image.version_id != "null":
         get_args["VersionId"] = image.version_id
-    try:
-        data: bytes = s3.get_object(**get_args)["Body"].read()
-    except ClientError as exc:
-        if aws.error_code(exc) in ("NoSuchKey", "NoSuchVersion", "404"):
-            raise NotFoundError(f"s3://{plan.bucket}/{image.key} is catalogued but missing") from exc
-        raise
+    data: bytes = aws.call(
+        lambda: s3.get_object(**get_args)["Body"].read(),
+        what=f"read s3://{plan.bucket}/{image.key}",
+        codes=dict.fromkeys(("NoSuchKey", "NoSuchVersion", "404"), _catalogued_but_missing(plan, image)),
+    )
     if hashlib.sha256(data).hexdigest() != image.sha256:
         raise NotFoundError(
             f"s3://{plan.bucket}/{image.key} no longer has the catalogued bytes (sha256 {image.sha256})"
@@ -139,12 +145,13 @@ def _read_verified(s3: Any, plan: DatasetPlan, image: SnapshotImage) -> bytes:
 
 def _retention(s3: Any, bucket: str, key: str) -> str | None:
     """The object's retention tag value ("" when untagged), or None when there is no object at ``key``."""
-    try:
-        tags = s3.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
-    except ClientError as exc:
-        if aws.error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise
+    tags = aws.call(
+        lambda: s3.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", []),
+        what=f"read the tags of s3://{bucket}/{key}",
+        codes=dict.fromkeys(("NoSuchKey", "404", "NotFound"), lambda _: None),
+    )
+    if tags is None:
+        return None
     return next((str(tag["Value"]) for tag in tags if tag.get("Key") == RETENTION_TAG), "")
 
 
@@ -200,7 +207,8 @@ def release_content(s3: Any, bucket: str, key: str, still_owned: Callable[[], bo
     """
     if _retention(s3, bucket, key) in (None, RETENTION_REGISTERED):
         return False
-    try:
+
+    def retag() -> bool:
         s3.copy_object(
             Bucket=bucket,
             Key=key,
@@ -210,10 +218,11 @@ def release_content(s3: Any, bucket: str, key: str, still_owned: Callable[[], bo
             TaggingDirective="REPLACE",
             Tagging=f"{RETENTION_TAG}={RETENTION_SNAPSHOT}",
         )
-    except ClientError as exc:
-        if aws.error_code(exc) in ("NoSuchKey", "404"):
-            return False
-        raise
+        return True
+
+    gone = dict.fromkeys(("NoSuchKey", "404"), lambda _: False)
+    if not aws.call(retag, what=f"let s3://{bucket}/{key} expire", codes=gone):
+        return False
     if still_owned():
         s3.put_object_tagging(
             Bucket=bucket,
@@ -257,8 +266,8 @@ def _store(s3: Any, plan: DatasetPlan, entry: ManifestEntry, stored: StoredObjec
         return key, False
     if image.version_id and image.version_id != "null":
         # The catalogued version is immutable and is the one the ingest step hashed: copy it server-side.
-        try:
-            s3.copy_object(
+        aws.call(
+            lambda: s3.copy_object(
                 Bucket=plan.bucket,
                 Key=key,
                 CopySource={"Bucket": plan.bucket, "Key": image.key, "VersionId": image.version_id},
@@ -266,11 +275,10 @@ def _store(s3: Any, plan: DatasetPlan, entry: ManifestEntry, stored: StoredObjec
                 ContentType=_content_type(key),
                 TaggingDirective="REPLACE",
                 Tagging=tagging,
-            )
-        except ClientError as exc:
-            if aws.error_code(exc) in ("NoSuchKey", "NoSuchVersion", "404"):
-                raise NotFoundError(f"s3://{plan.bucket}/{image.key} is catalogued but missing") from exc
-            raise
+            ),
+            what=f"copy s3://{plan.bucket}/{image.key} to {key}",
+            codes=dict.fromkeys(("NoSuchKey", "NoSuchVersion", "404"), _catalogued_but_missing(plan, image)),
+        )
         return key, True
     data = _read_verified(s3, plan, image)
     s3.put_object(Bucket=plan.bucket, Key=key, Body=data, ContentType=_content_type(key), Tagging=tagging)
@@ -291,33 +299,9 @@ def write_dataset(
     ``s3_key`` set (conversions included).
     """
     s3 = s3 or aws.client("s3")
-    try:
-        stored = list_stored_objects(s3, plan.bucket, reuse_within=reuse_within, now=now or clock_now())
-        with ThreadPoolExecutor(max_workers=STORE_WORKERS) as pool:  # boto3 clients are thread-safe
-            results = list(pool.map(lambda entry: _store(s3, plan, entry, stored), plan.entries))
-        keys = {entry.key: key for entry, (key, _) in zip(plan.entries, results, strict=True)}
-        plan = replace(plan, entries=tuple(replace(e, s3_key=keys[e.key]) for e in plan.entries))
-        labels_text = labels_file.render(plan.labels)
-        _put_text(s3, plan.bucket, plan.prefix + labels_file.FILE_NAME, labels_text, "text/plain")
-        for split in SPLITS:
-            _put_text(s3, plan.bucket, f"{plan.prefix}{split}.lst", render_lst(plan, split), "text/plain")
-            _put_text(
-                s3,
-                plan.bucket,
-                f"{plan.prefix}{split}.manifest",
-                render_channel_manifest(plan, split),
-                "application/json",
-            )
-        # The manifest last: its presence means the snapshot is complete.
-        _put_text(
-            s3,
-            plan.bucket,
-            dataset_manifest_key(plan.dataset_id),
-            render_manifest_jsonl(plan),
-            "application/x-ndjson",
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not write dataset {plan.dataset_id}: {exc}") from exc
+    stored, plan, results = aws.call(
+        lambda: _write(s3, plan, reuse_within, now or clock_now()), what=f"write dataset {plan.dataset_id}"
+    )
     written = sum(1 for _, wrote in results if wrote)
     logger.info(
         "dataset stored",
@@ -332,34 +316,67 @@ def write_dataset(
     return plan
 
 
+def _write(
+    s3: Any, plan: DatasetPlan, reuse_within: timedelta, now: datetime
+) -> tuple[StoredObjects, DatasetPlan, list[tuple[str, bool]]]:
+    """The snapshot's objects, then its files (the manifest last); returns the listing, the plan with every
+    ``s3_key`` set, and each entry's (object key, written)."""
+    stored = list_stored_objects(s3, plan.bucket, reuse_within=reuse_within, now=now)
+    with ThreadPoolExecutor(max_workers=STORE_WORKERS) as pool:  # boto3 clients are thread-safe
+        results = list(pool.map(lambda entry: _store(s3, plan, entry, stored), plan.entries))
+    keys = {entry.key: key for entry, (key, _) in zip(plan.entries, results, strict=True)}
+    plan = replace(plan, entries=tuple(replace(e, s3_key=keys[e.key]) for e in plan.entries))
+    labels_text = labels_file.render(plan.labels)
+    _put_text(s3, plan.bucket, plan.prefix + labels_file.FILE_NAME, labels_text, "text/plain")
+    for split in SPLITS:
+        _put_text(s3, plan.bucket, f"{plan.prefix}{split}.lst", render_lst(plan, split), "text/plain")
+        _put_text(
+            s3,
+            plan.bucket,
+            f"{plan.prefix}{split}.manifest",
+            render_channel_manifest(plan, split),
+            "application/json",
+        )
+    # The manifest last: its presence means the snapshot is complete.
+    _put_text(
+        s3,
+        plan.bucket,
+        dataset_manifest_key(plan.dataset_id),
+        render_manifest_jsonl(plan),
+        "application/x-ndjson",
+    )
+    return stored, plan, results
+
+
 def retain_dataset(bucket: str, dataset_id: str, *, s3: Any = None) -> int:
     """Tag every object a registered model's dataset lists ``registered`` (the lifecycle rule keeps those).
 
     Idempotent; objects already gone are skipped. Returns how many objects were tagged.
     """
     s3 = s3 or aws.client("s3")
+    gone = ("NoSuchKey", "404")
+    rows = aws.call(
+        lambda: read_manifest(bucket, dataset_id, s3=s3),
+        what=f"retain dataset {dataset_id}",
+        codes=dict.fromkeys(gone, lambda _: None),  # no manifest (never written): nothing to keep
+    )
     tagged = 0
-    try:
-        keys = sorted({str(row["s3_key"]) for row in read_manifest(bucket, dataset_id, s3=s3)})
-        for key in keys:
-            if not key.startswith(OBJECTS_PREFIX):
-                continue  # a snapshot from before content addressing: nothing expires it
-            try:
-                s3.put_object_tagging(
-                    Bucket=bucket,
-                    Key=key,
-                    Tagging={"TagSet": [{"Key": RETENTION_TAG, "Value": RETENTION_REGISTERED}]},
-                )
-                tagged += 1
-            except ClientError as exc:
-                if aws.error_code(exc) not in ("NoSuchKey", "404"):
-                    raise
-    except ClientError as exc:
-        if aws.error_code(exc) in ("NoSuchKey", "404"):
-            return tagged  # no manifest (never written): nothing to keep
-        raise TransientError(f"could not retain dataset {dataset_id}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not retain dataset {dataset_id}: {exc}") from exc
+    for key in sorted({str(row["s3_key"]) for row in rows or ()}):
+        if not key.startswith(OBJECTS_PREFIX):
+            continue  # a snapshot from before content addressing: nothing expires it
+
+        def keep(key: str = key) -> bool:
+            s3.put_object_tagging(
+                Bucket=bucket,
+                Key=key,
+                Tagging={"TagSet": [{"Key": RETENTION_TAG, "Value": RETENTION_REGISTERED}]},
+            )
+            return True
+
+        # An object already gone is skipped.
+        tagged += aws.call(
+            keep, what=f"retain dataset {dataset_id} (tag {key})", codes=dict.fromkeys(gone, lambda _: False)
+        )
     return tagged
 
 

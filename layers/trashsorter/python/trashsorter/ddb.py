@@ -15,10 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import BotoCoreError, ClientError
 
 from trashsorter import aws
-from trashsorter.errors import TransientError
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -68,11 +66,11 @@ def values(**named: Any) -> dict[str, Any]:
 
 def get_item(key: Mapping[str, str], *, table_name: str, ddb: Any = None) -> dict[str, Any] | None:
     """One item by key, strongly consistent; ``None`` when absent (TransientError on AWS failures)."""
-    try:
-        response = (ddb or aws.client("dynamodb")).get_item(
+    response = aws.call(
+        lambda: (ddb or aws.client("dynamodb")).get_item(
             TableName=table_name, Key=serialize(key), ConsistentRead=True
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not read {dict(key)}: {exc}") from exc
+        ),
+        what=f"read {dict(key)}",
+    )
     item = response.get("Item")
     return deserialize(item) if item else None

@@ -18,14 +18,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
 from trashsorter.catalogue_model import ImageUpdate, sequencer_newer
 from trashsorter.dataset import content_object
 from trashsorter.dataset_store import StoredCopy, release_content, store_content
-from trashsorter.errors import Rejection, TransientError
+from trashsorter.errors import Rejection
 from trashsorter.events import S3ObjectEvent
 from trashsorter.keys import IMAGES_PREFIX, label_for_key, parse_key
 from trashsorter.observability import logger
@@ -37,7 +37,7 @@ from trashsorter.validation import ImageInfo, check_object_size, validate_image
 IGNORED = "ignored"
 STATUS_TAG = "trashsorter-status"
 REASON_TAG = "trashsorter-reason"
-_GONE_CODES = {"NoSuchKey", "NoSuchVersion", "404", "NotFound"}
+_GONE_CODES = ("NoSuchKey", "NoSuchVersion", "404", "NotFound")
 _MAX_TAGS = 10
 
 
@@ -50,8 +50,10 @@ class IngestOutcome:
     changed: bool = False
 
 
-def _is_gone(exc: ClientError) -> bool:
-    return aws.error_code(exc) in _GONE_CODES or aws.http_status(exc) == 404
+def _when_gone(answer: Any) -> dict[str, Any]:
+    """The ``codes`` and ``statuses`` of :func:`aws.call` that mean "the object (version) is gone" (any 404),
+    each answered by ``answer(exc)``."""
+    return {"codes": dict.fromkeys(_GONE_CODES, answer), "statuses": {404: answer}}
 
 
 def check_image(data: bytes, settings: IngestSettings) -> ImageInfo:
@@ -85,28 +87,25 @@ class _Ingestor:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if version_id:
             kwargs["VersionId"] = version_id
-        try:
+
+        def read() -> tuple[dict[str, Any], bytes]:
             response = self.s3.get_object(**kwargs)
             with response["Body"] as body:
-                data = body.read(self.settings.max_image_bytes + 1)
-        except ClientError as exc:
-            if _is_gone(exc):
-                raise _Gone(key) from exc
-            raise TransientError(f"could not read s3://{bucket}/{key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"could not read s3://{bucket}/{key}: {exc}") from exc
+                return response, body.read(self.settings.max_image_bytes + 1)
+
+        def gone(exc: ClientError) -> tuple[dict[str, Any], bytes]:
+            raise _Gone(key) from exc
+
+        response, data = aws.call(read, what=f"read s3://{bucket}/{key}", **_when_gone(gone))
         etag = str(response.get("ETag", "")).strip('"') or None
         return data, response.get("VersionId") or version_id, etag
 
     def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
-        try:
-            response: dict[str, Any] = self.s3.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if _is_gone(exc):
-                return None
-            raise TransientError(f"could not check s3://{bucket}/{key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"could not check s3://{bucket}/{key}: {exc}") from exc
+        response: dict[str, Any] | None = aws.call(
+            lambda: self.s3.head_object(Bucket=bucket, Key=key),
+            what=f"check s3://{bucket}/{key}",
+            **_when_gone(lambda _: None),
+        )
         return response
 
     def _tag_rejected(self, bucket: str, key: str, version_id: str | None, code: str) -> None:
@@ -114,19 +113,16 @@ class _Ingestor:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if version_id:
             kwargs["VersionId"] = version_id
-        try:
+
+        def tag() -> None:
             current = self.s3.get_object_tagging(**kwargs).get("TagSet", [])
             keep = [t for t in current if t["Key"] not in (STATUS_TAG, REASON_TAG)][: _MAX_TAGS - 2]
             tags = [*keep, {"Key": STATUS_TAG, "Value": "rejected"}, {"Key": REASON_TAG, "Value": code}]
-            if sorted(map(str, current)) == sorted(map(str, tags)):
-                return
-            self.s3.put_object_tagging(**kwargs, Tagging={"TagSet": tags})
-        except ClientError as exc:
-            if _is_gone(exc):
-                return  # deleted meanwhile; its delete event follows
-            raise TransientError(f"could not tag rejected s3://{bucket}/{key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"could not tag rejected s3://{bucket}/{key}: {exc}") from exc
+            if sorted(map(str, current)) != sorted(map(str, tags)):
+                self.s3.put_object_tagging(**kwargs, Tagging={"TagSet": tags})
+
+        # gone: deleted meanwhile; its delete event follows
+        aws.call(tag, what=f"tag rejected s3://{bucket}/{key}", **_when_gone(lambda _: None))
 
     def _store_copy(
         self, bucket: str, data: bytes, sha256: str, image_format: str, *, trust_catalogue: bool = True
@@ -139,20 +135,17 @@ class _Ingestor:
                 str(content["object_key"]), str(content.get("object_etag") or ""), written=False
             )
         key, body = content_object(data, sha256, image_format)
-        try:
-            return store_content(self.s3, bucket, key, body)
-        except (ClientError, BotoCoreError) as exc:
-            raise TransientError(f"could not store s3://{bucket}/{key}: {exc}") from exc
+        return aws.call(lambda: store_content(self.s3, bucket, key, body), what=f"store s3://{bucket}/{key}")
 
     def _release(self, bucket: str, released: Sequence[tuple[str, str]]) -> None:
         """Copies whose content no catalogued key holds any more expire like a snapshot's."""
         for sha256, key in released:
-            try:
-                release_content(
-                    self.s3, bucket, key, lambda sha=sha256: self.catalogue.content(sha) is not None
-                )
-            except (ClientError, BotoCoreError) as exc:
-                raise TransientError(f"could not release s3://{bucket}/{key}: {exc}") from exc
+            aws.call(
+                lambda sha=sha256, key=key: release_content(
+                    self.s3, bucket, key, lambda: self.catalogue.content(sha) is not None
+                ),
+                what=f"release s3://{bucket}/{key}",
+            )
 
     # ---------------------------------------------------------------- events
     def process(self, event: S3ObjectEvent) -> IngestOutcome:
@@ -372,7 +365,8 @@ def rebuild_catalogue(
     summary: Counter[str] = Counter()
     seen: set[str] = set()
     bucket = settings.images_bucket
-    try:
+
+    def process_listed() -> None:
         pages = ingestor.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=IMAGES_PREFIX)
         for page in pages:
             for obj in page.get("Contents", []):
@@ -388,8 +382,8 @@ def rebuild_catalogue(
                 summary["listed"] += 1
                 summary[outcome.status] += 1
                 summary["changed" if outcome.changed else "unchanged"] += 1
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not list s3://{bucket}/{IMAGES_PREFIX}: {exc}") from exc
+
+    aws.call(process_listed, what=f"list s3://{bucket}/{IMAGES_PREFIX}")
     for rec in list(ingestor.catalogue.iter_images()):
         if rec.get("status") == ImageStatus.DELETED or rec["key"] in seen:
             continue

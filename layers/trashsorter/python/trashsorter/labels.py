@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from trashsorter import aws
-from trashsorter.errors import PackagingError, TransientError
+from trashsorter.errors import PackagingError
 from trashsorter.schema import dataset_prefix
 from trashsorter_edge import contract
 
@@ -34,15 +32,15 @@ def dataset_key(dataset_id: str) -> str:
 def read_dataset_labels(bucket: str, dataset_id: str, *, s3: Any = None) -> list[str]:
     """``datasets/<id>/labels.txt`` of the images bucket (empty when it is missing)."""
     key = dataset_key(dataset_id)
-    try:
-        body = (s3 or aws.client("s3")).get_object(Bucket=bucket, Key=key)["Body"]
-        data = body.read(MAX_LABELS_BYTES + 1)
-    except ClientError as exc:
-        if aws.error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-            return []
-        raise TransientError(f"could not read the labels of dataset {dataset_id}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not read the labels of dataset {dataset_id}: {exc}") from exc
+    data: bytes | None = aws.call(
+        lambda: (
+            (s3 or aws.client("s3")).get_object(Bucket=bucket, Key=key)["Body"].read(MAX_LABELS_BYTES + 1)
+        ),
+        what=f"read the labels of dataset {dataset_id}",
+        codes=dict.fromkeys(("NoSuchKey", "404", "NotFound"), lambda _: None),
+    )
+    if data is None:
+        return []
     if len(data) > MAX_LABELS_BYTES:
         raise PackagingError(f"{key} is larger than {MAX_LABELS_BYTES} bytes")
     return parse(data.decode("utf-8", "replace"))

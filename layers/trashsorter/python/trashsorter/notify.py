@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from trashsorter import aws
-from trashsorter.errors import TransientError
 from trashsorter.observability import logger
 
 
@@ -27,10 +24,10 @@ def notify(
         if not details
         else f"{message}\n\n{json.dumps(details, indent=2, sort_keys=True, default=str)}"
     )
-    try:
-        response = (sns or aws.client("sns")).publish(
+    response = aws.call(
+        lambda: (sns or aws.client("sns")).publish(
             TopicArn=topic_arn, Subject=f"[trashsorter] {subject}"[:100], Message=body
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not publish notice {subject!r}: {exc}") from exc
+        ),
+        what=f"publish notice {subject!r}",
+    )
     return str(response["MessageId"])

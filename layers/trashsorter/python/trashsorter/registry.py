@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from trashsorter import aws
 from trashsorter.clock import now_iso
@@ -34,8 +34,8 @@ from trashsorter.schema import (
 _PROMOTE_ATTEMPTS = 5
 
 
-def _transient(action: str, exc: Exception) -> TransientError:
-    return TransientError(f"could not {action}: {exc}")
+# A promotion's transaction fails when another one moved the champion pointer in between.
+_POINTER_MOVED = dict.fromkeys(("TransactionCanceledException", "ConditionalCheckFailedException"), aws.false)
 
 
 def register_model(
@@ -79,21 +79,23 @@ def register_model(
         **(dict(extra) if extra else {}),
     }
     client = ddb or aws.client("dynamodb")
-    try:
+    what = f"register model {model_id}"
+
+    def put() -> dict[str, Any]:
         client.put_item(
             TableName=table_name,
             Item=serialize(record),
             ConditionExpression="attribute_not_exists(pk)",
         )
-    except ClientError as exc:
-        if aws.error_code(exc) == "ConditionalCheckFailedException":
-            existing = get_model(model_id, table_name=table_name, ddb=client)
-            if existing is not None:
-                return existing
-        raise _transient(f"register model {model_id}", exc) from exc
-    except BotoCoreError as exc:
-        raise _transient(f"register model {model_id}", exc) from exc
-    return deserialize(serialize(record))
+        return deserialize(serialize(record))
+
+    def registered_before(exc: ClientError) -> dict[str, Any]:
+        existing = get_model(model_id, table_name=table_name, ddb=client)
+        if existing is None:  # the condition failed, yet there is no record: try again
+            raise TransientError(f"could not {what}: {exc}") from exc
+        return existing
+
+    return aws.call(put, what=what, codes={"ConditionalCheckFailedException": registered_before})
 
 
 def get_model(model_id: str, *, table_name: str, ddb: Any = None) -> dict[str, Any] | None:
@@ -121,16 +123,17 @@ def list_models(*, table_name: str, limit: int = 50, ddb: Any = None) -> list[di
         "ExpressionAttributeValues": {":pk": value(MODELS_GSI_PK)},
         "ScanIndexForward": False,
     }
-    try:
+
+    def pages() -> list[dict[str, Any]]:
         while len(models) < limit:
             response = client.query(**kwargs, Limit=limit - len(models))
             models.extend(deserialize(item) for item in response.get("Items", []))
             if "LastEvaluatedKey" not in response:
                 break
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-    except (ClientError, BotoCoreError) as exc:
-        raise _transient("list models", exc) from exc
-    return models
+        return models
+
+    return aws.call(pages, what="list models")
 
 
 def promote(model_id: str, *, table_name: str, ddb: Any = None) -> dict[str, Any]:
@@ -193,14 +196,13 @@ def promote(model_id: str, *, table_name: str, ddb: Any = None) -> dict[str, Any
                     }
                 }
             )
-        try:
+
+        def write(items: list[dict[str, Any]] = items) -> bool:
             client.transact_write_items(TransactItems=items)
-        except ClientError as exc:
-            if aws.error_code(exc) in ("TransactionCanceledException", "ConditionalCheckFailedException"):
-                continue  # someone moved the pointer in between: read again
-            raise _transient(f"promote model {model_id}", exc) from exc
-        except BotoCoreError as exc:
-            raise _transient(f"promote model {model_id}", exc) from exc
+            return True
+
+        if not aws.call(write, what=f"promote model {model_id}", codes=_POINTER_MOVED):
+            continue  # someone moved the pointer in between: read again
         promoted = get_model(model_id, table_name=table_name, ddb=client)
         assert promoted is not None
         return promoted
@@ -214,21 +216,22 @@ def update_model(model_id: str, attributes: Mapping[str, Any], *, table_name: st
     values = {**attributes, "updated_at": now_iso()}
     names = {f"#a{i}": name for i, name in enumerate(values)}
     expression = "SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values)))
-    try:
-        (ddb or aws.client("dynamodb")).update_item(
+
+    def unregistered(exc: ClientError) -> None:
+        raise NotFoundError(f"model {model_id} is not registered") from exc
+
+    aws.call(
+        lambda: (ddb or aws.client("dynamodb")).update_item(
             TableName=table_name,
             Key=serialize(model_key(model_id)),
             UpdateExpression=expression,
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeNames=names,
             ExpressionAttributeValues={f":v{i}": value(v) for i, v in enumerate(values.values())},
-        )
-    except ClientError as exc:
-        if aws.error_code(exc) == "ConditionalCheckFailedException":
-            raise NotFoundError(f"model {model_id} is not registered") from exc
-        raise _transient(f"update model {model_id}", exc) from exc
-    except BotoCoreError as exc:
-        raise _transient(f"update model {model_id}", exc) from exc
+        ),
+        what=f"update model {model_id}",
+        codes={"ConditionalCheckFailedException": unregistered},
+    )
 
 
 def get_deployment(
@@ -255,17 +258,17 @@ def record_deployment(
         "recorded_at": now_iso(),
         **dict(details),
     }
-    try:
-        (ddb or aws.client("dynamodb")).put_item(TableName=table_name, Item=serialize(item))
-    except (ClientError, BotoCoreError) as exc:
-        raise _transient(f"record deployment of {model_id} to {target}", exc) from exc
+    aws.call(
+        lambda: (ddb or aws.client("dynamodb")).put_item(TableName=table_name, Item=serialize(item)),
+        what=f"record deployment of {model_id} to {target}",
+    )
     return deserialize(serialize(item))
 
 
 def list_deployments(model_id: str, *, table_name: str, ddb: Any = None) -> list[dict[str, Any]]:
     """Every recorded deployment of ``model_id``."""
-    try:
-        response = (ddb or aws.client("dynamodb")).query(
+    response = aws.call(
+        lambda: (ddb or aws.client("dynamodb")).query(
             TableName=table_name,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :deploy)",
             ExpressionAttributeValues={
@@ -273,7 +276,7 @@ def list_deployments(model_id: str, *, table_name: str, ddb: Any = None) -> list
                 ":deploy": value(DEPLOY_SK_PREFIX),
             },
             ConsistentRead=True,
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise _transient(f"list deployments of {model_id}", exc) from exc
+        ),
+        what=f"list deployments of {model_id}",
+    )
     return [deserialize(item) for item in response.get("Items", [])]

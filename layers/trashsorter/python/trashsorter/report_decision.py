@@ -14,10 +14,8 @@ import hashlib
 import html
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from trashsorter import aws
 from trashsorter.artifacts import MAX_REPORT_BYTES, parse_s3_uri
-from trashsorter.errors import TransientError
 from trashsorter_trainer.contract import REPORT_DECISION_END, REPORT_DECISION_START
 
 HEADLINES = {
@@ -52,7 +50,8 @@ def with_decision(page: str, block: str) -> str | None:
 def write_decision(report_uri: str, outcome: str, gate_reason: str, note: str = "", *, s3: Any) -> bool:
     """Write the decision into the report at ``report_uri``; False when it has no decision block."""
     bucket, key = parse_s3_uri(report_uri)
-    try:
+
+    def write() -> bool:
         stored = s3.get_object(Bucket=bucket, Key=key)
         raw = stored["Body"].read(MAX_REPORT_BYTES + 1)
         if len(raw) > MAX_REPORT_BYTES:
@@ -71,6 +70,6 @@ def write_decision(report_uri: str, outcome: str, gate_reason: str, note: str = 
             ContentType=stored.get("ContentType") or "text/html; charset=utf-8",
             Metadata=metadata,
         )
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not write the gate's decision into {report_uri}: {exc}") from exc
-    return True
+        return True
+
+    return aws.call(write, what=f"write the gate's decision into {report_uri}")

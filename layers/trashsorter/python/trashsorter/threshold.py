@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from trashsorter import aws
 from trashsorter.catalogue import Catalogue
 from trashsorter.clock import age_seconds, iso, now, now_iso
@@ -128,10 +126,9 @@ def publish_dataset_ready(
         "Detail": json.dumps(detail, sort_keys=True),
         "EventBusName": settings.event_bus_name,
     }
-    try:
-        response = (events or aws.client("events")).put_events(Entries=[entry])
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not publish {DATASET_READY}: {exc}") from exc
+    response = aws.call(
+        lambda: (events or aws.client("events")).put_events(Entries=[entry]), what=f"publish {DATASET_READY}"
+    )
     entries = response.get("Entries") or [{}]
     if response.get("FailedEntryCount", 0) or not entries[0].get("EventId"):
         failure = entries[0]
@@ -183,20 +180,16 @@ def _reclaim_stale(catalogue: Catalogue, baseline: int, fired_at: str) -> bool:
 
 
 def _mark_published(catalogue: Catalogue, baseline: int) -> None:
-    try:
-        catalogue.ddb.update_item(
+    aws.conditional_write(  # False: a newer baseline was claimed meanwhile; its publisher owns the flag now
+        lambda: catalogue.ddb.update_item(
             TableName=catalogue.table_name,
             Key=serialize(STATE_KEY),
             UpdateExpression="SET published = :t",
             ConditionExpression="fired_baseline = :b",
             ExpressionAttributeValues={":b": {"N": str(baseline)}, ":t": {"BOOL": True}},
-        )
-    except ClientError as exc:
-        if aws.error_code(exc) == "ConditionalCheckFailedException":
-            return  # a newer baseline was claimed meanwhile; its publisher owns the flag now
-        raise TransientError(f"could not mark the threshold event published: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not mark the threshold event published: {exc}") from exc
+        ),
+        what="mark the threshold event published",
+    )
 
 
 def check_and_publish(settings: CommonSettings, *, catalogue: Catalogue, events: Any = None) -> bool:
@@ -362,12 +355,15 @@ def _arm(
         return False
     body = json.dumps({"settle_timer": {"accepted_seq": seq, "due": due}}, sort_keys=True)
     try:
-        (sqs or aws.client("sqs")).send_message(
-            QueueUrl=settings.settle_queue_url, MessageBody=body, DelaySeconds=settings.settle_seconds
+        aws.call(
+            lambda: (sqs or aws.client("sqs")).send_message(
+                QueueUrl=settings.settle_queue_url, MessageBody=body, DelaySeconds=settings.settle_seconds
+            ),
+            what="send the settle timer",
         )
-    except (ClientError, BotoCoreError) as exc:
+    except TransientError:  # every AWS failure of the send
         _disarm(catalogue, due)  # nobody else may arm while a timer that was never sent is recorded
-        raise TransientError(f"could not send the settle timer: {exc}") from exc
+        raise
     logger.info("settle timer armed", extra={"accepted_seq": seq, "due": due})
     return True
 

@@ -10,13 +10,11 @@ Each target returns a :class:`DeploymentResult`; a target that is not configured
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from trashsorter import aws
-from trashsorter.errors import DeploymentError, TransientError
+from trashsorter.errors import DeploymentError
 
 TARGET_GREENGRASS_V1 = "greengrass-v1"
 TARGET_GREENGRASS_V2 = "greengrass-v2"
@@ -36,21 +34,15 @@ class DeploymentResult:
         return asdict(self)
 
 
-def aws_failure(action: str, exc: Exception) -> Exception:
-    """Classify a boto error: throttling / 5xx -> :class:`TransientError` (retry), else DeploymentError."""
-    if isinstance(exc, ClientError):
-        code = aws.error_code(exc)
-        if aws.is_transient(exc):
-            return TransientError(f"{action}: {code or aws.http_status(exc)} (will retry)")
-        return DeploymentError(f"{action}: {code}: {exc.response.get('Error', {}).get('Message', exc)}")
-    if isinstance(exc, BotoCoreError):
-        return TransientError(f"{action}: {exc}")
-    return DeploymentError(f"{action}: {exc}")
+def refused(action: str) -> Callable[[str], Exception]:
+    """The ``refused`` of :func:`trashsorter.aws.call` for a deployment step: a refusal is a DeploymentError
+    ``"<action>: <code>: <message>"`` (the target records it and the model stays registered)."""
+    return lambda reason: DeploymentError(f"{action}: {reason}")
 
 
 __all__ = [
     "TARGET_GREENGRASS_V1",
     "TARGET_GREENGRASS_V2",
     "DeploymentResult",
-    "aws_failure",
+    "refused",
 ]

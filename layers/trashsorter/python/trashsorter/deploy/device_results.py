@@ -34,14 +34,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from trashsorter import aws, clock, registry
 from trashsorter.clients import Clients
 from trashsorter.ddb import serialize
-from trashsorter.deploy import TARGET_GREENGRASS_V2, aws_failure, greengrass_v2
+from trashsorter.deploy import TARGET_GREENGRASS_V2, greengrass_v2, refused
 from trashsorter.deploy.greengrass_v2 import JOB_TIMEOUT_MINUTES, current_deployment
-from trashsorter.errors import TransientError
 from trashsorter.notify import notify
 from trashsorter.observability import logger
 from trashsorter.schema import deployment_key
@@ -127,11 +124,12 @@ def record_device_result(
     """Write the core device's result onto the deployment record; a failed one is noticed once."""
     clients = clients or Clients()
     thing, deployment_id = change.thing, change.deployment_id
-    try:
-        deployment = clients.greengrassv2.get_deployment(deploymentId=deployment_id)
-        row = effective_result(clients.greengrassv2, thing, deployment_id)
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_failure(f"Greengrass v2: cannot read {thing}'s result of {deployment_id}", exc) from exc
+    gg = clients.greengrassv2
+    deployment, row = aws.call(
+        lambda: (gg.get_deployment(deploymentId=deployment_id), effective_result(gg, thing, deployment_id)),
+        what=f"read {thing}'s result of {deployment_id}",
+        refused=refused(f"Greengrass v2: cannot read {thing}'s result of {deployment_id}"),
+    )
     model_id = model_of_deployment(deployment, settings.edge_component_name)
     if not model_id or row is None:
         return DeviceResultOutcome("ignored", thing, deployment_id, model_id=model_id)
@@ -167,7 +165,8 @@ def record_device_result(
 def _write_result(ddb: Any, table: str, key: Mapping[str, str], thing: str, result: dict[str, Any]) -> bool:
     """Set ``device_results.<thing>`` unless it already has this status; False when it had it."""
     names = {"#r": "device_results", "#t": thing, "#s": "status"}
-    try:
+
+    def write() -> None:
         ddb.update_item(  # the map must exist before a path inside it can be set
             TableName=table,
             Key=serialize(dict(key)),
@@ -187,13 +186,8 @@ def _write_result(ddb: Any, table: str, key: Mapping[str, str], thing: str, resu
                 ":status": {"S": result["status"]},
             },
         )
-    except ClientError as exc:
-        if aws.error_code(exc) == "ConditionalCheckFailedException":
-            return False
-        raise TransientError(f"could not record {thing}'s deployment result: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"could not record {thing}'s deployment result: {exc}") from exc
-    return True
+
+    return aws.conditional_write(write, what=f"record {thing}'s deployment result")
 
 
 # ------------------------------------------------------------------------------- devices that never report
@@ -263,7 +257,8 @@ def check_unreported(settings: PackageSettings, clients: Clients | None = None) 
     if not group:
         return UnreportedOutcome("ignored")
     gg = clients.greengrassv2
-    try:
+
+    def read() -> UnreportedOutcome | tuple[dict[str, Any], str, str, dict[str, dict[str, Any] | None]]:
         deployment = current_deployment(gg, group)
         if deployment is None:
             return UnreportedOutcome("ignored")
@@ -274,8 +269,13 @@ def check_unreported(settings: PackageSettings, clients: Clients | None = None) 
         if clock.now().timestamp() < _deadline(deployment):
             return UnreportedOutcome("waiting", deployment_id, model_id)
         rows = {thing: effective_result(gg, thing, deployment_id) for thing in _core_devices(gg, group)}
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_failure(f"Greengrass v2: cannot check the core devices of {group}", exc) from exc
+        return deployment, deployment_id, model_id, rows
+
+    what = f"check the core devices of {group}"
+    found = aws.call(read, what=what, refused=refused(f"Greengrass v2: cannot {what}"))
+    if isinstance(found, UnreportedOutcome):
+        return found
+    deployment, deployment_id, model_id, rows = found
     records = registry.list_deployments(model_id, table_name=settings.table_name, ddb=clients.ddb)
     record = next((r for r in records if r.get("deployment_id") == deployment_id), None)
     if record is None:

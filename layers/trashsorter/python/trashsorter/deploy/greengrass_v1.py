@@ -24,10 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from trashsorter import aws
-from trashsorter.deploy import TARGET_GREENGRASS_V1, DeploymentResult, aws_failure
+from trashsorter.deploy import TARGET_GREENGRASS_V1, DeploymentResult, refused
 from trashsorter.errors import ConfigurationError
 from trashsorter.observability import logger
 from trashsorter.settings import PackageSettings
@@ -180,11 +178,12 @@ def deploy(
 
 
 def _step(group_id: str, step: str, call: Callable[[], Any]) -> Any:
-    """One Greengrass call of the deployment; a boto error says which step failed (:func:`aws_failure`)."""
-    try:
-        return call()
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_failure(f"DeepLens group {group_id}: could not {step}", exc) from exc
+    """One Greengrass call of the deployment; an AWS error says which step failed."""
+    return aws.call(
+        call,
+        what=f"{step} of DeepLens group {group_id}",
+        refused=refused(f"DeepLens group {group_id}: could not {step}"),
+    )
 
 
 def _deploy_prepared(gg: Any, group_id: str, model_id: str, prepared: Mapping[str, Any]) -> DeploymentResult:

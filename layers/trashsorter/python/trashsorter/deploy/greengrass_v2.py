@@ -32,12 +32,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from trashsorter import aws
 from trashsorter.ddb import serialize
-from trashsorter.deploy import TARGET_GREENGRASS_V2, DeploymentResult, aws_failure
-from trashsorter.errors import DeploymentError, TransientError
+from trashsorter.deploy import TARGET_GREENGRASS_V2, DeploymentResult, refused
+from trashsorter.errors import DeploymentError
 from trashsorter.observability import logger
 from trashsorter.schema import edge_component_key
 from trashsorter.settings import PackageSettings
@@ -67,16 +65,16 @@ def checked_identifier(value: Any, what: str) -> str:
 
 def next_component_version(component_name: str, *, table_name: str, ddb: Any = None) -> str:
     """Allocate the next ``1.0.<n>`` (atomic ADD on the counter item)."""
-    try:
-        response = (ddb or aws.client("dynamodb")).update_item(
+    response = aws.call(
+        lambda: (ddb or aws.client("dynamodb")).update_item(
             TableName=table_name,
             Key=serialize(edge_component_key(component_name)),
             UpdateExpression="ADD seq :one",
             ExpressionAttributeValues={":one": {"N": "1"}},
             ReturnValues="UPDATED_NEW",
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not allocate a component version for {component_name}: {exc}") from exc
+        ),
+        what=f"allocate a component version for {component_name}",
+    )
     return f"1.0.{int(response['Attributes']['seq']['N'])}"
 
 
@@ -86,23 +84,25 @@ def app_component_version(component_name: str, app_uri: str, *, table_name: str,
     with the same app deploys the same app version and the core does not install the app again."""
     bucket, _, key = app_uri.removeprefix("s3://").partition("/")
     item_key = serialize(edge_component_key(component_name))
-    try:
+
+    def read() -> tuple[str, dict[str, Any]]:
         digest = hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
-        item = ddb.get_item(TableName=table_name, Key=item_key, ConsistentRead=True).get("Item") or {}
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_failure(f"could not read the app component {app_uri}", exc) from exc
+        return digest, ddb.get_item(TableName=table_name, Key=item_key, ConsistentRead=True).get("Item") or {}
+
+    what = f"read the app component {app_uri}"
+    digest, item = aws.call(read, what=what, refused=refused(f"could not {what}"))
     if item.get("app_sha256", {}).get("S") == digest and item.get("app_version", {}).get("S"):
         return str(item["app_version"]["S"])
     version = next_component_version(component_name, table_name=table_name, ddb=ddb)
-    try:
-        ddb.update_item(
+    aws.call(
+        lambda: ddb.update_item(
             TableName=table_name,
             Key=item_key,
             UpdateExpression="SET app_sha256 = :sha, app_version = :version",
             ExpressionAttributeValues={":sha": {"S": digest}, ":version": {"S": version}},
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise TransientError(f"could not record the app component version {version}: {exc}") from exc
+        ),
+        what=f"record the app component version {version}",
+    )
     return version
 
 
@@ -273,10 +273,13 @@ def write_recipe_bundle(out_dir: Path, recipe: Mapping[str, Any], *, s3: Any = N
         name = key.rsplit("/", 1)[-1]
         if not uri.startswith("s3://") or not name or name in (".", ".."):
             raise DeploymentError(f"the component artifact {uri!r} is not an s3://bucket/key URI")
-        try:
-            client.download_file(bucket, key, str(artifacts / name))
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_failure(f"cannot download the component artifact {uri}", exc) from exc
+        aws.call(
+            lambda bucket=bucket, key=key, name=name: client.download_file(
+                bucket, key, str(artifacts / name)
+            ),
+            what=f"download the component artifact {uri}",
+            refused=refused(f"cannot download the component artifact {uri}"),
+        )
     path = out_dir / "recipe.json"
     path.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
@@ -364,16 +367,15 @@ def _publish(gg: Any, recipe: dict[str, Any]) -> str:
     """``CreateComponentVersion`` (idempotent); a version that exists already is this same recipe published
     before (the app: same content, same version; the model: an earlier attempt of this request)."""
     name, version = recipe["ComponentName"], recipe["ComponentVersion"]
-    try:
-        component = gg.create_component_version(
+    what = f"publish {name} {version}"
+    component = aws.call(
+        lambda: gg.create_component_version(
             inlineRecipe=recipe_bytes(recipe), clientToken=_token("component", name, version)
-        )
-    except ClientError as exc:
-        if aws.error_code(exc) != "ConflictException":
-            raise aws_failure(f"Greengrass v2: could not publish {name} {version}", exc) from exc
-        return ""
-    except BotoCoreError as exc:
-        raise aws_failure(f"Greengrass v2: could not publish {name} {version}", exc) from exc
+        ),
+        what=what,
+        codes={"ConflictException": lambda _: {}},  # published before: no ARN to report
+        refused=refused(f"Greengrass v2: could not {what}"),
+    )
     return str(component.get("arn", ""))
 
 
@@ -417,16 +419,18 @@ def deploy(
         model: {"componentVersion": version, "configurationUpdate": updates[model]},
     }
     target = settings.edge_thing_group_arn
-    try:
-        current = current_deployment(gg, target)
-        request = deployment_request(current, ours, target_arn=target, name=f"trashsorter {model_id}")
-        deployment = gg.create_deployment(
+
+    def create() -> dict[str, Any]:
+        request = deployment_request(
+            current_deployment(gg, target), ours, target_arn=target, name=f"trashsorter {model_id}"
+        )
+        created: dict[str, Any] = gg.create_deployment(
             **request, clientToken=_token("deployment", name, app_version, model, version, target)
         )
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_failure(
-            f"Greengrass v2: could not deploy {model} {version} with {name} {app_version}", exc
-        ) from exc
+        return created
+
+    what = f"deploy {model} {version} with {name} {app_version}"
+    deployment = aws.call(create, what=what, refused=refused(f"Greengrass v2: could not {what}"))
     logger.info(
         "Greengrass v2 deployment requested",
         extra={
