@@ -45,12 +45,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from trashsorter import aws
 from trashsorter.clock import now_iso
 from trashsorter.ddb import deserialize, serialize
-from trashsorter.errors import NotFoundError, TrainingRuleNotMet, TransientError
+from trashsorter.errors import NotFoundError, TrainingRuleNotMet
 from trashsorter.near_twins import Photo, near_conflicts, twin_groups
 from trashsorter.schema import ImageStatus, dataset_key, dataset_prefix
 from trashsorter.validation import decode_bounded
@@ -420,21 +418,24 @@ def save_dataset_record(
     """Put ``DATASET#<id>/DATASET`` once; an existing record (same data) is kept and returned."""
     ddb = ddb or aws.client("dynamodb")
     item = dataset_record(plan, accepted_seq=accepted_seq)
-    try:
-        ddb.put_item(
+    written = aws.conditional_write(
+        lambda: ddb.put_item(
             TableName=table_name, Item=serialize(item), ConditionExpression="attribute_not_exists(pk)"
-        )
-        return item
-    except ClientError as exc:
-        if aws.error_code(exc) != "ConditionalCheckFailedException":
-            raise TransientError(f"could not record dataset {plan.dataset_id}: {exc}") from exc
-    return get_dataset(plan.dataset_id, table_name=table_name, ddb=ddb)
+        ),
+        what=f"record dataset {plan.dataset_id}",
+    )
+    return item if written else get_dataset(plan.dataset_id, table_name=table_name, ddb=ddb)
 
 
 def get_dataset(dataset_id: str, *, table_name: str, ddb: Any = None) -> dict[str, Any]:
     """The ``DATASET#<id>/DATASET`` record (plain values) or NotFoundError."""
     ddb = ddb or aws.client("dynamodb")
-    found = ddb.get_item(TableName=table_name, Key=serialize(dataset_key(dataset_id)), ConsistentRead=True)
+    found = aws.call(
+        lambda: ddb.get_item(
+            TableName=table_name, Key=serialize(dataset_key(dataset_id)), ConsistentRead=True
+        ),
+        what=f"read dataset {dataset_id}",
+    )
     if not found.get("Item"):
         raise NotFoundError(f"dataset {dataset_id} is not recorded")
     return deserialize(found["Item"])
