@@ -121,7 +121,11 @@ def run_pipeline(
         out["reached"] = name
         log(f"reached {name}")
 
-    with tempfile.TemporaryDirectory(prefix="pipeline-real-") as tmp, TreeWatch() as watch:
+    # ignore_cleanup_errors: a device app still installing when the stack stops must not lose the result
+    with (
+        tempfile.TemporaryDirectory(prefix="pipeline-real-", ignore_cleanup_errors=True) as tmp,
+        TreeWatch() as watch,
+    ):
         runtime = LocalRuntime(
             port=None,
             state_path=Path(tmp) / "state.json",
@@ -233,15 +237,21 @@ def section(result: dict[str, Any]) -> Section:
             )
         )
     if used:
+        config = metrics.get("config", {})
+        tree = (
+            f"; tree {watched['rss_mib']} MiB RSS / {watched.get('pss_mib', '?')} MiB PSS"
+            if watched.get("rss_mib")
+            else f"; largest loader worker {used.get('largest_worker_peak_memory_mb')} MiB (shares pages)"
+        )
         rows.append(
             Result(
                 "pipeline 2,467",
                 "trainer peak memory",
-                f"{used.get('peak_memory_mb')} MiB (ru_maxrss); tree {watched.get('rss_mib', '?')} MiB RSS"
-                f" / {watched.get('pss_mib', '?')} MiB PSS",
+                f"{used.get('peak_memory_mb')} MiB (ru_maxrss){tree}",
                 "< 4 GB",
                 float(watched.get("pss_mib") or used.get("peak_memory_mb") or 0) < 4096,
-                "trainer + data-loader workers, watched every 0.5 s",
+                f"{used.get('photos')} photos, {config.get('image_size')} px, {config.get('views')} views; "
+                f"feature cache {used.get('feature_cache_mb')} MB on disk",
             )
         )
     if metrics.get("confusion_matrix"):
@@ -261,7 +271,12 @@ def section(result: dict[str, Any]) -> Section:
                 notes=f"{metrics.get('validation_count')} validation photos (hash split); recall {recalls}",
             )
         )
-    details = ["```json", json.dumps({k: v for k, v in result.items() if k != "metrics"}, indent=1), "```"]
+    details = [result["note"], ""] if result.get("note") else []
+    details += [
+        "```json",
+        json.dumps({k: v for k, v in result.items() if k not in ("metrics", "note")}),
+        "```",
+    ]
     return Section("Pipeline at real size (local stack)", results=rows, method=__doc__ or "", details=details)
 
 
