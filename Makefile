@@ -24,19 +24,16 @@ demo: install
 	$(BIN)/trashsorter demo
 
 ## Everything offline, the fast tests first (a failure there stops the run), then the slow ones
-## (training, the tiny model, e2e on the embedded local stack). The fast half runs in TEST_WORKERS
-## processes; the slow half in SLOW_TEST_WORKERS, one more: its tests wait on child processes (pip, the
-## trainer, the device) much of the time, so a third process keeps both CPUs of a 2-core machine busy.
+## (training, the tiny model, e2e on the embedded local stack); both in TEST_WORKERS processes.
 TEST_WORKERS ?= 2
-SLOW_TEST_WORKERS ?= 3
-PYTEST := $(BIN)/python -m pytest --dist loadfile
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 test: install
-	$(PYTEST) -n $(TEST_WORKERS) -m "not slow"
-	$(PYTEST) -n $(SLOW_TEST_WORKERS) -m slow
+	$(PYTEST) -m "not slow"
+	$(PYTEST) -m slow
 
 ## The edit loop: unit, integration (moto), reliability and the fast edge tests; no training, no e2e.
 test-fast: install
-	$(PYTEST) -n $(TEST_WORKERS) -m "not slow"
+	$(PYTEST) -m "not slow"
 
 reliability: install
 	$(BIN)/python -m pytest tests/reliability
