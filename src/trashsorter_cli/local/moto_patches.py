@@ -7,9 +7,10 @@
   corrupt moto's tables; it only wraps public backend methods by name;
 * on a tested moto version (:data:`TESTED_MOTO_VERSIONS`, the one pinned in pyproject.toml): the faithful S3
   event notifications (:mod:`trashsorter_cli.local.moto_s3_events`: delete markers and version deletes send
-  ``ObjectRemoved`` as S3 does), and the response serializer's member keys remembered per shape
-  (:mod:`trashsorter_cli.local.moto_serializer`: the same bytes, a third of the CPU) and fix 2 below (a
-  transaction keeps what moto keeps, the items it names, without copying the table);
+  ``ObjectRemoved`` as S3 does), the response serializer's member keys remembered per shape
+  (:mod:`trashsorter_cli.local.moto_serializer`: the same bytes, a third of the CPU), SQS without a
+  whole-queue recount per message (:mod:`trashsorter_cli.local.moto_sqs`) and fix 2 below (a transaction
+  keeps what moto keeps, the items it names, without copying the table);
 * with ``speed=True`` on a tested version: fixes 3-5 below, which make moto fast on large tables. Only the
   local stack (``trashsorter local up``, the demo) and the large benchmarks ask for them, so the tests run
   the product against moto's own query code.
@@ -461,9 +462,9 @@ def remove_speed_patches() -> None:
 
 
 def install(*, speed: bool = False) -> None:
-    """Patch moto once per process: the lock always; S3 events, the serializer and fix 2, and with ``speed``
-    fixes 3-5, only on a tested moto version (otherwise a warning names what was skipped)."""
-    from trashsorter_cli.local import moto_s3_events, moto_serializer, sagemaker_jobs
+    """Patch moto once per process: the lock always; S3 events, the serializer, SQS and fix 2, and with
+    ``speed`` fixes 3-5, only on a tested moto version (otherwise a warning names what was skipped)."""
+    from trashsorter_cli.local import moto_s3_events, moto_serializer, moto_sqs, sagemaker_jobs
 
     _install_lock()
     sagemaker_jobs.install_stop_training_job()  # an API moto lacks (not a version-specific fix)
@@ -480,6 +481,7 @@ def install(*, speed: bool = False) -> None:
         return
     moto_s3_events.install()
     moto_serializer.install()
+    moto_sqs.install()
     _install_transaction_snapshots()
     _install_json_templates()
     if speed:
