@@ -79,6 +79,20 @@ def test_an_artifact_the_service_cannot_read_makes_the_version_undeployable(v2: 
         v2.create_deployment(targetArn=group, components={"com.example.B": {"componentVersion": "1.0.0"}})
 
 
+def test_deployments_made_within_one_clock_tick_list_newest_first(
+    v2: Any, group: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control_plane.PLANE, "clock", lambda: 1_796_000_000.0)  # the clock does not move
+    v2.create_component_version(inlineRecipe=recipe("com.example.A", "1.0.0"))
+    made = [
+        v2.create_deployment(targetArn=group, components={"com.example.A": {"componentVersion": "1.0.0"}})
+        for _ in range(3)
+    ]
+    history = v2.list_deployments(targetArn=group, historyFilter="ALL")["deployments"]
+    assert [d["deploymentId"] for d in history] == [m["deploymentId"] for m in reversed(made)]
+    assert [d["revisionId"] for d in history] == ["3", "2", "1"]
+
+
 def test_one_deployment_per_target_and_unknown_versions_or_groups_are_refused(v2: Any, group: str) -> None:
     v2.create_component_version(inlineRecipe=recipe("com.example.A", "1.0.0"))
     first = v2.create_deployment(targetArn=group, components={"com.example.A": {"componentVersion": "1.0.0"}})

@@ -249,9 +249,11 @@ class ControlPlane(ComponentStore):
         if history not in ("ALL", "LATEST_ONLY"):
             raise validation_error("historyFilter must be ALL or LATEST_ONLY")
         with self._lock:
+            # newest first; deployments made within one clock tick in the order they were made
+            made = sorted(enumerate(self.deployments.values()), key=lambda n_d: (n_d[1].created, n_d[0]))
             found = [
                 d.summary()
-                for d in sorted(self.deployments.values(), key=lambda d: d.created, reverse=True)
+                for _, d in reversed(made)
                 if (not target or d.target_arn == target) and (history == "ALL" or d.latest)
             ]
         return {"deployments": found}
