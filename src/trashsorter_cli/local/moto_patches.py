@@ -9,8 +9,9 @@
   event notifications (:mod:`trashsorter_cli.local.moto_s3_events`: delete markers and version deletes send
   ``ObjectRemoved`` as S3 does), the response serializer's member keys remembered per shape
   (:mod:`trashsorter_cli.local.moto_serializer`: the same bytes, a third of the CPU), SQS without a
-  whole-queue recount per message (:mod:`trashsorter_cli.local.moto_sqs`) and fix 2 below (a transaction
-  keeps what moto keeps, the items it names, without copying the table);
+  whole-queue recount per message (:mod:`trashsorter_cli.local.moto_sqs`), KMS keys whose RSA pair is made
+  on first use (:mod:`trashsorter_cli.local.moto_kms`) and fix 2 below (a transaction keeps what moto keeps,
+  the items it names, without copying the table);
 * with ``speed=True`` on a tested version: fixes 3-5 below, which make moto fast on large tables. Only the
   local stack (``trashsorter local up``, the demo) and the large benchmarks ask for them, so the tests run
   the product against moto's own query code.
@@ -462,15 +463,17 @@ def remove_speed_patches() -> None:
 
 
 def install(*, speed: bool = False) -> None:
-    """Patch moto once per process: the lock always; S3 events, the serializer, SQS and fix 2, and with
-    ``speed`` fixes 3-5, only on a tested moto version (otherwise a warning names what was skipped)."""
-    from trashsorter_cli.local import moto_s3_events, moto_serializer, moto_sqs, sagemaker_jobs
+    """Patch moto once per process: the lock always; S3 events, the serializer, SQS, KMS and fix 2, and
+    with ``speed`` fixes 3-5, only on a tested moto version (otherwise a warning names what was skipped)."""
+    from trashsorter_cli.local import moto_kms, moto_s3_events, moto_serializer, moto_sqs, sagemaker_jobs
 
     _install_lock()
     sagemaker_jobs.install_stop_training_job()  # an API moto lacks (not a version-specific fix)
     version = _moto_version()
     if version not in TESTED_MOTO_VERSIONS:
-        skipped = "faithful S3 delete events" + (" and the DynamoDB speed patches" if speed else "")
+        skipped = "faithful S3 delete events, the serializer, SQS, KMS, transaction and template patches" + (
+            " and the DynamoDB speed patches" if speed else ""
+        )
         LOG.warning(
             "moto %s is not a version trashsorter's moto patches were tested against (%s): %s not applied "
             "(install the pinned version: pip install -e '.[dev]')",
@@ -482,6 +485,7 @@ def install(*, speed: bool = False) -> None:
     moto_s3_events.install()
     moto_serializer.install()
     moto_sqs.install()
+    moto_kms.install()
     _install_transaction_snapshots()
     _install_json_templates()
     if speed:

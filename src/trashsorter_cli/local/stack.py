@@ -4,6 +4,7 @@ the local rewrites are listed) and created on a local (moto) endpoint; what :fun
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -76,7 +77,8 @@ def deploy_stack(
     params = parameter_values(template, overrides)
     local = build_local_template(template, params, region=region, stack_name=stack_name)
 
-    def client(service: str) -> Any:
+    @functools.cache
+    def client(service: str) -> Any:  # one client per service for the whole creation
         return session.client(service, region_name=region, endpoint_url=endpoint_url)
 
     cfn = client("cloudformation")
