@@ -260,3 +260,25 @@ def test_the_http_endpoints_check_host_origin_and_token(device: LocalDevice) -> 
     assert call(f"{device.url}/status", headers={"Origin": device.url})[0] == 200
     token_file = device.state_dir / "token"
     assert token_file.read_text().strip() == device.token and token_file.stat().st_mode & 0o077 == 0
+
+
+def test_a_device_stopped_while_its_venv_is_made_stops_pip_and_leaves_no_half_venv(tmp_path: Path) -> None:
+    device = LocalDevice(port=0, state_dir=tmp_path / "device", component_name=COMPONENT).start()
+    preparation = device._preparing
+    assert preparation is not None
+    venv = preparation.work_path / "venv"
+    deadline = time.monotonic() + 60
+    while not venv.is_dir():  # `python -m venv` has begun writing it
+        assert time.monotonic() < deadline, "the venv preparation did not start"
+        time.sleep(0.05)
+    process = preparation._process
+    assert process is not None and process.poll() is None
+    device.stop()
+    assert process.poll() is not None, "pip was left running"
+    assert not venv.exists(), "a half-made venv was left behind"
+    # the next start prepares it again (and stops it again)
+    again = LocalDevice(port=0, state_dir=tmp_path / "device", component_name=COMPONENT).start()
+    try:
+        assert again._preparing is not None
+    finally:
+        again.stop()

@@ -20,7 +20,7 @@ from typing import Any
 
 from trashsorter.deploy.greengrass_v2 import merge
 from trashsorter.errors import DeploymentError, Rejection
-from trashsorter_cli.device.runner import ComponentRunner
+from trashsorter_cli.device.runner import ComponentRunner, EnvironmentPreparation
 
 READY_TIMEOUT_S = 300.0  # Install creates a venv the first time
 
@@ -73,7 +73,7 @@ class LocalComponent:
         self._ready = threading.Event()
         self._failed: str | None = None
         self._threads: list[threading.Thread] = []
-        self._after: threading.Thread | None = None
+        self._after: EnvironmentPreparation | None = None
         self._cancelled = threading.Event()
         self._starting = threading.Lock()  # stop() never races the Run step
 
@@ -85,7 +85,7 @@ class LocalComponent:
     def name(self) -> str:
         return self.runner.name
 
-    def start(self, after: threading.Thread | None = None) -> LocalComponent:
+    def start(self, after: EnvironmentPreparation | None = None) -> LocalComponent:
         """Install and Run in the background (a deployment is accepted before the component runs), once
         ``after`` (the device's environment preparation) has finished."""
         self._after = after

@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sysconfig
+import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -85,21 +86,61 @@ def shared_site_env() -> dict[str, str]:
     return {"TRASHSORTER_EDGE_SHARED_SITE": sysconfig.get_paths()["purelib"]}
 
 
-def prepare_environment(work_path: Path, timeout: float = 900.0) -> int:
-    """Create the component's venv ahead of its first deployment with the installed ``trashsorter_edge``'s
-    own ``install.py`` (what the component's Install runs), so that Install later only checks the pins."""
-    import trashsorter_edge
+class EnvironmentPreparation:
+    """The component's venv created ahead of its first deployment, in the background, with the installed
+    ``trashsorter_edge``'s own ``install.py`` (what the component's Install runs), so that Install later only
+    checks the pins. :meth:`join` waits for it (the component's Install does); :meth:`cancel` ends it at
+    once (a device stopped mid-way) and removes the half-made venv, so that the next start makes it again."""
 
-    script = Path(trashsorter_edge.__file__).with_name("install.py")
-    work_path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["python3", str(script), str(work_path)],
-        env={**os.environ, **shared_site_env()},
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    return done.returncode
+    def __init__(self, work_path: Path, timeout: float = 900.0) -> None:
+        self.work_path = work_path
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._run, name="venv-preparation", daemon=True)
+
+    def start(self) -> EnvironmentPreparation:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import trashsorter_edge
+        from trashsorter_cli.local import children
+
+        script = Path(trashsorter_edge.__file__).with_name("install.py")
+        self.work_path.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            if self._cancelled:
+                return
+            # spawned from this thread, which waits for it: the child dies with the device's process
+            self._process = children.spawn(
+                ["python3", str(script), str(self.work_path)], env={**os.environ, **shared_site_env()}
+            )
+        try:
+            self._process.wait(self.timeout)
+        except subprocess.TimeoutExpired:
+            children.stop([self._process])
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def cancel(self) -> None:
+        """Stop a preparation still running and remove what it made unless it had finished well (the local
+        stack may have stopped it first, with its other children)."""
+        from trashsorter_cli.local import children
+
+        with self._lock:
+            self._cancelled = True
+            process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            children.stop([process])
+        self.join(30)
+        if process.returncode != 0:
+            shutil.rmtree(self.work_path / "venv", ignore_errors=True)
 
 
 # The nucleus's names for a machine's architecture (the recipe's ``Platform.architecture``).

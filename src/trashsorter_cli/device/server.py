@@ -51,7 +51,7 @@ from trashsorter.errors import DeploymentError, Rejection, TrashsorterError
 from trashsorter_cli.device.component import READY_TIMEOUT_S, LocalComponent
 from trashsorter_cli.device.core_rules import dependency_order
 from trashsorter_cli.device.predictor import Classifier
-from trashsorter_cli.device.runner import ComponentRunner, prepare_environment
+from trashsorter_cli.device.runner import ComponentRunner, EnvironmentPreparation
 from trashsorter_edge.contract import LABELS_FILE, MODEL_FILE
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -128,7 +128,7 @@ class LocalDevice:
         self._plane: Any = None
         self.classifier: Classifier | None = None
         self.component: LocalComponent | None = None
-        self._preparing: threading.Thread | None = None
+        self._preparing: EnvironmentPreparation | None = None
         self.model_id: str | None = None
         self.model_version: str | None = None  # the model component's version that runs
         self.deployment_id: str | None = None
@@ -154,8 +154,7 @@ class LocalDevice:
         self._thread.start()
         work = self.state_dir / "nucleus" / "work" / self.component_name
         if not (work / "venv").is_dir():  # the first Install would create it; do it before a model arrives
-            self._preparing = threading.Thread(target=prepare_environment, args=(work,), daemon=True)
-            self._preparing.start()
+            self._preparing = EnvironmentPreparation(work).start()
         record = self._record()
         if record and record.get("bundle_dir") and self.component is None:
             self.component = self._component_of(record)
@@ -176,7 +175,7 @@ class LocalDevice:
             self.component.stop()
             self.component = None
         if self._preparing is not None:
-            self._preparing.join(timeout=600)  # never leave pip running behind
+            self._preparing.cancel()  # never leave pip running behind, nor a half-made venv
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
