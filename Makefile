@@ -26,7 +26,7 @@ demo: install
 ## Everything offline, the fast tests first (a failure there stops the run), then the slow ones
 ## (training, the tiny model, e2e on the embedded local stack); both in TEST_WORKERS processes.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: install
 	$(PYTEST) -m "not slow"
 	$(PYTEST) -m slow

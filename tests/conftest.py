@@ -22,6 +22,7 @@ uses (:func:`trashsorter_cli.local.stack.deploy_stack`), so tests and the templa
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +119,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(marker)
         if folder in SLOW_FOLDERS or "tiny_model" in getattr(item, "fixturenames", ()):
             item.add_marker("slow")
+    _longest_first(items)
+
+
+# pytest-xdist (``--dist loadfile``) hands out whole modules in collection order (the Makefile turns off its
+# own ordering by test count, which started the single-test e2e modules last): the folders whose modules run
+# longest first, within a folder the modules with the most tests, so that no process is still running a
+# minutes-long module at the end while the other has nothing left.
+LONGEST_FIRST = ("e2e", "reliability", "training", "device", "edge", "integration", "unit")
+
+
+def _longest_first(items: list[pytest.Item]) -> None:
+    def module(item: pytest.Item) -> Path:
+        return Path(str(item.fspath)).resolve()
+
+    tests_in = Counter(module(item) for item in items)
+    items.sort(
+        key=lambda item: (
+            LONGEST_FIRST.index(module(item).relative_to(TESTS).parts[0]),
+            -tests_in[module(item)],
+            str(module(item)),
+        )
+    )
