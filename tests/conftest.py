@@ -108,8 +108,9 @@ def _fails_as_misplaced(item: pytest.Item, problem: str) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    modules = {item.nodeid: _module_of(item) for item in items}
     for item in items:
-        folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        folder = modules[item.nodeid].parts[0]
         marker = FOLDER_MARKERS.get(folder)
         if marker is None:
             raise pytest.UsageError(f"{item.nodeid}: tests live in one of {sorted(FOLDER_MARKERS)}")
@@ -119,7 +120,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(marker)
         if folder in SLOW_FOLDERS or "tiny_model" in getattr(item, "fixturenames", ()):
             item.add_marker("slow")
-    _longest_first(items)
+    _longest_first(items, modules)
 
 
 # pytest-xdist (``--dist loadfile``) hands out whole modules in collection order (the Makefile turns off its
@@ -127,17 +128,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # longest first, within a folder the modules with the most tests, so that no process is still running a
 # minutes-long module at the end while the other has nothing left.
 LONGEST_FIRST = ("e2e", "reliability", "training", "device", "edge", "integration", "unit")
+assert sorted(LONGEST_FIRST) == sorted(FOLDER_MARKERS), "every test folder has its place in the order"
 
 
-def _longest_first(items: list[pytest.Item]) -> None:
-    def module(item: pytest.Item) -> Path:
-        return Path(str(item.fspath)).resolve()
+def _module_of(item: pytest.Item) -> Path:
+    """The test's module, relative to tests/ (its first part is the folder)."""
+    return Path(str(item.fspath)).resolve().relative_to(TESTS)
 
-    tests_in = Counter(module(item) for item in items)
-    items.sort(
-        key=lambda item: (
-            LONGEST_FIRST.index(module(item).relative_to(TESTS).parts[0]),
-            -tests_in[module(item)],
-            str(module(item)),
-        )
-    )
+
+def _longest_first(items: list[pytest.Item], modules: dict[str, Path]) -> None:
+    tests_in = Counter(modules.values())
+
+    def rank(item: pytest.Item) -> tuple[int, int, str]:
+        module = modules[item.nodeid]
+        return LONGEST_FIRST.index(module.parts[0]), -tests_in[module], str(module)
+
+    items.sort(key=rank)
