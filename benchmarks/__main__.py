@@ -1,7 +1,7 @@
 """``python -m benchmarks [--quick] [name ...]``: run the benchmarks, print a table, write results.md.
 
-Names: cold_start, ingest_cpu, dynamodb, snapshot, training, end_to_end, edge, sort, local_restart (default:
-all, in that order).
+Names: cold_start, ingest_cpu, dynamodb, snapshot, training, end_to_end, edge, live, sort, local_restart
+(default: all, in that order).
 A benchmark that cannot run (a part not built yet) is reported as an error row, and the others still run.
 """
 
@@ -24,6 +24,7 @@ ORDER = (
     "training",
     "end_to_end",
     "edge",
+    "live",
     "sort",
     "local_restart",
 )
