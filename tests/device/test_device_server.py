@@ -32,7 +32,7 @@ BUCKET = "images-bucket"
 
 @pytest.fixture
 def archive(tiny_model: TinyModel) -> bytes:
-    return tiny_model.result.archive.read_bytes()
+    return tiny_model.result.archive().read_bytes()
 
 
 GROUP = "cameras"

@@ -37,7 +37,9 @@ def bundle_dir(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) 
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         s3.create_bucket(Bucket="images")  # the job's output: this stack's prefix for job-1 only
-        s3.upload_file(str(tiny_model.result.archive), "images", "training-output/job-1/output/model.tar.gz")
+        s3.upload_file(
+            str(tiny_model.result.archive()), "images", "training-output/job-1/output/model.tar.gz"
+        )
         settings = PackageSettings.from_env(
             {
                 "TABLE_NAME": "t",

@@ -55,7 +55,7 @@ def test_only_the_tail_is_trainable() -> None:
 
 @pytest.mark.slow
 def test_tiny_training_writes_the_artifact(trained: TrainResult) -> None:
-    with tarfile.open(trained.archive) as tar:
+    with tarfile.open(trained.archive()) as tar:
         assert sorted(tar.getnames()) == sorted([*ARTIFACT_MEMBERS, SPLIT_MODEL_FILE])  # refit by default
         labels = tar.extractfile("labels.txt").read().decode().split()  # type: ignore[union-attr]
         png = tar.extractfile("confusion_matrix.png").read()  # type: ignore[union-attr]

@@ -23,8 +23,9 @@ Schedule (fast on 2 cores, see docs/local-training.md):
 5. with ``refit`` (default): train a fresh tail with the same schedule on the train + validation views and
    export THAT as ``model.onnx`` (the split run's graph stays as ``split_model.onnx``; ``metrics["refit"]``
    records it and the shipped graph's answers on the validation images); without it the split run's graph
-   is ``model.onnx``. Write ``labels.txt``, ``metrics.json``, ``confusion_matrix.png``, ``model.json`` and
-   pack them into ``model.tar.gz``.
+   is ``model.onnx``. Write ``labels.txt``, ``metrics.json``, ``confusion_matrix.png`` and ``model.json``.
+   The artifact is these files; :meth:`TrainResult.archive` packs them into ``model.tar.gz`` when a caller
+   needs the archive (a SageMaker job does not: SageMaker packs the model folder itself).
 
 The model of the LAST epoch is exported (no selection on the validation set).
 """
@@ -78,7 +79,6 @@ ARTIFACT_MEMBERS = (MODEL_FILE, LABELS_FILE, METRICS_FILE, "confusion_matrix.png
 @dataclass(frozen=True)
 class TrainResult:
     output_dir: Path
-    archive: Path
     metrics: dict[str, Any]
     model: TrashClassifier  # the shipped torch model (eval mode), for tests and comparisons
     # the split run's ONNX graph's probabilities on the validation samples (their order): the reported
@@ -91,6 +91,14 @@ class TrainResult:
     shipped_probabilities: np.ndarray | None = None
     # the photos whose label the model most doubts (suspects.json), most doubted first
     suspects: tuple[dict[str, Any], ...] = ()
+
+    def archive(self) -> Path:
+        """``output_dir/model.tar.gz``: the artifact's ``members`` at its root, as SageMaker packs a model
+        folder (packed on the first call)."""
+        archive = self.output_dir / "model.tar.gz"
+        if not archive.is_file():
+            pack(self.output_dir, archive, self.members)
+        return archive
 
 
 def configure_threads(threads: int) -> int:
@@ -181,10 +189,8 @@ def _train(run: TrainRun) -> TrainResult:
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     (out / CARD_FILE).write_text(json.dumps(model_card(labels, run.config.image_size), indent=2))
     members = ARTIFACT_MEMBERS + ((SPLIT_MODEL_FILE,) if run.config.refit else ())
-    archive = pack(out, out / "model.tar.gz", members)
     return TrainResult(
         output_dir=out,
-        archive=archive,
         metrics=metrics,
         model=shipped,
         validation_probabilities=steps.onnx_probs,
