@@ -36,6 +36,21 @@ def test_feature_pass_writes_a_memory_map_in_job_order(tmp_path: Path) -> None:
     assert [len(b) for b in stream.SegmentBatches([2, 2], 3)] == [2, 2]
 
 
+def test_feature_pass_hands_the_batches_over_in_the_models_layout(tmp_path: Path) -> None:
+    samples, _ = two_bins(from_files=True)
+    photos = stream.Photos(samples, [stream.Job(0), stream.Job(1), stream.Job(2)], 32)
+    layouts: list[bool] = []
+
+    def frozen(x: torch.Tensor) -> torch.Tensor:
+        layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return x.mean(dim=(2, 3))
+
+    last = stream.feature_pass(frozen, photos, [3], 2, 0, tmp_path / "a.npy", layout=torch.channels_last)
+    assert layouts == [True, True]
+    default = stream.feature_pass(lambda x: x.mean(dim=(2, 3)), photos, [3], 2, 0, tmp_path / "b.npy")
+    np.testing.assert_allclose(last, default, rtol=1e-6)
+
+
 def test_a_photo_a_worker_cannot_decode_fails_with_its_own_reason(tmp_path: Path) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -154,14 +154,17 @@ def feature_pass(
     path: Path,
     device: str = "cpu",
     tick: Callable[[int], None] | None = None,
+    layout: torch.memory_format = torch.contiguous_format,
 ) -> np.ndarray:
     """``frozen`` (on ``device``, no gradient) over every job of ``photos`` -> a float32 memory map at
-    ``path`` (one row per job, in job order); ``tick(n)`` after each batch of n photos."""
+    ``path`` (one row per job, in job order); ``tick(n)`` after each batch of n photos. The batches are
+    handed to ``frozen`` in ``layout`` (the model's memory format)."""
     bank: np.ndarray | None = None
     row = 0
     with torch.no_grad():
         for batch in batches(photos, segments, batch_size, workers, device):
-            out = frozen(batch.to(device, non_blocking=True)).float().cpu().numpy()
+            batch = batch.to(device, non_blocking=True, memory_format=layout)
+            out = frozen(batch).float().cpu().numpy()
             if bank is None:
                 shape = (len(photos), *out.shape[1:])
                 bank = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
