@@ -74,11 +74,14 @@ def mapping() -> dict[str, list[str]]:
 
 
 def tiny_training(per_label: int) -> dict[str, str]:
-    """Stack parameters for one quick real training (1 epoch, 96 px) as soon as ``per_label`` photos of each
-    label are in, whatever its accuracy: the e2e tests that need a deployed champion, not a good one."""
+    """Stack parameters for one quick real training (1 epoch, 96 px, one view, no refit: the split run's
+    graph ships) as soon as ``per_label`` photos of each label are in, whatever its accuracy: the e2e tests
+    that need a deployed champion, not a good one. The default schedule (refit included) runs in the
+    README path, the local pipeline and the script-mode tests."""
+    hyperparameters = {"epochs": "1", "image_shape": "3,96,96", "local_views": "1", "local_refit": "0"}
     return {
         "MinImagesPerLabel": str(per_label),
         "MinNewImages": "1",
-        "HyperparameterOverrides": json.dumps({"epochs": "1", "image_shape": "3,96,96", "local_views": "1"}),
+        "HyperparameterOverrides": json.dumps(hyperparameters),
         "MinValidationAccuracy": "0.0",
     }
