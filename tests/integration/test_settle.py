@@ -8,13 +8,16 @@ delivered to the ingest handler like every other message of its event sources.
 from __future__ import annotations
 
 import io
+import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from PIL import Image, ImageOps
 
 from tests.support.pipeline import LABELS, Pipeline, fresh_stack, photos
+from trashsorter import clock, threshold
 from trashsorter_cli.local.dispatcher import lambda_sqs_record
 
 SETTLE = 1
@@ -51,6 +54,13 @@ class Settle:
             if not self.p.catalogue.state()["settle_due"]:
                 return
         raise AssertionError("the settle timer never found ingest quiet")
+
+
+def settle_record(p: Pipeline, body: dict[str, Any]) -> dict[str, Any]:
+    """The settle timer ``body`` as the SQS event source hands it to the ingest function."""
+    url = p.stack.function_env("IngestFunction")["SETTLE_QUEUE_URL"]
+    message = {"MessageId": "timer", "ReceiptHandle": "timer", "Body": json.dumps(body), "Attributes": {}}
+    return lambda_sqs_record(message, queue_arn=p._arn(url), region=p.stack.region)
 
 
 def variant(data: bytes) -> bytes:
@@ -124,3 +134,61 @@ def test_uploads_during_a_run_queue_one_follow_up_run() -> None:
         assert p.dataset_ready() == [] and len(p.published) == 2
         assert [r["status"] for r in p.runs()] == ["completed", "completed"]
         assert p.catalogue.state()["settle_due"] == ""
+
+
+class Clock:
+    """``trashsorter.clock.now`` held still and moved by hand (SQS's own clock is left alone)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.at = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+        monkeypatch.setattr(clock, "now", lambda: self.at)
+        monkeypatch.setattr(threshold, "now", lambda: self.at)
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
+
+
+def test_a_timer_that_finds_new_photos_waits_only_for_the_rest_of_the_quiet_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Quiet for the settle time means that long after the NEWEST photo: a timer that finds photos accepted
+    since it was armed waits for the rest of that time, not for another whole settle time."""
+    small = {**OVERRIDES, "MinImagesPerLabel": "2", "MinNewImages": "2", "IngestSettleSeconds": "60"}
+    with fresh_stack(small) as stack:
+        p, now = Pipeline(stack), Clock(monkeypatch)
+        pictures = {label: photos(label)[:3] for label in LABELS}
+        for label in LABELS:
+            for name, data in pictures[label][:2]:
+                p.put(f"images/{label}/{name}", data)  # the rule is met at the 6th: the timer is armed
+        first = p.catalogue.state()
+        assert first["settle_due"] == clock.iso(now.at + timedelta(seconds=60))
+        now.advance(20)
+        name, data = pictures["Landfill"][2]
+        p.put(f"images/Landfill/{name}", data)  # ingest busy again 20 s into the settle time
+        assert p.catalogue.state()["accepted_at"] == clock.iso(now.at)
+        now.advance(40)
+
+        def timer_arrives(armed_at_seq: int, due: str) -> None:
+            body = {"settle_timer": {"accepted_seq": armed_at_seq, "due": due}}
+            p.invoke_ingest({"Records": [settle_record(p, body)]})
+
+        timer_arrives(first["accepted_seq"], first["settle_due"])  # armed at 6, it finds 7
+        second = p.catalogue.state()
+        assert second["settle_due"] == clock.iso(now.at + timedelta(seconds=20)), (
+            "20 s after the newest photo"
+        )
+        assert p.dataset_ready() == []
+        now.advance(20)
+        timer_arrives(7, second["settle_due"])
+        assert [o["status"] for o in p.dataset_ready()] == ["started"]
+        assert p.published[0]["detail"]["accepted_seq"] == 7
+        assert p.catalogue.state()["settle_due"] == ""
+
+
+def test_the_rest_of_the_quiet_time_is_whole_seconds_within_the_settle_time() -> None:
+    ago = lambda seconds: clock.iso(clock.now() - timedelta(seconds=seconds))  # noqa: E731
+    assert threshold.rest_of_quiet_time(60, ago(20)) in (40, 41)  # rounded up, never early
+    assert threshold.rest_of_quiet_time(60, ago(59.5)) == 1
+    assert threshold.rest_of_quiet_time(60, ago(600)) == 1  # a late timer still waits a moment
+    assert threshold.rest_of_quiet_time(60, clock.iso(clock.now() + timedelta(seconds=5))) == 60  # skew
+    assert threshold.rest_of_quiet_time(60, "") == 60  # a state written before accepted_at existed

@@ -279,8 +279,12 @@ class Catalogue(CatalogueReader):
                     "Update": {
                         "TableName": self.table_name,
                         "Key": serialize(STATE_KEY),
-                        "UpdateExpression": "ADD accepted_seq :n",
-                        "ExpressionAttributeValues": {":n": {"N": str(newly_accepted)}},
+                        # accepted_at: when ingest was last busy (the settle timer waits for quiet after it)
+                        "UpdateExpression": "ADD accepted_seq :n SET accepted_at = :at",
+                        "ExpressionAttributeValues": {
+                            ":n": {"N": str(newly_accepted)},
+                            ":at": {"S": now_iso()},
+                        },
                     }
                 }
             )

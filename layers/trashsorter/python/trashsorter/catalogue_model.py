@@ -147,8 +147,8 @@ class CatalogueReader:
 
     def state(self) -> dict[str, Any]:
         """``STATE/DATASET``: accepted_seq, baseline_seq, fired_baseline (ints, default 0), plus ``fired``
-        (a threshold event was claimed for ``fired_baseline``), ``published`` (it was sent) and
-        ``fired_at`` (when it was claimed)."""
+        (a threshold event was claimed for ``fired_baseline``), ``published`` (it was sent), ``fired_at``
+        (when it was claimed) and ``accepted_at`` (when a photo was last accepted; "" before the first)."""
         item = self._get(STATE_KEY) or {}
         return {
             "accepted_seq": int(item.get("accepted_seq", 0)),
@@ -157,6 +157,7 @@ class CatalogueReader:
             "fired": "fired_baseline" in item,
             "published": bool(item.get("published", False)),
             "fired_at": str(item.get("fired_at", "")),
+            "accepted_at": str(item.get("accepted_at", "")),
             "settle_due": str(item.get("settle_due", "")),  # the armed settle timer (trashsorter.threshold)
         }
 

@@ -8,7 +8,7 @@ pk                              sk                    what
 ``OBJ#<key>``                   ``META``              one image record per S3 key (see ImageStatus)
 ``HASH#<sha256>``               ``OWNERS``            which keys/labels hold these bytes (dup/conflict)
 ``LABEL#<label>``               ``COUNTS``            atomic per-label counters (accepted, rejected ...)
-``STATE``                       ``DATASET``           accepted_seq, baseline_seq, fired_baseline
+``STATE``                       ``DATASET``           accepted_seq/_at, baseline_seq, fired_baseline
 ``LOCK``                        ``TRAINING``          single-flight lock + pending trigger
 ``RUN#<run_id>``                ``RUN``               one training run (gsi1: ``RUNS`` / created_at)
 ``DATASET#<dataset_id>``        ``DATASET``           a frozen dataset snapshot (counts, S3 prefix)

@@ -15,14 +15,17 @@ has passed, at most 900 s), recorded as ``STATE/DATASET.settle_due`` / ``settle_
 so that a bulk upload arms one timer, not one per photo. When the timer arrives (:func:`on_settle_timer`) and
 no photo was accepted since it was armed (``accepted_seq`` unchanged), ingest has been quiet for the settle
 time: :func:`check_and_publish` runs (exactly once, as above) and the timer is disarmed; otherwise the timer
-is re-armed for another settle time. A run that ends (:func:`trashsorter.run_end.finish_run`) publishes the
-follow-up for photos that arrived during it (:func:`publish_follow_up`) unless a timer is armed, which then
-does it once ingest is quiet. ``IngestSettleSeconds`` = 0 publishes at the crossing.
+is re-armed for the rest of a settle time after the newest photo (``STATE/DATASET.accepted_at``, written with
+``accepted_seq``), so the event follows the last photo of a batch by the settle time, not by up to twice it. A
+run that ends (:func:`trashsorter.run_end.finish_run`) publishes the follow-up for photos that arrived during
+it (:func:`publish_follow_up`) unless a timer is armed, which then does it once ingest is quiet.
+``IngestSettleSeconds`` = 0 publishes at the crossing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -313,7 +316,8 @@ def on_settle_timer(
         return "superseded"
     seq = int(state["accepted_seq"])
     if seq != timer.accepted_seq:
-        _arm(settings, catalogue, seq, sqs=sqs, replacing=timer.due)
+        delay = rest_of_quiet_time(settings.settle_seconds, str(state.get("accepted_at", "")))
+        _arm(settings, catalogue, seq, sqs=sqs, replacing=timer.due, delay=delay)
         return "waiting"
     published = check_and_publish(settings, catalogue=catalogue, events=events)
     _disarm(catalogue, timer.due)  # after publishing: a crash in between retries the same, armed, timer
@@ -330,11 +334,28 @@ def publish_follow_up(settings: CommonSettings, *, catalogue: Catalogue, events:
     return check_and_publish(settings, catalogue=catalogue, events=events)
 
 
+def rest_of_quiet_time(settle_seconds: int, accepted_at: str) -> int:
+    """Whole seconds until ingest has been quiet for ``settle_seconds`` since the newest photo was accepted
+    (``accepted_at``): at least 1, at most the settle time (the settle time when that moment is unknown)."""
+    quiet = age_seconds(accepted_at)
+    if quiet == float("inf"):
+        return settle_seconds
+    return max(1, min(settle_seconds, math.ceil(settle_seconds - quiet)))
+
+
 def _arm(
-    settings: IngestSettings, catalogue: Catalogue, seq: int, *, sqs: Any = None, replacing: str = ""
+    settings: IngestSettings,
+    catalogue: Catalogue,
+    seq: int,
+    *,
+    sqs: Any = None,
+    replacing: str = "",
+    delay: int | None = None,
 ) -> bool:
-    """Record the timer (one at a time) and send its message with ``DelaySeconds`` = the settle time."""
-    due = iso(now() + timedelta(seconds=settings.settle_seconds))
+    """Record the timer (one at a time) and send its message with ``DelaySeconds`` = ``delay`` (default: the
+    settle time)."""
+    delay = settings.settle_seconds if delay is None else delay
+    due = iso(now() + timedelta(seconds=delay))
     values: dict[str, Any] = {":due": {"S": due}, ":seq": {"N": str(seq)}}
     if replacing:
         condition = "settle_due = :old"
@@ -357,7 +378,7 @@ def _arm(
     try:
         aws.call(
             lambda: (sqs or aws.client("sqs")).send_message(
-                QueueUrl=settings.settle_queue_url, MessageBody=body, DelaySeconds=settings.settle_seconds
+                QueueUrl=settings.settle_queue_url, MessageBody=body, DelaySeconds=delay
             ),
             what="send the settle timer",
         )
