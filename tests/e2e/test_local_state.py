@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.cli import run_cli
 from tests.support.stack import SAMPLES_DIR as SAMPLES
+from tests.support.stack import tiny_training
 from tests.support.waiting import wait_for
 from trashsorter import runs
 from trashsorter.catalogue import Catalogue
@@ -264,12 +265,7 @@ def test_the_device_serves_the_champion_the_restored_registry_names(
 
     from trashsorter import registry
 
-    overrides = {
-        "MinImagesPerLabel": "4",
-        "MinNewImages": "1",
-        "MinValidationAccuracy": "0.0",
-        "HyperparameterOverrides": '{"epochs": "1", "image_shape": "3,96,96", "local_views": "1"}',
-    }
+    overrides = tiny_training(4)
 
     def start() -> LocalRuntime:
         runtime = LocalRuntime(port=None, stack_name="ts-e2e-champ", overrides=overrides,

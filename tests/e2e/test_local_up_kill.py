@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.stack import SAMPLES_DIR as SAMPLES
+from tests.support.stack import tiny_training
 from tests.support.waiting import wait_for
 from trashsorter_cli.local.guardian import Process, descendants
 
@@ -48,7 +49,6 @@ def test_kill_9_of_local_up_leaves_no_process_behind(tmp_path: Path) -> None:
         for path in sorted((SAMPLES / folder).glob("*.jpg"))[:PER_LABEL]:
             shutil.copy(path, photos / label / path.name)
     state = str(tmp_path / "state" / "local.json")
-    hyper = json.dumps({"epochs": "1", "image_shape": "3,96,96", "local_views": "1"})
     up = subprocess.Popen(
         [
             *TRASHSORTER,
@@ -60,10 +60,7 @@ def test_kill_9_of_local_up_leaves_no_process_behind(tmp_path: Path) -> None:
             state,
             "--json",
             "--parameter-overrides",
-            f"MinImagesPerLabel={PER_LABEL}",
-            "MinNewImages=1",
-            "MinValidationAccuracy=0",
-            f"HyperparameterOverrides={hyper}",
+            *(f"{name}={value}" for name, value in tiny_training(PER_LABEL).items()),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
