@@ -316,7 +316,7 @@ def on_settle_timer(
         return "superseded"
     seq = int(state["accepted_seq"])
     if seq != timer.accepted_seq:
-        delay = rest_of_quiet_time(settings.settle_seconds, str(state.get("accepted_at", "")))
+        delay = rest_of_quiet_time(settings.settle_seconds, state["accepted_at"])
         _arm(settings, catalogue, seq, sqs=sqs, replacing=timer.due, delay=delay)
         return "waiting"
     published = check_and_publish(settings, catalogue=catalogue, events=events)
