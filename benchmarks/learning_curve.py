@@ -264,10 +264,10 @@ def run(
 ) -> dict[str, Any]:
     from trashsorter_trainer.config import TrainConfig
     from trashsorter_trainer.data import samples_from_directory
-    from trashsorter_trainer.train import configure_threads
+    from trashsorter_trainer.train import configure_process
 
     config = TrainConfig.for_device("cpu")
-    configure_threads(config.threads)
+    configure_process(config.threads)
     samples, materials = samples_from_directory(data)
     started = time.perf_counter()
     shas, phashes = describe([data / s.key for s in samples])

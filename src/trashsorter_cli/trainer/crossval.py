@@ -55,7 +55,7 @@ from trashsorter_trainer.head import (
     frozen_features,
     tail_probabilities,
 )
-from trashsorter_trainer.train import TrainConfig, configure_threads, train
+from trashsorter_trainer.train import TrainConfig, configure_process, train
 
 
 def fold_of(data: bytes, folds: int) -> int:
@@ -191,7 +191,7 @@ def crossvalidate(
     ``train_fractions`` entry: each fold trains on that share of its training images (a learning curve)."""
     fold_ids = [fold_of(s.data, folds) for s in samples]
     configs = [TrainConfig.from_hyperparameters({**(base or {}), **override}) for override in settings]
-    configure_threads(configs[0].threads)
+    configure_process(configs[0].threads)
     cache: dict[tuple[int, int, int], dict[str, torch.Tensor]] = {}
     results = []
     for override, config in zip(settings, configs, strict=True):

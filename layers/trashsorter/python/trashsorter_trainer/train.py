@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from trashsorter_edge.contract import CARD_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, write_labels
-from trashsorter_trainer import report, suspects
+from trashsorter_trainer import process, report, suspects
 from trashsorter_trainer.config import TrainConfig
 from trashsorter_trainer.contract import memory_gb, out_of_memory_reason
 from trashsorter_trainer.data import (
@@ -101,8 +101,10 @@ class TrainResult:
         return archive
 
 
-def configure_threads(threads: int) -> int:
-    """Limit torch to the machine (never more threads than cores)."""
+def configure_process(threads: int) -> int:
+    """Limit torch to the machine (never more threads than cores) and keep its large buffers in the heap
+    (:func:`process.keep_large_blocks_in_the_heap`); returns the thread count."""
+    process.keep_large_blocks_in_the_heap()
     count = max(1, min(threads, os.cpu_count() or 1))
     torch.set_num_threads(count)
     try:
@@ -147,7 +149,7 @@ def train(
     started = time.perf_counter()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    threads = configure_threads(config.threads)
+    threads = configure_process(config.threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     index = {label: i for i, label in enumerate(labels)}
