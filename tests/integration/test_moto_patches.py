@@ -186,3 +186,28 @@ def test_cloudformation_parses_json_bodies_with_json_and_yaml_bodies_as_before(
     assert len(calls) == 1
     assert models.Stack.parse_template("{not: json}") == {"not": "json"}  # a YAML flow mapping
     assert len(calls) == 2
+
+
+def test_the_server_knows_moto_s_services_without_listing_its_folder_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The module-list patch: the same names as moto's own listing, and a request's host lookup reads no
+    folder."""
+    import os
+
+    import moto
+    from moto import backends
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    folder = os.path.dirname(moto.__file__)
+    listed = sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)) and n[:2] != "__")
+    moto_patches.install()
+    assert list(backends.list_of_moto_modules()) == listed
+    assert {"s3", "sqs", "dynamodb", "sagemaker"} <= set(listed)
+
+    def no_listing(path: object) -> list[str]:
+        raise AssertionError(f"listed {path} during a request")
+
+    monkeypatch.setattr(os, "listdir", no_listing)
+    dispatcher = DomainDispatcherApplication(create_backend_app)
+    assert dispatcher.get_backend_for_host("sqs") == "sqs"
