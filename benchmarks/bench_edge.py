@@ -4,7 +4,8 @@ peak memory.
 Method: a 640x480 MJPG video made of the TrashNet sample photos (each held for 3 frames); the model is the
 trainer's graph (EfficientNet-Lite0 + a 3-class head, exported by ``export_onnx`` at 224 px in a separate
 process; weights do not change the speed), so this process never loads torch. The bare loop is OpenCV
-``read`` -> THE preprocessing -> ``session.run`` over the same frames in the same process; the edge app is
+``read`` -> THE preprocessing -> ``session.run`` (the edge app's session options) over the same frames in
+the same process; the edge app is
 ``EdgeApp.run(open_source(video))`` publishing every result (``publish_rate`` 0) to an in-memory publisher,
 with the live view started and its frame hook attached but no viewer. The two alternate for 3 rounds (1 in
 ``--quick``); the median of each is reported, with the 1-minute load average (the machine may be shared).
@@ -58,9 +59,12 @@ def bare_loop(model_dir: Path, video: Path) -> tuple[int, float]:
     import cv2
     import onnxruntime as ort
 
+    from trashsorter_edge.model import session_options
     from trashsorter_edge.preprocessing import from_bgr, preprocess
 
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_dir / "model.onnx"), session_options(), providers=["CPUExecutionProvider"]
+    )
     name = session.get_inputs()[0].name
     capture = cv2.VideoCapture(str(video))
     frames = 0

@@ -61,6 +61,12 @@ def test_video_file_every_frame_classified_like_the_decoded_frame(
     assert [m["status"] for m in recorder.on("cam1/status")] == ["loading", "loaded"]
 
 
+def test_the_model_s_threads_sleep_between_frames(tiny_model: TinyModel) -> None:
+    """A camera station waits for each next frame: onnxruntime's threads may not spin through the wait."""
+    options = Model(tiny_model.model_dir).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_folder_source_picks_up_new_files(tiny_model: TinyModel, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
