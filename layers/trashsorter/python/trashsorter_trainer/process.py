@@ -7,7 +7,6 @@ Both were measured on the default local training (the 180 sample photos, 2 CPUs,
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 
@@ -42,6 +41,8 @@ def keep_large_blocks_in_the_heap() -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes  # here, not at the top: importing the package (the start-training Lambda does) stays cheap
+
     try:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 - glibc only: another C library's mallopt differs
