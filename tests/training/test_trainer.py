@@ -32,7 +32,9 @@ from trashsorter_trainer.train import (
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    return train_tiny(tmp_path_factory.mktemp("model"), TINY)
+    out = tmp_path_factory.mktemp("model")
+    (out / "model.tar.gz").write_bytes(b"an earlier run's archive")  # archive() must pack this run's
+    return train_tiny(out, TINY)
 
 
 def test_model_loads_the_imagenet_weights_shipped_in_the_wheel() -> None:

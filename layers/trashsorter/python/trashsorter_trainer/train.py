@@ -74,6 +74,7 @@ from trashsorter_trainer.steps import (
 )
 
 ARTIFACT_MEMBERS = (MODEL_FILE, LABELS_FILE, METRICS_FILE, "confusion_matrix.png", CARD_FILE)
+ARCHIVE_FILE = "model.tar.gz"  # the name SageMaker gives a packed model folder
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class TrainResult:
     def archive(self) -> Path:
         """``output_dir/model.tar.gz``: the artifact's ``members`` at its root, as SageMaker packs a model
         folder (packed on the first call)."""
-        archive = self.output_dir / "model.tar.gz"
+        archive = self.output_dir / ARCHIVE_FILE
         if not archive.is_file():
             pack(self.output_dir, archive, self.members)
         return archive
@@ -149,6 +150,7 @@ def train(
     started = time.perf_counter()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / ARCHIVE_FILE).unlink(missing_ok=True)  # an earlier run's: TrainResult.archive() packs this one's
     threads = configure_process(config.threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
